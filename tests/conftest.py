@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny ImageNet-style JPEG folders built in tmp_path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+
+def write_image(path: Path, *, size: tuple[int, int], seed: int, mode: str = "RGB",
+                fmt: str = "JPEG") -> Path:
+    """Writes a small image with per-file content; ``size`` is (width, height)."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    base = rng.integers(0, 256, size=(h // 4 + 1, w // 4 + 1, 3), dtype=np.uint8)
+    rgb = Image.fromarray(base).resize((w, h), Image.BILINEAR)
+    img = rgb.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format=fmt, quality=90)
+    return path
+
+
+def build_image_folder(root: Path, *, classes: int = 3, per_class: int = 4,
+                       extras: bool = True) -> Path:
+    """An ImageFolder tree ``root/<class>/*.JPEG`` with non-square sizes.
+
+    With ``extras``, the first class also holds a grayscale JPEG, a CMYK JPEG
+    and a PNG file named ``.JPEG`` (all decodable by DALI and PIL).
+    """
+    seed = 0
+    for c in range(classes):
+        for k in range(per_class):
+            size = (40 + 7 * ((k + c) % 5), 32 + 5 * (k % 4))
+            write_image(root / f"n{c:08d}" / f"img_{c}_{k}.JPEG", size=size, seed=seed)
+            seed += 1
+    if extras:
+        first = root / f"n{0:08d}"
+        write_image(first / "gray.JPEG", size=(37, 45), seed=1001, mode="L")
+        write_image(first / "cmyk.JPEG", size=(50, 30), seed=1002, mode="CMYK")
+        write_image(first / "png_named.JPEG", size=(33, 41), seed=1003, fmt="PNG")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return build_image_folder(tmp_path / "train")
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
