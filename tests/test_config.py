@@ -1,0 +1,69 @@
+"""MixConfig validation: every bad value is a ValueError that names it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from dali_cutmix import MixConfig, MixMode
+
+
+def test_defaults_are_cutmix_per_sample_without_smoothing() -> None:
+    config = MixConfig(num_classes=1000)
+    assert config.cutmix_alpha == 1.0 and config.mixup_alpha == 0.0
+    assert config.mode is MixMode.ELEM and config.prob == 1.0 and config.label_smoothing == 0.0
+    assert config.enabled and config.cutmix_enabled and not config.mixup_enabled
+    assert config.cutmix_share == 1.0
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "fragment"),
+    [
+        ("num_classes", 0, "num_classes"),
+        ("num_classes", 2.5, "num_classes"),
+        ("num_classes", True, "num_classes"),
+        ("mixup_alpha", -0.1, "mixup_alpha"),
+        ("cutmix_alpha", float("nan"), "cutmix_alpha"),
+        ("prob", 1.5, "prob"),
+        ("switch_prob", -1, "switch_prob"),
+        ("label_smoothing", 1.0, "label_smoothing"),
+        ("mode", "sample", "mode must be one of batch, pair, elem"),
+        ("cutmix_minmax", (0.5, 0.2), "min <= max"),
+        ("cutmix_minmax", (0.1, 1.2), "cutmix_minmax"),
+        ("cutmix_minmax", (0.1,), "cutmix_minmax"),
+        ("correct_lam", "yes", "correct_lam"),
+    ],
+)
+def test_bad_values_are_named(field: str, value: object, fragment: str) -> None:
+    kwargs = {"num_classes": 10, field: value}
+    with pytest.raises(ValueError, match=fragment) as info:
+        MixConfig(**kwargs)
+    assert repr(value) in str(info.value) or field == "mode" or field == "cutmix_minmax"
+
+
+def test_mode_accepts_strings_and_is_frozen() -> None:
+    config = MixConfig(num_classes=3, mode="pair")
+    assert config.mode is MixMode.PAIR
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.prob = 0.5  # type: ignore[misc]
+    assert dataclasses.replace(config, prob=0.5).prob == 0.5
+
+
+def test_switching_share_and_minmax_turn_cutmix_on() -> None:
+    both = MixConfig(num_classes=3, mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.25)
+    assert both.cutmix_share == 0.25
+    assert MixConfig(num_classes=3, mixup_alpha=0.8, cutmix_alpha=0.0).cutmix_share == 0.0
+    minmax = MixConfig(num_classes=3, cutmix_alpha=0.0, cutmix_minmax=[0.2, 0.8])
+    assert minmax.cutmix_enabled and minmax.cutmix_minmax == (0.2, 0.8)
+    assert not MixConfig(num_classes=3, cutmix_alpha=0.0).enabled
+    assert not MixConfig(num_classes=3, prob=0.0).enabled
+
+
+def test_json_round_trip_and_unknown_fields() -> None:
+    config = MixConfig(num_classes=5, mixup_alpha=0.2, mode="batch", cutmix_minmax=(0.1, 0.3))
+    again = MixConfig.from_dict(json.loads(config.to_json()))
+    assert again == config
+    with pytest.raises(ValueError, match="unknown MixConfig field"):
+        MixConfig.from_dict({"num_classes": 5, "alpha": 1.0})
