@@ -1,0 +1,138 @@
+"""A PNG grid of mixed samples, so a person can see what the pipeline does.
+
+Each tile is one output sample of a small DALI CPU pipeline (read, decode,
+resize, mix); its caption names the two classes and their label weights, as
+the targets carry them::
+
+    python -m dali_cutmix.preview --data path/to/train --out preview.png --cutmix-alpha 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from nvidia.dali import fn, pipeline_def, types
+from PIL import Image, ImageDraw
+
+from dali_cutmix.config import MixConfig
+from dali_cutmix.mixing import mix
+
+__all__ = ["mixed_batch", "caption", "render_grid", "write_preview", "main"]
+
+log = logging.getLogger(__name__)
+
+
+def _class_names(root: Path) -> list[str]:
+    if not root.is_dir():
+        raise FileNotFoundError(f"--data {root} is not a directory of class folders")
+    names = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not names:
+        raise FileNotFoundError(f"{root} has no class folders (expected {root}/<class>/<image>)")
+    return names
+
+
+def mixed_batch(
+    root: str | Path, config: MixConfig, *, batch_size: int = 16, size: int = 160, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One mixed batch from an ImageFolder tree, on the CPU.
+
+    Returns:
+        ``(images, labels, targets)``: uint8 ``[N, size, size, 3]`` (MixUp
+        output rounded), int ``[N]`` class indices, float32 ``[N, num_classes]``.
+    """
+
+    @pipeline_def(batch_size=batch_size, num_threads=2, device_id=None, seed=seed)
+    def pipe():
+        jpegs, labels = fn.readers.file(file_root=str(root), random_shuffle=True, name="reader")
+        images = fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
+        images = fn.resize(images, size=[size, size])
+        mixed, targets = mix(images, labels, config)
+        return mixed, labels, targets
+
+    p = pipe()
+    p.build()
+    images, labels, targets = p.run()
+    as_np = [np.array(images[i]) for i in range(batch_size)]
+    pixels = np.stack([np.clip(np.rint(a), 0, 255).astype(np.uint8) for a in as_np])
+    return pixels, np.array(labels.as_array()).reshape(-1), np.array(targets.as_array())
+
+
+def caption(target: np.ndarray, label: int, names: Sequence[str]) -> str:
+    """``"own 0.62\\n+ partner 0.38"``; only the own class when nothing was mixed in."""
+    text = f"{names[label]} {target[label]:.2f}"
+    others = [int(k) for k in np.argsort(-target, kind="stable") if int(k) != label]
+    if others and target[others[0]] > target.min():
+        text += f"\n+ {names[others[0]]} {target[others[0]]:.2f}"
+    return text
+
+
+def render_grid(
+    images: np.ndarray, captions: Sequence[str], *, columns: int = 4, caption_height: int = 28
+) -> Image.Image:
+    """Tiles uint8 ``[N, H, W, 3]`` images with a caption line under each."""
+    n, h, w, _ = images.shape
+    rows = (n + columns - 1) // columns
+    grid = Image.new("RGB", (columns * w, rows * (h + caption_height)), "white")
+    draw = ImageDraw.Draw(grid)
+    for i in range(n):
+        x, y = (i % columns) * w, (i // columns) * (h + caption_height)
+        grid.paste(Image.fromarray(images[i]), (x, y))
+        draw.multiline_text((x + 2, y + h + 1), captions[i], fill="black", spacing=1)
+    return grid
+
+
+def write_preview(
+    root: str | Path, out: str | Path, config: MixConfig, *, batch_size: int = 16, seed: int = 0
+) -> Path:
+    """Writes the grid PNG for one mixed batch of ``root``; returns its path."""
+    names = _class_names(Path(root))
+    if config.num_classes != len(names):
+        raise ValueError(f"num_classes={config.num_classes} but {root} has {len(names)} classes")
+    images, labels, targets = mixed_batch(root, config, batch_size=batch_size, seed=seed)
+    captions = [caption(t, int(lbl), names) for t, lbl in zip(targets, labels)]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    render_grid(images, captions).save(out)
+    log.info("wrote %s (%d samples)", out, len(images))
+    return out
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="ImageFolder root: DATA/<class>/<image>")
+    parser.add_argument("--out", default="preview.png", help="PNG to write")
+    parser.add_argument("--cutmix-alpha", type=float, default=1.0)
+    parser.add_argument("--mixup-alpha", type=float, default=0.0)
+    parser.add_argument("--mix-prob", type=float, default=1.0)
+    parser.add_argument("--switch-prob", type=float, default=0.5)
+    parser.add_argument("--mix-mode", default="elem", choices=["elem", "pair", "batch"])
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = get_args_parser().parse_args(argv)
+    try:
+        config = MixConfig(
+            num_classes=len(_class_names(Path(args.data))),
+            cutmix_alpha=args.cutmix_alpha,
+            mixup_alpha=args.mixup_alpha,
+            prob=args.mix_prob,
+            switch_prob=args.switch_prob,
+            mode=args.mix_mode,
+        )
+        write_preview(args.data, args.out, config, batch_size=args.batch_size, seed=args.seed)
+    except (ValueError, FileNotFoundError) as err:
+        log.error("preview: %s", err)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
