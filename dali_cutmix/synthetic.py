@@ -1,0 +1,478 @@
+"""A deterministic generator of ImageNet-like JPEG folders.
+
+One generator serves two uses: the training application's embedded default
+dataset (small images, few classes, learnable in minutes on a CPU) and the
+benchmark's stand-in for ImageNet (full-size images whose decode cost is
+realistic). Both write the same layout as ImageNet's::
+
+    root/train/<class>/<class>_<index>.JPEG
+    root/val/<class>/<class>_<index>.JPEG
+    root/manifest.json      # written last: its presence means "complete"
+
+What makes it ImageNet-like:
+
+* sizes: most images have a long side of 500 pixels (ImageNet's Flickr
+  resizing) in 4:3, 3:2, 1:1 or portrait shapes, a fifth are smaller, and 3 %
+  form a tail of large images (long side up to about 2,500). At
+  ``size_scale=1`` the mean is close to ImageNet's 400 x 350.
+* content: 1/f ("pink") noise in luminance and colour, plus fine grain, so the
+  spectrum and the JPEG entropy resemble photographs and decoding costs what it
+  costs on real photos; at quality 94 the files average about 110 KB.
+* classes: each class has its own object shape, hue, background tint and the
+  orientation and frequency of a grating on the object; each image draws its
+  own position, scale, rotation and noise. A ResNet learns these in minutes.
+
+Every image comes from its own generator seeded by ``(seed, split, class,
+index)``, so the bytes do not depend on the number of workers or the order of
+writing. The folder is written next to ``root`` under a temporary name and
+renamed into place when complete, so a crash never leaves a folder that looks
+finished; a finished folder with the same specification is reused at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "SyntheticSpec",
+    "DatasetStats",
+    "generate",
+    "dataset_stats",
+    "render_image",
+    "image_size",
+    "IMAGENET_MEAN_SIZE",
+    "IMAGENET_MEAN_FILE_KB",
+]
+
+logger = logging.getLogger(__name__)
+
+GENERATOR_VERSION = 1  # bump when the bytes for a given spec change
+MANIFEST = "manifest.json"
+SPLITS = ("train", "val")
+IMAGENET_MEAN_SIZE = (400, 350)  # width, height; see SPEC.md
+IMAGENET_MEAN_FILE_KB = 110.0
+
+_SHAPES = ("ellipse", "rectangle", "triangle", "ring", "cross", "diamond")
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticSpec:
+    """What to generate; the whole folder is a pure function of these fields.
+
+    Attributes:
+        num_classes: number of class folders (named ``s0000``, ``s0001``, ...).
+        train_per_class: images per class in ``train/``.
+        val_per_class: images per class in ``val/``.
+        seed: base seed; the same spec gives identical bytes.
+        size_scale: multiplies every image side; 1.0 resembles ImageNet, a
+            smaller value makes decoding and training faster (minimum side 16).
+        quality: JPEG quality (1-100); 94 gives ImageNet-like file sizes.
+    """
+
+    num_classes: int = 10
+    train_per_class: int = 100
+    val_per_class: int = 20
+    seed: int = 0
+    size_scale: float = 1.0
+    quality: int = 94
+
+    def __post_init__(self) -> None:
+        for name in ("num_classes", "train_per_class", "val_per_class", "seed", "quality"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an int, got {value!r}")
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.train_per_class < 1 or self.val_per_class < 1:
+            raise ValueError(
+                "train_per_class and val_per_class must be >= 1, got "
+                f"{self.train_per_class} and {self.val_per_class}"
+            )
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"quality must be in [1, 100], got {self.quality}")
+        scale = self.size_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+            raise ValueError(f"size_scale must be a number in (0, 4], got {scale!r}")
+        if not 0.0 < scale <= 4.0:
+            raise ValueError(f"size_scale must be in (0, 4], got {scale!r}")
+
+    @property
+    def classes(self) -> list[str]:
+        return [f"s{c:04d}" for c in range(self.num_classes)]
+
+    def per_class(self, split: str) -> int:
+        return self.train_per_class if split == "train" else self.val_per_class
+
+    @property
+    def num_images(self) -> int:
+        return self.num_classes * (self.train_per_class + self.val_per_class)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetStats:
+    """Summary of a JPEG folder, for comparing it with ImageNet."""
+
+    num_images: int
+    num_classes: int
+    mean_width: float
+    mean_height: float
+    mean_file_kb: float
+    median_file_kb: float
+    max_long_side: int
+    large_fraction: float  # share of images with a long side above 600 pixels
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def summary(self) -> str:
+        ref_w, ref_h = IMAGENET_MEAN_SIZE
+        return (
+            f"{self.num_images} images in {self.num_classes} classes: mean "
+            f"{self.mean_width:.0f} x {self.mean_height:.0f} px (ImageNet ~{ref_w} x {ref_h}), "
+            f"mean {self.mean_file_kb:.0f} KB (ImageNet ~{IMAGENET_MEAN_FILE_KB:.0f} KB), "
+            f"median {self.median_file_kb:.0f} KB, {100 * self.large_fraction:.1f} % with a "
+            f"long side > 600 px (max {self.max_long_side})"
+        )
+
+
+# ----------------------------------------------------------------------------- pure helpers
+
+
+def _rng(*key: int) -> np.random.Generator:
+    return np.random.default_rng(list(key))
+
+
+def image_size(rng: np.random.Generator, size_scale: float = 1.0) -> tuple[int, int]:
+    """Draws (width, height) with ImageNet's shape: mostly 500 on the long side."""
+    kind = rng.random()
+    if kind < 0.77:  # the typical Flickr-resized photo
+        long_side = 500.0 if rng.random() < 0.8 else rng.uniform(300.0, 500.0)
+    elif kind < 0.97:  # small images
+        long_side = rng.uniform(80.0, 300.0)
+    else:  # the tail of large originals
+        long_side = min(2500.0, 600.0 * math.exp(abs(rng.normal(0.0, 0.6))))
+    aspect = rng.choice([4 / 3, 3 / 2, 1.0, 3 / 4, 2 / 3], p=[0.5, 0.15, 0.1, 0.17, 0.08])
+    width, height = (long_side, long_side / aspect) if aspect >= 1 else (
+        long_side * aspect, long_side)
+    return max(16, round(width * size_scale)), max(16, round(height * size_scale))
+
+
+def _pink_noise(rng: np.random.Generator, height: int, width: int, *, beta: float,
+                channels: int) -> np.ndarray:
+    """float32 [H, W, channels] noise with a 1/f**beta power spectrum, unit std per channel."""
+    fy = np.fft.fftfreq(height).astype(np.float32)[:, None]
+    fx = np.fft.rfftfreq(width).astype(np.float32)[None, :]
+    radius = np.sqrt(fx * fx + fy * fy)
+    radius[0, 0] = 1.0
+    gain = radius ** np.float32(-beta / 2)
+    gain[0, 0] = 0.0
+    shape = (channels, height, width // 2 + 1)
+    spectrum = (rng.standard_normal(shape, dtype=np.float32)
+                + 1j * rng.standard_normal(shape, dtype=np.float32)) * gain
+    noise = np.fft.irfft2(spectrum, s=(height, width)).astype(np.float32)
+    noise /= noise.std(axis=(1, 2), keepdims=True) + 1e-8
+    return np.moveaxis(noise, 0, -1)
+
+
+def _hsv_to_rgb(hue: float, saturation: float, value: float) -> np.ndarray:
+    """One colour as float32 RGB in [0, 255]."""
+    k = (np.array([5.0, 3.0, 1.0]) + hue * 6.0) % 6.0
+    rgb = value - value * saturation * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)
+    return (255.0 * rgb).astype(np.float32)
+
+
+def _class_traits(seed: int, label: int, num_classes: int) -> dict[str, Any]:
+    """The class's look: shape, hues, grating; a pure function of (seed, label)."""
+    rng = _rng(seed, 1_000_003, label)
+    # Evenly spaced hues keep neighbouring classes apart; shape and grating
+    # separate classes that share a hue when there are many classes.
+    return {
+        "shape": _SHAPES[(label + seed) % len(_SHAPES)],
+        "hue": (label / num_classes + rng.uniform(-0.02, 0.02)) % 1.0,
+        "tint": rng.uniform(0.0, 1.0),
+        "angle": rng.uniform(0.0, math.pi),
+        "cycles": rng.uniform(2.0, 8.0),  # grating periods across the object
+        "beta": rng.uniform(1.6, 2.4),  # spectral slope of the background
+    }
+
+
+def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """bool mask of a unit-size shape in object coordinates (u, v in [-1, 1])."""
+    au, av = np.abs(u), np.abs(v)
+    if shape == "ellipse":
+        return u * u + v * v <= 1.0
+    if shape == "rectangle":
+        return (au <= 1.0) & (av <= 0.7)
+    if shape == "triangle":
+        return (v <= 0.8) & (v >= 2.0 * au - 1.0)
+    if shape == "ring":
+        r2 = u * u + v * v
+        return (r2 <= 1.0) & (r2 >= 0.36)
+    if shape == "cross":
+        return ((au <= 1.0) & (av <= 0.3)) | ((au <= 0.3) & (av <= 1.0))
+    return au + av <= 1.0  # diamond
+
+
+def render_image(spec: SyntheticSpec, split: str, label: int, index: int) -> np.ndarray:
+    """uint8 RGB image [H, W, 3] for one file; a pure function of its arguments."""
+    rng = _rng(spec.seed, SPLITS.index(split), label, index)
+    traits = _class_traits(spec.seed, label, spec.num_classes)
+    width, height = image_size(rng, spec.size_scale)
+    # Background: tinted pink noise in luminance, weaker noise in colour.
+    lum = _pink_noise(rng, height, width, beta=traits["beta"], channels=1)
+    chroma = _pink_noise(rng, height, width, beta=2.2, channels=3)
+    tint = _hsv_to_rgb(traits["tint"], rng.uniform(0.15, 0.35), rng.uniform(0.45, 0.7))
+    image = tint + 40.0 * lum + 12.0 * chroma
+    # Object: the class shape, rotated and scaled per image, filled with the
+    # class hue modulated by the class grating and the noise texture.
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    side = min(height, width)
+    radius = side * rng.uniform(0.25, 0.45)
+    cy = rng.uniform(radius, height - radius) if height > 2 * radius else height / 2
+    cx = rng.uniform(radius, width - radius) if width > 2 * radius else width / 2
+    theta = rng.uniform(-0.3, 0.3)
+    dy, dx = (yy - cy) / radius, (xx - cx) / radius
+    u = math.cos(theta) * dx + math.sin(theta) * dy
+    v = -math.sin(theta) * dx + math.cos(theta) * dy
+    mask = _shape_mask(traits["shape"], u, v)
+    phase = math.cos(traits["angle"] + theta) * u + math.sin(traits["angle"] + theta) * v
+    grating = np.sin(math.pi * traits["cycles"] * phase + rng.uniform(0, 2 * math.pi))
+    colour = _hsv_to_rgb((traits["hue"] + rng.normal(0, 0.015)) % 1.0,
+                         rng.uniform(0.6, 0.9), rng.uniform(0.7, 0.95))
+    obj = colour * (0.75 + 0.25 * grating[..., None]) + 25.0 * lum
+    image = np.where(mask[..., None], obj, image)
+    image += rng.normal(0.0, 4.0, size=image.shape).astype(np.float32)  # sensor grain
+    return np.clip(image, 0.0, 255.0).astype(np.uint8)
+
+
+def encode_jpeg(pixels: np.ndarray, quality: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _jobs(spec: SyntheticSpec) -> Iterator[tuple[str, int, int]]:
+    for split in SPLITS:
+        for label in range(spec.num_classes):
+            for index in range(spec.per_class(split)):
+                yield split, label, index
+
+
+def _relative_path(spec: SyntheticSpec, split: str, label: int, index: int) -> str:
+    name = spec.classes[label]
+    return f"{split}/{name}/{name}_{index:05d}.JPEG"
+
+
+def _write_chunk(spec: SyntheticSpec, root: str, jobs: Sequence[tuple[str, int, int]]) -> int:
+    written = 0
+    for split, label, index in jobs:
+        data = encode_jpeg(render_image(spec, split, label, index), spec.quality)
+        Path(root, _relative_path(spec, split, label, index)).write_bytes(data)
+        written += len(data)
+    return written
+
+
+def _read_manifest(root: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((root / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _manifest(spec: SyntheticSpec, total_bytes: int) -> dict[str, Any]:
+    return {
+        "generator": "dali_cutmix.synthetic",
+        "version": GENERATOR_VERSION,
+        "spec": spec.to_dict(),
+        "num_images": spec.num_images,
+        "total_bytes": total_bytes,
+    }
+
+
+def is_complete(root: str | os.PathLike[str], spec: SyntheticSpec) -> bool:
+    """True when ``root`` holds a finished folder generated from ``spec``."""
+    manifest = _read_manifest(Path(root))
+    return (
+        manifest is not None
+        and manifest.get("version") == GENERATOR_VERSION
+        and manifest.get("spec") == spec.to_dict()
+    )
+
+
+def _write_all(spec: SyntheticSpec, tmp: Path, workers: int, progress: bool) -> int:
+    from tqdm import tqdm
+
+    for split in SPLITS:
+        for name in spec.classes:
+            (tmp / split / name).mkdir(parents=True)
+    jobs = list(_jobs(spec))
+    chunk = max(1, min(64, len(jobs) // (4 * workers) or 1))
+    chunks = [jobs[i:i + chunk] for i in range(0, len(jobs), chunk)]
+    bar = tqdm(total=len(jobs), desc="generating JPEGs", unit="img", disable=not progress)
+    total = 0
+    with bar:
+        if workers == 1:
+            for part in chunks:
+                total += _write_chunk(spec, str(tmp), part)
+                bar.update(len(part))
+            return total
+        with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+            futures = {pool.submit(_write_chunk, spec, str(tmp), part): len(part)
+                       for part in chunks}
+            for future in concurrent.futures.as_completed(futures):
+                total += future.result()
+                bar.update(futures[future])
+    return total
+
+
+def generate(
+    root: str | os.PathLike[str],
+    spec: SyntheticSpec,
+    *,
+    workers: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Writes the folder for ``spec`` at ``root`` unless it is already there.
+
+    Args:
+        root: the dataset folder; ``root/train`` and ``root/val`` are created.
+        spec: what to generate.
+        workers: processes writing in parallel (default: the CPU count).
+            The bytes do not depend on it.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        ``root`` as a ``Path``.
+
+    Raises:
+        ValueError: ``root`` exists but is not a finished folder of this spec
+            (it is never deleted: it may be someone's data).
+    """
+    root = Path(root)
+    if is_complete(root, spec):
+        return root
+    if root.exists():
+        found = _read_manifest(root)
+        what = (f"a dataset generated from {found.get('spec')}" if found
+                else "not a generated dataset")
+        raise ValueError(
+            f"{root} exists and is {what}, not {spec.to_dict()}; remove it or choose another path"
+        )
+    if workers is not None and (isinstance(workers, bool) or workers < 1):
+        raise ValueError(f"workers must be >= 1, got {workers!r}")
+    workers = workers or os.cpu_count() or 1
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
+    try:
+        total = _write_all(spec, tmp, min(workers, spec.num_images), progress)
+        (tmp / MANIFEST).write_text(json.dumps(_manifest(spec, total), indent=2))
+        tmp.chmod(0o755)  # mkdtemp makes it private
+        try:
+            os.rename(tmp, root)
+        except OSError:
+            if not is_complete(root, spec):  # another process finished first otherwise
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("wrote %d images (%.1f MB) to %s", spec.num_images, total / 1e6, root)
+    return root
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def dataset_stats(root: str | os.PathLike[str], *, split: str | None = None,
+                  limit: int | None = None) -> DatasetStats:
+    """Sizes and file sizes of the JPEGs under ``root`` (any ImageNet-style folder).
+
+    Args:
+        root: a folder with ``train/`` and ``val/``, or a single split folder.
+        split: only ``root/<split>``.
+        limit: look at most at this many files (evenly spaced), for big folders.
+
+    Only image headers are read, so this is fast even for ImageNet itself.
+    """
+    base = Path(root) / split if split else Path(root)
+    files = sorted(p for p in base.rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
+    if not files:
+        raise ValueError(f"no JPEG files under {base}")
+    if limit is not None and len(files) > limit:
+        files = [files[i * len(files) // limit] for i in range(limit)]
+    sizes = np.array([Image.open(p).size for p in files], dtype=np.float64)
+    kb = np.array([p.stat().st_size / 1000.0 for p in files])
+    long_side = sizes.max(axis=1)
+    return DatasetStats(
+        num_images=len(files),
+        num_classes=len({p.parent.name for p in files}),
+        mean_width=float(sizes[:, 0].mean()),
+        mean_height=float(sizes[:, 1].mean()),
+        mean_file_kb=float(kb.mean()),
+        median_file_kb=float(np.median(kb)),
+        max_long_side=int(long_side.max()),
+        large_fraction=float((long_side > 600).mean()),
+    )
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m dali_cutmix.synthetic",
+        description="Generate (or reuse) an ImageNet-like JPEG folder with train/ and val/.",
+    )
+    default = SyntheticSpec()
+    parser.add_argument("out", type=Path, help="dataset folder to create")
+    parser.add_argument("--classes", type=int, default=default.num_classes)
+    parser.add_argument("--train-per-class", type=int, default=default.train_per_class)
+    parser.add_argument("--val-per-class", type=int, default=default.val_per_class)
+    parser.add_argument("--seed", type=int, default=default.seed)
+    parser.add_argument("--size-scale", type=float, default=default.size_scale,
+                        help="multiply image sides (1.0: ImageNet-like sizes)")
+    parser.add_argument("--quality", type=int, default=default.quality, help="JPEG quality")
+    parser.add_argument("--workers", type=int, default=None, help="default: CPU count")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    try:
+        spec = SyntheticSpec(
+            num_classes=args.classes,
+            train_per_class=args.train_per_class,
+            val_per_class=args.val_per_class,
+            seed=args.seed,
+            size_scale=args.size_scale,
+            quality=args.quality,
+        )
+        root = generate(args.out, spec, workers=args.workers, progress=not args.no_progress)
+    except ValueError as error:
+        parser.error(str(error))
+    print(dataset_stats(root).summary())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""The ImageNet-like generator: determinism, caching, statistics, learnable classes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dali_cutmix import synthetic
+from dali_cutmix.synthetic import SyntheticSpec, dataset_stats, generate, image_size, render_image
+from tests.conftest import build_image_folder
+
+TINY = SyntheticSpec(num_classes=3, train_per_class=3, val_per_class=2, seed=7, size_scale=0.2)
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*.JPEG"))
+    }
+
+
+def test_layout_and_manifest(tmp_path: Path) -> None:
+    root = generate(tmp_path / "ds", TINY, workers=1, progress=False)
+    names = sorted(str(p.relative_to(root)) for p in root.rglob("*.JPEG"))
+    assert len(names) == 3 * (3 + 2)
+    assert names[0] == "train/s0000/s0000_00000.JPEG"
+    assert sorted(p.name for p in (root / "val").iterdir()) == ["s0000", "s0001", "s0002"]
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["spec"] == TINY.to_dict()
+    assert manifest["total_bytes"] == sum(p.stat().st_size for p in root.rglob("*.JPEG"))
+    assert list(tmp_path.iterdir()) == [root]  # the temporary folder is gone
+    with Image.open(root / names[0]) as img:
+        assert img.format == "JPEG" and img.mode == "RGB"
+
+
+def test_same_seed_same_bytes_whatever_the_workers(tmp_path: Path) -> None:
+    one = generate(tmp_path / "one", TINY, workers=1, progress=False)
+    two = generate(tmp_path / "two", TINY, workers=2, progress=False)
+    assert _digest(one) == _digest(two)
+    other = generate(tmp_path / "other", SyntheticSpec(**{**TINY.to_dict(), "seed": 8}),
+                     workers=1, progress=False)
+    assert set(_digest(other).values()).isdisjoint(_digest(one).values())
+
+
+def test_finished_folder_is_reused_without_writing(tmp_path: Path, monkeypatch) -> None:
+    root = generate(tmp_path / "ds", TINY, workers=1, progress=False)
+    before = _digest(root)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished dataset was written again")
+
+    monkeypatch.setattr(synthetic, "_write_all", fail)
+    assert generate(root, TINY, workers=1, progress=False) == root
+    assert _digest(root) == before
+
+
+def test_half_written_or_foreign_folder_is_not_reused(tmp_path: Path, monkeypatch) -> None:
+    def crash(spec, tmp, workers, progress):
+        (tmp / "train").mkdir()
+        (tmp / "train" / "partial.JPEG").write_bytes(b"\xff\xd8")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synthetic, "_write_all", crash)
+    with pytest.raises(KeyboardInterrupt):
+        generate(tmp_path / "ds", TINY, workers=1, progress=False)
+    assert list(tmp_path.iterdir()) == []  # nothing that looks finished is left
+    monkeypatch.undo()
+    # A folder without a manifest (or with another spec) is never overwritten.
+    (tmp_path / "mine" / "train").mkdir(parents=True)
+    with pytest.raises(ValueError, match="not a generated dataset"):
+        generate(tmp_path / "mine", TINY, workers=1, progress=False)
+    root = generate(tmp_path / "ds", TINY, workers=1, progress=False)
+    with pytest.raises(ValueError, match="exists and is a dataset generated from"):
+        generate(root, SyntheticSpec(**{**TINY.to_dict(), "seed": 1}), workers=1)
+
+
+def test_stats_of_a_known_folder(tmp_path: Path) -> None:
+    root = build_image_folder(tmp_path / "train", classes=2, per_class=2, extras=False)
+    stats = dataset_stats(root)
+    # sizes (40 + 7 * ((k + c) % 5), 32 + 5 * (k % 4)) for c, k in {0, 1}^2
+    assert stats.num_images == 4 and stats.num_classes == 2
+    assert stats.mean_width == pytest.approx((40 + 47 + 47 + 54) / 4)
+    assert stats.mean_height == pytest.approx((32 + 37 + 32 + 37) / 4)
+    sizes = [p.stat().st_size / 1000 for p in root.rglob("*.JPEG")]
+    assert stats.mean_file_kb == pytest.approx(np.mean(sizes))
+    assert stats.max_long_side == 54 and stats.large_fraction == 0.0
+
+
+def test_full_scale_sizes_resemble_imagenet() -> None:
+    rng = np.random.default_rng(0)
+    sizes = np.array([image_size(rng) for _ in range(4000)])
+    width, height = sizes.mean(axis=0)
+    assert 380 < width < 430 and 330 < height < 380
+    long_side = sizes.max(axis=1)
+    assert 0.02 < (long_side > 600).mean() < 0.05  # the tail of large images
+    assert (long_side == 500).mean() > 0.5
+
+
+def test_full_scale_file_sizes_resemble_imagenet() -> None:
+    spec = SyntheticSpec(num_classes=10)
+    # Typical 500 x 375 images: about 110 KB at the default quality.
+    kb = [len(synthetic.encode_jpeg(render_image(spec, "train", c, 0)[:375, :500], spec.quality))
+          / 1000 for c in range(10)]
+    assert 80 < np.mean(kb) < 160
+
+
+def test_classes_differ_more_than_images_within_a_class() -> None:
+    spec = SyntheticSpec(num_classes=5, size_scale=0.2)
+    hist = {c: [np.histogramdd(render_image(spec, "train", c, i).reshape(-1, 3) // 64,
+                               bins=(4, 4, 4), range=[(0, 4)] * 3)[0].ravel()
+                for i in range(4)] for c in range(5)}
+    centroids = {c: np.mean(h[:3], axis=0) for c, h in hist.items()}
+    # A nearest-centroid classifier on colour histograms gets held-out images right.
+    hits = sum(min(centroids, key=lambda k: np.abs(centroids[k] - hist[c][3]).sum()) == c
+               for c in range(5))
+    assert hits >= 4
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("num_classes", 0, "num_classes must be >= 1"),
+    ("train_per_class", 0, "train_per_class and val_per_class"),
+    ("size_scale", 0.0, "size_scale must be in"),
+    ("quality", 101, "quality must be in"),
+    ("seed", -1, "seed must be >= 0"),
+    ("num_classes", 2.5, "num_classes must be an int"),
+])
+def test_bad_spec(field: str, value, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SyntheticSpec(**{field: value})
+
+
+def test_cli(tmp_path: Path, capsys) -> None:
+    synthetic.main([str(tmp_path / "ds"), "--classes", "2", "--train-per-class", "1",
+                    "--val-per-class", "1", "--size-scale", "0.2", "--workers", "1",
+                    "--no-progress"])
+    assert "4 images in 2 classes" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        synthetic.main([str(tmp_path / "bad"), "--classes", "0"])
