@@ -1,0 +1,233 @@
+"""Listing an ImageNet-style dataset, file lists, and the errors bad input raises.
+
+The listing follows torchvision's ``ImageFolder`` exactly (same class order,
+same file order, same extensions, subfolders of a class folder included), so
+the integer labels a DALI loader yields are ``ImageFolder(root).targets`` for
+the same files. A file list is DALI's ``fn.readers.file`` format: one
+``path label`` pair per line, the path relative to the list's folder unless it
+is absolute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+__all__ = [
+    "IMG_EXTENSIONS",
+    "BadImageError",
+    "DatasetError",
+    "ImageList",
+    "list_image_folder",
+    "path_in_message",
+    "read_file_list",
+    "write_file_list",
+]
+
+logger = logging.getLogger(__name__)
+
+# torchvision.datasets.folder.IMG_EXTENSIONS; compared case-insensitively, as there.
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+SCAN_HINT = (
+    "Run `python -m dali_cutmix.scan {root} --out DIR` to find every bad file, "
+    "then pass `file_list=DIR/files.txt` to the loader."
+)
+
+
+class DatasetError(ValueError):
+    """The dataset cannot be read as given; the message names the path and the fix."""
+
+
+class BadImageError(DatasetError):
+    """A file in the dataset is not a decodable image.
+
+    Attributes:
+        path: the offending file, or ``None`` when DALI did not say which one.
+    """
+
+    def __init__(self, message: str, *, path: str | None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageList:
+    """The files a loader reads, with their labels and the class names.
+
+    Attributes:
+        classes: class names; label ``i`` means ``classes[i]``.
+        paths: absolute file paths, in ``ImageFolder`` order for a folder.
+        labels: int label of each path, same length as ``paths``.
+        source: the folder or file list this came from (for messages).
+    """
+
+    classes: tuple[str, ...]
+    paths: tuple[str, ...]
+    labels: tuple[int, ...]
+    source: str
+
+    def __post_init__(self) -> None:
+        if len(self.paths) != len(self.labels):
+            raise ValueError(
+                f"paths and labels differ in length: {len(self.paths)} != {len(self.labels)}"
+            )
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def _has_image_extension(name: str) -> bool:
+    return name.lower().endswith(IMG_EXTENSIONS)
+
+
+def _class_files(class_dir: str) -> list[str]:
+    """Image files under one class folder, in ``ImageFolder``'s order."""
+    found = []
+    for dirpath, _, names in sorted(os.walk(class_dir, followlinks=True)):
+        found.extend(os.path.join(dirpath, n) for n in sorted(names) if _has_image_extension(n))
+    return found
+
+
+def _check_root(root: Path) -> None:
+    hint = "Point `root` at a folder laid out as ROOT/<class>/<image>.JPEG (ImageFolder's layout)."
+    if not root.exists():
+        raise DatasetError(f"dataset root {str(root)!r} does not exist. {hint}")
+    if not root.is_dir():
+        raise DatasetError(f"dataset root {str(root)!r} is not a folder. {hint}")
+
+
+def list_image_folder(root: str | os.PathLike[str]) -> ImageList:
+    """Lists ``root/<class>/**/<image>`` exactly as ``torchvision.datasets.ImageFolder`` does.
+
+    Args:
+        root: the dataset folder, one subfolder per class.
+
+    Returns:
+        An :class:`ImageList` with absolute paths; ``labels`` equal
+        ``ImageFolder(root).targets`` and ``classes`` equal ``ImageFolder(root).classes``.
+
+    Raises:
+        DatasetError: ``root`` is missing, not a folder, has no class folders, or
+            a class folder holds no image; the message names the path.
+    """
+    root = Path(root).expanduser().resolve()
+    _check_root(root)
+    classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+    if not classes:
+        raise DatasetError(
+            f"dataset root {str(root)!r} has no class folders; expected "
+            f"ROOT/<class>/<image> with extensions {', '.join(IMG_EXTENSIONS)}."
+        )
+    paths: list[str] = []
+    labels: list[int] = []
+    for label, name in enumerate(classes):
+        files = _class_files(str(root / name))
+        if not files:
+            raise DatasetError(
+                f"class folder {str(root / name)!r} holds no image (extensions "
+                f"{', '.join(IMG_EXTENSIONS)}); add images or remove the folder, since class "
+                f"indices follow the sorted folder names."
+            )
+        paths.extend(files)
+        labels.extend([label] * len(files))
+    logger.info("listed %d images in %d classes under %s", len(paths), len(classes), root)
+    return ImageList(tuple(classes), tuple(paths), tuple(labels), str(root))
+
+
+def _parse_line(line: str, *, number: int, list_path: Path) -> tuple[str, int]:
+    path, _, label = line.rstrip().rpartition(" ")
+    if not path or not label.lstrip("-").isdigit() or int(label) < 0:
+        raise DatasetError(
+            f"{str(list_path)!r} line {number}: expected 'path label' with an integer "
+            f"label >= 0, got {line.rstrip()!r}"
+        )
+    return path.strip(), int(label)
+
+
+def read_file_list(
+    file_list: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None
+) -> ImageList:
+    """Reads a DALI file list (``path label`` per line).
+
+    Relative paths are resolved against ``root`` when given, else against the
+    list's folder (as ``fn.readers.file`` does). Class names come from
+    ``root``'s class folders when given; otherwise label ``i`` is named after
+    the folder holding its first file, and there are ``max(label) + 1`` classes.
+
+    Raises:
+        DatasetError: the list is missing, empty or malformed; the message names it.
+    """
+    list_path = Path(file_list).expanduser().resolve()
+    if not list_path.is_file():
+        raise DatasetError(f"file list {str(list_path)!r} does not exist or is not a file.")
+    base = Path(root).expanduser().resolve() if root is not None else list_path.parent
+    entries = [
+        _parse_line(line, number=i + 1, list_path=list_path)
+        for i, line in enumerate(list_path.read_text().splitlines())
+        if line.strip()
+    ]
+    if not entries:
+        raise DatasetError(f"file list {str(list_path)!r} lists no files.")
+    paths = tuple(os.path.join(base, p) for p, _ in entries)
+    labels = tuple(label for _, label in entries)
+    if root is not None:
+        _check_root(base)
+        classes = tuple(sorted(e.name for e in os.scandir(base) if e.is_dir()))
+        if max(labels) >= len(classes):
+            raise DatasetError(
+                f"file list {str(list_path)!r} has label {max(labels)} but {str(base)!r} "
+                f"has only {len(classes)} class folders."
+            )
+    else:
+        classes = _names_from_paths(paths, labels)
+    return ImageList(classes, paths, labels, str(list_path))
+
+
+def _names_from_paths(paths: Sequence[str], labels: Sequence[int]) -> tuple[str, ...]:
+    names: dict[int, str] = {}
+    for path, label in zip(paths, labels):
+        names.setdefault(label, os.path.basename(os.path.dirname(path)))
+    return tuple(names.get(i, f"class_{i}") for i in range(max(labels) + 1))
+
+
+def write_file_list(path: str | os.PathLike[str], entries: Iterable[tuple[str, int]]) -> int:
+    """Writes ``path label`` lines (DALI's file-list format); returns the line count."""
+    count = 0
+    with open(path, "w", encoding="utf-8") as out:
+        for file_path, label in entries:
+            if file_path != file_path.strip() or "\n" in file_path:
+                raise DatasetError(
+                    f"{file_path!r} has leading/trailing whitespace or a newline, which "
+                    f"DALI's file list cannot hold; rename the file."
+                )
+            out.write(f"{file_path} {label}\n")
+            count += 1
+    return count
+
+
+# DALI names the file in e.g. "Failed to decode sample #3 : /data/x.JPEG" or
+# "File mapping failed: /data/x.JPEG"; the path runs to the end of the line.
+_PATH_PATTERNS = (
+    re.compile(r"Failed to decode sample[^:\n]*:\s*(?P<path>[^\n]+?)\s*$", re.MULTILINE),
+    re.compile(
+        r"(?:File mapping failed|Failed to open file):?\s*(?P<path>[^\n]+?)\s*$", re.MULTILINE
+    ),
+)
+
+
+def path_in_message(message: str, *, known: Iterable[str] = ()) -> str | None:
+    """The file a DALI error message names, if any (checked against ``known`` when given)."""
+    for pattern in _PATH_PATTERNS:
+        match = pattern.search(message)
+        if match:
+            return match.group("path")
+    return next((p for p in known if p in message), None)

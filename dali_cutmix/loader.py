@@ -1,0 +1,236 @@
+"""A DALI pipeline as a drop-in for ``torch.utils.data.DataLoader``.
+
+``for images, targets in loader`` yields torch tensors on the pipeline's device;
+``len(loader)`` is the number of batches; each ``iter(loader)`` is one epoch;
+``state_dict()`` / ``load_state_dict()`` carry DALI's own pipeline checkpoint,
+so a run resumed mid-epoch yields bit-identical next batches.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from nvidia.dali.pipeline import Pipeline
+from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+__all__ = ["DaliLoader", "LastBatch"]
+
+logger = logging.getLogger(__name__)
+
+_STATE_VERSION = 1
+_OUTPUTS = ("images", "targets")
+
+
+class LastBatch(str, enum.Enum):
+    """What happens to a shard's last, incomplete batch in an epoch.
+
+    The reader always pads a shard to whole batches by repeating its last
+    sample (``pad_last_batch=True``); the policy says what the loader yields:
+
+    * ``DROP``: the incomplete batch is not yielded. Every batch is full (what
+      training wants: steady batch statistics, no recompilation); each epoch
+      skips fewer than ``batch_size`` images per shard, different ones each
+      epoch when shuffling.
+    * ``PARTIAL``: the last batch is yielded short, padding removed. Over an
+      epoch the shards together yield every image exactly once (what
+      validation needs). All shards yield ``len(loader)`` batches; a shard
+      whose part ends on a batch boundary may yield an empty last batch.
+    """
+
+    DROP = "drop"
+    PARTIAL = "partial"
+
+    @property
+    def dali(self) -> LastBatchPolicy:
+        return LastBatchPolicy.DROP if self is LastBatch.DROP else LastBatchPolicy.PARTIAL
+
+
+class DaliLoader:
+    """Iterates a DALI pipeline as ``(images, targets)`` torch tensors, one epoch per ``iter``.
+
+    Args:
+        build: returns a new, unbuilt pipeline; called with a DALI checkpoint
+            (a string) to restore, or ``None``. The pipeline must have
+            ``enable_checkpointing=True``, a reader named ``reader_name`` with
+            ``pad_last_batch=True``, and two outputs: images and targets.
+        reader_name: the ``name`` of the pipeline's reader.
+        last_batch: see :class:`LastBatch`.
+        classes: class names; ``num_classes == len(classes)``.
+        explain: turns a pipeline error into the exception to raise (e.g. a
+            :class:`dali_cutmix.files.BadImageError` naming the file); ``None``
+            re-raises DALI's error.
+
+    Attributes:
+        batch_size: samples per full batch.
+        num_classes, classes: as given.
+        device: where the tensors are (``cuda:N`` or ``cpu``).
+        dataset_size: images this loader yields per epoch (this shard).
+    """
+
+    def __init__(
+        self,
+        *,
+        build: Callable[[str | None], Pipeline],
+        reader_name: str,
+        last_batch: LastBatch = LastBatch.PARTIAL,
+        classes: list[str],
+        explain: Callable[[Exception], Exception] | None = None,
+    ) -> None:
+        self._build = build
+        self._reader_name = reader_name
+        self.last_batch = LastBatch(last_batch)
+        self.classes = list(classes)
+        self.num_classes = len(self.classes)
+        self._explain = explain
+        self._failure: Exception | None = None
+        self._pipe: Pipeline | None = None
+        self._iterator = self._guard(lambda: self._new_iterator(None))
+        self.batch_size: int = self._iterator.batch_size
+        self._length = len(self._iterator)
+        self.dataset_size = self._count_images()
+        device_id = self._pipe.device_id
+        self.device = torch.device("cpu" if device_id is None else f"cuda:{device_id}")
+        self._epoch = 0  # epochs started
+        self._done = 0  # batches yielded in the current epoch
+        self._finished = True  # DALI's iterator is reset and at an epoch start
+        self._resuming = False
+
+    def _new_iterator(self, checkpoint: str | None) -> DALIGenericIterator:
+        self._pipe = self._build(checkpoint)
+        return DALIGenericIterator(
+            self._pipe,
+            list(_OUTPUTS),
+            reader_name=self._reader_name,
+            last_batch_policy=self.last_batch.dali,
+            auto_reset=False,
+        )
+
+    def _count_images(self) -> int:
+        meta = self._pipe.reader_meta(self._reader_name)
+        if self.last_batch is LastBatch.DROP:
+            return self._length * self.batch_size
+        total, shards, shard = meta["epoch_size"], meta["number_of_shards"], meta["shard_id"]
+        # DALI's split of `total` samples into `shards` contiguous parts.
+        return math.floor((shard + 1) * total / shards) - math.floor(shard * total / shards)
+
+    def _guard(self, step: Callable[[], Any]) -> Any:
+        """Runs a DALI call; after any pipeline error, every later call raises it again.
+
+        DALI marks a pipeline invalid after an error but may still hand out
+        stale batches; refusing further use is what keeps a caller from hanging
+        or training on garbage.
+        """
+        if self._failure is not None:
+            raise self._failure
+        try:
+            return step()
+        except StopIteration:
+            raise
+        except RuntimeError as err:
+            self._failure = self._explain(err) if self._explain else err
+            if self._failure is err:
+                raise
+            raise self._failure from err
+
+    def __len__(self) -> int:
+        """Batches per epoch for this shard."""
+        return self._length
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self._resuming:
+            self._resuming = False
+        else:
+            self._start_epoch()
+        return self._batches()
+
+    def _start_epoch(self) -> None:
+        if self._done or not self._finished:
+            self._finish_epoch()
+        self._epoch += 1
+        self._done = 0
+
+    def _finish_epoch(self) -> None:
+        """Consumes what is left of DALI's epoch (a loop broke off early) and resets it."""
+        if self._finished:
+            return
+        left = self._length - self._done
+        if left:
+            logger.info("skipping the %d batches left of epoch %d", left, self._epoch)
+        while True:
+            try:
+                self._guard(lambda: next(self._iterator))
+            except StopIteration:
+                break
+        self._guard(self._iterator.reset)
+        self._done = self._length
+        self._finished = True
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        while self._done < self._length:
+            self._finished = False
+            try:
+                batch = self._guard(lambda: next(self._iterator))[0]
+            except StopIteration:
+                raise RuntimeError(
+                    f"DALI ended the epoch after {self._done} of {self._length} batches"
+                ) from None
+            self._done += 1
+            yield batch["images"], batch["targets"]
+        self._finish_epoch()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Position in the data stream: DALI's pipeline checkpoint and the epoch counters.
+
+        An epoch whose batches were all yielded is closed first, so the
+        checkpoint sits at a clean epoch start.
+        """
+        if self._done >= self._length:
+            self._finish_epoch()
+        checkpoint = self._guard(lambda: self._iterator.checkpoints()[0])
+        return {
+            "version": _STATE_VERSION,
+            "dali_checkpoint": checkpoint,
+            "epoch": self._epoch,
+            "batches_done": self._done,
+            "num_batches": self._length,
+            "batch_size": self.batch_size,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores a :meth:`state_dict`; the next ``iter()`` continues that epoch.
+
+        Raises:
+            ValueError: the state is from another version or a loader with a
+                different batch size or number of batches.
+        """
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(f"unsupported loader state version {state.get('version')!r}")
+        for key, mine in (("batch_size", self.batch_size), ("num_batches", self._length)):
+            if state[key] != mine:
+                raise ValueError(
+                    f"loader state has {key}={state[key]} but this loader has {mine}; "
+                    f"build the loader with the settings of the saved run"
+                )
+        self._failure = None
+        self._iterator = self._guard(lambda: self._new_iterator(state["dali_checkpoint"]))
+        self._epoch = int(state["epoch"])
+        self._done = int(state["batches_done"])
+        self._finished = self._done >= self._length
+        self._resuming = True
+
+    def __repr__(self) -> str:
+        info = {
+            "batches": self._length,
+            "batch_size": self.batch_size,
+            "images": self.dataset_size,
+            "classes": self.num_classes,
+            "device": str(self.device),
+            "last_batch": self.last_batch.value,
+        }
+        return f"DaliLoader({json.dumps(info)[1:-1]})"

@@ -1,0 +1,246 @@
+"""Find the files of a dataset that are not decodable images, and write a clean file list.
+
+DALI cannot skip a bad file: one corrupt JPEG stops the pipeline. Run this once
+on a new dataset::
+
+    python -m dali_cutmix.scan /data/imagenet/train --out /data/imagenet/scan-train
+
+It lists the dataset exactly as ``torchvision.datasets.ImageFolder`` does,
+decodes every file in a process pool (with a progress bar and throughput), and
+writes into ``--out``:
+
+* ``files.txt``: ``path label`` per good file (absolute paths, ``ImageFolder``
+  labels), ready for ``make_loader(root, file_list=".../files.txt")``;
+* ``bad_files.json``: ``{"root", "total", "good", "bad": [{"path", "label", "error"}]}``;
+* ``classes.txt``: the class names, one per line, label order.
+
+The exit status is 0 when every file decodes and 1 when some do not (the
+clean list is written either way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from PIL import Image
+from tqdm import tqdm
+
+from dali_cutmix.files import DatasetError, ImageList, list_image_folder, write_file_list
+
+__all__ = ["ScanReport", "check_image", "first_unreadable", "main", "scan"]
+
+logger = logging.getLogger(__name__)
+
+# Formats DALI's decoders read (PIL's names); a GIF named .JPEG opens in PIL but not in DALI.
+DALI_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "TIFF", "WEBP", "PPM", "JPEG2000"})
+
+
+def check_image(path: str, *, decode: bool = True) -> str | None:
+    """Why ``path`` is not a decodable image, or ``None`` when it is.
+
+    Args:
+        path: the file.
+        decode: decode all pixels (catches truncated files); ``False`` reads
+            only the header, which is fast and catches non-images.
+
+    Returns:
+        ``None`` for a good image (grayscale, CMYK and PNG-named-.JPEG included),
+        else a one-line reason.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DecompressionBombWarning, EXIF warnings
+            with Image.open(path) as img:
+                if img.format not in DALI_FORMATS:
+                    return f"format {img.format} is not one DALI decodes"
+                if decode:
+                    img.load()
+                else:
+                    img.verify()
+    except Exception as err:  # PIL raises many types for bad files
+        return f"{type(err).__name__}: {err}".splitlines()[0]
+    return None
+
+
+def _check_chunk(paths: Sequence[str]) -> list[str | None]:
+    return [check_image(p) for p in paths]
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@dataclasses.dataclass(frozen=True)
+class ScanReport:
+    """What a scan found.
+
+    Attributes:
+        images: the dataset as listed (all files, good and bad).
+        errors: one entry per file, ``None`` for good files.
+        seconds: wall time of the decoding pass.
+    """
+
+    images: ImageList
+    errors: tuple[str | None, ...]
+
+    seconds: float
+
+    @property
+    def bad(self) -> list[tuple[str, int, str]]:
+        """``(path, label, reason)`` of each bad file."""
+        return [
+            (p, label, e)
+            for p, label, e in zip(self.images.paths, self.images.labels, self.errors)
+            if e is not None
+        ]
+
+    @property
+    def good(self) -> list[tuple[str, int]]:
+        """``(path, label)`` of each good file, in ``ImageFolder`` order."""
+        return [
+            (p, label)
+            for p, label, e in zip(self.images.paths, self.images.labels, self.errors)
+            if e is None
+        ]
+
+
+def scan(
+    root: str | os.PathLike[str],
+    *,
+    workers: int | None = None,
+    chunk_size: int = 64,
+    progress: bool = True,
+) -> ScanReport:
+    """Decodes every image under ``root`` in a process pool.
+
+    Args:
+        root: an ``ImageFolder`` dataset.
+        workers: processes; default: all CPUs this process may use.
+        chunk_size: files per task (larger amortises inter-process overhead).
+        progress: show a tqdm bar with images/s.
+
+    Raises:
+        DatasetError: the folder itself is unusable (see :func:`list_image_folder`).
+    """
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    images = list_image_folder(root)
+    workers = workers or len(os.sched_getaffinity(0))
+    errors: list[str | None] = []
+    start = time.perf_counter()
+    with (
+        tqdm(total=len(images), unit="img", desc="scan", disable=not progress) as bar,
+        concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool,
+    ):
+        for result in pool.map(_check_chunk, _chunks(images.paths, chunk_size)):
+            errors.extend(result)
+            bar.update(len(result))
+    seconds = time.perf_counter() - start
+    logger.info(
+        "decoded %d files in %.1f s (%.0f images/s) with %d workers",
+        len(images),
+        seconds,
+        len(images) / max(seconds, 1e-9),
+        workers,
+    )
+    return ScanReport(images, tuple(errors), seconds)
+
+
+def first_unreadable(paths: Sequence[str], *, workers: int = 8) -> str | None:
+    """The first of ``paths`` whose header does not read as an image DALI decodes.
+
+    A fast search (headers only, threads) used to name the file when DALI's
+    error message does not; truncated files need :func:`scan`.
+    """
+    with (
+        concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool,
+        tqdm(
+            total=len(paths),
+            unit="img",
+            desc="looking for the bad file",
+            leave=False,
+            disable=len(paths) < 10_000,
+        ) as bar,
+    ):
+        for chunk in _chunks(paths, 256):
+            results = list(pool.map(lambda p: check_image(p, decode=False), chunk))
+            bar.update(len(chunk))
+            for path, error in zip(chunk, results):
+                if error is not None:
+                    return path
+    return None
+
+
+def write_report(report: ScanReport, out: str | os.PathLike[str]) -> dict[str, Path]:
+    """Writes ``files.txt``, ``classes.txt`` and ``bad_files.json`` into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {name: out / name for name in ("files.txt", "classes.txt", "bad_files.json")}
+    write_file_list(paths["files.txt"], report.good)
+    paths["classes.txt"].write_text("".join(f"{c}\n" for c in report.images.classes))
+    summary = {
+        "root": report.images.source,
+        "total": len(report.images),
+        "good": len(report.images) - len(report.bad),
+        "bad": [{"path": p, "label": label, "error": e} for p, label, e in report.bad],
+    }
+    paths["bad_files.json"].write_text(json.dumps(summary, indent=2) + "\n")
+    return paths
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m dali_cutmix.scan",
+        description="Decode every image of an ImageFolder dataset; write a clean DALI file "
+        "list and a report of the bad files.",
+    )
+    parser.add_argument("root", help="dataset folder: ROOT/<class>/<image>")
+    parser.add_argument("--out", required=True, help="folder for files.txt and bad_files.json")
+    parser.add_argument("--workers", type=int, default=None, help="decoding processes")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (0 clean, 1 bad files, 2 unusable)."""
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        report = scan(args.root, workers=args.workers)
+    except (DatasetError, ValueError) as err:
+        logger.error("error: %s", err)
+        return 2
+    paths = write_report(report, args.out)
+    rate = len(report.images) / max(report.seconds, 1e-9)
+    logger.info(
+        "%d files, %d good, %d bad (%.0f images/s)",
+        len(report.images),
+        len(report.good),
+        len(report.bad),
+        rate,
+    )
+    for path, _, error in report.bad[:20]:
+        logger.info("  bad: %s (%s)", path, error)
+    logger.info("clean file list: %s", paths["files.txt"])
+    if report.bad:
+        logger.info(
+            "report of bad files: %s; train with file_list=%s",
+            paths["bad_files.json"],
+            paths["files.txt"],
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,531 @@
+"""ImageNet training and validation pipelines, and ``make_loader`` to iterate them.
+
+Training: ``fn.readers.file`` (global shuffle every epoch, sharded) -> JPEG
+decode fused with the random-resized crop -> resize to ``crop_size`` -> random
+horizontal flip -> CutMix / MixUp (``dali_cutmix.mix``) -> normalize.
+Validation: decode -> resize the shorter side to ``resize_size`` -> centre crop
+``crop_size`` -> normalize; every image exactly once per epoch over all shards.
+
+On the GPU the decoder runs as ``device="mixed"`` (nvJPEG, with the hardware
+JPEG decoder of A100/H100/H200 where present) and every later step on the GPU;
+on the CPU (``device_id=None``) the same graph runs on the CPU.
+
+Example:
+    >>> loader = make_loader("/data/imagenet/train", train=True, batch_size=256,
+    ...                      mix=MixConfig(num_classes=1000))
+    >>> for images, targets in loader:   # [256, 3, 224, 224] float32, [256, 1000] float32
+    ...     loss = criterion(model(images), targets)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import os
+import re
+
+import nvidia.dali.fn as fn
+import nvidia.dali.types as types
+import torch
+from nvidia.dali import pipeline_def
+from nvidia.dali.data_node import DataNode
+from nvidia.dali.pipeline import Pipeline
+
+from dali_cutmix.config import MixConfig
+from dali_cutmix.files import (
+    SCAN_HINT,
+    BadImageError,
+    ImageList,
+    list_image_folder,
+    path_in_message,
+    read_file_list,
+)
+from dali_cutmix.loader import DaliLoader, LastBatch
+from dali_cutmix.mixing import mix as mix_images
+from dali_cutmix.scan import first_unreadable
+
+__all__ = [
+    "DType",
+    "Device",
+    "GpuDecoderOptions",
+    "ImageNetOptions",
+    "Layout",
+    "make_loader",
+    "resolve_shard",
+]
+
+logger = logging.getLogger(__name__)
+
+READER_NAME = "Reader"
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+
+class Device(str, enum.Enum):
+    AUTO = "auto"
+    CPU = "cpu"
+    GPU = "gpu"
+
+
+class Layout(str, enum.Enum):
+    """Image batch layout: NCHW ``[B, 3, H, W]`` or NHWC ``[B, H, W, 3]``.
+
+    ``images.permute(0, 3, 1, 2)`` of an NHWC batch is an NCHW view in
+    ``torch.channels_last`` memory format: a channels-last model takes it with no copy.
+    """
+
+    NCHW = "NCHW"
+    NHWC = "NHWC"
+
+
+class DType(str, enum.Enum):
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+
+    @property
+    def dali(self) -> types.DALIDataType:
+        return types.FLOAT if self is DType.FLOAT32 else types.FLOAT16
+
+
+def _enum(cls: type[enum.Enum], name: str, value: object) -> enum.Enum:
+    try:
+        return cls(value)
+    except ValueError:
+        allowed = ", ".join(repr(m.value) for m in cls)
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuDecoderOptions:
+    """Settings of the ``mixed`` (GPU) JPEG decoder that matter for speed.
+
+    Defaults and why:
+
+    * ``hw_decoder_load=0.99``: share of images sent to the hardware JPEG
+      decoder (A100, H100, H200; ignored elsewhere). DALI's default 0.65 assumes
+      many CPU threads per GPU to decode the rest; with the 6-8 threads per GPU
+      of a typical node, nearly all on the hardware decoder is faster (MLPerf
+      ResNet-50 submissions use 0.99 with 6 threads per H100).
+    * ``device_memory_padding`` / ``host_memory_padding`` (200 MiB / 134 MiB)
+      and ``preallocate_width_hint`` / ``preallocate_height_hint`` (5980 x 6430,
+      the largest ImageNet image): nvJPEG's buffers are sized once for the
+      largest image instead of being reallocated mid-epoch, which stalls the
+      pipeline; the values are those of DALI's ResNet-50 example.
+    """
+
+    hw_decoder_load: float = 0.99
+    device_memory_padding: int = 211_025_920
+    host_memory_padding: int = 140_544_512
+    preallocate_width_hint: int = 5_980
+    preallocate_height_hint: int = 6_430
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.hw_decoder_load <= 1.0:
+            raise ValueError(f"hw_decoder_load must be in [0, 1], got {self.hw_decoder_load!r}")
+        for field in dataclasses.fields(self)[1:]:
+            value = getattr(self, field.name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{field.name} must be an int >= 0, got {value!r}")
+
+    def kwargs(self) -> dict[str, float | int]:
+        return dataclasses.asdict(self)
+
+
+def _check_pair(name: str, value: tuple[float, float]) -> tuple[float, float]:
+    pair = tuple(value)
+    if len(pair) != 2 or not 0 < pair[0] <= pair[1]:
+        raise ValueError(f"{name} must be (low, high) with 0 < low <= high, got {value!r}")
+    return float(pair[0]), float(pair[1])
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageNetOptions:
+    """What the pipeline computes (not how fast): crop, mixing, output format.
+
+    Attributes:
+        train: the training recipe (random crop, flip, mixing) or validation.
+        crop_size: side of the square output image.
+        resize_size: validation only: shorter side before the centre crop.
+        mix: mixing for training; ``None`` or disabled gives int64 targets.
+        output_layout, dtype: see :class:`Layout`, :class:`DType`.
+        random_area, random_aspect_ratio: the random-resized crop's ranges.
+    """
+
+    train: bool
+    crop_size: int = 224
+    resize_size: int = 256
+    mix: MixConfig | None = None
+    output_layout: Layout = Layout.NCHW
+    dtype: DType = DType.FLOAT32
+    random_area: tuple[float, float] = (0.08, 1.0)
+    random_aspect_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+
+    def __post_init__(self) -> None:
+        for name in ("crop_size", "resize_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if not self.train and self.resize_size < self.crop_size:
+            raise ValueError(
+                f"resize_size ({self.resize_size}) must be >= crop_size ({self.crop_size})"
+            )
+        if self.mix is not None and not self.train:
+            raise ValueError("mix applies to training only; pass mix=None for validation")
+        object.__setattr__(
+            self, "output_layout", _enum(Layout, "output_layout", self.output_layout)
+        )
+        object.__setattr__(self, "dtype", _enum(DType, "dtype", self.dtype))
+        object.__setattr__(self, "random_area", _check_pair("random_area", self.random_area))
+        if self.random_area[1] > 1.0:
+            raise ValueError(f"random_area must lie in (0, 1], got {self.random_area!r}")
+        object.__setattr__(
+            self,
+            "random_aspect_ratio",
+            _check_pair("random_aspect_ratio", self.random_aspect_ratio),
+        )
+
+    @property
+    def mixing(self) -> bool:
+        return self.mix is not None and self.mix.enabled
+
+
+# ---- graph functions: DALI nodes in, DALI nodes out ------------------------------------------
+
+
+def read_files(
+    *, images: ImageList, shard_id: int, num_shards: int, shuffle: bool, seed: int
+) -> tuple[DataNode, DataNode]:
+    """Encoded files and int32 ``[1]`` labels from the named reader, padded to whole batches.
+
+    Training shuffles the whole list after every epoch (first epoch included)
+    with the same seed on every shard, so the shards partition each epoch.
+    Validation reads each shard's fixed, contiguous part in order.
+    """
+    return fn.readers.file(
+        files=list(images.paths),
+        labels=list(images.labels),
+        name=READER_NAME,
+        shard_id=shard_id,
+        num_shards=num_shards,
+        pad_last_batch=True,
+        shuffle_after_epoch=shuffle,
+        shuffle_after_epoch_seed=seed if shuffle else None,
+        stick_to_shard=not shuffle,
+    )
+
+
+def decode_random_crop(
+    jpegs: DataNode, *, options: ImageNetOptions, gpu: bool, decoder: GpuDecoderOptions
+) -> DataNode:
+    """Random-resized crop decoded straight from the JPEG, resized to ``crop_size``; uint8 HWC."""
+    extra = decoder.kwargs() if gpu else {}
+    images = fn.decoders.image_random_crop(
+        jpegs,
+        device="mixed" if gpu else "cpu",
+        output_type=types.RGB,
+        random_area=list(options.random_area),
+        random_aspect_ratio=list(options.random_aspect_ratio),
+        num_attempts=10,
+        **extra,
+    )
+    size = options.crop_size
+    return fn.resize(images, resize_x=size, resize_y=size, antialias=True)
+
+
+def decode_resize(
+    jpegs: DataNode, *, options: ImageNetOptions, gpu: bool, decoder: GpuDecoderOptions
+) -> DataNode:
+    """Whole image decoded, shorter side resized to ``resize_size``; uint8 HWC."""
+    extra = decoder.kwargs() if gpu else {}
+    images = fn.decoders.image(
+        jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB, **extra
+    )
+    return fn.resize(images, resize_shorter=options.resize_size, antialias=True)
+
+
+def normalize(
+    images: DataNode,
+    *,
+    options: ImageNetOptions,
+    mirror: DataNode | int = 0,
+    crop: int | None = None,
+) -> DataNode:
+    """``(x - mean) / std`` with ImageNet statistics (x in 0..255, uint8 or float).
+
+    Returns ``options.dtype`` in ``options.output_layout`` (per sample CHW or HWC),
+    centre-cropped to ``crop`` when given, flipped where ``mirror`` is 1.
+    """
+    return fn.crop_mirror_normalize(
+        images,
+        crop=(crop, crop) if crop else None,
+        mirror=mirror,
+        mean=list(IMAGENET_MEAN),
+        std=list(IMAGENET_STD),
+        dtype=options.dtype.dali,
+        output_layout="CHW" if options.output_layout is Layout.NCHW else "HWC",
+    )
+
+
+def class_indices(labels: DataNode) -> DataNode:
+    """int64 scalar per sample from the reader's int32 ``[1]`` labels."""
+    return fn.cast(fn.squeeze(labels, axes=[0]), dtype=types.INT64)
+
+
+def augment_and_mix(
+    images: DataNode, labels: DataNode, *, options: ImageNetOptions
+) -> tuple[DataNode, DataNode]:
+    """Random flip, mixing and normalization of uint8 HWC crops.
+
+    Mixing needs HWC (``multi_paste``), so it comes before the normalization
+    that transposes to CHW; MixUp's float output is still in 0..255, so the
+    same mean and std apply.
+    """
+    flip = fn.random.coin_flip(probability=0.5)
+    if not options.mixing:
+        return normalize(images, options=options, mirror=flip), class_indices(labels)
+    images = fn.flip(images, horizontal=flip)
+    images, targets = mix_images(images, labels, options.mix)
+    return normalize(images, options=options), targets
+
+
+@pipeline_def(enable_checkpointing=True)
+def imagenet_pipeline(
+    *,
+    images: ImageList,
+    options: ImageNetOptions,
+    shard_id: int,
+    num_shards: int,
+    reader_seed: int,
+    gpu: bool,
+    decoder: GpuDecoderOptions,
+) -> tuple[DataNode, DataNode]:
+    """Reader, decode, crop, (flip, mix), normalize; returns (images, targets).
+
+    The labels stay on the CPU through the mixing (cheap arithmetic on
+    ``[num_classes]`` vectors) and move to the GPU at the end, so that the CPU
+    and GPU graphs agree up to that last copy.
+    """
+    jpegs, labels = read_files(
+        images=images,
+        shard_id=shard_id,
+        num_shards=num_shards,
+        shuffle=options.train,
+        seed=reader_seed,
+    )
+    if options.train:
+        crops = decode_random_crop(jpegs, options=options, gpu=gpu, decoder=decoder)
+        out, targets = augment_and_mix(crops, labels, options=options)
+    else:
+        resized = decode_resize(jpegs, options=options, gpu=gpu, decoder=decoder)
+        out = normalize(resized, options=options, crop=options.crop_size)
+        targets = class_indices(labels)
+    return out, targets.gpu() if gpu else targets
+
+
+# ---- the loader -------------------------------------------------------------------------------
+
+
+def resolve_shard(shard_id: int | None, num_shards: int | None) -> tuple[int, int]:
+    """``(shard_id, num_shards)``: as given, else torchrun's ``RANK`` / ``WORLD_SIZE``, else (0, 1).
+
+    Raises:
+        ValueError: only one of the two given, or ``shard_id`` outside ``[0, num_shards)``.
+    """
+    if (shard_id is None) != (num_shards is None):
+        raise ValueError(
+            f"give both shard_id and num_shards or neither, got {shard_id!r}, {num_shards!r}"
+        )
+    if shard_id is None:
+        shard_id = int(os.environ.get("RANK", 0))
+        num_shards = int(os.environ.get("WORLD_SIZE", 1))
+    if num_shards < 1 or not 0 <= shard_id < num_shards:
+        raise ValueError(f"need 0 <= shard_id < num_shards, got {shard_id}, {num_shards}")
+    return shard_id, num_shards
+
+
+def resolve_device(device: Device | str, device_id: int | None) -> int | None:
+    """The DALI ``device_id``: a CUDA device for the GPU path, ``None`` for the CPU path."""
+    device = _enum(Device, "device", device)
+    if device is Device.AUTO:
+        device = Device.GPU if torch.cuda.is_available() else Device.CPU
+        logger.info(
+            "device='auto': CUDA %s, using the %s pipeline",
+            "available" if device is Device.GPU else "not available",
+            device.value.upper(),
+        )
+    if device is Device.CPU:
+        return None
+    if not torch.cuda.is_available():
+        raise ValueError("device='gpu' needs CUDA, which torch does not see; use device='cpu'")
+    if device_id is None:
+        device_id = int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))
+    logger.info("decoding and augmenting on the GPU (cuda:%d)", device_id)
+    return device_id
+
+
+def default_num_threads(*, gpu: bool) -> int:
+    """CPU threads per pipeline: this rank's share of the cores; at most 8 on the GPU path.
+
+    On the GPU the threads only feed the decoder (file reads, the JPEG parts the
+    hardware decoder does not take), and more than ~8 per GPU stop paying; on
+    the CPU every step runs on them.
+    """
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    share = max(1, len(os.sched_getaffinity(0)) // max(local_ranks, 1))
+    return min(share, 8) if gpu else share
+
+
+def _dali_reason(message: str) -> str:
+    match = re.search(r"encountered:\s*(.+?)(?:\nCurrent pipeline object|$)", message, re.S)
+    text = match.group(1) if match else message
+    return " ".join(text.split())[:300]
+
+
+def _explainer(images: ImageList):
+    """Turns DALI's decode errors into a :class:`BadImageError` naming the file."""
+    hint = SCAN_HINT.format(root=images.source)
+
+    def explain(err: Exception) -> Exception:
+        message = str(err)
+        path = path_in_message(message)
+        if path is None and "decod" not in message and "nvImageCodec" not in message:
+            return err  # not about a file (e.g. out of memory): DALI's own message is best
+        if path is None:
+            path = first_unreadable(images.paths)
+        what = (
+            f"{path!r} is not a decodable image"
+            if path
+            else (f"a file of {images.source!r} is not a decodable image")
+        )
+        return BadImageError(f"{what} (DALI: {_dali_reason(message)}). {hint}", path=path)
+
+    return explain
+
+
+def _list_images(root: str | os.PathLike[str] | None, file_list) -> ImageList:
+    if file_list is not None:
+        return read_file_list(file_list, root=root)
+    if root is None:
+        raise ValueError("give the dataset root, a file_list, or both")
+    return list_image_folder(root)
+
+
+def make_loader(
+    root: str | os.PathLike[str] | None = None,
+    *,
+    train: bool,
+    batch_size: int,
+    device: Device | str = Device.AUTO,
+    mix: MixConfig | None = None,
+    crop_size: int = 224,
+    resize_size: int = 256,
+    num_threads: int | None = None,
+    seed: int = 0,
+    shard_id: int | None = None,
+    num_shards: int | None = None,
+    file_list: str | os.PathLike[str] | None = None,
+    output_layout: Layout | str = Layout.NCHW,
+    dtype: DType | str = DType.FLOAT32,
+    last_batch: LastBatch | str | None = None,
+    random_area: tuple[float, float] = (0.08, 1.0),
+    random_aspect_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    decoder: GpuDecoderOptions | None = None,
+    prefetch_queue_depth: int = 2,
+    device_id: int | None = None,
+) -> DaliLoader:
+    """A DataLoader-like loader over an ImageNet-style folder (``root/<class>/<image>``).
+
+    Args:
+        root: the dataset folder; class indices follow ``ImageFolder``.
+        train: training recipe (shuffled, augmented, mixed) or validation.
+        batch_size: samples per batch (per shard).
+        device: ``"gpu"`` (decode with nvJPEG, tensors on CUDA), ``"cpu"``, or
+            ``"auto"`` (GPU when CUDA is available; logged).
+        mix: CutMix/MixUp for training; ``mix.num_classes`` must equal the
+            dataset's. ``None`` or disabled: int64 targets.
+        crop_size, resize_size: output side; validation's shorter side before the centre crop.
+        num_threads: DALI CPU threads; default :func:`default_num_threads`.
+        seed: seeds augmentation (offset by ``shard_id``, so ranks differ) and
+            the epoch shuffle (identical on every rank, so shards partition it).
+        shard_id, num_shards: this rank's part; default from torchrun's env, else 0 of 1.
+        file_list: ``path label`` lines (e.g. ``scan``'s ``files.txt``) read
+            instead of listing ``root``; relative paths resolve against ``root``
+            when given, else the list's folder.
+        output_layout: ``"NCHW"`` or ``"NHWC"``; dtype: ``"float32"`` or ``"float16"``.
+        last_batch: :class:`LastBatch`; default ``DROP`` for training, ``PARTIAL``
+            for validation (every image exactly once over all shards).
+        random_area, random_aspect_ratio: the random-resized crop's ranges.
+        decoder: GPU decoder settings, see :class:`GpuDecoderOptions`.
+        prefetch_queue_depth: batches DALI prepares ahead (2 hides one batch of latency).
+        device_id: CUDA device; default ``LOCAL_RANK`` or the current device.
+
+    Returns:
+        A :class:`DaliLoader` yielding ``(images, targets)``: images
+        ``[B, 3, crop, crop]`` (NCHW) or ``[B, crop, crop, 3]`` (NHWC) of ``dtype``,
+        normalized with ImageNet mean/std; targets int64 ``[B]``, or float32
+        ``[B, num_classes]`` when mixing. CUDA tensors on the GPU path.
+
+    Raises:
+        ValueError: a bad setting (the message names it).
+        dali_cutmix.files.DatasetError: a missing or empty root, a class folder
+            without images, or (while iterating, as ``BadImageError``) a file that
+            does not decode; the message names the path and the fix.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    options = ImageNetOptions(
+        train=train,
+        crop_size=crop_size,
+        resize_size=resize_size,
+        mix=mix,
+        output_layout=output_layout,
+        dtype=dtype,
+        random_area=random_area,
+        random_aspect_ratio=random_aspect_ratio,
+    )
+    policy = _enum(
+        LastBatch, "last_batch", last_batch or (LastBatch.DROP if train else LastBatch.PARTIAL)
+    )
+    shard_id, num_shards = resolve_shard(shard_id, num_shards)
+    images = _list_images(root, file_list)
+    if mix is not None and mix.num_classes != images.num_classes:
+        raise ValueError(
+            f"mix.num_classes is {mix.num_classes} but {images.source!r} has "
+            f"{images.num_classes} classes"
+        )
+    dali_device = resolve_device(device, device_id)
+    gpu = dali_device is not None
+
+    def build(checkpoint: str | None) -> Pipeline:
+        return imagenet_pipeline(
+            images=images,
+            options=options,
+            shard_id=shard_id,
+            num_shards=num_shards,
+            reader_seed=seed,
+            gpu=gpu,
+            decoder=decoder or GpuDecoderOptions(),
+            batch_size=batch_size,
+            num_threads=num_threads or default_num_threads(gpu=gpu),
+            device_id=dali_device,
+            seed=seed + shard_id,
+            prefetch_queue_depth=prefetch_queue_depth,
+            checkpoint=checkpoint,
+        )
+
+    loader = DaliLoader(
+        build=build,
+        reader_name=READER_NAME,
+        last_batch=policy,
+        classes=list(images.classes),
+        explain=_explainer(images),
+    )
+    logger.info(
+        "%s loader, shard %d/%d: %r",
+        "training" if train else "validation",
+        shard_id,
+        num_shards,
+        loader,
+    )
+    return loader
