@@ -1,0 +1,646 @@
+"""Pipeline benchmark: loaders and training throughput, side by side, on the same files.
+
+    python -m pipelines.bench                      # generated ImageNet-like set, this machine
+    python -m pipelines.bench --data /imagenet     # a real ImageNet-style folder (uses DATA/train)
+
+Every figure is measured in this run: each configuration runs in a fresh
+process (so memory and warm caches don't leak between configurations), skips
+``--warmup`` batches, then times ``--windows`` windows of ``--window-batches``
+batches and reports the median images/s with the min and max over windows.
+Ratios are against the torchvision DataLoader measured in the same run.
+Results go to ``OUT/results.json`` and ``OUT/results.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dali_cutmix.config import MixConfig
+
+__all__ = ["BenchConfig", "MIXES", "measure_windows", "run_benchmark", "main"]
+
+log = logging.getLogger(__name__)
+
+# The three mixing settings every loader is measured with: none, CutMix alone
+# (the paper's ImageNet recipe) and timm's usual CutMix/MixUp switching.
+MIXES: dict[str, dict[str, Any] | None] = {
+    "off": None,
+    "cutmix": {"cutmix_alpha": 1.0, "mixup_alpha": 0.0},
+    "switch": {"cutmix_alpha": 1.0, "mixup_alpha": 0.8, "switch_prob": 0.5},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """What to measure. ``*_list`` fields are the scaling sweeps."""
+
+    out: Path
+    data: Path | None = None
+    classes: int = 20
+    per_class: int = 50
+    batch_size: int = 32
+    workers: int = 2
+    threads_list: tuple[int, ...] = (1, 2)
+    batch_size_list: tuple[int, ...] = (16, 32, 64)
+    arch: str = "resnet50"
+    train_batch_size: int = 16
+    crop_size: int = 224
+    warmup: int = 3
+    windows: int = 5
+    window_batches: int = 5
+    train_windows: int = 3
+    train_window_batches: int = 2
+    devices: tuple[str, ...] = ("cpu",)
+    skip_training: bool = False
+
+    def __post_init__(self) -> None:
+        for name in (
+            "classes",
+            "per_class",
+            "batch_size",
+            "workers",
+            "train_batch_size",
+            "crop_size",
+            "windows",
+            "window_batches",
+            "train_windows",
+            "train_window_batches",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+        for device in self.devices:
+            if device not in ("cpu", "gpu"):
+                raise ValueError(f"devices must be cpu and/or gpu, got {device!r}")
+
+
+def _sync(tensor: torch.Tensor | None) -> None:
+    if isinstance(tensor, torch.Tensor) and tensor.is_cuda:
+        torch.cuda.synchronize(tensor.device)
+
+
+def measure_windows(
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    warmup: int,
+    windows: int,
+    window_batches: int,
+    step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None,
+) -> dict[str, Any]:
+    """Times ``windows`` windows of ``window_batches`` batches after ``warmup`` batches.
+
+    ``step`` (a training step, say) runs on every batch; CUDA is synchronised
+    at each window's edges only. ``batches`` is cycled if it runs out.
+
+    Returns:
+        ``{"images_per_s": median, "min": .., "max": .., "windows": [...]}``.
+    """
+
+    def forever() -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        while True:
+            empty = True
+            for batch in batches:
+                empty = False
+                yield batch
+            if empty:
+                raise ValueError("the loader yielded no batch")
+
+    stream = iter(forever())
+    last = None
+    for _ in range(warmup):
+        images, targets = next(stream)
+        last = step(images, targets) if step else images
+    rates = []
+    for _ in range(windows):
+        _sync(last)
+        start, count = time.perf_counter(), 0
+        for _ in range(window_batches):
+            images, targets = next(stream)
+            last = step(images, targets) if step else images
+            count += images.shape[0]
+        _sync(last)
+        rates.append(count / (time.perf_counter() - start))
+    return {
+        "images_per_s": statistics.median(rates),
+        "min": min(rates),
+        "max": max(rates),
+        "windows": rates,
+    }
+
+
+def _mix_config(name: str, num_classes: int) -> MixConfig | None:
+    params = MIXES[name]
+    return None if params is None else MixConfig(num_classes=num_classes, **params)
+
+
+def _build_loader(spec: dict[str, Any]):
+    """The loader a measurement spec names, built in the measuring process."""
+    root = Path(spec["root"])
+    num_classes = sum(1 for p in root.iterdir() if p.is_dir())
+    mix = _mix_config(spec["mix"], num_classes)
+    if spec["loader"] == "torchvision":
+        from pipelines.torchvision_ref import make_torchvision_loader
+
+        return make_torchvision_loader(
+            root,
+            train=True,
+            batch_size=spec["batch_size"],
+            workers=spec["workers"],
+            mix=mix,
+            crop_size=spec["crop_size"],
+            seed=0,
+        )
+    from pipelines.imagenet import make_loader
+
+    return make_loader(
+        root,
+        train=True,
+        batch_size=spec["batch_size"],
+        device=spec["device"],
+        mix=mix,
+        num_threads=spec["workers"],
+        crop_size=spec["crop_size"],
+        seed=0,
+        output_layout="NHWC" if spec["device"] == "gpu" else "NCHW",
+    )
+
+
+def _training_step(spec: dict[str, Any], num_classes: int):
+    """A plain ResNet step (SGD, cross-entropy, AMP + channels_last on GPU)."""
+    import torchvision
+
+    device = torch.device("cuda" if spec["device"] == "gpu" else "cpu")
+    model = torchvision.models.get_model(spec["arch"], num_classes=num_classes).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    criterion = torch.nn.CrossEntropyLoss()
+
+    def step(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        if device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = criterion(model(images), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return step
+
+
+def _synthetic_batches(
+    spec: dict[str, Any], num_classes: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The ceiling's input: one fixed batch already on the device."""
+    device = torch.device("cuda" if spec["device"] == "gpu" else "cpu")
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(spec["batch_size"], 3, spec["crop_size"], spec["crop_size"], generator=gen)
+    targets = torch.randint(0, num_classes, (spec["batch_size"],), generator=gen)
+    return [(images.to(device), targets.to(device))]
+
+
+def _memory_figures(device: str) -> dict[str, float]:
+    figures = {
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    }
+    if device == "gpu" and torch.cuda.is_available():
+        free, total = torch.cuda.mem_get_info()
+        figures["gpu_used_mb"] = (total - free) / 2**20  # device-wide: DALI's pools included
+    return figures
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    """Runs one measurement spec in this process (see :func:`_run_isolated`)."""
+    torch.manual_seed(0)
+    num_classes = sum(1 for p in Path(spec["root"]).iterdir() if p.is_dir())
+    windows = {
+        "warmup": spec["warmup"],
+        "windows": spec["windows"],
+        "window_batches": spec["window_batches"],
+    }
+    if spec["kind"] == "train":
+        step = _training_step(spec, num_classes)
+        feed = (
+            _synthetic_batches(spec, num_classes)
+            if spec["loader"] == "synthetic"
+            else _build_loader(spec)
+        )
+        result = measure_windows(feed, step=step, **windows)
+    else:
+        result = measure_windows(_build_loader(spec), **windows)
+    return {**result, **_memory_figures(spec["device"])}
+
+
+def _run_isolated(spec: dict[str, Any]) -> dict[str, Any]:
+    """Runs :func:`measure` in a fresh Python process; returns its result (or the error)."""
+    cmd = [sys.executable, "-m", "pipelines.bench", "--measure", json.dumps(spec)]
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        log.error("%s failed: %s", _label(spec), " | ".join(tail))
+        return {**spec, "error": " | ".join(tail)}
+    result = {**spec, **json.loads(lines[-1][len("RESULT ") :])}
+    log.info(
+        "%-44s %8.1f img/s  [%.1f .. %.1f]  (%.0fs)",
+        _label(spec),
+        result["images_per_s"],
+        result["min"],
+        result["max"],
+        time.perf_counter() - started,
+    )
+    return result
+
+
+def _label(spec: dict[str, Any]) -> str:
+    name = spec["loader"] if spec["loader"] != "dali" else f"dali-{spec['device']}"
+    parts = [
+        spec["kind"],
+        name,
+        f"mix={spec['mix']}",
+        f"w={spec['workers']}",
+        f"bs={spec['batch_size']}",
+    ]
+    return " ".join(parts)
+
+
+def _specs(config: BenchConfig, root: Path) -> dict[str, list[dict[str, Any]]]:
+    """Every measurement of the run, grouped by section."""
+    base = {
+        "root": str(root),
+        "crop_size": config.crop_size,
+        "warmup": config.warmup,
+        "windows": config.windows,
+        "window_batches": config.window_batches,
+        "batch_size": config.batch_size,
+        "workers": config.workers,
+        "kind": "loader",
+    }
+    feeds = [("torchvision", "cpu")] + [("dali", device) for device in config.devices]
+    loaders = [
+        {**base, "loader": loader, "device": device, "mix": mix}
+        for loader, device in feeds
+        for mix in MIXES
+    ]
+    scaling = []
+    for loader, device in feeds:
+        for threads in config.threads_list:
+            scaling.append(
+                {
+                    **base,
+                    "loader": loader,
+                    "device": device,
+                    "mix": "cutmix",
+                    "workers": threads,
+                    "sweep": "workers",
+                }
+            )
+        for batch_size in config.batch_size_list:
+            scaling.append(
+                {
+                    **base,
+                    "loader": loader,
+                    "device": device,
+                    "mix": "cutmix",
+                    "batch_size": batch_size,
+                    "sweep": "batch_size",
+                }
+            )
+    train_device = "gpu" if "gpu" in config.devices else "cpu"
+    train_base = {
+        **base,
+        "kind": "train",
+        "arch": config.arch,
+        "device": train_device,
+        "mix": "cutmix",
+        "batch_size": config.train_batch_size,
+        "windows": config.train_windows,
+        "window_batches": config.train_window_batches,
+        "warmup": min(config.warmup, 2),
+    }
+    training = (
+        []
+        if config.skip_training
+        else [
+            {**train_base, "loader": "synthetic", "mix": "off"},
+            {**train_base, "loader": "dali"},
+            {**train_base, "loader": "torchvision", "device": train_device},
+        ]
+    )
+    return {"loaders": loaders, "training": training, "scaling": scaling}
+
+
+def _derive(results: dict[str, list[dict[str, Any]]]) -> None:
+    """Adds ratios: vs torchvision (same mix), CutMix cost, % of the training ceiling."""
+    loaders = [r for r in results["loaders"] if "error" not in r]
+    by_key = {(r["loader"], r["device"], r["mix"]): r["images_per_s"] for r in loaders}
+    for r in loaders:
+        baseline = by_key.get(("torchvision", "cpu", r["mix"]))
+        if baseline:
+            r["vs_torchvision"] = r["images_per_s"] / baseline
+        plain = by_key.get((r["loader"], r["device"], "off"))
+        if plain and r["mix"] != "off":
+            r["mix_cost_pct"] = 100.0 * (plain - r["images_per_s"]) / plain
+    training = [r for r in results["training"] if "error" not in r]
+    ceiling = next((r["images_per_s"] for r in training if r["loader"] == "synthetic"), None)
+    for r in training:
+        if ceiling:
+            r["pct_of_ceiling"] = 100.0 * r["images_per_s"] / ceiling
+
+
+def _environment() -> dict[str, Any]:
+    import nvidia.dali
+    import torchvision
+
+    env = {
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "dali": nvidia.dali.__version__,
+        "cuda_available": torch.cuda.is_available(),
+    }
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
+    return env
+
+
+def _dataset(config: BenchConfig) -> tuple[Path, dict[str, Any]]:
+    from dali_cutmix.synthetic import SyntheticSpec, dataset_stats, generate
+
+    if config.data is not None:
+        root = config.data / "train" if (config.data / "train").is_dir() else config.data
+        source = str(config.data)
+    else:
+        spec = SyntheticSpec(
+            num_classes=config.classes, train_per_class=config.per_class, val_per_class=1
+        )
+        cache = (
+            Path(os.environ.get("DALI_CUTMIX_CACHE", "data"))
+            / f"bench-{config.classes}x{config.per_class}"
+        )
+        root = generate(cache, spec) / "train"
+        source = f"generated: {spec.to_dict()}"
+    return root, {"source": source, "root": str(root), **dataset_stats(root).to_dict()}
+
+
+def run_benchmark(config: BenchConfig, command: str) -> dict[str, Any]:
+    """Measures every configuration; writes ``results.json`` and ``results.png`` in ``out``."""
+    root, dataset = _dataset(config)
+    log.info("dataset: %s", json.dumps(dataset))
+    results: dict[str, Any] = {
+        section: [_run_isolated(spec) for spec in specs]
+        for section, specs in _specs(config, root).items()
+    }
+    _derive(results)
+    report = {
+        "command": command,
+        "environment": _environment(),
+        "dataset": dataset,
+        "config": {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(config).items()
+        },
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **results,
+    }
+    config.out.mkdir(parents=True, exist_ok=True)
+    (config.out / "results.json").write_text(json.dumps(report, indent=2))
+    plot_results(report, config.out / "results.png")
+    print(format_table(report))
+    return report
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The run's figures as Markdown tables (the README shows the same)."""
+    env = report["environment"]
+    machine = env.get("gpu", "no GPU") + f", {env['cpu_count']} CPU cores"
+    lines = [
+        f"Machine: {machine}; DALI {env['dali']}, torch {env['torch']}",
+        "",
+        "| loader | mix | images/s (median) | min-max | vs torchvision | mixing cost |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in report["loaders"]:
+        if "error" in r:
+            lines.append(f"| {_label(r)} | failed: {r['error'][:60]} | | | | |")
+            continue
+        name = r["loader"] if r["loader"] != "dali" else f"DALI {r['device'].upper()}"
+        cost = f"{r['mix_cost_pct']:.1f} %" if "mix_cost_pct" in r else "-"
+        ratio = f"{r['vs_torchvision']:.2f}x" if "vs_torchvision" in r else "-"
+        lines.append(
+            f"| {name} ({r['workers']} w) | {r['mix']} | {r['images_per_s']:.1f} "
+            f"| {r['min']:.0f}-{r['max']:.0f} | {ratio} | {cost} |"
+        )
+    if report["training"]:
+        lines += ["", "| training feed | images/s | % of ceiling |", "|---|---:|---:|"]
+        for r in report["training"]:
+            if "error" in r:
+                lines.append(f"| {r['loader']} | failed | |")
+                continue
+            lines.append(
+                f"| {r['arch']} on {r['device']} <- {r['loader']} ({r['mix']}) "
+                f"| {r['images_per_s']:.1f} | {r.get('pct_of_ceiling', 0):.0f} % |"
+            )
+    lines += [
+        "",
+        "| scaling | loader | value | images/s | peak host RSS MB |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in report["scaling"]:
+        if "error" in r:
+            continue
+        value = r["workers"] if r["sweep"] == "workers" else r["batch_size"]
+        name = r["loader"] if r["loader"] != "dali" else f"dali-{r['device']}"
+        rate, rss = r["images_per_s"], r["peak_rss_mb"]
+        lines.append(f"| {r['sweep']} | {name} | {value} | {rate:.1f} | {rss:.0f} |")
+    return "\n".join(lines)
+
+
+def plot_results(report: dict[str, Any], path: Path) -> None:
+    """Loader and training throughput bars (min-max whiskers) and the two scaling sweeps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
+    ok = [r for r in report["loaders"] if "error" not in r]
+    names = sorted(
+        {(r["loader"], r["device"]) for r in ok}, key=lambda k: (k[0] != "torchvision", k)
+    )
+    width = 0.8 / max(len(names), 1)
+    for k, (loader, device) in enumerate(names):
+        rows = [
+            next(
+                (r for r in ok if (r["loader"], r["device"], r["mix"]) == (loader, device, m)), None
+            )
+            for m in MIXES
+        ]
+        xs = [i + k * width for i, r in enumerate(rows) if r]
+        mids = [r["images_per_s"] for r in rows if r]
+        spread = [
+            [r["images_per_s"] - r["min"] for r in rows if r],
+            [r["max"] - r["images_per_s"] for r in rows if r],
+        ]
+        label = loader if loader != "dali" else f"DALI {device.upper()}"
+        axes[0].bar(xs, mids, width, yerr=spread, capsize=3, label=label)
+    axes[0].set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(MIXES))], list(MIXES))
+    axes[0].set_ylabel("images/s (median, min-max)")
+    axes[0].set_title("Loader throughput by mixing")
+    axes[0].legend()
+    train = [r for r in report["training"] if "error" not in r]
+    bars = axes[1].bar(
+        [r["loader"] for r in train], [r["images_per_s"] for r in train], color="tab:green"
+    )
+    axes[1].bar_label(bars, [f"{r.get('pct_of_ceiling', 0):.0f} %" for r in train])
+    axes[1].set_title(
+        f"Training {train[0]['arch']} on {train[0]['device']}" if train else "Training"
+    )
+    for ax, sweep in ((axes[2], "workers"), (axes[3], "batch_size")):
+        for loader, device in names:
+            rows = [
+                r
+                for r in report["scaling"]
+                if "error" not in r
+                and r["sweep"] == sweep
+                and (r["loader"], r["device"]) == (loader, device)
+            ]
+            xs = [r["workers"] if sweep == "workers" else r["batch_size"] for r in rows]
+            ax.plot(xs, [r["images_per_s"] for r in rows], "-o", label=f"{loader}-{device}")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("DALI threads / DataLoader workers" if sweep == "workers" else "batch size")
+        ax.set_title(f"Scaling with {sweep.replace('_', ' ')} (CutMix on)")
+        ax.legend(fontsize=8)
+    env = report["environment"]
+    fig.suptitle(f"{env.get('gpu', 'CPU only')}, {env['cpu_count']} CPU cores, DALI {env['dali']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Benchmark DALI and torchvision loaders and training."
+    )
+    parser.add_argument(
+        "--data", type=Path, help="ImageNet-style folder (default: a generated one)"
+    )
+    parser.add_argument("--out", type=Path, default=Path("bench/results/latest"))
+    parser.add_argument("--classes", type=int, default=20)
+    parser.add_argument("--per-class", type=int, default=50)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="DataLoader workers and DALI threads for the side-by-side figures",
+    )
+    parser.add_argument("--threads-list", type=_int_list, default=None, help="e.g. 1,2,4,8,16")
+    parser.add_argument("--batch-size-list", type=_int_list, default=(16, 32, 64))
+    parser.add_argument("--arch", default="resnet50")
+    parser.add_argument("--train-batch-size", type=int, default=16)
+    parser.add_argument("--crop-size", type=int, default=224)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--windows", type=int, default=5)
+    parser.add_argument("--window-batches", type=int, default=5)
+    parser.add_argument("--train-windows", type=int, default=3)
+    parser.add_argument("--train-window-batches", type=int, default=2)
+    parser.add_argument(
+        "--device",
+        choices=["auto", "cpu", "gpu", "both"],
+        default="auto",
+        help="where DALI runs: auto = GPU and CPU when CUDA is there, else CPU",
+    )
+    parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one isolated measurement
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    cuda = torch.cuda.is_available()
+    if args.device == "gpu" and not cuda:
+        raise ValueError("--device gpu needs CUDA, which this machine does not have")
+    devices = {
+        "auto": ("gpu", "cpu") if cuda else ("cpu",),
+        "cpu": ("cpu",),
+        "gpu": ("gpu",),
+        "both": ("gpu", "cpu"),
+    }[args.device]
+    threads = args.threads_list or tuple(
+        n for n in (1, 2, 4, 8, 16, 32) if n <= (os.cpu_count() or 1)
+    )
+    return BenchConfig(
+        out=args.out,
+        data=args.data,
+        classes=args.classes,
+        per_class=args.per_class,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        threads_list=threads,
+        batch_size_list=args.batch_size_list,
+        arch=args.arch,
+        train_batch_size=args.train_batch_size,
+        crop_size=args.crop_size,
+        warmup=args.warmup,
+        windows=args.windows,
+        window_batches=args.window_batches,
+        train_windows=args.train_windows,
+        train_window_batches=args.train_window_batches,
+        devices=devices,
+        skip_training=args.skip_training,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    args = get_args_parser().parse_args(argv)
+    if args.measure:
+        print("RESULT " + json.dumps(measure(json.loads(args.measure))), flush=True)
+        return 0
+    try:
+        config = config_from_args(args)
+    except ValueError as err:
+        log.error("bench: %s", err)
+        return 2
+    command = " ".join(["python -m pipelines.bench", *(argv if argv is not None else sys.argv[1:])])
+    report = run_benchmark(config, command)
+    failed = [
+        r for section in ("loaders", "training", "scaling") for r in report[section] if "error" in r
+    ]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,104 @@
+"""The benchmark's timing, derived ratios and report, on tiny inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipelines import bench
+
+
+def fake_batches(n: int, batch: int = 4):
+    return [(torch.zeros(batch, 3, 2, 2), torch.zeros(batch)) for _ in range(n)]
+
+
+def test_measure_windows_counts_images_and_cycles_the_loader() -> None:
+    steps = []
+    result = bench.measure_windows(
+        fake_batches(3), warmup=2, windows=4, window_batches=2, step=lambda x, y: steps.append(1)
+    )
+    assert len(steps) == 2 + 4 * 2  # warm-up batches run the step too, then 8 timed ones
+    assert len(result["windows"]) == 4
+    assert result["min"] <= result["images_per_s"] <= result["max"]
+    with pytest.raises(ValueError, match="no batch"):
+        bench.measure_windows([], warmup=1, windows=1, window_batches=1)
+
+
+def test_derive_ratios_against_torchvision_and_mix_cost() -> None:
+    rows = [
+        {"loader": "torchvision", "device": "cpu", "mix": "off", "images_per_s": 100.0},
+        {"loader": "torchvision", "device": "cpu", "mix": "cutmix", "images_per_s": 80.0},
+        {"loader": "dali", "device": "cpu", "mix": "off", "images_per_s": 300.0},
+        {"loader": "dali", "device": "cpu", "mix": "cutmix", "images_per_s": 240.0},
+    ]
+    training = [
+        {"loader": "synthetic", "images_per_s": 50.0},
+        {"loader": "dali", "images_per_s": 40.0},
+        {"loader": "torchvision", "error": "boom"},
+    ]
+    results = {"loaders": rows, "training": training, "scaling": []}
+    bench._derive(results)
+    assert rows[2]["vs_torchvision"] == 3.0 and rows[3]["vs_torchvision"] == 3.0
+    assert rows[1]["mix_cost_pct"] == pytest.approx(20.0) and rows[3][
+        "mix_cost_pct"
+    ] == pytest.approx(20.0)
+    assert "mix_cost_pct" not in rows[0]
+    assert training[1]["pct_of_ceiling"] == 80.0 and "pct_of_ceiling" not in training[2]
+
+
+@pytest.mark.parametrize("loader", ["dali", "torchvision"])
+def test_one_isolated_measurement_on_a_tiny_folder(image_folder: Path, loader: str) -> None:
+    spec = {
+        "root": str(image_folder),
+        "kind": "loader",
+        "loader": loader,
+        "device": "cpu",
+        "mix": "cutmix",
+        "workers": 1,
+        "batch_size": 4,
+        "crop_size": 32,
+        "warmup": 1,
+        "windows": 2,
+        "window_batches": 2,
+    }
+    result = bench._run_isolated(spec)
+    assert "error" not in result, result.get("error")
+    assert result["images_per_s"] > 0 and len(result["windows"]) == 2
+    assert result["peak_rss_mb"] > 0
+
+
+def test_report_table_and_plot(tmp_path: Path) -> None:
+    env = {"cpu_count": 2, "dali": "x", "torch": "y"}
+    row = {
+        "loader": "dali",
+        "device": "cpu",
+        "mix": "cutmix",
+        "workers": 2,
+        "batch_size": 8,
+        "images_per_s": 10.0,
+        "min": 9.0,
+        "max": 11.0,
+        "peak_rss_mb": 5.0,
+        "vs_torchvision": 2.0,
+        "mix_cost_pct": 3.0,
+        "sweep": "workers",
+        "kind": "loader",
+    }
+    report = {"environment": env, "loaders": [row], "training": [], "scaling": [row]}
+    table = bench.format_table(report)
+    assert "| DALI CPU (2 w) | cutmix | 10.0 | 9-11 | 2.00x | 3.0 % |" in table
+    bench.plot_results(report, tmp_path / "r.png")
+    assert (tmp_path / "r.png").stat().st_size > 1000
+    json.dumps(report)
+
+
+def test_bad_settings_are_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="windows"):
+        bench.BenchConfig(out=tmp_path, windows=0)
+    with pytest.raises(ValueError, match="devices"):
+        bench.BenchConfig(out=tmp_path, devices=("tpu",))
+    if not torch.cuda.is_available():
+        assert bench.main(["--device", "gpu", "--out", str(tmp_path)]) == 2
