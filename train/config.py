@@ -1,0 +1,444 @@
+"""The command line, parsed once into frozen, validated dataclasses.
+
+``get_args_parser()`` returns the parser (as in torchvision's references);
+``config_from_args()`` turns its namespace into a :class:`TrainConfig`,
+resolving the defaults that depend on the data (the embedded dataset gets a
+small ResNet and small crops so that it trains in minutes on a CPU). Nothing
+below this module sees an ``argparse.Namespace``; every check that can fail
+runs here, before a single image is read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import enum
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torchvision
+
+from dali_cutmix.config import MixConfig, MixMode
+from dali_cutmix.synthetic import SyntheticSpec
+
+__all__ = [
+    "EMBEDDED_SPEC",
+    "DataConfig",
+    "Device",
+    "LoaderKind",
+    "OptimConfig",
+    "Precision",
+    "Schedule",
+    "TrainConfig",
+    "config_from_args",
+    "get_args_parser",
+    "parse_config",
+]
+
+# The embedded default dataset: 10 learnable classes of small ImageNet-like JPEGs.
+EMBEDDED_SPEC = SyntheticSpec(
+    num_classes=10, train_per_class=160, val_per_class=40, seed=0, size_scale=0.25
+)
+CACHE_ENV = "DALI_CUTMIX_CACHE"
+ARCHS = tuple(
+    name
+    for name in torchvision.models.list_models(module=torchvision.models)
+    if name.startswith(("resnet", "resnext", "wide_resnet"))
+)
+
+
+class LoaderKind(str, enum.Enum):
+    DALI = "dali"
+    TORCHVISION = "torchvision"
+
+
+class Device(str, enum.Enum):
+    CPU = "cpu"
+    GPU = "gpu"
+
+
+class Precision(str, enum.Enum):
+    """Autocast dtype; FP16 also uses a GradScaler."""
+
+    FP32 = "off"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+class Schedule(str, enum.Enum):
+    COSINE = "cosine"
+    STEP = "step"
+
+
+def _enum(kind: type[enum.Enum], name: str, value: Any) -> Any:
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = ", ".join(str(m.value) for m in kind)
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}") from None
+
+
+def _positive(name: str, value: Any, *, zero: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not (value >= 0 if zero else value > 0):
+        bound = ">= 0" if zero else "> 0"
+        raise ValueError(f"{name} must be {bound}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from and how they are loaded.
+
+    Attributes:
+        root: folder with ``train/`` and ``val/`` class folders; ``None`` means
+            the embedded dataset generated under ``cache_dir``.
+        embedded: the generator spec of the embedded dataset (when ``root`` is None).
+        classes: class names in label order (sorted folder names).
+        loader: ``dali`` or ``torchvision``.
+        batch_size: images per step and rank.
+        crop_size: side of the square training and validation crops.
+        resize_size: validation images are resized to this before the centre crop.
+        workers: DALI threads or DataLoader worker processes per rank.
+        cache_dir: where the embedded dataset is generated.
+    """
+
+    root: Path | None
+    classes: tuple[str, ...]
+    embedded: SyntheticSpec | None = None
+    loader: LoaderKind = LoaderKind.DALI
+    batch_size: int = 256
+    crop_size: int = 224
+    resize_size: int = 256
+    workers: int = 2
+    cache_dir: Path = Path("data")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "loader", _enum(LoaderKind, "loader", self.loader))
+        for name in ("batch_size", "crop_size", "resize_size", "workers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if self.resize_size < self.crop_size:
+            raise ValueError(
+                f"resize_size ({self.resize_size}) must be >= crop_size ({self.crop_size})"
+            )
+        if not self.classes:
+            raise ValueError("the dataset has no classes")
+        if (self.root is None) == (self.embedded is None):
+            raise ValueError("give exactly one of root (a folder) and embedded (a spec)")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def dataset_dir(self) -> Path:
+        """The folder the loaders read: ``root``, or the embedded dataset's cache folder."""
+        if self.root is not None:
+            return self.root
+        digest = hashlib.sha1(json.dumps(self.embedded.to_dict(), sort_keys=True).encode())
+        return self.cache_dir / f"embedded-{digest.hexdigest()[:8]}"
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """SGD with momentum and Nesterov, weight decay and a warmed-up schedule.
+
+    The learning rate is per-iteration: linear warmup from ``lr * 0.01`` over
+    ``warmup_epochs``, then cosine decay to 0, or step decay by ``gamma``
+    every ``step_size`` epochs (the CutMix paper: 0.1 every 75 epochs).
+    """
+
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    schedule: Schedule = Schedule.COSINE
+    warmup_epochs: float = 0.0
+    step_size: int = 30
+    gamma: float = 0.1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "schedule", _enum(Schedule, "lr schedule", self.schedule))
+        _positive("lr", self.lr)
+        _positive("weight_decay", self.weight_decay, zero=True)
+        _positive("warmup_epochs", self.warmup_epochs, zero=True)
+        _positive("lr step_size", self.step_size)
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("Nesterov needs momentum > 0; pass --no-nesterov or --momentum")
+        if not 0.0 < self.gamma <= 1.0:
+            raise ValueError(f"lr gamma must be in (0, 1], got {self.gamma!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything one run needs; saved as ``config.json`` beside its metrics.
+
+    Attributes:
+        arch: torchvision ResNet name (``resnet50``, ``resnet18``, ...).
+        epochs: number of epochs in the schedule.
+        device: ``cpu`` or ``gpu`` (``auto`` is resolved by the parser).
+        precision: autocast dtype; ``off`` is float32.
+        channels_last: NHWC memory format for the model and the loader output.
+        seed: seeds the model's initialisation, the loader's order and its mixing.
+        deterministic: ``torch.use_deterministic_algorithms(True)``, no cudnn autotuning.
+        mix: mixing and label smoothing (``mix.enabled`` False means plain labels).
+        output_dir: where metrics, config, checkpoints and the plot go.
+        resume: checkpoint to continue from (mid-epoch exactly).
+        print_freq: steps between progress updates, the only host syncs in a step.
+        stop_after_steps: stop (and checkpoint, as on Ctrl-C) after this many steps.
+    """
+
+    data: DataConfig
+    optim: OptimConfig
+    mix: MixConfig
+    arch: str = "resnet50"
+    epochs: int = 90
+    device: Device = Device.CPU
+    precision: Precision = Precision.FP32
+    channels_last: bool = False
+    seed: int = 0
+    deterministic: bool = False
+    output_dir: Path = Path("runs")
+    resume: Path | None = None
+    print_freq: int = 10
+    stop_after_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "device", _enum(Device, "device", self.device))
+        object.__setattr__(self, "precision", _enum(Precision, "amp", self.precision))
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        _positive("epochs", self.epochs)
+        _positive("print_freq", self.print_freq)
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.stop_after_steps is not None:
+            _positive("stop_after_steps", self.stop_after_steps)
+        if self.mix.num_classes != self.data.num_classes:
+            raise ValueError(
+                f"mix.num_classes ({self.mix.num_classes}) != number of classes "
+                f"({self.data.num_classes})"
+            )
+        if self.precision is Precision.FP16 and self.device is Device.CPU:
+            raise ValueError("--amp fp16 needs a GPU (it uses a GradScaler); use bf16 or off")
+        if self.data.loader is LoaderKind.TORCHVISION and self.mix.enabled:
+            _check_torchvision_mix(self.mix)
+        if self.optim.warmup_epochs > self.epochs:
+            raise ValueError(
+                f"warmup_epochs ({self.optim.warmup_epochs}) must be <= epochs ({self.epochs})"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        def plain(value: Any) -> Any:
+            if isinstance(value, enum.Enum):
+                return value.value
+            if isinstance(value, Path):
+                return str(value)
+            if isinstance(value, dict):
+                return {k: plain(v) for k, v in value.items()}
+            if isinstance(value, (list, tuple)):
+                return [plain(v) for v in value]
+            return value
+
+        return plain(dataclasses.asdict(self))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def _check_torchvision_mix(mix: MixConfig) -> None:
+    """torchvision's CutMix/MixUp draw once per batch and know no box limits."""
+    if mix.mode is not MixMode.BATCH:
+        raise ValueError(
+            f"--loader torchvision mixes per batch only (torchvision.transforms.v2.CutMix); "
+            f"--mix-mode {mix.mode.value} needs --loader dali"
+        )
+    if mix.cutmix_minmax is not None:
+        raise ValueError("--cutmix-minmax needs --loader dali (torchvision's CutMix has no minmax)")
+    if not mix.correct_lam:
+        raise ValueError("torchvision's CutMix always corrects lambda; drop --no-correct-lam")
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m train",
+        description="Train a torchvision ResNet with CutMix/MixUp mixed inside a DALI pipeline. "
+        "Without --data, trains resnet18 at 64 px on an embedded dataset generated on first use.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", type=Path, default=None,
+                      help="ImageNet-style folder with train/ and val/ (default: embedded dataset)")
+    data.add_argument("--cache-dir", type=Path, default=None,
+                      help=f"where the embedded dataset is generated (default: ${CACHE_ENV} "
+                      "or ./data)")
+    data.add_argument("--loader", default="dali", choices=[k.value for k in LoaderKind])
+    data.add_argument("-b", "--batch-size", type=int, default=None,
+                      help="per rank (default: 256 with --data, 64 embedded)")
+    data.add_argument("--crop-size", type=int, default=None,
+                      help="default: 224 with --data, 64 embedded")
+    data.add_argument("--resize-size", type=int, default=None,
+                      help="validation resize (default: crop_size * 8 / 7)")
+    data.add_argument("-j", "--workers", type=int, default=None,
+                      help="DALI threads / DataLoader workers per rank (default: CPUs per rank)")
+
+    model = parser.add_argument_group("model and optimisation")
+    model.add_argument("--arch", default=None, choices=ARCHS,
+                       help="default: resnet50 with --data, resnet18 embedded")
+    model.add_argument("--epochs", type=int, default=None,
+                       help="default: 90 with --data, 6 embedded")
+    model.add_argument("--lr", type=float, default=None,
+                       help="peak learning rate (default: 0.1 * global batch / 256, "
+                       "0.2 embedded)")
+    model.add_argument("--momentum", type=float, default=0.9)
+    model.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True)
+    model.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=1e-4)
+    model.add_argument("--lr-schedule", default="cosine", choices=[s.value for s in Schedule])
+    model.add_argument("--warmup-epochs", type=float, default=None,
+                       help="linear warmup (default: 5 with --data, 1 embedded; <= epochs / 5)")
+    model.add_argument("--lr-step-size", type=int, default=30,
+                       help="epochs between decays for --lr-schedule step (paper: 75)")
+    model.add_argument("--lr-gamma", type=float, default=0.1)
+
+    mix = parser.add_argument_group("mixing (timm's names)")
+    mix.add_argument("--cutmix-alpha", type=float, default=1.0, help="0 turns CutMix off")
+    mix.add_argument("--mixup-alpha", type=float, default=0.0, help="0 turns MixUp off")
+    mix.add_argument("--cutmix-minmax", type=float, nargs=2, default=None, metavar=("MIN", "MAX"))
+    mix.add_argument("--mix-prob", type=float, default=1.0)
+    mix.add_argument("--switch-prob", type=float, default=0.5,
+                     help="probability of CutMix when both are on")
+    mix.add_argument("--mix-mode", default=None, choices=[m.value for m in MixMode],
+                     help="default: elem with --loader dali, batch with torchvision")
+    mix.add_argument("--correct-lam", action=argparse.BooleanOptionalAction, default=True)
+    mix.add_argument("--label-smoothing", "--smoothing", dest="label_smoothing", type=float,
+                     default=0.0)
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
+    run.add_argument("--amp", default="auto", choices=["auto"] + [p.value for p in Precision],
+                     help="autocast dtype (auto: bf16 on a GPU that has it, else fp16; off on CPU)")
+    run.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                     help="NHWC model and loader output (default: on GPU)")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--deterministic", action="store_true")
+    run.add_argument("--output-dir", type=Path, default=None,
+                     help="default: runs/<time>, or the folder of --resume")
+    run.add_argument("--resume", type=Path, default=None, help="checkpoint to continue from")
+    run.add_argument("--print-freq", type=int, default=10)
+    run.add_argument("--stop-after-steps", type=int, default=None,
+                     help="checkpoint and stop after this many steps, as on Ctrl-C")
+    return parser
+
+
+def _list_classes(root: Path) -> tuple[str, ...]:
+    """Class folder names of ``root/train``, checked against ``root/val`` (listing only)."""
+    splits = {}
+    for split in ("train", "val"):
+        folder = root / split
+        if not folder.is_dir():
+            raise ValueError(f"--data {root}: no {split}/ folder (expected {folder})")
+        splits[split] = tuple(sorted(e.name for e in os.scandir(folder) if e.is_dir()))
+        if not splits[split]:
+            raise ValueError(f"--data {root}: {folder} has no class folders")
+    if splits["train"] != splits["val"]:
+        missing = sorted(set(splits["train"]) ^ set(splits["val"]))[:5]
+        raise ValueError(f"--data {root}: train/ and val/ have different classes, e.g. {missing}")
+    return splits["train"]
+
+
+def _given(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _resolve_device(name: str) -> Device:
+    import torch
+
+    if name == "auto":
+        return Device.GPU if torch.cuda.is_available() else Device.CPU
+    if name == "gpu" and not torch.cuda.is_available():
+        raise ValueError("--device gpu: CUDA is not available; use --device cpu or auto")
+    return Device(name)
+
+
+def _resolve_precision(name: str, device: Device) -> Precision:
+    import torch
+
+    if name != "auto":
+        return Precision(name)
+    if device is Device.CPU:
+        return Precision.FP32
+    return Precision.BF16 if torch.cuda.is_bf16_supported() else Precision.FP16
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Resolves data-dependent defaults and builds the validated :class:`TrainConfig`.
+
+    Raises:
+        ValueError: a flag or a combination of flags is invalid.
+    """
+    embedded = args.data is None
+    classes = EMBEDDED_SPEC.classes if embedded else _list_classes(args.data)
+    crop = _given(args.crop_size, 64 if embedded else 224)
+    batch = _given(args.batch_size, 64 if embedded else 256)
+    cpus = max(1, (os.cpu_count() or 1) // _world_size())
+    cache = args.cache_dir or Path(os.environ.get(CACHE_ENV, "data"))
+    data = DataConfig(
+        root=None if embedded else args.data, classes=tuple(classes),
+        embedded=EMBEDDED_SPEC if embedded else None, loader=args.loader,
+        batch_size=batch, crop_size=crop, resize_size=_given(args.resize_size, round(crop * 8 / 7)),
+        workers=_given(args.workers, cpus), cache_dir=cache,
+    )
+    default_lr = 0.2 if embedded else 0.1 * batch * _world_size() / 256
+    epochs = _given(args.epochs, 6 if embedded else 90)
+    optim = OptimConfig(
+        lr=default_lr if args.lr is None else args.lr, momentum=args.momentum,
+        nesterov=args.nesterov, weight_decay=args.weight_decay, schedule=args.lr_schedule,
+        warmup_epochs=_given(args.warmup_epochs, min(1.0 if embedded else 5.0, epochs / 5)),
+        step_size=args.lr_step_size, gamma=args.lr_gamma,
+    )
+    default_mode = MixMode.ELEM if args.loader == LoaderKind.DALI.value else MixMode.BATCH
+    mix = MixConfig(
+        num_classes=len(classes), mixup_alpha=args.mixup_alpha, cutmix_alpha=args.cutmix_alpha,
+        cutmix_minmax=tuple(args.cutmix_minmax) if args.cutmix_minmax else None,
+        prob=args.mix_prob, switch_prob=args.switch_prob, mode=args.mix_mode or default_mode,
+        correct_lam=args.correct_lam, label_smoothing=args.label_smoothing,
+    )
+    device = _resolve_device(args.device)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    output_dir = args.output_dir or (args.resume.parent if args.resume else Path("runs") / stamp)
+    if args.resume is not None and not args.resume.is_file():
+        raise ValueError(f"--resume {args.resume}: no such checkpoint file")
+    return TrainConfig(
+        data=data, optim=optim, mix=mix,
+        arch=args.arch or ("resnet18" if embedded else "resnet50"),
+        epochs=epochs, device=device,
+        precision=_resolve_precision(args.amp, device),
+        channels_last=device is Device.GPU if args.channels_last is None else args.channels_last,
+        seed=args.seed, deterministic=args.deterministic, output_dir=output_dir,
+        resume=args.resume, print_freq=args.print_freq, stop_after_steps=args.stop_after_steps,
+    )
+
+
+def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
+    """Parses ``argv``; any invalid value exits with argparse's usage message."""
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    try:
+        return config_from_args(args)
+    except ValueError as error:
+        parser.error(str(error))

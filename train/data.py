@@ -1,0 +1,243 @@
+"""The dataset folder and the two loaders the training loop can be fed by.
+
+Both loaders have one face (``len``, iteration as ``(images, targets)``,
+``state_dict`` / ``load_state_dict``, ``num_classes``, ``dataset_size``):
+
+* ``dali``: ``pipelines.imagenet.make_loader``; decoding, cropping and
+  CutMix/MixUp run inside the DALI graph, on the GPU or the CPU.
+* ``torchvision``: ``ImageFolder`` with the standard transforms in DataLoader
+  workers and torchvision's ``v2.CutMix`` / ``v2.MixUp`` in the collate
+  function (``pipelines.torchvision_ref``, the benchmark's baseline), made
+  deterministic and resumable here: the order comes from a seeded
+  ``torch.Generator`` per epoch, and every sample and batch runs its random
+  transforms under its own seed (``torch.random.fork_rng``), so the stream does
+  not depend on the number of workers and restarts mid-epoch exactly.
+
+Targets are soft float32 ``[B, num_classes]`` with label smoothing already
+applied when mixing is on, int64 ``[B]`` otherwise; see :func:`build_criterion`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from dali_cutmix.synthetic import generate
+from train.config import Device, LoaderKind, TrainConfig
+from train.utils import DistInfo, barrier
+
+__all__ = ["Loader", "ResumableTorchvisionLoader", "build_criterion", "build_loaders",
+           "prepare_dataset"]
+
+logger = logging.getLogger(__name__)
+
+_STATE_VERSION = 1
+
+
+class Loader(Protocol):
+    """What the training loop needs from a loader (DALI's or torchvision's)."""
+
+    num_classes: int
+    dataset_size: int
+
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def prepare_dataset(config: TrainConfig, info: DistInfo) -> Path:
+    """The folder to read; generates the embedded dataset on first use (rank 0 only)."""
+    root = config.data.dataset_dir
+    if config.data.root is None:
+        if info.is_main:
+            generate(root, config.data.embedded, workers=config.data.workers)
+        barrier(info)
+    return root
+
+
+def build_criterion(config: TrainConfig) -> nn.Module:
+    """Cross-entropy; it smooths labels only where the loader has not (no mixing)."""
+    smoothing = 0.0 if config.mix.enabled else config.mix.label_smoothing
+    return nn.CrossEntropyLoss(label_smoothing=smoothing)
+
+
+# ----------------------------------------------------------------------------- torchvision
+
+
+def _mix_seed(*parts: int) -> int:
+    value = 0
+    for part in parts:
+        value = (value * 1_000_003 + part) % (2**63 - 1)
+    return value
+
+
+class _SeededSamples(Dataset):
+    """``dataset[index]`` run under its own seed; items are ``(index, seed)`` keys."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Any, Any, int]:
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            image, label = self.dataset[index]
+        return image, label, seed
+
+
+@dataclasses.dataclass(frozen=True)
+class _SeededCollate:
+    """Runs ``collate`` (e.g. torchvision's CutMix) under a seed from the batch's first key."""
+
+    collate: Callable[[list[tuple[Any, Any]]], Any] | None
+
+    def __call__(self, batch: list[tuple[Any, Any, int]]) -> Any:
+        pairs = [(image, label) for image, label, _ in batch]
+        if self.collate is None:
+            return torch.utils.data.default_collate(pairs)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_mix_seed(batch[0][2], 1))
+            return self.collate(pairs)
+
+
+class ResumableTorchvisionLoader:
+    """ImageFolder + DataLoader whose stream is a pure function of (seed, epoch, position).
+
+    Training shuffles with ``torch.Generator`` seeded by ``(seed, epoch)``,
+    gives rank ``r`` every ``world``-th index of an equal share and drops the
+    last partial batch; validation reads its shard in order, every image once
+    over all ranks. Each ``iter()`` is one epoch, continuing where
+    :meth:`load_state_dict` left it.
+    """
+
+    def __init__(self, dataset: Dataset, *, collate: Callable | None, classes: list[str],
+                 batch_size: int, train: bool, workers: int, seed: int, shard_id: int,
+                 num_shards: int) -> None:
+        self.samples = _SeededSamples(dataset)
+        self.collate = _SeededCollate(collate)
+        self.classes = list(classes)
+        self.num_classes = len(self.classes)
+        self.batch_size = batch_size
+        self.train, self.workers, self.seed = train, workers, seed
+        self.shard_id, self.num_shards = shard_id, num_shards
+        total = len(dataset)
+        self.dataset_size = (total // num_shards if train
+                             else len(range(shard_id, total, num_shards)))
+        self._length = (self.dataset_size // batch_size if train
+                        else -(-self.dataset_size // batch_size))
+        if self._length == 0:
+            raise ValueError(f"{total} images give no batch of {batch_size} per rank: "
+                             "lower --batch-size")
+        self.device = torch.device("cpu")
+        self._epoch = 0  # the epoch being (or about to be) read
+        self._done = 0  # batches yielded in it
+
+    def __len__(self) -> int:
+        return self._length
+
+    def _batches(self, epoch: int) -> list[list[tuple[int, int]]]:
+        total = len(self.samples)
+        if self.train:
+            generator = torch.Generator().manual_seed(_mix_seed(self.seed, epoch))
+            order = torch.randperm(total, generator=generator).tolist()
+            mine = order[: self.dataset_size * self.num_shards][self.shard_id::self.num_shards]
+        else:
+            mine = list(range(self.shard_id, total, self.num_shards))
+        keys = [(index, _mix_seed(self.seed, epoch, self.shard_id, pos))
+                for pos, index in enumerate(mine)]
+        return [keys[i:i + self.batch_size] for i in range(0, len(keys), self.batch_size)
+                ][: self._length]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self._done >= self._length:
+            self._epoch, self._done = self._epoch + 1, 0
+        loader = DataLoader(
+            self.samples, batch_sampler=self._batches(self._epoch)[self._done:],
+            num_workers=self.workers, collate_fn=self.collate,
+            pin_memory=torch.cuda.is_available(),
+        )
+        for images, targets in loader:
+            self._done += 1
+            yield images, targets
+        self._epoch, self._done = self._epoch + 1, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"version": _STATE_VERSION, "epoch": self._epoch, "batches_done": self._done,
+                "num_batches": self._length, "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(f"unsupported loader state version {state.get('version')!r}")
+        if (state["num_batches"], state["batch_size"]) != (self._length, self.batch_size):
+            raise ValueError("the loader state comes from a run with another batch size or data")
+        self._epoch, self._done = int(state["epoch"]), int(state["batches_done"])
+
+
+def _torchvision_loader(folder: Path, *, train: bool, config: TrainConfig,
+                        info: DistInfo) -> ResumableTorchvisionLoader:
+    from pipelines.torchvision_ref import make_torchvision_loader
+
+    data = config.data
+    mix = config.mix if (train and config.mix.enabled) else None
+    # The reference loader supplies the ImageFolder with its transforms and the
+    # CutMix/MixUp collate function; the order and seeding are ours.
+    reference = make_torchvision_loader(
+        folder, train=train, batch_size=data.batch_size, workers=0, mix=mix,
+        crop_size=data.crop_size, resize_size=data.resize_size, seed=config.seed,
+    )
+    dataset = reference.loader.dataset
+    collate = reference.loader.collate_fn if mix is not None else None
+    return ResumableTorchvisionLoader(
+        dataset, collate=collate, classes=reference.classes, batch_size=data.batch_size,
+        train=train, workers=data.workers, seed=config.seed, shard_id=info.rank,
+        num_shards=info.world_size,
+    )
+
+
+# ----------------------------------------------------------------------------- DALI
+
+
+def _dali_loader(folder: Path, *, train: bool, config: TrainConfig, info: DistInfo) -> Loader:
+    from pipelines.imagenet import make_loader
+
+    data = config.data
+    return make_loader(
+        folder, train=train, batch_size=data.batch_size,
+        device="gpu" if config.device is Device.GPU else "cpu",
+        mix=config.mix if (train and config.mix.enabled) else None,
+        crop_size=data.crop_size, resize_size=data.resize_size, num_threads=data.workers,
+        seed=config.seed, shard_id=info.rank, num_shards=info.world_size,
+        output_layout="NHWC" if config.channels_last else "NCHW",
+    )
+
+
+def build_loaders(config: TrainConfig, root: Path, info: DistInfo) -> tuple[Loader, Loader]:
+    """(train, val) loaders over ``root/train`` and ``root/val`` for this rank.
+
+    Images are NHWC ``[B, H, W, 3]`` from the DALI loader when
+    ``config.channels_last`` (a zero-copy channels-last NCHW view after
+    ``permute(0, 3, 1, 2)``), NCHW ``[B, 3, H, W]`` otherwise; float32.
+    """
+    build = _dali_loader if config.data.loader is LoaderKind.DALI else _torchvision_loader
+    train = build(root / "train", train=True, config=config, info=info)
+    val = build(root / "val", train=False, config=config, info=info)
+    if train.num_classes != config.data.num_classes:
+        raise ValueError(f"the loader found {train.num_classes} classes, the config "
+                         f"{config.data.num_classes}")
+    return train, val
+
+
+def images_are_nhwc(config: TrainConfig) -> bool:
+    """True when the loader yields ``[B, H, W, 3]`` batches."""
+    return config.data.loader is LoaderKind.DALI and config.channels_last

@@ -1,0 +1,170 @@
+"""The training and evaluation loops, with every input passed explicitly.
+
+The step is the plain PyTorch one: ``loss = criterion(model(images), targets)``
+with soft or integer targets. Loss and accuracy are summed on the device;
+the host waits for the GPU only every ``print_freq`` steps, where the
+progress bar is updated (and, with several ranks, a Ctrl-C is agreed on).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Iterable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from train.utils import DistInfo, StopFlag, SumMeter, correct_topk
+
+__all__ = ["StepOptions", "EpochResult", "train_one_epoch", "evaluate"]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+    """How a batch reaches the model.
+
+    Attributes:
+        device: where the model is.
+        autocast_dtype: ``torch.bfloat16`` / ``torch.float16``, or ``None`` for float32.
+        channels_last: feed the model channels-last tensors.
+        nhwc_input: batches arrive as ``[B, H, W, 3]`` (DALI's NHWC output).
+    """
+
+    device: torch.device
+    autocast_dtype: torch.dtype | None = None
+    channels_last: bool = False
+    nhwc_input: bool = False
+
+    def prepare(self, images: torch.Tensor, targets: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        images = images.to(self.device, non_blocking=True)
+        if self.nhwc_input:
+            images = images.permute(0, 3, 1, 2)  # a channels-last view, no copy
+        elif self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, targets.to(self.device, non_blocking=True)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochResult:
+    """What one (possibly interrupted) pass over the training loader did."""
+
+    steps_done: int  # batches consumed in this epoch so far, including earlier runs
+    stopped: bool  # a stop was requested (the epoch is complete if steps_done == len)
+    meter: list[float]  # SumMeter values: loss sum, count, correct@1, correct@5
+    seconds: float
+    images: int  # images processed by this run on this rank
+
+
+def _stop_now(stop: StopFlag, steps_this_run: int, limit: int | None, sync: bool,
+              info: DistInfo, device: torch.device) -> bool:
+    """All ranks agree on stopping: a step limit is the same everywhere; Ctrl-C is reduced."""
+    if limit is not None and steps_this_run >= limit:
+        return True
+    if not info.distributed:
+        return stop.requested
+    if not sync:
+        return False
+    flag = torch.tensor([float(stop.requested)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def train_one_epoch(
+    model: nn.Module,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    epoch: int,
+    start_step: int,
+    num_steps: int,
+    options: StepOptions,
+    scaler: torch.amp.GradScaler | None,
+    info: DistInfo,
+    stop: StopFlag,
+    print_freq: int,
+    meter_state: list[float] | None = None,
+    step_budget: int | None = None,
+) -> EpochResult:
+    """Trains until the loader's epoch ends or a stop is requested.
+
+    Args:
+        loader: yields the rest of the epoch, ``num_steps - start_step`` batches.
+        start_step: batches of this epoch already done before (after a resume).
+        scheduler: stepped once per batch (per-iteration warmup and decay).
+        scaler: for float16 autocast; ``None`` otherwise.
+        meter_state: sums of the interrupted part of this epoch, to continue them.
+        step_budget: stop after this many steps in this call (``--stop-after-steps``).
+    """
+    model.train()
+    meter = SumMeter(options.device, meter_state)
+    bar = tqdm(total=num_steps, initial=start_step, desc=f"epoch {epoch + 1}", unit="batch",
+               disable=not info.is_main, dynamic_ncols=True)
+    start, step, images_seen, stopped = time.perf_counter(), start_step, 0, False
+    for images, targets in loader:
+        images, targets = options.prepare(images, targets)
+        with options.autocast():
+            output = model(images)
+            loss = criterion(output, targets)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        scheduler.step()
+        meter.update(loss, images.shape[0], correct_topk(output.detach(), targets, (1, 5)))
+        step, images_seen = step + 1, images_seen + images.shape[0]
+        bar.update(1)
+        sync = step % print_freq == 0 or step == num_steps
+        if sync:  # the only host synchronisation of the step
+            rate = images_seen * info.world_size / (time.perf_counter() - start)
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.4f}",
+                            img_s=f"{rate:.0f}")
+        if _stop_now(stop, step - start_step, step_budget, sync, info, options.device):
+            stopped = True
+            break
+    bar.close()
+    return EpochResult(steps_done=step, stopped=stopped, meter=meter.values.tolist(),
+                       seconds=time.perf_counter() - start, images=images_seen)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    options: StepOptions,
+    info: DistInfo,
+    epoch: int,
+) -> dict[str, float]:
+    """Top-1 / top-5 accuracy (%) and cross-entropy over the whole validation set.
+
+    Sums are reduced over ranks, so every image counts once however it was sharded.
+    """
+    model.eval()
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    meter = SumMeter(options.device)
+    for images, targets in tqdm(loader, desc=f"val {epoch + 1}", unit="batch",
+                                disable=not info.is_main, leave=False, dynamic_ncols=True):
+        if images.shape[0] == 0:
+            continue  # a shard's empty last batch
+        images, targets = options.prepare(images, targets)
+        with options.autocast():
+            output = model(images)
+        loss = criterion(output.float(), targets) / images.shape[0]
+        meter.update(loss, images.shape[0], correct_topk(output, targets, (1, 5)))
+    return meter.summary(info)

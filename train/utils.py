@@ -1,0 +1,191 @@
+"""Distributed set-up, device-side metric sums, the metrics file, the plot, Ctrl-C."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- distributed
+
+
+@dataclasses.dataclass(frozen=True)
+class DistInfo:
+    """This process's place in the run; ``world_size == 1`` without torchrun."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(use_gpu: bool) -> DistInfo:
+    """Joins the torchrun process group (NCCL on GPU, gloo on CPU) if there is one."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cpu")
+    if use_gpu:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_gpu else "gloo")
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed:
+        dist.barrier()
+
+
+def reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum over ranks (a copy; the input is left alone)."""
+    tensor = tensor.clone()
+    if info.distributed:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def cleanup_distributed(info: DistInfo) -> None:
+    if info.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def correct_topk(output: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...]) -> torch.Tensor:
+    """Number of samples whose class is among the top-k logits, for each k.
+
+    Args:
+        output: logits ``[B, C]``.
+        target: int64 labels ``[B]`` or soft targets ``[B, C]`` (their argmax
+            is the label, so a CutMix target counts for its larger part).
+
+    Returns:
+        float32 ``[len(ks)]`` on ``output``'s device; no host synchronisation.
+    """
+    if target.dim() == 2:
+        target = target.argmax(dim=1)
+    maxk = min(max(ks), output.shape[1])
+    top = output.topk(maxk, dim=1).indices
+    hits = top.eq(target.view(-1, 1))
+    return torch.stack([hits[:, : min(k, maxk)].any(dim=1).sum() for k in ks]).float()
+
+
+class SumMeter:
+    """Running sums kept on the device; read (and synchronised) only on demand.
+
+    ``values`` is ``[loss_sum, count, correct_1, correct_5]``.
+    """
+
+    def __init__(self, device: torch.device, initial: list[float] | None = None) -> None:
+        self.values = torch.tensor(initial or [0.0, 0.0, 0.0, 0.0], dtype=torch.float64,
+                                   device=device)
+
+    def update(self, loss: torch.Tensor, count: int, correct: torch.Tensor) -> None:
+        batch = torch.stack([loss.detach().double() * count, loss.new_tensor(count).double()])
+        self.values += torch.cat([batch, correct.double()])
+
+    def summary(self, info: DistInfo) -> dict[str, float]:
+        """Loss and accuracies (in %) over all ranks; synchronises."""
+        loss_sum, count, c1, c5 = reduce_sum(self.values, info).tolist()
+        count = max(count, 1.0)
+        return {"loss": loss_sum / count, "acc1": 100 * c1 / count, "acc5": 100 * c5 / count,
+                "samples": count}
+
+
+class MetricsFile:
+    """One JSON object per line; only rank 0 writes. Appends, so a resumed run continues it."""
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path = path
+        self.enabled = enabled
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with self.path.open("a") as file:
+                file.write(json.dumps(record, sort_keys=True) + "\n")
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+def plot_curves(records: list[dict[str, Any]], path: Path) -> Path | None:
+    """Loss and accuracy against epoch, as a PNG; ``None`` without records."""
+    if not records:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] + 1 for r in records]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [r["train_loss"] for r in records], "o-", label="train (mixed)")
+    ax_loss.plot(epochs, [r["val_loss"] for r in records], "o-", label="val")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax_acc.plot(epochs, [r["train_acc1"] for r in records], "o-", label="train top-1 (argmax)")
+    ax_acc.plot(epochs, [r["val_acc1"] for r in records], "o-", label="val top-1")
+    ax_acc.plot(epochs, [r["val_acc5"] for r in records], "o-", label="val top-5")
+    ax_acc.set(xlabel="epoch", ylabel="%", title="accuracy", ylim=(0, 100))
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- Ctrl-C
+
+
+class StopFlag:
+    """Set by the first Ctrl-C (or SIGTERM); the loop stops at the next step boundary.
+
+    Stopping between steps keeps model, optimizer and loader consistent, so the
+    checkpoint written then resumes exactly. A second Ctrl-C interrupts at once.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def request(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        logger.warning("stopping after this step and writing a checkpoint (Ctrl-C again to abort)")
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[StopFlag]:
+    flag = StopFlag()
+    previous = {sig: signal.signal(sig, flag.request) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
