@@ -65,6 +65,9 @@ class DaliLoader:
         explain: turns a pipeline error into the exception to raise (e.g. a
             :class:`dali_cutmix.files.BadImageError` naming the file); ``None``
             re-raises DALI's error.
+        settings: JSON-able values that fix the data stream besides the
+            checkpoint (seed, sharding, dataset size); saved in
+            :meth:`state_dict` and required to match in :meth:`load_state_dict`.
 
     Attributes:
         batch_size: samples per full batch.
@@ -81,6 +84,7 @@ class DaliLoader:
         last_batch: LastBatch = LastBatch.PARTIAL,
         classes: list[str],
         explain: Callable[[Exception], Exception] | None = None,
+        settings: dict[str, Any] | None = None,
     ) -> None:
         self._build = build
         self._reader_name = reader_name
@@ -88,6 +92,7 @@ class DaliLoader:
         self.classes = list(classes)
         self.num_classes = len(self.classes)
         self._explain = explain
+        self._settings = dict(settings or {})
         self._failure: Exception | None = None
         self._pipe: Pipeline | None = None
         self._iterator = self._guard(lambda: self._new_iterator(None))
@@ -200,21 +205,26 @@ class DaliLoader:
             "batches_done": self._done,
             "num_batches": self._length,
             "batch_size": self.batch_size,
+            "settings": self._settings,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores a :meth:`state_dict`; the next ``iter()`` continues that epoch.
 
         Raises:
-            ValueError: the state is from another version or a loader with a
-                different batch size or number of batches.
+            ValueError: the state is from another version, or from a loader with
+                a different batch size, number of batches or ``settings``.
         """
         if state.get("version") != _STATE_VERSION:
             raise ValueError(f"unsupported loader state version {state.get('version')!r}")
-        for key, mine in (("batch_size", self.batch_size), ("num_batches", self._length)):
-            if state[key] != mine:
+        saved = {"batch_size": state["batch_size"], "num_batches": state["num_batches"]}
+        saved |= state.get("settings", {})
+        mine = {"batch_size": self.batch_size, "num_batches": self._length} | self._settings
+        for key in sorted(saved.keys() | mine.keys()):
+            if saved.get(key) != mine.get(key):
                 raise ValueError(
-                    f"loader state has {key}={state[key]} but this loader has {mine}; "
+                    f"loader state has {key}={saved.get(key)!r} but this loader has "
+                    f"{mine.get(key)!r}; "
                     f"build the loader with the settings of the saved run"
                 )
         self._failure = None

@@ -520,6 +520,14 @@ def make_loader(
         last_batch=policy,
         classes=list(images.classes),
         explain=_explainer(images),
+        settings={
+            "train": train,
+            "seed": seed,
+            "shard_id": shard_id,
+            "num_shards": num_shards,
+            "num_images": len(images),
+            "num_classes": images.num_classes,
+        },
     )
     logger.info(
         "%s loader, shard %d/%d: %r",

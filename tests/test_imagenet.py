@@ -1,0 +1,401 @@
+"""ImageNet pipelines through make_loader on the CPU: labels, shards, outputs, bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import requires_cuda
+from PIL import Image
+from torchvision.datasets import ImageFolder
+
+from dali_cutmix import MixConfig
+from dali_cutmix.files import BadImageError, DatasetError
+from pipelines.imagenet import make_loader
+
+SMALL = dict(device="cpu", crop_size=8, resize_size=8, num_threads=1)
+# torchvision's ImageNet statistics, written out here so that a wrong constant in the
+# pipeline cannot cancel out in the test.
+MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+
+def _solid_folder(root: Path, counts: tuple[int, ...]) -> dict[str, tuple[int, int, int]]:
+    """One solid, distinct colour per file (non-square sizes); returns path -> colour."""
+    colours = {}
+    for c, count in enumerate(counts):
+        for k in range(count):
+            colour = (40 + 50 * c, 30 + 37 * k, 220 - 45 * c)
+            path = root / f"class_{c}" / f"{k:02d}.JPEG"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (24 + 5 * k, 18 + 3 * c), colour).save(path, quality=95)
+            colours[str(path)] = colour
+    return colours
+
+
+def _pixels(images: torch.Tensor) -> torch.Tensor:
+    """NCHW normalized images back to 0..255, as float64 NHWC."""
+    mean = torch.tensor(MEAN, dtype=torch.float64)
+    std = torch.tensor(STD, dtype=torch.float64)
+    return images.permute(0, 2, 3, 1).double() * std + mean
+
+
+def _epoch(loader) -> tuple[torch.Tensor, torch.Tensor]:
+    batches = list(loader)
+    return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+
+
+def test_validation_reads_imagefolder_file_by_file(tmp_path: Path) -> None:
+    colours = _solid_folder(tmp_path / "val", counts=(3, 5, 2))
+    reference = ImageFolder(tmp_path / "val")
+    loader = make_loader(tmp_path / "val", train=False, batch_size=4, **SMALL)
+    assert loader.classes == reference.classes and loader.num_classes == 3
+    images, targets = _epoch(loader)
+    assert targets.dtype == torch.int64 and targets.tolist() == reference.targets
+    # Each output is its file: the colour decoded and normalized matches the file's colour.
+    want = torch.tensor([colours[p] for p, _ in reference.samples], dtype=torch.float64)
+    got = _pixels(images).mean(dim=(1, 2))
+    assert torch.allclose(got, want, atol=3.0), (got - want).abs().max()
+
+
+def test_labels_match_imagefolder_with_odd_files(image_folder: Path) -> None:
+    loader = make_loader(image_folder, train=False, batch_size=5, **SMALL)
+    _, targets = _epoch(loader)
+    assert targets.tolist() == ImageFolder(image_folder).targets  # gray, CMYK, PNG-named kept
+
+
+def test_validation_shards_cover_every_image_once(tmp_path: Path) -> None:
+    colours = _solid_folder(tmp_path / "val", counts=(4, 4, 3))  # 11 images
+    parts = [
+        _epoch(
+            make_loader(
+                tmp_path / "val", train=False, batch_size=4, shard_id=s, num_shards=2, **SMALL
+            )
+        )
+        for s in range(2)
+    ]
+    assert [len(t) for _, t in parts] == [5, 6]
+    got = torch.cat([_pixels(x).mean(dim=(1, 2)) for x, _ in parts])
+    want = torch.tensor(list(colours.values()), dtype=torch.float64)
+    distance = torch.cdist(got, want)  # each output next to exactly one file, each file once
+    assert sorted(distance.argmin(dim=1).tolist()) == list(range(11))
+    assert distance.min(dim=1).values.max() < 5.0
+
+
+def test_shards_from_torchrun_environment(image_folder: Path, monkeypatch) -> None:
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    loader = make_loader(image_folder, train=False, batch_size=4, **SMALL)
+    assert loader.dataset_size == 8  # the second half of 15 images
+
+
+def _indexed_list(root: Path, out: Path) -> int:
+    """A file list labelling every file with its own index, so targets identify files."""
+    paths = [p for p, _ in ImageFolder(root).samples]
+    out.write_text("".join(f"{p} {i}\n" for i, p in enumerate(paths)))
+    return len(paths)
+
+
+@pytest.mark.parametrize(("policy", "per_shard"), [("drop", 6), ("partial", None)])
+def test_training_shards_partition_each_epoch(
+    image_folder: Path, tmp_path: Path, policy: str, per_shard: int | None
+) -> None:
+    n = _indexed_list(image_folder, tmp_path / "list.txt")  # 15 files: shards of 7 and 8
+    loaders = [
+        make_loader(
+            file_list=tmp_path / "list.txt",
+            train=True,
+            batch_size=3,
+            shard_id=s,
+            num_shards=2,
+            last_batch=policy,
+            seed=5,
+            **SMALL,
+        )
+        for s in range(2)
+    ]
+    orders = []
+    for _ in range(2):
+        seen = [_epoch(loader)[1].tolist() for loader in loaders]
+        everything = seen[0] + seen[1]
+        assert len(set(everything)) == len(everything)  # no image twice in an epoch
+        if per_shard is None:  # PARTIAL: every image exactly once
+            assert sorted(everything) == list(range(n))
+        else:  # DROP: whole batches only, 2 x 6 of the 15 images
+            assert [len(s) for s in seen] == [per_shard, per_shard]
+        orders.append(everything)
+    assert orders[0] != orders[1]  # shuffled anew every epoch
+
+
+LAYOUTS = [("NCHW", (3, 8, 8)), ("NHWC", (8, 8, 3))]
+MIXES = {
+    "off": None,
+    "disabled": MixConfig(num_classes=3, cutmix_alpha=1.0, prob=0.0),
+    "cutmix": MixConfig(num_classes=3, cutmix_alpha=1.0),
+    "mixup": MixConfig(num_classes=3, mixup_alpha=0.4, cutmix_alpha=0.0),
+    "switch": MixConfig(num_classes=3, mixup_alpha=0.4, cutmix_alpha=1.0, switch_prob=0.5),
+}
+
+
+@pytest.mark.parametrize(("layout", "shape"), LAYOUTS)
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("mix", list(MIXES))
+def test_training_outputs(
+    image_folder: Path, layout: str, shape: tuple, dtype: str, mix: str
+) -> None:
+    loader = make_loader(
+        image_folder,
+        train=True,
+        batch_size=4,
+        mix=MIXES[mix],
+        output_layout=layout,
+        dtype=dtype,
+        **SMALL,
+    )
+    images, targets = next(iter(loader))
+    assert images.shape == (4, *shape) and images.dtype == getattr(torch, dtype)
+    assert images.device == torch.device("cpu") == loader.device and images.is_contiguous()
+    if mix in ("off", "disabled"):
+        assert targets.dtype == torch.int64 and targets.shape == (4,)
+    else:
+        assert targets.dtype == torch.float32 and targets.shape == (4, 3)
+        assert torch.allclose(targets.sum(dim=1), torch.ones(4))
+
+
+@pytest.mark.parametrize(("layout", "shape"), LAYOUTS)
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_validation_outputs(image_folder: Path, layout: str, shape: tuple, dtype: str) -> None:
+    loader = make_loader(
+        image_folder,
+        train=False,
+        batch_size=4,
+        output_layout=layout,
+        dtype=dtype,
+        device="cpu",
+        crop_size=8,
+        resize_size=12,
+        num_threads=1,
+    )
+    images, targets = next(iter(loader))
+    assert images.shape == (4, *shape) and images.dtype == getattr(torch, dtype)
+    assert targets.dtype == torch.int64 and targets.shape == (4,)
+
+
+def _two_colour_folder(root: Path) -> np.ndarray:
+    colours = np.array([[200.0, 30.0, 40.0], [20.0, 60.0, 230.0]])
+    for c, colour in enumerate(colours):
+        for k in range(4):
+            path = root / f"c{c}" / f"{k}.JPEG"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (30 + 4 * k, 22), tuple(int(v) for v in colour)).save(
+                path, quality=100
+            )
+    return colours
+
+
+def test_cutmix_pixels_match_targets_after_normalization(tmp_path: Path) -> None:
+    colours = _two_colour_folder(tmp_path / "data")
+    loader = make_loader(
+        tmp_path / "data",
+        train=True,
+        batch_size=8,
+        device="cpu",
+        crop_size=16,
+        num_threads=1,
+        mix=MixConfig(num_classes=2, cutmix_alpha=1.0),
+    )
+    for images, targets in loader:
+        pixels = _pixels(images)  # [8, 16, 16, 3]
+        nearest = torch.cdist(pixels.reshape(8, -1, 3), torch.tensor(colours)).argmin(-1)
+        assert (torch.cdist(pixels.reshape(-1, 3), torch.tensor(colours)).min(1).values < 4).all()
+        fraction_of_class_1 = nearest.double().mean(dim=1)
+        assert torch.allclose(fraction_of_class_1, targets[:, 1].double(), atol=1e-6)
+
+
+def test_mixup_pixels_match_targets_after_normalization(tmp_path: Path) -> None:
+    colours = _two_colour_folder(tmp_path / "data")
+    loader = make_loader(
+        tmp_path / "data",
+        train=True,
+        batch_size=8,
+        device="cpu",
+        crop_size=16,
+        num_threads=1,
+        mix=MixConfig(num_classes=2, mixup_alpha=1.0, cutmix_alpha=0.0),
+    )
+    images, targets = next(iter(loader))
+    want = targets.double() @ torch.tensor(colours)  # [8, 3]: the blend the labels claim
+    assert (targets[:, 0] * targets[:, 1] > 0.01).any()  # some samples are really blended
+    assert torch.allclose(_pixels(images), want[:, None, None, :].expand(8, 16, 16, 3), atol=3.0)
+
+
+# ---- bad input ---------------------------------------------------------------------------------
+
+
+def test_missing_and_empty_roots_are_named(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match=f"{tmp_path / 'nope'}.*does not exist"):
+        make_loader(tmp_path / "nope", train=True, batch_size=2, **SMALL)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match=f"{tmp_path / 'empty'}.*no class folders"):
+        make_loader(tmp_path / "empty", train=True, batch_size=2, **SMALL)
+
+
+def test_class_without_images_is_named(image_folder: Path) -> None:
+    (image_folder / "n00000009").mkdir()
+    with pytest.raises(DatasetError, match=f"{image_folder / 'n00000009'}.*holds no image"):
+        make_loader(image_folder, train=False, batch_size=2, **SMALL)
+
+
+def _break_file(folder: Path, content: str) -> Path:
+    good = (folder / "n00000001" / "img_1_0.JPEG").read_bytes()
+    data = {"text": b"not an image\n" * 20, "truncated": good[: len(good) // 3], "empty": b""}
+    bad = folder / "n00000001" / "img_1_1.JPEG"  # 9th of 15 files in ImageFolder order
+    bad.write_bytes(data[content])
+    return bad
+
+
+@pytest.mark.parametrize("content", ["text", "truncated", "empty"])
+@pytest.mark.parametrize("train", [True, False])
+def test_undecodable_file_is_named(image_folder: Path, content: str, train: bool) -> None:
+    bad = _break_file(image_folder, content)
+    with pytest.raises(BadImageError) as caught:
+        list(make_loader(image_folder, train=train, batch_size=16, **SMALL))
+    assert caught.value.path == str(bad)
+    assert f"{str(bad)!r} is not a decodable image" in str(caught.value)
+    assert "python -m dali_cutmix.scan" in str(caught.value)
+
+
+def test_loader_stays_failed_after_a_bad_file(image_folder: Path) -> None:
+    bad = _break_file(image_folder, "text")
+    loader = make_loader(image_folder, train=False, batch_size=2, **SMALL)
+    yielded = 0
+    with pytest.raises(BadImageError, match=str(bad)):
+        for _ in loader:
+            yielded += 1
+    assert yielded == 4  # the four batches before the bad file came through
+    for _ in range(2):  # DALI would hand out stale batches; the loader refuses instead
+        with pytest.raises(BadImageError, match=str(bad)):
+            next(iter(loader))
+    with pytest.raises(BadImageError):
+        loader.state_dict()
+
+
+def test_undecodable_file_does_not_hang_the_process(image_folder: Path) -> None:
+    (image_folder / "n00000002" / "broken.JPEG").write_bytes(b"\x00" * 300)
+    script = (
+        "import sys; from pipelines.imagenet import make_loader\n"
+        f"loader = make_loader({str(image_folder)!r}, train=True, batch_size=4, device='cpu',"
+        " crop_size=8, num_threads=2)\n"
+        "try:\n    [None for _ in loader]\nexcept Exception as err:\n"
+        "    print(type(err).__name__, err); sys.exit(3)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert done.stdout.startswith("BadImageError") and "broken.JPEG" in done.stdout
+
+
+def test_scan_list_lets_training_skip_bad_files(image_folder: Path, tmp_path: Path) -> None:
+    from dali_cutmix.scan import main as scan_main
+
+    (image_folder / "n00000002" / "broken.JPEG").write_bytes(b"GIF89a" + b"\x00" * 100)
+    assert scan_main([str(image_folder), "--out", str(tmp_path / "scan"), "--workers", "1"]) == 1
+    loader = make_loader(
+        image_folder, file_list=tmp_path / "scan" / "files.txt", train=False, batch_size=4, **SMALL
+    )
+    _, targets = _epoch(loader)
+    good = [t for p, t in ImageFolder(image_folder).samples if not p.endswith("broken.JPEG")]
+    assert targets.tolist() == good and loader.num_classes == 3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(output_layout="CHW"), "output_layout must be one of 'NCHW', 'NHWC', got 'CHW'"),
+        (dict(dtype="bfloat16"), "dtype must be one of 'float32', 'float16', got 'bfloat16'"),
+        (dict(device="tpu"), "device must be one of 'auto', 'cpu', 'gpu', got 'tpu'"),
+        (dict(batch_size=0), "batch_size must be an int >= 1, got 0"),
+        (dict(crop_size=0), "crop_size must be an int >= 1, got 0"),
+        (dict(shard_id=1), "give both shard_id and num_shards"),
+        (dict(shard_id=2, num_shards=2), "need 0 <= shard_id < num_shards, got 2, 2"),
+        (dict(mix=MixConfig(num_classes=10)), "mix.num_classes is 10 but .* has 3 classes"),
+        (dict(random_area=(0.5, 0.1)), "random_area must be"),
+        (dict(train=False, mix=MixConfig(num_classes=3)), "mix applies to training only"),
+    ],
+)
+def test_bad_settings_say_what_is_wrong(image_folder: Path, kwargs: dict, message: str) -> None:
+    settings = dict(train=True, batch_size=2, device="cpu") | kwargs
+    with pytest.raises(ValueError, match=message):
+        make_loader(image_folder, **settings)
+
+
+def test_auto_device_logs_its_choice(image_folder: Path, caplog) -> None:
+    caplog.set_level("INFO", logger="pipelines.imagenet")
+    loader = make_loader(
+        image_folder,
+        train=False,
+        batch_size=4,
+        device="auto",
+        crop_size=8,
+        resize_size=8,
+        num_threads=1,
+    )
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert loader.device.type == expected
+    assert f"using the {expected.replace('cuda', 'gpu').upper()} pipeline" in caplog.text
+
+
+@requires_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("mix", ["off", "cutmix", "switch"])
+def test_gpu_outputs(image_folder: Path, mix: str) -> None:
+    loader = make_loader(
+        image_folder,
+        train=True,
+        batch_size=4,
+        device="gpu",
+        crop_size=16,
+        mix=MIXES[mix],
+        output_layout="NHWC",
+        dtype="float16",
+    )
+    images, targets = next(iter(loader))
+    assert images.is_cuda and targets.is_cuda and images.shape == (4, 16, 16, 3)
+    assert images.dtype == torch.float16
+
+
+@requires_cuda
+@pytest.mark.gpu
+def test_gpu_validation_matches_imagefolder(tmp_path: Path) -> None:
+    colours = _solid_folder(tmp_path / "val", counts=(3, 2))
+    loader = make_loader(
+        tmp_path / "val", train=False, batch_size=4, device="gpu", crop_size=8, resize_size=8
+    )
+    images, targets = _epoch(loader)
+    reference = ImageFolder(tmp_path / "val")
+    assert targets.cpu().tolist() == reference.targets
+    want = torch.tensor([colours[p] for p, _ in reference.samples], dtype=torch.float64)
+    assert torch.allclose(_pixels(images.cpu()).mean(dim=(1, 2)), want, atol=3.0)
+
+
+@requires_cuda
+@pytest.mark.gpu
+def test_gpu_resume_is_exact(image_folder: Path) -> None:
+    def loader():
+        return make_loader(
+            image_folder, train=True, batch_size=4, device="gpu", crop_size=16, mix=MIXES["switch"]
+        )
+
+    reference = [(x.clone(), y.clone()) for x, y in loader()]
+    first = loader()
+    stream = iter(first)
+    next(stream)
+    resumed = loader()
+    resumed.load_state_dict(first.state_dict())
+    for (x, y), (rx, ry) in zip(resumed, reference[1:], strict=True):
+        assert torch.equal(x, rx) and torch.equal(y, ry)

@@ -1,0 +1,179 @@
+"""DaliLoader: epochs, len, last-batch policy, and exact resume from state_dict (CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import build_image_folder
+
+from dali_cutmix import MixConfig
+from dali_cutmix.loader import DaliLoader, LastBatch
+from pipelines.imagenet import make_loader
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # 3 classes x 4 + 3 extras = 15 images: never a whole number of batches of 4.
+    return build_image_folder(tmp_path_factory.mktemp("loader") / "train")
+
+
+def _train_loader(root: Path, **overrides) -> DaliLoader:
+    settings = dict(
+        train=True,
+        batch_size=4,
+        device="cpu",
+        crop_size=16,
+        num_threads=1,
+        seed=3,
+        mix=MixConfig(num_classes=3, mixup_alpha=0.4, cutmix_alpha=1.0, prob=0.8),
+    )
+    return make_loader(root, **(settings | overrides))
+
+
+def _run(loader: DaliLoader, *, epochs: int, stop_after: int | None = None) -> list[Batch]:
+    """A training loop: ``epochs`` epochs, or stop (mid-epoch) after ``stop_after`` batches."""
+    out: list[Batch] = []
+    for _ in range(epochs):
+        for images, targets in loader:
+            out.append((images.clone(), targets.clone()))
+            if stop_after is not None and len(out) == stop_after:
+                return out
+    return out
+
+
+def _assert_same(got: list[Batch], want: list[Batch]) -> None:
+    assert len(got) == len(want)
+    for (gi, gt), (wi, wt) in zip(got, want):
+        assert torch.equal(gi, wi) and torch.equal(gt, wt)
+
+
+def test_len_and_epochs(folder: Path) -> None:
+    loader = _train_loader(folder)
+    assert len(loader) == 3 and loader.dataset_size == 12 and loader.batch_size == 4
+    epochs = [_run(loader, epochs=1) for _ in range(3)]
+    assert [len(e) for e in epochs] == [3, 3, 3]
+    assert all(images.shape == (4, 3, 16, 16) for e in epochs for images, _ in e)
+    # Each iter() is a new epoch: new crops and (global shuffle) a new order.
+    assert not torch.equal(epochs[0][0][0], epochs[1][0][0])
+
+
+@pytest.mark.parametrize("stop_after", [1, 2, 3, 4, 5])  # mid-epoch, epoch end, next epoch
+def test_resume_gives_identical_next_batches(folder: Path, stop_after: int) -> None:
+    reference = _run(_train_loader(folder), epochs=3)
+    first = _train_loader(folder)
+    head = _run(first, epochs=3, stop_after=stop_after)
+    _assert_same(head, reference[:stop_after])
+    state = first.state_dict()
+    del first
+
+    resumed = _train_loader(folder)
+    resumed.load_state_dict(state)
+    stopped_in = (stop_after - 1) // 3  # the epoch the first run stopped in (0-based)
+    tail = _run(resumed, epochs=1)  # the rest of that epoch (nothing if it was complete)
+    tail += _run(resumed, epochs=3 - stopped_in - 1)
+    _assert_same(tail, reference[stop_after:])
+
+
+def test_resume_validation_mid_epoch(folder: Path) -> None:
+    def val() -> DaliLoader:
+        return make_loader(
+            folder,
+            train=False,
+            batch_size=4,
+            device="cpu",
+            crop_size=16,
+            resize_size=20,
+            num_threads=1,
+        )
+
+    reference = _run(val(), epochs=1)
+    first = val()
+    _run(first, epochs=1, stop_after=2)
+    resumed = val()
+    resumed.load_state_dict(first.state_dict())
+    _assert_same(_run(resumed, epochs=1), reference[2:])
+    assert [len(t) for _, t in reference] == [4, 4, 4, 3]
+
+
+def test_state_before_iterating_restarts_the_stream(folder: Path) -> None:
+    reference = _run(_train_loader(folder), epochs=1)
+    fresh = _train_loader(folder)
+    state = fresh.state_dict()
+    resumed = _train_loader(folder)
+    resumed.load_state_dict(state)
+    _assert_same(_run(resumed, epochs=1), reference)
+
+
+def test_breaking_off_then_iterating_starts_the_next_epoch(folder: Path) -> None:
+    reference = _run(_train_loader(folder), epochs=2)
+    loader = _train_loader(folder)
+    for _ in loader:
+        break
+    _assert_same(_run(loader, epochs=1), reference[3:])
+
+
+def test_state_from_another_setting_is_refused(folder: Path) -> None:
+    state = _train_loader(folder).state_dict()
+    with pytest.raises(ValueError, match="batch_size=4 but this loader has 2"):
+        _train_loader(folder, batch_size=2).load_state_dict(state)
+    # The epoch shuffle follows the seed, so resuming with another seed is refused.
+    with pytest.raises(ValueError, match="seed=3 but this loader has 99"):
+        _train_loader(folder, seed=99).load_state_dict(state)
+    with pytest.raises(ValueError, match="version"):
+        _train_loader(folder).load_state_dict(state | {"version": 0})
+
+
+@pytest.mark.parametrize(
+    ("train", "policy", "sizes"),
+    [
+        (True, LastBatch.DROP, [4, 4, 4]),
+        (True, LastBatch.PARTIAL, [4, 4, 4, 3]),
+        (False, LastBatch.PARTIAL, [4, 4, 4, 3]),
+        (False, LastBatch.DROP, [4, 4, 4]),
+    ],
+)
+def test_last_batch_policy(folder: Path, train: bool, policy: LastBatch, sizes: list[int]) -> None:
+    loader = make_loader(
+        folder,
+        train=train,
+        batch_size=4,
+        device="cpu",
+        crop_size=8,
+        resize_size=8,
+        num_threads=1,
+        last_batch=policy,
+    )
+    assert loader.last_batch is policy
+    assert len(loader) == len(sizes) and loader.dataset_size == sum(sizes)
+    for _ in range(2):  # the same in every epoch (the padding does not leak into the next)
+        assert [len(t) for _, t in loader] == sizes
+
+
+def test_last_batch_may_be_empty_but_len_agrees_across_shards(folder: Path) -> None:
+    # 15 images over 2 shards: 7 and 8 images; batches of 7 -> 2 batches on both shards,
+    # so the first shard's second batch holds nothing (ranks stay in step).
+    sizes = []
+    for shard in range(2):
+        loader = make_loader(
+            folder,
+            train=False,
+            batch_size=7,
+            device="cpu",
+            crop_size=8,
+            resize_size=8,
+            num_threads=1,
+            shard_id=shard,
+            num_shards=2,
+        )
+        assert len(loader) == 2 and loader.dataset_size == 7 + shard
+        sizes.append([(len(t), tuple(x.shape[1:])) for x, t in loader])
+    assert sizes == [[(7, (3, 8, 8)), (0, (3, 8, 8))], [(7, (3, 8, 8)), (1, (3, 8, 8))]]
+
+
+def test_unknown_policy_is_refused(folder: Path) -> None:
+    with pytest.raises(ValueError, match="last_batch must be one of 'drop', 'partial', got 'fill'"):
+        make_loader(folder, train=False, batch_size=4, device="cpu", last_batch="fill")
