@@ -24,6 +24,7 @@ import enum
 import logging
 import os
 import re
+from collections.abc import Callable
 
 import nvidia.dali.fn as fn
 import nvidia.dali.types as types
@@ -382,7 +383,7 @@ def _dali_reason(message: str) -> str:
     return " ".join(text.split())[:300]
 
 
-def _explainer(images: ImageList):
+def _explainer(images: ImageList) -> Callable[[Exception], Exception]:
     """Turns DALI's decode errors into a :class:`BadImageError` naming the file."""
     hint = SCAN_HINT.format(root=images.source)
 
@@ -403,7 +404,9 @@ def _explainer(images: ImageList):
     return explain
 
 
-def _list_images(root: str | os.PathLike[str] | None, file_list) -> ImageList:
+def _list_images(
+    root: str | os.PathLike[str] | None, file_list: str | os.PathLike[str] | None
+) -> ImageList:
     if file_list is not None:
         return read_file_list(file_list, root=root)
     if root is None:
