@@ -156,7 +156,8 @@ class Trainer:
         loss_sum, count, correct1, _ = self._reduced(result.meter)
         record = {
             "epoch": self.epoch, "train_loss": loss_sum / count,
-            "train_acc1": 100 * correct1 / count, "val_loss": val["loss"],
+            "train_acc1": 100 * correct1 / count, "train_images": int(count),
+            "val_loss": val["loss"],
             "val_acc1": val["acc1"], "val_acc5": val["acc5"], "val_images": int(val["samples"]),
             "lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": result.seconds,
             "train_images_per_s": result.images * self.info.world_size / result.seconds,
