@@ -104,7 +104,10 @@ class SumMeter:
                                    device=device)
 
     def update(self, loss: torch.Tensor, count: int, correct: torch.Tensor) -> None:
-        batch = torch.stack([loss.detach().double() * count, loss.new_tensor(count).double()])
+        """Adds a batch: mean ``loss`` (0-d), its size, correct counts ``[2]``; all on device."""
+        loss = loss.detach().double()
+        # full_like is a kernel, not a host-to-device copy (which would wait for the GPU).
+        batch = torch.stack([loss * count, torch.full_like(loss, count)])
         self.values += torch.cat([batch, correct.double()])
 
     def summary(self, info: DistInfo) -> dict[str, float]:
