@@ -277,7 +277,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         "Without --data, trains resnet18 at 64 px on an embedded dataset generated on first use.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    data = parser.add_argument_group("data")
+    _add_data_args(parser.add_argument_group("data"))
+    _add_optim_args(parser.add_argument_group("model and optimisation"))
+    _add_mix_args(parser.add_argument_group("mixing (timm's names)"))
+    _add_run_args(parser.add_argument_group("run"))
+    return parser
+
+
+def _add_data_args(data: argparse._ArgumentGroup) -> None:
     data.add_argument("--data", type=Path, default=None,
                       help="ImageNet-style folder with train/ and val/ (default: embedded dataset)")
     data.add_argument("--cache-dir", type=Path, default=None,
@@ -293,14 +300,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("-j", "--workers", type=int, default=None,
                       help="DALI threads / DataLoader workers per rank (default: CPUs per rank)")
 
-    model = parser.add_argument_group("model and optimisation")
+
+def _add_optim_args(model: argparse._ArgumentGroup) -> None:
     model.add_argument("--arch", default=None, choices=ARCHS,
                        help="default: resnet50 with --data, resnet18 embedded")
     model.add_argument("--epochs", type=int, default=None,
                        help="default: 90 with --data, 6 embedded")
     model.add_argument("--lr", type=float, default=None,
                        help="peak learning rate (default: 0.1 * global batch / 256, "
-                       "0.2 embedded)")
+                       "0.1 embedded)")
     model.add_argument("--momentum", type=float, default=0.9)
     model.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True)
     model.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=1e-4)
@@ -311,7 +319,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="epochs between decays for --lr-schedule step (paper: 75)")
     model.add_argument("--lr-gamma", type=float, default=0.1)
 
-    mix = parser.add_argument_group("mixing (timm's names)")
+
+def _add_mix_args(mix: argparse._ArgumentGroup) -> None:
     mix.add_argument("--cutmix-alpha", type=float, default=1.0, help="0 turns CutMix off")
     mix.add_argument("--mixup-alpha", type=float, default=0.0, help="0 turns MixUp off")
     mix.add_argument("--cutmix-minmax", type=float, nargs=2, default=None, metavar=("MIN", "MAX"))
@@ -324,7 +333,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     mix.add_argument("--label-smoothing", "--smoothing", dest="label_smoothing", type=float,
                      default=0.0)
 
-    run = parser.add_argument_group("run")
+
+def _add_run_args(run: argparse._ArgumentGroup) -> None:
     run.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
     run.add_argument("--amp", default="auto", choices=["auto"] + [p.value for p in Precision],
                      help="autocast dtype (auto: bf16 on a GPU that has it, else fp16; off on CPU)")
@@ -338,7 +348,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     run.add_argument("--print-freq", type=int, default=10)
     run.add_argument("--stop-after-steps", type=int, default=None,
                      help="checkpoint and stop after this many steps, as on Ctrl-C")
-    return parser
 
 
 def _list_classes(root: Path) -> tuple[str, ...]:
@@ -403,7 +412,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         batch_size=batch, crop_size=crop, resize_size=_given(args.resize_size, round(crop * 8 / 7)),
         workers=_given(args.workers, cpus), cache_dir=cache,
     )
-    default_lr = 0.2 if embedded else 0.1 * batch * _world_size() / 256
+    default_lr = 0.1 if embedded else 0.1 * batch * _world_size() / 256
     epochs = _given(args.epochs, 6 if embedded else 90)
     optim = OptimConfig(
         lr=default_lr if args.lr is None else args.lr, momentum=args.momentum,

@@ -149,7 +149,9 @@ def plot_curves(records: list[dict[str, Any]], path: Path) -> Path | None:
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [r["train_loss"] for r in records], "o-", label="train (mixed)")
     ax_loss.plot(epochs, [r["val_loss"] for r in records], "o-", label="val")
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    # log scale: the first epoch's validation loss can be huge (BatchNorm
+    # statistics gathered at the warmup's peak learning rate).
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss", yscale="log")
     ax_acc.plot(epochs, [r["train_acc1"] for r in records], "o-", label="train top-1 (argmax)")
     ax_acc.plot(epochs, [r["val_acc1"] for r in records], "o-", label="val top-1")
     ax_acc.plot(epochs, [r["val_acc5"] for r in records], "o-", label="val top-5")
