@@ -10,7 +10,7 @@ import torch
 
 from dali_cutmix.config import MixMode
 from train.__main__ import lr_factor
-from train.checkpoint import load_checkpoint, save_checkpoint
+from train.checkpoint import check_resumable, load_checkpoint, save_checkpoint
 from train.config import EMBEDDED_SPEC, LoaderKind, Precision, Schedule, parse_config
 from train.data import build_criterion
 from train.utils import DistInfo, SumMeter, correct_topk
@@ -169,3 +169,13 @@ def test_checkpoint_round_trip_is_atomic_and_safe(tmp_path: Path) -> None:
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pth")
     with pytest.raises(ValueError, match="not a training checkpoint"):
         load_checkpoint(tmp_path / "other.pth")
+
+
+def test_resuming_refuses_changed_settings_but_not_harmless_ones() -> None:
+    saved = parse_config(["--device", "cpu"]).to_dict()
+    check_resumable(saved, {**saved, "print_freq": 50, "output_dir": "elsewhere"})
+    changed = {**saved, "arch": "resnet50", "mix": {**saved["mix"], "mixup_alpha": 0.2}}
+    with pytest.raises(ValueError, match="arch: 'resnet18' in the checkpoint, 'resnet50' now"):
+        check_resumable(saved, changed)
+    with pytest.raises(ValueError, match="mix.mixup_alpha: 0.0 in the checkpoint, 0.2 now"):
+        check_resumable(saved, changed)

@@ -25,6 +25,7 @@ import torchvision
 
 from dali_cutmix.config import MixConfig, MixMode
 from dali_cutmix.synthetic import SyntheticSpec
+from train.checkpoint import check_resumable, load_checkpoint
 
 __all__ = [
     "EMBEDDED_SPEC",
@@ -432,7 +433,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     output_dir = args.output_dir or (args.resume.parent if args.resume else Path("runs") / stamp)
     if args.resume is not None and not args.resume.is_file():
         raise ValueError(f"--resume {args.resume}: no such checkpoint file")
-    return TrainConfig(
+    config = TrainConfig(
         data=data, optim=optim, mix=mix,
         arch=args.arch or ("resnet18" if embedded else "resnet50"),
         epochs=epochs, device=device,
@@ -441,6 +442,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         seed=args.seed, deterministic=args.deterministic, output_dir=output_dir,
         resume=args.resume, print_freq=args.print_freq, stop_after_steps=args.stop_after_steps,
     )
+    if config.resume is not None:
+        check_resumable(load_checkpoint(config.resume).get("config", {}), config.to_dict())
+    return config
 
 
 def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
