@@ -172,13 +172,15 @@ def image_size(rng: np.random.Generator, size_scale: float = 1.0) -> tuple[int, 
     else:  # the tail of large originals
         long_side = min(2500.0, 600.0 * math.exp(abs(rng.normal(0.0, 0.6))))
     aspect = rng.choice([4 / 3, 3 / 2, 1.0, 3 / 4, 2 / 3], p=[0.5, 0.15, 0.1, 0.17, 0.08])
-    width, height = (long_side, long_side / aspect) if aspect >= 1 else (
-        long_side * aspect, long_side)
+    width, height = (
+        (long_side, long_side / aspect) if aspect >= 1 else (long_side * aspect, long_side)
+    )
     return max(16, round(width * size_scale)), max(16, round(height * size_scale))
 
 
-def _pink_noise(rng: np.random.Generator, height: int, width: int, *, beta: float,
-                channels: int) -> np.ndarray:
+def _pink_noise(
+    rng: np.random.Generator, height: int, width: int, *, beta: float, channels: int
+) -> np.ndarray:
     """float32 [H, W, channels] noise with a 1/f**beta power spectrum, unit std per channel."""
     fy = np.fft.fftfreq(height).astype(np.float32)[:, None]
     fx = np.fft.rfftfreq(width).astype(np.float32)[None, :]
@@ -187,8 +189,10 @@ def _pink_noise(rng: np.random.Generator, height: int, width: int, *, beta: floa
     gain = radius ** np.float32(-beta / 2)
     gain[0, 0] = 0.0
     shape = (channels, height, width // 2 + 1)
-    spectrum = (rng.standard_normal(shape, dtype=np.float32)
-                + 1j * rng.standard_normal(shape, dtype=np.float32)) * gain
+    spectrum = (
+        rng.standard_normal(shape, dtype=np.float32)
+        + 1j * rng.standard_normal(shape, dtype=np.float32)
+    ) * gain
     noise = np.fft.irfft2(spectrum, s=(height, width)).astype(np.float32)
     noise /= noise.std(axis=(1, 2), keepdims=True) + 1e-8
     return np.moveaxis(noise, 0, -1)
@@ -257,8 +261,9 @@ def render_image(spec: SyntheticSpec, split: str, label: int, index: int) -> np.
     mask = _shape_mask(traits["shape"], u, v)
     phase = math.cos(traits["angle"] + theta) * u + math.sin(traits["angle"] + theta) * v
     grating = np.sin(math.pi * traits["cycles"] * phase + rng.uniform(0, 2 * math.pi))
-    colour = _hsv_to_rgb((traits["hue"] + rng.normal(0, 0.015)) % 1.0,
-                         rng.uniform(0.6, 0.9), rng.uniform(0.7, 0.95))
+    colour = _hsv_to_rgb(
+        (traits["hue"] + rng.normal(0, 0.015)) % 1.0, rng.uniform(0.6, 0.9), rng.uniform(0.7, 0.95)
+    )
     obj = colour * (0.75 + 0.25 * grating[..., None]) + 25.0 * lum
     image = np.where(mask[..., None], obj, image)
     image += rng.normal(0.0, 4.0, size=image.shape).astype(np.float32)  # sensor grain
@@ -330,7 +335,7 @@ def _write_all(spec: SyntheticSpec, tmp: Path, workers: int, progress: bool) -> 
             (tmp / split / name).mkdir(parents=True)
     jobs = list(_jobs(spec))
     chunk = max(1, min(64, len(jobs) // (4 * workers) or 1))
-    chunks = [jobs[i:i + chunk] for i in range(0, len(jobs), chunk)]
+    chunks = [jobs[i : i + chunk] for i in range(0, len(jobs), chunk)]
     bar = tqdm(total=len(jobs), desc="generating JPEGs", unit="img", disable=not progress)
     total = 0
     with bar:
@@ -340,8 +345,9 @@ def _write_all(spec: SyntheticSpec, tmp: Path, workers: int, progress: bool) -> 
                 bar.update(len(part))
             return total
         with concurrent.futures.ProcessPoolExecutor(workers) as pool:
-            futures = {pool.submit(_write_chunk, spec, str(tmp), part): len(part)
-                       for part in chunks}
+            futures = {
+                pool.submit(_write_chunk, spec, str(tmp), part): len(part) for part in chunks
+            }
             for future in concurrent.futures.as_completed(futures):
                 total += future.result()
                 bar.update(futures[future])
@@ -376,8 +382,9 @@ def generate(
         return root
     if root.exists():
         found = _read_manifest(root)
-        what = (f"a dataset generated from {found.get('spec')}" if found
-                else "not a generated dataset")
+        what = (
+            f"a dataset generated from {found.get('spec')}" if found else "not a generated dataset"
+        )
         raise ValueError(
             f"{root} exists and is {what}, not {spec.to_dict()}; remove it or choose another path"
         )
@@ -405,8 +412,9 @@ def generate(
 # ----------------------------------------------------------------------------- statistics
 
 
-def dataset_stats(root: str | os.PathLike[str], *, split: str | None = None,
-                  limit: int | None = None) -> DatasetStats:
+def dataset_stats(
+    root: str | os.PathLike[str], *, split: str | None = None, limit: int | None = None
+) -> DatasetStats:
     """Sizes and file sizes of the JPEGs under ``root`` (any ImageNet-style folder).
 
     Args:
@@ -448,8 +456,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-per-class", type=int, default=default.train_per_class)
     parser.add_argument("--val-per-class", type=int, default=default.val_per_class)
     parser.add_argument("--seed", type=int, default=default.seed)
-    parser.add_argument("--size-scale", type=float, default=default.size_scale,
-                        help="multiply image sides (1.0: ImageNet-like sizes)")
+    parser.add_argument(
+        "--size-scale",
+        type=float,
+        default=default.size_scale,
+        help="multiply image sides (1.0: ImageNet-like sizes)",
+    )
     parser.add_argument("--quality", type=int, default=default.quality, help="JPEG quality")
     parser.add_argument("--workers", type=int, default=None, help="default: CPU count")
     parser.add_argument("--no-progress", action="store_true")

@@ -10,8 +10,9 @@ import torch
 from PIL import Image
 
 
-def write_image(path: Path, *, size: tuple[int, int], seed: int, mode: str = "RGB",
-                fmt: str = "JPEG") -> Path:
+def write_image(
+    path: Path, *, size: tuple[int, int], seed: int, mode: str = "RGB", fmt: str = "JPEG"
+) -> Path:
     """Writes a small image with per-file content; ``size`` is (width, height)."""
     rng = np.random.default_rng(seed)
     w, h = size
@@ -23,8 +24,9 @@ def write_image(path: Path, *, size: tuple[int, int], seed: int, mode: str = "RG
     return path
 
 
-def build_image_folder(root: Path, *, classes: int = 3, per_class: int = 4,
-                       extras: bool = True) -> Path:
+def build_image_folder(
+    root: Path, *, classes: int = 3, per_class: int = 4, extras: bool = True
+) -> Path:
     """An ImageFolder tree ``root/<class>/*.JPEG`` with non-square sizes.
 
     With ``extras``, the first class also holds a grayscale JPEG, a CMYK JPEG

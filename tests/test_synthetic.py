@@ -42,8 +42,12 @@ def test_same_seed_same_bytes_whatever_the_workers(tmp_path: Path) -> None:
     one = generate(tmp_path / "one", TINY, workers=1, progress=False)
     two = generate(tmp_path / "two", TINY, workers=2, progress=False)
     assert _digest(one) == _digest(two)
-    other = generate(tmp_path / "other", SyntheticSpec(**{**TINY.to_dict(), "seed": 8}),
-                     workers=1, progress=False)
+    other = generate(
+        tmp_path / "other",
+        SyntheticSpec(**{**TINY.to_dict(), "seed": 8}),
+        workers=1,
+        progress=False,
+    )
     assert set(_digest(other).values()).isdisjoint(_digest(one).values())
 
 
@@ -104,40 +108,68 @@ def test_full_scale_sizes_resemble_imagenet() -> None:
 def test_full_scale_file_sizes_resemble_imagenet() -> None:
     spec = SyntheticSpec(num_classes=10)
     # Typical 500 x 375 images: about 110 KB at the default quality.
-    kb = [len(synthetic.encode_jpeg(render_image(spec, "train", c, 0)[:375, :500], spec.quality))
-          / 1000 for c in range(10)]
+    kb = [
+        len(synthetic.encode_jpeg(render_image(spec, "train", c, 0)[:375, :500], spec.quality))
+        / 1000
+        for c in range(10)
+    ]
     assert 80 < np.mean(kb) < 160
 
 
 def test_classes_differ_more_than_images_within_a_class() -> None:
     spec = SyntheticSpec(num_classes=5, size_scale=0.2)
-    hist = {c: [np.histogramdd(render_image(spec, "train", c, i).reshape(-1, 3) // 64,
-                               bins=(4, 4, 4), range=[(0, 4)] * 3)[0].ravel()
-                for i in range(4)] for c in range(5)}
+    hist = {
+        c: [
+            np.histogramdd(
+                render_image(spec, "train", c, i).reshape(-1, 3) // 64,
+                bins=(4, 4, 4),
+                range=[(0, 4)] * 3,
+            )[0].ravel()
+            for i in range(4)
+        ]
+        for c in range(5)
+    }
     centroids = {c: np.mean(h[:3], axis=0) for c, h in hist.items()}
     # A nearest-centroid classifier on colour histograms gets held-out images right.
-    hits = sum(min(centroids, key=lambda k: np.abs(centroids[k] - hist[c][3]).sum()) == c
-               for c in range(5))
+    hits = sum(
+        min(centroids, key=lambda k: np.abs(centroids[k] - hist[c][3]).sum()) == c for c in range(5)
+    )
     assert hits >= 4
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("num_classes", 0, "num_classes must be >= 1"),
-    ("train_per_class", 0, "train_per_class and val_per_class"),
-    ("size_scale", 0.0, "size_scale must be in"),
-    ("quality", 101, "quality must be in"),
-    ("seed", -1, "seed must be >= 0"),
-    ("num_classes", 2.5, "num_classes must be an int"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("num_classes", 0, "num_classes must be >= 1"),
+        ("train_per_class", 0, "train_per_class and val_per_class"),
+        ("size_scale", 0.0, "size_scale must be in"),
+        ("quality", 101, "quality must be in"),
+        ("seed", -1, "seed must be >= 0"),
+        ("num_classes", 2.5, "num_classes must be an int"),
+    ],
+)
 def test_bad_spec(field: str, value, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         SyntheticSpec(**{field: value})
 
 
 def test_cli(tmp_path: Path, capsys) -> None:
-    synthetic.main([str(tmp_path / "ds"), "--classes", "2", "--train-per-class", "1",
-                    "--val-per-class", "1", "--size-scale", "0.2", "--workers", "1",
-                    "--no-progress"])
+    synthetic.main(
+        [
+            str(tmp_path / "ds"),
+            "--classes",
+            "2",
+            "--train-per-class",
+            "1",
+            "--val-per-class",
+            "1",
+            "--size-scale",
+            "0.2",
+            "--workers",
+            "1",
+            "--no-progress",
+        ]
+    )
     assert "4 images in 2 classes" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         synthetic.main([str(tmp_path / "bad"), "--classes", "0"])

@@ -37,11 +37,29 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _config(root: Path, out: Path, *extra: str) -> TrainConfig:
     """3 classes, 24 training images in 3 batches of 8, 9 validation images."""
-    return parse_config([
-        "--data", str(root), "--device", "cpu", "--arch", "resnet18", "--crop-size", "32",
-        "-b", "8", "--epochs", "2", "-j", "1", "--output-dir", str(out), "--print-freq", "1",
-        *extra,
-    ])
+    return parse_config(
+        [
+            "--data",
+            str(root),
+            "--device",
+            "cpu",
+            "--arch",
+            "resnet18",
+            "--crop-size",
+            "32",
+            "-b",
+            "8",
+            "--epochs",
+            "2",
+            "-j",
+            "1",
+            "--output-dir",
+            str(out),
+            "--print-freq",
+            "1",
+            *extra,
+        ]
+    )
 
 
 def _records(out: Path) -> list[dict]:
@@ -63,8 +81,9 @@ MODES = [
 
 
 @pytest.mark.parametrize("loader, flags", MODES, ids=[" ".join([a, *b]) for a, b in MODES])
-def test_a_few_steps_with_each_loader_and_mixing_mode(tiny: Path, tmp_path: Path, loader: str,
-                                                      flags: list[str]) -> None:
+def test_a_few_steps_with_each_loader_and_mixing_mode(
+    tiny: Path, tmp_path: Path, loader: str, flags: list[str]
+) -> None:
     config = _config(tiny, tmp_path, "--loader", loader, "--stop-after-steps", "2", *flags)
     train_loader, _ = build_loaders(config, tiny, DistInfo())
     images, targets = next(iter(train_loader))
@@ -93,8 +112,16 @@ def test_resumed_run_equals_uninterrupted_run(tiny: Path, tmp_path: Path, loader
     assert (state["epoch"], state["step"]) == (1, 1)  # stopped inside the second epoch
     assert not torch.equal(state["model"]["fc.weight"], _weights(whole)["fc.weight"])
     with pytest.raises(SystemExit):  # other settings would not continue the same run
-        _config(tiny, parts, "--loader", loader, "--resume", str(parts / "checkpoint.pth"),
-                "--mixup-alpha", "0.3")
+        _config(
+            tiny,
+            parts,
+            "--loader",
+            loader,
+            "--resume",
+            str(parts / "checkpoint.pth"),
+            "--mixup-alpha",
+            "0.3",
+        )
     run(_config(tiny, parts, "--loader", loader, "--resume", str(parts / "checkpoint.pth")))
     a, b = _weights(whole), _weights(parts)
     assert a.keys() == b.keys()
@@ -104,8 +131,9 @@ def test_resumed_run_equals_uninterrupted_run(tiny: Path, tmp_path: Path, loader
     assert strip == [{k: v for k, v in r.items() if k not in timing} for r in _records(parts)]
 
 
-def test_ctrl_c_stops_after_the_step_and_checkpoints(tiny: Path, tmp_path: Path,
-                                                     monkeypatch) -> None:
+def test_ctrl_c_stops_after_the_step_and_checkpoints(
+    tiny: Path, tmp_path: Path, monkeypatch
+) -> None:
     calls = []
     original = train.engine.correct_topk
 
@@ -160,10 +188,34 @@ def test_default_main_job_on_a_tiny_embedded_dataset(tmp_path: Path, monkeypatch
 @pytest.mark.parametrize("loader", ["dali", "torchvision"])
 def test_two_process_gloo_ddp(tiny: Path, tmp_path: Path, loader: str) -> None:
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "train", "--data", str(tiny), "--device", "cpu", "--crop-size", "32",
-        "--arch", "resnet18", "-b", "4", "--epochs", "1", "-j", "1", "--loader", loader,
-        "--output-dir", str(tmp_path), "--print-freq", "1",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "train",
+        "--data",
+        str(tiny),
+        "--device",
+        "cpu",
+        "--crop-size",
+        "32",
+        "--arch",
+        "resnet18",
+        "-b",
+        "4",
+        "--epochs",
+        "1",
+        "-j",
+        "1",
+        "--loader",
+        loader,
+        "--output-dir",
+        str(tmp_path),
+        "--print-freq",
+        "1",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)

@@ -27,7 +27,11 @@ def test_embedded_defaults_are_small_and_cpu_friendly() -> None:
     config = parse_config(["--device", "cpu"])
     assert config.data.root is None and config.data.embedded == EMBEDDED_SPEC
     assert (config.arch, config.epochs, config.data.crop_size, config.data.batch_size) == (
-        "resnet18", 6, 64, 64)
+        "resnet18",
+        6,
+        64,
+        64,
+    )
     assert config.data.loader is LoaderKind.DALI and config.precision is Precision.FP32
     assert config.mix.cutmix_alpha == 1.0 and config.mix.prob == 1.0
     assert config.mix.mode is MixMode.ELEM and config.mix.num_classes == EMBEDDED_SPEC.num_classes
@@ -37,12 +41,29 @@ def test_embedded_defaults_are_small_and_cpu_friendly() -> None:
 
 def test_data_defaults_follow_imagenet_recipes(tmp_path: Path) -> None:
     root = _folder(tmp_path, ["b", "a", "c"], ["a", "b", "c"])
-    config = parse_config(["--data", str(root), "--device", "cpu", "-b", "128",
-                           "--loader", "torchvision", "--mixup-alpha", "0.2",
-                           "--label-smoothing", "0.1"])
+    config = parse_config(
+        [
+            "--data",
+            str(root),
+            "--device",
+            "cpu",
+            "-b",
+            "128",
+            "--loader",
+            "torchvision",
+            "--mixup-alpha",
+            "0.2",
+            "--label-smoothing",
+            "0.1",
+        ]
+    )
     assert config.data.classes == ("a", "b", "c") and config.mix.num_classes == 3
     assert (config.arch, config.epochs, config.data.crop_size, config.data.resize_size) == (
-        "resnet50", 90, 224, 256)
+        "resnet50",
+        90,
+        224,
+        256,
+    )
     assert config.optim.lr == pytest.approx(0.05)  # 0.1 * 128 / 256
     assert config.optim.warmup_epochs == 5.0
     assert config.mix.mode is MixMode.BATCH  # torchvision mixes per batch
@@ -51,11 +72,34 @@ def test_data_defaults_follow_imagenet_recipes(tmp_path: Path) -> None:
 
 def test_paper_recipe_parses(tmp_path: Path) -> None:
     root = _folder(tmp_path, ["a", "b"], ["a", "b"])
-    config = parse_config([
-        "--data", str(root), "--device", "cpu", "--arch", "resnet50", "-b", "256",
-        "--lr", "0.1", "--epochs", "300", "--lr-schedule", "step", "--lr-step-size", "75",
-        "--warmup-epochs", "0", "--cutmix-alpha", "1", "--mix-prob", "1", "--mix-mode", "batch",
-    ])
+    config = parse_config(
+        [
+            "--data",
+            str(root),
+            "--device",
+            "cpu",
+            "--arch",
+            "resnet50",
+            "-b",
+            "256",
+            "--lr",
+            "0.1",
+            "--epochs",
+            "300",
+            "--lr-schedule",
+            "step",
+            "--lr-step-size",
+            "75",
+            "--warmup-epochs",
+            "0",
+            "--cutmix-alpha",
+            "1",
+            "--mix-prob",
+            "1",
+            "--mix-mode",
+            "batch",
+        ]
+    )
     steps = 10
     assert lr_factor(0, config=config, steps_per_epoch=steps) == 1.0
     assert lr_factor(75 * steps - 1, config=config, steps_per_epoch=steps) == 1.0
@@ -86,27 +130,32 @@ def test_resolved_config_is_plain_json(tmp_path: Path) -> None:
     assert '"device": "cpu"' in config.to_json()
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--cutmix-alpha", "-1"], "cutmix_alpha must be in"),
-    (["--mix-prob", "1.5"], "prob must be in"),
-    (["--switch-prob", "-0.1"], "switch_prob must be in"),
-    (["--label-smoothing", "1"], "label_smoothing must be in"),
-    (["--cutmix-minmax", "0.8", "0.2"], "min <= max"),
-    (["--epochs", "0"], "epochs must be > 0"),
-    (["--batch-size", "0"], "batch_size must be an int >= 1"),
-    (["--crop-size", "300", "--resize-size", "256"], "resize_size (256) must be >= crop_size"),
-    (["--lr", "0"], "lr must be > 0"),
-    (["--momentum", "0"], "Nesterov needs momentum > 0"),
-    (["--warmup-epochs", "7"], "warmup_epochs (7.0) must be <= epochs (6)"),
-    (["--loader", "torchvision", "--mix-mode", "elem"], "mixes per batch only"),
-    (["--loader", "torchvision", "--mix-mode", "batch", "--cutmix-minmax", "0.2", "0.5"],
-     "--cutmix-minmax needs --loader dali"),
-    (["--amp", "fp16"], "--amp fp16 needs a GPU"),
-    (["--arch", "vgg16"], "invalid choice: 'vgg16'"),
-    (["--mix-mode", "row"], "invalid choice: 'row'"),
-    (["--resume", "/nonexistent/checkpoint.pth"], "no such checkpoint file"),
-    (["--data", "/nonexistent/imagenet"], "no train/ folder"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--cutmix-alpha", "-1"], "cutmix_alpha must be in"),
+        (["--mix-prob", "1.5"], "prob must be in"),
+        (["--switch-prob", "-0.1"], "switch_prob must be in"),
+        (["--label-smoothing", "1"], "label_smoothing must be in"),
+        (["--cutmix-minmax", "0.8", "0.2"], "min <= max"),
+        (["--epochs", "0"], "epochs must be > 0"),
+        (["--batch-size", "0"], "batch_size must be an int >= 1"),
+        (["--crop-size", "300", "--resize-size", "256"], "resize_size (256) must be >= crop_size"),
+        (["--lr", "0"], "lr must be > 0"),
+        (["--momentum", "0"], "Nesterov needs momentum > 0"),
+        (["--warmup-epochs", "7"], "warmup_epochs (7.0) must be <= epochs (6)"),
+        (["--loader", "torchvision", "--mix-mode", "elem"], "mixes per batch only"),
+        (
+            ["--loader", "torchvision", "--mix-mode", "batch", "--cutmix-minmax", "0.2", "0.5"],
+            "--cutmix-minmax needs --loader dali",
+        ),
+        (["--amp", "fp16"], "--amp fp16 needs a GPU"),
+        (["--arch", "vgg16"], "invalid choice: 'vgg16'"),
+        (["--mix-mode", "row"], "invalid choice: 'row'"),
+        (["--resume", "/nonexistent/checkpoint.pth"], "no such checkpoint file"),
+        (["--data", "/nonexistent/imagenet"], "no train/ folder"),
+    ],
+)
 def test_bad_flags_fail_at_start(argv: list[str], message: str, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         parse_config(["--device", "cpu", *argv])
@@ -136,9 +185,13 @@ def test_criterion_smooths_only_unmixed_integer_targets() -> None:
 
 
 def test_correct_topk_takes_the_argmax_of_soft_targets() -> None:
-    output = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0, 0.0],
-                           [0.0, 1.0, 2.0, 3.0, 4.0, 5.0],
-                           [0.0, 9.0, 1.0, 2.0, 3.0, 4.0]])
+    output = torch.tensor(
+        [
+            [5.0, 4.0, 3.0, 2.0, 1.0, 0.0],
+            [0.0, 1.0, 2.0, 3.0, 4.0, 5.0],
+            [0.0, 9.0, 1.0, 2.0, 3.0, 4.0],
+        ]
+    )
     labels = torch.tensor([0, 0, 2])
     assert correct_topk(output, labels, (1, 5)).tolist() == [1.0, 2.0]
     soft = torch.nn.functional.one_hot(labels, 6).float() * 0.7 + 0.05
@@ -156,8 +209,15 @@ def test_sum_meter_weights_by_batch_size() -> None:
 
 
 def test_checkpoint_round_trip_is_atomic_and_safe(tmp_path: Path) -> None:
-    state = {"model": {"w": torch.arange(3.0)}, "optimizer": {}, "scheduler": {"last_epoch": 3},
-             "epoch": 1, "step": 2, "loader": [{"dali_checkpoint": "abc"}], "meter": None}
+    state = {
+        "model": {"w": torch.arange(3.0)},
+        "optimizer": {},
+        "scheduler": {"last_epoch": 3},
+        "epoch": 1,
+        "step": 2,
+        "loader": [{"dali_checkpoint": "abc"}],
+        "meter": None,
+    }
     path = save_checkpoint(state, tmp_path / "checkpoint.pth")
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth"]
     loaded = load_checkpoint(path)

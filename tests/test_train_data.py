@@ -15,20 +15,40 @@ from train.data import ResumableTorchvisionLoader
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_image_folder(tmp_path_factory.mktemp("tv") / "train", classes=3, per_class=5,
-                              extras=False)
+    return build_image_folder(
+        tmp_path_factory.mktemp("tv") / "train", classes=3, per_class=5, extras=False
+    )
 
 
-def _loader(folder: Path, *, workers: int = 0, train: bool = True, shard: int = 0,
-            shards: int = 1, batch_size: int = 4) -> ResumableTorchvisionLoader:
-    transform = v2.Compose([v2.ToImage(), v2.RandomResizedCrop(16, antialias=True),
-                            v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32, scale=True)])
+def _loader(
+    folder: Path,
+    *,
+    workers: int = 0,
+    train: bool = True,
+    shard: int = 0,
+    shards: int = 1,
+    batch_size: int = 4,
+) -> ResumableTorchvisionLoader:
+    transform = v2.Compose(
+        [
+            v2.ToImage(),
+            v2.RandomResizedCrop(16, antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True),
+        ]
+    )
     dataset = datasets.ImageFolder(str(folder), transform=transform)
     cutmix = v2.CutMix(alpha=1.0, num_classes=3)
     return ResumableTorchvisionLoader(
-        dataset, collate=lambda batch: cutmix(*torch.utils.data.default_collate(batch)),
-        classes=dataset.classes, batch_size=batch_size, train=train, workers=workers, seed=3,
-        shard_id=shard, num_shards=shards,
+        dataset,
+        collate=lambda batch: cutmix(*torch.utils.data.default_collate(batch)),
+        classes=dataset.classes,
+        batch_size=batch_size,
+        train=train,
+        workers=workers,
+        seed=3,
+        shard_id=shard,
+        num_shards=shards,
     )
 
 

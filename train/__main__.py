@@ -90,8 +90,11 @@ class Trainer:
         self.model = build_model(config, info)
         self.criterion = build_criterion(config).to(info.device)
         self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=config.optim.lr, momentum=config.optim.momentum,
-            nesterov=config.optim.nesterov, weight_decay=config.optim.weight_decay,
+            self.model.parameters(),
+            lr=config.optim.lr,
+            momentum=config.optim.momentum,
+            nesterov=config.optim.nesterov,
+            weight_decay=config.optim.weight_decay,
         )
         steps = len(self.train_loader)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -100,8 +103,10 @@ class Trainer:
         fp16 = config.precision is Precision.FP16
         self.scaler = torch.amp.GradScaler("cuda") if fp16 else None
         self.options = StepOptions(
-            device=info.device, autocast_dtype=_AUTOCAST[config.precision],
-            channels_last=config.channels_last, nhwc_input=images_are_nhwc(config),
+            device=info.device,
+            autocast_dtype=_AUTOCAST[config.precision],
+            channels_last=config.channels_last,
+            nhwc_input=images_are_nhwc(config),
         )
         self.metrics = MetricsFile(config.output_dir / "metrics.jsonl", info.is_main)
         self.epoch, self.step, self.meter_state = 0, 0, None
@@ -119,11 +124,17 @@ class Trainer:
         if len(loaders) == self.info.world_size:
             self.train_loader.load_state_dict(loaders[self.info.rank])
         elif self.step:
-            raise ValueError(f"{self.config.resume} stopped mid-epoch with {len(loaders)} ranks; "
-                             f"resume it with the same number, not {self.info.world_size}")
+            raise ValueError(
+                f"{self.config.resume} stopped mid-epoch with {len(loaders)} ranks; "
+                f"resume it with the same number, not {self.info.world_size}"
+            )
         if self.info.is_main:
-            logger.info("resumed from %s at epoch %d, step %d", self.config.resume,
-                        self.epoch + 1, self.step)
+            logger.info(
+                "resumed from %s at epoch %d, step %d",
+                self.config.resume,
+                self.epoch + 1,
+                self.step,
+            )
 
     def save(self) -> None:
         """Checkpoint at the current position; every rank takes part, rank 0 writes."""
@@ -135,38 +146,63 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else {},
-            "epoch": self.epoch, "step": self.step, "meter": self.meter_state,
-            "loader": loaders, "config": self.config.to_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "meter": self.meter_state,
+            "loader": loaders,
+            "config": self.config.to_dict(),
         }
         save_checkpoint(state, self.config.output_dir / CHECKPOINT_NAME)
 
     def run_epoch(self, stop, budget: int | None) -> EpochResult:
         """Trains the rest of the current epoch; evaluates and logs it if it completed."""
         result = train_one_epoch(
-            self.model, self.criterion, self.optimizer, self.scheduler, self.train_loader,
-            epoch=self.epoch, start_step=self.step, num_steps=len(self.train_loader),
-            options=self.options, scaler=self.scaler, info=self.info, stop=stop,
-            print_freq=self.config.print_freq, meter_state=self.meter_state, step_budget=budget,
+            self.model,
+            self.criterion,
+            self.optimizer,
+            self.scheduler,
+            self.train_loader,
+            epoch=self.epoch,
+            start_step=self.step,
+            num_steps=len(self.train_loader),
+            options=self.options,
+            scaler=self.scaler,
+            info=self.info,
+            stop=stop,
+            print_freq=self.config.print_freq,
+            meter_state=self.meter_state,
+            step_budget=budget,
         )
         if result.steps_done < len(self.train_loader):
             self.step, self.meter_state = result.steps_done, result.meter
             return result
-        val = evaluate(self.model, self.val_loader, options=self.options, info=self.info,
-                       epoch=self.epoch)
+        val = evaluate(
+            self.model, self.val_loader, options=self.options, info=self.info, epoch=self.epoch
+        )
         loss_sum, count, correct1, _ = self._reduced(result.meter)
         record = {
-            "epoch": self.epoch, "train_loss": loss_sum / count,
-            "train_acc1": 100 * correct1 / count, "train_images": int(count),
+            "epoch": self.epoch,
+            "train_loss": loss_sum / count,
+            "train_acc1": 100 * correct1 / count,
+            "train_images": int(count),
             "val_loss": val["loss"],
-            "val_acc1": val["acc1"], "val_acc5": val["acc5"], "val_images": int(val["samples"]),
-            "lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": result.seconds,
+            "val_acc1": val["acc1"],
+            "val_acc5": val["acc5"],
+            "val_images": int(val["samples"]),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "epoch_seconds": result.seconds,
             "train_images_per_s": result.images * self.info.world_size / result.seconds,
             "time": time.time(),
         }
         self.metrics.write(record)
         if self.info.is_main:
-            logger.info("epoch %d: train loss %.3f, val top-1 %.2f %%, top-5 %.2f %%",
-                        self.epoch + 1, record["train_loss"], val["acc1"], val["acc5"])
+            logger.info(
+                "epoch %d: train loss %.3f, val top-1 %.2f %%, top-5 %.2f %%",
+                self.epoch + 1,
+                record["train_loss"],
+                val["acc1"],
+                val["acc5"],
+            )
         self.epoch, self.step, self.meter_state = self.epoch + 1, 0, None
         return result
 
@@ -189,9 +225,12 @@ class Trainer:
                 self.save()
                 if result.stopped:
                     if self.info.is_main:
-                        logger.info("stopped at epoch %d, step %d; continue with --resume %s",
-                                    self.epoch + 1, self.step,
-                                    self.config.output_dir / CHECKPOINT_NAME)
+                        logger.info(
+                            "stopped at epoch %d, step %d; continue with --resume %s",
+                            self.epoch + 1,
+                            self.step,
+                            self.config.output_dir / CHECKPOINT_NAME,
+                        )
                     break
         records = self.metrics.read()
         if self.info.is_main:
@@ -224,9 +263,14 @@ def run(config: TrainConfig) -> list[dict[str, Any]]:
         records = trainer.fit()
         if info.is_main and records:
             last = records[-1]
-            logger.info("finished %d epochs in %.0f s: val top-1 %.2f %% (chance %.1f %%), "
-                        "outputs in %s", len(records), time.perf_counter() - start,
-                        last["val_acc1"], 100 / config.data.num_classes, config.output_dir)
+            logger.info(
+                "finished %d epochs in %.0f s: val top-1 %.2f %% (chance %.1f %%), outputs in %s",
+                len(records),
+                time.perf_counter() - start,
+                last["val_acc1"],
+                100 / config.data.num_classes,
+                config.output_dir,
+            )
         return records
     finally:
         cleanup_distributed(info)

@@ -18,8 +18,15 @@ __all__ = ["CHECKPOINT_NAME", "check_resumable", "load_checkpoint", "save_checkp
 
 CHECKPOINT_NAME = "checkpoint.pth"
 # Settings that may change between the interrupted run and its continuation.
-_FREE_TO_CHANGE = {"resume", "output_dir", "print_freq", "stop_after_steps", "data.workers",
-                   "data.cache_dir", "deterministic"}
+_FREE_TO_CHANGE = {
+    "resume",
+    "output_dir",
+    "print_freq",
+    "stop_after_steps",
+    "data.workers",
+    "data.cache_dir",
+    "deterministic",
+}
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> Path:
@@ -70,9 +77,11 @@ def check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:
         ValueError: naming each setting that differs, with both values.
     """
     old, new = _flatten(saved), _flatten(current)
-    changed = sorted(k for k in old.keys() | new.keys()
-                     if k not in _FREE_TO_CHANGE and old.get(k) != new.get(k))
+    changed = sorted(
+        k for k in old.keys() | new.keys() if k not in _FREE_TO_CHANGE and old.get(k) != new.get(k)
+    )
     if changed:
-        details = "; ".join(f"{k}: {old.get(k)!r} in the checkpoint, {new.get(k)!r} now"
-                            for k in changed[:6])
+        details = "; ".join(
+            f"{k}: {old.get(k)!r} in the checkpoint, {new.get(k)!r} now" for k in changed[:6]
+        )
         raise ValueError(f"--resume needs the flags of the interrupted run ({details})")

@@ -286,38 +286,76 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def _add_data_args(data: argparse._ArgumentGroup) -> None:
-    data.add_argument("--data", type=Path, default=None,
-                      help="ImageNet-style folder with train/ and val/ (default: embedded dataset)")
-    data.add_argument("--cache-dir", type=Path, default=None,
-                      help=f"where the embedded dataset is generated (default: ${CACHE_ENV} "
-                      "or ./data)")
+    data.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="ImageNet-style folder with train/ and val/ (default: embedded dataset)",
+    )
+    data.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help=f"where the embedded dataset is generated (default: ${CACHE_ENV} or ./data)",
+    )
     data.add_argument("--loader", default="dali", choices=[k.value for k in LoaderKind])
-    data.add_argument("-b", "--batch-size", type=int, default=None,
-                      help="per rank (default: 256 with --data, 64 embedded)")
-    data.add_argument("--crop-size", type=int, default=None,
-                      help="default: 224 with --data, 64 embedded")
-    data.add_argument("--resize-size", type=int, default=None,
-                      help="validation resize (default: crop_size * 8 / 7)")
-    data.add_argument("-j", "--workers", type=int, default=None,
-                      help="DALI threads / DataLoader workers per rank (default: CPUs per rank)")
+    data.add_argument(
+        "-b",
+        "--batch-size",
+        type=int,
+        default=None,
+        help="per rank (default: 256 with --data, 64 embedded)",
+    )
+    data.add_argument(
+        "--crop-size", type=int, default=None, help="default: 224 with --data, 64 embedded"
+    )
+    data.add_argument(
+        "--resize-size",
+        type=int,
+        default=None,
+        help="validation resize (default: crop_size * 8 / 7)",
+    )
+    data.add_argument(
+        "-j",
+        "--workers",
+        type=int,
+        default=None,
+        help="DALI threads / DataLoader workers per rank (default: CPUs per rank)",
+    )
 
 
 def _add_optim_args(model: argparse._ArgumentGroup) -> None:
-    model.add_argument("--arch", default=None, choices=ARCHS,
-                       help="default: resnet50 with --data, resnet18 embedded")
-    model.add_argument("--epochs", type=int, default=None,
-                       help="default: 90 with --data, 6 embedded")
-    model.add_argument("--lr", type=float, default=None,
-                       help="peak learning rate (default: 0.1 * global batch / 256, "
-                       "0.1 embedded)")
+    model.add_argument(
+        "--arch",
+        default=None,
+        choices=ARCHS,
+        help="default: resnet50 with --data, resnet18 embedded",
+    )
+    model.add_argument(
+        "--epochs", type=int, default=None, help="default: 90 with --data, 6 embedded"
+    )
+    model.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="peak learning rate (default: 0.1 * global batch / 256, 0.1 embedded)",
+    )
     model.add_argument("--momentum", type=float, default=0.9)
     model.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True)
     model.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=1e-4)
     model.add_argument("--lr-schedule", default="cosine", choices=[s.value for s in Schedule])
-    model.add_argument("--warmup-epochs", type=float, default=None,
-                       help="linear warmup (default: 5 with --data, 1 embedded; <= epochs / 5)")
-    model.add_argument("--lr-step-size", type=int, default=30,
-                       help="epochs between decays for --lr-schedule step (paper: 75)")
+    model.add_argument(
+        "--warmup-epochs",
+        type=float,
+        default=None,
+        help="linear warmup (default: 5 with --data, 1 embedded; <= epochs / 5)",
+    )
+    model.add_argument(
+        "--lr-step-size",
+        type=int,
+        default=30,
+        help="epochs between decays for --lr-schedule step (paper: 75)",
+    )
     model.add_argument("--lr-gamma", type=float, default=0.1)
 
 
@@ -326,29 +364,51 @@ def _add_mix_args(mix: argparse._ArgumentGroup) -> None:
     mix.add_argument("--mixup-alpha", type=float, default=0.0, help="0 turns MixUp off")
     mix.add_argument("--cutmix-minmax", type=float, nargs=2, default=None, metavar=("MIN", "MAX"))
     mix.add_argument("--mix-prob", type=float, default=1.0)
-    mix.add_argument("--switch-prob", type=float, default=0.5,
-                     help="probability of CutMix when both are on")
-    mix.add_argument("--mix-mode", default=None, choices=[m.value for m in MixMode],
-                     help="default: elem with --loader dali, batch with torchvision")
+    mix.add_argument(
+        "--switch-prob", type=float, default=0.5, help="probability of CutMix when both are on"
+    )
+    mix.add_argument(
+        "--mix-mode",
+        default=None,
+        choices=[m.value for m in MixMode],
+        help="default: elem with --loader dali, batch with torchvision",
+    )
     mix.add_argument("--correct-lam", action=argparse.BooleanOptionalAction, default=True)
-    mix.add_argument("--label-smoothing", "--smoothing", dest="label_smoothing", type=float,
-                     default=0.0)
+    mix.add_argument(
+        "--label-smoothing", "--smoothing", dest="label_smoothing", type=float, default=0.0
+    )
 
 
 def _add_run_args(run: argparse._ArgumentGroup) -> None:
     run.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
-    run.add_argument("--amp", default="auto", choices=["auto"] + [p.value for p in Precision],
-                     help="autocast dtype (auto: bf16 on a GPU that has it, else fp16; off on CPU)")
-    run.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                     help="NHWC model and loader output (default: on GPU)")
+    run.add_argument(
+        "--amp",
+        default="auto",
+        choices=["auto"] + [p.value for p in Precision],
+        help="autocast dtype (auto: bf16 on a GPU that has it, else fp16; off on CPU)",
+    )
+    run.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="NHWC model and loader output (default: on GPU)",
+    )
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--deterministic", action="store_true")
-    run.add_argument("--output-dir", type=Path, default=None,
-                     help="default: runs/<time>, or the folder of --resume")
+    run.add_argument(
+        "--output-dir",
+        type=Path,
+        default=None,
+        help="default: runs/<time>, or the folder of --resume",
+    )
     run.add_argument("--resume", type=Path, default=None, help="checkpoint to continue from")
     run.add_argument("--print-freq", type=int, default=10)
-    run.add_argument("--stop-after-steps", type=int, default=None,
-                     help="checkpoint and stop after this many steps, as on Ctrl-C")
+    run.add_argument(
+        "--stop-after-steps",
+        type=int,
+        default=None,
+        help="checkpoint and stop after this many steps, as on Ctrl-C",
+    )
 
 
 def _list_classes(root: Path) -> tuple[str, ...]:
@@ -408,25 +468,39 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     cpus = max(1, (os.cpu_count() or 1) // _world_size())
     cache = args.cache_dir or Path(os.environ.get(CACHE_ENV, "data"))
     data = DataConfig(
-        root=None if embedded else args.data, classes=tuple(classes),
-        embedded=EMBEDDED_SPEC if embedded else None, loader=args.loader,
-        batch_size=batch, crop_size=crop, resize_size=_given(args.resize_size, round(crop * 8 / 7)),
-        workers=_given(args.workers, cpus), cache_dir=cache,
+        root=None if embedded else args.data,
+        classes=tuple(classes),
+        embedded=EMBEDDED_SPEC if embedded else None,
+        loader=args.loader,
+        batch_size=batch,
+        crop_size=crop,
+        resize_size=_given(args.resize_size, round(crop * 8 / 7)),
+        workers=_given(args.workers, cpus),
+        cache_dir=cache,
     )
     default_lr = 0.1 if embedded else 0.1 * batch * _world_size() / 256
     epochs = _given(args.epochs, 6 if embedded else 90)
     optim = OptimConfig(
-        lr=default_lr if args.lr is None else args.lr, momentum=args.momentum,
-        nesterov=args.nesterov, weight_decay=args.weight_decay, schedule=args.lr_schedule,
+        lr=default_lr if args.lr is None else args.lr,
+        momentum=args.momentum,
+        nesterov=args.nesterov,
+        weight_decay=args.weight_decay,
+        schedule=args.lr_schedule,
         warmup_epochs=_given(args.warmup_epochs, min(1.0 if embedded else 5.0, epochs / 5)),
-        step_size=args.lr_step_size, gamma=args.lr_gamma,
+        step_size=args.lr_step_size,
+        gamma=args.lr_gamma,
     )
     default_mode = MixMode.ELEM if args.loader == LoaderKind.DALI.value else MixMode.BATCH
     mix = MixConfig(
-        num_classes=len(classes), mixup_alpha=args.mixup_alpha, cutmix_alpha=args.cutmix_alpha,
+        num_classes=len(classes),
+        mixup_alpha=args.mixup_alpha,
+        cutmix_alpha=args.cutmix_alpha,
         cutmix_minmax=tuple(args.cutmix_minmax) if args.cutmix_minmax else None,
-        prob=args.mix_prob, switch_prob=args.switch_prob, mode=args.mix_mode or default_mode,
-        correct_lam=args.correct_lam, label_smoothing=args.label_smoothing,
+        prob=args.mix_prob,
+        switch_prob=args.switch_prob,
+        mode=args.mix_mode or default_mode,
+        correct_lam=args.correct_lam,
+        label_smoothing=args.label_smoothing,
     )
     device = _resolve_device(args.device)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -434,13 +508,20 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.resume is not None and not args.resume.is_file():
         raise ValueError(f"--resume {args.resume}: no such checkpoint file")
     config = TrainConfig(
-        data=data, optim=optim, mix=mix,
+        data=data,
+        optim=optim,
+        mix=mix,
         arch=args.arch or ("resnet18" if embedded else "resnet50"),
-        epochs=epochs, device=device,
+        epochs=epochs,
+        device=device,
         precision=_resolve_precision(args.amp, device),
         channels_last=device is Device.GPU if args.channels_last is None else args.channels_last,
-        seed=args.seed, deterministic=args.deterministic, output_dir=output_dir,
-        resume=args.resume, print_freq=args.print_freq, stop_after_steps=args.stop_after_steps,
+        seed=args.seed,
+        deterministic=args.deterministic,
+        output_dir=output_dir,
+        resume=args.resume,
+        print_freq=args.print_freq,
+        stop_after_steps=args.stop_after_steps,
     )
     if config.resume is not None:
         check_resumable(load_checkpoint(config.resume).get("config", {}), config.to_dict())

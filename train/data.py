@@ -33,8 +33,13 @@ from dali_cutmix.synthetic import generate
 from train.config import Device, LoaderKind, TrainConfig
 from train.utils import DistInfo, barrier
 
-__all__ = ["Loader", "ResumableTorchvisionLoader", "build_criterion", "build_loaders",
-           "prepare_dataset"]
+__all__ = [
+    "Loader",
+    "ResumableTorchvisionLoader",
+    "build_criterion",
+    "build_loaders",
+    "prepare_dataset",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -121,9 +126,19 @@ class ResumableTorchvisionLoader:
     :meth:`load_state_dict` left it.
     """
 
-    def __init__(self, dataset: Dataset, *, collate: Callable | None, classes: list[str],
-                 batch_size: int, train: bool, workers: int, seed: int, shard_id: int,
-                 num_shards: int) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        *,
+        collate: Callable | None,
+        classes: list[str],
+        batch_size: int,
+        train: bool,
+        workers: int,
+        seed: int,
+        shard_id: int,
+        num_shards: int,
+    ) -> None:
         self.samples = _SeededSamples(dataset)
         self.collate = _SeededCollate(collate)
         self.classes = list(classes)
@@ -132,13 +147,16 @@ class ResumableTorchvisionLoader:
         self.train, self.workers, self.seed = train, workers, seed
         self.shard_id, self.num_shards = shard_id, num_shards
         total = len(dataset)
-        self.dataset_size = (total // num_shards if train
-                             else len(range(shard_id, total, num_shards)))
-        self._length = (self.dataset_size // batch_size if train
-                        else -(-self.dataset_size // batch_size))
+        self.dataset_size = (
+            total // num_shards if train else len(range(shard_id, total, num_shards))
+        )
+        self._length = (
+            self.dataset_size // batch_size if train else -(-self.dataset_size // batch_size)
+        )
         if self._length == 0:
-            raise ValueError(f"{total} images give no batch of {batch_size} per rank: "
-                             "lower --batch-size")
+            raise ValueError(
+                f"{total} images give no batch of {batch_size} per rank: lower --batch-size"
+            )
         self.device = torch.device("cpu")
         self._epoch = 0  # the epoch being (or about to be) read
         self._done = 0  # batches yielded in it
@@ -151,20 +169,25 @@ class ResumableTorchvisionLoader:
         if self.train:
             generator = torch.Generator().manual_seed(_mix_seed(self.seed, epoch))
             order = torch.randperm(total, generator=generator).tolist()
-            mine = order[: self.dataset_size * self.num_shards][self.shard_id::self.num_shards]
+            mine = order[: self.dataset_size * self.num_shards][self.shard_id :: self.num_shards]
         else:
             mine = list(range(self.shard_id, total, self.num_shards))
-        keys = [(index, _mix_seed(self.seed, epoch, self.shard_id, pos))
-                for pos, index in enumerate(mine)]
-        return [keys[i:i + self.batch_size] for i in range(0, len(keys), self.batch_size)
-                ][: self._length]
+        keys = [
+            (index, _mix_seed(self.seed, epoch, self.shard_id, pos))
+            for pos, index in enumerate(mine)
+        ]
+        return [keys[i : i + self.batch_size] for i in range(0, len(keys), self.batch_size)][
+            : self._length
+        ]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self._done >= self._length:
             self._epoch, self._done = self._epoch + 1, 0
         loader = DataLoader(
-            self.samples, batch_sampler=self._batches(self._epoch)[self._done:],
-            num_workers=self.workers, collate_fn=self.collate,
+            self.samples,
+            batch_sampler=self._batches(self._epoch)[self._done :],
+            num_workers=self.workers,
+            collate_fn=self.collate,
             pin_memory=torch.cuda.is_available(),
         )
         for images, targets in loader:
@@ -173,8 +196,13 @@ class ResumableTorchvisionLoader:
         self._epoch, self._done = self._epoch + 1, 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"version": _STATE_VERSION, "epoch": self._epoch, "batches_done": self._done,
-                "num_batches": self._length, "batch_size": self.batch_size}
+        return {
+            "version": _STATE_VERSION,
+            "epoch": self._epoch,
+            "batches_done": self._done,
+            "num_batches": self._length,
+            "batch_size": self.batch_size,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("version") != _STATE_VERSION:
@@ -184,8 +212,9 @@ class ResumableTorchvisionLoader:
         self._epoch, self._done = int(state["epoch"]), int(state["batches_done"])
 
 
-def _torchvision_loader(folder: Path, *, train: bool, config: TrainConfig,
-                        info: DistInfo) -> ResumableTorchvisionLoader:
+def _torchvision_loader(
+    folder: Path, *, train: bool, config: TrainConfig, info: DistInfo
+) -> ResumableTorchvisionLoader:
     from pipelines.torchvision_ref import make_torchvision_loader
 
     data = config.data
@@ -193,14 +222,26 @@ def _torchvision_loader(folder: Path, *, train: bool, config: TrainConfig,
     # The reference loader supplies the ImageFolder with its transforms and the
     # CutMix/MixUp collate function; the order and seeding are ours.
     reference = make_torchvision_loader(
-        folder, train=train, batch_size=data.batch_size, workers=0, mix=mix,
-        crop_size=data.crop_size, resize_size=data.resize_size, seed=config.seed,
+        folder,
+        train=train,
+        batch_size=data.batch_size,
+        workers=0,
+        mix=mix,
+        crop_size=data.crop_size,
+        resize_size=data.resize_size,
+        seed=config.seed,
     )
     dataset = reference.loader.dataset
     collate = reference.loader.collate_fn if mix is not None else None
     return ResumableTorchvisionLoader(
-        dataset, collate=collate, classes=reference.classes, batch_size=data.batch_size,
-        train=train, workers=data.workers, seed=config.seed, shard_id=info.rank,
+        dataset,
+        collate=collate,
+        classes=reference.classes,
+        batch_size=data.batch_size,
+        train=train,
+        workers=data.workers,
+        seed=config.seed,
+        shard_id=info.rank,
         num_shards=info.world_size,
     )
 
@@ -213,11 +254,17 @@ def _dali_loader(folder: Path, *, train: bool, config: TrainConfig, info: DistIn
 
     data = config.data
     return make_loader(
-        folder, train=train, batch_size=data.batch_size,
+        folder,
+        train=train,
+        batch_size=data.batch_size,
         device="gpu" if config.device is Device.GPU else "cpu",
         mix=config.mix if (train and config.mix.enabled) else None,
-        crop_size=data.crop_size, resize_size=data.resize_size, num_threads=data.workers,
-        seed=config.seed, shard_id=info.rank, num_shards=info.world_size,
+        crop_size=data.crop_size,
+        resize_size=data.resize_size,
+        num_threads=data.workers,
+        seed=config.seed,
+        shard_id=info.rank,
+        num_shards=info.world_size,
         output_layout="NHWC" if config.channels_last else "NCHW",
     )
 
@@ -233,8 +280,9 @@ def build_loaders(config: TrainConfig, root: Path, info: DistInfo) -> tuple[Load
     train = build(root / "train", train=True, config=config, info=info)
     val = build(root / "val", train=False, config=config, info=info)
     if train.num_classes != config.data.num_classes:
-        raise ValueError(f"the loader found {train.num_classes} classes, the config "
-                         f"{config.data.num_classes}")
+        raise ValueError(
+            f"the loader found {train.num_classes} classes, the config {config.data.num_classes}"
+        )
     return train, val
 
 

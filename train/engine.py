@@ -39,8 +39,9 @@ class StepOptions:
     channels_last: bool = False
     nhwc_input: bool = False
 
-    def prepare(self, images: torch.Tensor, targets: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def prepare(
+        self, images: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         images = images.to(self.device, non_blocking=True)
         if self.nhwc_input:
             images = images.permute(0, 3, 1, 2)  # a channels-last view, no copy
@@ -65,8 +66,14 @@ class EpochResult:
     images: int  # images processed by this run on this rank
 
 
-def _stop_now(stop: StopFlag, steps_this_run: int, limit: int | None, sync: bool,
-              info: DistInfo, device: torch.device) -> bool:
+def _stop_now(
+    stop: StopFlag,
+    steps_this_run: int,
+    limit: int | None,
+    sync: bool,
+    info: DistInfo,
+    device: torch.device,
+) -> bool:
     """All ranks agree on stopping: a step limit is the same everywhere; Ctrl-C is reduced."""
     if limit is not None and steps_this_run >= limit:
         return True
@@ -109,8 +116,14 @@ def train_one_epoch(
     """
     model.train()
     meter = SumMeter(options.device, meter_state)
-    bar = tqdm(total=num_steps, initial=start_step, desc=f"epoch {epoch + 1}", unit="batch",
-               disable=not info.is_main, dynamic_ncols=True)
+    bar = tqdm(
+        total=num_steps,
+        initial=start_step,
+        desc=f"epoch {epoch + 1}",
+        unit="batch",
+        disable=not info.is_main,
+        dynamic_ncols=True,
+    )
     start, step, images_seen, stopped = time.perf_counter(), start_step, 0, False
     for images, targets in loader:
         images, targets = options.prepare(images, targets)
@@ -132,14 +145,22 @@ def train_one_epoch(
         sync = step % print_freq == 0 or step == num_steps
         if sync:  # the only host synchronisation of the step
             rate = images_seen * info.world_size / (time.perf_counter() - start)
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.4f}",
-                            img_s=f"{rate:.0f}")
+            bar.set_postfix(
+                loss=f"{loss.item():.3f}",
+                lr=f"{scheduler.get_last_lr()[0]:.4f}",
+                img_s=f"{rate:.0f}",
+            )
         if _stop_now(stop, step - start_step, step_budget, sync, info, options.device):
             stopped = True
             break
     bar.close()
-    return EpochResult(steps_done=step, stopped=stopped, meter=meter.values.tolist(),
-                       seconds=time.perf_counter() - start, images=images_seen)
+    return EpochResult(
+        steps_done=step,
+        stopped=stopped,
+        meter=meter.values.tolist(),
+        seconds=time.perf_counter() - start,
+        images=images_seen,
+    )
 
 
 @torch.no_grad()
@@ -158,8 +179,14 @@ def evaluate(
     model.eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")
     meter = SumMeter(options.device)
-    for images, targets in tqdm(loader, desc=f"val {epoch + 1}", unit="batch",
-                                disable=not info.is_main, leave=False, dynamic_ncols=True):
+    for images, targets in tqdm(
+        loader,
+        desc=f"val {epoch + 1}",
+        unit="batch",
+        disable=not info.is_main,
+        leave=False,
+        dynamic_ncols=True,
+    ):
         if images.shape[0] == 0:
             continue  # a shard's empty last batch
         images, targets = options.prepare(images, targets)

@@ -100,8 +100,9 @@ class SumMeter:
     """
 
     def __init__(self, device: torch.device, initial: list[float] | None = None) -> None:
-        self.values = torch.tensor(initial or [0.0, 0.0, 0.0, 0.0], dtype=torch.float64,
-                                   device=device)
+        self.values = torch.tensor(
+            initial or [0.0, 0.0, 0.0, 0.0], dtype=torch.float64, device=device
+        )
 
     def update(self, loss: torch.Tensor, count: int, correct: torch.Tensor) -> None:
         """Adds a batch: mean ``loss`` (0-d), its size, correct counts ``[2]``; all on device."""
@@ -114,8 +115,12 @@ class SumMeter:
         """Loss and accuracies (in %) over all ranks; synchronises."""
         loss_sum, count, c1, c5 = reduce_sum(self.values, info).tolist()
         count = max(count, 1.0)
-        return {"loss": loss_sum / count, "acc1": 100 * c1 / count, "acc5": 100 * c5 / count,
-                "samples": count}
+        return {
+            "loss": loss_sum / count,
+            "acc1": 100 * c1 / count,
+            "acc5": 100 * c5 / count,
+            "samples": count,
+        }
 
 
 class MetricsFile:
