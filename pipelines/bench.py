@@ -5,7 +5,9 @@
 
 Every figure is measured in this run: each configuration runs in a fresh
 process (so memory and warm caches don't leak between configurations), skips
-``--warmup`` batches, then times ``--windows`` windows of ``--window-batches``
+``--warmup`` batches (for the DataLoader at least ``2 * workers + 2``, more
+than its workers prefetch, so no window is served from batches buffered before
+timing began), then times ``--windows`` windows of ``--window-batches``
 batches and reports the median images/s with the min and max over windows.
 Ratios are against the torchvision DataLoader measured in the same run.
 Results go to ``OUT/results.json`` and ``OUT/results.png``.
@@ -51,7 +53,7 @@ class BenchConfig:
 
     out: Path
     data: Path | None = None
-    classes: int = 20
+    classes: int = 40
     per_class: int = 50
     batch_size: int = 32
     workers: int = 2
@@ -60,7 +62,7 @@ class BenchConfig:
     arch: str = "resnet50"
     train_batch_size: int = 16
     crop_size: int = 224
-    warmup: int = 3
+    warmup: int = 10
     windows: int = 5
     window_batches: int = 5
     train_windows: int = 3
@@ -233,8 +235,11 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Runs one measurement spec in this process (see :func:`_run_isolated`)."""
     torch.manual_seed(0)
     num_classes = sum(1 for p in Path(spec["root"]).iterdir() if p.is_dir())
+    warmup = spec["warmup"]
+    if spec["loader"] == "torchvision" and spec["kind"] == "loader":
+        warmup = max(warmup, 2 * spec["workers"] + 2)  # drain the workers' prefetched batches
     windows = {
-        "warmup": spec["warmup"],
+        "warmup": warmup,
         "windows": spec["windows"],
         "window_batches": spec["window_batches"],
     }
@@ -558,7 +563,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--data", type=Path, help="ImageNet-style folder (default: a generated one)"
     )
     parser.add_argument("--out", type=Path, default=Path("bench/results/latest"))
-    parser.add_argument("--classes", type=int, default=20)
+    parser.add_argument("--classes", type=int, default=40)
     parser.add_argument("--per-class", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument(
@@ -572,7 +577,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--arch", default="resnet50")
     parser.add_argument("--train-batch-size", type=int, default=16)
     parser.add_argument("--crop-size", type=int, default=224)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--windows", type=int, default=5)
     parser.add_argument("--window-batches", type=int, default=5)
     parser.add_argument("--train-windows", type=int, default=3)

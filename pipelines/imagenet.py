@@ -276,18 +276,22 @@ def class_indices(labels: DataNode) -> DataNode:
 def augment_and_mix(
     images: DataNode, labels: DataNode, *, options: ImageNetOptions
 ) -> tuple[DataNode, DataNode]:
-    """Random flip, mixing and normalization of uint8 HWC crops.
+    """Mixing, then random flip and normalization fused in one pass, of uint8 HWC crops.
 
     Mixing needs HWC (``multi_paste``), so it comes before the normalization
     that transposes to CHW; MixUp's float output is still in 0..255, so the
-    same mean and std apply.
+    same mean and std apply. The flip is applied after mixing, inside
+    ``crop_mirror_normalize``, instead of as a separate full-image pass
+    before it. A mirrored mix of two crops is the mix of the two mirrored crops
+    with a mirrored box: each part is still mirrored with probability 1/2, box
+    positions are symmetric and the label areas are untouched. The one
+    difference is that both parts of a mixed image share one coin.
     """
     flip = fn.random.coin_flip(probability=0.5)
     if not options.mixing:
         return normalize(images, options=options, mirror=flip), class_indices(labels)
-    images = fn.flip(images, horizontal=flip)
     images, targets = mix_images(images, labels, options.mix)
-    return normalize(images, options=options), targets
+    return normalize(images, options=options, mirror=flip), targets
 
 
 @pipeline_def(enable_checkpointing=True)
