@@ -14,7 +14,7 @@ the same seed draw the same partners, lambdas and boxes.
 One mechanism serves every mode: each sample ``i`` gets a partner ``j``, a
 pixel-blend weight ``m`` (MixUp) and a box (CutMix). The output is
 
-    out = paste(a + m * (b - a), box of b)        target = t_a + w * (t_b - t_a)
+    p = paste(a, box of b);  out = p + (m * b - m * p);  target = t_a + w * (t_b - t_a)
 
 where ``w`` is the partner's label weight. A sample that is not mixed has
 ``m = 0``, an empty box and ``w = 0``, so it comes out unchanged, bit for bit,
@@ -235,32 +235,35 @@ def mix(images: DataNode, labels: DataNode, config: MixConfig) -> tuple[DataNode
     blend = draws.mixed - cut  # 1 where it gets MixUp
     out = images
     partner_weight = None
+    if config.cutmix_enabled:
+        # Pasting first keeps the copy in the input dtype (uint8 for decoded crops).
+        y, x, h, w = _cutmix_box(config, draws, common_h, common_w)
+        h, w = h * cut, w * cut
+        if config.correct_lam or draws.lam_cutmix is None:
+            partner_weight = (h * w) / (height * width)  # exact pasted fraction
+        else:
+            partner_weight = cut * (1.0 - draws.lam_cutmix)
+        out = _paste_box(images, partner_images, y, x, h, w)
     if config.mixup_enabled:
-        partner_weight = blend * (1.0 - draws.lam_mixup)
-        out = fn.cast(images, dtype=types.FLOAT)
+        mix_weight = blend * (1.0 - draws.lam_mixup)
+        # At most one of the two weights is non-zero for any sample, so the sum is exact.
+        partner_weight = mix_weight if partner_weight is None else partner_weight + mix_weight
         # Blending needs equal shapes: the partner is cut (or zero-padded) to the
-        # sample's size from its top-left corner; a no-op copy when sizes agree.
+        # sample's size from its top-left corner; a plain copy when sizes agree.
         partner_images = fn.crop(
-            fn.cast(partner_images, dtype=types.FLOAT),
+            partner_images,
             crop_h=height,
             crop_w=width,
             crop_pos_x=0.0,
             crop_pos_y=0.0,
             out_of_bounds_policy="pad",
-            fill_values=0.0,
+            fill_values=0,
         )
-        # a + m * (b - a): exactly a where m == 0 or the partner is the sample itself.
-        out = out + _on_device(partner_weight, out) * (partner_images - out)
-    if config.cutmix_enabled:
-        y, x, h, w = _cutmix_box(config, draws, common_h, common_w)
-        h, w = h * cut, w * cut
-        if config.correct_lam or draws.lam_cutmix is None:
-            cut_weight = (h * w) / (height * width)  # exact pasted fraction
-        else:
-            cut_weight = cut * (1.0 - draws.lam_cutmix)
-        # At most one of the two terms is non-zero for any sample, so the sum is exact.
-        partner_weight = cut_weight if partner_weight is None else partner_weight + cut_weight
-        out = _paste_box(out, partner_images, y, x, h, w)
+        # out + (m*b - m*out) in one fused float32 pass over the input dtype: no
+        # casts, no uint8 wrap-around, and exactly ``out`` where m == 0 (CutMix and
+        # unmixed samples) or where the partner is the sample itself.
+        m = _on_device(mix_weight, out)
+        out = out + (partner_images * m - out * m)
     targets = soft_targets(
         labels,
         num_classes=config.num_classes,
