@@ -64,7 +64,7 @@ class BenchConfig:
     crop_size: int = 224
     warmup: int = 10
     windows: int = 5
-    window_batches: int = 5
+    window_batches: int = 20
     train_windows: int = 3
     train_window_batches: int = 2
     devices: tuple[str, ...] = ("cpu",)
@@ -579,7 +579,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--crop-size", type=int, default=224)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--windows", type=int, default=5)
-    parser.add_argument("--window-batches", type=int, default=5)
+    parser.add_argument("--window-batches", type=int, default=20)
     parser.add_argument("--train-windows", type=int, default=3)
     parser.add_argument("--train-window-batches", type=int, default=2)
     parser.add_argument(
