@@ -48,7 +48,8 @@ class _Draws:
     partner: Partner  # index of each sample's partner (a list in pair mode)
     mixed: DataNode  # float32 0/1: the sample is mixed at all
     use_cutmix: DataNode  # float32 0/1: CutMix (1) or MixUp (0), when mixed
-    uniforms: tuple[DataNode, ...]  # float32 U[0, 1): box position and size
+    position: DataNode  # float32 [2] U[0, 1): box centre (or corner) as (y, x) fractions
+    size: DataNode | None  # float32 [2] U[0, 1): box sides, cutmix_minmax only
     lam_cutmix: DataNode | None
     lam_mixup: DataNode | None
 
@@ -60,7 +61,7 @@ def _max_batch_size() -> int:
     return pipe.max_batch_size
 
 
-def _draw(config: MixConfig, *, n_uniforms: int) -> _Draws:
+def _draw(config: MixConfig) -> _Draws:
     """Draws partners and random numbers on the CPU, shared per ``config.mode``."""
     share: DataNode | list[int] | None = None
     if config.mode is MixMode.PAIR:
@@ -89,69 +90,59 @@ def _draw(config: MixConfig, *, n_uniforms: int) -> _Draws:
         partner=partner,
         mixed=coin(config.prob),
         use_cutmix=coin(config.cutmix_share),
-        uniforms=tuple(shared(fn.random.uniform(range=[0.0, 1.0])) for _ in range(n_uniforms)),
+        position=shared(fn.random.uniform(range=[0.0, 1.0], shape=[2])),
+        size=None
+        if config.cutmix_minmax is None
+        else shared(fn.random.uniform(range=[0.0, 1.0], shape=[2])),
         lam_cutmix=beta(config.cutmix_alpha) if config.cutmix_minmax is None else None,
         lam_mixup=beta(config.mixup_alpha),
     )
 
 
-def _height_width(images: DataNode) -> tuple[DataNode, DataNode]:
-    """Per-sample H and W (float32, CPU) of an HWC batch."""
-    shape = fn.cast(images.shape(), dtype=types.FLOAT)
-    return shape[0], shape[1]
+def _extent(images: DataNode) -> DataNode:
+    """Per-sample ``(H, W)`` of an HWC batch: float32 ``[2]``, on the CPU."""
+    return fn.cast(images.shape()[0:2], dtype=types.FLOAT)
 
 
-def _span(extent: DataNode, size: DataNode, u: DataNode) -> tuple[DataNode, DataNode]:
-    """The paper's box side: centre ~ U{0..extent-1}, +-floor(size/2), clipped."""
-    centre = dmath.floor(u * extent)
-    half = dmath.floor(size * 0.5)
-    low = dmath.clamp(centre - half, 0.0, extent)
-    high = dmath.clamp(centre + half, 0.0, extent)
-    return low, high - low
+def _area(sides: DataNode) -> DataNode:
+    return sides[0] * sides[1]
 
 
-def _span_minmax(extent: DataNode, fraction: DataNode, u: DataNode) -> tuple[DataNode, DataNode]:
-    """timm's ``rand_bbox_minmax`` side: size = floor(fraction * extent), inside the image."""
-    size = dmath.floor(fraction * extent)
-    low = dmath.floor(u * (extent - size + 1.0))
-    return dmath.min(low, extent - size), size
+def _cutmix_box(config: MixConfig, draws: _Draws, extent: DataNode) -> tuple[DataNode, DataNode]:
+    """Box ``(corner, sides)``, float32 ``[2]`` each in (y, x) order, inside ``extent``.
 
-
-def _cutmix_box(
-    config: MixConfig, draws: _Draws, height: DataNode, width: DataNode
-) -> tuple[DataNode, DataNode, DataNode, DataNode]:
-    """Box (y, x, h, w) as float32 nodes in the common extent of both images."""
-    u_y, u_x, u_h, u_w = draws.uniforms[:4]
+    The box math runs on ``[2]`` vectors, so each step is one operator for
+    both axes: on the CPU the per-operator cost, not the arithmetic, dominates.
+    """
     if config.cutmix_minmax is None:
-        cut = dmath.sqrt(1.0 - draws.lam_cutmix)
-        y, h = _span(height, dmath.floor(height * cut), u_y)
-        x, w = _span(width, dmath.floor(width * cut), u_x)
-    else:
-        low, high = config.cutmix_minmax
-        y, h = _span_minmax(height, low + (high - low) * u_h, u_y)
-        x, w = _span_minmax(width, low + (high - low) * u_w, u_x)
-    return y, x, h, w
-
-
-def _to_int(node: DataNode) -> DataNode:
-    return fn.cast(node, dtype=types.INT32)
+        # The paper's box: sides extent * sqrt(1 - lambda), centre ~ U{0..extent-1},
+        # +-floor(side / 2) around it, clipped to the image.
+        sides = dmath.floor(extent * dmath.sqrt(1.0 - draws.lam_cutmix))
+        centre = dmath.floor(draws.position * extent)
+        half = dmath.floor(sides * 0.5)
+        corner = dmath.clamp(centre - half, 0.0, extent)
+        return corner, dmath.clamp(centre + half, 0.0, extent) - corner
+    # timm's rand_bbox_minmax: sides uniform in [min, max] of each extent, box inside.
+    low, high = config.cutmix_minmax
+    sides = dmath.floor((low + (high - low) * draws.size) * extent)
+    corner = dmath.min(dmath.floor(draws.position * (extent - sides + 1.0)), extent - sides)
+    return corner, sides
 
 
 def _paste_box(
-    base: DataNode, partner_images: DataNode, y: DataNode, x: DataNode, h: DataNode, w: DataNode
+    base: DataNode, partner_images: DataNode, corner: DataNode, sides: DataNode
 ) -> DataNode:
-    """``base`` with the box (y, x, h, w) of ``partner_images`` pasted on top."""
-    zero = _to_int(y * 0.0)
-    anchors = fn.stack(fn.stack(zero, zero), fn.stack(_to_int(y), _to_int(x)))
-    full = fn.cast(base.shape(), dtype=types.INT32)
-    shapes = fn.stack(fn.stack(full[0], full[1]), fn.stack(_to_int(h), _to_int(w)))
+    """``base`` with the box (``corner``, ``sides``, float32 [2]) of ``partner_images`` on top."""
+    corner = fn.cast(corner, dtype=types.INT32)
+    full = base.shape(dtype=types.INT32)[0:2]
+    # Region 0 is the whole base image, region 1 the box (later regions win).
     return fn.multi_paste(
         base,
         partner_images,
-        in_anchors=anchors,
-        out_anchors=anchors,
-        shapes=shapes,
-        output_size=fn.stack(full[0], full[1]),
+        in_anchors=fn.stack(corner * 0, corner),
+        out_anchors=fn.stack(corner * 0, corner),
+        shapes=fn.stack(full, fn.cast(sides, dtype=types.INT32)),
+        output_size=full,
     )
 
 
@@ -225,25 +216,24 @@ def mix(images: DataNode, labels: DataNode, config: MixConfig) -> tuple[DataNode
         return images, soft_targets(
             labels, num_classes=config.num_classes, label_smoothing=config.label_smoothing
         )
-    draws = _draw(config, n_uniforms=4)
+    draws = _draw(config)
     partner_images = fn.permute_batch(images, indices=draws.partner)
-    height, width = _height_width(images)
-    p_height, p_width = _height_width(partner_images)
-    common_h, common_w = dmath.min(height, p_height), dmath.min(width, p_width)
-
+    extent = _extent(images)
     cut = draws.mixed * draws.use_cutmix  # 1 where this sample gets CutMix
     blend = draws.mixed - cut  # 1 where it gets MixUp
     out = images
     partner_weight = None
     if config.cutmix_enabled:
-        # Pasting first keeps the copy in the input dtype (uint8 for decoded crops).
-        y, x, h, w = _cutmix_box(config, draws, common_h, common_w)
-        h, w = h * cut, w * cut
+        # Both images hold the box: it lies in their common extent.
+        common = dmath.min(extent, fn.permute_batch(extent, indices=draws.partner))
+        corner, sides = _cutmix_box(config, draws, common)
+        sides = sides * cut  # an empty box where the sample gets no CutMix
         if config.correct_lam or draws.lam_cutmix is None:
-            partner_weight = (h * w) / (height * width)  # exact pasted fraction
+            partner_weight = _area(sides) / _area(extent)  # exact pasted fraction
         else:
             partner_weight = cut * (1.0 - draws.lam_cutmix)
-        out = _paste_box(images, partner_images, y, x, h, w)
+        # Pasting before blending keeps the copy in the input dtype (uint8 crops).
+        out = _paste_box(images, partner_images, corner, sides)
     if config.mixup_enabled:
         mix_weight = blend * (1.0 - draws.lam_mixup)
         # At most one of the two weights is non-zero for any sample, so the sum is exact.
@@ -252,8 +242,8 @@ def mix(images: DataNode, labels: DataNode, config: MixConfig) -> tuple[DataNode
         # sample's size from its top-left corner; a plain copy when sizes agree.
         partner_images = fn.crop(
             partner_images,
-            crop_h=height,
-            crop_w=width,
+            crop_h=extent[0],
+            crop_w=extent[1],
             crop_pos_x=0.0,
             crop_pos_y=0.0,
             out_of_bounds_policy="pad",
@@ -383,14 +373,16 @@ def cutout(
         raise ValueError(f"cutout size must be in (0, 1], got {size!r}")
     if isinstance(prob, bool) or not 0.0 <= prob <= 1.0:
         raise ValueError(f"cutout prob must be in [0, 1], got {prob!r}")
-    height, width = _height_width(images)
+    extent = _extent(images)
     apply = fn.cast(fn.random.coin_flip(probability=prob, dtype=types.INT32), dtype=types.FLOAT)
-    y, h = _span(height, dmath.floor(height * size), fn.random.uniform(range=[0.0, 1.0]))
-    x, w = _span(width, dmath.floor(width * size), fn.random.uniform(range=[0.0, 1.0]))
+    centre = dmath.floor(fn.random.uniform(range=[0.0, 1.0], shape=[2]) * extent)
+    half = dmath.floor(dmath.floor(extent * size) * 0.5)
+    corner = dmath.clamp(centre - half, 0.0, extent)
+    sides = dmath.clamp(centre + half, 0.0, extent) - corner
     return fn.erase(
         images,
-        anchor=fn.stack(y, x),
-        shape=fn.stack(h * apply, w * apply),
+        anchor=corner,
+        shape=sides * apply,
         axis_names="HW",
         fill_value=fill_value,
     )
