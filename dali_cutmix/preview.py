@@ -5,12 +5,16 @@ resize, mix); its caption names the two classes and their label weights, as
 the targets carry them::
 
     python -m dali_cutmix.preview --data path/to/train --out preview.png --cutmix-alpha 1
+
+Without ``--data`` it previews a small generated ImageNet-like set (cached
+under ``$DALI_CUTMIX_CACHE``, default ``./data``).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +24,7 @@ from PIL import Image, ImageDraw
 
 from dali_cutmix.config import MixConfig
 from dali_cutmix.mixing import mix
+from dali_cutmix.synthetic import SyntheticSpec, generate
 
 __all__ = ["mixed_batch", "caption", "render_grid", "write_preview", "main"]
 
@@ -101,9 +106,21 @@ def write_preview(
     return out
 
 
+# What the preview shows without --data: 6 classes of half-scale ImageNet-like JPEGs.
+PREVIEW_SPEC = SyntheticSpec(num_classes=6, train_per_class=8, val_per_class=1, size_scale=0.5)
+
+
+def default_data() -> Path:
+    """The generated preview set's ``train`` folder (written once, then reused)."""
+    cache = Path(os.environ.get("DALI_CUTMIX_CACHE", "data"))
+    return generate(cache / "preview", PREVIEW_SPEC, progress=False) / "train"
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, help="ImageFolder root: DATA/<class>/<image>")
+    parser.add_argument(
+        "--data", type=Path, help="ImageFolder root DATA/<class>/<image> (default: a generated set)"
+    )
     parser.add_argument("--out", default="preview.png", help="PNG to write")
     parser.add_argument("--cutmix-alpha", type=float, default=1.0)
     parser.add_argument("--mixup-alpha", type=float, default=0.0)
@@ -119,15 +136,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = get_args_parser().parse_args(argv)
     try:
+        data = args.data or default_data()
         config = MixConfig(
-            num_classes=len(_class_names(Path(args.data))),
+            num_classes=len(_class_names(data)),
             cutmix_alpha=args.cutmix_alpha,
             mixup_alpha=args.mixup_alpha,
             prob=args.mix_prob,
             switch_prob=args.switch_prob,
             mode=args.mix_mode,
         )
-        write_preview(args.data, args.out, config, batch_size=args.batch_size, seed=args.seed)
+        write_preview(data, args.out, config, batch_size=args.batch_size, seed=args.seed)
     except (ValueError, FileNotFoundError) as err:
         log.error("preview: %s", err)
         return 2

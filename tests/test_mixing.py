@@ -307,6 +307,17 @@ def test_switching_mixes_some_samples_with_cutmix_and_others_with_mixup() -> Non
     assert kinds == {"cutmix", "mixup"}
 
 
+def test_switch_prob_is_honoured_statistically() -> None:
+    n = 32
+    images = flat_images(n, sizes=[(6, 6)] * n)
+    labels = [np.array([i]) for i in range(n)]
+    config = MixConfig(num_classes=n, cutmix_alpha=1.0, mixup_alpha=1.0, switch_prob=0.25)
+    runs = run_graph(lambda x, y: mix(x, y, config), images, labels, iterations=20)
+    # MixUp leaves non-integer pixels; CutMix only copies the integer ones.
+    blended = sum(int(not np.array_equal(out, np.round(out))) for outs, _ in runs for out in outs)
+    assert stats.binomtest(n * 20 - blended, n * 20, 0.25).pvalue > 0.001
+
+
 def test_float_images_keep_float_and_scalar_labels_work() -> None:
     images = [np.full((10, 10, 3), float(i + 1), np.float32) for i in range(4)]
     labels = [np.array(i, np.int64) for i in range(4)]  # shape []

@@ -42,3 +42,12 @@ def test_bad_inputs_fail_with_a_message(tmp_path: Path, image_folder: Path, capl
     assert "missing" in caplog.text
     with pytest.raises(ValueError, match="num_classes=5"):
         write_preview(image_folder, tmp_path / "x.png", MixConfig(num_classes=5))
+
+
+def test_without_data_it_previews_a_generated_set(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("DALI_CUTMIX_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "p.png"
+    assert main(["--out", str(out), "--batch-size", "4", "--mixup-alpha", "0.8"]) == 0
+    with Image.open(out) as png:
+        assert png.size == (4 * 160, 160 + 28)
+    assert (tmp_path / "cache" / "preview" / "train").is_dir()
