@@ -146,11 +146,6 @@ def _paste_box(
     )
 
 
-def _on_device(node: DataNode, like: DataNode) -> DataNode:
-    """Moves a CPU per-sample scalar to the device of ``like`` (arithmetic needs both there)."""
-    return node.gpu() if like.device == "gpu" and node.device == "cpu" else node
-
-
 def soft_targets(
     labels: DataNode,
     *,
@@ -186,7 +181,7 @@ def soft_targets(
     if partner is None or partner_weight is None:
         return own
     other = one_hot(fn.permute_batch(labels, indices=partner))
-    return own + _on_device(partner_weight, own) * (other - own)
+    return own + partner_weight * (other - own)
 
 
 def mix(images: DataNode, labels: DataNode, config: MixConfig) -> tuple[DataNode, DataNode]:
@@ -252,8 +247,8 @@ def mix(images: DataNode, labels: DataNode, config: MixConfig) -> tuple[DataNode
         # out + (m*b - m*out) in one fused float32 pass over the input dtype: no
         # casts, no uint8 wrap-around, and exactly ``out`` where m == 0 (CutMix and
         # unmixed samples) or where the partner is the sample itself.
-        m = _on_device(mix_weight, out)
-        out = out + (partner_images * m - out * m)
+        # (DALI's arithmetic moves the CPU per-sample weight to the GPU by itself.)
+        out = out + (partner_images * mix_weight - out * mix_weight)
     targets = soft_targets(
         labels,
         num_classes=config.num_classes,
