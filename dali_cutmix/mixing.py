@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import nvidia.dali.fn as fn
 import nvidia.dali.math as dmath
 import nvidia.dali.types as types
@@ -39,19 +40,26 @@ __all__ = ["cutmix", "mixup", "cutout", "mix", "soft_targets"]
 
 
 Partner = DataNode | list[int]
+Weight = DataNode | float  # per-sample float32 scalar, or a constant folded while building
 
 
 @dataclasses.dataclass(frozen=True)
 class _Draws:
-    """Per-sample random quantities, already shared as the mode says."""
+    """Per-sample random quantities, already shared as the mode says.
+
+    ``cut`` and ``blend`` are 1 where the sample gets CutMix or MixUp and 0
+    elsewhere: an int32 node, or a Python float when the configuration fixes them.
+    """
 
     partner: Partner  # index of each sample's partner (a list in pair mode)
-    mixed: DataNode  # float32 0/1: the sample is mixed at all
-    use_cutmix: DataNode  # float32 0/1: CutMix (1) or MixUp (0), when mixed
-    position: DataNode  # float32 [2] U[0, 1): box centre (or corner) as (y, x) fractions
+    cut: Weight
+    blend: Weight
+    # (y, x) of the box: float32 [2] U[0, 1) fractions of the extent, or int32 [2]
+    # pixels U{0..H-1} of a known square canvas (the paper's box only)
+    position: DataNode | None
     size: DataNode | None  # float32 [2] U[0, 1): box sides, cutmix_minmax only
-    lam_cutmix: DataNode | None
-    lam_mixup: DataNode | None
+    cutmix_share: DataNode | None  # Beta(a, a) = the law of 1 - lambda: the partner's share
+    mixup_share: DataNode | None
 
 
 def _max_batch_size() -> int:
@@ -61,8 +69,37 @@ def _max_batch_size() -> int:
     return pipe.max_batch_size
 
 
-def _draw(config: MixConfig) -> _Draws:
-    """Draws partners and random numbers on the CPU, shared per ``config.mode``."""
+def _never(weight: Weight) -> bool:
+    return isinstance(weight, float) and weight == 0.0
+
+
+def _times(a: Weight, b: Weight) -> Weight:
+    """``a * b``, folded where one side is a constant 0 or 1 (no operator then)."""
+    if isinstance(a, float):
+        a, b = b, a
+    if isinstance(b, float):
+        if isinstance(a, float):
+            return a * b
+        return 0.0 if b == 0.0 else (a if b == 1.0 else a * b)
+    return a * b
+
+
+def _minus(a: Weight, b: Weight) -> Weight:
+    """``a - b``, folded where ``b`` is a constant 0 or both are constants."""
+    if isinstance(a, float) and isinstance(b, float):
+        return a - b
+    return a if _never(b) else a - b
+
+
+def _draw(config: MixConfig, canvas: _Canvas) -> _Draws:
+    """Draws partners and random numbers on the CPU, shared per ``config.mode``.
+
+    Only what the configuration needs is drawn: a probability of 0 or 1 costs
+    no coin, as Beta(a, a) is symmetric the partner's share ``1 - lambda`` is
+    drawn directly, and on a known square canvas the paper's box centre is
+    drawn as integers ``U{0..H-1}`` (the law of ``floor(U[0, 1) * H)``).
+    """
+    minmax = config.cutmix_minmax is not None
     share: DataNode | list[int] | None = None
     if config.mode is MixMode.PAIR:
         # timm's pairing: the batch flipped; both members of a pair share draws.
@@ -77,73 +114,173 @@ def _draw(config: MixConfig) -> _Draws:
     def shared(node: DataNode) -> DataNode:
         return node if share is None else fn.permute_batch(node, indices=share)
 
-    def coin(probability: float) -> DataNode:
-        flip = fn.random.coin_flip(probability=probability, dtype=types.INT32)
-        return shared(fn.cast(flip, dtype=types.FLOAT))
+    def coin(probability: float) -> Weight:
+        if probability in (0.0, 1.0):
+            return float(probability)
+        return shared(fn.random.coin_flip(probability=probability, dtype=types.INT32))
 
-    def beta(alpha: float) -> DataNode | None:
-        if alpha <= 0:
-            return None
+    def beta(alpha: float) -> DataNode:
         return shared(fn.random.beta(alpha=alpha, beta=alpha, dtype=types.FLOAT))
 
+    def uniform() -> DataNode:
+        return shared(fn.random.uniform(range=[0.0, 1.0], shape=[2]))
+
+    def centre() -> DataNode:
+        if minmax or not canvas.square:
+            return uniform()
+        pixels = list(range(canvas.size[0]))
+        return shared(fn.random.uniform(values=pixels, shape=[2], dtype=types.INT32))
+
+    mixed = coin(config.prob)
+    cut = _times(mixed, coin(config.cutmix_share))
+    blend = _minus(mixed, cut)
+    cutmix = config.cutmix_enabled and not _never(cut)
     return _Draws(
         partner=partner,
-        mixed=coin(config.prob),
-        use_cutmix=coin(config.cutmix_share),
-        position=shared(fn.random.uniform(range=[0.0, 1.0], shape=[2])),
-        size=None
-        if config.cutmix_minmax is None
-        else shared(fn.random.uniform(range=[0.0, 1.0], shape=[2])),
-        lam_cutmix=beta(config.cutmix_alpha) if config.cutmix_minmax is None else None,
-        lam_mixup=beta(config.mixup_alpha),
+        cut=cut,
+        blend=blend,
+        position=centre() if cutmix else None,
+        size=uniform() if cutmix and minmax else None,
+        cutmix_share=beta(config.cutmix_alpha) if cutmix and not minmax else None,
+        mixup_share=beta(config.mixup_alpha)
+        if config.mixup_enabled and not _never(blend)
+        else None,
     )
 
 
-def _extent(images: DataNode) -> DataNode:
-    """Per-sample ``(H, W)`` of an HWC batch: float32 ``[2]``, on the CPU."""
-    return fn.cast(images.shape()[0:2], dtype=types.FLOAT)
+@dataclasses.dataclass(frozen=True)
+class _Canvas:
+    """The images' ``(H, W)`` in the forms the graph needs: constants where known.
+
+    Box coordinates are int32 (what ``multi_paste`` takes). A known square
+    extent is a plain int, which DALI's arithmetic inlines (no operator); a
+    vector constant is one operator, built once.
+    """
+
+    extent: DataNode | int  # int32 [2] (H, W), or H == W as an int
+    sides: DataNode  # int32 [2] (H, W): region 0's shape
+    area: DataNode | float  # float32 H * W
+    size: DataNode | list[int]  # multi_paste's output_size
+    fixed: bool  # one size, known while building, for every sample
+
+    @property
+    def square(self) -> bool:
+        return isinstance(self.extent, int)
+
+    @classmethod
+    def known(cls, size: tuple[int, int]) -> _Canvas:
+        height, width = size
+        sides = types.Constant(np.array(size, dtype=np.int32))
+        return cls(
+            extent=height if height == width else sides,
+            sides=sides,
+            area=float(height * width),
+            size=[height, width],
+            fixed=True,
+        )
+
+    @classmethod
+    def of(cls, images: DataNode) -> _Canvas:
+        extent = images.shape(dtype=types.INT32)[0:2]
+        area = fn.cast(_area(extent), dtype=types.FLOAT)
+        return cls(extent=extent, sides=extent, area=area, size=extent, fixed=False)
 
 
 def _area(sides: DataNode) -> DataNode:
     return sides[0] * sides[1]
 
 
-def _cutmix_box(config: MixConfig, draws: _Draws, extent: DataNode) -> tuple[DataNode, DataNode]:
-    """Box ``(corner, sides)``, float32 ``[2]`` each in (y, x) order, inside ``extent``.
+def _int(node: DataNode) -> DataNode:
+    return fn.cast(node, dtype=types.INT32)
 
-    The box math runs on ``[2]`` vectors, so each step is one operator for
-    both axes: on the CPU the per-operator cost, not the arithmetic, dominates.
+
+def _cutmix_box(config: MixConfig, draws: _Draws, canvas: _Canvas) -> tuple[DataNode, DataNode]:
+    """Box ``(corner, sides)``, int32 ``[2]`` each in (y, x) order, for ``multi_paste``.
+
+    The box lies in the common extent of the sample and its partner; a sample
+    that gets no CutMix has sides 0. Every side that is 0 has its corner on the
+    canvas's far edge (see :func:`_regions` for why). The math runs on ``[2]``
+    vectors, so each step is one operator for both axes: on the CPU the
+    per-operator cost, not the arithmetic, dominates.
     """
-    if config.cutmix_minmax is None:
-        # The paper's box: sides extent * sqrt(1 - lambda), centre ~ U{0..extent-1},
-        # +-floor(side / 2) around it, clipped to the image.
-        sides = dmath.floor(extent * dmath.sqrt(1.0 - draws.lam_cutmix))
-        centre = dmath.floor(draws.position * extent)
-        half = dmath.floor(sides * 0.5)
-        corner = dmath.clamp(centre - half, 0.0, extent)
-        return corner, dmath.clamp(centre + half, 0.0, extent) - corner
-    # timm's rand_bbox_minmax: sides uniform in [min, max] of each extent, box inside.
-    low, high = config.cutmix_minmax
-    sides = dmath.floor((low + (high - low) * draws.size) * extent)
-    corner = dmath.min(dmath.floor(draws.position * (extent - sides + 1.0)), extent - sides)
-    return corner, sides
+    extent = canvas.extent
+    if not canvas.fixed:
+        # Both images hold the box: it lies in their common extent.
+        extent = dmath.min(extent, fn.permute_batch(extent, indices=draws.partner))
+    if config.cutmix_minmax is not None:
+        # timm's rand_bbox_minmax: sides uniform in [min, max] of each extent, box inside.
+        low, high = config.cutmix_minmax
+        sides = _times(_int(dmath.floor((low + (high - low) * draws.size) * extent)), draws.cut)
+        room = extent - sides
+        corner = dmath.min(_int(dmath.floor(draws.position * (room + 1))), room)
+        return _far_if_empty(corner, sides, canvas), sides
+    # The paper's box: sides extent * sqrt(1 - lambda), centre ~ U{0..extent-1},
+    # +-floor(side / 2) around it, clipped to the image. floor(floor(x) / 2) ==
+    # floor(x / 2) and halving is exact in floating point, so the half side is one
+    # floor of sqrt(1 - lambda) * (extent / 2). The box is empty where half is 0.
+    half = _times(_int(dmath.floor(dmath.sqrt(draws.cutmix_share) * (extent * 0.5))), draws.cut)
+    centre = draws.position  # int32 pixels on a known square canvas, else fractions
+    if not canvas.square:
+        centre = _int(dmath.floor(centre * extent))
+    if canvas.fixed:
+        # lower bound 0, or the far edge where the box is empty: one clamp places it.
+        low = (half == 0) * canvas.extent
+        corner = dmath.clamp(centre - half, low, extent)
+        return corner, dmath.clamp(centre + half, low, extent) - corner
+    corner = dmath.max(centre - half, 0)
+    sides = dmath.min(centre + half, extent) - corner
+    return _far_if_empty(corner, sides, canvas), sides
 
 
-def _paste_box(
-    base: DataNode, partner_images: DataNode, corner: DataNode, sides: DataNode
-) -> DataNode:
-    """``base`` with the box (``corner``, ``sides``, float32 [2]) of ``partner_images`` on top."""
-    corner = fn.cast(corner, dtype=types.INT32)
-    full = base.shape(dtype=types.INT32)[0:2]
-    # Region 0 is the whole base image, region 1 the box (later regions win).
-    return fn.multi_paste(
-        base,
-        partner_images,
-        in_anchors=fn.stack(corner * 0, corner),
-        out_anchors=fn.stack(corner * 0, corner),
-        shapes=fn.stack(full, fn.cast(sides, dtype=types.INT32)),
-        output_size=full,
-    )
+def _far_if_empty(corner: DataNode, sides: DataNode, canvas: _Canvas) -> DataNode:
+    """``corner``, with the canvas's far edge on every axis where ``sides`` is 0.
+
+    The graph must never hand ``multi_paste`` an empty region inside the
+    canvas. DALI's GPU ``multi_paste`` splits the canvas into patches by
+    sweeping the region edges (``kernels/imgproc/paste/paste_gpu.h``); a
+    region with a side of 0 inside the canvas is opened and never closed, so
+    its source then fills everything from its anchor to the bottom-right
+    corner, and pixels no longer match labels. An edge at the canvas's far
+    side (y = H or x = W) is the sweep's last point, where nothing is ever
+    opened, and ``anchor + 0 <= size`` passes the bounds check; so an empty
+    box there is harmless on the GPU and on the CPU (which pastes in order).
+    """
+    return dmath.max(corner, (sides == 0) * canvas.extent)
+
+
+def _regions(corner: DataNode, sides: DataNode, canvas: _Canvas) -> tuple[DataNode, DataNode]:
+    """``multi_paste``'s int32 ``[2, 2]`` anchors and shapes: the whole image, then the box."""
+    # [[0, 0], corner] by broadcasting against a [2, 1] mask: one operator, no stack.
+    anchors = corner * types.Constant(np.array([[0], [1]], dtype=np.int32))
+    return anchors, fn.stack(canvas.sides, sides)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """Everything ``mix`` decides per sample, before touching a pixel (all on the CPU)."""
+
+    partner: Partner
+    regions: tuple[DataNode, DataNode] | None  # multi_paste anchors and shapes (CutMix)
+    blend: Weight | None  # MixUp's pixel weight of the partner
+    partner_weight: Weight  # the partner's label weight
+
+
+def _plan(config: MixConfig, canvas: _Canvas) -> _Plan:
+    """Partners, CutMix regions and weights: the graph's per-sample CPU part."""
+    draws = _draw(config, canvas)
+    regions, blend, weight = None, None, 0.0
+    if draws.position is not None:
+        corner, sides = _cutmix_box(config, draws, canvas)
+        regions = _regions(corner, sides, canvas)
+        if config.correct_lam or draws.cutmix_share is None:
+            weight = _area(sides) / canvas.area  # exactly the pasted fraction (float32)
+        else:
+            weight = _times(draws.cut, draws.cutmix_share)
+    if draws.mixup_share is not None:
+        blend = _times(draws.blend, draws.mixup_share)
+        # At most one of the two weights is non-zero for any sample, so the sum is exact.
+        weight = blend if _never(weight) else weight + blend
+    return _Plan(partner=draws.partner, regions=regions, blend=blend, partner_weight=weight)
 
 
 def soft_targets(
@@ -170,33 +307,40 @@ def soft_targets(
     """
     off = label_smoothing / num_classes
     on = 1.0 - label_smoothing + off
-    labels = fn.cast(labels, dtype=types.INT32)
-
-    def one_hot(lbl: DataNode) -> DataNode:
-        return fn.one_hot(
-            lbl, num_classes=num_classes, on_value=on, off_value=off, dtype=types.FLOAT
-        )
-
-    own = one_hot(labels)
+    own = fn.one_hot(labels, num_classes=num_classes, on_value=on, off_value=off, dtype=types.FLOAT)
     if partner is None or partner_weight is None:
         return own
-    other = one_hot(fn.permute_batch(labels, indices=partner))
+    other = fn.permute_batch(own, indices=partner)
     return own + partner_weight * (other - own)
 
 
-def mix(images: DataNode, labels: DataNode, config: MixConfig) -> tuple[DataNode, DataNode]:
+def mix(
+    images: DataNode,
+    labels: DataNode,
+    config: MixConfig,
+    *,
+    size: tuple[int, int] | None = None,
+) -> tuple[DataNode, DataNode]:
     """CutMix and/or MixUp inside a DALI graph, with timm's semantics.
 
     Args:
-        images: HWC batch (uint8 or float, CPU or GPU), any size per sample.
-            Samples of different sizes are mixed within their common extent.
-        labels: integer class per sample, shape ``[]`` or ``[1]``.
+        images: HWC batch (uint8 or float, CPU or GPU), any size per sample
+            unless ``size`` is given.
+        labels: integer class per sample, shape ``[]`` or ``[1]``, on the CPU or
+            the GPU (the targets are computed there).
         config: what to apply; see :class:`dali_cutmix.MixConfig`.
+        size: ``(H, W)`` of every image, when it is known while the graph is
+            built (e.g. after ``fn.resize`` to a crop size). The box math then
+            works on constants: fewer operators, and on the GPU the CPU part
+            of the graph no longer waits for the images' shapes. Every image
+            must have exactly this size (a larger one would be cut to it; a
+            smaller one makes the pipeline fail).
 
     Returns:
         ``(images, targets)``. Images keep the input layout, size and device;
         they keep the input dtype when only CutMix can happen and are float32
-        when MixUp is on. Targets are float32 ``[num_classes]`` per sample,
+        when MixUp is on. Samples of different sizes are mixed within their
+        common extent. Targets are float32 ``[num_classes]`` per sample,
         summing to 1, on the device of ``labels``.
 
     Example:
@@ -205,56 +349,58 @@ def mix(images: DataNode, labels: DataNode, config: MixConfig) -> tuple[DataNode
         ...     jpegs, labels = fn.readers.file(file_root=root, random_shuffle=True)
         ...     images = fn.decoders.image_random_crop(jpegs, device="mixed")
         ...     images = fn.resize(images, size=[224, 224])
-        ...     return mix(images, labels, MixConfig(num_classes=1000, cutmix_alpha=1.0))
+        ...     config = MixConfig(num_classes=1000, cutmix_alpha=1.0)
+        ...     return mix(images, labels.gpu(), config, size=(224, 224))
     """
+    if size is not None and (
+        len(size) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in size)
+    ):
+        raise ValueError(f"size must be (H, W) with two ints >= 1, got {size!r}")
     if not config.enabled:
         return images, soft_targets(
             labels, num_classes=config.num_classes, label_smoothing=config.label_smoothing
         )
-    draws = _draw(config)
-    partner_images = fn.permute_batch(images, indices=draws.partner)
-    extent = _extent(images)
-    cut = draws.mixed * draws.use_cutmix  # 1 where this sample gets CutMix
-    blend = draws.mixed - cut  # 1 where it gets MixUp
-    out = images
-    partner_weight = None
-    if config.cutmix_enabled:
-        # Both images hold the box: it lies in their common extent.
-        common = dmath.min(extent, fn.permute_batch(extent, indices=draws.partner))
-        corner, sides = _cutmix_box(config, draws, common)
-        sides = sides * cut  # an empty box where the sample gets no CutMix
-        if config.correct_lam or draws.lam_cutmix is None:
-            partner_weight = _area(sides) / _area(extent)  # exact pasted fraction
-        else:
-            partner_weight = cut * (1.0 - draws.lam_cutmix)
-        # Pasting before blending keeps the copy in the input dtype (uint8 crops).
-        out = _paste_box(images, partner_images, corner, sides)
-    if config.mixup_enabled:
-        mix_weight = blend * (1.0 - draws.lam_mixup)
-        # At most one of the two weights is non-zero for any sample, so the sum is exact.
-        partner_weight = mix_weight if partner_weight is None else partner_weight + mix_weight
-        # Blending needs equal shapes: the partner is cut (or zero-padded) to the
-        # sample's size from its top-left corner; a plain copy when sizes agree.
-        partner_images = fn.crop(
+    canvas = _Canvas.known(size) if size is not None else _Canvas.of(images)
+    plan = _plan(config, canvas)
+    partner_images = fn.permute_batch(images, indices=plan.partner)
+    if size is None:
+        # Every step below needs the partner at the sample's extent: the GPU
+        # multi_paste reads every input with input 0's row pitch, and the blend
+        # needs equal shapes. The partner is cut (or zero-padded) from its
+        # top-left corner; the box lies in the common extent, so no padding is pasted.
+        partner_images = fn.slice(
             partner_images,
-            crop_h=extent[0],
-            crop_w=extent[1],
-            crop_pos_x=0.0,
-            crop_pos_y=0.0,
+            start=[0, 0],
+            shape=canvas.extent,
+            axes=[0, 1],
             out_of_bounds_policy="pad",
             fill_values=0,
         )
+    out = images
+    if plan.regions is not None:
+        # Region 0 is the whole image, region 1 the box (later regions win).
+        # Pasting before blending keeps the copy in the input dtype (uint8 crops).
+        anchors, shapes = plan.regions
+        out = fn.multi_paste(
+            images,
+            partner_images,
+            in_anchors=anchors,
+            out_anchors=anchors,
+            shapes=shapes,
+            output_size=canvas.size,
+        )
+    if plan.blend is not None:
         # out + (m*b - m*out) in one fused float32 pass over the input dtype: no
         # casts, no uint8 wrap-around, and exactly ``out`` where m == 0 (CutMix and
         # unmixed samples) or where the partner is the sample itself.
         # (DALI's arithmetic moves the CPU per-sample weight to the GPU by itself.)
-        out = out + (partner_images * mix_weight - out * mix_weight)
+        out = out + (partner_images * plan.blend - out * plan.blend)
     targets = soft_targets(
         labels,
         num_classes=config.num_classes,
         label_smoothing=config.label_smoothing,
-        partner=draws.partner,
-        partner_weight=partner_weight,
+        partner=plan.partner,
+        partner_weight=plan.partner_weight,
     )
     return out, targets
 
@@ -368,7 +514,7 @@ def cutout(
         raise ValueError(f"cutout size must be in (0, 1], got {size!r}")
     if isinstance(prob, bool) or not 0.0 <= prob <= 1.0:
         raise ValueError(f"cutout prob must be in [0, 1], got {prob!r}")
-    extent = _extent(images)
+    extent = _Canvas.of(images).extent
     apply = fn.cast(fn.random.coin_flip(probability=prob, dtype=types.INT32), dtype=types.FLOAT)
     centre = dmath.floor(fn.random.uniform(range=[0.0, 1.0], shape=[2]) * extent)
     half = dmath.floor(dmath.floor(extent * size) * 0.5)

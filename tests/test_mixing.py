@@ -416,3 +416,220 @@ def test_cpu_and_gpu_pipelines_are_bit_identical(mode: str) -> None:
         for out_c, out_g in zip(c, g):
             for s_c, s_g in zip(out_c, out_g):
                 np.testing.assert_array_equal(s_c, s_g)
+
+
+# ---- the GPU path's predicted defects, checked on the CPU ----------------------------------
+#
+# DALI's GPU multi_paste (kernels/imgproc/paste/paste_gpu.h) differs from the CPU one in two
+# ways the CPU cannot show: it sweeps region edges into patches (an empty region inside the
+# canvas is opened and never closed), and it reads every input with input 0's row pitch. The
+# tests below capture what the graph hands to multi_paste and check it against both.
+
+
+def gpu_sweep_sources(out_size: tuple[int, int], anchors, shapes) -> np.ndarray:
+    """Which region each output pixel comes from under the GPU kernel's patch sweep (-1: none).
+
+    A line-by-line model of ``CreateSampleDescriptors`` in DALI's ``paste_gpu.h``.
+    """
+    h, w = out_size
+    n = len(anchors)
+    ys = sorted({0, h, *(a[0] for a in anchors), *(a[0] + s[0] for a, s in zip(anchors, shapes))})
+    xs = sorted({0, w, *(a[1] for a in anchors), *(a[1] + s[1] for a, s in zip(anchors, shapes))})
+    yi, xi = {y: k for k, y in enumerate(ys)}, {x: k for k, x in enumerate(xs)}
+    ny, nx = len(ys) - 1, len(xs) - 1
+    y_start = [[] for _ in range(ny + 1)]
+    y_end = [[] for _ in range(ny + 1)]
+    for r in range(n):
+        (ay, ax), (sy, sx) = anchors[r], shapes[r]
+        event = (r, xi[ax], xi[ax + sx])
+        y_start[yi[ay]].append(event)
+        y_end[yi[ay + sy]].append(event)
+    starting = [set() for _ in range(nx + 1)]
+    ending = [set() for _ in range(nx + 1)]
+    open_regions: set[int] = set()
+    source = np.full((h, w), -1, np.int64)
+    for y in range(ny):
+        for r, x0, x1 in y_start[y]:
+            starting[x0].add(r)
+            ending[x1].add(r)
+        for x in range(nx):
+            open_regions |= starting[x]
+            top = max(open_regions, default=-1)
+            source[ys[y] : ys[y + 1], xs[x] : xs[x + 1]] = top
+            open_regions -= ending[x + 1]
+        for r, x0, x1 in y_end[y + 1]:
+            starting[x0].discard(r)
+            ending[x1].discard(r)
+    return source
+
+
+def ordered_sources(out_size: tuple[int, int], anchors, shapes) -> np.ndarray:
+    """The same for the CPU backend: regions pasted in order, later ones on top."""
+    source = np.full(out_size, -1, np.int64)
+    for r, ((ay, ax), (sy, sx)) in enumerate(zip(anchors, shapes)):
+        source[ay : ay + sy, ax : ax + sx] = r
+    return source
+
+
+def test_gpu_sweep_model_shows_the_empty_region_defect() -> None:
+    # The model is not vacuous: an empty box inside the canvas takes over its lower right.
+    anchors, shapes = [(0, 0), (5, 7)], [(20, 30), (0, 4)]
+    gpu = gpu_sweep_sources((20, 30), anchors, shapes)
+    assert (gpu == 1).sum() == 15 * 4  # rows 5..19 of the box's columns
+    assert (ordered_sources((20, 30), anchors, shapes) == 1).sum() == 0
+    # At the far edge the same empty box is harmless.
+    anchors = [(0, 0), (20, 7)]
+    np.testing.assert_array_equal(
+        gpu_sweep_sources((20, 30), anchors, shapes), ordered_sources((20, 30), anchors, shapes)
+    )
+
+
+@pytest.fixture
+def paste_spy(monkeypatch: pytest.MonkeyPatch) -> dict:
+    """Records the inputs and arguments of the graph's ``multi_paste``."""
+    import dali_cutmix.mixing as mixing
+
+    calls: dict = {}
+    real = mixing.fn.multi_paste
+
+    def spy(*inputs, **kwargs):
+        calls["inputs"], calls["kwargs"] = inputs, kwargs
+        return real(*inputs, **kwargs)
+
+    monkeypatch.setattr(mixing.fn, "multi_paste", spy)
+    return calls
+
+
+def paste_arguments(config: MixConfig, sizes, spy: dict, *, size=None, iterations=4, seed=3):
+    """Per iteration and sample: (images out, anchors, shapes, input shapes, targets)."""
+
+    def graph(x, y):
+        out, targets = mix(x, y, config, size=size)
+        kw = spy["kwargs"]
+        shapes_in = [node.shape() for node in spy["inputs"]]
+        return (out, targets, kw["out_anchors"], kw["in_anchors"], kw["shapes"], *shapes_in)
+
+    images = flat_images(len(sizes), sizes=sizes)
+    labels = [np.array([i]) for i in range(len(sizes))]
+    return images, run_graph(graph, images, labels, seed=seed, iterations=iterations)
+
+
+EMPTY_BOX_CONFIGS = {
+    "switch": MixConfig(num_classes=K, cutmix_alpha=1.0, mixup_alpha=1.0),
+    "prob": MixConfig(num_classes=K, cutmix_alpha=1.0, prob=0.5),
+    "batch": MixConfig(num_classes=K, cutmix_alpha=1.0, prob=0.5, mode="batch"),
+    "tiny-boxes": MixConfig(num_classes=K, cutmix_alpha=0.05),  # many sides under 2 px
+    "minmax": MixConfig(num_classes=K, cutmix_minmax=(0.0, 0.1), prob=0.7),
+    "pair": MixConfig(num_classes=K, cutmix_alpha=0.1, mixup_alpha=1.0, mode="pair"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EMPTY_BOX_CONFIGS))
+@pytest.mark.parametrize("known", [True, False], ids=["known-size", "shape-of"])
+def test_no_empty_region_inside_the_canvas(name: str, known: bool, paste_spy: dict) -> None:
+    sizes = [(12, 12)] * 7 if known else MIXED_SIZES
+    config = EMPTY_BOX_CONFIGS[name]
+    _, runs = paste_arguments(
+        config, sizes, paste_spy, size=(12, 12) if known else None, iterations=6
+    )
+    empty = 0
+    for _out, _, out_anchors, in_anchors, shapes, *_ in runs:
+        for i, (h, w) in enumerate(sizes):
+            np.testing.assert_array_equal(out_anchors[i], in_anchors[i])
+            anchors = [tuple(a) for a in out_anchors[i]]
+            sides = [tuple(s) for s in shapes[i]]
+            assert anchors[0] == (0, 0) and sides[0] == (h, w)
+            for axis, extent in enumerate((h, w)):
+                if sides[1][axis] == 0:
+                    empty += 1
+                    assert anchors[1][axis] == extent, "an empty side must lie on the far edge"
+            # What the GPU kernel would paste is what the CPU pastes.
+            np.testing.assert_array_equal(
+                gpu_sweep_sources((h, w), anchors, sides), ordered_sources((h, w), anchors, sides)
+            )
+    assert empty > 0  # the configuration does produce empty boxes
+
+
+@pytest.mark.parametrize("mode", ["elem", "pair", "batch"])
+def test_partner_reaches_multi_paste_at_the_samples_extent(mode: str, paste_spy: dict) -> None:
+    # GPU multi_paste reads every input with input 0's pitch: inputs must agree in shape.
+    config = MixConfig(num_classes=K, cutmix_alpha=1.0, mixup_alpha=1.0, mode=mode)
+    _, runs = paste_arguments(config, MIXED_SIZES, paste_spy)
+    for *_, base_shape, partner_shape in runs:
+        for i, (h, w) in enumerate(MIXED_SIZES):
+            np.testing.assert_array_equal(base_shape[i], [h, w, 3])
+            np.testing.assert_array_equal(partner_shape[i], [h, w, 3])
+
+
+KNOWN_SIZES = [(16, 16), (12, 20)]
+
+
+@pytest.mark.parametrize("size", KNOWN_SIZES, ids=["square", "oblong"])
+@pytest.mark.parametrize("mode", ["elem", "batch", "pair"])
+@pytest.mark.parametrize("prob", [1.0, 0.6])
+def test_known_size_cutmix_is_exact(size, mode: str, prob: float) -> None:
+    n = 7
+    images = flat_images(n, sizes=[size] * n)
+    labels = [np.array([i], np.int64) for i in range(n)]
+    config = MixConfig(num_classes=K, cutmix_alpha=1.0, prob=prob, mode=mode)
+    runs = run_graph(lambda x, y: mix(x, y, config, size=size), images, labels, iterations=5)
+    mixed = 0
+    for outs, targets in runs:
+        for i in range(n):
+            mixed += check_cutmix_sample(outs[i], targets[i], i, n, size)
+    assert mixed >= 5
+
+
+@pytest.mark.parametrize("size", KNOWN_SIZES, ids=["square", "oblong"])
+def test_known_size_switching_and_smoothing_stay_exact(size) -> None:
+    n = 8
+    images = flat_images(n, sizes=[size] * n)
+    labels = [np.array([i]) for i in range(n)]
+    s = 0.1
+    config = MixConfig(num_classes=K, cutmix_alpha=1.0, mixup_alpha=0.5, label_smoothing=s)
+    runs = run_graph(lambda x, y: mix(x, y, config, size=size), images, labels, iterations=4)
+    off = np.float32(s / K)
+    area = size[0] * size[1]
+    for outs, targets in runs:
+        for i in range(n):
+            t = targets[i]
+            np.testing.assert_allclose(t.sum(), 1.0, atol=1e-5)
+            values = np.unique(outs[i][..., 0])
+            if np.all(np.isin(values, np.arange(1, n + 1))):  # CutMix (or nothing)
+                counts = sources(outs[i].astype(np.uint8), n)
+                assert counts.sum() == area
+                for j in range(n):
+                    if j != i:
+                        share = np.float32(counts[j]) / np.float32(area)
+                        expected = off + share * (np.float32(1 - s + s / K) - off)
+                        assert abs(t[j] - expected) <= 1e-6
+
+
+def test_known_size_draws_follow_the_same_box_law() -> None:
+    # On a known square canvas the centre is drawn as integers and the half side with one
+    # floor; the partner's share must follow the same law as with the extent read from the
+    # images (which draws fractions): a two-sample KS test, which a wrong law fails.
+    n = 16
+    images = flat_images(n, sizes=[(32, 32)] * n)
+    labels = [np.array([i]) for i in range(n)]
+
+    def shares(graph, seed: int) -> np.ndarray:
+        runs = run_graph(graph, images, labels, seed=seed, iterations=60)
+        return np.array([1 - t[i] for (_, targets) in runs for i, t in enumerate(targets)])
+
+    config = MixConfig(num_classes=n)
+    known = shares(lambda x, y: mix(x, y, config, size=(32, 32)), seed=1)
+    read = shares(lambda x, y: mix(x, y, config), seed=2)
+    assert 0.28 < known.mean() < 0.36  # clipped boxes: about 0.32 at alpha = 1
+    assert stats.ks_2samp(known, read).pvalue > 0.001
+    # The same test tells a different alpha apart.
+    other = shares(lambda x, y: mix(x, y, MixConfig(num_classes=n, cutmix_alpha=0.3)), seed=3)
+    assert stats.ks_2samp(known, other).pvalue < 0.001
+
+
+def test_known_size_must_be_two_positive_ints() -> None:
+    for bad in [(0, 4), (4,), (4.0, 4), (True, 3)]:
+        with pytest.raises(ValueError, match="size"):
+            run_graph(
+                lambda x, y, bad=bad: mix(x, y, MixConfig(num_classes=K), size=bad), flat_images(2)
+            )
