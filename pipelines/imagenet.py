@@ -112,7 +112,8 @@ class GpuDecoderOptions:
       and ``preallocate_width_hint`` / ``preallocate_height_hint`` (5980 x 6430,
       the largest ImageNet image): nvJPEG's buffers are sized once for the
       largest image instead of being reallocated mid-epoch, which stalls the
-      pipeline; the values are those of DALI's ResNet-50 example.
+      pipeline; the values are those of DALI's ResNet-50 example. They go to
+      the training decoder only, see :func:`decoder_kwargs`.
     """
 
     hw_decoder_load: float = 0.99
@@ -129,8 +130,29 @@ class GpuDecoderOptions:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{field.name} must be an int >= 0, got {value!r}")
 
-    def kwargs(self) -> dict[str, float | int]:
-        return dataclasses.asdict(self)
+
+def decoder_kwargs(decoder: GpuDecoderOptions, *, train: bool, gpu: bool) -> dict[str, float | int]:
+    """The keyword arguments one pipeline's JPEG decoder gets from ``decoder``.
+
+    ``{}`` on the CPU (the settings apply to the ``mixed`` decoder only). On
+    the GPU the training decoder gets them all; the validation decoder gets
+    ``hw_decoder_load`` only (DALI's ResNet-50 example, too, gives it none of
+    the memory settings). The hints make the hardware decoder preallocate for
+    ``max_batch_size`` images of the largest size, and the paddings
+    preallocate one device buffer and two pinned host buffers of that size per
+    thread: GPU and host memory held all run by a pipeline that runs seconds
+    per epoch, where growing a buffer once for a larger image costs next to
+    nothing.
+
+    Example:
+        >>> decoder_kwargs(GpuDecoderOptions(), train=False, gpu=True)
+        {'hw_decoder_load': 0.99}
+    """
+    if not gpu:
+        return {}
+    if train:
+        return dataclasses.asdict(decoder)
+    return {"hw_decoder_load": decoder.hw_decoder_load}
 
 
 def _check_pair(name: str, value: tuple[float, float]) -> tuple[float, float]:
@@ -220,7 +242,7 @@ def decode_random_crop(
     jpegs: DataNode, *, options: ImageNetOptions, gpu: bool, decoder: GpuDecoderOptions
 ) -> DataNode:
     """Random-resized crop decoded straight from the JPEG, resized to ``crop_size``; uint8 HWC."""
-    extra = decoder.kwargs() if gpu else {}
+    extra = decoder_kwargs(decoder, train=True, gpu=gpu)
     images = fn.decoders.image_random_crop(
         jpegs,
         device="mixed" if gpu else "cpu",
@@ -238,7 +260,7 @@ def decode_resize(
     jpegs: DataNode, *, options: ImageNetOptions, gpu: bool, decoder: GpuDecoderOptions
 ) -> DataNode:
     """Whole image decoded, shorter side resized to ``resize_size``; uint8 HWC."""
-    extra = decoder.kwargs() if gpu else {}
+    extra = decoder_kwargs(decoder, train=False, gpu=gpu)
     images = fn.decoders.image(
         jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB, **extra
     )
@@ -290,7 +312,10 @@ def augment_and_mix(
     flip = fn.random.coin_flip(probability=0.5)
     if not options.mixing:
         return normalize(images, options=options, mirror=flip), class_indices(labels)
-    images, targets = mix_images(images, labels, options.mix)
+    # The crops' size is known: the box math runs on constants and, on the GPU, the
+    # CPU part of the graph does not wait for the resize's output shapes.
+    size = (options.crop_size, options.crop_size)
+    images, targets = mix_images(images, labels, options.mix, size=size)
     return normalize(images, options=options, mirror=flip), targets
 
 
@@ -307,9 +332,11 @@ def imagenet_pipeline(
 ) -> tuple[DataNode, DataNode]:
     """Reader, decode, crop, (flip, mix), normalize; returns (images, targets).
 
-    The labels stay on the CPU through the mixing (cheap arithmetic on
-    ``[num_classes]`` vectors) and move to the GPU at the end, so that the CPU
-    and GPU graphs agree up to that last copy.
+    On the GPU path the labels move to the GPU right after the reader, so the
+    soft targets (``[num_classes]`` vectors per sample) are built by GPU
+    operators and the CPU threads keep only the per-sample draws and box math
+    (:mod:`pipelines.graph_cost` measures that CPU part). The arithmetic is the
+    same operator by operator, so CPU and GPU targets agree bit for bit.
     """
     jpegs, labels = read_files(
         images=images,
@@ -318,6 +345,8 @@ def imagenet_pipeline(
         shuffle=options.train,
         seed=reader_seed,
     )
+    if gpu:
+        labels = labels.gpu()
     if options.train:
         crops = decode_random_crop(jpegs, options=options, gpu=gpu, decoder=decoder)
         out, targets = augment_and_mix(crops, labels, options=options)
@@ -325,7 +354,7 @@ def imagenet_pipeline(
         resized = decode_resize(jpegs, options=options, gpu=gpu, decoder=decoder)
         out = normalize(resized, options=options, crop=options.crop_size)
         targets = class_indices(labels)
-    return out, targets.gpu() if gpu else targets
+    return out, targets
 
 
 # ---- the loader -------------------------------------------------------------------------------
