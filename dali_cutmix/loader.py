@@ -9,9 +9,11 @@ so a run resumed mid-epoch yields bit-identical next batches.
 from __future__ import annotations
 
 import enum
+import gc
 import json
 import logging
 import math
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -107,6 +109,7 @@ class DaliLoader:
         self._resuming = False
 
     def _new_iterator(self, checkpoint: str | None) -> DALIGenericIterator:
+        self._release()
         self._pipe = self._build(checkpoint)
         return DALIGenericIterator(
             self._pipe,
@@ -115,6 +118,23 @@ class DaliLoader:
             last_batch_policy=self.last_batch.dali,
             auto_reset=False,
         )
+
+    def _release(self) -> None:
+        """Shuts the current pipeline down before another one is built.
+
+        On the GPU a pipeline holds its decoder's buffers and prefetched
+        batches; released first, its memory goes back to DALI's pools for the
+        next pipeline instead of two pipelines' worth being held at once. DALI
+        shuts a pipeline down when its last reference goes: the loader holds
+        one, the DALI iterator the other.
+        """
+        if self._pipe is None:
+            return
+        pipe = weakref.ref(self._pipe)
+        self._iterator = None
+        self._pipe = None
+        if pipe() is not None:  # kept alive by a reference cycle: collect it now
+            gc.collect()
 
     def _count_images(self) -> int:
         meta = self._pipe.reader_meta(self._reader_name)

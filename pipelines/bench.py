@@ -34,7 +34,15 @@ import torch
 
 from dali_cutmix.config import MixConfig
 
-__all__ = ["BenchConfig", "MIXES", "measure_windows", "run_benchmark", "main"]
+__all__ = [
+    "BenchConfig",
+    "MIXES",
+    "feed_format",
+    "measure_windows",
+    "prepare_images",
+    "run_benchmark",
+    "main",
+]
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +154,46 @@ def measure_windows(
     }
 
 
+def feed_format(spec: dict[str, Any]) -> dict[str, Any]:
+    """A spec's ``layout``, ``channels_last`` and ``amp``: as given, else the device's defaults.
+
+    On the GPU, DALI and the synthetic ceiling yield NHWC batches, fed to a
+    channels-last model under bf16 autocast; on the CPU, NCHW in float32.
+    torchvision's DataLoader yields NCHW only. Every combination also runs on
+    the CPU, which is how the GPU's branches are tested without a GPU.
+
+    Raises:
+        ValueError: an unknown layout or amp, or NHWC from the torchvision loader.
+    """
+    gpu = spec["device"] == "gpu"
+    nhwc = gpu and spec["loader"] != "torchvision"
+    layout = spec.get("layout", "NHWC" if nhwc else "NCHW")
+    amp = spec.get("amp", "bf16" if gpu else "off")
+    if layout not in ("NCHW", "NHWC"):
+        raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
+    if layout == "NHWC" and spec["loader"] == "torchvision":
+        raise ValueError("the torchvision loader yields NCHW batches; use layout 'NCHW'")
+    if amp not in ("off", "bf16"):
+        raise ValueError(f"amp must be 'off' or 'bf16', got {amp!r}")
+    return {"layout": layout, "channels_last": bool(spec.get("channels_last", gpu)), "amp": amp}
+
+
+def prepare_images(
+    images: torch.Tensor, *, layout: str, channels_last: bool, device: torch.device
+) -> torch.Tensor:
+    """A batch as the model takes it: NCHW ``[B, 3, H, W]`` on ``device``.
+
+    An NHWC batch ``[B, H, W, 3]`` becomes ``images.permute(0, 3, 1, 2)``, an
+    NCHW view that is already channels-last in memory (no copy); the memory
+    format is then channels-last or contiguous as ``channels_last`` says.
+    """
+    images = images.to(device, non_blocking=True)
+    if layout == "NHWC":
+        images = images.permute(0, 3, 1, 2)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return images.contiguous(memory_format=memory_format)
+
+
 def _mix_config(name: str, num_classes: int) -> MixConfig | None:
     params = MIXES[name]
     return None if params is None else MixConfig(num_classes=num_classes, **params)
@@ -179,27 +227,28 @@ def _build_loader(spec: dict[str, Any]):
         num_threads=spec["workers"],
         crop_size=spec["crop_size"],
         seed=0,
-        output_layout="NHWC" if spec["device"] == "gpu" else "NCHW",
+        output_layout=feed_format(spec)["layout"],
     )
 
 
 def _training_step(spec: dict[str, Any], num_classes: int):
-    """A plain ResNet step (SGD, cross-entropy, AMP + channels_last on GPU)."""
+    """A plain ResNet step (SGD, cross-entropy) in the spec's :func:`feed_format`."""
     import torchvision
 
+    fmt = feed_format(spec)
     device = torch.device("cuda" if spec["device"] == "gpu" else "cpu")
     model = torchvision.models.get_model(spec["arch"], num_classes=num_classes).to(device)
-    if device.type == "cuda":
+    if fmt["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     criterion = torch.nn.CrossEntropyLoss()
 
     def step(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        images = images.to(device, non_blocking=True)
+        images = prepare_images(
+            images, layout=fmt["layout"], channels_last=fmt["channels_last"], device=device
+        )
         targets = targets.to(device, non_blocking=True)
-        if device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=fmt["amp"] == "bf16"):
             loss = criterion(model(images), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -212,10 +261,13 @@ def _training_step(spec: dict[str, Any], num_classes: int):
 def _synthetic_batches(
     spec: dict[str, Any], num_classes: int
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The ceiling's input: one fixed batch already on the device."""
+    """The ceiling's input: one fixed batch already on the device, in the spec's layout."""
     device = torch.device("cuda" if spec["device"] == "gpu" else "cpu")
     gen = torch.Generator().manual_seed(0)
-    images = torch.randn(spec["batch_size"], 3, spec["crop_size"], spec["crop_size"], generator=gen)
+    size, batch = spec["crop_size"], spec["batch_size"]
+    nhwc = feed_format(spec)["layout"] == "NHWC"
+    shape = (batch, size, size, 3) if nhwc else (batch, 3, size, size)
+    images = torch.randn(shape, generator=gen)
     targets = torch.randint(0, num_classes, (spec["batch_size"],), generator=gen)
     return [(images.to(device), targets.to(device))]
 
@@ -353,7 +405,11 @@ def _specs(config: BenchConfig, root: Path) -> dict[str, list[dict[str, Any]]]:
             {**train_base, "loader": "torchvision", "device": train_device},
         ]
     )
-    return {"loaders": loaders, "training": training, "scaling": scaling}
+    sections = {"loaders": loaders, "training": training, "scaling": scaling}
+    # Recorded in every spec (and so in results.json): how the batches reach the model.
+    return {
+        name: [{**spec, **feed_format(spec)} for spec in specs] for name, specs in sections.items()
+    }
 
 
 def _derive(results: dict[str, list[dict[str, Any]]]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,71 @@ def test_one_isolated_measurement_on_a_tiny_folder(image_folder: Path, loader: s
     assert "error" not in result, result.get("error")
     assert result["images_per_s"] > 0 and len(result["windows"]) == 2
     assert result["peak_rss_mb"] > 0
+
+
+def test_feed_format_defaults_to_nhwc_channels_last_bf16_on_the_gpu(tmp_path: Path) -> None:
+    config = bench.BenchConfig(out=tmp_path, devices=("gpu", "cpu"))
+    specs = bench._specs(config, tmp_path)
+    gpu = {"layout": "NHWC", "channels_last": True, "amp": "bf16"}
+    training = {s["loader"]: {k: s[k] for k in gpu} for s in specs["training"]}
+    assert training == {
+        "synthetic": gpu,
+        "dali": gpu,
+        "torchvision": {"layout": "NCHW", "channels_last": True, "amp": "bf16"},
+    }
+    loaders = {(s["loader"], s["device"], s["layout"]) for s in specs["loaders"]}
+    assert loaders == {
+        ("torchvision", "cpu", "NCHW"),
+        ("dali", "gpu", "NHWC"),
+        ("dali", "cpu", "NCHW"),
+    }
+    cpu = bench.feed_format({"device": "cpu", "loader": "dali"})
+    assert cpu == {"layout": "NCHW", "channels_last": False, "amp": "off"}
+    with pytest.raises(ValueError, match="torchvision loader yields NCHW"):
+        bench.feed_format({"device": "cpu", "loader": "torchvision", "layout": "NHWC"})
+    with pytest.raises(ValueError, match="layout must be 'NCHW' or 'NHWC', got 'CHW'"):
+        bench.feed_format({"device": "cpu", "loader": "dali", "layout": "CHW"})
+    with pytest.raises(ValueError, match="amp must be 'off' or 'bf16', got 'fp16'"):
+        bench.feed_format({"device": "cpu", "loader": "dali", "amp": "fp16"})
+
+
+def test_nhwc_batches_reach_the_model_as_channels_last_nchw() -> None:
+    cpu = torch.device("cpu")
+    nhwc = torch.arange(2 * 4 * 5 * 3, dtype=torch.float32).reshape(2, 4, 5, 3)
+    images = bench.prepare_images(nhwc, layout="NHWC", channels_last=True, device=cpu)
+    assert images.shape == (2, 3, 4, 5) and images.stride() == (60, 1, 15, 3)
+    assert images.is_contiguous(memory_format=torch.channels_last)
+    assert images.data_ptr() == nhwc.data_ptr()  # a view of the batch, not a copy
+    assert torch.equal(images, nhwc.permute(0, 3, 1, 2))
+    plain = bench.prepare_images(nhwc, layout="NHWC", channels_last=False, device=cpu)
+    assert plain.stride() == (60, 20, 5, 1) and torch.equal(plain, images)
+    nchw = bench.prepare_images(plain, layout="NCHW", channels_last=True, device=cpu)
+    assert nchw.stride() == (60, 1, 15, 3) and torch.equal(nchw, images)
+
+
+@pytest.mark.parametrize("loader", ["dali", "synthetic"])
+def test_gpu_feed_format_trains_on_the_cpu(image_folder: Path, loader: str) -> None:
+    """The GPU's training branches (NHWC, channels-last, bf16 autocast), run on the CPU."""
+    spec = {
+        "root": str(image_folder),
+        "kind": "train",
+        "loader": loader,
+        "device": "cpu",
+        "layout": "NHWC",
+        "channels_last": True,
+        "amp": "bf16",
+        "arch": "resnet18",
+        "mix": "cutmix" if loader == "dali" else "off",
+        "workers": 1,
+        "batch_size": 4,
+        "crop_size": 32,
+        "warmup": 1,
+        "windows": 1,
+        "window_batches": 1,
+    }
+    result = bench.measure(spec)
+    assert len(result["windows"]) == 1
+    assert math.isfinite(result["images_per_s"]) and result["images_per_s"] > 0
 
 
 def test_report_table_and_plot(tmp_path: Path) -> None:

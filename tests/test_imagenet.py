@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import nvidia.dali.fn as fn
+import nvidia.dali.types as types
 import pytest
 import torch
 from conftest import requires_cuda
@@ -15,7 +18,14 @@ from torchvision.datasets import ImageFolder
 
 from dali_cutmix import MixConfig
 from dali_cutmix.files import BadImageError, DatasetError
-from pipelines.imagenet import make_loader
+from pipelines.imagenet import (
+    GpuDecoderOptions,
+    ImageNetOptions,
+    decode_random_crop,
+    decode_resize,
+    decoder_kwargs,
+    make_loader,
+)
 
 SMALL = dict(device="cpu", crop_size=8, resize_size=8, num_threads=1)
 # torchvision's ImageNet statistics, written out here so that a wrong constant in the
@@ -348,6 +358,46 @@ def test_auto_device_logs_its_choice(image_folder: Path, caplog) -> None:
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert loader.device.type == expected
     assert f"using the {expected.replace('cuda', 'gpu').upper()} pipeline" in caplog.text
+
+
+def test_gpu_decoder_preallocates_for_training_only() -> None:
+    decoder = GpuDecoderOptions()
+    assert decoder_kwargs(decoder, train=True, gpu=True) == {
+        "hw_decoder_load": 0.99,
+        "device_memory_padding": 211_025_920,
+        "host_memory_padding": 140_544_512,
+        "preallocate_width_hint": 5_980,
+        "preallocate_height_hint": 6_430,
+    }
+    assert decoder_kwargs(decoder, train=False, gpu=True) == {"hw_decoder_load": 0.99}
+    assert decoder_kwargs(decoder, train=True, gpu=False) == {}
+    assert decoder_kwargs(decoder, train=False, gpu=False) == {}
+
+
+@pytest.mark.parametrize("gpu", [True, False])
+def test_decoders_get_their_settings(monkeypatch, gpu: bool) -> None:
+    """What each graph function hands DALI's decoder, checked without a GPU."""
+    calls: dict[str, dict] = {}
+
+    def recording(name: str):
+        def op(node, **kwargs):
+            calls[name] = kwargs
+            return node
+
+        return op
+
+    monkeypatch.setattr(fn.decoders, "image_random_crop", recording("train"))
+    monkeypatch.setattr(fn.decoders, "image", recording("val"))
+    monkeypatch.setattr(fn, "resize", lambda node, **kwargs: node)
+    decoder = GpuDecoderOptions(hw_decoder_load=0.5, preallocate_width_hint=7)
+    decode_random_crop("jpegs", options=ImageNetOptions(train=True), gpu=gpu, decoder=decoder)
+    decode_resize("jpegs", options=ImageNetOptions(train=False), gpu=gpu, decoder=decoder)
+    device = "mixed" if gpu else "cpu"
+    settings = dataclasses.asdict(decoder) if gpu else {}
+    assert calls["train"]["device"] == device
+    assert {k: v for k, v in calls["train"].items() if k in dataclasses.asdict(decoder)} == settings
+    extra = {"hw_decoder_load": 0.5} if gpu else {}
+    assert calls["val"] == {"device": device, "output_type": types.RGB, **extra}
 
 
 @requires_cuda

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from conftest import build_image_folder
 
 from dali_cutmix import MixConfig
 from dali_cutmix.loader import DaliLoader, LastBatch
+from pipelines import imagenet
 from pipelines.imagenet import make_loader
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -97,6 +99,31 @@ def test_resume_validation_mid_epoch(folder: Path) -> None:
     resumed.load_state_dict(first.state_dict())
     _assert_same(_run(resumed, epochs=1), reference[2:])
     assert [len(t) for _, t in reference] == [4, 4, 4, 3]
+
+
+def test_resume_releases_the_old_pipeline_before_building_the_new(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reference = _run(_train_loader(folder), epochs=2)
+    built: list[weakref.ref] = []
+    live_at_build: list[int] = []
+    original = imagenet.imagenet_pipeline
+
+    def recording(**kwargs):
+        live_at_build.append(sum(ref() is not None for ref in built))
+        pipe = original(**kwargs)
+        built.append(weakref.ref(pipe))
+        return pipe
+
+    monkeypatch.setattr(imagenet, "imagenet_pipeline", recording)
+    loader = _train_loader(folder)
+    head = _run(loader, epochs=1, stop_after=2)
+    loader.load_state_dict(loader.state_dict())
+    tail = _run(loader, epochs=1) + _run(loader, epochs=1)
+    # The first pipeline was shut down before the second was built (GPU memory is held once).
+    assert live_at_build == [0, 0]
+    assert [ref() is not None for ref in built] == [False, True]
+    _assert_same(head + tail, reference)  # and the stream goes on bit for bit
 
 
 def test_state_before_iterating_restarts_the_stream(folder: Path) -> None:

@@ -7,6 +7,7 @@ bit for bit.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -21,8 +22,8 @@ import train.config
 import train.engine
 from dali_cutmix import synthetic
 from dali_cutmix.synthetic import SyntheticSpec, generate
-from train.__main__ import main, run
-from train.config import TrainConfig, parse_config
+from train.__main__ import _set_up, main, run
+from train.config import Device, TrainConfig, parse_config
 from train.data import build_loaders
 from train.utils import DistInfo
 
@@ -75,6 +76,7 @@ MODES = [
     ("dali", ["--mix-mode", "elem"]),
     ("dali", ["--mix-mode", "pair", "--mixup-alpha", "0.4", "--label-smoothing", "0.1"]),
     ("dali", ["--mix-mode", "batch", "--cutmix-minmax", "0.2", "0.6", "--channels-last"]),
+    ("dali", ["--channels-last", "--amp", "bf16"]),  # a GPU run's feed: NHWC, bf16 autocast
     ("torchvision", ["--cutmix-alpha", "0"]),
     ("torchvision", ["--mixup-alpha", "0.4", "--switch-prob", "0.5", "--label-smoothing", "0.1"]),
 ]
@@ -129,6 +131,14 @@ def test_resumed_run_equals_uninterrupted_run(tiny: Path, tmp_path: Path, loader
     timing = {"time", "epoch_seconds", "train_images_per_s"}
     strip = [{k: v for k, v in r.items() if k not in timing} for r in _records(whole)]
     assert strip == [{k: v for k, v in r.items() if k not in timing} for r in _records(parts)]
+
+
+def test_gpu_run_set_up_turns_on_cudnn_autotuning(tiny: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    config = dataclasses.replace(_config(tiny, tmp_path), device=Device.GPU)
+    _set_up(config, DistInfo())
+    assert torch.backends.cudnn.benchmark is True
+    assert json.loads((tmp_path / "config.json").read_text())["device"] == "gpu"
 
 
 def test_ctrl_c_stops_after_the_step_and_checkpoints(

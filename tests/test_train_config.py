@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
+import train.config
 from dali_cutmix.config import MixMode
 from train.__main__ import lr_factor
 from train.checkpoint import check_resumable, load_checkpoint, save_checkpoint
-from train.config import EMBEDDED_SPEC, LoaderKind, Precision, Schedule, parse_config
+from train.config import (
+    EMBEDDED_SPEC,
+    Device,
+    LoaderKind,
+    Precision,
+    Schedule,
+    default_workers,
+    parse_config,
+)
 from train.data import build_criterion
 from train.utils import DistInfo, SumMeter, correct_topk
 
@@ -175,6 +185,28 @@ def test_gpu_without_cuda_fails_at_start(capsys) -> None:
     with pytest.raises(SystemExit):
         parse_config(["--device", "gpu"])
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_gpu_run_defaults_resolve_without_cuda(monkeypatch) -> None:
+    """What ``--device gpu`` resolves to, on a 32-core node, checked on the CPU."""
+    monkeypatch.setattr(train.config, "_resolve_device", lambda name: Device(name))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(32)))
+    monkeypatch.setattr(os, "cpu_count", lambda: 32)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    gpu = parse_config(["--device", "gpu"])
+    assert (gpu.device, gpu.precision, gpu.channels_last) == (Device.GPU, Precision.BF16, True)
+    # DALI's threads on the GPU only feed the decoder: capped at 8 unless -j says otherwise.
+    assert gpu.data.workers == 8 == default_workers(LoaderKind.DALI, Device.GPU)
+    assert parse_config(["--device", "gpu", "-j", "12"]).data.workers == 12
+    assert parse_config(["--device", "gpu", "--loader", "torchvision"]).data.workers == 32
+    assert parse_config(["--device", "cpu"]).data.workers == 32
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # torchrun --nproc_per_node 8
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert default_workers(LoaderKind.DALI, Device.GPU) == 4
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    assert parse_config(["--device", "gpu"]).precision is Precision.FP16
 
 
 def test_criterion_smooths_only_unmixed_integer_targets() -> None:

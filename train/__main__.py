@@ -101,7 +101,7 @@ class Trainer:
             self.optimizer, lambda step: lr_factor(step, config=config, steps_per_epoch=steps)
         )
         fp16 = config.precision is Precision.FP16
-        self.scaler = torch.amp.GradScaler("cuda") if fp16 else None
+        self.scaler = torch.amp.GradScaler(info.device.type) if fp16 else None
         self.options = StepOptions(
             device=info.device,
             autocast_dtype=_AUTOCAST[config.precision],

@@ -37,6 +37,7 @@ __all__ = [
     "Schedule",
     "TrainConfig",
     "config_from_args",
+    "default_workers",
     "get_args_parser",
     "parse_config",
 ]
@@ -320,7 +321,8 @@ def _add_data_args(data: argparse._ArgumentGroup) -> None:
         "--workers",
         type=int,
         default=None,
-        help="DALI threads / DataLoader workers per rank (default: CPUs per rank)",
+        help="DALI threads / DataLoader workers per rank "
+        "(default: CPUs per rank, at most 8 DALI threads on the GPU)",
     )
 
 
@@ -455,6 +457,20 @@ def _resolve_precision(name: str, device: Device) -> Precision:
     return Precision.BF16 if torch.cuda.is_bf16_supported() else Precision.FP16
 
 
+def default_workers(loader: LoaderKind, device: Device) -> int:
+    """``-j``'s default: this rank's share of the CPU cores, at most 8 for DALI on the GPU.
+
+    For ``--loader dali`` it is :func:`pipelines.imagenet.default_num_threads`:
+    on the GPU path DALI's threads only feed the decoder, and more than ~8 per
+    GPU stop paying. DataLoader workers do all the work, so they get every core.
+    """
+    if loader is LoaderKind.DALI:
+        from pipelines.imagenet import default_num_threads
+
+        return default_num_threads(gpu=device is Device.GPU)
+    return max(1, (os.cpu_count() or 1) // _world_size())
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Resolves data-dependent defaults and builds the validated :class:`TrainConfig`.
 
@@ -465,17 +481,18 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     classes = EMBEDDED_SPEC.classes if embedded else _list_classes(args.data)
     crop = _given(args.crop_size, 64 if embedded else 224)
     batch = _given(args.batch_size, 64 if embedded else 256)
-    cpus = max(1, (os.cpu_count() or 1) // _world_size())
+    device = _resolve_device(args.device)
+    loader = _enum(LoaderKind, "loader", args.loader)
     cache = args.cache_dir or Path(os.environ.get(CACHE_ENV, "data"))
     data = DataConfig(
         root=None if embedded else args.data,
         classes=tuple(classes),
         embedded=EMBEDDED_SPEC if embedded else None,
-        loader=args.loader,
+        loader=loader,
         batch_size=batch,
         crop_size=crop,
         resize_size=_given(args.resize_size, round(crop * 8 / 7)),
-        workers=_given(args.workers, cpus),
+        workers=_given(args.workers, default_workers(loader, device)),
         cache_dir=cache,
     )
     default_lr = 0.1 if embedded else 0.1 * batch * _world_size() / 256
@@ -502,7 +519,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         correct_lam=args.correct_lam,
         label_smoothing=args.label_smoothing,
     )
-    device = _resolve_device(args.device)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     output_dir = args.output_dir or (args.resume.parent if args.resume else Path("runs") / stamp)
     if args.resume is not None and not args.resume.is_file():

@@ -1,0 +1,76 @@
+"""The step's GPU branches (NHWC input, channels-last, autocast, GradScaler), on the CPU."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from train.engine import StepOptions, evaluate, train_one_epoch
+from train.utils import DistInfo, StopFlag
+
+CPU = torch.device("cpu")
+
+
+def test_prepare_gives_the_model_nchw_in_the_asked_memory_format() -> None:
+    nhwc = torch.arange(2 * 4 * 5 * 3, dtype=torch.float32).reshape(2, 4, 5, 3)
+    targets = torch.tensor([1, 0])
+    options = StepOptions(device=CPU, channels_last=True, nhwc_input=True)
+    images, out = options.prepare(nhwc, targets)
+    assert images.shape == (2, 3, 4, 5) and images.stride() == (60, 1, 15, 3)  # channels-last
+    assert images.data_ptr() == nhwc.data_ptr()  # a view of DALI's batch, not a copy
+    assert torch.equal(images, nhwc.permute(0, 3, 1, 2)) and torch.equal(out, targets)
+    nchw = nhwc.permute(0, 3, 1, 2).contiguous()  # the torchvision loader's batches
+    converted, _ = StepOptions(device=CPU, channels_last=True).prepare(nchw, targets)
+    assert converted.stride() == (60, 1, 15, 3) and torch.equal(converted, nchw)
+    plain, _ = StepOptions(device=CPU).prepare(nchw, targets)
+    assert plain is nchw
+
+
+def _tiny_model() -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = nn.Sequential(
+            nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+        )
+    return model.to(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_autocast_and_grad_scaler_steps_on_nhwc_batches(dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(0)
+    batches = [
+        (torch.randn(4, 8, 8, 3, generator=gen), torch.randint(0, 3, (4,), generator=gen))
+        for _ in range(3)
+    ]
+    model = _tiny_model()
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    # The fp16 run's scaler is the branch a GPU run takes; a CPU GradScaler runs the same code.
+    scaler = torch.amp.GradScaler("cpu", init_scale=16.0) if dtype is torch.float16 else None
+    options = StepOptions(device=CPU, autocast_dtype=dtype, channels_last=True, nhwc_input=True)
+    result = train_one_epoch(
+        model,
+        nn.CrossEntropyLoss(),
+        optimizer,
+        scheduler,
+        batches,
+        epoch=0,
+        start_step=0,
+        num_steps=3,
+        options=options,
+        scaler=scaler,
+        info=DistInfo(),
+        stop=StopFlag(),
+        print_freq=1,
+    )
+    assert (result.steps_done, result.stopped, result.images) == (3, False, 12)
+    assert result.meter[1] == 12.0 and math.isfinite(result.meter[0])
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    if scaler is not None:
+        assert scaler.get_scale() == 16.0  # no step was skipped for an overflow
+    summary = evaluate(model, batches, options=options, info=DistInfo(), epoch=0)
+    assert summary["samples"] == 12.0 and math.isfinite(summary["loss"])
