@@ -36,6 +36,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from dali_cutmix.files import DatasetError, ImageList, list_image_folder, write_file_list
+from dali_cutmix.procs import process_context
 
 __all__ = ["ScanReport", "check_image", "first_unreadable", "main", "scan"]
 
@@ -122,7 +123,7 @@ def scan(
     chunk_size: int = 64,
     progress: bool = True,
 ) -> ScanReport:
-    """Decodes every image under ``root`` in a process pool.
+    """Decodes every image under ``root`` in a process pool (not forked: see ``procs``).
 
     Args:
         root: an ``ImageFolder`` dataset.
@@ -141,7 +142,7 @@ def scan(
     start = time.perf_counter()
     with (
         tqdm(total=len(images), unit="img", desc="scan", disable=not progress) as bar,
-        concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool,
+        concurrent.futures.ProcessPoolExecutor(workers, mp_context=process_context()) as pool,
     ):
         for result in pool.map(_check_chunk, _chunks(images.paths, chunk_size)):
             errors.extend(result)

@@ -48,6 +48,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from dali_cutmix.procs import process_context
+
 __all__ = [
     "SyntheticSpec",
     "DatasetStats",
@@ -344,7 +346,7 @@ def _write_all(spec: SyntheticSpec, tmp: Path, workers: int, progress: bool) -> 
                 total += _write_chunk(spec, str(tmp), part)
                 bar.update(len(part))
             return total
-        with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=process_context()) as pool:
             futures = {
                 pool.submit(_write_chunk, spec, str(tmp), part): len(part) for part in chunks
             }

@@ -24,6 +24,7 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 from dali_cutmix.config import MixConfig
+from dali_cutmix.procs import process_context
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -153,6 +154,7 @@ def make_torchvision_loader(
         pin_memory=torch.cuda.is_available(),
         drop_last=train,
         persistent_workers=workers > 0,
+        multiprocessing_context=process_context() if workers > 0 else None,
         generator=generator,
     )
     log.info(

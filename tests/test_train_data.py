@@ -41,7 +41,8 @@ def _loader(
     cutmix = v2.CutMix(alpha=1.0, num_classes=3)
     return ResumableTorchvisionLoader(
         dataset,
-        collate=lambda batch: cutmix(*torch.utils.data.default_collate(batch)),
+        # Picklable, unlike a lambda: worker processes are not forked (dali_cutmix.procs).
+        collate=v2.Compose([torch.utils.data.default_collate, cutmix]),
         classes=dataset.classes,
         batch_size=batch_size,
         train=train,

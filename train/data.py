@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from dali_cutmix.procs import process_context
 from dali_cutmix.synthetic import generate
 from train.config import Device, LoaderKind, TrainConfig
 from train.utils import DistInfo, barrier
@@ -187,6 +188,7 @@ class ResumableTorchvisionLoader:
             self.samples,
             batch_sampler=self._batches(self._epoch)[self._done :],
             num_workers=self.workers,
+            multiprocessing_context=process_context() if self.workers > 0 else None,
             collate_fn=self.collate,
             pin_memory=torch.cuda.is_available(),
         )

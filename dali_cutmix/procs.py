@@ -1,0 +1,54 @@
+"""The one way this project starts worker processes: never by ``fork``.
+
+A forked child is a copy of its parent, DALI pipelines included, but without
+the parent's threads. When a garbage collection in the child finds a pipeline
+(one the parent had dropped but not yet collected), ``Pipeline.__del__`` runs
+``_shutdown``, which waits for DALI's worker threads; they do not exist in the
+child, so it waits forever and the parent waits for the child. Any process
+that may hold a pipeline (a test session, a notebook holding a loader, the
+training application) therefore must not fork. ``fork`` was the default start
+method on Linux up to Python 3.13, for ``multiprocessing``,
+``concurrent.futures.ProcessPoolExecutor`` and ``torch.utils.data.DataLoader``
+workers alike, so every place that starts processes passes
+:func:`process_context` explicitly (``mp_context=`` for an executor,
+``multiprocessing_context=`` for a ``DataLoader``). ``subprocess`` is fine: it
+executes a new program.
+
+``forkserver`` starts a clean server process once (a new interpreter, which
+never sees the parent's pipelines) and forks each worker from it; it starts
+workers much faster than ``spawn`` because the server has already imported
+torch and DALI. Where it is missing (Windows), ``spawn`` is used. Either way the
+functions and arguments given to workers must be picklable: top-level
+functions and classes, no lambdas.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from multiprocessing.context import BaseContext
+
+__all__ = ["START_METHOD", "process_context"]
+
+START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+# Imported once by the fork server, so that workers do not import torch, DALI and
+# torchvision (about 3 s of CPU each) every time a pool or a DataLoader starts. Importing
+# builds no pipeline. It replaces the default ["__main__"]: the server does not run the
+# user's script, which might build pipelines at import; each worker still imports it.
+_FORKSERVER_PRELOAD = ["dali_cutmix", "torchvision"]
+
+
+def process_context() -> BaseContext:
+    """The multiprocessing context for every worker process of this project.
+
+    Returns:
+        a ``forkserver`` context (``spawn`` where forkserver does not exist);
+        never ``fork``. Pass it as ``mp_context=`` to
+        ``concurrent.futures.ProcessPoolExecutor`` and as
+        ``multiprocessing_context=`` to ``torch.utils.data.DataLoader``.
+    """
+    context = multiprocessing.get_context(START_METHOD)
+    if START_METHOD == "forkserver":
+        # Takes effect when the server starts (the first worker of this process).
+        context.set_forkserver_preload(_FORKSERVER_PRELOAD)
+    return context

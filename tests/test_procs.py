@@ -1,0 +1,124 @@
+"""No worker process is forked: a fork copies DALI pipelines whose threads it does not copy."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from torchvision import datasets
+from torchvision.transforms import v2
+
+from dali_cutmix.procs import process_context
+from dali_cutmix.scan import scan
+from dali_cutmix.synthetic import SyntheticSpec, generate
+from pipelines.torchvision_ref import make_torchvision_loader
+from train.data import ResumableTorchvisionLoader
+
+REPO = Path(__file__).resolve().parents[1]
+_TO_8X8 = v2.Compose([v2.PILToTensor(), v2.Resize((8, 8), antialias=True)])
+
+
+def test_process_context_never_forks() -> None:
+    assert process_context().get_start_method() in ("forkserver", "spawn")
+
+
+def _scan(folder: Path, tmp_path: Path) -> int:
+    return len(scan(folder, workers=2, chunk_size=4, progress=False).errors)
+
+
+def _generate(folder: Path, tmp_path: Path) -> int:
+    spec = SyntheticSpec(num_classes=2, train_per_class=3, val_per_class=1, size_scale=0.2)
+    root = generate(tmp_path / "generated", spec, workers=2, progress=False)
+    return len(list(root.rglob("*.JPEG")))
+
+
+def _torchvision_loader(folder: Path, tmp_path: Path) -> int:
+    loader = make_torchvision_loader(
+        folder, train=False, batch_size=5, workers=2, crop_size=8, resize_size=8
+    )
+    return sum(len(images) for images, _ in loader)
+
+
+def _resumable_loader(folder: Path, tmp_path: Path) -> int:
+    dataset = datasets.ImageFolder(str(folder), transform=_TO_8X8)
+    loader = ResumableTorchvisionLoader(
+        dataset,
+        collate=None,
+        classes=dataset.classes,
+        batch_size=5,
+        train=False,
+        workers=2,
+        seed=0,
+        shard_id=0,
+        num_shards=1,
+    )
+    return sum(len(labels) for _, labels in loader)
+
+
+@pytest.mark.parametrize(
+    ("start", "expected"),
+    [(_scan, 15), (_generate, 8), (_torchvision_loader, 15), (_resumable_loader, 15)],
+    ids=["scan", "synthetic.generate", "make_torchvision_loader", "ResumableTorchvisionLoader"],
+)
+def test_worker_processes_are_not_forked(
+    start: Callable[[Path, Path], int],
+    expected: int,
+    image_folder: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every way this project starts workers, with fork made to fail: "fork" calls os.fork
+    # here, while "forkserver" and "spawn" execute a new interpreter.
+    def forbidden() -> int:
+        raise AssertionError("os.fork() in a process that may hold DALI pipelines")
+
+    monkeypatch.setattr(os, "fork", forbidden)
+    assert start(image_folder, tmp_path) == expected
+
+
+# The reported hang: a pipeline the parent has dropped but not yet collected is collected in
+# a forked child, whose Pipeline.__del__ then waits forever for DALI threads that are not
+# there. The at-fork hook runs that collection at once, where a busy child runs it sooner or
+# later; without a fork it never runs in a worker.
+_HANG = """
+import gc, os, sys
+from pipelines.imagenet import make_loader
+from dali_cutmix.scan import scan
+
+root = sys.argv[1]
+gc.disable()
+loader = make_loader(root, train=False, batch_size=4, device="cpu", crop_size=8, num_threads=1)
+next(iter(loader))
+loader.cycle = loader  # now garbage that only a collection finds
+del loader
+os.register_at_fork(after_in_child=gc.collect)
+print(len(scan(root, workers=2, progress=False).good))
+"""
+
+
+@pytest.mark.slow
+def test_scan_finishes_after_a_pipeline_was_dropped(image_folder: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-c", _HANG, str(image_folder)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its workers too can be killed, should they hang
+    )
+    try:
+        out, err = process.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        pytest.fail("scan() hung in a process that had dropped a DALI pipeline")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # the script, or workers it left hanging
+        process.wait()
+    assert process.returncode == 0, err[-2000:]
+    assert out.split() == ["15"]
