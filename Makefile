@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test train lint bench preview clean
+.PHONY: install test train lint bench preview gpu-check gpu-bundle clean
 
 install: $(STAMP)
 
@@ -30,6 +30,25 @@ bench: $(STAMP)
 
 preview: $(STAMP)
 	$(PY) -m dali_cutmix.preview $(ARGS)
+
+# On a machine with CUDA: GPU tests, DALI probes, graph cost, short benchmark -> runs/gpu-check
+gpu-check: $(STAMP)
+	$(PY) -m pipelines.gpu_check $(ARGS)
+
+# For a GPU machine without a package registry: DALI (../shared/device/dali-bundle) plus
+# what the GPU check needs beyond torch, as .device/*.tar.xz.NN parts of < 60 MiB.
+GPU_PY ?= 3.12
+gpu-bundle:
+	CUDA=13 ../shared/device/dali-bundle
+	rm -rf .device/extra && mkdir -p .device/extra
+	$(PYTHON) -m pip install -q --no-deps --only-binary=:all: --target .device/extra \
+	  --python-version $(GPU_PY) --implementation cp --platform manylinux2014_x86_64 \
+	  --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+	  pytest pluggy iniconfig pytest-timeout tqdm matplotlib contourpy cycler fonttools \
+	  kiwisolver pyparsing python-dateutil scipy
+	tar -C .device/extra -cf - . | xz -T0 -6 | split -b 60M -d - .device/extra.tar.xz.
+	rm -rf .device/extra
+	ls -l .device
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

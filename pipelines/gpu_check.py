@@ -1,0 +1,246 @@
+"""Proves the GPU path in one run: GPU tests, DALI probes, CPU-part cost, a short benchmark.
+
+    python -m pipelines.gpu_check --out runs/gpu-check       # or: make gpu-check
+
+Needs CUDA and DALI's GPU operators. Writes into ``--out``:
+
+* ``gpu_check.json``: the machine (GPU, driver, versions), each step's exit
+  status and figures, and for each defect predicted from DALI's source
+  whether this GPU confirms it;
+* ``pytest.log``: the GPU tests (``-m gpu``) and the mixing tests;
+* ``graph_cost.json`` and ``bench/results.json`` (+ ``results.png``): the
+  CPU part of the graph and a short loader/training benchmark.
+
+The probes call DALI's ``multi_paste`` directly, outside the project's graph,
+with the inputs the project now avoids (an empty region inside the canvas,
+inputs of different widths) and compare GPU with CPU: they tell whether the
+prediction holds on this machine. The project's own graph is tested by the
+GPU tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "probe_empty_region", "probe_other_width"]
+
+log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _multi_paste(device_id: int | None, base, partner, anchors, shapes, size):
+    """Runs one ``multi_paste`` of two fed uint8 HWC inputs; returns the first sample."""
+    import numpy as np
+    from nvidia.dali import fn, pipeline_def, types
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=device_id, seed=0)
+    def pipe():
+        a = fn.external_source(name="a", layout="HWC", dtype=types.UINT8)
+        b = fn.external_source(name="b", layout="HWC", dtype=types.UINT8)
+        if device_id is not None:
+            a, b = a.gpu(), b.gpu()
+        regions = types.Constant(np.array(anchors, np.int32))
+        return fn.multi_paste(
+            a,
+            b,
+            in_anchors=regions,
+            out_anchors=regions,
+            shapes=types.Constant(np.array(shapes, np.int32)),
+            output_size=list(size),
+        )
+
+    p = pipe()
+    p.build()
+    p.feed_input("a", [base])
+    p.feed_input("b", [partner])
+    (out,) = p.run()
+    out = out.as_cpu() if hasattr(out, "as_cpu") else out
+    return np.array(out[0])
+
+
+def probe_empty_region() -> dict[str, Any]:
+    """Prediction 1: an empty region inside the canvas floods the rest of it on the GPU."""
+    import numpy as np
+
+    base = np.full((20, 30, 3), 1, np.uint8)
+    partner = np.full((20, 30, 3), 2, np.uint8)
+    anchors, shapes = [[0, 0], [5, 7]], [[20, 30], [0, 4]]
+    cpu = _multi_paste(None, base, partner, anchors, shapes, (20, 30))
+    gpu = _multi_paste(0, base, partner, anchors, shapes, (20, 30))
+    at_edge = _multi_paste(0, base, partner, [[0, 0], [20, 7]], shapes, (20, 30))
+    return {
+        "prediction": "an empty multi_paste region inside the canvas floods it on the GPU",
+        "cpu_partner_pixels": int((cpu[..., 0] == 2).sum()),
+        "gpu_partner_pixels": int((gpu[..., 0] == 2).sum()),
+        "gpu_partner_pixels_with_the_box_on_the_far_edge": int((at_edge[..., 0] == 2).sum()),
+        "confirmed": bool(not np.array_equal(cpu, gpu)),
+    }
+
+
+def probe_other_width() -> dict[str, Any]:
+    """Prediction 2: GPU multi_paste reads a second input with the first one's row pitch."""
+    import numpy as np
+
+    base = np.zeros((16, 16, 3), np.uint8)
+    rng = np.random.default_rng(0)
+    partner = rng.integers(1, 256, (16, 24, 3), dtype=np.uint8)  # wider than the base
+    anchors, shapes = [[0, 0], [2, 3]], [[16, 16], [8, 8]]
+    cpu = _multi_paste(None, base, partner, anchors, shapes, (16, 16))
+    gpu = _multi_paste(0, base, partner, anchors, shapes, (16, 16))
+    return {
+        "prediction": "a partner of another width is pasted with the base's row pitch (sheared)",
+        "cpu_box_equals_partner": bool(np.array_equal(cpu[2:10, 3:11], partner[2:10, 3:11])),
+        "gpu_box_equals_partner": bool(np.array_equal(gpu[2:10, 3:11], partner[2:10, 3:11])),
+        "confirmed": bool(not np.array_equal(cpu, gpu)),
+    }
+
+
+def _machine() -> dict[str, Any]:
+    import nvidia.dali
+    import torch
+    import torchvision
+
+    info = {
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "dali": nvidia.dali.__version__,
+        "cuda_available": torch.cuda.is_available(),
+        "cpu_count": os.cpu_count(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["cuda_runtime"] = torch.version.cuda
+    try:
+        smi = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        info["nvidia_smi"] = smi.stdout.strip()
+    except (OSError, subprocess.SubprocessError) as err:
+        info["nvidia_smi"] = f"unavailable: {err}"
+    return info
+
+
+def _step(name: str, command: list[str], log_path: Path, timeout: int) -> dict[str, Any]:
+    """Runs one step as a child process (never a fork of one holding DALI pipelines)."""
+    log.info("%s: %s", name, " ".join(command))
+    started = time.perf_counter()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    with log_path.open("w") as out:
+        try:
+            done = subprocess.run(
+                command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout
+            )
+            code = done.returncode
+        except subprocess.TimeoutExpired:
+            code = "timeout"
+    seconds = time.perf_counter() - started
+    tail = log_path.read_text().strip().splitlines()[-3:]
+    log.info("%s: exit %s in %.0f s; %s", name, code, seconds, " | ".join(tail))
+    return {"command": " ".join(command), "exit": code, "seconds": round(seconds, 1), "tail": tail}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"machine": _machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if not report["machine"]["cuda_available"]:
+        raise SystemExit("gpu_check: CUDA is not available on this machine")
+    report["probes"] = {}
+    for name, probe in (("empty_region", probe_empty_region), ("other_width", probe_other_width)):
+        try:
+            report["probes"][name] = probe()
+        except Exception as err:  # a probe that fails is itself a finding: record it
+            report["probes"][name] = {"error": f"{type(err).__name__}: {err}"}
+        log.info("probe %s: %s", name, report["probes"][name])
+    python = sys.executable
+    tests = ["tests/test_gpu.py", "tests/test_mixing.py", "tests/test_imagenet.py"]
+    steps = {
+        "pytest": [python, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *tests],
+        "graph_cost": [
+            python,
+            "-m",
+            "pipelines.graph_cost",
+            "--threads",
+            str(args.threads),
+            "--out",
+            str(out / "graph_cost.json"),
+        ],
+        "bench": [
+            python,
+            "-m",
+            "pipelines.bench",
+            "--device",
+            "gpu",
+            "--batch-size",
+            str(args.batch_size),
+            "--workers",
+            str(args.threads),
+            "--threads-list",
+            str(args.threads),
+            "--batch-size-list",
+            str(args.batch_size),
+            "--train-batch-size",
+            str(args.batch_size),
+            "--windows",
+            "3",
+            "--window-batches",
+            "20",
+            "--out",
+            str(out / "bench"),
+        ],
+    }
+    report["steps"] = {}
+    for name, command in steps.items():
+        if name in args.skip:
+            continue
+        report["steps"][name] = _step(name, command, out / f"{name}.log", args.timeout)
+        (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
+    report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.gpu_check",
+        description="Run the GPU tests, DALI probes, graph cost and a short benchmark on a GPU.",
+    )
+    parser.add_argument("--out", type=Path, default=Path("runs/gpu-check"), help="output folder")
+    parser.add_argument("--threads", type=int, default=8, help="DALI CPU threads")
+    parser.add_argument("--batch-size", type=int, default=256, help="benchmark batch size")
+    parser.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["pytest", "graph_cost", "bench"],
+        help="steps to leave out",
+    )
+    parser.add_argument("--timeout", type=int, default=1200, help="seconds per step")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    report = run(get_args_parser().parse_args(argv))
+    failed = [name for name, step in report["steps"].items() if step["exit"] != 0]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,31 @@
+"""``python -m pipelines.gpu_check``: the parts that run without a GPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipelines import gpu_check
+
+
+def test_cpu_multi_paste_is_the_reference_of_both_probes() -> None:
+    # The probes compare the GPU with this: on the CPU an empty region changes nothing
+    # and a wider partner's box is copied as is.
+    base = np.full((20, 30, 3), 1, np.uint8)
+    partner = np.full((20, 30, 3), 2, np.uint8)
+    out = gpu_check._multi_paste(
+        None, base, partner, [[0, 0], [5, 7]], [[20, 30], [0, 4]], (20, 30)
+    )
+    np.testing.assert_array_equal(out, base)
+    wide = np.arange(16 * 24 * 3, dtype=np.uint32).reshape(16, 24, 3).astype(np.uint8)
+    out = gpu_check._multi_paste(
+        None, np.zeros((16, 16, 3), np.uint8), wide, [[0, 0], [2, 3]], [[16, 16], [8, 8]], (16, 16)
+    )
+    np.testing.assert_array_equal(out[2:10, 3:11], wide[2:10, 3:11])
+    assert (out[:2] == 0).all() and (out[:, :3] == 0).all()
+
+
+def test_refuses_to_run_without_cuda(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gpu_check, "_machine", lambda: {"cuda_available": False})
+    with pytest.raises(SystemExit, match="CUDA is not available"):
+        gpu_check.main(["--out", str(tmp_path)])
