@@ -26,6 +26,7 @@ exactly the fraction of pixels taken from it.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import nvidia.dali.fn as fn
@@ -59,6 +60,7 @@ class _Draws:
     position: DataNode | None
     size: DataNode | None  # float32 [2] U[0, 1): box sides, cutmix_minmax only
     cutmix_share: DataNode | None  # Beta(a, a) = the law of 1 - lambda: the partner's share
+    half: DataNode | None  # int32 half side of the paper's box, drawn directly (square canvas)
     mixup_share: DataNode | None
 
 
@@ -89,6 +91,56 @@ def _minus(a: Weight, b: Weight) -> Weight:
     if isinstance(a, float) and isinstance(b, float):
         return a - b
     return a if _never(b) else a - b
+
+
+def _beta_cdf(x: float, alpha: float) -> float:
+    """P(r <= x) for r ~ Beta(alpha, alpha): the regularized incomplete beta function.
+
+    Lentz's continued fraction (Numerical Recipes, ``betacf``), to about 1e-15;
+    ``tests/test_mixing.py`` checks it against SciPy.
+    """
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    if x > 0.5:  # symmetric law; the fraction converges fast below the mean
+        return 1.0 - _beta_cdf(1.0 - x, alpha)
+    a = b = alpha
+    front = math.exp(
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    value = d
+    for m in range(1, 10_000):
+        for numerator in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            value *= c * d
+        if abs(c * d - 1.0) < 1e-16:
+            break
+    return front * value / a
+
+
+def _half_side_law(alpha: float, extent: int) -> list[float]:
+    """P(floor(sqrt(1 - lambda) * extent / 2) = k) for k = 0 .. extent // 2.
+
+    With lambda ~ Beta(alpha, alpha), the paper's box on a square ``extent``
+    canvas has sides ``extent * sqrt(1 - lambda)`` around a centre, so ``k`` is
+    the half side of its unclipped box: ``k`` is the value where
+    ``(2k / extent)**2 <= 1 - lambda < (2(k+1) / extent)**2``.
+    """
+    edges = [min(1.0, (2 * k / extent) ** 2) for k in range(extent // 2 + 2)]
+    cdf = [_beta_cdf(edge, alpha) for edge in edges]
+    law = [max(0.0, high - low) for low, high in zip(cdf, cdf[1:])]
+    total = sum(law)
+    return [p / total for p in law]
 
 
 def _draw(config: MixConfig, canvas: _Canvas) -> _Draws:
@@ -135,13 +187,22 @@ def _draw(config: MixConfig, canvas: _Canvas) -> _Draws:
     cut = _times(mixed, coin(config.cutmix_share))
     blend = _minus(mixed, cut)
     cutmix = config.cutmix_enabled and not _never(cut)
+    paper = cutmix and not minmax
+    # On a known square canvas the paper's half side floor(sqrt(1 - lambda) * H / 2)
+    # is drawn from its exact law: one operator instead of five.
+    direct = paper and canvas.square and config.correct_lam
+    half = None
+    if direct:
+        law = _half_side_law(config.cutmix_alpha, canvas.size[0])
+        half = shared(fn.random.choice(len(law), p=law))
     return _Draws(
         partner=partner,
         cut=cut,
         blend=blend,
         position=centre() if cutmix else None,
         size=uniform() if cutmix and minmax else None,
-        cutmix_share=beta(config.cutmix_alpha) if cutmix and not minmax else None,
+        cutmix_share=beta(config.cutmix_alpha) if paper and not direct else None,
+        half=half,
         mixup_share=beta(config.mixup_alpha)
         if config.mixup_enabled and not _never(blend)
         else None,
@@ -218,7 +279,10 @@ def _cutmix_box(config: MixConfig, draws: _Draws, canvas: _Canvas) -> tuple[Data
     # +-floor(side / 2) around it, clipped to the image. floor(floor(x) / 2) ==
     # floor(x / 2) and halving is exact in floating point, so the half side is one
     # floor of sqrt(1 - lambda) * (extent / 2). The box is empty where half is 0.
-    half = _times(_int(dmath.floor(dmath.sqrt(draws.cutmix_share) * (extent * 0.5))), draws.cut)
+    half = draws.half
+    if half is None:
+        half = _int(dmath.floor(dmath.sqrt(draws.cutmix_share) * (extent * 0.5)))
+    half = _times(half, draws.cut)
     centre = draws.position  # int32 pixels on a known square canvas, else fractions
     if not canvas.square:
         centre = _int(dmath.floor(centre * extent))
@@ -272,7 +336,7 @@ def _plan(config: MixConfig, canvas: _Canvas) -> _Plan:
     if draws.position is not None:
         corner, sides = _cutmix_box(config, draws, canvas)
         regions = _regions(corner, sides, canvas)
-        if config.correct_lam or draws.cutmix_share is None:
+        if config.correct_lam:
             weight = _area(sides) / canvas.area  # exactly the pasted fraction (float32)
         else:
             weight = _times(draws.cut, draws.cutmix_share)
