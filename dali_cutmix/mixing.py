@@ -260,7 +260,7 @@ def _cutmix_box(config: MixConfig, draws: _Draws, canvas: _Canvas) -> tuple[Data
 
     The box lies in the common extent of the sample and its partner; a sample
     that gets no CutMix has sides 0. Every side that is 0 has its corner on the
-    canvas's far edge (see :func:`_regions` for why). The math runs on ``[2]``
+    canvas's far edge (see :func:`_far_if_empty` for why). The math runs on ``[2]``
     vectors, so each step is one operator for both axes: on the CPU the
     per-operator cost, not the arithmetic, dominates.
     """
