@@ -8,7 +8,9 @@ so a run resumed mid-epoch yields bit-identical next batches.
 
 from __future__ import annotations
 
+import ctypes
 import enum
+import functools
 import gc
 import json
 import logging
@@ -51,6 +53,27 @@ class LastBatch(str, enum.Enum):
     @property
     def dali(self) -> LastBatchPolicy:
         return LastBatchPolicy.DROP if self is LastBatch.DROP else LastBatchPolicy.PARTIAL
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        return None
+
+
+def _return_freed_memory() -> None:
+    """Hands the C heap's free pages back to the system (glibc's ``malloc_trim``).
+
+    A released DALI pipeline frees many buffers that glibc keeps for reuse but
+    cannot reuse in full for the next pipeline: over 20 resumes in one process
+    the RSS grew by about 130 MiB, and stays flat with this
+    (``python -m pipelines.soak``).
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 class DaliLoader:
@@ -135,6 +158,7 @@ class DaliLoader:
         self._pipe = None
         if pipe() is not None:  # kept alive by a reference cycle: collect it now
             gc.collect()
+        _return_freed_memory()
 
     def _count_images(self) -> int:
         meta = self._pipe.reader_meta(self._reader_name)

@@ -1,0 +1,163 @@
+"""Memory over a long run: many epochs through the DALI loader, then many resumes.
+
+    python -m pipelines.soak                                  # 30 epochs, 20 resumes
+    python -m pipelines.soak --epochs 30 --resumes 20 --out runs/soak.json
+
+Host memory must stay flat over a run of many epochs, and over the resumes of
+a run that is stopped and continued many times (each resume builds a new DALI
+pipeline from a checkpoint and releases the old one). This runs the DALI
+training loader (CutMix on, the CPU pipeline) over a generated set shaped like
+``python -m train``'s embedded dataset (10 classes x 160 images of about
+100 x 90 pixels, crop 64, batch 64) and records this process's resident set
+size (RSS) after every epoch and every resume. It reports the RSS at start
+(after the first epoch, when DALI's buffers have reached their size) and at
+the end, and the growth per epoch and per resume as the slope of a
+least-squares line through the readings after the first (``warmup``) ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from dali_cutmix.config import MixConfig
+from dali_cutmix.synthetic import SyntheticSpec, generate
+from pipelines.imagenet import make_loader
+
+__all__ = ["rss_mb", "soak", "main"]
+
+log = logging.getLogger(__name__)
+
+SPEC = SyntheticSpec(num_classes=10, train_per_class=160, val_per_class=1, seed=0, size_scale=0.25)
+
+
+def rss_mb() -> float:
+    """This process's resident set size now, in MiB (Linux ``/proc``)."""
+    with open("/proc/self/statm") as statm:
+        pages = int(statm.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _slope(values: Sequence[float]) -> float:
+    """Least-squares slope of ``values`` against 0, 1, 2, ... (0 for fewer than 2)."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    mean_x, mean_y = (n - 1) / 2, sum(values) / n
+    num = sum((x - mean_x) * (y - mean_y) for x, y in enumerate(values))
+    return num / sum((x - mean_x) ** 2 for x in range(n))
+
+
+def _summary(readings: list[float], warmup: int) -> dict[str, Any]:
+    steady = readings[warmup:] or readings
+    return {
+        "rss_mb": [round(r, 1) for r in readings],
+        "start_mb": round(steady[0], 1),
+        "end_mb": round(readings[-1], 1),
+        "growth_mb_per_step": round(_slope(steady), 3),
+    }
+
+
+def soak(
+    root: Path,
+    *,
+    epochs: int,
+    resumes: int,
+    batch_size: int = 64,
+    crop_size: int = 64,
+    threads: int = 2,
+    warmup: int = 2,
+) -> dict[str, Any]:
+    """Runs ``epochs`` epochs, then ``resumes`` stop-and-resume cycles; returns RSS figures."""
+
+    def loader():
+        return make_loader(
+            root,
+            train=True,
+            batch_size=batch_size,
+            device="cpu",
+            mix=MixConfig(num_classes=SPEC.num_classes),
+            crop_size=crop_size,
+            num_threads=threads,
+            seed=0,
+        )
+
+    started = time.perf_counter()
+    train = loader()
+    epoch_rss = []
+    for epoch in range(epochs):
+        batches = sum(1 for _ in train)
+        gc.collect()
+        epoch_rss.append(rss_mb())
+        log.info("epoch %d: %d batches, RSS %.1f MiB", epoch + 1, batches, epoch_rss[-1])
+    resume_rss = []
+    half = max(1, len(train) // 2)
+    for k in range(resumes):
+        stream = iter(train)
+        for _ in range(half):  # stop mid-epoch, as a Ctrl-C would
+            next(stream)
+        state = train.state_dict()
+        del stream
+        train = loader()
+        train.load_state_dict(state)
+        sum(1 for _ in train)  # the rest of the epoch
+        gc.collect()
+        resume_rss.append(rss_mb())
+        log.info("resume %d: RSS %.1f MiB", k + 1, resume_rss[-1])
+    return {
+        "batch_size": batch_size,
+        "crop_size": crop_size,
+        "threads": threads,
+        "images_per_epoch": train.dataset_size,
+        "epochs": _summary(epoch_rss, warmup),
+        "resumes": _summary(resume_rss, min(warmup, max(0, resumes - 2))),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.soak",
+        description="Host memory over many epochs and resumes of the DALI training loader.",
+    )
+    parser.add_argument("--epochs", type=int, default=30, help="epochs to run")
+    parser.add_argument("--resumes", type=int, default=20, help="stop-and-resume cycles after")
+    parser.add_argument("--threads", type=int, default=2, help="DALI CPU threads")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path(os.environ.get("DALI_CUTMIX_CACHE", "data")),
+        help="where the generated set is kept (default: $DALI_CUTMIX_CACHE or data/)",
+    )
+    parser.add_argument("--out", type=Path, help="write the figures as JSON here")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    args = get_args_parser().parse_args(argv)
+    for name in ("epochs", "resumes", "threads"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name} must be >= 1, got {getattr(args, name)}")
+    root = generate(args.cache_dir / "soak-embedded", SPEC) / "train"
+    report = soak(root, epochs=args.epochs, resumes=args.resumes, threads=args.threads)
+    given = sys.argv[1:] if argv is None else list(argv)
+    report["command"] = " ".join(["python -m pipelines.soak", *given])
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
