@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import os
 import re
+import shlex
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -25,6 +26,7 @@ __all__ = [
     "list_image_folder",
     "path_in_message",
     "read_file_list",
+    "scan_hint",
     "write_file_list",
 ]
 
@@ -33,10 +35,27 @@ logger = logging.getLogger(__name__)
 # torchvision.datasets.folder.IMG_EXTENSIONS; compared case-insensitively, as there.
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
+# What to do about files DALI cannot decode: {root} is the dataset folder, {list_flag}
+# the training application's flag for the split (--train-list or --val-list).
 SCAN_HINT = (
-    "Run `python -m dali_cutmix.scan {root} --out DIR` to find every bad file, "
-    "then pass `file_list=DIR/files.txt` to the loader."
+    "Run `python -m dali_cutmix.scan {root} --out DIR` (DIR: any writable folder) to find "
+    "every bad file and write a list of the good ones, then read that list: "
+    '`make_loader(..., file_list="DIR/files.txt")`, or `python -m train ... '
+    "{list_flag} DIR/files.txt`."
 )
+# The folder names of a dataset's splits, which are never its classes.
+SPLIT_NAMES = frozenset({"train", "val", "validation", "test"})
+_LAYOUT = "ROOT/<class>/<image>.JPEG, one subfolder per class (ImageFolder's layout)"
+_WRITE_LIST = (
+    "`python -m dali_cutmix.scan ROOT --out DIR` writes one for the dataset ROOT: DIR/files.txt"
+)
+
+
+def scan_hint(root: str | os.PathLike[str], *, train: bool = True) -> str:
+    """:data:`SCAN_HINT` for the dataset folder ``root`` and the training or validation split."""
+    return SCAN_HINT.format(
+        root=shlex.quote(str(root)), list_flag="--train-list" if train else "--val-list"
+    )
 
 
 class DatasetError(ValueError):
@@ -98,11 +117,42 @@ def _class_files(class_dir: str) -> list[str]:
 
 
 def _check_root(root: Path) -> None:
-    hint = "Point `root` at a folder laid out as ROOT/<class>/<image>.JPEG (ImageFolder's layout)."
+    hint = f"Give a folder laid out as {_LAYOUT}."
     if not root.exists():
         raise DatasetError(f"dataset root {str(root)!r} does not exist. {hint}")
     if not root.is_dir():
         raise DatasetError(f"dataset root {str(root)!r} is not a folder. {hint}")
+
+
+def _and_join(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def _class_folders(root: Path) -> list[str]:
+    """The class folder names under ``root``, sorted as ``ImageFolder`` sorts them.
+
+    Raises:
+        DatasetError: ``root`` is missing or not a folder, has no subfolder, or
+            has only split folders (``train/``, ``val/``...): one level too high.
+    """
+    _check_root(root)
+    classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+    if not classes:
+        raise DatasetError(
+            f"dataset root {str(root)!r} has no class folders; give a folder laid out as "
+            f"{_LAYOUT}, with images of extensions {', '.join(IMG_EXTENSIONS)}."
+        )
+    if set(classes) <= SPLIT_NAMES:
+        first, *others = [
+            str(root / n) for n in ("train", "val", "validation", "test") if n in classes
+        ]
+        use = f"{first!r} (or {others[0]!r})" if others else repr(first)
+        raise DatasetError(
+            f"{str(root)!r} has only the subfolder{'s' * (len(classes) > 1)} "
+            f"{_and_join([f'{name}/' for name in classes])}: it looks like a dataset root, not a "
+            f"folder of classes; give {use}, whose subfolders are the classes."
+        )
+    return classes
 
 
 def list_image_folder(root: str | os.PathLike[str]) -> ImageList:
@@ -116,17 +166,13 @@ def list_image_folder(root: str | os.PathLike[str]) -> ImageList:
         ``ImageFolder(root).targets`` and ``classes`` equal ``ImageFolder(root).classes``.
 
     Raises:
-        DatasetError: ``root`` is missing, not a folder, has no class folders, or
-            a class folder holds no image; the message names the path.
+        DatasetError: ``root`` is missing, not a folder, has no class folders,
+            has only ``train/`` and ``val/`` (a dataset root: the message names
+            the split folder to give instead), or a class folder holds no image;
+            the message names the path and what to do.
     """
     root = Path(root).expanduser().resolve()
-    _check_root(root)
-    classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
-    if not classes:
-        raise DatasetError(
-            f"dataset root {str(root)!r} has no class folders; expected "
-            f"ROOT/<class>/<image> with extensions {', '.join(IMG_EXTENSIONS)}."
-        )
+    classes = _class_folders(root)
     paths: list[str] = []
     labels: list[int] = []
     for label, name in enumerate(classes):
@@ -148,7 +194,7 @@ def _parse_line(line: str, *, number: int, list_path: Path) -> tuple[str, int]:
     if not path or not label.lstrip("-").isdigit() or int(label) < 0:
         raise DatasetError(
             f"{str(list_path)!r} line {number}: expected 'path label' with an integer "
-            f"label >= 0, got {line.rstrip()!r}"
+            f"label >= 0, got {line.rstrip()!r}; correct or delete that line ({_WRITE_LIST})."
         )
     return path.strip(), int(label)
 
@@ -164,11 +210,16 @@ def read_file_list(
     the folder holding its first file, and there are ``max(label) + 1`` classes.
 
     Raises:
-        DatasetError: the list is missing, empty or malformed; the message names it.
+        DatasetError: the list is missing, empty or malformed, or ``root`` is
+            unusable (see :func:`list_image_folder`); the message names the file
+            or folder and what to do.
     """
     list_path = Path(file_list).expanduser().resolve()
     if not list_path.is_file():
-        raise DatasetError(f"file list {str(list_path)!r} does not exist or is not a file.")
+        raise DatasetError(
+            f"file list {str(list_path)!r} does not exist or is not a file; give a file of "
+            f"'path label' lines ({_WRITE_LIST})."
+        )
     base = Path(root).expanduser().resolve() if root is not None else list_path.parent
     entries = [
         _parse_line(line, number=i + 1, list_path=list_path)
@@ -176,16 +227,20 @@ def read_file_list(
         if line.strip()
     ]
     if not entries:
-        raise DatasetError(f"file list {str(list_path)!r} lists no files.")
+        raise DatasetError(
+            f"file list {str(list_path)!r} lists no files; give a file of 'path label' lines "
+            f"({_WRITE_LIST})."
+        )
     paths = tuple(os.path.join(base, p) for p, _ in entries)
     labels = tuple(label for _, label in entries)
     if root is not None:
-        _check_root(base)
-        classes = tuple(sorted(e.name for e in os.scandir(base) if e.is_dir()))
+        classes = tuple(_class_folders(base))
         if max(labels) >= len(classes):
             raise DatasetError(
                 f"file list {str(list_path)!r} has label {max(labels)} but {str(base)!r} "
-                f"has only {len(classes)} class folders."
+                f"has only {len(classes)} class folders; give the dataset folder the list "
+                f"was written for as the root, or no root (its class names then come from "
+                f"the files' folders)."
             )
     else:
         classes = _names_from_paths(paths, labels)

@@ -26,6 +26,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 import time
 import warnings
@@ -35,10 +36,25 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from dali_cutmix.files import DatasetError, ImageList, list_image_folder, write_file_list
+from dali_cutmix.cli import exit_on_user_error
+from dali_cutmix.files import (
+    BadImageError,
+    ImageList,
+    list_image_folder,
+    path_in_message,
+    scan_hint,
+    write_file_list,
+)
 from dali_cutmix.procs import process_context
 
-__all__ = ["ScanReport", "check_image", "first_unreadable", "main", "scan"]
+__all__ = [
+    "ScanReport",
+    "check_image",
+    "explain_decode_error",
+    "first_unreadable",
+    "main",
+    "scan",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +199,51 @@ def first_unreadable(paths: Sequence[str], *, workers: int = 8) -> str | None:
     return None
 
 
+def _dali_reason(message: str) -> str:
+    """DALI's reason, without its traceback of C++ source lines."""
+    match = re.search(
+        r"encountered:\s*(.+?)(?:\n\s*C\+\+ context|\nCurrent pipeline object|$)", message, re.S
+    )
+    text = match.group(1) if match else message
+    return " ".join(text.split())[:300]
+
+
+def _dataset_root(images: ImageList) -> str:
+    """The folder to scan: the listed folder, or for a file list the folder its classes share."""
+    if os.path.isdir(images.source):
+        return images.source
+    common = os.path.commonpath([os.path.dirname(p) for p in images.paths])
+    return common if len(set(images.labels)) > 1 else os.path.dirname(common)
+
+
+def explain_decode_error(err: Exception, images: ImageList, *, train: bool = True) -> Exception:
+    """A :class:`BadImageError` naming the file, for a DALI error about an undecodable file.
+
+    Args:
+        err: what DALI raised while running a pipeline that reads ``images``.
+        images: the files the pipeline reads.
+        train: the split, for the advice (``--train-list`` or ``--val-list``).
+
+    Returns:
+        A ``BadImageError`` with the file (from DALI's message, else the first
+        file whose header does not read) and the command that skips bad files;
+        ``err`` itself when it is not about a file (say, out of memory).
+    """
+    message = str(err)
+    path = path_in_message(message)
+    if path is None and "decod" not in message and "nvImageCodec" not in message:
+        return err  # not about a file: DALI's own message is best
+    if path is None:
+        path = first_unreadable(images.paths)
+    what = (
+        f"{path!r} is not a decodable image"
+        if path
+        else f"a file of {images.source!r} is not a decodable image"
+    )
+    hint = scan_hint(_dataset_root(images), train=train)
+    return BadImageError(f"{what} (DALI: {_dali_reason(message)}). {hint}", path=path)
+
+
 def write_report(report: ScanReport, out: str | os.PathLike[str]) -> dict[str, Path]:
     """Writes ``files.txt``, ``classes.txt`` and ``bad_files.json`` into ``out``."""
     out = Path(out)
@@ -213,15 +274,17 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status (0 clean, 1 bad files, 2 unusable)."""
-    args = get_args_parser().parse_args(argv)
+    """Command-line entry point; returns the exit status (0 clean, 1 bad files).
+
+    An unusable folder or setting ends it with one line on stderr and status 2
+    (:func:`dali_cutmix.cli.exit_on_user_error`).
+    """
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
+    with exit_on_user_error(parser):
         report = scan(args.root, workers=args.workers)
-    except (DatasetError, ValueError) as err:
-        logger.error("error: %s", err)
-        return 2
-    paths = write_report(report, args.out)
+        paths = write_report(report, args.out)
     rate = len(report.images) / max(report.seconds, 1e-9)
     logger.info(
         "%d files, %d good, %d bad (%.0f images/s)",
@@ -235,8 +298,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.info("clean file list: %s", paths["files.txt"])
     if report.bad:
         logger.info(
-            "report of bad files: %s; train with file_list=%s",
+            "report of bad files: %s; train with make_loader(..., file_list=%r) or "
+            "python -m train ... --train-list %s (--val-list for a validation folder)",
             paths["bad_files.json"],
+            str(paths["files.txt"]),
             paths["files.txt"],
         )
         return 1

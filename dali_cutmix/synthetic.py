@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from dali_cutmix.cli import exit_on_user_error
 from dali_cutmix.procs import process_context
 
 __all__ = [
@@ -470,10 +471,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point: 0 when the folder is written (or reused).
+
+    A bad value or an unusable ``out`` ends it with one line on stderr and
+    status 2 (:func:`dali_cutmix.cli.exit_on_user_error`).
+    """
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    try:
+    with exit_on_user_error(parser, fields={"num_classes": "--classes"}):
         spec = SyntheticSpec(
             num_classes=args.classes,
             train_per_class=args.train_per_class,
@@ -483,10 +489,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             quality=args.quality,
         )
         root = generate(args.out, spec, workers=args.workers, progress=not args.no_progress)
-    except ValueError as error:
-        parser.error(str(error))
     print(dataset_stats(root).summary())
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -32,7 +32,9 @@ from typing import Any
 
 import torch
 
+from dali_cutmix.cli import exit_on_user_error
 from dali_cutmix.config import MixConfig
+from dali_cutmix.files import list_image_folder
 
 __all__ = [
     "BenchConfig",
@@ -449,11 +451,16 @@ def _environment() -> dict[str, Any]:
     return env
 
 
+def data_root(data: Path) -> Path:
+    """The folder measured for ``--data``: its ``train/`` where it has one, else itself."""
+    return data / "train" if (data / "train").is_dir() else data
+
+
 def _dataset(config: BenchConfig) -> tuple[Path, dict[str, Any]]:
     from dali_cutmix.synthetic import SyntheticSpec, dataset_stats, generate
 
     if config.data is not None:
-        root = config.data / "train" if (config.data / "train").is_dir() else config.data
+        root = data_root(config.data)
         source = str(config.data)
     else:
         spec = SyntheticSpec(
@@ -604,16 +611,18 @@ def plot_results(report: dict[str, Any], path: Path) -> None:
 
 def _int_list(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(v) for v in text.split(","))
+        values = tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
+        values = ()
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {text!r}")
+    return values
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Benchmark DALI and torchvision loaders and training."
+        prog="python -m pipelines.bench",
+        description="Benchmark DALI and torchvision loaders and training.",
     )
     parser.add_argument(
         "--data", type=Path, help="ImageNet-style folder (default: a generated one)"
@@ -685,16 +694,23 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point: 0 when every measurement ran, 1 when some failed.
+
+    A bad value or an unusable ``--data`` or ``--out`` ends it before any
+    measurement with one line on stderr and status 2
+    (:func:`dali_cutmix.cli.exit_on_user_error`).
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
     if args.measure:
         print("RESULT " + json.dumps(measure(json.loads(args.measure))), flush=True)
         return 0
-    try:
+    with exit_on_user_error(parser, fields={"devices": "--device"}):
         config = config_from_args(args)
-    except ValueError as err:
-        log.error("bench: %s", err)
-        return 2
+        if config.data is not None:  # found unusable here, not in every measurement
+            list_image_folder(data_root(config.data))
+        config.out.mkdir(parents=True, exist_ok=True)  # not only after the whole run
     command = " ".join(["python -m pipelines.bench", *(argv if argv is not None else sys.argv[1:])])
     report = run_benchmark(config, command)
     failed = [

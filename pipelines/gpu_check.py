@@ -32,6 +32,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dali_cutmix.cli import exit_on_user_error, positive_int
+
 __all__ = ["main", "probe_empty_region", "probe_other_width"]
 
 log = logging.getLogger(__name__)
@@ -222,8 +224,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Run the GPU tests, DALI probes, graph cost and a short benchmark on a GPU.",
     )
     parser.add_argument("--out", type=Path, default=Path("runs/gpu-check"), help="output folder")
-    parser.add_argument("--threads", type=int, default=8, help="DALI CPU threads")
-    parser.add_argument("--batch-size", type=int, default=256, help="benchmark batch size")
+    parser.add_argument("--threads", type=positive_int, default=8, help="DALI CPU threads")
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="benchmark batch size")
     parser.add_argument(
         "--skip",
         nargs="*",
@@ -231,13 +233,17 @@ def get_args_parser() -> argparse.ArgumentParser:
         choices=["pytest", "graph_cost", "bench"],
         help="steps to leave out",
     )
-    parser.add_argument("--timeout", type=int, default=1200, help="seconds per step")
+    parser.add_argument("--timeout", type=positive_int, default=1200, help="seconds per step")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    report = run(get_args_parser().parse_args(argv))
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    with exit_on_user_error(parser):
+        args.out.mkdir(parents=True, exist_ok=True)
+    report = run(args)
     failed = [name for name, step in report["steps"].items() if step["exit"] != 0]
     return 1 if failed else 0
 

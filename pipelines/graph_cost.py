@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +36,7 @@ import nvidia.dali.types as types
 from nvidia.dali import pipeline_def
 from nvidia.dali.data_node import DataNode
 
+from dali_cutmix.cli import exit_on_user_error, positive_int
 from dali_cutmix.config import MixConfig
 from dali_cutmix.mixing import _Canvas, _plan, soft_targets  # the graph's CPU part, no pixels
 
@@ -196,24 +198,31 @@ def get_args_parser() -> argparse.ArgumentParser:
         prog="python -m pipelines.graph_cost",
         description="Per-batch CPU cost of the mixing graph (operators and ms), by setting.",
     )
-    parser.add_argument("--batch-size", type=int, default=256, help="samples per batch")
-    parser.add_argument("--threads", type=int, default=2, help="DALI CPU threads")
-    parser.add_argument("--crop-size", type=int, default=224, help="side of the crops")
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="samples per batch")
+    parser.add_argument("--threads", type=positive_int, default=2, help="DALI CPU threads")
+    parser.add_argument("--crop-size", type=positive_int, default=224, help="side of the crops")
     parser.add_argument(
         "--targets", action="store_true", help="build the soft targets on the CPU too"
     )
-    parser.add_argument("--repeats", type=int, default=2, help="interleaved passes over settings")
+    parser.add_argument(
+        "--repeats", type=positive_int, default=2, help="interleaved passes over settings"
+    )
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if args.out:
+        with exit_on_user_error(parser):  # a bad --out stops it before the run, not after
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            if args.out.is_dir() or not os.access(args.out.parent, os.W_OK):
+                raise ValueError(f"--out {args.out} is a folder or not writable; give a file")
     report = run(args)
     print(format_table(report))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
     return 0
 

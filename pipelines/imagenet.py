@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import logging
 import os
-import re
-from collections.abc import Callable
 
 import nvidia.dali.fn as fn
 import nvidia.dali.types as types
@@ -34,17 +33,10 @@ from nvidia.dali.data_node import DataNode
 from nvidia.dali.pipeline import Pipeline
 
 from dali_cutmix.config import MixConfig
-from dali_cutmix.files import (
-    SCAN_HINT,
-    BadImageError,
-    ImageList,
-    list_image_folder,
-    path_in_message,
-    read_file_list,
-)
+from dali_cutmix.files import ImageList, list_image_folder, read_file_list
 from dali_cutmix.loader import DaliLoader, LastBatch
 from dali_cutmix.mixing import mix as mix_images
-from dali_cutmix.scan import first_unreadable
+from dali_cutmix.scan import explain_decode_error
 
 __all__ = [
     "DType",
@@ -410,33 +402,6 @@ def default_num_threads(*, gpu: bool) -> int:
     return min(share, 8) if gpu else share
 
 
-def _dali_reason(message: str) -> str:
-    match = re.search(r"encountered:\s*(.+?)(?:\nCurrent pipeline object|$)", message, re.S)
-    text = match.group(1) if match else message
-    return " ".join(text.split())[:300]
-
-
-def _explainer(images: ImageList) -> Callable[[Exception], Exception]:
-    """Turns DALI's decode errors into a :class:`BadImageError` naming the file."""
-    hint = SCAN_HINT.format(root=images.source)
-
-    def explain(err: Exception) -> Exception:
-        message = str(err)
-        path = path_in_message(message)
-        if path is None and "decod" not in message and "nvImageCodec" not in message:
-            return err  # not about a file (e.g. out of memory): DALI's own message is best
-        if path is None:
-            path = first_unreadable(images.paths)
-        what = (
-            f"{path!r} is not a decodable image"
-            if path
-            else (f"a file of {images.source!r} is not a decodable image")
-        )
-        return BadImageError(f"{what} (DALI: {_dali_reason(message)}). {hint}", path=path)
-
-    return explain
-
-
 def _list_images(
     root: str | os.PathLike[str] | None, file_list: str | os.PathLike[str] | None
 ) -> ImageList:
@@ -504,7 +469,8 @@ def make_loader(
 
     Raises:
         ValueError: a bad setting (the message names it).
-        dali_cutmix.files.DatasetError: a missing or empty root, a class folder
+        dali_cutmix.files.DatasetError: a missing or empty root, a dataset root
+            holding only ``train/`` and ``val/`` (give one of them), a class folder
             without images, or (while iterating, as ``BadImageError``) a file that
             does not decode; the message names the path and the fix.
     """
@@ -555,7 +521,7 @@ def make_loader(
         reader_name=READER_NAME,
         last_batch=policy,
         classes=list(images.classes),
-        explain=_explainer(images),
+        explain=functools.partial(explain_decode_error, images=images, train=train),
         settings={
             "train": train,
             "seed": seed,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -52,3 +54,18 @@ def image_folder(tmp_path: Path) -> Path:
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def run_command(module: str, *args: str | Path) -> subprocess.CompletedProcess:
+    """``python -m module args...`` in a child process (never a fork); stdout and stderr as text."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True, timeout=120
+    )
+
+
+def user_error_line(done: subprocess.CompletedProcess, *, status: int = 2) -> str:
+    """The last line on stderr of a command that ended on a user error, checked for the status
+    and for the absence of any traceback (the command's or DALI's C++ context)."""
+    assert done.returncode == status, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "C++ context" not in done.stderr, done.stderr
+    return done.stderr.splitlines()[-1]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import build_image_folder, run_command, user_error_line
 
 from pipelines import bench
 
@@ -166,5 +167,47 @@ def test_bad_settings_are_rejected(tmp_path: Path) -> None:
         bench.BenchConfig(out=tmp_path, windows=0)
     with pytest.raises(ValueError, match="devices"):
         bench.BenchConfig(out=tmp_path, devices=("tpu",))
-    if not torch.cuda.is_available():
-        assert bench.main(["--device", "gpu", "--out", str(tmp_path)]) == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+        (["--warmup", "-1"], "--warmup must be >= 0, got -1"),
+        (
+            ["--threads-list", "0,2"],
+            "argument --threads-list: expected comma-separated integers >= 1, got '0,2'",
+        ),
+        (
+            ["--data", "{tmp}/imagenet"],
+            "'{tmp}/imagenet' has only the subfolder val/: it looks like a dataset root, not a "
+            "folder of classes; give '{tmp}/imagenet/val', whose subfolders are the classes.",
+        ),
+    ]
+    + (
+        []
+        if torch.cuda.is_available()
+        else [(["--device", "gpu"], "--device gpu needs CUDA, which this machine does not have")]
+    ),
+)
+def test_bad_arguments_end_with_one_line_before_any_measurement(
+    tmp_path: Path, capsys, monkeypatch, args: list[str], line: str
+) -> None:
+    build_image_folder(tmp_path / "imagenet" / "val", classes=2, per_class=1, extras=False)
+    monkeypatch.setattr(bench, "run_benchmark", lambda *a: pytest.fail("the benchmark ran"))
+    with pytest.raises(SystemExit) as caught:
+        bench.main([a.format(tmp=tmp_path) for a in args] + ["--out", str(tmp_path / "out")])
+    assert caught.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"python -m pipelines.bench: error: {line.format(tmp=tmp_path)}"
+    )
+
+
+def test_a_missing_data_folder_ends_the_command_with_one_line(tmp_path: Path) -> None:
+    done = run_command("pipelines.bench", "--data", tmp_path / "nope", "--out", tmp_path / "out")
+    assert user_error_line(done) == (
+        f"python -m pipelines.bench: error: dataset root '{tmp_path}/nope' does not exist. Give a "
+        "folder laid out as ROOT/<class>/<image>.JPEG, one subfolder per class (ImageFolder's "
+        "layout)."
+    )
+    assert not (tmp_path / "out").exists()

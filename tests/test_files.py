@@ -14,7 +14,14 @@ from dali_cutmix.files import (
     list_image_folder,
     path_in_message,
     read_file_list,
+    scan_hint,
     write_file_list,
+)
+
+LAYOUT = "ROOT/<class>/<image>.JPEG, one subfolder per class (ImageFolder's layout)"
+EXTENSIONS = ".jpg, .jpeg, .png, .ppm, .bmp, .pgm, .tif, .tiff, .webp"
+WRITE_LIST = (
+    "`python -m dali_cutmix.scan ROOT --out DIR` writes one for the dataset ROOT: DIR/files.txt"
 )
 
 
@@ -42,15 +49,66 @@ def test_listing_matches_imagefolder_file_by_file(tmp_path: Path) -> None:
     assert len(images) == 2 * 3 + 3 + 3 and images.num_classes == 3
 
 
-@pytest.mark.parametrize("make", ["missing", "file", "empty"])
-def test_unusable_root_names_it(tmp_path: Path, make: str) -> None:
+@pytest.mark.parametrize(
+    ("make", "problem", "advice"),
+    [
+        ("missing", "does not exist.", f"Give a folder laid out as {LAYOUT}."),
+        ("file", "is not a folder.", f"Give a folder laid out as {LAYOUT}."),
+        (
+            "empty",
+            "has no class folders;",
+            f"give a folder laid out as {LAYOUT}, with images of extensions {EXTENSIONS}.",
+        ),
+    ],
+)
+def test_unusable_root_names_it_and_the_fix(
+    tmp_path: Path, make: str, problem: str, advice: str
+) -> None:
     root = tmp_path / "root"
     if make == "file":
         root.write_text("x")
     elif make == "empty":
         root.mkdir()
-    with pytest.raises(DatasetError, match=str(root)):
+    with pytest.raises(DatasetError) as caught:
         list_image_folder(root)
+    assert str(caught.value) == f"dataset root {str(root)!r} {problem} {advice}"
+
+
+@pytest.mark.parametrize(
+    ("splits", "found", "use"),
+    [
+        (("train", "val"), "train/ and val/", "'{root}/train' (or '{root}/val')"),
+        (("test", "train", "val"), "test/, train/ and val/", "'{root}/train' (or '{root}/val')"),
+        (("val",), "val/", "'{root}/val'"),
+    ],
+)
+def test_a_dataset_root_is_refused_naming_the_split_to_give(
+    tmp_path: Path, splits: tuple[str, ...], found: str, use: str
+) -> None:
+    # ImageFolder would take train/ and val/ for two classes named "train" and "val".
+    root = tmp_path / "imagenet"
+    for split in splits:
+        build_image_folder(root / split, classes=2, per_class=1, extras=False)
+    plural = "s" if len(splits) > 1 else ""
+    message = (
+        f"{str(root)!r} has only the subfolder{plural} {found}: it looks like a dataset root, "
+        f"not a folder of classes; give {use.format(root=root)}, whose subfolders are the classes."
+    )
+    with pytest.raises(DatasetError) as caught:
+        list_image_folder(root)
+    assert str(caught.value) == message
+    listed = tmp_path / "files.txt"
+    listed.write_text(f"{splits[0]}/n00000000/img_0_0.JPEG 0\n")
+    with pytest.raises(DatasetError) as caught:
+        read_file_list(listed, root=root)  # the list's classes would be the splits too
+    assert str(caught.value) == message
+    assert list_image_folder(root / splits[0]).classes == ("n00000000", "n00000001")
+
+
+def test_a_split_name_among_real_classes_is_a_class(tmp_path: Path) -> None:
+    root = build_image_folder(tmp_path / "data", classes=1, per_class=1, extras=False)
+    write_image(root / "train" / "a.JPEG", size=(20, 20), seed=3)
+    assert list_image_folder(root).classes == ("n00000000", "train")
 
 
 def test_class_folder_without_images_names_the_folder(tmp_path: Path) -> None:
@@ -58,8 +116,12 @@ def test_class_folder_without_images_names_the_folder(tmp_path: Path) -> None:
     empty = root / "n00000005"
     empty.mkdir()
     (empty / "labels.csv").write_text("a,b\n")
-    with pytest.raises(DatasetError, match=f"{empty}.*holds no image"):
+    with pytest.raises(DatasetError) as caught:
         list_image_folder(root)
+    assert str(caught.value) == (
+        f"class folder {str(empty)!r} holds no image (extensions {EXTENSIONS}); add images or "
+        f"remove the folder, since class indices follow the sorted folder names."
+    )
 
 
 def test_file_list_round_trip_and_relative_paths(tmp_path: Path) -> None:
@@ -80,17 +142,30 @@ def test_file_list_round_trip_and_relative_paths(tmp_path: Path) -> None:
     assert without_root.classes == ("n00000000", "n00000001")
 
 
-def test_file_list_errors_name_the_file_and_line(tmp_path: Path) -> None:
-    with pytest.raises(DatasetError, match="does not exist"):
-        read_file_list(tmp_path / "nope.txt")
+def test_file_list_errors_name_the_file_line_and_fix(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.txt"
+    with pytest.raises(DatasetError) as caught:
+        read_file_list(missing)
+    assert str(caught.value) == (
+        f"file list {str(missing)!r} does not exist or is not a file; give a file of "
+        f"'path label' lines ({WRITE_LIST})."
+    )
     bad = tmp_path / "bad.txt"
     bad.write_text("a.jpg 0\nb.jpg cat\n")
-    with pytest.raises(DatasetError, match=r"bad.txt' line 2: .*'b.jpg cat'"):
+    with pytest.raises(DatasetError) as caught:
         read_file_list(bad)
+    assert str(caught.value) == (
+        f"{str(bad)!r} line 2: expected 'path label' with an integer label >= 0, got "
+        f"'b.jpg cat'; correct or delete that line ({WRITE_LIST})."
+    )
     empty = tmp_path / "empty.txt"
     empty.write_text("\n")
-    with pytest.raises(DatasetError, match="lists no files"):
+    with pytest.raises(DatasetError) as caught:
         read_file_list(empty)
+    assert str(caught.value) == (
+        f"file list {str(empty)!r} lists no files; give a file of 'path label' lines "
+        f"({WRITE_LIST})."
+    )
     with pytest.raises(DatasetError, match="whitespace"):
         write_file_list(tmp_path / "out.txt", [("trailing.jpg ", 0)])
 
@@ -99,8 +174,23 @@ def test_label_beyond_class_folders_is_an_error(tmp_path: Path) -> None:
     root = build_image_folder(tmp_path / "data", classes=2, per_class=1, extras=False)
     listed = tmp_path / "files.txt"
     listed.write_text("n00000000/img_0_0.JPEG 5\n")
-    with pytest.raises(DatasetError, match="label 5 but .* only 2 class folders"):
+    with pytest.raises(DatasetError) as caught:
         read_file_list(listed, root=root)
+    assert str(caught.value) == (
+        f"file list {str(listed)!r} has label 5 but {str(root)!r} has only 2 class folders; "
+        f"give the dataset folder the list was written for as the root, or no root (its class "
+        f"names then come from the files' folders)."
+    )
+
+
+@pytest.mark.parametrize(("train", "flag"), [(True, "--train-list"), (False, "--val-list")])
+def test_scan_hint_names_the_command_and_the_arguments(train: bool, flag: str) -> None:
+    assert scan_hint("/data/my imagenet/train", train=train) == (
+        "Run `python -m dali_cutmix.scan '/data/my imagenet/train' --out DIR` (DIR: any writable "
+        "folder) to find every bad file and write a list of the good ones, then read that list: "
+        f'`make_loader(..., file_list="DIR/files.txt")`, or `python -m train ... {flag} '
+        "DIR/files.txt`."
+    )
 
 
 def test_path_in_dali_messages() -> None:

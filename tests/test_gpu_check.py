@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import run_command, user_error_line
 
 from pipelines import gpu_check
 
@@ -29,3 +30,11 @@ def test_refuses_to_run_without_cuda(tmp_path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(gpu_check, "_machine", lambda: {"cuda_available": False})
     with pytest.raises(SystemExit, match="CUDA is not available"):
         gpu_check.main(["--out", str(tmp_path)])
+
+
+def test_a_bad_value_ends_the_command_with_one_line(tmp_path) -> None:
+    done = run_command("pipelines.gpu_check", "--threads", "0", "--out", tmp_path / "gc")
+    assert user_error_line(done) == (
+        "python -m pipelines.gpu_check: error: argument --threads: expected an int >= 1, got 0"
+    )
+    assert not (tmp_path / "gc").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import run_command, user_error_line
 
 from pipelines import graph_cost
 
@@ -47,3 +48,22 @@ def test_command_writes_table_and_json(tmp_path, capsys, monkeypatch) -> None:
     cutmix = report["results"][1]
     assert cutmix["setting"] == "cutmix" and cutmix["added_operators"] == 17
     assert "| cutmix | 21 |" in capsys.readouterr().out
+
+
+def test_a_bad_value_ends_the_command_with_one_line(tmp_path) -> None:
+    done = run_command("pipelines.graph_cost", "--batch-size", "0", "--out", tmp_path / "c.json")
+    assert user_error_line(done) == (
+        "python -m pipelines.graph_cost: error: argument --batch-size: expected an int >= 1, got 0"
+    )
+    assert not (tmp_path / "c.json").exists()
+
+
+def test_an_unusable_out_stops_it_before_the_run(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(graph_cost, "run", lambda args: pytest.fail("it ran"))
+    with pytest.raises(SystemExit) as caught:
+        graph_cost.main(["--out", str(tmp_path)])
+    assert caught.value.code == 2
+    assert capsys.readouterr().err == (
+        f"python -m pipelines.graph_cost: error: --out {tmp_path} is a folder or not writable; "
+        "give a file\n"
+    )

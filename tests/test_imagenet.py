@@ -12,12 +12,12 @@ import nvidia.dali.fn as fn
 import nvidia.dali.types as types
 import pytest
 import torch
-from conftest import requires_cuda
+from conftest import build_image_folder, requires_cuda
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
 from dali_cutmix import MixConfig
-from dali_cutmix.files import BadImageError, DatasetError
+from dali_cutmix.files import BadImageError, DatasetError, scan_hint
 from pipelines.imagenet import (
     GpuDecoderOptions,
     ImageNetOptions,
@@ -254,6 +254,21 @@ def test_missing_and_empty_roots_are_named(tmp_path: Path) -> None:
         make_loader(tmp_path / "empty", train=True, batch_size=2, **SMALL)
 
 
+@pytest.mark.parametrize("train", [True, False])
+def test_a_dataset_root_is_refused(tmp_path: Path, train: bool) -> None:
+    # Listed as ImageFolder lists it, /data/imagenet holds two classes: train and val.
+    root = tmp_path / "imagenet"
+    for split in ("train", "val"):
+        build_image_folder(root / split, classes=2, per_class=1, extras=False)
+    with pytest.raises(DatasetError) as caught:
+        make_loader(root, train=train, batch_size=2, **SMALL)
+    assert str(caught.value) == (
+        f"'{root}' has only the subfolders train/ and val/: it looks like a dataset root, not a "
+        f"folder of classes; give '{root}/train' (or '{root}/val'), whose subfolders are the "
+        f"classes."
+    )
+
+
 def test_class_without_images_is_named(image_folder: Path) -> None:
     (image_folder / "n00000009").mkdir()
     with pytest.raises(DatasetError, match=f"{image_folder / 'n00000009'}.*holds no image"):
@@ -275,8 +290,13 @@ def test_undecodable_file_is_named(image_folder: Path, content: str, train: bool
     with pytest.raises(BadImageError) as caught:
         list(make_loader(image_folder, train=train, batch_size=16, **SMALL))
     assert caught.value.path == str(bad)
-    assert f"{str(bad)!r} is not a decodable image" in str(caught.value)
-    assert "python -m dali_cutmix.scan" in str(caught.value)
+    message = str(caught.value)
+    assert message.startswith(f"{str(bad)!r} is not a decodable image (DALI: ")
+    # the advice names the exact command, this folder, and the argument to give its list to
+    assert message.endswith(scan_hint(image_folder, train=train))
+    assert f"python -m dali_cutmix.scan {image_folder} --out DIR" in message
+    assert 'make_loader(..., file_list="DIR/files.txt")' in message
+    assert f"python -m train ... --{'train' if train else 'val'}-list DIR/files.txt" in message
 
 
 def test_loader_stays_failed_after_a_bad_file(image_folder: Path) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import build_image_folder, run_command, user_error_line
 from PIL import Image
 
 from dali_cutmix import MixConfig
@@ -37,11 +38,68 @@ def test_write_preview_png_matches_the_batch(image_folder: Path, tmp_path: Path)
     assert set(labels.tolist()) <= {0, 1, 2}
 
 
-def test_bad_inputs_fail_with_a_message(tmp_path: Path, image_folder: Path, caplog) -> None:
-    assert main(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "x.png")]) == 2
-    assert "missing" in caplog.text
+PROG = "python -m dali_cutmix.preview: error:"
+LAYOUT = "ROOT/<class>/<image>.JPEG, one subfolder per class (ImageFolder's layout)"
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["--data", "{tmp}/missing"],
+            "dataset root '{tmp}/missing' does not exist. Give a folder laid out as {layout}.",
+        ),
+        (["--data", "{tmp}/train", "--mix-prob", "3"], "--mix-prob must be in [0.0, 1.0], got 3.0"),
+        (["--data", "{tmp}/train", "--seed", "-1"], "--seed must be an int >= 0, got -1"),
+        (["--batch-size", "0"], "argument --batch-size: expected an int >= 1, got 0"),
+    ],
+)
+def test_bad_inputs_end_with_one_line(
+    tmp_path: Path, image_folder: Path, capsys, args: list[str], line: str
+) -> None:
+    out = tmp_path / "x.png"
+    with pytest.raises(SystemExit) as caught:
+        main([a.format(tmp=tmp_path) for a in args] + ["--out", str(out)])
+    assert caught.value.code == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last == f"{PROG} {line.format(tmp=tmp_path, layout=LAYOUT)}"
+    assert not out.exists()
     with pytest.raises(ValueError, match="num_classes=5"):
         write_preview(image_folder, tmp_path / "x.png", MixConfig(num_classes=5))
+
+
+def test_a_dataset_root_is_refused_on_the_command_line(tmp_path: Path) -> None:
+    # DALI's reader would take train/ and val/ for two classes, or fail in C++.
+    root = tmp_path / "imagenet"
+    for split in ("train", "val"):
+        build_image_folder(root / split, classes=2, per_class=1, extras=False)
+    done = run_command("dali_cutmix.preview", "--data", root, "--out", tmp_path / "p.png")
+    assert user_error_line(done) == (
+        f"{PROG} '{root}' has only the subfolders train/ and val/: it looks like a dataset "
+        f"root, not a folder of classes; give '{root}/train' (or '{root}/val'), whose "
+        f"subfolders are the classes."
+    )
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_an_undecodable_image_is_named_in_one_line(tmp_path: Path) -> None:
+    root = build_image_folder(tmp_path / "data", classes=2, per_class=1, extras=False)
+    bad = [root / "n00000000" / "img_0_0.JPEG", root / "n00000001" / "img_1_0.JPEG"]
+    for path in bad:  # every file of the batch: which one DALI meets first is up to its threads
+        path.write_bytes(b"not an image\n" * 20)
+    done = run_command(
+        "dali_cutmix.preview", "--data", root, "--out", tmp_path / "p.png", "--batch-size", "2"
+    )
+    line = user_error_line(done)
+    named = line.removeprefix(f"{PROG} '").partition("' is not a decodable image (DALI: ")
+    assert named[0] in {str(path) for path in bad} and named[1], line
+    assert line.endswith(
+        f"Run `python -m dali_cutmix.scan {root} --out DIR` (DIR: any writable folder) to find "
+        "every bad file and write a list of the good ones, then read that list: "
+        '`make_loader(..., file_list="DIR/files.txt")`, or `python -m train ... '
+        "--train-list DIR/files.txt`."
+    )
+    assert not (tmp_path / "p.png").exists()
 
 
 def test_without_data_it_previews_a_generated_set(tmp_path: Path, monkeypatch) -> None:

@@ -7,11 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import build_image_folder, write_image
+import pytest
+from conftest import build_image_folder, run_command, user_error_line, write_image
 from torchvision.datasets import ImageFolder
 
-from dali_cutmix.files import read_file_list
-from dali_cutmix.scan import check_image, first_unreadable, main
+from dali_cutmix.files import BadImageError, list_image_folder, read_file_list, scan_hint
+from dali_cutmix.scan import check_image, explain_decode_error, first_unreadable, main
 
 
 def _dirty_folder(root: Path) -> tuple[Path, set[str]]:
@@ -64,9 +65,42 @@ def test_scan_of_a_clean_folder_exits_zero(tmp_path: Path) -> None:
     assert len((out / "files.txt").read_text().splitlines()) == 2 * 2 + 3
 
 
-def test_scan_of_a_missing_root_exits_two(tmp_path: Path, caplog) -> None:
-    assert main([str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
-    assert str(tmp_path / "nope") in caplog.text
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["nope"],
+            "dataset root '{tmp}/nope' does not exist. Give a folder laid out as "
+            "ROOT/<class>/<image>.JPEG, one subfolder per class (ImageFolder's layout).",
+        ),
+        (["data", "--workers", "0"], "--workers must be >= 1, got 0"),
+    ],
+)
+def test_bad_input_ends_the_command_with_one_line(
+    tmp_path: Path, capsys, args: list[str], line: str
+) -> None:
+    build_image_folder(tmp_path / "data", classes=2, per_class=1, extras=False)
+    argv = [str(tmp_path / args[0]), *args[1:], "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"python -m dali_cutmix.scan: error: {line.format(tmp=tmp_path)}"
+    )
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_dataset_root_is_refused_on_the_command_line(tmp_path: Path) -> None:
+    root = tmp_path / "imagenet"
+    for split in ("train", "val"):
+        build_image_folder(root / split, classes=2, per_class=1, extras=False)
+    done = run_command("dali_cutmix.scan", root, "--out", tmp_path / "o")
+    assert user_error_line(done) == (
+        f"python -m dali_cutmix.scan: error: '{root}' has only the subfolders train/ and val/: "
+        f"it looks like a dataset root, not a folder of classes; give '{root}/train' "
+        f"(or '{root}/val'), whose subfolders are the classes."
+    )
+    assert not (tmp_path / "o").exists()  # no files.txt of two classes named train and val
 
 
 def test_first_unreadable_finds_a_non_image(tmp_path: Path) -> None:
@@ -97,3 +131,48 @@ def test_module_runs_from_the_command_line(tmp_path: Path) -> None:
     assert done.returncode == 1, done.stderr
     assert "9 good, 4 bad" in done.stderr
     assert "images/s" in done.stderr  # throughput, from the summary and the progress bar
+
+
+DALI_DECODE_ERROR = (
+    "Critical error in pipeline:\nError in thread 0: [/opt/dali/image_decoder.cc:42] "
+    "Assert failed.\nencountered:\n\nFailed to decode sample #1 : {path}\n"
+    "C++ context: [/opt/dali/image_decoder.cc:42]\nCurrent pipeline object is no longer valid."
+)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_decode_error_names_the_file_and_the_scan_of_the_folder(
+    image_folder: Path, train: bool
+) -> None:
+    images = list_image_folder(image_folder)
+    bad = images.paths[3]
+    explained = explain_decode_error(
+        RuntimeError(DALI_DECODE_ERROR.format(path=bad)), images, train=train
+    )
+    assert isinstance(explained, BadImageError) and explained.path == bad
+    assert str(explained) == (
+        f"{bad!r} is not a decodable image (DALI: Failed to decode sample #1 : {bad}). "
+        + scan_hint(str(image_folder), train=train)
+    )
+    assert f"python -m dali_cutmix.scan {image_folder} --out DIR" in str(explained)
+    assert f"--{'train' if train else 'val'}-list DIR/files.txt" in str(explained)
+
+
+def test_decode_error_of_a_file_list_names_the_dataset_folder(
+    image_folder: Path, tmp_path: Path
+) -> None:
+    # The list is not a folder to scan: the hint names the folder its classes share.
+    images = list_image_folder(image_folder)
+    listed = tmp_path / "lists" / "files.txt"
+    listed.parent.mkdir()
+    listed.write_text("".join(f"{p} {label}\n" for p, label in zip(images.paths, images.labels)))
+    from_list = read_file_list(listed)
+    explained = explain_decode_error(
+        RuntimeError(DALI_DECODE_ERROR.format(path=images.paths[0])), from_list
+    )
+    assert str(explained).endswith(scan_hint(str(image_folder), train=True))
+
+
+def test_errors_not_about_a_file_are_left_alone(image_folder: Path) -> None:
+    err = RuntimeError("CUDA error: out of memory")
+    assert explain_decode_error(err, list_image_folder(image_folder)) is err

@@ -12,7 +12,7 @@ from PIL import Image
 
 from dali_cutmix import synthetic
 from dali_cutmix.synthetic import SyntheticSpec, dataset_stats, generate, image_size, render_image
-from tests.conftest import build_image_folder
+from tests.conftest import build_image_folder, run_command, user_error_line
 
 TINY = SyntheticSpec(num_classes=3, train_per_class=3, val_per_class=2, seed=7, size_scale=0.2)
 
@@ -154,22 +154,51 @@ def test_bad_spec(field: str, value, message: str) -> None:
 
 
 def test_cli(tmp_path: Path, capsys) -> None:
-    synthetic.main(
-        [
-            str(tmp_path / "ds"),
-            "--classes",
-            "2",
-            "--train-per-class",
-            "1",
-            "--val-per-class",
-            "1",
-            "--size-scale",
-            "0.2",
-            "--workers",
-            "1",
-            "--no-progress",
-        ]
+    assert (
+        synthetic.main(
+            [
+                str(tmp_path / "ds"),
+                "--classes",
+                "2",
+                "--train-per-class",
+                "1",
+                "--val-per-class",
+                "1",
+                "--size-scale",
+                "0.2",
+                "--workers",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
     )
     assert "4 images in 2 classes" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        synthetic.main([str(tmp_path / "bad"), "--classes", "0"])
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["--train-per-class", "0"],
+            "--train-per-class and --val-per-class must be >= 1, got 0 and 20",
+        ),
+        (["--size-scale", "9"], "--size-scale must be in (0, 4], got 9.0"),
+        (["--workers", "0"], "--workers must be >= 1, got 0"),
+    ],
+)
+def test_bad_values_name_the_flag(tmp_path: Path, capsys, args: list[str], line: str) -> None:
+    with pytest.raises(SystemExit) as caught:
+        synthetic.main([str(tmp_path / "bad"), *args, "--no-progress"])
+    assert caught.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"python -m dali_cutmix.synthetic: error: {line}"
+    )
+    assert not (tmp_path / "bad").exists()
+
+
+def test_command_line_ends_a_bad_value_with_one_line(tmp_path: Path) -> None:
+    done = run_command("dali_cutmix.synthetic", tmp_path / "bad", "--classes", "0")
+    assert user_error_line(done) == (
+        "python -m dali_cutmix.synthetic: error: --classes must be >= 1, got 0"
+    )
