@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dali_cutmix.cli import exit_on_user_error, positive_int
 from dali_cutmix.config import MixConfig
 from dali_cutmix.synthetic import SyntheticSpec, generate
 from pipelines.imagenet import make_loader
@@ -128,9 +129,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         prog="python -m pipelines.soak",
         description="Host memory over many epochs and resumes of the DALI training loader.",
     )
-    parser.add_argument("--epochs", type=int, default=30, help="epochs to run")
-    parser.add_argument("--resumes", type=int, default=20, help="stop-and-resume cycles after")
-    parser.add_argument("--threads", type=int, default=2, help="DALI CPU threads")
+    parser.add_argument("--epochs", type=positive_int, default=30, help="epochs to run")
+    parser.add_argument(
+        "--resumes", type=positive_int, default=20, help="stop-and-resume cycles after"
+    )
+    parser.add_argument("--threads", type=positive_int, default=2, help="DALI CPU threads")
     parser.add_argument(
         "--cache-dir",
         type=Path,
@@ -143,12 +146,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    args = get_args_parser().parse_args(argv)
-    for name in ("epochs", "resumes", "threads"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"--{name} must be >= 1, got {getattr(args, name)}")
-    root = generate(args.cache_dir / "soak-embedded", SPEC) / "train"
-    report = soak(root, epochs=args.epochs, resumes=args.resumes, threads=args.threads)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    with exit_on_user_error(parser):
+        root = generate(args.cache_dir / "soak-embedded", SPEC) / "train"
+        report = soak(root, epochs=args.epochs, resumes=args.resumes, threads=args.threads)
     given = sys.argv[1:] if argv is None else list(argv)
     report["command"] = " ".join(["python -m pipelines.soak", *given])
     text = json.dumps(report, indent=2)
