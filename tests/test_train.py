@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,11 +21,14 @@ from pathlib import Path
 import pytest
 import torch
 
+import train.__main__
 import train.config
 import train.engine
 from dali_cutmix import synthetic
+from dali_cutmix.scan import main as scan_main
 from dali_cutmix.synthetic import SyntheticSpec, generate
-from train.__main__ import _set_up, main, run
+from train.__main__ import Outcome, _set_up, main, run
+from train.checkpoint import save_checkpoint
 from train.config import Device, TrainConfig, parse_config
 from train.data import build_loaders
 from train.utils import DistInfo
@@ -36,31 +42,47 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate(tmp_path_factory.mktemp("data") / "tiny", TINY, workers=1, progress=False)
 
 
-def _config(root: Path, out: Path, *extra: str) -> TrainConfig:
+@pytest.fixture(scope="module")
+def bad_tiny(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny`` with one training file that is not an image: the 2nd batch of epoch 1 has it
+    with both loaders (seed 0), so the 1st step is done when it fails."""
+    root = tmp_path_factory.mktemp("data") / "bad"
+    shutil.copytree(tiny, root)
+    (root / "train" / "s0000" / "s0000_00004.JPEG").write_bytes(b"not a JPEG")
+    return root
+
+
+def _argv(root: Path, out: Path, *extra: str) -> list[str]:
     """3 classes, 24 training images in 3 batches of 8, 9 validation images."""
-    return parse_config(
-        [
-            "--data",
-            str(root),
-            "--device",
-            "cpu",
-            "--arch",
-            "resnet18",
-            "--crop-size",
-            "32",
-            "-b",
-            "8",
-            "--epochs",
-            "2",
-            "-j",
-            "1",
-            "--output-dir",
-            str(out),
-            "--print-freq",
-            "1",
-            *extra,
-        ]
-    )
+    return [
+        "--data",
+        str(root),
+        "--device",
+        "cpu",
+        "--arch",
+        "resnet18",
+        "--crop-size",
+        "32",
+        "-b",
+        "8",
+        "--epochs",
+        "2",
+        "-j",
+        "1",
+        "--output-dir",
+        str(out),
+        "--print-freq",
+        "1",
+        *extra,
+    ]
+
+
+def _config(root: Path, out: Path, *extra: str) -> TrainConfig:
+    return parse_config(_argv(root, out, *extra))
+
+
+def _logged(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "train"]
 
 
 def _records(out: Path) -> list[dict]:
@@ -113,18 +135,12 @@ def test_resumed_run_equals_uninterrupted_run(tiny: Path, tmp_path: Path, loader
     state = torch.load(parts / "checkpoint.pth", weights_only=True)
     assert (state["epoch"], state["step"]) == (1, 1)  # stopped inside the second epoch
     assert not torch.equal(state["model"]["fc.weight"], _weights(whole)["fc.weight"])
+    checkpoint = str(parts / "checkpoint.pth")
     with pytest.raises(SystemExit):  # other settings would not continue the same run
-        _config(
-            tiny,
-            parts,
-            "--loader",
-            loader,
-            "--resume",
-            str(parts / "checkpoint.pth"),
-            "--mixup-alpha",
-            "0.3",
-        )
-    run(_config(tiny, parts, "--loader", loader, "--resume", str(parts / "checkpoint.pth")))
+        parse_config(["--resume", checkpoint, "--mixup-alpha", "0.3"])
+    resumed = parse_config(["--resume", checkpoint])  # the checkpoint holds the configuration
+    assert resumed.stop_after_steps is None and resumed.data.loader.value == loader
+    assert run(resumed).outcome is Outcome.FINISHED
     a, b = _weights(whole), _weights(parts)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "weights differ after resuming"
@@ -155,15 +171,17 @@ def test_ctrl_c_stops_after_the_step_and_checkpoints(
 
     monkeypatch.setattr(train.engine, "correct_topk", interrupt_on_second_step)
     before = signal.getsignal(signal.SIGINT)  # SIG_IGN where the suite runs in the background
-    records = run(_config(tiny, tmp_path, "--loader", "torchvision", "--cutmix-alpha", "0"))
-    assert records == []  # no epoch completed
+    result = run(_config(tiny, tmp_path, "--loader", "torchvision", "--cutmix-alpha", "0"))
+    assert (result.records, result.outcome) == ([], Outcome.STOPPED)  # no epoch completed
     state = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
     assert (state["epoch"], state["step"]) == (0, 2)
     assert signal.getsignal(signal.SIGINT) is before  # handler restored
 
 
 def test_full_run_writes_metrics_config_plot_and_checkpoint(tiny: Path, tmp_path: Path) -> None:
-    records = run(_config(tiny, tmp_path, "--lr-schedule", "step", "--lr-step-size", "1"))
+    result = run(_config(tiny, tmp_path, "--lr-schedule", "step", "--lr-step-size", "1"))
+    records = result.records
+    assert result.outcome is Outcome.FINISHED
     assert [r["epoch"] for r in records] == [0, 1] and records == _records(tmp_path)
     for record in records:
         assert record["val_images"] == 9  # every validation image exactly once
@@ -179,7 +197,7 @@ def test_default_main_job_on_a_tiny_embedded_dataset(tmp_path: Path, monkeypatch
     monkeypatch.setattr(train.config, "EMBEDDED_SPEC", TINY)
     monkeypatch.setenv("DALI_CUTMIX_CACHE", str(tmp_path / "cache"))
     argv = ["--epochs", "1", "-b", "8", "--output-dir", str(tmp_path / "run")]
-    main(argv)
+    assert main(argv) == 0
     (dataset,) = (tmp_path / "cache").iterdir()
     assert synthetic.is_complete(dataset, TINY)
     (record,) = _records(tmp_path / "run")
@@ -192,7 +210,7 @@ def test_default_main_job_on_a_tiny_embedded_dataset(tmp_path: Path, monkeypatch
         raise AssertionError("the cached embedded dataset was generated again")
 
     monkeypatch.setattr(synthetic, "_write_all", fail)
-    main([*argv[:-1], str(tmp_path / "again"), "--stop-after-steps", "1"])
+    assert main([*argv[:-1], str(tmp_path / "again"), "--stop-after-steps", "1"]) == 3
 
 
 @pytest.mark.slow
@@ -236,3 +254,225 @@ def test_two_process_gloo_ddp(tiny: Path, tmp_path: Path, loader: str) -> None:
     assert record["train_images"] == 24 and record["val_images"] == 9
     state = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
     assert len(state["loader"]) == 2  # one loader state per rank
+
+
+# ----------------------------------------------------------------------------- stops and errors
+
+
+def test_a_stop_exits_3_and_resume_alone_finishes_then_has_nothing_to_do(
+    tiny: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="train")
+    checkpoint = tmp_path / "checkpoint.pth"
+    assert main(_argv(tiny, tmp_path, "--stop-after-steps", "1")) == 3
+    assert _logged(caplog)[-1] == (
+        f"stopped at epoch 1, step 1 of 3; continue with: python -m train --resume {checkpoint}"
+    )
+    caplog.clear()
+    assert main(["--resume", str(checkpoint)]) == 0
+    assert _logged(caplog)[-1].startswith("finished 2 epochs in ")
+    assert [r["train_images"] for r in _records(tmp_path)] == [24, 24]
+    caplog.clear()
+    assert main(["--resume", str(checkpoint)]) == 0
+    assert _logged(caplog) == [
+        f"{checkpoint} already trained 2 of 2 epochs; nothing to do; give --epochs M > 2 to "
+        f"train on (python -m train --resume {checkpoint} --epochs M)"
+    ]
+    assert main(["--resume", str(checkpoint), "--epochs", "3"]) == 0  # one more epoch
+    assert [r["train_images"] for r in _records(tmp_path)] == [24, 24, 24]
+    state = torch.load(checkpoint, weights_only=True)
+    assert (state["epoch"], state["scheduler"]["last_epoch"], state["config"]["epochs"]) == (
+        3,
+        9,
+        3,
+    )
+
+
+@pytest.mark.parametrize("loader", ["dali", "torchvision"])
+def test_a_bad_file_keeps_the_steps_done_and_the_printed_commands_continue(
+    bad_tiny: Path, tmp_path: Path, loader: str, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "run"
+    assert main(_argv(bad_tiny, out, "--loader", loader)) == 4
+    line = capsys.readouterr().err.splitlines()[-1]
+    bad, scan_dir = bad_tiny / "train" / "s0000" / "s0000_00004.JPEG", out / "scan-train"
+    scan = f"python -m dali_cutmix.scan {bad_tiny / 'train'} --out {scan_dir}"
+    resume = (
+        f"python -m train --resume {out / 'checkpoint.pth'} --train-list {scan_dir / 'files.txt'}"
+    )
+    assert line.startswith(f"python -m train: error: '{bad}' is not a decodable image (")
+    assert line.endswith(f". Find every bad file with: {scan}; then continue with: {resume}")
+    state = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert (state["epoch"], state["step"], state["scheduler"]["last_epoch"]) == (0, 1, 1)
+    assert state["meter"][0][1] == 8.0 and state["optimizer"]["state"]  # the step done is kept
+    if loader == "dali":  # a failed DALI pipeline gives no state: the position is saved
+        assert state["loader"] == [None]
+    assert scan_main(shlex.split(scan)[3:]) == 1  # it found the bad file
+    assert main(shlex.split(resume)[3:]) == 0
+    # The 23 good files make 2 batches: epoch 1 continues with its 2nd, epoch 2 has both.
+    assert [r["train_images"] for r in _records(out)] == [16, 16]
+    final = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert (final["epoch"], final["step"], final["scheduler"]["last_epoch"]) == (2, 0, 4)
+    saved = json.loads((out / "config.json").read_text())["data"]
+    assert saved["train_list"] == str(scan_dir / "files.txt") and saved["val_list"] is None
+
+
+def test_a_bad_validation_file_keeps_the_trained_epoch_for_a_resume_with_a_val_list(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    root, out = tmp_path / "data", tmp_path / "run"
+    shutil.copytree(tiny, root)
+    (root / "val" / "s0001" / "s0001_00000.JPEG").write_bytes(b"not a JPEG")
+    argv = _argv(root, out, "--loader", "torchvision", "--epochs", "1")
+    assert main(argv) == 4  # found by the evaluation, after the epoch's 3 steps
+    checkpoint, files = out / "checkpoint.pth", out / "scan-val" / "files.txt"
+    assert (
+        capsys.readouterr()
+        .err.splitlines()[-1]
+        .endswith(f"then continue with: python -m train --resume {checkpoint} --val-list {files}")
+    )
+    state = torch.load(checkpoint, weights_only=True)
+    assert (state["epoch"], state["step"], state["scheduler"]["last_epoch"]) == (0, 3, 3)
+    good = sorted(p.relative_to(root / "val") for p in (root / "val").rglob("*.JPEG"))
+    listed = [
+        f"{path} {int(path.parts[0][1:])}" for path in good if path.name != "s0001_00000.JPEG"
+    ]
+    files.parent.mkdir()
+    files.write_text("\n".join(listed) + "\n")  # paths relative to DATA/val
+    assert main(["--resume", str(checkpoint), "--val-list", str(files)]) == 0
+    (record,) = _records(out)  # the epoch is evaluated, not trained again
+    assert (record["train_images"], record["val_images"]) == (24, 8)
+
+
+class _FailingLoader:
+    """A loader whose ``at``-th batch of its first epoch raises instead (a disk going away)."""
+
+    def __init__(self, loader, at: int) -> None:
+        self.loader, self.at = loader, at
+        self.num_classes, self.dataset_size = loader.num_classes, loader.dataset_size
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for index, batch in enumerate(self.loader):
+            if index == self.at:
+                raise RuntimeError("the disk went away")
+            yield batch
+
+    def state_dict(self):
+        return self.loader.state_dict()
+
+
+def test_any_loader_error_checkpoints_first_and_the_resume_by_position_is_exact(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    flags = ["--loader", "torchvision", "--epochs", "1"]
+    run(_config(tiny, tmp_path / "whole", *flags))
+    build = train.__main__.build_loaders
+
+    def failing_train_loader(*args):
+        train_loader, val_loader = build(*args)
+        return _FailingLoader(train_loader, at=2), val_loader
+
+    monkeypatch.setattr(train.__main__, "build_loaders", failing_train_loader)
+    out = tmp_path / "failed"
+    with pytest.raises(RuntimeError, match="the disk went away"):  # not the user's: traceback
+        run(_config(tiny, out, *flags))
+    checkpoint = out / "checkpoint.pth"
+    assert _logged(caplog)[-1] == (
+        "the train loader failed at epoch 1, step 2 of 3; the checkpoint holds every step done; "
+        f"once the cause is fixed, continue with: python -m train --resume {checkpoint}"
+    )
+    state = torch.load(checkpoint, weights_only=True)
+    assert (state["epoch"], state["step"], state["scheduler"]["last_epoch"]) == (0, 2, 2)
+    monkeypatch.undo()
+    save_checkpoint({**state, "loader": [None]}, checkpoint)  # the position alone
+    assert run(parse_config(["--resume", str(checkpoint)])).outcome is Outcome.FINISHED
+    a, b = _weights(tmp_path / "whole"), _weights(out)
+    assert all(torch.equal(a[k], b[k]) for k in a), "the resumed run differs"
+
+
+def _cli_case(case: str, tiny: Path, bad_tiny: Path, tmp_path: Path) -> tuple[list[str], int, str]:
+    """(argv, exit status, the last line of stderr or, for a library's message, its start)."""
+    out = tmp_path / "run"
+    if case == "bad value":
+        message = "--mix-prob must be in [0.0, 1.0], got 2.0"
+        return _argv(tiny, out, "--mix-prob", "2"), 2, message
+    if case == "missing folder":
+        missing = tmp_path / "nowhere"
+        message = f"--data {missing}: no train/ folder (expected {missing / 'train'})"
+        return _argv(missing, out), 2, message
+    if case == "empty class folder":
+        root = tmp_path / "data"
+        shutil.copytree(tiny, root)
+        for image in (root / "train" / "s0001").iterdir():
+            image.unlink()
+        message = f"class folder '{root / 'train' / 's0001'}' holds no image"
+        return _argv(root, out), 2, message
+    if case == "undecodable image":
+        bad = bad_tiny / "train" / "s0000" / "s0000_00004.JPEG"
+        return _argv(bad_tiny, out), 4, f"'{bad}' is not a decodable image ("
+    two_ranks = _config(tiny, out)  # "rank mismatch": a checkpoint of 2 ranks, mid-epoch
+    path = save_checkpoint(
+        {
+            **dict.fromkeys(("model", "optimizer", "scheduler"), {}),
+            **{"epoch": 0, "step": 1, "loader": [None, None], "world_size": 2},
+            "config": two_ranks.to_dict(),
+        },
+        out / "checkpoint.pth",
+    )
+    message = (
+        f"--resume {path} stopped mid-epoch (epoch 1, step 1) on 2 ranks and this run has 1; "
+        f"resume it with the same number: torchrun --nproc_per_node 2 -m train --resume {path}"
+    )
+    return ["--resume", str(path)], 2, message
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["bad value", "missing folder", "empty class folder", "undecodable image", "rank mismatch"],
+)
+def test_user_errors_end_python_m_train_with_one_line_and_no_traceback(
+    tiny: Path, bad_tiny: Path, tmp_path: Path, case: str
+) -> None:
+    argv, status, message = _cli_case(case, tiny, bad_tiny, tmp_path)
+    command = [sys.executable, "-m", "train", *argv]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == status, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    last = done.stderr.splitlines()[-1]
+    if case in ("bad value", "missing folder", "rank mismatch"):
+        assert last == f"python -m train: error: {message}"
+    else:  # the library's message, which goes on with its advice
+        assert last.startswith(f"python -m train: error: {message}")
+
+
+@pytest.mark.slow
+def test_two_process_stop_is_reported_by_rank_0_and_resumes_on_two_ranks(
+    tiny: Path, tmp_path: Path
+) -> None:
+    """torchrun stops all ranks at the first non-zero status: rank 0 alone reports the stop."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    torchrun += ["--nproc_per_node", "2", "-m", "train"]
+    argv = [*_argv(tiny, tmp_path, "--epochs", "1", "--stop-after-steps", "2"), "-b", "4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [*torchrun, *argv], cwd=REPO, env=env, capture_output=True, text=True, timeout=240
+    )
+    checkpoint = tmp_path / "checkpoint.pth"
+    assert done.returncode == 1, done.stderr[-3000:]  # torchrun's status for a rank's non-zero
+    assert "exitcode  : 3 (pid" in done.stderr and "exitcode  : -15" not in done.stderr
+    assert (
+        "train: stopped at epoch 1, step 2 of 3; continue with: torchrun --nproc_per_node 2 -m "
+        f"train --resume {checkpoint}\n"
+    ) in done.stderr
+    state = torch.load(checkpoint, weights_only=True)
+    assert (state["epoch"], state["step"], state["world_size"]) == (0, 2, 2)
+    resume = [*torchrun, "--resume", str(checkpoint)]
+    done = subprocess.run(resume, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (record,) = _records(tmp_path)
+    assert record["train_images"] == 24  # each rank's sums of the stopped part were kept

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -12,15 +13,20 @@ import torch
 import train.config
 from dali_cutmix.config import MixMode
 from train.__main__ import lr_factor
-from train.checkpoint import check_resumable, load_checkpoint, save_checkpoint
+from train.checkpoint import save_checkpoint
 from train.config import (
     EMBEDDED_SPEC,
+    FLAGS,
+    RESUME_MAY_CHANGE,
     Device,
     LoaderKind,
     Precision,
     Schedule,
+    TrainConfig,
     default_workers,
+    get_args_parser,
     parse_config,
+    resume_changes,
 )
 from train.data import build_criterion
 from train.utils import DistInfo, SumMeter, correct_topk
@@ -143,34 +149,77 @@ def test_resolved_config_is_plain_json(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--cutmix-alpha", "-1"], "cutmix_alpha must be in"),
-        (["--mix-prob", "1.5"], "prob must be in"),
-        (["--switch-prob", "-0.1"], "switch_prob must be in"),
-        (["--label-smoothing", "1"], "label_smoothing must be in"),
-        (["--cutmix-minmax", "0.8", "0.2"], "min <= max"),
-        (["--epochs", "0"], "epochs must be > 0"),
-        (["--batch-size", "0"], "batch_size must be an int >= 1"),
-        (["--crop-size", "300", "--resize-size", "256"], "resize_size (256) must be >= crop_size"),
-        (["--lr", "0"], "lr must be > 0"),
-        (["--momentum", "0"], "Nesterov needs momentum > 0"),
-        (["--warmup-epochs", "7"], "warmup_epochs (7.0) must be <= epochs (6)"),
-        (["--loader", "torchvision", "--mix-mode", "elem"], "mixes per batch only"),
+        (["--cutmix-alpha", "-1"], "--cutmix-alpha must be in [0.0, inf], got -1.0"),
+        (["--mix-prob", "1.5"], "--mix-prob must be in [0.0, 1.0], got 1.5"),
+        (["--mix-p", "2"], "--mix-prob must be in [0.0, 1.0], got 2.0"),  # argparse's prefix
+        (["--switch-prob", "-0.1"], "--switch-prob must be in [0.0, 1.0], got -0.1"),
+        (["--label-smoothing", "1"], "--label-smoothing must be in [0.0, 1.0), got 1.0"),
+        (["--smoothing", "1"], "--smoothing must be in [0.0, 1.0), got 1.0"),  # as typed
+        (["--cutmix-minmax", "0.8", "0.2"], "--cutmix-minmax must have min <= max, got (0.8, 0.2)"),
+        (["--epochs", "0"], "--epochs must be > 0, got 0"),
+        (["--batch-size", "0"], "--batch-size must be an int >= 1, got 0"),
+        (["-b", "0"], "-b must be an int >= 1, got 0"),
+        (["-j", "0"], "-j must be an int >= 1, got 0"),
+        (
+            ["--crop-size", "300", "--resize-size", "256"],
+            "--resize-size (256) must be >= --crop-size (300)",
+        ),
+        (["--lr", "0"], "--lr must be > 0, got 0.0"),
+        (["--wd", "-1"], "--wd must be >= 0, got -1.0"),
+        (["--weight-decay", "-1"], "--weight-decay must be >= 0, got -1.0"),
+        (["--lr-step-size", "0"], "--lr-step-size must be > 0, got 0"),
+        (["--lr-gamma", "2"], "--lr-gamma must be in (0, 1], got 2.0"),
+        (["--momentum", "0"], "Nesterov needs momentum > 0; pass --no-nesterov or --momentum"),
+        (["--warmup-epochs", "7"], "--warmup-epochs (7.0) must be <= --epochs (6)"),
+        (["--print-freq", "0"], "--print-freq must be > 0, got 0"),
+        (["--stop-after-steps", "0"], "--stop-after-steps must be > 0, got 0"),
+        (["--seed", "-1"], "--seed must be >= 0, got -1"),
+        (
+            ["--loader", "torchvision", "--mix-mode", "elem"],
+            "--loader torchvision mixes per batch only (torchvision.transforms.v2.CutMix); "
+            "--mix-mode elem needs --loader dali",
+        ),
         (
             ["--loader", "torchvision", "--mix-mode", "batch", "--cutmix-minmax", "0.2", "0.5"],
-            "--cutmix-minmax needs --loader dali",
+            "--cutmix-minmax needs --loader dali (torchvision's CutMix has no minmax)",
         ),
-        (["--amp", "fp16"], "--amp fp16 needs a GPU"),
-        (["--arch", "vgg16"], "invalid choice: 'vgg16'"),
-        (["--mix-mode", "row"], "invalid choice: 'row'"),
-        (["--resume", "/nonexistent/checkpoint.pth"], "no such checkpoint file"),
-        (["--data", "/nonexistent/imagenet"], "no train/ folder"),
+        (["--amp", "fp16"], "--amp fp16 needs a GPU (it uses a GradScaler); use bf16 or off"),
+        (
+            ["--resume", "/nonexistent/checkpoint.pth"],
+            "--resume /nonexistent/checkpoint.pth: no such checkpoint file",
+        ),
+        (
+            ["--data", "/nonexistent/imagenet"],
+            "--data /nonexistent/imagenet: no train/ folder (expected /nonexistent/imagenet/train)",
+        ),
+        (
+            ["--train-list", "/nonexistent/files.txt"],
+            "--train-list /nonexistent/files.txt: no such file",
+        ),
     ],
 )
-def test_bad_flags_fail_at_start(argv: list[str], message: str, capsys) -> None:
+def test_bad_flags_fail_at_start_with_one_line_naming_the_flag(
+    argv: list[str], message: str, capsys
+) -> None:
     with pytest.raises(SystemExit) as exit_info:
         parse_config(["--device", "cpu", *argv])
     assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+    assert capsys.readouterr().err == f"python -m train: error: {message}\n"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--arch", "vgg16"], "argument --arch: invalid choice: 'vgg16'"),
+        (["--mix-mode", "row"], "argument --mix-mode: invalid choice: 'row'"),
+    ],
+)
+def test_argparse_errors_keep_argparse_usage(argv: list[str], message: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(["--device", "cpu", *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: python -m train") and message in err.splitlines()[-1]
 
 
 def test_mismatched_class_folders_fail_at_start(tmp_path: Path, capsys) -> None:
@@ -240,34 +289,185 @@ def test_sum_meter_weights_by_batch_size() -> None:
     assert summary["acc1"] == pytest.approx(50.0) and summary["acc5"] == pytest.approx(500 / 6)
 
 
-def test_checkpoint_round_trip_is_atomic_and_safe(tmp_path: Path) -> None:
-    state = {
-        "model": {"w": torch.arange(3.0)},
-        "optimizer": {},
-        "scheduler": {"last_epoch": 3},
-        "epoch": 1,
-        "step": 2,
-        "loader": [{"dali_checkpoint": "abc"}],
-        "meter": None,
-    }
-    path = save_checkpoint(state, tmp_path / "checkpoint.pth")
-    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth"]
-    loaded = load_checkpoint(path)
-    assert torch.equal(loaded["model"]["w"], state["model"]["w"])
-    assert loaded["loader"] == state["loader"] and loaded["step"] == 2
-    torch.save({"model": Path("x")}, tmp_path / "evil.pth")  # arbitrary pickled objects
-    with pytest.raises(Exception, match="[Ww]eights only"):
-        load_checkpoint(tmp_path / "evil.pth")
-    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pth")
-    with pytest.raises(ValueError, match="not a training checkpoint"):
-        load_checkpoint(tmp_path / "other.pth")
-
-
 def test_resuming_refuses_changed_settings_but_not_harmless_ones() -> None:
     saved = parse_config(["--device", "cpu"]).to_dict()
-    check_resumable(saved, {**saved, "print_freq": 50, "output_dir": "elsewhere"})
+    more = {**saved, "print_freq": 50, "output_dir": "elsewhere", "epochs": 9}
+    assert resume_changes(saved, more, {}) == []
     changed = {**saved, "arch": "resnet50", "mix": {**saved["mix"], "mixup_alpha": 0.2}}
-    with pytest.raises(ValueError, match="arch: 'resnet18' in the checkpoint, 'resnet50' now"):
-        check_resumable(saved, changed)
-    with pytest.raises(ValueError, match="mix.mixup_alpha: 0.0 in the checkpoint, 0.2 now"):
-        check_resumable(saved, changed)
+    assert resume_changes(saved, changed, {"mixup_alpha": "--mixup-alpha"}) == [
+        "arch is resnet18 in the checkpoint but resnet50 here",
+        "--mixup-alpha 0.2 differs from the checkpoint's 0.0",
+    ]
+    assert resume_changes(saved, {**saved, "epochs": 5}, {"epochs": "--epochs"}) == [
+        "--epochs 5 is fewer than the checkpoint's 6"
+    ]
+    no_nesterov = {**saved, "optim": {**saved["optim"], "nesterov": False}}
+    assert resume_changes(saved, no_nesterov, {"nesterov": "--no-nesterov"}) == [
+        "--no-nesterov differs from the checkpoint's --nesterov"
+    ]
+
+
+def test_every_flag_names_one_configuration_field() -> None:
+    """FLAGS is the one map between fields and flags: errors and --resume rely on it."""
+    dests = {a.dest for a in get_args_parser()._actions if a.dest != "help"}
+    assert {dest for dest, _ in FLAGS.values()} == dests
+    fields = set(_flat(parse_config(["--device", "cpu"]).to_dict()))
+    derived = {f for f in fields if f.startswith(("data.classes", "data.embedded."))}
+    assert set(FLAGS) == fields - derived - {"mix.num_classes"}  # set by the dataset
+    assert RESUME_MAY_CHANGE.issubset(FLAGS)
+
+
+def test_help_documents_the_exit_statuses_and_resuming() -> None:
+    text = get_args_parser().format_help()
+    assert "\nexit status:\n  0    trained to the last epoch" in text
+    assert "\n  3    stopped by Ctrl-C, SIGTERM or --stop-after-steps;" in text
+    assert "\nresuming:\n  --resume RUN/checkpoint.pth alone continues a run" in text
+
+
+def _flat(data: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat |= _flat(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _checkpoint(path: Path, config: TrainConfig, *, step: int = 0, ranks: int = 1) -> Path:
+    """A checkpoint file of ``config`` stopped at ``step`` of epoch 1 (no weights needed)."""
+    state = {
+        "model": {},
+        "optimizer": {},
+        "scheduler": {},
+        "epoch": 0,
+        "step": step,
+        "loader": [None] * ranks,
+        "world_size": ranks,
+        "config": config.to_dict(),
+    }
+    return save_checkpoint(state, path)
+
+
+@pytest.fixture
+def resumable(tmp_path: Path) -> tuple[TrainConfig, Path]:
+    """A run's configuration with non-default flags, and its checkpoint."""
+    root = _folder(tmp_path / "data", ["a", "b"], ["a", "b"])
+    original = parse_config(
+        [
+            "--data",
+            str(root),
+            "--device",
+            "cpu",
+            "--lr",
+            "0.3",
+            "--epochs",
+            "7",
+            "--mixup-alpha",
+            "0.2",
+            "--no-nesterov",
+            "--stop-after-steps",
+            "4",
+            "-j",
+            "2",
+            "--output-dir",
+            str(tmp_path / "run"),
+        ]
+    )
+    return original, _checkpoint(tmp_path / "run" / "checkpoint.pth", original, step=2)
+
+
+def test_resume_alone_takes_the_configuration_from_the_checkpoint(resumable) -> None:
+    original, path = resumable
+    resumed = parse_config(["--resume", str(path)])
+    # --stop-after-steps is not inherited: the continued run goes on to the end.
+    assert resumed == dataclasses.replace(original, resume=path, stop_after_steps=None)
+    again = ["--lr", "0.3", "--no-nesterov", "--mixup-alpha", "0.2", "--data"]  # as before
+    assert parse_config(["--resume", str(path), *again, str(original.data.root)]) == resumed
+
+
+def test_resume_takes_the_flags_that_may_change(resumable, tmp_path: Path) -> None:
+    original, path = resumable
+    files = tmp_path / "scan" / "files.txt"
+    files.parent.mkdir()
+    files.write_text("a/x.JPEG 0\n")
+    argv = ["--resume", str(path), "--epochs", "9", "-j", "3", "--print-freq", "5"]
+    argv += ["--stop-after-steps", "2", "--train-list", str(files), "--val-list", str(files)]
+    argv += ["--output-dir", str(tmp_path / "more"), "--deterministic", "--cache-dir", "c"]
+    data = dataclasses.replace(
+        original.data, workers=3, train_list=files, val_list=files, cache_dir=Path("c")
+    )
+    assert parse_config(argv) == dataclasses.replace(
+        original,
+        data=data,
+        epochs=9,
+        print_freq=5,
+        stop_after_steps=2,
+        deterministic=True,
+        resume=path,
+        output_dir=tmp_path / "more",
+    )
+
+
+@pytest.mark.parametrize(
+    "argv, reasons",
+    [
+        (["--lr", "0.2"], "--lr 0.2 differs from the checkpoint's 0.3"),
+        (["--epochs", "5"], "--epochs 5 is fewer than the checkpoint's 7"),
+        (["--nesterov"], "--nesterov differs from the checkpoint's --no-nesterov"),
+        (
+            ["--arch", "resnet18", "-b", "64"],
+            "--arch resnet18 differs from the checkpoint's resnet50; "
+            "-b 64 differs from the checkpoint's 256",
+        ),
+        (["--mix-p", "0.5"], "--mix-prob 0.5 differs from the checkpoint's 1.0"),
+    ],
+)
+def test_resume_refuses_other_changes_in_one_line_naming_the_typed_flags(
+    resumable, argv: list[str], reasons: str, capsys
+) -> None:
+    _, path = resumable
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(["--resume", str(path), *argv])
+    assert exit_info.value.code == 2
+    may_change = (
+        "on resume only --epochs (upward), --train-list, --val-list, -j/--workers, "
+        "--print-freq, --output-dir, --stop-after-steps, --cache-dir and --deterministic may "
+        "change"
+    )
+    assert capsys.readouterr().err == f"python -m train: error: {path}: {reasons}; {may_change}\n"
+
+
+def test_a_mid_epoch_checkpoint_of_2_ranks_asks_for_2_ranks_at_once(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    root = _folder(tmp_path / "data", ["a", "b"], ["a", "b"])
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as under torchrun --nproc_per_node 2
+    two_ranks = parse_config(["--data", str(root), "--device", "cpu"])
+    assert two_ranks.optim.lr == 0.2  # 0.1 x 2 ranks x 256 / 256: 1 rank's default differs
+    path = _checkpoint(tmp_path / "mid" / "checkpoint.pth", two_ranks, step=3, ranks=2)
+    monkeypatch.delenv("WORLD_SIZE")
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(["--resume", str(path)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        f"python -m train: error: --resume {path} stopped mid-epoch (epoch 1, step 3) on 2 "
+        f"ranks and this run has 1; resume it with the same number: torchrun --nproc_per_node "
+        f"2 -m train --resume {path}\n"
+    )
+    # Between epochs the number of ranks may change (the schedule follows the new one).
+    at_start = _checkpoint(tmp_path / "start" / "checkpoint.pth", two_ranks, step=0, ranks=2)
+    assert parse_config(["--resume", str(at_start)]).optim.lr == 0.2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
+def test_resuming_a_gpu_run_without_cuda_says_so(resumable, tmp_path: Path, capsys) -> None:
+    original, _ = resumable
+    gpu = dataclasses.replace(original, device=Device.GPU)
+    path = _checkpoint(tmp_path / "gpu" / "checkpoint.pth", gpu)
+    with pytest.raises(SystemExit):
+        parse_config(["--resume", str(path)])
+    assert capsys.readouterr().err == (
+        f"python -m train: error: --resume {path}: the run trained on the GPU and CUDA is not "
+        "available here; resume it on a machine with a GPU\n"
+    )

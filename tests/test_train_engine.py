@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from train.engine import StepOptions, evaluate, train_one_epoch
+from train.engine import LoaderError, StepOptions, evaluate, train_one_epoch
 from train.utils import DistInfo, StopFlag
 
 CPU = torch.device("cpu")
@@ -74,3 +74,50 @@ def test_autocast_and_grad_scaler_steps_on_nhwc_batches(dtype: torch.dtype) -> N
         assert scaler.get_scale() == 16.0  # no step was skipped for an overflow
     summary = evaluate(model, batches, options=options, info=DistInfo(), epoch=0)
     assert summary["samples"] == 12.0 and math.isfinite(summary["loss"])
+
+
+def _batches_then(error: Exception, count: int):
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(count):
+        yield torch.randn(4, 3, 8, 8, generator=gen), torch.randint(0, 3, (4,), generator=gen)
+    raise error
+
+
+def _epoch(model: nn.Module, loader):
+    """One epoch of 5 steps resumed at step 1, on the CPU."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return train_one_epoch(
+        model,
+        nn.CrossEntropyLoss(),
+        optimizer,
+        scheduler,
+        loader,
+        epoch=0,
+        start_step=1,
+        num_steps=5,
+        options=StepOptions(device=CPU),
+        scaler=None,
+        info=DistInfo(),
+        stop=StopFlag(),
+        print_freq=1,
+    )
+
+
+def test_a_loader_error_ends_the_epoch_with_the_steps_done_and_a_model_error_propagates() -> None:
+    failure = OSError("the disk went away")
+    result = _epoch(_tiny_model(), _batches_then(failure, 2))
+    assert (result.steps_done, result.stopped, result.images, result.meter[1]) == (3, False, 8, 8.0)
+    assert result.error is failure
+    assert result.error.__traceback__ is not None  # kept for the traceback shown later
+    with pytest.raises(RuntimeError, match="shape"):  # the step's own error is not the loader's
+        _epoch(nn.Linear(5, 3), _batches_then(failure, 2))
+    with pytest.raises(LoaderError, match="the data loader failed: the disk went away") as caught:
+        evaluate(
+            _tiny_model(),
+            _batches_then(failure, 1),
+            options=StepOptions(device=CPU),
+            info=DistInfo(),
+            epoch=0,
+        )
+    assert caught.value.__cause__ is failure

@@ -1,29 +1,55 @@
 """``python -m train``: a torchvision ResNet trained with CutMix mixed inside a DALI pipeline.
 
-Run ``python -m train --help`` for the flags. ``torchrun --nproc_per_node N -m
-train ...`` runs the same on N processes with DDP.
+Run ``python -m train --help`` for the flags, the resume rules and the exit
+statuses (:mod:`train.status`). ``torchrun --nproc_per_node N -m train ...``
+runs the same on N processes with DDP.
+
+Nothing done is lost: a stop (Ctrl-C, SIGTERM, ``--stop-after-steps``) and an
+error of the data loader both write a checkpoint at the last step done first.
+Resuming from a checkpoint whose loader state cannot be used (one written after
+a loader error, or with other training files, e.g. a scan's clean list) keeps
+the model, optimizer and steps done and continues the epoch at the same step:
+the torchvision loader seeks there in its seeded order; the DALI loader starts
+its reader's first shuffle of the current files and drops as many batches as
+the epoch had done, so the epoch keeps its number of steps.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import logging
 import math
 import os
+import sys
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 import torchvision
 from torch import nn
 
+from dali_cutmix.files import DatasetError
 from train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from train.config import Device, Precision, Schedule, TrainConfig, parse_config
-from train.data import Loader, build_criterion, build_loaders, images_are_nhwc, prepare_dataset
-from train.engine import EpochResult, StepOptions, evaluate, train_one_epoch
+from train.config import Device, Precision, Schedule, TrainConfig, check_ranks, parse_config
+from train.data import (
+    Loader,
+    build_criterion,
+    build_loaders,
+    continue_at,
+    data_failure,
+    images_are_nhwc,
+    prepare_dataset,
+    restore_loader,
+)
+from train.engine import EpochResult, LoaderError, StepOptions, evaluate, train_one_epoch
+from train.status import DataFailure, ExitStatus, resume_command
 from train.utils import (
     DistInfo,
     MetricsFile,
+    StopFlag,
     cleanup_distributed,
     init_distributed,
     plot_curves,
@@ -78,15 +104,60 @@ def _gather(obj: Any, info: DistInfo) -> list[Any]:
     return gathered
 
 
+def _of_rank(entries: Any, info: DistInfo) -> Any:
+    """This rank's entry of a per-rank list saved by :meth:`Trainer.save`, or ``None``."""
+    if isinstance(entries, list) and len(entries) == info.world_size:
+        return entries[info.rank]
+    return None
+
+
+def _saved_meter(meter: Any, info: DistInfo) -> list[float] | None:
+    """This rank's sums of the interrupted epoch (older checkpoints saved rank 0's only)."""
+    if isinstance(meter, list) and meter and isinstance(meter[0], (int, float)):
+        return meter
+    return _of_rank(meter, info)
+
+
+class Outcome(str, enum.Enum):
+    """How :func:`run` ended; :data:`EXIT_STATUS` maps it to ``python -m train``'s status."""
+
+    FINISHED = "finished"
+    NOTHING_TO_DO = "nothing to do"
+    STOPPED = "stopped"
+
+
+EXIT_STATUS = {
+    Outcome.FINISHED: ExitStatus.FINISHED,
+    Outcome.NOTHING_TO_DO: ExitStatus.FINISHED,
+    Outcome.STOPPED: ExitStatus.STOPPED,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    """What :func:`run` did: one metrics record per completed epoch (earlier runs' too)."""
+
+    records: list[dict[str, Any]]
+    outcome: Outcome
+
+
+class _LoaderFailed(Exception):
+    """The train or val loader raised ``error``; the checkpoint is written before it goes on."""
+
+    def __init__(self, split: str, error: Exception) -> None:
+        super().__init__(f"the {split} loader failed: {error}")
+        self.split, self.error = split, error
+
+
 class Trainer:
     """Holds the objects of one run; the loops themselves live in ``train.engine``."""
 
     def __init__(self, config: TrainConfig, info: DistInfo) -> None:
         self.config, self.info = config, info
-        root = prepare_dataset(config, info)
+        self.root = prepare_dataset(config, info)
         self.train_loader: Loader
         self.val_loader: Loader
-        self.train_loader, self.val_loader = build_loaders(config, root, info)
+        self.train_loader, self.val_loader = build_loaders(config, self.root, info)
         self.model = build_model(config, info)
         self.criterion = build_criterion(config).to(info.device)
         self.optimizer = torch.optim.SGD(
@@ -109,38 +180,86 @@ class Trainer:
             nhwc_input=images_are_nhwc(config),
         )
         self.metrics = MetricsFile(config.output_dir / "metrics.jsonl", info.is_main)
+        self.checkpoint = config.output_dir / CHECKPOINT_NAME
         self.epoch, self.step, self.meter_state = 0, 0, None
+        # The rest of the current epoch when the loader could not restore its own state.
+        self._stream: Iterable[Any] | None = None
 
-    def restore(self) -> None:
-        """Continues from ``config.resume``: same epoch, same step, same next batch."""
-        state = load_checkpoint(self.config.resume)
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continues the checkpoint ``state`` at its epoch and step.
+
+        The next batch is the one the interrupted run would have read when the
+        loader's saved state fits; otherwise the epoch goes on from the same step
+        in a new data stream (:func:`train.data.continue_at`), which is logged.
+        """
+        check_ranks(state, self.config.resume, self.info.world_size)
         _unwrapped(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        self.epoch, self.step, self.meter_state = state["epoch"], state["step"], state["meter"]
-        loaders = state["loader"]
-        if len(loaders) == self.info.world_size:
-            self.train_loader.load_state_dict(loaders[self.info.rank])
-        elif self.step:
-            raise ValueError(
-                f"{self.config.resume} stopped mid-epoch with {len(loaders)} ranks; "
-                f"resume it with the same number, not {self.info.world_size}"
-            )
-        if self.info.is_main:
-            logger.info(
-                "resumed from %s at epoch %d, step %d",
-                self.config.resume,
-                self.epoch + 1,
+        steps = len(self.train_loader)
+        self.epoch, self.step = state["epoch"], min(state["step"], steps)
+        self.meter_state = _saved_meter(state.get("meter"), self.info)
+        self._align_schedule(state.get("config", {}).get("epochs", self.config.epochs))
+        why = self._restore_loader(_of_rank(state["loader"], self.info))
+        if why is not None:
+            self._stream = continue_at(self.train_loader, epoch=self.epoch, step=self.step)
+        if not self.info.is_main:
+            return
+        where = f"epoch {self.epoch + 1}, step {self.step} of {steps}"
+        logger.info("resumed from %s at %s", self.config.resume, where)
+        if why is not None:
+            logger.warning(
+                "%s: %s goes on in a new data stream of the current files (its first %d batches "
+                "skipped); the model, optimizer and steps done are kept",
+                why,
+                where,
                 self.step,
             )
 
-    def save(self) -> None:
-        """Checkpoint at the current position; every rank takes part, rank 0 writes."""
-        loaders = _gather(self.train_loader.state_dict(), self.info)
-        if not self.info.is_main:
+    def _restore_loader(self, saved: dict[str, Any] | None) -> str | None:
+        """Restores the train loader's saved state; says why not when it cannot."""
+        if saved is None:
+            return "the checkpoint holds no data-stream state for this rank"
+        try:
+            restore_loader(self.train_loader, saved)
+        except ValueError as error:  # other files (a new --train-list), batch count, ...
+            return f"the saved data-stream state does not fit ({error})"
+        return None
+
+    def _align_schedule(self, saved_epochs: int) -> None:
+        """Puts the schedule at (epoch, step) of this run's schedule.
+
+        It is there already unless the number of steps per epoch (other files,
+        other ranks) or of epochs changed; then the learning rate follows the new
+        schedule from the current position on.
+        """
+        position = self.epoch * len(self.train_loader) + self.step
+        if self.scheduler.last_epoch == position and saved_epochs == self.config.epochs:
             return
+        self.scheduler.last_epoch = position - 1
+        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()"
+            warnings.simplefilter("ignore", UserWarning)
+            self.scheduler.step()
+
+    def save(self, *, alone: bool = False) -> None:
+        """Checkpoint at the current position (epoch, step done, loader state).
+
+        Every rank takes part and rank 0 writes; with ``alone`` (after a loader
+        error, while other ranks may wait in a collective) this rank writes
+        without them, saving the loader's state only in a 1-rank run and only if
+        the loader still gives one (a failed DALI pipeline does not).
+        """
+        if alone:
+            world, rank = self.info.world_size, self.info.rank
+            loaders = [self._loader_state() if world == 1 else None] * world
+            meters = [self.meter_state if r == rank else None for r in range(world)]
+        else:
+            loaders = _gather(self.train_loader.state_dict(), self.info)
+            meters = _gather(self.meter_state, self.info)
+            if not self.info.is_main:
+                return
         state = {
             "model": _unwrapped(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -148,20 +267,27 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler is not None else {},
             "epoch": self.epoch,
             "step": self.step,
-            "meter": self.meter_state,
+            "meter": meters,
             "loader": loaders,
+            "world_size": self.info.world_size,
             "config": self.config.to_dict(),
         }
-        save_checkpoint(state, self.config.output_dir / CHECKPOINT_NAME)
+        save_checkpoint(state, self.checkpoint)
 
-    def run_epoch(self, stop, budget: int | None) -> EpochResult:
-        """Trains the rest of the current epoch; evaluates and logs it if it completed."""
-        result = train_one_epoch(
+    def _loader_state(self) -> dict[str, Any] | None:
+        try:
+            return self.train_loader.state_dict()
+        except Exception:  # the loader's pipeline failed: only the position remains
+            return None
+
+    def _train(self, stop: StopFlag, budget: int | None) -> EpochResult:
+        stream, self._stream = self._stream or self.train_loader, None
+        return train_one_epoch(
             self.model,
             self.criterion,
             self.optimizer,
             self.scheduler,
-            self.train_loader,
+            stream,
             epoch=self.epoch,
             start_step=self.step,
             num_steps=len(self.train_loader),
@@ -173,12 +299,35 @@ class Trainer:
             meter_state=self.meter_state,
             step_budget=budget,
         )
-        if result.steps_done < len(self.train_loader):
-            self.step, self.meter_state = result.steps_done, result.meter
+
+    def run_epoch(self, stop: StopFlag, budget: int | None) -> EpochResult:
+        """Trains the rest of the current epoch; evaluates and logs it if it completed.
+
+        Raises:
+            _LoaderFailed: a loader raised; ``self.step`` is the last step done.
+        """
+        steps = len(self.train_loader)
+        if self.step < steps:
+            result = self._train(stop, budget)
+        else:  # trained before, not evaluated: its validation failed
+            meter = self.meter_state or [0.0] * 4
+            result = EpochResult(self.step, stopped=False, meter=meter, seconds=0.0, images=0)
+        self.step, self.meter_state = result.steps_done, result.meter
+        if result.error is not None:
+            raise _LoaderFailed("train", result.error)
+        if result.steps_done < steps:
             return result
-        val = evaluate(
-            self.model, self.val_loader, options=self.options, info=self.info, epoch=self.epoch
-        )
+        try:
+            val = evaluate(
+                self.model, self.val_loader, options=self.options, info=self.info, epoch=self.epoch
+            )
+        except LoaderError as failed:
+            raise _LoaderFailed("val", failed.__cause__) from failed
+        self._log_epoch(result, val)
+        self.epoch, self.step, self.meter_state = self.epoch + 1, 0, None
+        return result
+
+    def _log_epoch(self, result: EpochResult, val: dict[str, float]) -> None:
         loss_sum, count, correct1, _ = self._reduced(result.meter)
         record = {
             "epoch": self.epoch,
@@ -191,7 +340,7 @@ class Trainer:
             "val_images": int(val["samples"]),
             "lr": self.optimizer.param_groups[0]["lr"],
             "epoch_seconds": result.seconds,
-            "train_images_per_s": result.images * self.info.world_size / result.seconds,
+            "train_images_per_s": result.images * self.info.world_size / max(result.seconds, 1e-9),
             "time": time.time(),
         }
         self.metrics.write(record)
@@ -203,8 +352,6 @@ class Trainer:
                 val["acc1"],
                 val["acc5"],
             )
-        self.epoch, self.step, self.meter_state = self.epoch + 1, 0, None
-        return result
 
     def _reduced(self, meter: list[float]) -> list[float]:
         values = torch.tensor(meter, dtype=torch.float64, device=self.info.device)
@@ -213,29 +360,71 @@ class Trainer:
         values[1] = values[1].clamp(min=1.0)
         return values.tolist()
 
-    def fit(self) -> list[dict[str, Any]]:
-        """Trains until ``config.epochs``, a Ctrl-C or the step budget; returns the records."""
+    def fit(self) -> Outcome:
+        """Trains until ``config.epochs``, a stop (Ctrl-C, SIGTERM, step budget) or a loader error.
+
+        Raises:
+            DataFailure: a file did not decode; the checkpoint holds every step done.
+            Exception: any other loader error, after the same checkpoint.
+        """
         budget = self.config.stop_after_steps
         with stop_on_signals() as stop:
             while self.epoch < self.config.epochs:
                 start_step = self.step
-                result = self.run_epoch(stop, budget)
+                result = self._run_epoch_or_fail(stop, budget)
                 if budget is not None:
                     budget -= result.steps_done - start_step
                 self.save()
                 if result.stopped:
-                    if self.info.is_main:
-                        logger.info(
-                            "stopped at epoch %d, step %d; continue with --resume %s",
-                            self.epoch + 1,
-                            self.step,
-                            self.config.output_dir / CHECKPOINT_NAME,
-                        )
                     break
-        records = self.metrics.read()
         if self.info.is_main:
-            plot_curves(records, self.config.output_dir / "curves.png")
-        return records
+            plot_curves(self.metrics.read(), self.config.output_dir / "curves.png")
+        if self.epoch >= self.config.epochs:
+            return Outcome.FINISHED
+        if self.info.is_main:
+            logger.info(
+                "stopped at epoch %d, step %d of %d; continue with: %s",
+                self.epoch + 1,
+                self.step,
+                len(self.train_loader),
+                resume_command(self.checkpoint, self.info.world_size),
+            )
+        return Outcome.STOPPED
+
+    def _run_epoch_or_fail(self, stop: StopFlag, budget: int | None) -> EpochResult:
+        """:meth:`run_epoch`; after a loader error, checkpoints the steps done and raises."""
+        try:
+            return self.run_epoch(stop, budget)
+        except _LoaderFailed as error:
+            failed = error
+        # Raised outside the handler: the loader's own error keeps its traceback and cause.
+        self.save(alone=True)
+        raise self._failure(failed)
+
+    def _failure(self, failed: _LoaderFailed) -> Exception:
+        """The exception that ends the run after a loader error and its checkpoint."""
+        error = failed.error
+        if isinstance(error, DatasetError):
+            failure = data_failure(
+                error,
+                failed.split,
+                config=self.config,
+                root=self.root,
+                info=self.info,
+                checkpoint=self.checkpoint,
+            )
+            failure.__cause__ = error
+            return failure
+        logger.error(
+            "the %s loader failed at epoch %d, step %d of %d; the checkpoint holds every step "
+            "done; once the cause is fixed, continue with: %s",
+            failed.split,
+            self.epoch + 1,
+            self.step,
+            len(self.train_loader),
+            resume_command(self.checkpoint, self.info.world_size),
+        )
+        return error
 
 
 def _set_up(config: TrainConfig, info: DistInfo) -> None:
@@ -251,35 +440,81 @@ def _set_up(config: TrainConfig, info: DistInfo) -> None:
         (config.output_dir / "config.json").write_text(config.to_json() + "\n")
 
 
-def run(config: TrainConfig) -> list[dict[str, Any]]:
-    """Trains as ``config`` says; returns one metrics record per completed epoch."""
+def _nothing_to_do(config: TrainConfig, state: dict[str, Any], info: DistInfo) -> RunResult:
+    if info.is_main:
+        logger.info(
+            "%s already trained %d of %d epochs; nothing to do; give --epochs M > %d to train on "
+            "(%s)",
+            config.resume,
+            state["epoch"],
+            config.epochs,
+            config.epochs,
+            resume_command(config.resume, info.world_size, "--epochs", "M"),
+        )
+    records = MetricsFile(config.output_dir / "metrics.jsonl", info.is_main).read()
+    return RunResult(records, Outcome.NOTHING_TO_DO)
+
+
+def run(config: TrainConfig) -> RunResult:
+    """Trains as ``config`` says (continuing ``config.resume`` if given).
+
+    Raises:
+        DataFailure: a file of the dataset did not decode (a checkpoint holds
+            every step done, when training had started).
+        DatasetError: a folder or file list cannot be read.
+    """
     info = init_distributed(config.device is Device.GPU)
     try:
         _set_up(config, info)
+        state = load_checkpoint(config.resume) if config.resume is not None else None
+        if state is not None and state["epoch"] >= config.epochs:
+            return _nothing_to_do(config, state, info)
         trainer = Trainer(config, info)
-        if config.resume is not None:
-            trainer.restore()
+        if state is not None:
+            trainer.restore(state)
         start = time.perf_counter()
-        records = trainer.fit()
-        if info.is_main and records:
-            last = records[-1]
+        outcome = trainer.fit()
+        records = trainer.metrics.read()
+        if info.is_main and outcome is Outcome.FINISHED and records:
             logger.info(
                 "finished %d epochs in %.0f s: val top-1 %.2f %% (chance %.1f %%), outputs in %s",
                 len(records),
                 time.perf_counter() - start,
-                last["val_acc1"],
+                records[-1]["val_acc1"],
                 100 / config.data.num_classes,
                 config.output_dir,
             )
-        return records
+        return RunResult(records, outcome)
     finally:
         cleanup_distributed(info)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def _error_line(message: str) -> None:
+    print(f"python -m train: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m train``; returns its exit status (see :mod:`train.status`).
+
+    Errors caused by the input (flags, folders, file lists, checkpoints, an
+    undecodable image) end with one line on stderr; any other error keeps its
+    traceback.
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    run(parse_config(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    config = parse_config(argv)  # a bad flag ends the process here, status 2
+    try:
+        status = EXIT_STATUS[run(config).outcome]
+    except DataFailure as failure:
+        _error_line(failure.message(argv))
+        return ExitStatus.DATA
+    except DatasetError as error:
+        _error_line(str(error))
+        return ExitStatus.USAGE
+    # torchrun stops every rank as soon as one exits with a non-zero status: only rank 0,
+    # which writes the checkpoint and says how to continue, reports a stop.
+    return status if int(os.environ.get("RANK", "0")) == 0 else ExitStatus.FINISHED
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

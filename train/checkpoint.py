@@ -1,4 +1,4 @@
-"""Checkpoints: written atomically, read back with ``weights_only=True``.
+"""Checkpoints: written atomically and durably, read back with ``weights_only=True``.
 
 A checkpoint holds only tensors and plain containers of numbers and strings
 (state dicts of the model, optimizer, scheduler, scaler and loader, the epoch,
@@ -9,38 +9,72 @@ pickled code.
 from __future__ import annotations
 
 import os
+import pickle
+import socket
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["CHECKPOINT_NAME", "check_resumable", "load_checkpoint", "save_checkpoint"]
+__all__ = ["CHECKPOINT_NAME", "load_checkpoint", "save_checkpoint"]
 
 CHECKPOINT_NAME = "checkpoint.pth"
-# Settings that may change between the interrupted run and its continuation.
-_FREE_TO_CHANGE = {
-    "resume",
-    "output_dir",
-    "print_freq",
-    "stop_after_steps",
-    "data.workers",
-    "data.cache_dir",
-    "deterministic",
-}
+
+
+def _temporary(path: Path, pid: int | str) -> Path:
+    # Host and pid in the name: ranks on several machines may share the folder.
+    return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{pid}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _remove_stale(path: Path) -> None:
+    """Deletes the partial temporary files of processes of this host that were killed."""
+    prefix = _temporary(path, "").name
+    for stale in path.parent.glob(f"{prefix}*"):
+        pid = stale.name[len(prefix) :]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            stale.unlink(missing_ok=True)
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> Path:
-    """Writes ``state`` to ``path`` via a temporary file and ``os.replace``.
+    """Writes ``state`` to ``path`` so that ``path`` always holds one whole checkpoint.
 
-    A crash (or a second Ctrl-C) while writing leaves the previous checkpoint intact.
+    The bytes go to a temporary file in the same folder and reach the disk
+    (``fsync``) before the file is renamed over ``path`` (``os.replace``, atomic);
+    the folder is synced after the rename. A process killed while writing
+    (SIGKILL, a second Ctrl-C) or a machine losing power leaves the previous
+    checkpoint intact and loadable; the next save removes the killed process's
+    partial temporary file.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = _temporary(path, os.getpid())
     try:
-        torch.save(state, tmp)
+        with open(tmp, "wb") as file:
+            torch.save(state, file)
+            file.flush()
+            os.fsync(file.fileno())
         os.replace(tmp, path)
+        _fsync_folder(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+    _remove_stale(path)
     return path
 
 
@@ -50,38 +84,15 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     Raises:
         ValueError: the file is not a checkpoint of this application.
     """
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
+        # Truncated, not a torch file, or holding objects other than tensors and containers.
+        reason = " ".join(str(error).split())[:300]
+        raise ValueError(f"{path} is not a readable checkpoint ({reason})") from error
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is not a training checkpoint (it holds a {type(state).__name__})")
     missing = {"model", "optimizer", "scheduler", "epoch", "step", "loader"} - set(state)
     if missing:
         raise ValueError(f"{path} is not a training checkpoint (missing {sorted(missing)})")
     return state
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:
-    """Refuses to continue a run with settings that change what it computes.
-
-    Args:
-        saved, current: ``TrainConfig.to_dict()`` of the checkpoint and of this run.
-
-    Raises:
-        ValueError: naming each setting that differs, with both values.
-    """
-    old, new = _flatten(saved), _flatten(current)
-    changed = sorted(
-        k for k in old.keys() | new.keys() if k not in _FREE_TO_CHANGE and old.get(k) != new.get(k)
-    )
-    if changed:
-        details = "; ".join(
-            f"{k}: {old.get(k)!r} in the checkpoint, {new.get(k)!r} now" for k in changed[:6]
-        )
-        raise ValueError(f"--resume needs the flags of the interrupted run ({details})")

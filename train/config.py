@@ -16,8 +16,10 @@ import enum
 import hashlib
 import json
 import os
+import re
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +27,14 @@ import torchvision
 
 from dali_cutmix.config import MixConfig, MixMode
 from dali_cutmix.synthetic import SyntheticSpec
-from train.checkpoint import check_resumable, load_checkpoint
+from train.checkpoint import load_checkpoint
+from train.status import EXIT_STATUS_HELP, ExitStatus, resume_command
 
 __all__ = [
     "EMBEDDED_SPEC",
+    "FLAGS",
+    "check_ranks",
+    "RESUME_MAY_CHANGE",
     "DataConfig",
     "Device",
     "LoaderKind",
@@ -39,7 +45,10 @@ __all__ = [
     "config_from_args",
     "default_workers",
     "get_args_parser",
+    "name_flags",
     "parse_config",
+    "resume_config",
+    "typed_flags",
 ]
 
 # The embedded default dataset: 10 learnable classes of small ImageNet-like JPEGs.
@@ -107,6 +116,9 @@ class DataConfig:
         resize_size: validation images are resized to this before the centre crop.
         workers: DALI threads or DataLoader worker processes per rank.
         cache_dir: where the embedded dataset is generated.
+        train_list, val_list: ``path label`` files (``python -m dali_cutmix.scan``'s
+            ``files.txt``) read instead of listing ``train/`` / ``val/``; relative
+            paths in them are relative to that folder. ``None``: list the folder.
     """
 
     root: Path | None
@@ -118,6 +130,8 @@ class DataConfig:
     resize_size: int = 256
     workers: int = 2
     cache_dir: Path = Path("data")
+    train_list: Path | None = None
+    val_list: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "loader", _enum(LoaderKind, "loader", self.loader))
@@ -166,17 +180,17 @@ class OptimConfig:
     gamma: float = 0.1
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "schedule", _enum(Schedule, "lr schedule", self.schedule))
+        object.__setattr__(self, "schedule", _enum(Schedule, "schedule", self.schedule))
         _positive("lr", self.lr)
         _positive("weight_decay", self.weight_decay, zero=True)
         _positive("warmup_epochs", self.warmup_epochs, zero=True)
-        _positive("lr step_size", self.step_size)
+        _positive("step_size", self.step_size)
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if self.nesterov and self.momentum == 0:
             raise ValueError("Nesterov needs momentum > 0; pass --no-nesterov or --momentum")
         if not 0.0 < self.gamma <= 1.0:
-            raise ValueError(f"lr gamma must be in (0, 1], got {self.gamma!r}")
+            raise ValueError(f"gamma must be in (0, 1], got {self.gamma!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,7 +229,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "device", _enum(Device, "device", self.device))
-        object.__setattr__(self, "precision", _enum(Precision, "amp", self.precision))
+        object.__setattr__(self, "precision", _enum(Precision, "precision", self.precision))
         if self.arch not in ARCHS:
             raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
         _positive("epochs", self.epochs)
@@ -272,12 +286,28 @@ def _check_torchvision_mix(mix: MixConfig) -> None:
 # ----------------------------------------------------------------------------- command line
 
 
+RESUME_HELP = """\
+resuming:
+  --resume RUN/checkpoint.pth alone continues a run: the configuration is the one saved
+  in the checkpoint. Beside it may be given: --epochs (more than before; the schedule is
+  recomputed for the new length), --train-list / --val-list (e.g. a scan's clean list),
+  -j/--workers, --print-freq, --output-dir, --stop-after-steps, --cache-dir and
+  --deterministic. Any other flag must repeat the checkpoint's value. A run stopped
+  mid-epoch resumes with the same number of ranks.
+"""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Flag defaults in the help, and the epilog's tables as written."""
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m train",
-        description="Train a torchvision ResNet with CutMix/MixUp mixed inside a DALI pipeline. "
+        description="Train a torchvision ResNet with CutMix/MixUp mixed inside a DALI pipeline.\n"
         "Without --data, trains resnet18 at 64 px on an embedded dataset generated on first use.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=RESUME_HELP + "\n" + EXIT_STATUS_HELP,
+        formatter_class=_HelpFormatter,
     )
     _add_data_args(parser.add_argument_group("data"))
     _add_optim_args(parser.add_argument_group("model and optimisation"))
@@ -299,6 +329,15 @@ def _add_data_args(data: argparse._ArgumentGroup) -> None:
         default=None,
         help=f"where the embedded dataset is generated (default: ${CACHE_ENV} or ./data)",
     )
+    for split in ("train", "val"):
+        data.add_argument(
+            f"--{split}-list",
+            type=Path,
+            default=None,
+            metavar="FILE",
+            help=f"'path label' lines to read instead of listing {split}/ (e.g. the files.txt "
+            f"of python -m dali_cutmix.scan DATA/{split}); relative paths are under DATA/{split}",
+        )
     data.add_argument("--loader", default="dali", choices=[k.value for k in LoaderKind])
     data.add_argument(
         "-b",
@@ -403,7 +442,13 @@ def _add_run_args(run: argparse._ArgumentGroup) -> None:
         default=None,
         help="default: runs/<time>, or the folder of --resume",
     )
-    run.add_argument("--resume", type=Path, default=None, help="checkpoint to continue from")
+    run.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="CHECKPOINT",
+        help="continue the run saved in CHECKPOINT, with its configuration (see below)",
+    )
     run.add_argument("--print-freq", type=int, default=10)
     run.add_argument(
         "--stop-after-steps",
@@ -471,6 +516,33 @@ def default_workers(loader: LoaderKind, device: Device) -> int:
     return max(1, (os.cpu_count() or 1) // _world_size())
 
 
+def _file_list(flag: str, path: Path | None) -> Path | None:
+    if path is None:
+        return None
+    if not path.is_file():
+        raise ValueError(f"{flag} {path}: no such file")
+    return path.resolve()
+
+
+def _data_config(args: argparse.Namespace, device: Device) -> DataConfig:
+    embedded = args.data is None
+    crop = _given(args.crop_size, 64 if embedded else 224)
+    loader = _enum(LoaderKind, "loader", args.loader)
+    return DataConfig(
+        root=None if embedded else args.data,
+        classes=tuple(EMBEDDED_SPEC.classes if embedded else _list_classes(args.data)),
+        embedded=EMBEDDED_SPEC if embedded else None,
+        loader=loader,
+        batch_size=_given(args.batch_size, 64 if embedded else 256),
+        crop_size=crop,
+        resize_size=_given(args.resize_size, round(crop * 8 / 7)),
+        workers=_given(args.workers, default_workers(loader, device)),
+        cache_dir=args.cache_dir or Path(os.environ.get(CACHE_ENV, "data")),
+        train_list=_file_list("--train-list", args.train_list),
+        val_list=_file_list("--val-list", args.val_list),
+    )
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Resolves data-dependent defaults and builds the validated :class:`TrainConfig`.
 
@@ -478,24 +550,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         ValueError: a flag or a combination of flags is invalid.
     """
     embedded = args.data is None
-    classes = EMBEDDED_SPEC.classes if embedded else _list_classes(args.data)
-    crop = _given(args.crop_size, 64 if embedded else 224)
-    batch = _given(args.batch_size, 64 if embedded else 256)
     device = _resolve_device(args.device)
-    loader = _enum(LoaderKind, "loader", args.loader)
-    cache = args.cache_dir or Path(os.environ.get(CACHE_ENV, "data"))
-    data = DataConfig(
-        root=None if embedded else args.data,
-        classes=tuple(classes),
-        embedded=EMBEDDED_SPEC if embedded else None,
-        loader=loader,
-        batch_size=batch,
-        crop_size=crop,
-        resize_size=_given(args.resize_size, round(crop * 8 / 7)),
-        workers=_given(args.workers, default_workers(loader, device)),
-        cache_dir=cache,
-    )
-    default_lr = 0.1 if embedded else 0.1 * batch * _world_size() / 256
+    data = _data_config(args, device)
+    default_lr = 0.1 if embedded else 0.1 * data.batch_size * _world_size() / 256
     epochs = _given(args.epochs, 6 if embedded else 90)
     optim = OptimConfig(
         lr=default_lr if args.lr is None else args.lr,
@@ -509,7 +566,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     )
     default_mode = MixMode.ELEM if args.loader == LoaderKind.DALI.value else MixMode.BATCH
     mix = MixConfig(
-        num_classes=len(classes),
+        num_classes=data.num_classes,
         mixup_alpha=args.mixup_alpha,
         cutmix_alpha=args.cutmix_alpha,
         cutmix_minmax=tuple(args.cutmix_minmax) if args.cutmix_minmax else None,
@@ -520,10 +577,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         label_smoothing=args.label_smoothing,
     )
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    output_dir = args.output_dir or (args.resume.parent if args.resume else Path("runs") / stamp)
-    if args.resume is not None and not args.resume.is_file():
-        raise ValueError(f"--resume {args.resume}: no such checkpoint file")
-    config = TrainConfig(
+    return TrainConfig(
         data=data,
         optim=optim,
         mix=mix,
@@ -534,21 +588,270 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         channels_last=device is Device.GPU if args.channels_last is None else args.channels_last,
         seed=args.seed,
         deterministic=args.deterministic,
-        output_dir=output_dir,
+        output_dir=args.output_dir or Path("runs") / stamp,
         resume=args.resume,
         print_freq=args.print_freq,
         stop_after_steps=args.stop_after_steps,
     )
-    if config.resume is not None:
-        check_resumable(load_checkpoint(config.resume).get("config", {}), config.to_dict())
+
+
+# ----------------------------------------------------------------------------- flags and fields
+
+# The flag that sets each configuration field: field path -> (argparse dest, flag). Errors
+# about a field name its flag, and --resume maps a checkpoint's configuration onto the flags.
+FLAGS: dict[str, tuple[str, str]] = {
+    "data.root": ("data", "--data"),
+    "data.cache_dir": ("cache_dir", "--cache-dir"),
+    "data.train_list": ("train_list", "--train-list"),
+    "data.val_list": ("val_list", "--val-list"),
+    "data.loader": ("loader", "--loader"),
+    "data.batch_size": ("batch_size", "--batch-size"),
+    "data.crop_size": ("crop_size", "--crop-size"),
+    "data.resize_size": ("resize_size", "--resize-size"),
+    "data.workers": ("workers", "--workers"),
+    "optim.lr": ("lr", "--lr"),
+    "optim.momentum": ("momentum", "--momentum"),
+    "optim.nesterov": ("nesterov", "--nesterov"),
+    "optim.weight_decay": ("weight_decay", "--wd"),
+    "optim.schedule": ("lr_schedule", "--lr-schedule"),
+    "optim.warmup_epochs": ("warmup_epochs", "--warmup-epochs"),
+    "optim.step_size": ("lr_step_size", "--lr-step-size"),
+    "optim.gamma": ("lr_gamma", "--lr-gamma"),
+    "mix.mixup_alpha": ("mixup_alpha", "--mixup-alpha"),
+    "mix.cutmix_alpha": ("cutmix_alpha", "--cutmix-alpha"),
+    "mix.cutmix_minmax": ("cutmix_minmax", "--cutmix-minmax"),
+    "mix.prob": ("mix_prob", "--mix-prob"),
+    "mix.switch_prob": ("switch_prob", "--switch-prob"),
+    "mix.mode": ("mix_mode", "--mix-mode"),
+    "mix.correct_lam": ("correct_lam", "--correct-lam"),
+    "mix.label_smoothing": ("label_smoothing", "--label-smoothing"),
+    "arch": ("arch", "--arch"),
+    "epochs": ("epochs", "--epochs"),
+    "device": ("device", "--device"),
+    "precision": ("amp", "--amp"),
+    "channels_last": ("channels_last", "--channels-last"),
+    "seed": ("seed", "--seed"),
+    "deterministic": ("deterministic", "--deterministic"),
+    "output_dir": ("output_dir", "--output-dir"),
+    "resume": ("resume", "--resume"),
+    "print_freq": ("print_freq", "--print-freq"),
+    "stop_after_steps": ("stop_after_steps", "--stop-after-steps"),
+}
+# Fields that --resume takes from the command line rather than the checkpoint; every other
+# field must keep the checkpoint's value. `epochs` may only grow (checked apart).
+RESUME_MAY_CHANGE = frozenset(
+    {
+        "resume",
+        "output_dir",
+        "print_freq",
+        "stop_after_steps",
+        "deterministic",
+        "epochs",
+        "data.workers",
+        "data.cache_dir",
+        "data.train_list",
+        "data.val_list",
+    }
+)
+_MAY_CHANGE = (
+    "on resume only --epochs (upward), --train-list, --val-list, -j/--workers, --print-freq, "
+    "--output-dir, --stop-after-steps, --cache-dir and --deterministic may change"
+)
+_PATH_DESTS = frozenset({"data", "cache_dir", "train_list", "val_list", "output_dir", "resume"})
+
+
+def _spelling(options: Sequence[str], argv: Sequence[str]) -> str:
+    """Which of a flag's ``options`` the command line used (argparse expands prefixes)."""
+    for token in argv:
+        if token == "--":
+            break
+        name = token.split("=", 1)[0]
+        for option in options:
+            long_prefix = name.startswith("--") and len(name) > 2 and option.startswith(name)
+            short = not option.startswith("--") and token.startswith(option)
+            if name == option or long_prefix or short:
+                return option
+    return max(options, key=len)
+
+
+def typed_flags(argv: Sequence[str]) -> dict[str, str]:
+    """The flags the user typed: argparse ``dest`` -> the flag as spelled (``-b``, ``--wd``).
+
+    Raises:
+        SystemExit: ``argv`` does not parse (argparse's message, status 2).
+    """
+    parser = get_args_parser()
+    actions = parser._actions  # argparse has no public list of its actions
+    for action in actions:
+        action.default = argparse.SUPPRESS  # so that only typed flags reach the namespace
+    typed = vars(parser.parse_args(argv))
+    return {a.dest: _spelling(a.option_strings, argv) for a in actions if a.dest in typed}
+
+
+def _name_pattern(name: str) -> str:
+    alone = rf"(?<![\w./'\"-]){re.escape(name)}(?![\w./'\"-])"
+    # Snake-case names never occur in prose; a plain word only where a message names a value.
+    return alone if "_" in name else alone + r"(?= must| \()"
+
+
+_BY_NAME = {field.rsplit(".", 1)[-1]: (dest, flag) for field, (dest, flag) in FLAGS.items()}
+_NAMES = re.compile("|".join(_name_pattern(n) for n in sorted(_BY_NAME, key=len, reverse=True)))
+
+
+def name_flags(message: str, typed: Mapping[str, str]) -> str:
+    """``message`` with each configuration field it names replaced by the field's flag.
+
+    ``"prob must be in [0.0, 1.0], got 2.0"`` becomes ``"--mix-prob must be ..."``;
+    the flag is spelled as the user typed it (``typed``, from :func:`typed_flags`).
+    """
+
+    def flag(match: re.Match) -> str:
+        dest, name = _BY_NAME[match.group(0)]
+        return typed.get(dest, name)
+
+    return _NAMES.sub(flag, message)
+
+
+# ----------------------------------------------------------------------------- resuming
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value is None:
+        return "none"
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value)) if len(value) <= 4 else f"{len(value)} entries"
+    return str(value)
+
+
+def _refusal(field: str, old: Any, new: Any, typed: Mapping[str, str]) -> str:
+    dest, _ = FLAGS.get(field, (None, None))
+    if dest not in typed:  # not set by a flag (the dataset's classes, say)
+        return f"{field} is {_shown(old)} in the checkpoint but {_shown(new)} here"
+    if isinstance(new, bool):  # --flag / --no-flag
+        flag = FLAGS[field][1]
+        return f"{typed[dest]} differs from the checkpoint's {flag if old else '--no-' + flag[2:]}"
+    return f"{typed[dest]} {_shown(new)} differs from the checkpoint's {_shown(old)}"
+
+
+def resume_changes(
+    saved: Mapping[str, Any], current: Mapping[str, Any], typed: Mapping[str, str]
+) -> list[str]:
+    """Why a run configured as ``current`` cannot continue the checkpoint's ``saved`` one.
+
+    Args:
+        saved, current: ``TrainConfig.to_dict()`` of the checkpoint and of this command.
+        typed: the flags the user typed (:func:`typed_flags`), named in the reasons.
+
+    Returns:
+        One reason per setting outside :data:`RESUME_MAY_CHANGE` that differs,
+        and one if ``epochs`` shrank; empty when the run may continue.
+    """
+    old, new = _flatten(saved), _flatten(current)
+    reasons = []
+    if new["epochs"] < old.get("epochs", 0):
+        reasons.append(
+            f"{typed.get('epochs', '--epochs')} {new['epochs']} is fewer than the checkpoint's "
+            f"{old['epochs']}"
+        )
+    for field in sorted(old.keys() | new.keys()):
+        if field in RESUME_MAY_CHANGE or old.get(field) == new.get(field):
+            continue
+        reasons.append(_refusal(field, old.get(field), new.get(field), typed))
+    return reasons
+
+
+def check_ranks(state: Mapping[str, Any], path: Path, world: int) -> None:
+    """A run stopped mid-epoch continues on as many ranks: each rank's shard depends on them.
+
+    Raises:
+        ValueError: the checkpoint ``state`` stopped mid-epoch on another number
+            of ranks than ``world``; the message gives the command to use.
+    """
+    ranks = int(state.get("world_size", len(state["loader"]) or 1))
+    if state["step"] and ranks != world:
+        raise ValueError(
+            f"--resume {path} stopped mid-epoch (epoch {state['epoch'] + 1}, step "
+            f"{state['step']}) on {ranks} rank{'s' * (ranks > 1)} and this run has {world}; "
+            f"resume it with the same number: {resume_command(path, ranks)}"
+        )
+
+
+def _checkpoint_args(saved: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """The flags' values (argparse dests) that reproduce the checkpoint's configuration."""
+    flat = _flatten(saved)
+    values = {}
+    for field, (dest, _) in FLAGS.items():
+        value = flat.get(field)
+        values[dest] = Path(value) if dest in _PATH_DESTS and value is not None else value
+    if values["device"] == Device.GPU.value:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"--resume {path}: the run trained on the GPU and CUDA is not available here; "
+                "resume it on a machine with a GPU"
+            )
+    return values
+
+
+def resume_config(args: argparse.Namespace, typed: Mapping[str, str]) -> TrainConfig:
+    """The configuration of ``--resume``: the checkpoint's, with the flags that may change.
+
+    Not carried over: ``--stop-after-steps`` (given again or not at all) and
+    ``--output-dir`` (default: the checkpoint's folder).
+
+    Raises:
+        ValueError: no such checkpoint; it stopped mid-epoch on another number of
+            ranks; or a typed flag changes a setting that cannot change (each named).
+    """
+    path = args.resume
+    if not path.is_file():
+        raise ValueError(f"--resume {path}: no such checkpoint file")
+    state = load_checkpoint(path)
+    saved = state.get("config")
+    if not saved:
+        raise ValueError(f"--resume {path}: the checkpoint holds no configuration")
+    check_ranks(state, path, _world_size())
+    values = _checkpoint_args(saved, path)
+    values |= {dest: getattr(args, dest) for dest in typed}
+    values |= {
+        "resume": path,
+        "stop_after_steps": args.stop_after_steps,
+        "output_dir": args.output_dir or path.parent,
+    }
+    config = config_from_args(argparse.Namespace(**values))
+    reasons = resume_changes(saved, config.to_dict(), typed)
+    if reasons:
+        raise ValueError(f"{path}: {'; '.join(reasons)}; {_MAY_CHANGE}")
     return config
 
 
 def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
-    """Parses ``argv``; any invalid value exits with argparse's usage message."""
+    """Parses ``argv`` (default ``sys.argv[1:]``), with ``--resume``'s configuration if given.
+
+    An invalid value ends the process with one line on stderr naming the flag as
+    typed, and exit status 2 (:class:`train.status.ExitStatus.USAGE`).
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = get_args_parser()
     args = parser.parse_args(argv)
+    typed = typed_flags(argv)
     try:
+        if args.resume is not None:
+            return resume_config(args, typed)
         return config_from_args(args)
     except ValueError as error:
-        parser.error(str(error))
+        message = " ".join(name_flags(str(error), typed).split())
+        parser.exit(ExitStatus.USAGE, f"{parser.prog}: error: {message}\n")

@@ -13,6 +13,11 @@ Both loaders have one face (``len``, iteration as ``(images, targets)``,
   transforms under its own seed (``torch.random.fork_rng``), so the stream does
   not depend on the number of workers and restarts mid-epoch exactly.
 
+Both read the same files with the same labels: the split's folder listed as
+``ImageFolder`` lists it, or ``--train-list`` / ``--val-list``. A file that does
+not decode raises :class:`dali_cutmix.files.BadImageError` naming it, from
+either loader.
+
 Targets are soft float32 ``[B, num_classes]`` with label smoothing already
 applied when mixing is on, int64 ``[B]`` otherwise; see :func:`build_criterion`.
 """
@@ -21,25 +26,39 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from torchvision.datasets.folder import default_loader
 
+from dali_cutmix.files import (
+    SCAN_HINT,
+    BadImageError,
+    DatasetError,
+    ImageList,
+    list_image_folder,
+    read_file_list,
+)
 from dali_cutmix.procs import process_context
 from dali_cutmix.synthetic import generate
 from train.config import Device, LoaderKind, TrainConfig
+from train.status import DataFailure
 from train.utils import DistInfo, barrier
 
 __all__ = [
     "Loader",
     "ResumableTorchvisionLoader",
     "build_criterion",
+    "bad_file_problem",
     "build_loaders",
+    "continue_at",
+    "data_failure",
     "prepare_dataset",
+    "restore_loader",
 ]
 
 logger = logging.getLogger(__name__)
@@ -83,6 +102,31 @@ def _mix_seed(*parts: int) -> int:
     for part in parts:
         value = (value * 1_000_003 + part) % (2**63 - 1)
     return value
+
+
+class _ImageFiles(Dataset):
+    """The files of an :class:`ImageList`, read and transformed as ``ImageFolder`` does."""
+
+    def __init__(self, images: ImageList, transform: Callable[[Any], Any]) -> None:
+        self.samples = list(zip(images.paths, images.labels))
+        self.classes = list(images.classes)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        path, label = self.samples[index]
+        return self.transform(default_loader(path)), label
+
+
+def _unreadable(path: str) -> str | None:
+    """Why ``ImageFolder``'s loader cannot read ``path``, or ``None`` when it can."""
+    try:
+        default_loader(path)
+    except Exception as error:  # PIL raises many types for bad files
+        return f"{type(error).__name__}: {error}".splitlines()[0]
+    return None
 
 
 class _SeededSamples(Dataset):
@@ -155,7 +199,7 @@ class ResumableTorchvisionLoader:
             self.dataset_size // batch_size if train else -(-self.dataset_size // batch_size)
         )
         if self._length == 0:
-            raise ValueError(
+            raise DatasetError(
                 f"{total} images give no batch of {batch_size} per rank: lower --batch-size"
             )
         self.device = torch.device("cpu")
@@ -184,18 +228,46 @@ class ResumableTorchvisionLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self._done >= self._length:
             self._epoch, self._done = self._epoch + 1, 0
+        batches = self._batches(self._epoch)[self._done :]
         loader = DataLoader(
             self.samples,
-            batch_sampler=self._batches(self._epoch)[self._done :],
+            batch_sampler=batches,
             num_workers=self.workers,
             multiprocessing_context=process_context() if self.workers > 0 else None,
             collate_fn=self.collate,
             pin_memory=torch.cuda.is_available(),
         )
-        for images, targets in loader:
-            self._done += 1
-            yield images, targets
+        first = self._done
+        try:
+            for images, targets in loader:
+                self._done += 1
+                yield images, targets
+        except Exception as error:
+            bad = self._bad_file(batches[self._done - first])
+            if bad is None:
+                raise
+            raise bad from error
         self._epoch, self._done = self._epoch + 1, 0
+
+    def _bad_file(self, keys: list[tuple[int, int]]) -> BadImageError | None:
+        """The error naming the first file of a failed batch that does not read, if one does not.
+
+        A worker process's exception reaches this process as another type, so the
+        batch's files are checked here rather than the error's type.
+        """
+        samples = getattr(self.samples.dataset, "samples", None)  # (path, label) pairs
+        if samples is None:
+            return None
+        for index, _ in keys:
+            path = samples[index][0]
+            reason = _unreadable(path)
+            if reason is not None:
+                return BadImageError(f"{path!r} is not a decodable image ({reason}).", path=path)
+        return None
+
+    def seek(self, epoch: int, step: int) -> None:
+        """The next ``iter()`` yields epoch ``epoch`` from its batch ``step`` (0-based)."""
+        self._epoch, self._done = epoch, step
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -214,31 +286,38 @@ class ResumableTorchvisionLoader:
         self._epoch, self._done = int(state["epoch"]), int(state["batches_done"])
 
 
+def _images(folder: Path, file_list: Path | None) -> ImageList:
+    if file_list is None:
+        return list_image_folder(folder)
+    return read_file_list(file_list, root=folder)
+
+
 def _torchvision_loader(
-    folder: Path, *, train: bool, config: TrainConfig, info: DistInfo
+    folder: Path, file_list: Path | None, *, train: bool, config: TrainConfig, info: DistInfo
 ) -> ResumableTorchvisionLoader:
     from pipelines.torchvision_ref import make_torchvision_loader
 
     data = config.data
+    images = _images(folder, file_list)  # DatasetError naming the path, as DALI's loader
     mix = config.mix if (train and config.mix.enabled) else None
-    # The reference loader supplies the ImageFolder with its transforms and the
-    # CutMix/MixUp collate function; the order and seeding are ours.
+    # The reference loader supplies the transforms and the CutMix/MixUp collate function;
+    # the files (the folder's or the list's), the order and the seeding are ours.
     reference = make_torchvision_loader(
         folder,
         train=train,
-        batch_size=data.batch_size,
+        batch_size=1,  # ours are made below; 1 passes the reference's size check
         workers=0,
         mix=mix,
         crop_size=data.crop_size,
         resize_size=data.resize_size,
         seed=config.seed,
     )
-    dataset = reference.loader.dataset
+    transform = reference.loader.dataset.transform
     collate = reference.loader.collate_fn if mix is not None else None
     return ResumableTorchvisionLoader(
-        dataset,
+        _ImageFiles(images, transform),
         collate=collate,
-        classes=reference.classes,
+        classes=list(images.classes),
         batch_size=data.batch_size,
         train=train,
         workers=data.workers,
@@ -251,12 +330,15 @@ def _torchvision_loader(
 # ----------------------------------------------------------------------------- DALI
 
 
-def _dali_loader(folder: Path, *, train: bool, config: TrainConfig, info: DistInfo) -> Loader:
+def _dali_loader(
+    folder: Path, file_list: Path | None, *, train: bool, config: TrainConfig, info: DistInfo
+) -> Loader:
     from pipelines.imagenet import make_loader
 
     data = config.data
     return make_loader(
         folder,
+        file_list=file_list,
         train=train,
         batch_size=data.batch_size,
         device="gpu" if config.device is Device.GPU else "cpu",
@@ -271,21 +353,114 @@ def _dali_loader(folder: Path, *, train: bool, config: TrainConfig, info: DistIn
     )
 
 
+def bad_file_problem(error: DatasetError) -> str:
+    """The part of a loader's error that says what is wrong (the library's advice cut off)."""
+    message = " ".join(str(error).split())
+    cut = message.find(SCAN_HINT.split("{root}")[0].strip())
+    return message[:cut].strip() if cut > 0 else message
+
+
+def data_failure(
+    error: DatasetError,
+    split: str,
+    *,
+    config: TrainConfig,
+    root: Path,
+    info: DistInfo,
+    checkpoint: Path | None,
+) -> DataFailure:
+    """A :class:`train.status.DataFailure` for a file of ``root/split`` that did not decode.
+
+    Args:
+        checkpoint: the checkpoint this run wrote at its last step, or ``None``
+            when it failed before training (the message then repeats the command).
+
+    The scan's output goes to ``RUN/scan-<split>``.
+    """
+    return DataFailure(
+        bad_file_problem(error),
+        split=split,
+        folder=root / split,
+        scan_dir=config.output_dir / f"scan-{split}",
+        checkpoint=checkpoint,
+        world_size=info.world_size,
+    )
+
+
 def build_loaders(config: TrainConfig, root: Path, info: DistInfo) -> tuple[Loader, Loader]:
-    """(train, val) loaders over ``root/train`` and ``root/val`` for this rank.
+    """(train, val) loaders over ``root/train`` and ``root/val`` (or the file lists) for this rank.
 
     Images are NHWC ``[B, H, W, 3]`` from the DALI loader when
     ``config.channels_last`` (a zero-copy channels-last NCHW view after
     ``permute(0, 3, 1, 2)``), NCHW ``[B, 3, H, W]`` otherwise; float32.
+
+    Raises:
+        DatasetError: a folder or list cannot be read, or holds no full batch.
+        DataFailure: a file does not decode (DALI decodes its first batches here).
     """
     build = _dali_loader if config.data.loader is LoaderKind.DALI else _torchvision_loader
-    train = build(root / "train", train=True, config=config, info=info)
-    val = build(root / "val", train=False, config=config, info=info)
+    lists = {"train": config.data.train_list, "val": config.data.val_list}
+    loaders = []
+    for split in ("train", "val"):
+        try:
+            loader = build(
+                root / split, lists[split], train=split == "train", config=config, info=info
+            )
+        except BadImageError as error:
+            failure = data_failure(
+                error, split, config=config, root=root, info=info, checkpoint=None
+            )
+            raise failure from error
+        loaders.append(loader)
+    train, val = loaders
+    if len(train) == 0:
+        raise DatasetError(
+            f"{root / 'train'}: {train.dataset_size} images give no batch of "
+            f"{config.data.batch_size} per rank: lower --batch-size"
+        )
     if train.num_classes != config.data.num_classes:
-        raise ValueError(
+        raise DatasetError(
             f"the loader found {train.num_classes} classes, the config {config.data.num_classes}"
         )
     return train, val
+
+
+def restore_loader(loader: Loader, state: dict[str, Any]) -> None:
+    """Loads a saved loader state: the next ``iter()`` continues the saved epoch.
+
+    A DALI loader's state saved at the end of an epoch yields that epoch's
+    empty remainder first; it is consumed here, so that the next ``iter()``
+    is the next epoch, as with the torchvision loader.
+
+    Raises:
+        ValueError: the state does not fit this loader (other files, batch size, shards).
+    """
+    loader.load_state_dict(state)
+    at_end = state["batches_done"] >= state["num_batches"]
+    if at_end and not isinstance(loader, ResumableTorchvisionLoader):
+        for _ in loader:
+            pass
+
+
+def continue_at(loader: Loader, *, epoch: int, step: int) -> Iterable[Any]:
+    """Epoch ``epoch`` from its batch ``step`` on, for a loader whose saved state cannot be used.
+
+    The torchvision loader's stream is a function of (seed, epoch, position): it
+    seeks there, exactly. A DALI loader starts a fresh stream (its reader's
+    first shuffle of the current files) and drops its first ``step`` batches,
+    so that the epoch still has ``len(loader)`` steps in all.
+    """
+    if isinstance(loader, ResumableTorchvisionLoader):
+        loader.seek(epoch, step)
+        return loader
+    return _dropping(loader, step)
+
+
+def _dropping(loader: Loader, count: int) -> Iterator[Any]:
+    batches = iter(loader)
+    for _ in range(count):
+        next(batches)
+    yield from batches
 
 
 def images_are_nhwc(config: TrainConfig) -> bool:

@@ -4,6 +4,10 @@ The step is the plain PyTorch one: ``loss = criterion(model(images), targets)``
 with soft or integer targets. Loss and accuracy are summed on the device;
 the host waits for the GPU only every ``print_freq`` steps, where the
 progress bar is updated (and, with several ranks, a Ctrl-C is agreed on).
+
+An error raised by the data loader is told apart from one of the step: the
+training loop returns how far it got with the loader's error, so that the
+caller can checkpoint every step done; evaluation raises :class:`LoaderError`.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -20,7 +25,7 @@ from tqdm import tqdm
 
 from train.utils import DistInfo, StopFlag, SumMeter, correct_topk
 
-__all__ = ["StepOptions", "EpochResult", "train_one_epoch", "evaluate"]
+__all__ = ["StepOptions", "EpochResult", "LoaderError", "train_one_epoch", "evaluate"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +69,19 @@ class EpochResult:
     meter: list[float]  # SumMeter values: loss sum, count, correct@1, correct@5
     seconds: float
     images: int  # images processed by this run on this rank
+    error: Exception | None = None  # what the loader raised, ending the epoch early
+
+
+class LoaderError(Exception):
+    """The data loader failed (its own exception is the ``__cause__``), not the model."""
+
+
+def _guarded(loader: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[Any]:
+    """The loader's batches; its errors come out as :class:`LoaderError`."""
+    try:
+        yield from loader
+    except Exception as error:
+        raise LoaderError(f"the data loader failed: {error}") from error
 
 
 def _stop_now(
@@ -124,35 +142,27 @@ def train_one_epoch(
         disable=not info.is_main,
         dynamic_ncols=True,
     )
-    start, step, images_seen, stopped = time.perf_counter(), start_step, 0, False
-    for images, targets in loader:
-        images, targets = options.prepare(images, targets)
-        with options.autocast():
-            output = model(images)
-            loss = criterion(output, targets)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is None:
-            loss.backward()
-            optimizer.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        scheduler.step()
-        meter.update(loss, images.shape[0], correct_topk(output.detach(), targets, (1, 5)))
-        step, images_seen = step + 1, images_seen + images.shape[0]
-        bar.update(1)
-        sync = step % print_freq == 0 or step == num_steps
-        if sync:  # the only host synchronisation of the step
-            rate = images_seen * info.world_size / (time.perf_counter() - start)
-            bar.set_postfix(
-                loss=f"{loss.item():.3f}",
-                lr=f"{scheduler.get_last_lr()[0]:.4f}",
-                img_s=f"{rate:.0f}",
-            )
-        if _stop_now(stop, step - start_step, step_budget, sync, info, options.device):
-            stopped = True
-            break
+    start, step, images_seen, stopped, error = time.perf_counter(), start_step, 0, False, None
+    try:
+        for images, targets in _guarded(loader):
+            loss, output = _step(model, criterion, optimizer, scaler, options, images, targets)
+            scheduler.step()
+            meter.update(loss, targets.shape[0], correct_topk(output.detach(), targets, (1, 5)))
+            step, images_seen = step + 1, images_seen + targets.shape[0]
+            bar.update(1)
+            sync = step % print_freq == 0 or step == num_steps
+            if sync:  # the only host synchronisation of the step
+                rate = images_seen * info.world_size / (time.perf_counter() - start)
+                bar.set_postfix(
+                    loss=f"{loss.item():.3f}",
+                    lr=f"{scheduler.get_last_lr()[0]:.4f}",
+                    img_s=f"{rate:.0f}",
+                )
+            if _stop_now(stop, step - start_step, step_budget, sync, info, options.device):
+                stopped = True
+                break
+    except LoaderError as failed:
+        error = failed.__cause__
     bar.close()
     return EpochResult(
         steps_done=step,
@@ -160,7 +170,33 @@ def train_one_epoch(
         meter=meter.values.tolist(),
         seconds=time.perf_counter() - start,
         images=images_seen,
+        error=error,
     )
+
+
+def _step(
+    model: nn.Module,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    options: StepOptions,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on a batch; returns the loss and the logits (on the device)."""
+    images, targets = options.prepare(images, targets)
+    with options.autocast():
+        output = model(images)
+        loss = criterion(output, targets)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    return loss, output
 
 
 @torch.no_grad()
@@ -175,12 +211,16 @@ def evaluate(
     """Top-1 / top-5 accuracy (%) and cross-entropy over the whole validation set.
 
     Sums are reduced over ranks, so every image counts once however it was sharded.
+
+    Raises:
+        LoaderError: the loader failed (its error is the ``__cause__``).
     """
     model.eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")
     meter = SumMeter(options.device)
     for images, targets in tqdm(
-        loader,
+        _guarded(loader),
+        total=len(loader) if hasattr(loader, "__len__") else None,
         desc=f"val {epoch + 1}",
         unit="batch",
         disable=not info.is_main,

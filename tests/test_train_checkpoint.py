@@ -1,0 +1,116 @@
+"""Checkpoints of ``python -m train``: safe to load, and never lost to a crash while writing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from train.checkpoint import load_checkpoint, save_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _state(value: float) -> dict:
+    """A checkpoint of 4 MB whose every weight is ``value``."""
+    return {
+        "model": {"w": torch.full((1_000_000,), value)},
+        "optimizer": {},
+        "scheduler": {"last_epoch": int(value)},
+        "epoch": int(value),
+        "step": 0,
+        "loader": [None],
+    }
+
+
+def test_checkpoint_round_trip_is_atomic_and_safe(tmp_path: Path) -> None:
+    state = {
+        "model": {"w": torch.arange(3.0)},
+        "optimizer": {},
+        "scheduler": {"last_epoch": 3},
+        "epoch": 1,
+        "step": 2,
+        "loader": [{"dali_checkpoint": "abc"}],
+        "meter": None,
+    }
+    path = save_checkpoint(state, tmp_path / "checkpoint.pth")
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth"]
+    loaded = load_checkpoint(path)
+    assert torch.equal(loaded["model"]["w"], state["model"]["w"])
+    assert loaded["loader"] == state["loader"] and loaded["step"] == 2
+    torch.save({"model": Path("x")}, tmp_path / "evil.pth")  # arbitrary pickled objects
+    with pytest.raises(ValueError, match="evil.pth is not a readable checkpoint .*[Ww]eights only"):
+        load_checkpoint(tmp_path / "evil.pth")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="not a training checkpoint"):
+        load_checkpoint(tmp_path / "other.pth")
+    (tmp_path / "cut.pth").write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match="cut.pth is not a readable checkpoint"):
+        load_checkpoint(tmp_path / "cut.pth")
+
+
+# The child writes a checkpoint, then dies by SIGKILL half-way through writing the next.
+_KILLED_WHILE_WRITING = """
+import io, os, signal, sys
+from pathlib import Path
+import torch
+from tests.test_train_checkpoint import _state
+from train.checkpoint import save_checkpoint
+
+path = Path(sys.argv[1])
+save_checkpoint(_state(1.0), path)
+real_save = torch.save
+
+def dies_half_way(obj, file):
+    buffer = io.BytesIO()
+    real_save(obj, buffer)
+    if isinstance(file, (str, os.PathLike)):  # a save that writes to a path
+        file = open(file, "wb")
+    file.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    file.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+torch.save = dies_half_way
+save_checkpoint(_state(2.0), path)
+"""
+
+
+def test_a_process_killed_while_writing_leaves_the_previous_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint.pth"
+    command = [sys.executable, "-c", _KILLED_WHILE_WRITING, str(path)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    partial = sorted(p.name for p in tmp_path.iterdir() if p.name != "checkpoint.pth")
+    assert len(partial) == 1 and partial[0].startswith(".checkpoint.pth.tmp-")
+    loaded = load_checkpoint(path)  # the previous one, whole
+    assert loaded["epoch"] == 1 and torch.equal(loaded["model"]["w"], _state(1.0)["model"]["w"])
+    save_checkpoint(_state(3.0), path)  # the next save removes the dead writer's partial file
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth"]
+    assert load_checkpoint(path)["epoch"] == 3
+
+
+def test_a_checkpoint_reaches_the_disk_before_it_replaces_the_previous_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What survives a power loss: the file's bytes, then the rename, then the folder entry."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append("fsync " + ("file" if stat.S_ISREG(os.fstat(fd).st_mode) else "folder"))
+        real_fsync(fd)
+
+    def replace(source, target) -> None:
+        events.append(f"replace {Path(target).name}")
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    save_checkpoint(_state(1.0), tmp_path / "checkpoint.pth")
+    assert events == ["fsync file", "replace checkpoint.pth", "fsync folder"]

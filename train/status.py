@@ -1,0 +1,118 @@
+"""How ``python -m train`` ends: its exit statuses, and the commands that continue a run.
+
+A script can tell the outcomes apart by the status alone:
+
+====  =======================================================================
+0     trained to the last epoch, or resumed a run that had nothing left to do
+1     an unexpected internal error (Python's status; its traceback is printed)
+2     the command line, the dataset or the checkpoint is wrong; nothing was
+      trained by this command (one line on stderr says what and where)
+3     stopped (Ctrl-C, SIGTERM, ``--stop-after-steps``) with a checkpoint:
+      run the printed ``--resume`` command to continue
+4     a file of the dataset does not decode: the line names it, the scan to
+      run and the command that continues with the scan's clean list (from a
+      checkpoint holding every step done, or the same command again when the
+      file failed before training started)
+130   aborted by a second Ctrl-C (the last checkpoint written is intact)
+====  =======================================================================
+
+Under ``torchrun``, torchrun stops all ranks as soon as one exits with a
+non-zero status, reports it as a failure (its own exit status is 1) and lists
+each rank's status. A stop is therefore reported by rank 0 alone (the others
+exit 0 once the checkpoint is written); a data failure by the rank that met the
+bad file, which writes the checkpoint itself first.
+"""
+
+from __future__ import annotations
+
+import enum
+import shlex
+from pathlib import Path
+
+__all__ = ["EXIT_STATUS_HELP", "DataFailure", "ExitStatus", "launcher", "resume_command"]
+
+
+class ExitStatus(enum.IntEnum):
+    """The exit statuses of ``python -m train`` (see the module's table)."""
+
+    FINISHED = 0
+    ERROR = 1
+    USAGE = 2
+    STOPPED = 3
+    DATA = 4
+    ABORTED = 130
+
+
+EXIT_STATUS_HELP = """\
+exit status:
+  0    trained to the last epoch, or --resume of a run with nothing left to do
+  1    unexpected internal error (with a traceback)
+  2    invalid flag, dataset or checkpoint: one line on stderr says what; nothing trained
+  3    stopped by Ctrl-C, SIGTERM or --stop-after-steps; checkpoint written, the last
+       line is the command that continues (python -m train --resume RUN/checkpoint.pth)
+  4    a file does not decode: the line names it, the scan to run and the command that
+       continues with its clean list (--train-list/--val-list); a checkpoint holds every
+       step done if training had started
+  130  aborted by a second Ctrl-C; the last checkpoint written is intact
+"""
+
+
+def launcher(world_size: int) -> str:
+    """``python -m train``, or the ``torchrun`` line for ``world_size`` ranks on one node."""
+    if world_size == 1:
+        return "python -m train"
+    return f"torchrun --nproc_per_node {world_size} -m train"
+
+
+def resume_command(checkpoint: Path, world_size: int, *extra: str) -> str:
+    """The command that continues from ``checkpoint`` (its configuration is in it)."""
+    return " ".join([launcher(world_size), "--resume", shlex.quote(str(checkpoint)), *extra])
+
+
+class DataFailure(Exception):
+    """A file of the dataset failed to decode; what to do depends on where the run got to.
+
+    Attributes:
+        problem: what is wrong, naming the file.
+        split: ``"train"`` or ``"val"``.
+        folder: the split's dataset folder, to scan.
+        scan_dir: where the scan should write its clean list.
+        checkpoint: the checkpoint holding every step done, or ``None`` when the
+            file failed before this command trained anything.
+        world_size: ranks of the run (for the command's launcher).
+    """
+
+    def __init__(
+        self,
+        problem: str,
+        *,
+        split: str,
+        folder: Path,
+        scan_dir: Path,
+        checkpoint: Path | None,
+        world_size: int,
+    ) -> None:
+        super().__init__(problem)
+        self.problem, self.split, self.folder = problem, split, folder
+        self.scan_dir, self.checkpoint, self.world_size = scan_dir, checkpoint, world_size
+
+    def message(self, argv: list[str]) -> str:
+        """One line: the problem, the scan to run and the command that continues.
+
+        Args:
+            argv: this command's arguments, repeated when no checkpoint was written.
+        """
+        files = shlex.quote(str(self.scan_dir / "files.txt"))
+        flag = f"--{self.split}-list"
+        scan = f"python -m dali_cutmix.scan {shlex.quote(str(self.folder))}"
+        scan += f" --out {shlex.quote(str(self.scan_dir))}"
+        if self.checkpoint is None:
+            again = " ".join(
+                filter(None, [launcher(self.world_size), shlex.join(argv), flag, files])
+            )
+            then = f"then run again with: {again}"
+        else:
+            then = "then continue with: " + resume_command(
+                self.checkpoint, self.world_size, flag, files
+            )
+        return f"{self.problem} Find every bad file with: {scan}; {then}"
