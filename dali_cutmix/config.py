@@ -13,6 +13,7 @@ import dataclasses
 import enum
 import json
 import math
+import re
 from typing import Any
 
 
@@ -133,3 +134,224 @@ class MixConfig:
         if unknown:
             raise ValueError(f"unknown MixConfig field(s): {', '.join(unknown)}")
         return cls(**data)
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+class AutoAugment(str, enum.Enum):
+    """Automatic augmentation policies, with torchvision's ``--auto-augment`` names.
+
+    * ``TA_WIDE``: TrivialAugmentWide (one op of 31 magnitude bins per image).
+    * ``RA``: RandAugment (``ra_num_ops`` ops at magnitude ``ra_magnitude``).
+    * ``IMAGENET``: AutoAugment's ImageNet policy.
+
+    All three are DALI's ``nvidia.dali.auto_aug`` graph functions.
+    """
+
+    TA_WIDE = "ta_wide"
+    RA = "ra"
+    IMAGENET = "imagenet"
+
+
+class EraseMode(str, enum.Enum):
+    """RandomErasing's fill (timm's ``--remode``), in normalized units.
+
+    * ``CONST``: zeros (torchvision's ``value=0``, timm's ``const``).
+    * ``RAND``: one standard normal value per channel (timm's ``rand``).
+    * ``PIXEL``: one standard normal value per pixel and channel (timm's ``pixel``).
+    """
+
+    CONST = "const"
+    RAND = "rand"
+    PIXEL = "pixel"
+
+
+class Interpolation(str, enum.Enum):
+    """Resampling of the resizes and of the automatic augmentations' warps (torchvision's names)."""
+
+    BILINEAR = "bilinear"
+    NEAREST = "nearest"
+    BICUBIC = "bicubic"
+
+
+# torchvision's RandAugment and AutoAugment translate by up to 150/331 of the image side.
+TORCHVISION_TRANSLATE = 150 / 331
+TIMM_TRANSLATE = 0.45
+# timm's magnitudes run 0..10 (_LEVEL_DENOM); torchvision's over 31 bins, 0..30.
+TIMM_MAGNITUDE_BINS = 11
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+
+
+def _check_interval(name: str, value: Any, low: float, high: float) -> tuple[float, float]:
+    pair = tuple(value)
+    if len(pair) != 2 or not low < pair[0] <= pair[1] <= high:
+        raise ValueError(
+            f"{name} must be (min, max) with {low} < min <= max <= {high}, got {value!r}"
+        )
+    return float(pair[0]), float(pair[1])
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Per-sample augmentations between the random-resized crop and the mixing.
+
+    The order is torchvision's: crop, flip, ``auto_augment`` (uint8 pixels),
+    normalize, RandomErasing (normalized pixels), then CutMix/MixUp on the batch.
+
+    Attributes:
+        auto_augment: a policy, or ``None`` for none.
+        ra_num_ops: RandAugment's ops per image (torchvision's ``num_ops``).
+        ra_magnitude: RandAugment's magnitude bin, ``0 <= m < num_magnitude_bins``.
+        num_magnitude_bins: RandAugment's bins (torchvision 31; timm's 0..10 scale is 11).
+        ra_increasing: RandAugment's ops grow stronger with the magnitude (timm's
+            ``inc1``, torchvision's only kind); ``False`` is timm's original suite.
+        max_translate_rel: RandAugment's and AutoAugment's largest shift as a
+            fraction of the side (torchvision 150/331, timm 0.45). TrivialAugmentWide
+            shifts by up to 32 pixels, as in torchvision.
+        fill_value: the value (0..255, all channels) of pixels that rotate, shear
+            and translate uncover (torchvision: 0).
+        random_erase: RandomErasing's probability per sample; 0 turns it off.
+        erase_mode: the fill; see :class:`EraseMode`.
+        erase_scale: range of the erased area as a fraction of the image
+            (torchvision 0.02-0.33, timm 0.02-1/3), drawn uniformly.
+        erase_ratio: range of the erased box's aspect ratio h/w (torchvision
+            0.3-3.3, timm 0.3-1/0.3), drawn log-uniformly.
+    """
+
+    auto_augment: AutoAugment | None = None
+    ra_num_ops: int = 2
+    ra_magnitude: int = 9
+    num_magnitude_bins: int = 31
+    ra_increasing: bool = True
+    max_translate_rel: float = TORCHVISION_TRANSLATE
+    fill_value: int = 0
+    random_erase: float = 0.0
+    erase_mode: EraseMode = EraseMode.CONST
+    erase_scale: tuple[float, float] = (0.02, 0.33)
+    erase_ratio: tuple[float, float] = (0.3, 3.3)
+
+    def __post_init__(self) -> None:
+        if self.auto_augment is not None:
+            object.__setattr__(
+                self, "auto_augment", _enum(AutoAugment, "auto_augment", self.auto_augment)
+            )
+        object.__setattr__(self, "erase_mode", _enum(EraseMode, "erase_mode", self.erase_mode))
+        _check_int("ra_num_ops", self.ra_num_ops, 0)
+        _check_int("num_magnitude_bins", self.num_magnitude_bins, 2)
+        _check_int("ra_magnitude", self.ra_magnitude, 0)
+        if self.ra_magnitude >= self.num_magnitude_bins:
+            raise ValueError(
+                f"ra_magnitude must be < num_magnitude_bins ({self.num_magnitude_bins}), "
+                f"got {self.ra_magnitude}"
+            )
+        if not isinstance(self.ra_increasing, bool):
+            raise ValueError(f"ra_increasing must be True or False, got {self.ra_increasing!r}")
+        _check_range("max_translate_rel", self.max_translate_rel, 0.0, 1.0)
+        _check_int("fill_value", self.fill_value, 0)
+        if self.fill_value > 255:
+            raise ValueError(f"fill_value must be in [0, 255], got {self.fill_value}")
+        _check_range("random_erase", self.random_erase, 0.0, 1.0)
+        object.__setattr__(
+            self, "erase_scale", _check_interval("erase_scale", self.erase_scale, 0, 1)
+        )
+        object.__setattr__(
+            self, "erase_ratio", _check_interval("erase_ratio", self.erase_ratio, 0, math.inf)
+        )
+
+    @property
+    def auto_augmenting(self) -> bool:
+        """True when a policy is set (RandAugment with 0 ops is the identity, not counted)."""
+        if self.auto_augment is AutoAugment.RA:
+            return self.ra_num_ops > 0
+        return self.auto_augment is not None
+
+    @property
+    def enabled(self) -> bool:
+        """True when any augmentation changes the images."""
+        return self.auto_augmenting or self.erasing
+
+    @property
+    def erasing(self) -> bool:
+        return self.random_erase > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["auto_augment"] = self.auto_augment.value if self.auto_augment else None
+        data["erase_mode"] = self.erase_mode.value
+        data["erase_scale"] = list(self.erase_scale)
+        data["erase_ratio"] = list(self.erase_ratio)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AugmentConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown AugmentConfig field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+
+def _enum(kind: type[enum.Enum], name: str, value: Any) -> Any:
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = ", ".join(repr(m.value) for m in kind)
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}") from None
+
+
+_TIMM_AA_HELP = (
+    "supported: rand-m<M>[-n<N>][-inc<0|1>][-mstd0] (RandAugment, M in 0..10) and "
+    "original[-mstd0] (AutoAugment's ImageNet policy)"
+)
+
+
+def timm_auto_augment(spec: str) -> dict[str, Any]:
+    """:class:`AugmentConfig` fields for one of timm's ``--aa`` strings.
+
+    ``rand-m9-n2-inc1`` is RandAugment with 2 ops at magnitude 9 of timm's 0..10
+    (11 bins), increasing ops, shifts up to 0.45 of the side and a fill of 128
+    (timm fills with the ImageNet mean per channel; DALI takes one value).
+    ``original`` is AutoAugment's ImageNet policy.
+
+    Raises:
+        ValueError: what DALI cannot honour, named: magnitude noise
+            (``mstd`` > 0), ``mmax``, op weights (``w``) or probability (``p``),
+            timm's own policies (``v0``, ``v0r``, ``originalr``) and AugMix.
+    """
+    parts = spec.strip().split("-")
+    name, options = parts[0], parts[1:]
+    if name == "augmix":
+        raise ValueError(f"--aa {spec}: AugMix is not in DALI's auto_aug; {_TIMM_AA_HELP}")
+    if name not in ("rand", "original"):
+        raise ValueError(f"--aa {spec}: unknown or unsupported policy {name!r}; {_TIMM_AA_HELP}")
+    fields: dict[str, Any] = {
+        "max_translate_rel": TIMM_TRANSLATE,
+        "fill_value": 128,
+        "auto_augment": AutoAugment.RA if name == "rand" else AutoAugment.IMAGENET,
+    }
+    if name == "rand":
+        fields |= {"num_magnitude_bins": TIMM_MAGNITUDE_BINS, "ra_increasing": False}
+    for option in options:
+        key, value = (
+            re.fullmatch(r"([a-z]+)(.*)", option).groups() if option[:1].isalpha() else ("", option)
+        )
+        if key == "mstd":
+            if float(value or "nan") != 0:
+                raise ValueError(
+                    f"--aa {spec}: magnitude noise ({option}) cannot be honoured, DALI's "
+                    f"RandAugment uses one fixed magnitude; drop it or write mstd0"
+                )
+        elif name == "rand" and key == "m" and value.isdigit() and int(value) <= 10:
+            fields["ra_magnitude"] = int(value)
+        elif name == "rand" and key == "n" and value.isdigit():
+            fields["ra_num_ops"] = int(value)
+        elif name == "rand" and key == "inc" and value in ("0", "1"):
+            fields["ra_increasing"] = value == "1"
+        else:
+            raise ValueError(f"--aa {spec}: {option!r} cannot be honoured; {_TIMM_AA_HELP}")
+    return fields

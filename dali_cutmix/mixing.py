@@ -33,7 +33,7 @@ import nvidia.dali.fn as fn
 import nvidia.dali.math as dmath
 import nvidia.dali.types as types
 from nvidia.dali.data_node import DataNode
-from nvidia.dali.pipeline import Pipeline
+from nvidia.dali.pipeline import Pipeline, do_not_convert
 
 from dali_cutmix.config import MixConfig, MixMode
 
@@ -347,6 +347,7 @@ def _plan(config: MixConfig, canvas: _Canvas) -> _Plan:
     return _Plan(partner=draws.partner, regions=regions, blend=blend, partner_weight=weight)
 
 
+@do_not_convert
 def soft_targets(
     labels: DataNode,
     *,
@@ -378,6 +379,7 @@ def soft_targets(
     return own + partner_weight * (other - own)
 
 
+@do_not_convert
 def mix(
     images: DataNode,
     labels: DataNode,
@@ -469,6 +471,7 @@ def mix(
     return out, targets
 
 
+@do_not_convert
 def cutmix(
     images: DataNode,
     labels: DataNode,
@@ -517,6 +520,7 @@ def cutmix(
     return mix(images, labels, config)
 
 
+@do_not_convert
 def mixup(
     images: DataNode,
     labels: DataNode,
@@ -553,6 +557,7 @@ def mixup(
     return mix(images, labels, config)
 
 
+@do_not_convert
 def cutout(
     images: DataNode,
     *,

@@ -32,7 +32,14 @@ from nvidia.dali import pipeline_def
 from nvidia.dali.data_node import DataNode
 from nvidia.dali.pipeline import Pipeline
 
-from dali_cutmix.config import MixConfig
+from dali_cutmix.augment import (
+    auto_augment,
+    needs_conditionals,
+    quiet_auto_aug,
+    random_erase,
+    warp_interp,
+)
+from dali_cutmix.config import AugmentConfig, Interpolation, MixConfig, _enum
 from dali_cutmix.files import ImageList, list_image_folder, read_file_list
 from dali_cutmix.loader import DaliLoader, LastBatch
 from dali_cutmix.mixing import mix as mix_images
@@ -79,14 +86,6 @@ class DType(str, enum.Enum):
     @property
     def dali(self) -> types.DALIDataType:
         return types.FLOAT if self is DType.FLOAT32 else types.FLOAT16
-
-
-def _enum(cls: type[enum.Enum], name: str, value: object) -> enum.Enum:
-    try:
-        return cls(value)
-    except ValueError:
-        allowed = ", ".join(repr(m.value) for m in cls)
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,6 +164,9 @@ class ImageNetOptions:
         mix: mixing for training; ``None`` or disabled gives int64 targets.
         output_layout, dtype: see :class:`Layout`, :class:`DType`.
         random_area, random_aspect_ratio: the random-resized crop's ranges.
+        augment: training only: automatic augmentation and RandomErasing, see
+            :class:`dali_cutmix.config.AugmentConfig`; ``None`` or disabled: none.
+        interpolation: of the resizes and the automatic augmentations' warps.
     """
 
     train: bool
@@ -175,6 +177,8 @@ class ImageNetOptions:
     dtype: DType = DType.FLOAT32
     random_area: tuple[float, float] = (0.08, 1.0)
     random_aspect_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    augment: AugmentConfig | None = None
+    interpolation: Interpolation = Interpolation.BILINEAR
 
     def __post_init__(self) -> None:
         for name in ("crop_size", "resize_size"):
@@ -187,6 +191,13 @@ class ImageNetOptions:
             )
         if self.mix is not None and not self.train:
             raise ValueError("mix applies to training only; pass mix=None for validation")
+        if self.augment is not None and self.augment.enabled and not self.train:
+            raise ValueError("augment applies to training only; pass augment=None for validation")
+        object.__setattr__(
+            self, "interpolation", _enum(Interpolation, "interpolation", self.interpolation)
+        )
+        if self.augmenting and self.augment.auto_augmenting:
+            warp_interp(self.interpolation)  # bicubic is refused
         object.__setattr__(
             self, "output_layout", _enum(Layout, "output_layout", self.output_layout)
         )
@@ -203,6 +214,21 @@ class ImageNetOptions:
     @property
     def mixing(self) -> bool:
         return self.mix is not None and self.mix.enabled
+
+    @property
+    def augmenting(self) -> bool:
+        return self.augment is not None and self.augment.enabled
+
+    @property
+    def interp_type(self) -> types.DALIInterpType:
+        return _INTERP[self.interpolation]
+
+
+_INTERP = {
+    Interpolation.BILINEAR: types.INTERP_LINEAR,
+    Interpolation.NEAREST: types.INTERP_NN,
+    Interpolation.BICUBIC: types.INTERP_CUBIC,
+}
 
 
 # ---- graph functions: DALI nodes in, DALI nodes out ------------------------------------------
@@ -245,7 +271,9 @@ def decode_random_crop(
         **extra,
     )
     size = options.crop_size
-    return fn.resize(images, resize_x=size, resize_y=size, antialias=True)
+    return fn.resize(
+        images, resize_x=size, resize_y=size, antialias=True, interp_type=options.interp_type
+    )
 
 
 def decode_resize(
@@ -256,7 +284,12 @@ def decode_resize(
     images = fn.decoders.image(
         jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB, **extra
     )
-    return fn.resize(images, resize_shorter=options.resize_size, antialias=True)
+    return fn.resize(
+        images,
+        resize_shorter=options.resize_size,
+        antialias=True,
+        interp_type=options.interp_type,
+    )
 
 
 def normalize(
@@ -290,25 +323,60 @@ def class_indices(labels: DataNode) -> DataNode:
 def augment_and_mix(
     images: DataNode, labels: DataNode, *, options: ImageNetOptions
 ) -> tuple[DataNode, DataNode]:
-    """Mixing, then random flip and normalization fused in one pass, of uint8 HWC crops.
+    """Augmentation, mixing, random flip and normalization of uint8 HWC crops.
 
-    Mixing needs HWC (``multi_paste``), so it comes before the normalization
-    that transposes to CHW; MixUp's float output is still in 0..255, so the
-    same mean and std apply. The flip is applied after mixing, inside
-    ``crop_mirror_normalize``, instead of as a separate full-image pass
-    before it. A mirrored mix of two crops is the mix of the two mirrored crops
-    with a mirrored box: each part is still mirrored with probability 1/2, box
-    positions are symmetric and the label areas are untouched. The one
-    difference is that both parts of a mixed image share one coin.
+    Without RandomErasing, mixing comes before the normalization, on uint8
+    pixels: ``multi_paste`` needs HWC and the normalization transposes to CHW;
+    MixUp's float output is still in 0..255, so the same mean and std apply.
+    The flip is applied after mixing, inside ``crop_mirror_normalize``, instead
+    of as a separate full-image pass before it. A mirrored mix of two crops is
+    the mix of the two mirrored crops with a mirrored box: each part is still
+    mirrored with probability 1/2, box positions are symmetric and the label
+    areas are untouched. The one difference is that both parts of a mixed
+    image share one coin. The automatic augmentation (uint8, before the flip)
+    is symmetric under mirroring too: its shears, rotations and shifts take
+    either sign with equal probability.
     """
     flip = fn.random.coin_flip(probability=0.5)
+    size = (options.crop_size, options.crop_size)
+    if options.augmenting:
+        images = auto_augment(
+            images, options.augment, size=size, interpolation=options.interpolation
+        )
+        if options.augment.erasing:
+            return _erase_and_mix(images, labels, options=options, flip=flip)
     if not options.mixing:
         return normalize(images, options=options, mirror=flip), class_indices(labels)
     # The crops' size is known: the box math runs on constants and, on the GPU, the
     # CPU part of the graph does not wait for the resize's output shapes.
-    size = (options.crop_size, options.crop_size)
     images, targets = mix_images(images, labels, options.mix, size=size)
     return normalize(images, options=options, mirror=flip), targets
+
+
+def _erase_and_mix(
+    images: DataNode, labels: DataNode, *, options: ImageNetOptions, flip: DataNode
+) -> tuple[DataNode, DataNode]:
+    """torchvision's order with RandomErasing: flip, normalize, erase each image, mix the batch.
+
+    Erasing writes normalized values (0 is the mean pixel), so it comes after the
+    normalization, and before mixing, so that a pasted box carries its own
+    image's erased part as in torchvision. Mixing normalized pixels gives the
+    images that normalizing mixed pixels gives (normalization is affine, mixing
+    a convex combination), so labels still equal pixel shares. The cost: the
+    mix moves float32 instead of uint8 pixels, and one more pass makes the
+    layout and dtype asked for.
+    """
+    size = (options.crop_size, options.crop_size)
+    hwc = dataclasses.replace(options, output_layout=Layout.NHWC, dtype=DType.FLOAT32)
+    out = random_erase(normalize(images, options=hwc, mirror=flip), options.augment, size=size)
+    targets = class_indices(labels)
+    if options.mixing:
+        out, targets = mix_images(out, labels, options.mix, size=size)
+    if options.output_layout is Layout.NCHW:
+        out = fn.transpose(out, perm=[2, 0, 1], output_layout="CHW")
+    if options.dtype is not DType.FLOAT32:
+        out = fn.cast(out, dtype=options.dtype.dali)
+    return out, targets
 
 
 @pipeline_def(enable_checkpointing=True)
@@ -434,6 +502,8 @@ def make_loader(
     decoder: GpuDecoderOptions | None = None,
     prefetch_queue_depth: int = 2,
     device_id: int | None = None,
+    augment: AugmentConfig | None = None,
+    interpolation: Interpolation | str = Interpolation.BILINEAR,
 ) -> DaliLoader:
     """A DataLoader-like loader over an ImageNet-style folder (``root/<class>/<image>``).
 
@@ -460,6 +530,11 @@ def make_loader(
         decoder: GPU decoder settings, see :class:`GpuDecoderOptions`.
         prefetch_queue_depth: batches DALI prepares ahead (2 hides one batch of latency).
         device_id: CUDA device; default ``LOCAL_RANK`` or the current device.
+        augment: training only: TrivialAugmentWide / RandAugment / AutoAugment and
+            RandomErasing, see :class:`dali_cutmix.config.AugmentConfig`.
+        interpolation: ``"bilinear"`` (default), ``"nearest"`` or ``"bicubic"``:
+            the resizes' and the automatic augmentations' (bicubic: resizes only,
+            refused with an automatic augmentation).
 
     Returns:
         A :class:`DaliLoader` yielding ``(images, targets)``: images
@@ -485,6 +560,8 @@ def make_loader(
         dtype=dtype,
         random_area=random_area,
         random_aspect_ratio=random_aspect_ratio,
+        augment=augment,
+        interpolation=interpolation,
     )
     policy = _enum(
         LastBatch, "last_batch", last_batch or (LastBatch.DROP if train else LastBatch.PARTIAL)
@@ -500,6 +577,10 @@ def make_loader(
     gpu = dali_device is not None
 
     def build(checkpoint: str | None) -> Pipeline:
+        with quiet_auto_aug():
+            return _build(checkpoint)
+
+    def _build(checkpoint: str | None) -> Pipeline:
         return imagenet_pipeline(
             images=images,
             options=options,
@@ -514,6 +595,7 @@ def make_loader(
             seed=seed + shard_id,
             prefetch_queue_depth=prefetch_queue_depth,
             checkpoint=checkpoint,
+            enable_conditionals=needs_conditionals(options.augment),
         )
 
     loader = DaliLoader(
