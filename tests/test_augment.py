@@ -10,6 +10,7 @@ import numpy as np
 import nvidia.dali.fn as fn
 import pytest
 import torch
+from conftest import requires_cuda
 from nvidia.dali import pipeline_def
 from scipy import stats
 from torchvision import transforms
@@ -25,6 +26,7 @@ from pipelines.imagenet import (
 )
 
 SIDE = 48
+GPU = [requires_cuda, pytest.mark.gpu]
 P_VALUE = 1e-3  # goodness-of-fit tests fail at this level; every draw is seeded
 
 
@@ -34,20 +36,24 @@ def _run(
     *,
     seed: int = 0,
     conditionals: bool = False,
+    device_id: int | None = None,
 ) -> list[list[np.ndarray]]:
-    """``graph(*inputs)`` over the given batches of each input in one CPU pipeline.
+    """``graph(*inputs)`` over the given batches of each input in one pipeline.
 
-    ``batches[k]`` is the list of per-iteration batches of input ``k``. Returns,
-    per output, every sample of every iteration.
+    ``batches[k]`` is the list of per-iteration batches of input ``k``. On the
+    CPU with ``device_id`` None, else with every input moved to that GPU first.
+    Returns, per output, every sample of every iteration.
     """
     batch_size = len(batches[0][0])
 
-    @pipeline_def(batch_size=batch_size, num_threads=2, device_id=None, seed=seed)
+    @pipeline_def(batch_size=batch_size, num_threads=2, device_id=device_id, seed=seed)
     def pipe():
         inputs = [
             fn.external_source(source=list(b), layout="HWC" if b[0][0].ndim == 3 else None)
             for b in batches
         ]
+        if device_id is not None:
+            inputs = [x.gpu() for x in inputs]
         return graph(*inputs)
 
     with quiet_auto_aug():
@@ -59,7 +65,11 @@ def _run(
         if not outputs:
             outputs = [[] for _ in results]
         for out, result in zip(outputs, results):
-            out.extend(np.array(result.as_tensor()))
+            out.extend(
+                np.array(result.as_cpu().as_tensor())
+                if device_id is not None
+                else np.array(result.as_tensor())
+            )
     return outputs
 
 
@@ -155,7 +165,9 @@ def test_random_erase_noise_modes_fill_the_box(mode: str) -> None:
     assert stats.kstest(values, "norm").pvalue > P_VALUE
 
 
-def _erase_then_mix(mix: MixConfig, scale: tuple[float, float]) -> tuple[list, list]:
+def _erase_then_mix(
+    mix: MixConfig, scale: tuple[float, float], device_id: int | None = None
+) -> tuple[list, list]:
     colours = np.array([[200, 30, 40], [20, 60, 230], [90, 160, 10], [250, 250, 250]], np.uint8)
     images = [[np.broadcast_to(c, (SIDE, SIDE, 3)).copy() for c in colours] * 8] * 3
     labels = [[np.array([k % 4], np.int32) for k in range(32)]] * 3
@@ -166,7 +178,9 @@ def _erase_then_mix(mix: MixConfig, scale: tuple[float, float]) -> tuple[list, l
         output_layout="NHWC",
         augment=AugmentConfig(random_erase=0.7, erase_scale=scale),
     )
-    out, targets = _run(lambda x, y: augment_and_mix(x, y, options=options), [images, labels])
+    out, targets = _run(
+        lambda x, y: augment_and_mix(x, y, options=options), [images, labels], device_id=device_id
+    )
     return out, targets
 
 
@@ -176,8 +190,9 @@ COLOURS = (
 ) / np.array(IMAGENET_STD)
 
 
+@pytest.mark.parametrize("device_id", [None, pytest.param(0, marks=GPU)], ids=["cpu", "gpu"])
 @pytest.mark.parametrize("method", ["cutmix", "mixup"])
-def test_erasing_composes_with_mixing(method: str) -> None:
+def test_erasing_composes_with_mixing(method: str, device_id: int | None) -> None:
     """Through ``augment_and_mix``: erase each image, then mix; targets untouched by erasing.
 
     Two runs with one seed: the second with boxes too small to erase anything (the
@@ -188,8 +203,8 @@ def test_erasing_composes_with_mixing(method: str) -> None:
     """
     cutmix = method == "cutmix"
     mix = MixConfig(num_classes=4, cutmix_alpha=float(cutmix), mixup_alpha=float(not cutmix))
-    erased, targets = _erase_then_mix(mix, (0.02, 0.33))
-    kept, kept_targets = _erase_then_mix(mix, (1e-9, 2e-9))
+    erased, targets = _erase_then_mix(mix, (0.02, 0.33), device_id)
+    kept, kept_targets = _erase_then_mix(mix, (1e-9, 2e-9), device_id)
     np.testing.assert_array_equal(np.array(targets), np.array(kept_targets))
     changed = 0
     for image, original, target in zip(erased, kept, targets):
@@ -255,17 +270,16 @@ def test_randaugment_magnitude_zero_moves_no_pixel() -> None:
 
 
 def _loader(root: Path, augment: AugmentConfig | None, *, seed: int = 0, **kwargs):
+    settings = {"device": "cpu", "mix": MixConfig(num_classes=3)} | kwargs
     return make_loader(
         root,
         train=True,
         batch_size=4,
-        device="cpu",
         crop_size=32,
         num_threads=2,
         seed=seed,
         augment=augment,
-        mix=MixConfig(num_classes=3),
-        **kwargs,
+        **settings,
     )
 
 
@@ -415,3 +429,85 @@ def test_interpolation_reaches_the_resizes(image_folder: Path, interpolation: st
     assert not _same(bilinear, other)
     assert all(torch.equal(y, v) for (_, y), (_, v) in zip(bilinear, other))  # same draws
     assert _same(bilinear, _epoch(_loader(image_folder, None, interpolation="bilinear")))
+
+
+# ---- on the GPU (skipped without CUDA) --------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["const", "pixel"])
+@pytest.mark.parametrize("p", [0.5, 1.0])
+@requires_cuda
+@pytest.mark.gpu
+def test_gpu_erases_the_cpu_boxes(mode: str, p: float) -> None:
+    """The box draws run on the CPU in both pipelines: same seed, same boxes; the GPU
+    ``erase`` fills them exactly and leaves the rest (and coin-lost, zero-size boxes) alone."""
+    config = AugmentConfig(random_erase=p, erase_mode=mode)
+    const = AugmentConfig(random_erase=p)
+
+    def graph(x, c=config):
+        return (random_erase(x, c, size=(SIDE, SIDE)),)
+
+    (cpu,) = _run(lambda x: graph(x, const), [_ones(2, 64)])
+    (gpu,) = _run(graph, [_ones(2, 64)], device_id=0)
+    for on_cpu, on_gpu in zip(cpu, gpu):
+        box = _box(on_cpu)
+        if mode == "const":
+            np.testing.assert_array_equal(on_gpu, on_cpu)
+        elif box is None:
+            assert (on_gpu == 1.0).all()
+        else:
+            top, left, h, w = box
+            outside = on_gpu.copy()
+            outside[top : top + h, left : left + w] = 1.0
+            assert (outside == 1.0).all()
+            assert (on_gpu[top : top + h, left : left + w] != 1.0).all()
+
+
+@pytest.mark.parametrize("policy", ["ta_wide", "ra", "imagenet"])
+@requires_cuda
+@pytest.mark.gpu
+def test_gpu_auto_augment_is_seeded(policy: str) -> None:
+    config = AugmentConfig(auto_augment=policy)
+    images = _random_images(2, 32)
+
+    def graph(x):
+        return (auto_augment(x, config, size=(SIDE, SIDE)),)
+
+    (first,) = _run(graph, [images], conditionals=True, device_id=0)
+    (again,) = _run(graph, [images], conditionals=True, device_id=0)
+    flat = [image for batch in images for image in batch]
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert sum(not np.array_equal(a, b) for a, b in zip(first, flat)) > 16
+
+
+@requires_cuda
+@pytest.mark.gpu
+def test_gpu_randaugment_magnitude_zero_moves_no_pixel() -> None:
+    config = AugmentConfig(auto_augment="ra", ra_magnitude=0)
+    images = _random_images(2, 32)
+    (out,) = _run(
+        lambda x: (auto_augment(x, config, size=(SIDE, SIDE)),),
+        [images],
+        conditionals=True,
+        device_id=0,
+    )
+    flat = [image for batch in images for image in batch]
+    assert all(_monotone_per_channel(b, a) for b, a in zip(flat, out))
+
+
+@requires_cuda
+@pytest.mark.gpu
+def test_gpu_recipe_loader_resumes_exactly(image_folder: Path) -> None:
+    augment = RECIPES["torchvision"]
+    mix = MixConfig(num_classes=3, mixup_alpha=0.2, label_smoothing=0.1)
+
+    def loader():
+        return _loader(image_folder, augment, device="gpu", mix=mix)
+
+    reference = _epoch(loader())
+    first = loader()
+    stream = iter(first)
+    next(stream)
+    resumed = loader()
+    resumed.load_state_dict(first.state_dict())
+    assert _same(_epoch(resumed), reference[1:])
