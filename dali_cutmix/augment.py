@@ -185,12 +185,27 @@ def random_erase(images: DataNode, config: AugmentConfig, *, size: tuple[int, in
     erase = {"anchor": corner, "shape": sides, "axis_names": "HW"}
     if config.erase_mode is EraseMode.CONST:
         return fn.erase(images, fill_value=0.0, **erase)
+    if config.erase_mode is EraseMode.PIXEL:
+        # Noise for the box only, placed by a zero-padded slice: the box is 0 in
+        # ``erased`` and the patch is 0 outside it, so the sum is exactly one or the other.
+        erased = fn.erase(images, fill_value=0.0, **erase)
+        channels = types.Constant(np.array([3], dtype=np.int32))
+        shape = fn.cat(fn.cast(sides, dtype=types.INT32), channels)
+        patch = fn.random.normal(shape=shape, dtype=types.FLOAT, device=images.device)
+        placed = fn.slice(
+            patch,
+            start=fn.cast(-corner, dtype=types.INT32),
+            shape=list(size),
+            axes=[0, 1],
+            out_of_bounds_policy="pad",
+            fill_values=0.0,
+        )
+        return erased + placed
     # keep: 1 outside the box, 0 inside; x * 1 + n * 0 is exactly x, x * 0 + n * 1 exactly n.
     height, width = size
     ones = fn.constant(
         fdata=1.0, shape=[height, width, 1], layout="HWC", dtype=types.FLOAT, device=images.device
     )
     keep = fn.erase(ones, fill_value=0.0, **erase)
-    noise_shape = [height, width, 3] if config.erase_mode is EraseMode.PIXEL else [1, 1, 3]
-    noise = fn.random.normal(shape=noise_shape, dtype=types.FLOAT, device=images.device)
+    noise = fn.random.normal(shape=[1, 1, 3], dtype=types.FLOAT, device=images.device)
     return images * keep + noise * (1.0 - keep)
