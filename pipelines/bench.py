@@ -2,6 +2,7 @@
 
     python -m pipelines.bench                      # generated ImageNet-like set, this machine
     python -m pipelines.bench --data /imagenet     # a real ImageNet-style folder (uses DATA/train)
+    python -m pipelines.bench --sweeps augment     # only what each recipe augmentation costs
 
 Every figure is measured in this run: each configuration runs in a fresh
 process (so memory and warm caches don't leak between configurations), skips
@@ -10,6 +11,14 @@ than its workers prefetch, so no window is served from batches buffered before
 timing began), then times ``--windows`` windows of ``--window-batches``
 batches and reports the median images/s with the min and max over windows.
 Ratios are against the torchvision DataLoader measured in the same run.
+A configuration that two sections share (a scaling point, the augmentation
+sweep's baseline) is measured once and reported in both, marked ``measured_in``.
+
+``--sweeps`` picks the sections: ``loaders`` (each loader with each mixing),
+``training``, ``scaling`` (threads and batch size) by default, and
+``augment``: each loader with each augmentation of torchvision's ResNet-50
+recipe and timm's (:data:`AUGMENTS`) and with the whole recipe, each one's
+cost given as the time it adds to the same loader without augmentation.
 Results go to ``OUT/results.json`` and ``OUT/results.png``.
 """
 
@@ -17,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -33,13 +43,18 @@ from typing import Any
 import torch
 
 from dali_cutmix.cli import exit_on_user_error
-from dali_cutmix.config import MixConfig
+from dali_cutmix.config import AugmentConfig, MixConfig
 from dali_cutmix.files import list_image_folder
 
 __all__ = [
+    "AUGMENTS",
+    "AugmentCase",
     "BenchConfig",
     "MIXES",
+    "RECIPE_MIX",
+    "SWEEPS",
     "feed_format",
+    "measure_sections",
     "measure_windows",
     "prepare_images",
     "run_benchmark",
@@ -55,6 +70,49 @@ MIXES: dict[str, dict[str, Any] | None] = {
     "cutmix": {"cutmix_alpha": 1.0, "mixup_alpha": 0.0},
     "switch": {"cutmix_alpha": 1.0, "mixup_alpha": 0.8, "switch_prob": 0.5},
 }
+# torchvision's ResNet-50 recipe's mixing: --mixup-alpha 0.2 --cutmix-alpha 1.0
+# (one of the two per batch) --label-smoothing 0.1.
+RECIPE_MIX: dict[str, Any] = {
+    "mixup_alpha": 0.2,
+    "cutmix_alpha": 1.0,
+    "switch_prob": 0.5,
+    "label_smoothing": 0.1,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentCase:
+    """One configuration of the augmentation sweep.
+
+    Attributes:
+        label: its name in the table and the plot.
+        augment: :class:`AugmentConfig` fields, or ``None`` for no augmentation.
+        mix: a key of :data:`MIXES`, or ``"recipe"`` for :data:`RECIPE_MIX`.
+    """
+
+    label: str
+    augment: dict[str, Any] | None
+    mix: str = "off"
+
+
+# The augmentation sweep (--sweeps augment): each augmentation alone, then torchvision's
+# whole ResNet-50 recipe; every one is compared with "none" on the same loader.
+AUGMENTS: dict[str, AugmentCase] = {
+    "none": AugmentCase("none", None),
+    "ta_wide": AugmentCase("TrivialAugmentWide", {"auto_augment": "ta_wide"}),
+    "ra": AugmentCase(
+        "RandAugment n=2 m=9", {"auto_augment": "ra", "ra_num_ops": 2, "ra_magnitude": 9}
+    ),
+    "imagenet": AugmentCase("AutoAugment imagenet", {"auto_augment": "imagenet"}),
+    "erase": AugmentCase("RandomErasing 0.1", {"random_erase": 0.1}),
+    "recipe": AugmentCase(
+        "ResNet-50 recipe: TA wide, erase 0.1, MixUp 0.2/CutMix 1.0, smoothing 0.1",
+        {"auto_augment": "ta_wide", "random_erase": 0.1},
+        mix="recipe",
+    ),
+}
+
+SWEEPS = ("loaders", "training", "scaling", "augment")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +137,7 @@ class BenchConfig:
     train_window_batches: int = 2
     devices: tuple[str, ...] = ("cpu",)
     skip_training: bool = False
+    sweeps: tuple[str, ...] = ("loaders", "training", "scaling")
 
     def __post_init__(self) -> None:
         for name in (
@@ -100,6 +159,11 @@ class BenchConfig:
         for device in self.devices:
             if device not in ("cpu", "gpu"):
                 raise ValueError(f"devices must be cpu and/or gpu, got {device!r}")
+        unknown = [name for name in self.sweeps if name not in SWEEPS]
+        if unknown or not self.sweeps:
+            raise ValueError(
+                f"sweeps must be one or more of {', '.join(SWEEPS)}, got {','.join(self.sweeps)!r}"
+            )
 
 
 def _sync(tensor: torch.Tensor | None) -> None:
@@ -197,8 +261,13 @@ def prepare_images(
 
 
 def _mix_config(name: str, num_classes: int) -> MixConfig | None:
-    params = MIXES[name]
+    params = RECIPE_MIX if name == "recipe" else MIXES[name]
     return None if params is None else MixConfig(num_classes=num_classes, **params)
+
+
+def _augment_config(name: str) -> AugmentConfig | None:
+    params = AUGMENTS[name].augment
+    return None if params is None else AugmentConfig(**params)
 
 
 def _build_loader(spec: dict[str, Any]):
@@ -206,6 +275,7 @@ def _build_loader(spec: dict[str, Any]):
     root = Path(spec["root"])
     num_classes = sum(1 for p in root.iterdir() if p.is_dir())
     mix = _mix_config(spec["mix"], num_classes)
+    augment = _augment_config(spec.get("augment", "none"))
     if spec["loader"] == "torchvision":
         from pipelines.torchvision_ref import make_torchvision_loader
 
@@ -215,6 +285,7 @@ def _build_loader(spec: dict[str, Any]):
             batch_size=spec["batch_size"],
             workers=spec["workers"],
             mix=mix,
+            augment=augment,
             crop_size=spec["crop_size"],
             seed=0,
         )
@@ -226,6 +297,7 @@ def _build_loader(spec: dict[str, Any]):
         batch_size=spec["batch_size"],
         device=spec["device"],
         mix=mix,
+        augment=augment,
         num_threads=spec["workers"],
         crop_size=spec["crop_size"],
         seed=0,
@@ -338,6 +410,7 @@ def _label(spec: dict[str, Any]) -> str:
         spec["kind"],
         name,
         f"mix={spec['mix']}",
+        *([f"augment={spec['augment']}"] if spec.get("augment", "none") != "none" else []),
         f"w={spec['workers']}",
         f"bs={spec['batch_size']}",
     ]
@@ -345,7 +418,7 @@ def _label(spec: dict[str, Any]) -> str:
 
 
 def _specs(config: BenchConfig, root: Path) -> dict[str, list[dict[str, Any]]]:
-    """Every measurement of the run, grouped by section."""
+    """Every measurement of the run, grouped by section (empty for sweeps not asked for)."""
     base = {
         "root": str(root),
         "crop_size": config.crop_size,
@@ -355,37 +428,48 @@ def _specs(config: BenchConfig, root: Path) -> dict[str, list[dict[str, Any]]]:
         "batch_size": config.batch_size,
         "workers": config.workers,
         "kind": "loader",
+        "augment": "none",
     }
     feeds = [("torchvision", "cpu")] + [("dali", device) for device in config.devices]
-    loaders = [
-        {**base, "loader": loader, "device": device, "mix": mix}
-        for loader, device in feeds
-        for mix in MIXES
-    ]
+    asked = set(config.sweeps) - ({"training"} if config.skip_training else set())
+    sections = {
+        "loaders": [
+            {**base, "loader": loader, "device": device, "mix": mix}
+            for loader, device in feeds
+            for mix in MIXES
+        ],
+        "training": _training_specs(config, base),
+        "scaling": _scaling_specs(config, base, feeds),
+        "augment": [
+            {**base, "loader": loader, "device": device, "mix": case.mix, "augment": name}
+            for loader, device in feeds
+            for name, case in AUGMENTS.items()
+        ],
+    }
+    # Recorded in every spec (and so in results.json): how the batches reach the model.
+    return {
+        name: [{**spec, **feed_format(spec)} for spec in specs] if name in asked else []
+        for name, specs in sections.items()
+    }
+
+
+def _scaling_specs(
+    config: BenchConfig, base: dict[str, Any], feeds: list[tuple[str, str]]
+) -> list[dict[str, Any]]:
     scaling = []
     for loader, device in feeds:
-        for threads in config.threads_list:
-            scaling.append(
-                {
-                    **base,
-                    "loader": loader,
-                    "device": device,
-                    "mix": "cutmix",
-                    "workers": threads,
-                    "sweep": "workers",
-                }
-            )
-        for batch_size in config.batch_size_list:
-            scaling.append(
-                {
-                    **base,
-                    "loader": loader,
-                    "device": device,
-                    "mix": "cutmix",
-                    "batch_size": batch_size,
-                    "sweep": "batch_size",
-                }
-            )
+        common = {**base, "loader": loader, "device": device, "mix": "cutmix"}
+        scaling += [
+            {**common, "workers": threads, "sweep": "workers"} for threads in config.threads_list
+        ]
+        scaling += [
+            {**common, "batch_size": batch_size, "sweep": "batch_size"}
+            for batch_size in config.batch_size_list
+        ]
+    return scaling
+
+
+def _training_specs(config: BenchConfig, base: dict[str, Any]) -> list[dict[str, Any]]:
     train_device = "gpu" if "gpu" in config.devices else "cpu"
     train_base = {
         **base,
@@ -398,20 +482,43 @@ def _specs(config: BenchConfig, root: Path) -> dict[str, list[dict[str, Any]]]:
         "window_batches": config.train_window_batches,
         "warmup": min(config.warmup, 2),
     }
-    training = (
-        []
-        if config.skip_training
-        else [
-            {**train_base, "loader": "synthetic", "mix": "off"},
-            {**train_base, "loader": "dali"},
-            {**train_base, "loader": "torchvision", "device": train_device},
-        ]
-    )
-    sections = {"loaders": loaders, "training": training, "scaling": scaling}
-    # Recorded in every spec (and so in results.json): how the batches reach the model.
-    return {
-        name: [{**spec, **feed_format(spec)} for spec in specs] for name, specs in sections.items()
-    }
+    return [
+        {**train_base, "loader": "synthetic", "mix": "off"},
+        {**train_base, "loader": "dali"},
+        {**train_base, "loader": "torchvision", "device": train_device},
+    ]
+
+
+def _measurement_key(spec: dict[str, Any]) -> str:
+    """What makes two specs the same measurement: all but the section's ``sweep`` label."""
+    return json.dumps({k: v for k, v in spec.items() if k != "sweep"}, sort_keys=True)
+
+
+def measure_sections(
+    sections: dict[str, list[dict[str, Any]]],
+    run: Callable[[dict[str, Any]], dict[str, Any]],
+) -> dict[str, list[dict[str, Any]]]:
+    """``run``'s result for every spec, each distinct measurement run once.
+
+    A spec that an earlier one repeats (say, the augmentation sweep's baseline,
+    which is the loaders section's ``mix="off"``) gets a copy of that result,
+    with its own spec fields and ``measured_in`` naming the section that ran it.
+    """
+    done: dict[str, tuple[str, dict[str, Any]]] = {}
+    results: dict[str, list[dict[str, Any]]] = {}
+    for section, specs in sections.items():
+        rows = []
+        for spec in specs:
+            key = _measurement_key(spec)
+            if key in done:
+                first, result = done[key]
+                rows.append({**result, **spec, "measured_in": first})
+            else:
+                result = run(spec)
+                done[key] = (section, result)
+                rows.append(result)
+        results[section] = rows
+    return results
 
 
 def _derive(results: dict[str, list[dict[str, Any]]]) -> None:
@@ -430,6 +537,29 @@ def _derive(results: dict[str, list[dict[str, Any]]]) -> None:
     for r in training:
         if ceiling:
             r["pct_of_ceiling"] = 100.0 * r["images_per_s"] / ceiling
+    _derive_augment(results.get("augment", []))
+
+
+def _derive_augment(rows: list[dict[str, Any]]) -> None:
+    """Adds each row's ms per batch and, against augment "none" on the same loader, its cost.
+
+    ``added_ms_per_batch`` is the time the augmentation adds to a batch and
+    ``cost_pct`` that time as a share of the batch's time without it
+    (``100 * (plain_rate / rate - 1)``): +100 % means twice as long per batch.
+    ``vs_torchvision`` compares with the torchvision loader doing the same.
+    """
+    ok = [r for r in rows if "error" not in r]
+    rates = {(r["loader"], r["device"], r["augment"]): r["images_per_s"] for r in ok}
+    for r in ok:
+        rate = r["images_per_s"]
+        r["ms_per_batch"] = 1000.0 * r["batch_size"] / rate
+        plain = rates.get((r["loader"], r["device"], "none"))
+        if plain and r["augment"] != "none":
+            r["added_ms_per_batch"] = r["ms_per_batch"] - 1000.0 * r["batch_size"] / plain
+            r["cost_pct"] = 100.0 * (plain / rate - 1.0)
+        baseline = rates.get(("torchvision", "cpu", r["augment"]))
+        if baseline:
+            r["vs_torchvision"] = rate / baseline
 
 
 def _environment() -> dict[str, Any]:
@@ -479,10 +609,7 @@ def run_benchmark(config: BenchConfig, command: str) -> dict[str, Any]:
     """Measures every configuration; writes ``results.json`` and ``results.png`` in ``out``."""
     root, dataset = _dataset(config)
     log.info("dataset: %s", json.dumps(dataset))
-    results: dict[str, Any] = {
-        section: [_run_isolated(spec) for spec in specs]
-        for section, specs in _specs(config, root).items()
-    }
+    results = measure_sections(_specs(config, root), _run_isolated)
     _derive(results)
     report = {
         "command": command,
@@ -501,27 +628,17 @@ def run_benchmark(config: BenchConfig, command: str) -> dict[str, Any]:
     return report
 
 
+def _loader_name(r: dict[str, Any]) -> str:
+    return r["loader"] if r["loader"] != "dali" else f"DALI {r['device'].upper()}"
+
+
 def format_table(report: dict[str, Any]) -> str:
-    """The run's figures as Markdown tables (the README shows the same)."""
+    """The run's figures as Markdown tables (the README shows the same), one per section run."""
     env = report["environment"]
     machine = env.get("gpu", "no GPU") + f", {env['cpu_count']} CPU cores"
-    lines = [
-        f"Machine: {machine}; DALI {env['dali']}, torch {env['torch']}",
-        "",
-        "| loader | mix | images/s (median) | min-max | vs torchvision | mixing cost |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
-    for r in report["loaders"]:
-        if "error" in r:
-            lines.append(f"| {_label(r)} | failed: {r['error'][:60]} | | | | |")
-            continue
-        name = r["loader"] if r["loader"] != "dali" else f"DALI {r['device'].upper()}"
-        cost = f"{r['mix_cost_pct']:.1f} %" if "mix_cost_pct" in r else "-"
-        ratio = f"{r['vs_torchvision']:.2f}x" if "vs_torchvision" in r else "-"
-        lines.append(
-            f"| {name} ({r['workers']} w) | {r['mix']} | {r['images_per_s']:.1f} "
-            f"| {r['min']:.0f}-{r['max']:.0f} | {ratio} | {cost} |"
-        )
+    lines = [f"Machine: {machine}; DALI {env['dali']}, torch {env['torch']}"]
+    if report["loaders"]:
+        lines += _loaders_table(report["loaders"])
     if report["training"]:
         lines += ["", "| training feed | images/s | % of ceiling |", "|---|---:|---:|"]
         for r in report["training"]:
@@ -532,81 +649,158 @@ def format_table(report: dict[str, Any]) -> str:
                 f"| {r['arch']} on {r['device']} <- {r['loader']} ({r['mix']}) "
                 f"| {r['images_per_s']:.1f} | {r.get('pct_of_ceiling', 0):.0f} % |"
             )
-    lines += [
-        "",
-        "| scaling | loader | value | images/s | peak host RSS MB |",
-        "|---|---|---:|---:|---:|",
-    ]
-    for r in report["scaling"]:
-        if "error" in r:
-            continue
-        value = r["workers"] if r["sweep"] == "workers" else r["batch_size"]
-        name = r["loader"] if r["loader"] != "dali" else f"dali-{r['device']}"
-        rate, rss = r["images_per_s"], r["peak_rss_mb"]
-        lines.append(f"| {r['sweep']} | {name} | {value} | {rate:.1f} | {rss:.0f} |")
+    if report["scaling"]:
+        lines += [
+            "",
+            "| scaling | loader | value | images/s | peak host RSS MB |",
+            "|---|---|---:|---:|---:|",
+        ]
+        for r in report["scaling"]:
+            if "error" in r:
+                continue
+            value = r["workers"] if r["sweep"] == "workers" else r["batch_size"]
+            name = r["loader"] if r["loader"] != "dali" else f"dali-{r['device']}"
+            rate, rss = r["images_per_s"], r["peak_rss_mb"]
+            lines.append(f"| {r['sweep']} | {name} | {value} | {rate:.1f} | {rss:.0f} |")
+    if report.get("augment"):
+        lines += _augment_table(report["augment"])
     return "\n".join(lines)
 
 
+def _loaders_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "",
+        "| loader | mix | images/s (median) | min-max | vs torchvision | mixing cost |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {_label(r)} | failed: {r['error'][:60]} | | | | |")
+            continue
+        cost = f"{r['mix_cost_pct']:.1f} %" if "mix_cost_pct" in r else "-"
+        ratio = f"{r['vs_torchvision']:.2f}x" if "vs_torchvision" in r else "-"
+        lines.append(
+            f"| {_loader_name(r)} ({r['workers']} w) | {r['mix']} | {r['images_per_s']:.1f} "
+            f"| {r['min']:.0f}-{r['max']:.0f} | {ratio} | {cost} |"
+        )
+    return lines
+
+
+def _augment_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "",
+        "| loader | augmentation | images/s (median) | min-max | ms per batch "
+        "| added per batch (share of none) | vs torchvision |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        label = AUGMENTS[r["augment"]].label
+        if "error" in r:
+            lines.append(f"| {_label(r)} | {label} failed: {r['error'][:60]} | | | | | |")
+            continue
+        added = (
+            f"{r['added_ms_per_batch']:+.1f} ms ({r['cost_pct']:+.0f} %)"
+            if "cost_pct" in r
+            else "-"
+        )
+        ratio = f"{r['vs_torchvision']:.2f}x" if "vs_torchvision" in r else "-"
+        lines.append(
+            f"| {_loader_name(r)} ({r['workers']} w) | {label} | {r['images_per_s']:.1f} "
+            f"| {r['min']:.0f}-{r['max']:.0f} | {r['ms_per_batch']:.1f} | {added} | {ratio} |"
+        )
+    return lines
+
+
 def plot_results(report: dict[str, Any], path: Path) -> None:
-    """Loader and training throughput bars (min-max whiskers) and the two scaling sweeps."""
+    """One panel per section run: loader and training throughput bars (min-max whiskers),
+    the two scaling sweeps, the augmentations' throughput."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
-    ok = [r for r in report["loaders"] if "error" not in r]
-    names = sorted(
-        {(r["loader"], r["device"]) for r in ok}, key=lambda k: (k[0] != "torchvision", k)
-    )
-    width = 0.8 / max(len(names), 1)
-    for k, (loader, device) in enumerate(names):
-        rows = [
-            next(
-                (r for r in ok if (r["loader"], r["device"], r["mix"]) == (loader, device, m)), None
-            )
-            for m in MIXES
-        ]
-        xs = [i + k * width for i, r in enumerate(rows) if r]
-        mids = [r["images_per_s"] for r in rows if r]
-        spread = [
-            [r["images_per_s"] - r["min"] for r in rows if r],
-            [r["max"] - r["images_per_s"] for r in rows if r],
-        ]
-        label = loader if loader != "dali" else f"DALI {device.upper()}"
-        axes[0].bar(xs, mids, width, yerr=spread, capsize=3, label=label)
-    axes[0].set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(MIXES))], list(MIXES))
-    axes[0].set_ylabel("images/s (median, min-max)")
-    axes[0].set_title("Loader throughput by mixing")
-    axes[0].legend()
-    train = [r for r in report["training"] if "error" not in r]
-    bars = axes[1].bar(
-        [r["loader"] for r in train], [r["images_per_s"] for r in train], color="tab:green"
-    )
-    axes[1].bar_label(bars, [f"{r.get('pct_of_ceiling', 0):.0f} %" for r in train])
-    axes[1].set_title(
-        f"Training {train[0]['arch']} on {train[0]['device']}" if train else "Training"
-    )
-    for ax, sweep in ((axes[2], "workers"), (axes[3], "batch_size")):
-        for loader, device in names:
-            rows = [
-                r
-                for r in report["scaling"]
-                if "error" not in r
-                and r["sweep"] == sweep
-                and (r["loader"], r["device"]) == (loader, device)
-            ]
-            xs = [r["workers"] if sweep == "workers" else r["batch_size"] for r in rows]
-            ax.plot(xs, [r["images_per_s"] for r in rows], "-o", label=f"{loader}-{device}")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("DALI threads / DataLoader workers" if sweep == "workers" else "batch size")
-        ax.set_title(f"Scaling with {sweep.replace('_', ' ')} (CutMix on)")
-        ax.legend(fontsize=8)
+    panels = [
+        panel
+        for panel, section in (
+            (_plot_loaders, "loaders"),
+            (_plot_training, "training"),
+            (functools.partial(_plot_scaling, sweep="workers"), "scaling"),
+            (functools.partial(_plot_scaling, sweep="batch_size"), "scaling"),
+            (_plot_augment, "augment"),
+        )
+        if report.get(section)
+    ]
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(5 * max(len(panels), 1), 4.5))
+    for panel, ax in zip(panels, fig.axes):
+        panel(ax, report)
     env = report["environment"]
     fig.suptitle(f"{env.get('gpu', 'CPU only')}, {env['cpu_count']} CPU cores, DALI {env['dali']}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _feeds(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The (loader, device) pairs among ``rows``, torchvision first."""
+    return sorted(
+        {(r["loader"], r["device"]) for r in rows}, key=lambda k: (k[0] != "torchvision", k)
+    )
+
+
+def _grouped_bars(ax, rows: list[dict[str, Any]], field: str, groups: list[str]) -> None:
+    """Bars of images/s (min-max whiskers), one group per value of ``field``, one bar per feed."""
+    names = _feeds(rows)
+    width = 0.8 / max(len(names), 1)
+    for k, (loader, device) in enumerate(names):
+        found = {r[field]: r for r in rows if (r["loader"], r["device"]) == (loader, device)}
+        picked = [(i, found[g]) for i, g in enumerate(groups) if g in found]
+        ax.bar(
+            [i + k * width for i, _ in picked],
+            [r["images_per_s"] for _, r in picked],
+            width,
+            yerr=[
+                [r["images_per_s"] - r["min"] for _, r in picked],
+                [r["max"] - r["images_per_s"] for _, r in picked],
+            ],
+            capsize=3,
+            label=loader if loader != "dali" else f"DALI {device.upper()}",
+        )
+    ax.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(groups))], groups)
+    ax.set_ylabel("images/s (median, min-max)")
+    ax.legend(fontsize=8)
+
+
+def _plot_loaders(ax, report: dict[str, Any]) -> None:
+    _grouped_bars(ax, [r for r in report["loaders"] if "error" not in r], "mix", list(MIXES))
+    ax.set_title("Loader throughput by mixing")
+
+
+def _plot_training(ax, report: dict[str, Any]) -> None:
+    train = [r for r in report["training"] if "error" not in r]
+    bars = ax.bar(
+        [r["loader"] for r in train], [r["images_per_s"] for r in train], color="tab:green"
+    )
+    ax.bar_label(bars, [f"{r.get('pct_of_ceiling', 0):.0f} %" for r in train])
+    ax.set_title(f"Training {train[0]['arch']} on {train[0]['device']}" if train else "Training")
+
+
+def _plot_scaling(ax, report: dict[str, Any], *, sweep: str) -> None:
+    rows = [r for r in report["scaling"] if "error" not in r and r["sweep"] == sweep]
+    for loader, device in _feeds(rows):
+        mine = [r for r in rows if (r["loader"], r["device"]) == (loader, device)]
+        xs = [r["workers"] if sweep == "workers" else r["batch_size"] for r in mine]
+        ax.plot(xs, [r["images_per_s"] for r in mine], "-o", label=f"{loader}-{device}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("DALI threads / DataLoader workers" if sweep == "workers" else "batch size")
+    ax.set_title(f"Scaling with {sweep.replace('_', ' ')} (CutMix on)")
+    if rows:
+        ax.legend(fontsize=8)
+
+
+def _plot_augment(ax, report: dict[str, Any]) -> None:
+    _grouped_bars(ax, [r for r in report["augment"] if "error" not in r], "augment", list(AUGMENTS))
+    ax.tick_params(axis="x", labelrotation=30)
+    ax.set_title("Loader throughput by augmentation")
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -654,6 +848,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="where DALI runs: auto = GPU and CPU when CUDA is there, else CPU",
     )
     parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument(
+        "--sweeps",
+        type=lambda text: tuple(name.strip() for name in text.split(",")),
+        default=("loaders", "training", "scaling"),
+        help=f"comma-separated sections to run, of {','.join(SWEEPS)} (default: all but "
+        "augment); augment: each recipe augmentation's cost on each loader",
+    )
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one isolated measurement
     return parser
 
@@ -690,6 +891,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         train_window_batches=args.train_window_batches,
         devices=devices,
         skip_training=args.skip_training,
+        sweeps=args.sweeps,
     )
 
 
@@ -713,9 +915,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config.out.mkdir(parents=True, exist_ok=True)  # not only after the whole run
     command = " ".join(["python -m pipelines.bench", *(argv if argv is not None else sys.argv[1:])])
     report = run_benchmark(config, command)
-    failed = [
-        r for section in ("loaders", "training", "scaling") for r in report[section] if "error" in r
-    ]
+    failed = [r for section in SWEEPS for r in report[section] if "error" in r]
     return 1 if failed else 0
 
 

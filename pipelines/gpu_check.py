@@ -9,7 +9,8 @@ Needs CUDA and DALI's GPU operators. Writes into ``--out``:
   whether this GPU confirms it;
 * ``pytest.log``: the GPU tests (``-m gpu``) and the mixing tests;
 * ``graph_cost.json`` and ``bench/results.json`` (+ ``results.png``): the
-  CPU part of the graph and a short loader/training benchmark.
+  CPU part of the graph and a short loader/training benchmark, with the
+  recipes' augmentations (``--sweeps ... augment``).
 
 The probes call DALI's ``multi_paste`` directly, outside the project's graph,
 with the inputs the project now avoids (an empty region inside the canvas,
@@ -203,6 +204,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "3",
             "--window-batches",
             "20",
+            "--sweeps",
+            "loaders,training,scaling,augment",  # augment: the recipes' costs on the GPU
             "--out",
             str(out / "bench"),
         ],

@@ -1,7 +1,9 @@
 """The baseline users compare with: torchvision's ImageFolder + DataLoader.
 
 Standard ImageNet training transforms (RandomResizedCrop, horizontal flip,
-normalize) in the worker processes, and torchvision's own ``v2.CutMix`` /
+normalize; optionally TrivialAugmentWide, RandAugment or AutoAugment and
+RandomErasing, as :class:`AugmentConfig` says, in torchvision's reference
+order) in the worker processes, and torchvision's own ``v2.CutMix`` /
 ``v2.MixUp`` in the collate function, driven by the same :class:`MixConfig`
 as the DALI pipeline. Used by ``python -m train --loader torchvision`` and by
 the benchmark, so both compare against one baseline.
@@ -9,12 +11,15 @@ the benchmark, so both compare against one baseline.
 Differences from the DALI pipeline that a comparison should keep in mind:
 torchvision draws one lambda and box per batch and pairs each sample with its
 neighbour (the batch rolled by one), whatever ``mode`` says; ``cutmix_minmax``
-and ``correct_lam=False`` have no torchvision equivalent and are rejected.
+and ``correct_lam=False`` have no torchvision equivalent and are rejected, as
+are the augmentation settings torchvision's transforms cannot honour (see
+:func:`make_transforms`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +28,15 @@ from torch.utils.data import DataLoader, DistributedSampler, default_collate
 from torchvision import datasets
 from torchvision.transforms import v2
 
-from dali_cutmix.config import MixConfig
+from dali_cutmix.config import (
+    TORCHVISION_TRANSLATE,
+    AugmentConfig,
+    AutoAugment,
+    EraseMode,
+    Interpolation,
+    MixConfig,
+    _enum,
+)
 from dali_cutmix.procs import process_context
 
 __all__ = [
@@ -32,6 +45,7 @@ __all__ = [
     "MixCollate",
     "TorchvisionLoader",
     "make_torchvision_loader",
+    "make_transforms",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -74,14 +88,119 @@ class MixCollate:
         return images, targets
 
 
-def _transforms(*, train: bool, crop_size: int, resize_size: int) -> v2.Compose:
-    head = (
-        [v2.RandomResizedCrop(crop_size, antialias=True), v2.RandomHorizontalFlip()]
-        if train
-        else [v2.Resize(resize_size, antialias=True), v2.CenterCrop(crop_size)]
+def _interpolation(value: Interpolation | str) -> str:
+    """torchvision's name for ``value``; the plain string, as its transforms' defaults store it."""
+    return _enum(Interpolation, "interpolation", value).value
+
+
+def _refuse_what_torchvision_cannot_honour(augment: AugmentConfig, interpolation: str) -> None:
+    """Raises ValueError for settings torchvision's transforms would change or fail on."""
+    if augment.auto_augment is not None and interpolation == Interpolation.BICUBIC.value:
+        # On tensors, torchvision's warps take nearest and bilinear only (DALI's likewise).
+        raise ValueError(
+            "interpolation 'bicubic' cannot warp the automatic augmentation's images; "
+            "use 'bilinear' or 'nearest'"
+        )
+    where = "torchvision's transforms cannot honour"
+    advice = "use --loader dali, which can"
+    if augment.erasing and augment.erase_mode is EraseMode.RAND:
+        raise ValueError(
+            f"erase_mode 'rand' (one normal value per channel): {where} it; "
+            f"use 'const' or 'pixel', or {advice}"
+        )
+    if augment.auto_augment is AutoAugment.RA and not augment.ra_increasing:
+        raise ValueError(
+            f"ra_increasing=False (timm's original RandAugment ops, inc0): {where} it, its "
+            f"RandAugment has increasing ops only; {advice}"
+        )
+    fixed_translate = augment.auto_augment in (AutoAugment.RA, AutoAugment.IMAGENET)
+    if fixed_translate and not math.isclose(augment.max_translate_rel, TORCHVISION_TRANSLATE):
+        raise ValueError(
+            f"max_translate_rel={augment.max_translate_rel:g}: {where} it, its RandAugment and "
+            f"AutoAugment shift by up to 150/331 of the side; {advice}"
+        )
+
+
+def _auto_augment(augment: AugmentConfig, interpolation: str) -> list[v2.Transform]:
+    fill, policy = augment.fill_value, augment.auto_augment
+    if policy is AutoAugment.TA_WIDE:
+        return [v2.TrivialAugmentWide(interpolation=interpolation, fill=fill)]
+    if policy is AutoAugment.RA:
+        return [
+            v2.RandAugment(
+                num_ops=augment.ra_num_ops,
+                magnitude=augment.ra_magnitude,
+                num_magnitude_bins=augment.num_magnitude_bins,
+                interpolation=interpolation,
+                fill=fill,
+            )
+        ]
+    if policy is AutoAugment.IMAGENET:
+        return [
+            v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, interpolation=interpolation, fill=fill)
+        ]
+    return []
+
+
+def _random_erasing(augment: AugmentConfig) -> list[v2.Transform]:
+    if not augment.erasing:
+        return []
+    # timm's "pixel" mode is torchvision's value="random": a standard normal per pixel and channel.
+    value = "random" if augment.erase_mode is EraseMode.PIXEL else 0
+    erasing = v2.RandomErasing(
+        p=augment.random_erase, scale=augment.erase_scale, ratio=augment.erase_ratio, value=value
     )
+    return [erasing]
+
+
+def make_transforms(
+    *,
+    train: bool,
+    crop_size: int,
+    resize_size: int,
+    augment: AugmentConfig | None = None,
+    interpolation: Interpolation | str = Interpolation.BILINEAR,
+) -> v2.Compose:
+    """Per-image transforms in the order of torchvision's classification reference (presets.py).
+
+    Training: RandomResizedCrop(``crop_size``), horizontal flip, ``augment``'s
+    automatic augmentation (on uint8 pixels), to float, normalize with the
+    ImageNet mean and std, then ``augment``'s RandomErasing (on normalized
+    pixels, fill 0 or timm's per-pixel normal noise). Validation: Resize the
+    shorter side to ``resize_size``, CenterCrop(``crop_size``). ``interpolation``
+    applies to the resizes and to the automatic augmentations' warps. With
+    ``augment`` ``None`` or disabled, the training transforms are the plain
+    crop, flip and normalize. In: a PIL image (or uint8 ``[3, H, W]``
+    tensor); out: float32 ``[3, crop_size, crop_size]``.
+
+    Raises:
+        ValueError: an unknown ``interpolation``; an enabled ``augment`` for
+            validation; bicubic with an automatic augmentation (torchvision warps
+            tensors with nearest or bilinear only); an ``augment`` setting that
+            torchvision's transforms cannot honour and the DALI loader can
+            (``erase_mode="rand"``, ``ra_increasing=False``, a ``max_translate_rel``
+            other than 150/331 for RandAugment and AutoAugment).
+    """
+    mode = _interpolation(interpolation)
+    if not train:
+        head = [
+            v2.Resize(resize_size, interpolation=mode, antialias=True),
+            v2.CenterCrop(crop_size),
+        ]
+        if augment is not None and augment.enabled:
+            raise ValueError("augment applies to training only; pass augment=None for validation")
+        augment = AugmentConfig()
+    else:
+        head = [
+            v2.RandomResizedCrop(crop_size, interpolation=mode, antialias=True),
+            v2.RandomHorizontalFlip(),
+        ]
+        augment = augment if augment is not None else AugmentConfig()
+        _refuse_what_torchvision_cannot_honour(augment, mode)
     tail = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    return v2.Compose([v2.ToImage(), *head, *tail])
+    return v2.Compose(
+        [v2.ToImage(), *head, *_auto_augment(augment, mode), *tail, *_random_erasing(augment)]
+    )
 
 
 class TorchvisionLoader:
@@ -123,8 +242,13 @@ def make_torchvision_loader(
     seed: int = 0,
     shard_id: int = 0,
     num_shards: int = 1,
+    augment: AugmentConfig | None = None,
+    interpolation: Interpolation | str = Interpolation.BILINEAR,
 ) -> TorchvisionLoader:
-    """ImageFolder + standard transforms (+ torchvision CutMix/MixUp when ``mix`` is on).
+    """ImageFolder + :func:`make_transforms` (+ torchvision CutMix/MixUp when ``mix`` is on).
+
+    ``augment`` (training only) and ``interpolation`` go to :func:`make_transforms`,
+    which refuses what torchvision cannot honour with a ``ValueError``.
 
     Training drops the last partial batch (as the reference scripts do);
     validation keeps every image once (``DistributedSampler`` pads shards to
@@ -134,9 +258,14 @@ def make_torchvision_loader(
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset root {root} does not exist")
-    dataset = datasets.ImageFolder(
-        str(root), transform=_transforms(train=train, crop_size=crop_size, resize_size=resize_size)
+    transform = make_transforms(
+        train=train,
+        crop_size=crop_size,
+        resize_size=resize_size,
+        augment=augment,
+        interpolation=interpolation,
     )
+    dataset = datasets.ImageFolder(str(root), transform=transform)
     sampler = None
     if num_shards > 1:
         sampler = DistributedSampler(

@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import build_image_folder, run_command, user_error_line
 
+from dali_cutmix.config import AugmentConfig, MixConfig
 from pipelines import bench
 
 
@@ -175,6 +176,11 @@ def test_bad_settings_are_rejected(tmp_path: Path) -> None:
         (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
         (["--warmup", "-1"], "--warmup must be >= 0, got -1"),
         (
+            ["--sweeps", "augment,aug"],
+            "--sweeps must be one or more of loaders, training, scaling, augment, got "
+            "'augment,aug'",
+        ),
+        (
             ["--threads-list", "0,2"],
             "argument --threads-list: expected comma-separated integers >= 1, got '0,2'",
         ),
@@ -211,3 +217,130 @@ def test_a_missing_data_folder_ends_the_command_with_one_line(tmp_path: Path) ->
         "layout)."
     )
     assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- augmentation sweep
+
+
+def test_the_augment_sweep_is_off_by_default_and_plans_each_case_per_loader(
+    tmp_path: Path,
+) -> None:
+    default = bench._specs(bench.BenchConfig(out=tmp_path), tmp_path)
+    assert default["augment"] == [] and default["loaders"]
+    config = bench.BenchConfig(out=tmp_path, sweeps=("augment",), devices=("gpu", "cpu"))
+    specs = bench._specs(config, tmp_path)
+    assert specs["loaders"] == specs["training"] == specs["scaling"] == []
+    planned = [(s["loader"], s["device"], s["augment"], s["mix"]) for s in specs["augment"]]
+    cases = [("none", "off"), ("ta_wide", "off"), ("ra", "off"), ("imagenet", "off")]
+    cases += [("erase", "off"), ("recipe", "recipe")]
+    assert planned == [
+        (loader, device, augment, mix)
+        for loader, device in (("torchvision", "cpu"), ("dali", "gpu"), ("dali", "cpu"))
+        for augment, mix in cases
+    ]
+    assert all(s["batch_size"] == 32 and s["windows"] == 5 for s in specs["augment"])
+
+
+def test_augment_cases_are_the_recipes_settings() -> None:
+    assert bench._augment_config("none") is None
+    assert bench._augment_config("ta_wide") == AugmentConfig(auto_augment="ta_wide")
+    assert bench._augment_config("ra") == AugmentConfig(
+        auto_augment="ra", ra_num_ops=2, ra_magnitude=9
+    )
+    assert bench._augment_config("imagenet") == AugmentConfig(auto_augment="imagenet")
+    assert bench._augment_config("erase") == AugmentConfig(random_erase=0.1)
+    assert bench._augment_config("recipe") == AugmentConfig(
+        auto_augment="ta_wide", random_erase=0.1
+    )
+    assert bench._mix_config("recipe", 1000) == MixConfig(
+        num_classes=1000, mixup_alpha=0.2, cutmix_alpha=1.0, switch_prob=0.5, label_smoothing=0.1
+    )
+
+
+def test_a_configuration_two_sections_share_is_measured_once(tmp_path: Path) -> None:
+    config = bench.BenchConfig(out=tmp_path, sweeps=("loaders", "scaling", "augment"), workers=2)
+    specs = bench._specs(config, tmp_path)
+    runs = []
+
+    def run(spec):
+        runs.append(spec)
+        return {**spec, "images_per_s": float(len(runs))}
+
+    results = bench.measure_sections(specs, run)
+    keys = [bench._measurement_key(s) for s in runs]
+    assert len(keys) == len(set(keys))  # nothing measured twice
+    # Each loader's "none" is the loaders section's mix="off"; the scaling sweep's
+    # 2 workers and batch 32 are its "cutmix": 2 + 2 * 2 reused of 12 + 10 + 6.
+    assert len(runs) == 6 + 10 + 12 - 2 - 4
+    none = [r for r in results["augment"] if r["augment"] == "none"]
+    off = [r for r in results["loaders"] if r["mix"] == "off"]
+    assert [r["measured_in"] for r in none] == ["loaders", "loaders"]
+    assert [r["images_per_s"] for r in none] == [r["images_per_s"] for r in off]
+    assert none == [{**r, "measured_in": "loaders"} for r in off]
+    assert all("measured_in" not in r for r in results["loaders"])
+    assert {len(results[name]) for name in ("loaders", "scaling", "augment")} == {6, 10, 12}
+
+
+def test_augment_cost_is_the_added_time_per_batch_against_none() -> None:
+    def row(loader: str, augment: str, rate: float) -> dict:
+        return {
+            "loader": loader,
+            "device": "cpu",
+            "augment": augment,
+            "batch_size": 32,
+            "images_per_s": rate,
+        }
+
+    rows = [
+        row("torchvision", "none", 160.0),
+        row("torchvision", "ra", 64.0),
+        row("dali", "none", 320.0),
+        row("dali", "ra", 256.0),
+        row("dali", "recipe", 160.0),
+        {**row("dali", "erase", 0.0), "error": "boom"},
+    ]
+    bench._derive({"loaders": [], "training": [], "scaling": [], "augment": rows})
+    assert [r.get("ms_per_batch") for r in rows] == [200.0, 500.0, 100.0, 125.0, 200.0, None]
+    assert [r.get("added_ms_per_batch") for r in rows] == [None, 300.0, None, 25.0, 100.0, None]
+    assert [r.get("cost_pct") for r in rows] == [None, 150.0, None, 25.0, 100.0, None]
+    assert [r.get("vs_torchvision") for r in rows] == [1.0, 1.0, 2.0, 4.0, None, None]
+
+
+def test_augment_table_and_plot(tmp_path: Path) -> None:
+    common = {"loader": "dali", "device": "cpu", "workers": 2, "batch_size": 32}
+    rows = [
+        {**common, "augment": "none", "images_per_s": 320.0, "min": 300.0, "max": 330.0},
+        {**common, "augment": "recipe", "images_per_s": 160.0, "min": 150.0, "max": 170.0},
+    ]
+    bench._derive_augment(rows)
+    env = {"cpu_count": 2, "dali": "x", "torch": "y"}
+    report = {"environment": env, "loaders": [], "training": [], "scaling": [], "augment": rows}
+    table = bench.format_table(report).splitlines()
+    assert "| DALI CPU (2 w) | none | 320.0 | 300-330 | 100.0 | - | - |" in table
+    assert (
+        "| DALI CPU (2 w) | ResNet-50 recipe: TA wide, erase 0.1, MixUp 0.2/CutMix 1.0, "
+        "smoothing 0.1 | 160.0 | 150-170 | 200.0 | +100.0 ms (+100 %) | - |"
+    ) in table
+    assert not any("mixing cost" in line or "scaling" in line for line in table)
+    bench.plot_results(report, tmp_path / "a.png")
+    assert (tmp_path / "a.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("loader", ["dali", "torchvision"])
+def test_the_whole_recipe_is_measured_on_a_tiny_folder(image_folder: Path, loader: str) -> None:
+    spec = {
+        "root": str(image_folder),
+        "kind": "loader",
+        "loader": loader,
+        "device": "cpu",
+        "mix": "recipe",
+        "augment": "recipe",
+        "workers": 1,
+        "batch_size": 4,
+        "crop_size": 32,
+        "warmup": 1,
+        "windows": 1,
+        "window_batches": 2,
+    }
+    result = bench.measure(spec)
+    assert len(result["windows"]) == 1 and result["images_per_s"] > 0

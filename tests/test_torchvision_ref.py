@@ -1,15 +1,25 @@
-"""The torchvision baseline loader: shapes, targets and its mixing semantics."""
+"""The torchvision baseline loader: shapes, targets, mixing and augmentation semantics."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from torchvision import datasets
+from torchvision.transforms import v2
 
 from dali_cutmix import MixConfig
-from pipelines.torchvision_ref import MixCollate, make_torchvision_loader
+from dali_cutmix.config import AugmentConfig, Interpolation
+from pipelines.torchvision_ref import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MixCollate,
+    make_torchvision_loader,
+    make_transforms,
+)
 
 
 def test_plain_loader_yields_imagefolder_labels_in_order(image_folder: Path) -> None:
@@ -54,3 +64,290 @@ def test_unsupported_options_and_tiny_datasets_are_errors(
         make_torchvision_loader(image_folder, train=True, batch_size=64, workers=0)
     with pytest.raises(FileNotFoundError, match="missing"):
         make_torchvision_loader(tmp_path / "missing", train=True, batch_size=4, workers=0)
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+NORMALIZE = (
+    "Normalize",
+    {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "inplace": False},
+)
+TO_FLOAT = ("ToDtype", {"dtype": torch.float32, "scale": True})
+
+
+def describe(compose: v2.Compose) -> list[tuple[str, dict[str, Any]]]:
+    """Each transform's class name and public parameters, in order."""
+    return [
+        (type(t).__name__, {k: v for k, v in vars(t).items() if k[0] != "_" and k != "training"})
+        for t in compose.transforms
+    ]
+
+
+def crop_flip(interpolation: str = "bilinear") -> list[tuple[str, dict[str, Any]]]:
+    crop = {
+        "size": (32, 32),
+        "scale": (0.08, 1.0),
+        "ratio": (0.75, 4 / 3),
+        "interpolation": interpolation,
+        "antialias": True,
+    }
+    return [("ToImage", {}), ("RandomResizedCrop", crop), ("RandomHorizontalFlip", {"p": 0.5})]
+
+
+def test_without_augmentation_the_transforms_are_the_plain_recipe() -> None:
+    """What the loader used before augmentations existed, written out as it was."""
+    plain_train = v2.Compose(
+        [
+            v2.ToImage(),
+            v2.RandomResizedCrop(32, antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+    plain_val = v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(36, antialias=True),
+            v2.CenterCrop(32),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+    # Disabled configurations, even with settings torchvision refuses when they are in effect.
+    for augment in (None, AugmentConfig(), AugmentConfig(erase_mode="rand", ra_increasing=False)):
+        train = make_transforms(train=True, crop_size=32, resize_size=36, augment=augment)
+        assert describe(train) == describe(plain_train)
+        assert describe(train) == [*crop_flip(), TO_FLOAT, NORMALIZE]
+        val = make_transforms(train=False, crop_size=32, resize_size=36, augment=augment)
+        assert describe(val) == describe(plain_val)
+
+
+@pytest.mark.parametrize(
+    ("augment", "interpolation", "middle", "last"),
+    [
+        (
+            AugmentConfig(auto_augment="ta_wide", fill_value=5),
+            "nearest",
+            [
+                (
+                    "TrivialAugmentWide",
+                    {"interpolation": "nearest", "fill": 5, "num_magnitude_bins": 31},
+                )
+            ],
+            [],
+        ),
+        (
+            AugmentConfig(auto_augment="ra", ra_num_ops=3, ra_magnitude=4, num_magnitude_bins=11),
+            "bilinear",
+            [
+                (
+                    "RandAugment",
+                    {
+                        "interpolation": "bilinear",
+                        "fill": 0,
+                        "num_ops": 3,
+                        "magnitude": 4,
+                        "num_magnitude_bins": 11,
+                    },
+                )
+            ],
+            [],
+        ),
+        (
+            AugmentConfig(auto_augment="imagenet", random_erase=0.1),
+            Interpolation.BILINEAR,
+            [
+                (
+                    "AutoAugment",
+                    {
+                        "interpolation": "bilinear",
+                        "fill": 0,
+                        "policy": v2.AutoAugmentPolicy.IMAGENET,
+                    },
+                )
+            ],
+            [
+                (
+                    "RandomErasing",
+                    {
+                        "p": 0.1,
+                        "scale": (0.02, 0.33),
+                        "ratio": (0.3, 3.3),
+                        "value": [0.0],
+                        "inplace": False,
+                    },
+                )
+            ],
+        ),
+        (
+            AugmentConfig(
+                random_erase=0.25, erase_mode="pixel", erase_scale=(0.02, 1 / 3), erase_ratio=(1, 2)
+            ),
+            "bicubic",
+            [],
+            [
+                (
+                    "RandomErasing",
+                    {
+                        "p": 0.25,
+                        "scale": (0.02, 1 / 3),
+                        "ratio": (1.0, 2.0),
+                        "value": None,  # torchvision's value="random": normal noise per pixel
+                        "inplace": False,
+                    },
+                )
+            ],
+        ),
+    ],
+    ids=["ta_wide-nearest", "ra", "imagenet-erase", "erase-pixel-bicubic"],
+)
+def test_augmentations_come_in_torchvisions_reference_order(
+    augment: AugmentConfig, interpolation: str, middle: list, last: list
+) -> None:
+    mode = Interpolation(interpolation).value
+    train = make_transforms(
+        train=True, crop_size=32, resize_size=36, augment=augment, interpolation=interpolation
+    )
+    assert describe(train) == [*crop_flip(mode), *middle, TO_FLOAT, NORMALIZE, *last]
+    val = make_transforms(train=False, crop_size=32, resize_size=36, interpolation=interpolation)
+    resize = {"size": [36], "interpolation": mode, "max_size": None, "antialias": True}
+    assert describe(val)[1] == ("Resize", resize)
+
+
+@pytest.mark.parametrize(
+    ("augment", "interpolation", "message"),
+    [
+        (
+            AugmentConfig(random_erase=0.1, erase_mode="rand"),
+            "bilinear",
+            "erase_mode 'rand' (one normal value per channel): torchvision's transforms cannot "
+            "honour it; use 'const' or 'pixel', or use --loader dali, which can",
+        ),
+        (
+            AugmentConfig(auto_augment="ra", ra_increasing=False),
+            "bilinear",
+            "ra_increasing=False (timm's original RandAugment ops, inc0): torchvision's transforms "
+            "cannot honour it, its RandAugment has increasing ops only; use --loader dali, which "
+            "can",
+        ),
+        (
+            AugmentConfig(auto_augment="ra", max_translate_rel=0.45),
+            "bilinear",
+            "max_translate_rel=0.45: torchvision's transforms cannot honour it, its RandAugment "
+            "and AutoAugment shift by up to 150/331 of the side; use --loader dali, which can",
+        ),
+        (
+            AugmentConfig(auto_augment="imagenet", max_translate_rel=0.45),
+            "bilinear",
+            "max_translate_rel=0.45",
+        ),
+        (
+            AugmentConfig(auto_augment="ta_wide"),
+            "bicubic",
+            "interpolation 'bicubic' cannot warp the automatic augmentation's images; use "
+            "'bilinear' or 'nearest'",
+        ),
+        (None, "lanczos", "interpolation must be one of 'bilinear', 'nearest', 'bicubic'"),
+    ],
+    ids=["erase-rand", "ra-inc0", "ra-translate", "imagenet-translate", "bicubic", "unknown"],
+)
+def test_what_torchvision_cannot_honour_is_refused(
+    augment: AugmentConfig | None, interpolation: str, message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make_transforms(
+            train=True, crop_size=32, resize_size=36, augment=augment, interpolation=interpolation
+        )
+
+
+def test_augmenting_validation_is_refused(image_folder: Path) -> None:
+    with pytest.raises(ValueError, match="augment applies to training only"):
+        make_torchvision_loader(
+            image_folder,
+            train=False,
+            batch_size=4,
+            workers=0,
+            augment=AugmentConfig(auto_augment="ta_wide"),
+        )
+    # TrivialAugmentWide ignores max_translate_rel (it shifts by up to 32 px): accepted.
+    make_transforms(
+        train=True,
+        crop_size=32,
+        resize_size=36,
+        augment=AugmentConfig(auto_augment="ta_wide", max_translate_rel=0.45),
+    )
+
+
+def erase_once(mode: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One image through the transforms with RandomErasing always on, and the same without it."""
+    augment = AugmentConfig(random_erase=1.0, erase_mode=mode)
+    transforms = make_transforms(train=True, crop_size=32, resize_size=36, augment=augment)
+    image = torch.randint(0, 256, (3, 40, 48), dtype=torch.uint8, generator=torch.Generator())
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        erased = transforms(image)
+        torch.manual_seed(seed)
+        before = v2.Compose(transforms.transforms[:-1])(image)  # the same crop and flip draws
+    return erased, before
+
+
+def box_of(mask: torch.Tensor) -> tuple[slice, slice]:
+    """The bounding box of a ``[H, W]`` mask, checked to fill it (a rectangle)."""
+    rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+    box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+    assert mask[box].all() and mask.sum() == mask[box].numel()
+    return box
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_const_erasing_writes_exactly_zero_in_one_box(seed: int) -> None:
+    erased, before = erase_once("const", seed)
+    assert not (before == 0).any()  # (v / 255 - mean) / std is never exactly 0 for uint8 v
+    mask = erased == 0
+    assert torch.equal(mask[0], mask[1]) and torch.equal(mask[0], mask[2])
+    box = box_of(mask[0])
+    area = mask[0].sum().item() / 32**2
+    assert 0.01 <= area <= 0.4  # 0.02-0.33 of the image, rounded to whole pixels
+    assert torch.equal(erased[:, ~mask[0]], before[:, ~mask[0]])
+    assert torch.equal(erased[(slice(None), *box)], torch.zeros_like(erased[(slice(None), *box)]))
+    assert torch.equal(erase_once("const", seed)[0], erased)  # seeded: the same again
+
+
+def test_pixel_erasing_writes_normal_noise_in_one_box() -> None:
+    erased, before = erase_once("pixel", 0)
+    changed = (erased != before).any(0)
+    box = box_of(changed)
+    noise = erased[(slice(None), *box)]
+    assert noise.numel() >= 3 * 20 and noise.unique().numel() == noise.numel()
+    assert abs(noise.mean().item()) < 0.5 and 0.5 < noise.std().item() < 1.5
+    assert torch.equal(erased[:, ~changed], before[:, ~changed])
+
+
+def test_loader_with_the_resnet50_recipe_runs(image_folder: Path) -> None:
+    """TrivialAugmentWide + RandomErasing in a worker process, then MixUp/CutMix switching."""
+    augment = AugmentConfig(auto_augment="ta_wide", random_erase=0.5)
+    mix = MixConfig(
+        num_classes=3, mixup_alpha=0.2, cutmix_alpha=1.0, switch_prob=0.5, label_smoothing=0.1
+    )
+    loader = make_torchvision_loader(
+        image_folder,
+        train=True,
+        batch_size=5,
+        workers=1,
+        mix=mix,
+        augment=augment,
+        interpolation="nearest",
+        crop_size=32,
+    )
+    batches = list(loader)
+    assert len(batches) == 3
+    for images, targets in batches:
+        assert images.shape == (5, 3, 32, 32) and images.dtype == torch.float32
+        assert torch.isfinite(images).all()
+        torch.testing.assert_close(targets.sum(1), torch.ones(5))
+    transform = loader.loader.dataset.transform
+    assert [type(t).__name__ for t in transform.transforms][3::3] == [
+        "TrivialAugmentWide",
+        "RandomErasing",
+    ]
