@@ -334,8 +334,13 @@ def timm_auto_augment(spec: str) -> dict[str, Any]:
         "fill_value": 128,
         "auto_augment": AutoAugment.RA if name == "rand" else AutoAugment.IMAGENET,
     }
-    if name == "rand":
-        fields |= {"num_magnitude_bins": TIMM_MAGNITUDE_BINS, "ra_increasing": False}
+    if name == "rand":  # timm's defaults: 2 ops at magnitude 10, non-increasing ops
+        fields |= {
+            "num_magnitude_bins": TIMM_MAGNITUDE_BINS,
+            "ra_magnitude": TIMM_MAGNITUDE_BINS - 1,
+            "ra_num_ops": 2,
+            "ra_increasing": False,
+        }
     for option in options:
         key, value = (
             re.fullmatch(r"([a-z]+)(.*)", option).groups() if option[:1].isalpha() else ("", option)

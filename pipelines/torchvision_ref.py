@@ -116,7 +116,8 @@ def _refuse_what_torchvision_cannot_honour(augment: AugmentConfig, interpolation
     fixed_translate = augment.auto_augment in (AutoAugment.RA, AutoAugment.IMAGENET)
     if fixed_translate and not math.isclose(augment.max_translate_rel, TORCHVISION_TRANSLATE):
         raise ValueError(
-            f"max_translate_rel={augment.max_translate_rel:g}: {where} it, its RandAugment and "
+            f"max_translate_rel={augment.max_translate_rel:g} (timm's shifts, which --aa sets): "
+            f"{where} it, its RandAugment and "
             f"AutoAugment shift by up to 150/331 of the side; {advice}"
         )
 

@@ -369,6 +369,7 @@ def test_augment_config_round_trips_through_a_dict() -> None:
             {
                 "auto_augment": "ra",
                 "ra_magnitude": 9,
+                "ra_num_ops": 2,
                 "num_magnitude_bins": 11,
                 "ra_increasing": True,
                 "max_translate_rel": 0.45,
@@ -381,6 +382,18 @@ def test_augment_config_round_trips_through_a_dict() -> None:
                 "auto_augment": "ra",
                 "ra_magnitude": 6,
                 "ra_num_ops": 1,
+                "num_magnitude_bins": 11,
+                "ra_increasing": False,
+                "max_translate_rel": 0.45,
+                "fill_value": 128,
+            },
+        ),
+        (
+            "rand",  # timm's defaults: magnitude 10 of 0..10, 2 ops, its original ops
+            {
+                "auto_augment": "ra",
+                "ra_magnitude": 10,
+                "ra_num_ops": 2,
                 "num_magnitude_bins": 11,
                 "ra_increasing": False,
                 "max_translate_rel": 0.45,

@@ -234,8 +234,9 @@ def test_augmentations_come_in_torchvisions_reference_order(
         (
             AugmentConfig(auto_augment="ra", max_translate_rel=0.45),
             "bilinear",
-            "max_translate_rel=0.45: torchvision's transforms cannot honour it, its RandAugment "
-            "and AutoAugment shift by up to 150/331 of the side; use --loader dali, which can",
+            "max_translate_rel=0.45 (timm's shifts, which --aa sets): torchvision's transforms "
+            "cannot honour it, its RandAugment and AutoAugment shift by up to 150/331 of the "
+            "side; use --loader dali, which can",
         ),
         (
             AugmentConfig(auto_augment="imagenet", max_translate_rel=0.45),

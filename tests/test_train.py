@@ -101,6 +101,12 @@ MODES = [
     ("dali", ["--channels-last", "--amp", "bf16"]),  # a GPU run's feed: NHWC, bf16 autocast
     ("torchvision", ["--cutmix-alpha", "0"]),
     ("torchvision", ["--mixup-alpha", "0.4", "--switch-prob", "0.5", "--label-smoothing", "0.1"]),
+    # torchvision's ResNet-50 recipe's augmentations, and timm's, with each loader
+    ("dali", ["--auto-augment", "ta_wide", "--random-erase", "0.5", "--mixup-alpha", "0.2"]),
+    ("dali", ["--aa", "rand-m9-n2-inc1", "--reprob", "0.5", "--interpolation", "nearest"]),
+    ("dali", ["--auto-augment", "imagenet", "--cutmix-alpha", "0", "--channels-last"]),
+    ("torchvision", ["--auto-augment", "ta_wide", "--random-erase", "0.5", "--mixup-alpha", "0.2"]),
+    ("torchvision", ["--auto-augment", "ra", "--reprob", "0.5", "--cutmix-alpha", "0"]),
 ]
 
 
@@ -147,6 +153,41 @@ def test_resumed_run_equals_uninterrupted_run(tiny: Path, tmp_path: Path, loader
     timing = {"time", "epoch_seconds", "train_images_per_s"}
     strip = [{k: v for k, v in r.items() if k not in timing} for r in _records(whole)]
     assert strip == [{k: v for k, v in r.items() if k not in timing} for r in _records(parts)]
+
+
+def _first_batches(config: TrainConfig, root: Path) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [next(iter(loader)) for loader in build_loaders(config, root, DistInfo())]
+
+
+def test_without_the_new_flags_the_dali_loaders_give_the_images_of_before(
+    tiny: Path, tmp_path: Path
+) -> None:
+    """The same batches as ``make_loader`` called without augment and interpolation."""
+    from pipelines.imagenet import make_loader
+
+    ours = _first_batches(_config(tiny, tmp_path, "--cutmix-alpha", "0"), tiny)
+    common = dict(batch_size=8, device="cpu", crop_size=32, resize_size=37, num_threads=1)
+    before = [
+        next(iter(make_loader(tiny / split, train=split == "train", seed=0, **common)))
+        for split in ("train", "val")
+    ]
+    for (images, labels), (expected, expected_labels) in zip(ours, before):
+        assert torch.equal(images, expected) and torch.equal(labels, expected_labels)
+
+
+@pytest.mark.parametrize("loader", ["dali", "torchvision"])
+def test_the_augmentation_flags_reach_the_training_loader_only(
+    tiny: Path, tmp_path: Path, loader: str
+) -> None:
+    plain = _first_batches(_config(tiny, tmp_path, "--loader", loader, "--cutmix-alpha", "0"), tiny)
+    flags = ["--auto-augment", "ta_wide", "--random-erase", "1", "--cutmix-alpha", "0"]
+    augmented = _first_batches(_config(tiny, tmp_path, "--loader", loader, *flags), tiny)
+    (images, labels), (val_images, val_labels) = augmented
+    assert torch.equal(labels, plain[0][1]) and not torch.equal(images, plain[0][0])
+    # Every image erased (p = 1): a box where all three channels are exactly the fill, 0.
+    assert all((image == 0).all(dim=0).any() for image in images)
+    assert not any((image == 0).all(dim=0).any() for image in plain[0][0])
+    assert torch.equal(val_images, plain[1][0]) and torch.equal(val_labels, plain[1][1])
 
 
 def test_gpu_run_set_up_turns_on_cudnn_autotuning(tiny: Path, tmp_path: Path, monkeypatch) -> None:
@@ -203,7 +244,7 @@ def test_default_main_job_on_a_tiny_embedded_dataset(tmp_path: Path, monkeypatch
     (record,) = _records(tmp_path / "run")
     assert record["val_images"] == 9 and record["train_loss"] > 0
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert saved["arch"] == "resnet18" and saved["data"]["crop_size"] == 64
+    assert saved["arch"] == "resnet18" and saved["data"]["train_crop_size"] == 64
     assert saved["data"]["embedded"] == TINY.to_dict()
 
     def fail(*args, **kwargs):
@@ -254,6 +295,98 @@ def test_two_process_gloo_ddp(tiny: Path, tmp_path: Path, loader: str) -> None:
     assert record["train_images"] == 24 and record["val_images"] == 9
     state = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
     assert len(state["loader"]) == 2  # one loader state per rank
+
+
+# ----------------------------------------------------------------------------- EMA, --test-only
+
+# Augmentations of torchvision's and timm's recipes, and an average updated every 2 steps with
+# torchvision's decay adjusted to 1 - min(1, (1 - 0.9) * 1 rank * 8 images * 2 steps / 2 epochs).
+AUGMENTED = {
+    "dali": ["--auto-augment", "ta_wide", "--random-erase", "0.5"],
+    "torchvision": ["--auto-augment", "ra", "--ra-magnitude", "5", "--reprob", "0.5"],
+}
+EMA = ["--model-ema", "--model-ema-steps", "2", "--model-ema-decay", "0.9"]
+
+
+@pytest.fixture(scope="module", params=["dali", "torchvision"])
+def ema_run(
+    request: pytest.FixtureRequest, tiny: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, Path]:
+    """(loader, output folder) of a finished 2-epoch run with the augmentations and EMA."""
+    loader = request.param
+    out = tmp_path_factory.mktemp(f"ema-{loader}")
+    assert run(_config(tiny, out, "--loader", loader, *EMA, *AUGMENTED[loader])).records
+    return loader, out
+
+
+def test_model_ema_follows_torchvisions_rule_and_resumes_bit_exactly(
+    ema_run: tuple[str, Path], tiny: Path, tmp_path: Path
+) -> None:
+    loader, whole = ema_run
+    parts = tmp_path / "parts"
+    flags = ["--loader", loader, *EMA, *AUGMENTED[loader]]
+    run(_config(tiny, parts, *flags, "--stop-after-steps", "4"))
+    stopped = torch.load(parts / "checkpoint.pth", weights_only=True)
+    # Epoch 1 is warmup (0.4 epochs): every update copies. Epoch 2's first step (index 0)
+    # updated the average once more: a copy of the weights, since warmup reset the count.
+    assert (stopped["epoch"], stopped["step"], int(stopped["model_ema"]["n_averaged"])) == (1, 1, 1)
+    first = stopped["model"]
+    assert all(torch.equal(stopped["model_ema"][f"module.{k}"], v) for k, v in first.items())
+    assert (
+        run(parse_config(["--resume", str(parts / "checkpoint.pth")])).outcome is Outcome.FINISHED
+    )
+    a, b = (torch.load(out / "checkpoint.pth", weights_only=True) for out in (whole, parts))
+    assert a["model_ema"].keys() == b["model_ema"].keys()
+    assert all(torch.equal(a["model_ema"][k], b["model_ema"][k]) for k in a["model_ema"])
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    # Then the step with index 2 averaged: ema = decay * ema + (1 - decay) * weights.
+    decay = 1 - min(1.0, (1 - 0.9) * (1 * 8 * 2 / 2))
+    assert int(a["model_ema"]["n_averaged"]) == 2 and decay == pytest.approx(0.2)
+    for name, last in a["model"].items():
+        if last.is_floating_point():  # parameters and BatchNorm statistics
+            expected = decay * first[name] + (1 - decay) * last
+            assert torch.equal(a["model_ema"][f"module.{name}"], expected), name
+    timing = {"time", "epoch_seconds", "train_images_per_s"}
+    strip = [{k: v for k, v in r.items() if k not in timing} for r in _records(whole)]
+    assert strip == [{k: v for k, v in r.items() if k not in timing} for r in _records(parts)]
+    assert all(0 <= r["ema_val_acc1"] <= r["ema_val_acc5"] <= 100 for r in strip)
+    assert [r["ema_val_images"] for r in strip] == [9, 9]
+
+
+def test_test_only_evaluates_the_checkpoint_and_its_average_and_changes_nothing(
+    ema_run: tuple[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    _, whole = ema_run
+    folder = tmp_path / "run"
+    shutil.copytree(whole, folder)
+    checkpoint = folder / "checkpoint.pth"
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    capsys.readouterr()
+    assert main(["--resume", str(checkpoint), "--test-only"]) == 0
+    last = _records(folder)[-1]  # the evaluation after the last epoch, of the same weights
+    names = [f"{ema}val_{m}" for ema in ("", "ema_") for m in ("loss", "acc1", "acc5", "images")]
+    tested = json.loads((folder / "test.json").read_text())
+    assert tested == {"checkpoint": str(checkpoint), "epoch": 2, "step": 0} | {
+        name: last[name] for name in names
+    }
+    assert capsys.readouterr().out == (
+        f"{checkpoint} (trained 2 epochs): val top-1 {last['val_acc1']:.2f} %, top-5 "
+        f"{last['val_acc5']:.2f} %; EMA top-1 {last['ema_val_acc1']:.2f} %, top-5 "
+        f"{last['ema_val_acc5']:.2f} %\n"
+    )
+    after = {path.name: path.read_bytes() for path in folder.iterdir() if path.name != "test.json"}
+    assert after == before  # not trained: checkpoint, metrics, config and plot as they were
+    # A checkpoint without an average: the model alone, written where --output-dir says.
+    plain = tmp_path / "plain" / "checkpoint.pth"
+    state = torch.load(checkpoint, weights_only=True)
+    save_checkpoint({k: v for k, v in state.items() if k != "model_ema"}, plain)
+    other = tmp_path / "elsewhere"
+    assert main(["--resume", str(plain), "--test-only", "--output-dir", str(other)]) == 0
+    alone = json.loads((other / "test.json").read_text())
+    assert alone == {"checkpoint": str(plain), "epoch": 2, "step": 0} | {
+        name: last[name] for name in names[:4]
+    }
+    assert sorted(p.name for p in plain.parent.iterdir()) == ["checkpoint.pth"]
 
 
 # ----------------------------------------------------------------------------- stops and errors
@@ -413,6 +546,15 @@ def _cli_case(case: str, tiny: Path, bad_tiny: Path, tmp_path: Path) -> tuple[li
     if case == "undecodable image":
         bad = bad_tiny / "train" / "s0000" / "s0000_00004.JPEG"
         return _argv(bad_tiny, out), 4, f"'{bad}' is not a decodable image ("
+    if case == "unsupported policy":
+        message = "--auto-augment augmix is not supported; supported: ta_wide, ra, imagenet"
+        return _argv(tiny, out, "--auto-augment", "augmix"), 2, message
+    if case == "both spellings":
+        message = "--random-erase and --reprob both set RandomErasing's probability; give one"
+        return _argv(tiny, out, "--random-erase", "0.1", "--reprob", "0.1"), 2, message
+    if case == "test-only without resume":
+        message = "--test-only evaluates a checkpoint: give --resume CHECKPOINT"
+        return _argv(tiny, out, "--test-only"), 2, message
     two_ranks = _config(tiny, out)  # "rank mismatch": a checkpoint of 2 ranks, mid-epoch
     path = save_checkpoint(
         {
@@ -431,7 +573,16 @@ def _cli_case(case: str, tiny: Path, bad_tiny: Path, tmp_path: Path) -> tuple[li
 
 @pytest.mark.parametrize(
     "case",
-    ["bad value", "missing folder", "empty class folder", "undecodable image", "rank mismatch"],
+    [
+        "bad value",
+        "missing folder",
+        "empty class folder",
+        "undecodable image",
+        "rank mismatch",
+        "unsupported policy",
+        "both spellings",
+        "test-only without resume",
+    ],
 )
 def test_user_errors_end_python_m_train_with_one_line_and_no_traceback(
     tiny: Path, bad_tiny: Path, tmp_path: Path, case: str
@@ -444,7 +595,7 @@ def test_user_errors_end_python_m_train_with_one_line_and_no_traceback(
     assert done.returncode == status, done.stderr[-3000:]
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     last = done.stderr.splitlines()[-1]
-    if case in ("bad value", "missing folder", "rank mismatch"):
+    if case not in ("empty class folder", "undecodable image"):
         assert last == f"python -m train: error: {message}"
     else:  # the library's message, which goes on with its advice
         assert last.startswith(f"python -m train: error: {message}")

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 import train.config
-from dali_cutmix.config import MixMode
+from dali_cutmix.config import AugmentConfig, AutoAugment, EraseMode, Interpolation, MixMode
 from train.__main__ import lr_factor
 from train.checkpoint import save_checkpoint
 from train.config import (
+    ALIASES,
     EMBEDDED_SPEC,
     FLAGS,
     RESUME_MAY_CHANGE,
@@ -29,6 +30,7 @@ from train.config import (
     resume_changes,
 )
 from train.data import build_criterion
+from train.ema import ema_decay
 from train.utils import DistInfo, SumMeter, correct_topk
 
 
@@ -42,12 +44,16 @@ def _folder(root: Path, train: list[str], val: list[str]) -> Path:
 def test_embedded_defaults_are_small_and_cpu_friendly() -> None:
     config = parse_config(["--device", "cpu"])
     assert config.data.root is None and config.data.embedded == EMBEDDED_SPEC
-    assert (config.arch, config.epochs, config.data.crop_size, config.data.batch_size) == (
+    assert (config.arch, config.epochs, config.data.train_crop_size, config.data.batch_size) == (
         "resnet18",
         6,
         64,
         64,
     )
+    assert (config.data.val_crop_size, config.data.val_resize_size) == (64, 73)  # 64 * 8 / 7
+    assert config.data.interpolation is Interpolation.BILINEAR
+    assert config.augment == AugmentConfig() and not config.augment.enabled
+    assert not config.model_ema and not config.test_only
     assert config.data.loader is LoaderKind.DALI and config.precision is Precision.FP32
     assert config.mix.cutmix_alpha == 1.0 and config.mix.prob == 1.0
     assert config.mix.mode is MixMode.ELEM and config.mix.num_classes == EMBEDDED_SPEC.num_classes
@@ -74,12 +80,14 @@ def test_data_defaults_follow_imagenet_recipes(tmp_path: Path) -> None:
         ]
     )
     assert config.data.classes == ("a", "b", "c") and config.mix.num_classes == 3
-    assert (config.arch, config.epochs, config.data.crop_size, config.data.resize_size) == (
+    data = config.data
+    assert (config.arch, config.epochs, data.train_crop_size, data.val_resize_size) == (
         "resnet50",
         90,
         224,
         256,
     )
+    assert data.val_crop_size == 224
     assert config.optim.lr == pytest.approx(0.05)  # 0.1 * 128 / 256
     assert config.optim.warmup_epochs == 5.0
     assert config.mix.mode is MixMode.BATCH  # torchvision mixes per batch
@@ -310,10 +318,12 @@ def test_resuming_refuses_changed_settings_but_not_harmless_ones() -> None:
 def test_every_flag_names_one_configuration_field() -> None:
     """FLAGS is the one map between fields and flags: errors and --resume rely on it."""
     dests = {a.dest for a in get_args_parser()._actions if a.dest != "help"}
-    assert {dest for dest, _ in FLAGS.values()} == dests
+    aliases = {dest for setters in ALIASES.values() for dest, _ in setters}
+    assert {dest for dest, _ in FLAGS.values()} | aliases == dests
+    assert aliases - {dest for dest, _ in FLAGS.values()} == {"crop_size", "aa", "reprob"}
     fields = set(_flat(parse_config(["--device", "cpu"]).to_dict()))
     derived = {f for f in fields if f.startswith(("data.classes", "data.embedded."))}
-    assert set(FLAGS) == fields - derived - {"mix.num_classes"}  # set by the dataset
+    assert set(FLAGS) | set(ALIASES) == fields - derived - {"mix.num_classes"}  # the dataset's
     assert RESUME_MAY_CHANGE.issubset(FLAGS)
 
 
@@ -432,8 +442,8 @@ def test_resume_refuses_other_changes_in_one_line_naming_the_typed_flags(
     assert exit_info.value.code == 2
     may_change = (
         "on resume only --epochs (upward), --train-list, --val-list, -j/--workers, "
-        "--print-freq, --output-dir, --stop-after-steps, --cache-dir and --deterministic may "
-        "change"
+        "--print-freq, --output-dir, --stop-after-steps, --cache-dir, --deterministic and "
+        "--test-only may change"
     )
     assert capsys.readouterr().err == f"python -m train: error: {path}: {reasons}; {may_change}\n"
 
@@ -458,6 +468,8 @@ def test_a_mid_epoch_checkpoint_of_2_ranks_asks_for_2_ranks_at_once(
     # Between epochs the number of ranks may change (the schedule follows the new one).
     at_start = _checkpoint(tmp_path / "start" / "checkpoint.pth", two_ranks, step=0, ranks=2)
     assert parse_config(["--resume", str(at_start)]).optim.lr == 0.2
+    # Evaluating a mid-epoch checkpoint continues nothing: any number of ranks may do it.
+    assert parse_config(["--resume", str(path), "--test-only"]).test_only
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
@@ -471,3 +483,339 @@ def test_resuming_a_gpu_run_without_cuda_says_so(resumable, tmp_path: Path, caps
         f"python -m train: error: --resume {path}: the run trained on the GPU and CUDA is not "
         "available here; resume it on a machine with a GPU\n"
     )
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def _augment(*argv: str) -> AugmentConfig:
+    return parse_config(["--device", "cpu", *argv]).augment
+
+
+TV_TRANSLATE = 150 / 331  # torchvision's RandAugment / AutoAugment shift, of the side
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (
+            ["--auto-augment", "ta_wide", "--random-erase", "0.1"],  # torchvision's recipe
+            AugmentConfig(auto_augment=AutoAugment.TA_WIDE, random_erase=0.1),
+        ),
+        (
+            ["--auto-augment", "ra", "--ra-magnitude", "5"],
+            AugmentConfig(auto_augment=AutoAugment.RA, ra_magnitude=5, num_magnitude_bins=31),
+        ),
+        (["--auto-augment", "imagenet"], AugmentConfig(auto_augment=AutoAugment.IMAGENET)),
+        (
+            ["--random-erase", "0.25", "--remode", "pixel"],
+            AugmentConfig(random_erase=0.25, erase_mode=EraseMode.PIXEL),
+        ),
+    ],
+    ids=["ta_wide+erase", "ra magnitude 5", "imagenet", "erase pixel"],
+)
+def test_torchvision_augmentation_flags(argv: list[str], expected: AugmentConfig) -> None:
+    augment = _augment(*argv)
+    assert augment == expected
+    # torchvision's meanings, spelled out: 2 ops of 31 bins, shifts of 150/331, fill 0,
+    # erasing 0.02-0.33 of the area with aspect ratio 0.3-3.3.
+    assert (augment.ra_num_ops, augment.num_magnitude_bins, augment.fill_value) == (2, 31, 0)
+    assert augment.ra_increasing and augment.max_translate_rel == TV_TRANSLATE
+    assert (augment.erase_scale, augment.erase_ratio) == ((0.02, 0.33), (0.3, 3.3))
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (
+            ["--aa", "rand-m7-n3-inc1", "--reprob", "0.25"],
+            dict(
+                auto_augment=AutoAugment.RA,
+                ra_num_ops=3,
+                ra_magnitude=7,
+                num_magnitude_bins=11,
+                ra_increasing=True,
+                max_translate_rel=0.45,
+                fill_value=128,
+                random_erase=0.25,
+                erase_mode=EraseMode.PIXEL,
+                erase_scale=(0.02, 1 / 3),
+                erase_ratio=(0.3, 1 / 0.3),
+            ),
+        ),
+        (
+            ["--aa", "original", "--reprob", "0.3", "--remode", "const"],
+            dict(
+                auto_augment=AutoAugment.IMAGENET,
+                max_translate_rel=0.45,
+                fill_value=128,
+                random_erase=0.3,
+                erase_scale=(0.02, 1 / 3),
+                erase_ratio=(0.3, 1 / 0.3),
+            ),
+        ),
+        (
+            ["--aa", "rand-m9-mstd0", "--reprob", "0.1", "--remode", "rand"],
+            dict(
+                auto_augment=AutoAugment.RA,
+                ra_magnitude=9,
+                num_magnitude_bins=11,
+                ra_increasing=False,  # timm's rand without inc1
+                max_translate_rel=0.45,
+                fill_value=128,
+                random_erase=0.1,
+                erase_mode=EraseMode.RAND,
+                erase_scale=(0.02, 1 / 3),
+                erase_ratio=(0.3, 1 / 0.3),
+            ),
+        ),
+    ],
+    ids=["rand-m7-n3-inc1", "original", "rand-m9-mstd0 rand"],
+)
+def test_timm_augmentation_flags(argv: list[str], expected: dict) -> None:
+    assert _augment(*argv) == AugmentConfig(**expected)
+
+
+def test_without_the_new_flags_the_configuration_is_as_before() -> None:
+    """No augmentation, bilinear, one crop for training and validation, EMA off."""
+    config = parse_config(["--device", "cpu", "--crop-size", "32", "--resize-size", "40"])
+    assert config.augment == AugmentConfig() and not config.augment.enabled
+    data = config.data
+    assert (data.train_crop_size, data.val_crop_size, data.val_resize_size) == (32, 32, 40)
+    assert data.interpolation is Interpolation.BILINEAR and not config.model_ema
+    spelled_out = ["--train-crop-size", "32", "--val-crop-size", "32", "--val-resize-size", "40"]
+    assert parse_config(["--device", "cpu", *spelled_out]) == config
+
+
+@pytest.mark.parametrize(
+    "argv, sizes",
+    [
+        (["--train-crop-size", "176", "--val-resize-size", "232"], (176, 224, 232)),  # the recipe
+        (["--crop-size", "160"], (160, 160, 183)),  # 160 * 8 / 7 = 182.9
+        (["--crop-size", "160", "--val-crop-size", "192"], (160, 192, 219)),
+        (["--val-crop-size", "256", "--resize-size", "288"], (224, 256, 288)),
+    ],
+)
+def test_crop_and_resize_flags(tmp_path: Path, argv: list[str], sizes: tuple) -> None:
+    root = _folder(tmp_path, ["a", "b"], ["a", "b"])
+    data = parse_config(["--data", str(root), "--device", "cpu", *argv]).data
+    assert (data.train_crop_size, data.val_crop_size, data.val_resize_size) == sizes
+
+
+def test_model_ema_flags_and_torchvisions_decay_adjustment() -> None:
+    config = parse_config(["--device", "cpu", "--model-ema"])
+    assert (config.model_ema, config.model_ema_steps, config.model_ema_decay) == (
+        True,
+        32,
+        0.99998,
+    )
+    # torchvision: adjust = world * batch * steps / epochs; alpha = min(1, (1 - decay) * adjust)
+    assert ema_decay(decay=0.99998, steps=32, batch_size=64, world_size=1, epochs=6) == (
+        pytest.approx(1 - 2e-5 * 64 * 32 / 6, abs=1e-12)
+    )
+    assert ema_decay(decay=0.99998, steps=32, batch_size=128, world_size=8, epochs=600) == (
+        pytest.approx(0.99890773, abs=1e-8)
+    )
+    assert ema_decay(decay=0.9, steps=32, batch_size=64, world_size=1, epochs=6) == 0.0  # alpha 1
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["--auto-augment", "augmix"],
+            "--auto-augment augmix is not supported; supported: ta_wide, ra, imagenet",
+        ),
+        (
+            ["--auto-augment", "cifar10"],
+            "--auto-augment cifar10 is not supported; supported: ta_wide, ra, imagenet",
+        ),
+        (
+            ["--aa", "rand-m9", "--auto-augment", "ra"],
+            "--aa and --auto-augment both choose the automatic augmentation; give one",
+        ),
+        (
+            ["--random-erase", "0.1", "--reprob", "0.1"],
+            "--random-erase and --reprob both set RandomErasing's probability; give one",
+        ),
+        (["--random-erase", "1.5"], "--random-erase must be in [0.0, 1.0], got 1.5"),
+        (["--reprob", "-0.5"], "--reprob must be in [0.0, 1.0], got -0.5"),
+        (
+            ["--auto-augment", "ra", "--ra-magnitude", "31"],
+            "--ra-magnitude must be < num_magnitude_bins (31), got 31",
+        ),
+        (
+            ["--ra-magnitude", "5"],
+            "--ra-magnitude is RandAugment's: it needs --auto-augment ra",
+        ),
+        (
+            ["--auto-augment", "ta_wide", "--ra-magnitude", "5"],
+            "--ra-magnitude is RandAugment's: it needs --auto-augment ra",
+        ),
+        (
+            ["--aa", "rand-m9", "--ra-magnitude", "5"],
+            "--ra-magnitude goes with --auto-augment ra; --aa gives the magnitude in its spec "
+            "(rand-m9)",
+        ),
+        (
+            ["--remode", "pixel"],
+            "--remode is RandomErasing's: it needs --reprob or --random-erase > 0",
+        ),
+        (
+            ["--aa", "rand-m9-mstd0.5-inc1"],
+            "--aa rand-m9-mstd0.5-inc1: magnitude noise (mstd0.5) cannot be honoured, DALI's "
+            "RandAugment uses one fixed magnitude; drop it or write mstd0",
+        ),
+        (
+            ["--aa", "augmix-m5"],
+            "--aa augmix-m5: AugMix is not in DALI's auto_aug; supported: "
+            "rand-m<M>[-n<N>][-inc<0|1>][-mstd0] (RandAugment, M in 0..10) and "
+            "original[-mstd0] (AutoAugment's ImageNet policy)",
+        ),
+        (
+            ["--interpolation", "bicubic", "--auto-augment", "ta_wide"],
+            "--interpolation (bicubic) cannot be used with --auto-augment: the automatic "
+            "augmentations warp with bilinear or nearest interpolation only (DALI's and "
+            "torchvision's alike); use --interpolation bilinear or nearest",
+        ),
+        (
+            ["--interpolation", "bicubic", "--aa", "original"],
+            "--interpolation (bicubic) cannot be used with --aa: the automatic augmentations "
+            "warp with bilinear or nearest interpolation only (DALI's and torchvision's alike); "
+            "use --interpolation bilinear or nearest",
+        ),
+        (
+            [
+                "--loader",
+                "torchvision",
+                "--mix-mode",
+                "batch",
+                "--reprob",
+                "0.2",
+                "--remode",
+                "rand",
+            ],
+            "--loader torchvision: --remode 'rand' (one normal value per channel): "
+            "torchvision's transforms cannot honour it; use 'const' or 'pixel', or use "
+            "--loader dali, which can",
+        ),
+        (
+            ["--val-crop-size", "300", "--val-resize-size", "256"],
+            "--val-resize-size (256) must be >= --val-crop-size (300)",
+        ),
+        (["--train-crop-size", "0"], "--train-crop-size must be an int >= 1, got 0"),
+        (["--crop-size", "0"], "--crop-size must be an int >= 1, got 0"),
+        (["--model-ema", "--model-ema-steps", "0"], "--model-ema-steps must be > 0, got 0"),
+        (
+            ["--model-ema", "--model-ema-decay", "1.5"],
+            "--model-ema-decay must be in [0, 1], got 1.5",
+        ),
+        (
+            ["--model-ema-steps", "8", "--model-ema-decay", "0.999"],
+            "--model-ema-steps and --model-ema-decay need --model-ema",
+        ),
+        (["--model-ema-decay", "0.999"], "--model-ema-decay needs --model-ema"),
+        (
+            ["--test-only"],
+            "--test-only evaluates a checkpoint: give --resume CHECKPOINT",
+        ),
+    ],
+)
+def test_bad_augmentation_ema_and_test_flags_fail_in_one_line_naming_the_flags(
+    argv: list[str], message: str, capsys
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(["--device", "cpu", *argv])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"python -m train: error: {message}\n"
+
+
+@pytest.fixture
+def augmented(tmp_path: Path) -> tuple[TrainConfig, Path]:
+    """A run with timm's augmentation flags, EMA and its own crops, and its checkpoint."""
+    root = _folder(tmp_path / "data", ["a", "b"], ["a", "b"])
+    flags = ["--aa", "rand-m7-n3-inc1", "--reprob", "0.25", "--interpolation", "nearest"]
+    flags += ["--model-ema", "--model-ema-steps", "4", "--train-crop-size", "176"]
+    flags += ["--output-dir", str(tmp_path / "run")]
+    original = parse_config(["--data", str(root), "--device", "cpu", *flags])
+    return original, _checkpoint(tmp_path / "run" / "checkpoint.pth", original, step=2)
+
+
+def test_resume_alone_restores_the_augmentation_exactly(augmented) -> None:
+    original, path = augmented
+    resumed = parse_config(["--resume", str(path)])
+    assert resumed == dataclasses.replace(original, resume=path)
+    assert resumed.augment.num_magnitude_bins == 11  # set by --aa, no flag of its own
+    again = ["--aa", "rand-m7-n3-inc1", "--reprob", "0.25", "--remode", "pixel", "--model-ema"]
+    again += ["--crop-size", "224", "--train-crop-size", "176", "--interpolation", "nearest"]
+    assert parse_config(["--resume", str(path), *again]) == resumed  # repeated: the same
+    tested = parse_config(["--resume", str(path), "--test-only"])
+    assert tested == dataclasses.replace(resumed, test_only=True)
+
+
+@pytest.mark.parametrize(
+    "argv, reasons",
+    [
+        (
+            ["--reprob", "0.5"],
+            "--reprob changes augment.random_erase from the checkpoint's 0.25 to 0.5",
+        ),
+        (["--remode", "const"], "--remode const differs from the checkpoint's pixel"),
+        (
+            ["--random-erase", "0.25"],
+            "--random-erase changes augment.erase_mode from the checkpoint's pixel to const; "
+            "--random-erase changes augment.erase_ratio from the checkpoint's 0.3 "
+            "3.3333333333333335 to 0.3 3.3; --random-erase changes augment.erase_scale from "
+            "the checkpoint's 0.02 0.3333333333333333 to 0.02 0.33",
+        ),
+        (
+            ["--aa", "rand-m5-n3-inc1"],
+            "--aa changes augment.ra_magnitude from the checkpoint's 7 to 5",
+        ),
+        (
+            ["--auto-augment", "ta_wide"],
+            "--auto-augment ta_wide differs from the checkpoint's ra; --auto-augment changes "
+            "augment.fill_value from the checkpoint's 128 to 0; --auto-augment changes "
+            "augment.max_translate_rel from the checkpoint's 0.45 to 0.45317220543806647; "
+            "--auto-augment changes augment.num_magnitude_bins from the checkpoint's 11 to 31; "
+            "--auto-augment changes augment.ra_magnitude from the checkpoint's 7 to 9; "
+            "--auto-augment changes augment.ra_num_ops from the checkpoint's 3 to 2",
+        ),
+        (["--ra-magnitude", "9"], "--ra-magnitude 9 differs from the checkpoint's 7"),
+        (
+            ["--interpolation", "bilinear"],
+            "--interpolation bilinear differs from the checkpoint's nearest",
+        ),
+        (
+            ["--crop-size", "176"],
+            "--crop-size changes data.val_crop_size from the checkpoint's 224 to 176",
+        ),
+        (["--no-model-ema"], "--no-model-ema differs from the checkpoint's --model-ema"),
+        (["--model-ema-steps", "32"], "--model-ema-steps 32 differs from the checkpoint's 4"),
+    ],
+)
+def test_resume_refuses_a_changed_augmentation_naming_the_typed_flag(
+    augmented, argv: list[str], reasons: str, capsys
+) -> None:
+    _, path = augmented
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(["--resume", str(path), *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"python -m train: error: {path}: {reasons}; on resume only ")
+    assert err.count("\n") == 1
+
+
+def test_a_checkpoint_from_before_the_augmentations_resumes_as_it_was(resumable) -> None:
+    original, path = resumable
+    state = torch.load(path, weights_only=True)
+    old = dict(state["config"])
+    for name in ("augment", "model_ema", "model_ema_steps", "model_ema_decay", "test_only"):
+        del old[name]
+    data = dict(old["data"])
+    for name in ("train_crop_size", "val_crop_size", "val_resize_size", "interpolation"):
+        del data[name]
+    old["data"] = data | {"crop_size": 224, "resize_size": 256}  # the fields of then
+    save_checkpoint({**state, "config": old}, path)
+    resumed = parse_config(["--resume", str(path)])
+    assert resumed == dataclasses.replace(original, resume=path, stop_after_steps=None)

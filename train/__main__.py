@@ -2,7 +2,9 @@
 
 Run ``python -m train --help`` for the flags, the resume rules and the exit
 statuses (:mod:`train.status`). ``torchrun --nproc_per_node N -m train ...``
-runs the same on N processes with DDP.
+runs the same on N processes with DDP. ``--model-ema`` keeps torchvision's moving
+average of the weights (:mod:`train.ema`), evaluated after every epoch beside the
+model; ``--resume CHECKPOINT --test-only`` evaluates a checkpoint and trains nothing.
 
 Nothing done is lost: a stop (Ctrl-C, SIGTERM, ``--stop-after-steps``) and an
 error of the data loader both write a checkpoint at the last step done first.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 import logging
 import math
 import os
@@ -25,6 +28,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,12 +42,14 @@ from train.data import (
     Loader,
     build_criterion,
     build_loaders,
+    build_val_loader,
     continue_at,
     data_failure,
     images_are_nhwc,
     prepare_dataset,
     restore_loader,
 )
+from train.ema import ModelEma, ema_decay
 from train.engine import EpochResult, LoaderError, StepOptions, evaluate, train_one_epoch
 from train.status import DataFailure, ExitStatus, resume_command
 from train.utils import (
@@ -124,21 +130,28 @@ class Outcome(str, enum.Enum):
     FINISHED = "finished"
     NOTHING_TO_DO = "nothing to do"
     STOPPED = "stopped"
+    TESTED = "tested"
 
 
 EXIT_STATUS = {
     Outcome.FINISHED: ExitStatus.FINISHED,
     Outcome.NOTHING_TO_DO: ExitStatus.FINISHED,
     Outcome.STOPPED: ExitStatus.STOPPED,
+    Outcome.TESTED: ExitStatus.FINISHED,
 }
+TEST_NAME = "test.json"
 
 
 @dataclasses.dataclass(frozen=True)
 class RunResult:
-    """What :func:`run` did: one metrics record per completed epoch (earlier runs' too)."""
+    """What :func:`run` did: one metrics record per completed epoch (earlier runs' too).
+
+    ``evaluation``: with ``--test-only``, what was written to ``test.json``.
+    """
 
     records: list[dict[str, Any]]
     outcome: Outcome
+    evaluation: dict[str, Any] | None = None
 
 
 class _LoaderFailed(Exception):
@@ -173,12 +186,8 @@ class Trainer:
         )
         fp16 = config.precision is Precision.FP16
         self.scaler = torch.amp.GradScaler(info.device.type) if fp16 else None
-        self.options = StepOptions(
-            device=info.device,
-            autocast_dtype=_AUTOCAST[config.precision],
-            channels_last=config.channels_last,
-            nhwc_input=images_are_nhwc(config),
-        )
+        self.options = step_options(config, info)
+        self.ema = build_model_ema(self.model, config, info) if config.model_ema else None
         self.metrics = MetricsFile(config.output_dir / "metrics.jsonl", info.is_main)
         self.checkpoint = config.output_dir / CHECKPOINT_NAME
         self.epoch, self.step, self.meter_state = 0, 0, None
@@ -194,6 +203,8 @@ class Trainer:
         """
         check_ranks(state, self.config.resume, self.info.world_size)
         _unwrapped(self.model).load_state_dict(state["model"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["model_ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
@@ -272,6 +283,8 @@ class Trainer:
             "world_size": self.info.world_size,
             "config": self.config.to_dict(),
         }
+        if self.ema is not None:
+            state["model_ema"] = self.ema.state_dict()
         save_checkpoint(state, self.checkpoint)
 
     def _loader_state(self) -> dict[str, Any] | None:
@@ -298,6 +311,7 @@ class Trainer:
             print_freq=self.config.print_freq,
             meter_state=self.meter_state,
             step_budget=budget,
+            ema=self.ema,
         )
 
     def run_epoch(self, stop: StopFlag, budget: int | None) -> EpochResult:
@@ -318,14 +332,19 @@ class Trainer:
         if result.steps_done < steps:
             return result
         try:
-            val = evaluate(
-                self.model, self.val_loader, options=self.options, info=self.info, epoch=self.epoch
-            )
+            val = self._evaluate(self.model)
+            if self.ema is not None:
+                val |= {f"ema_{k}": v for k, v in self._evaluate(self.ema.module).items()}
         except LoaderError as failed:
             raise _LoaderFailed("val", failed.__cause__) from failed
         self._log_epoch(result, val)
         self.epoch, self.step, self.meter_state = self.epoch + 1, 0, None
         return result
+
+    def _evaluate(self, model: nn.Module) -> dict[str, float]:
+        return evaluate(
+            model, self.val_loader, options=self.options, info=self.info, epoch=self.epoch
+        )
 
     def _log_epoch(self, result: EpochResult, val: dict[str, float]) -> None:
         loss_sum, count, correct1, _ = self._reduced(result.meter)
@@ -334,10 +353,7 @@ class Trainer:
             "train_loss": loss_sum / count,
             "train_acc1": 100 * correct1 / count,
             "train_images": int(count),
-            "val_loss": val["loss"],
-            "val_acc1": val["acc1"],
-            "val_acc5": val["acc5"],
-            "val_images": int(val["samples"]),
+            **val_metrics(val),
             "lr": self.optimizer.param_groups[0]["lr"],
             "epoch_seconds": result.seconds,
             "train_images_per_s": result.images * self.info.world_size / max(result.seconds, 1e-9),
@@ -346,11 +362,10 @@ class Trainer:
         self.metrics.write(record)
         if self.info.is_main:
             logger.info(
-                "epoch %d: train loss %.3f, val top-1 %.2f %%, top-5 %.2f %%",
+                "epoch %d: train loss %.3f, %s",
                 self.epoch + 1,
                 record["train_loss"],
-                val["acc1"],
-                val["acc5"],
+                accuracy_line(record),
             )
 
     def _reduced(self, meter: list[float]) -> list[float]:
@@ -427,6 +442,56 @@ class Trainer:
         return error
 
 
+def step_options(config: TrainConfig, info: DistInfo) -> StepOptions:
+    """How batches reach the model: device, autocast, memory format."""
+    return StepOptions(
+        device=info.device,
+        autocast_dtype=_AUTOCAST[config.precision],
+        channels_last=config.channels_last,
+        nhwc_input=images_are_nhwc(config),
+    )
+
+
+def build_model_ema(model: nn.Module, config: TrainConfig, info: DistInfo) -> ModelEma:
+    """``--model-ema``'s average of ``model``, with torchvision's adjusted decay."""
+    decay = ema_decay(
+        decay=config.model_ema_decay,
+        steps=config.model_ema_steps,
+        batch_size=config.data.batch_size,
+        world_size=info.world_size,
+        epochs=config.epochs,
+    )
+    return ModelEma(
+        model,
+        decay=decay,
+        every=config.model_ema_steps,
+        warmup_epochs=config.optim.warmup_epochs,
+        device=info.device,
+    )
+
+
+def val_metrics(val: dict[str, float]) -> dict[str, float]:
+    """:func:`train.engine.evaluate`'s sums as metrics: ``val_acc1``, ``ema_val_acc1``, ..."""
+    record = {}
+    for prefix in ("", "ema_"):
+        if f"{prefix}acc1" in val:
+            record |= {
+                f"{prefix}val_loss": val[f"{prefix}loss"],
+                f"{prefix}val_acc1": val[f"{prefix}acc1"],
+                f"{prefix}val_acc5": val[f"{prefix}acc5"],
+                f"{prefix}val_images": int(val[f"{prefix}samples"]),
+            }
+    return record
+
+
+def accuracy_line(record: dict[str, Any]) -> str:
+    """``val top-1 71.20 %, top-5 90.10 %`` (and the average's, when there is one)."""
+    line = f"val top-1 {record['val_acc1']:.2f} %, top-5 {record['val_acc5']:.2f} %"
+    if "ema_val_acc1" in record:
+        line += f"; EMA top-1 {record['ema_val_acc1']:.2f} %, top-5 {record['ema_val_acc5']:.2f} %"
+    return line
+
+
 def _set_up(config: TrainConfig, info: DistInfo) -> None:
     if config.deterministic:
         torch.use_deterministic_algorithms(True)
@@ -437,7 +502,53 @@ def _set_up(config: TrainConfig, info: DistInfo) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // info.world_size))
     if info.is_main:
         config.output_dir.mkdir(parents=True, exist_ok=True)
-        (config.output_dir / "config.json").write_text(config.to_json() + "\n")
+        if not config.test_only:  # the run's own configuration stays as it trained
+            (config.output_dir / "config.json").write_text(config.to_json() + "\n")
+
+
+def _evaluate_models(
+    config: TrainConfig, state: dict[str, Any], root: Path, info: DistInfo
+) -> dict[str, float]:
+    """The validation sums of the checkpoint's model and, when saved, of its average."""
+    val_loader = build_val_loader(config, root, info)
+    model = build_model(config, info)
+    _unwrapped(model).load_state_dict(state["model"])
+    models = {"": model}
+    if state.get("model_ema"):
+        ema = build_model_ema(model, config, info)
+        ema.load_state_dict(state["model_ema"])
+        models["ema_"] = ema.module
+    options, val = step_options(config, info), {}
+    for prefix, evaluated in models.items():
+        try:
+            sums = evaluate(evaluated, val_loader, options=options, info=info, epoch=state["epoch"])
+        except LoaderError as failed:
+            error = failed.__cause__
+            if not isinstance(error, DatasetError):
+                raise error from None
+            raise data_failure(
+                error, "val", config=config, root=root, info=info, checkpoint=None
+            ) from error
+        val |= {prefix + key: value for key, value in sums.items()}
+    return val
+
+
+def evaluate_checkpoint(config: TrainConfig, state: dict[str, Any], info: DistInfo) -> RunResult:
+    """``--test-only``: evaluates the checkpoint ``state`` and writes ``OUTPUT_DIR/test.json``.
+
+    The record has the metrics' names (``val_acc1``, ``ema_val_acc1``, ...) and the
+    checkpoint's position; the line printed on stdout gives the accuracies. Nothing
+    is trained and the checkpoint, metrics and configuration are left as they are.
+    """
+    root = prepare_dataset(config, info)
+    val = _evaluate_models(config, state, root, info)
+    epoch, step = state["epoch"], state["step"]
+    record = {"checkpoint": str(config.resume), "epoch": epoch, "step": step, **val_metrics(val)}
+    if info.is_main:
+        (config.output_dir / TEST_NAME).write_text(json.dumps(record, indent=2) + "\n")
+        trained = f"{epoch} epochs" + (f" and {step} steps" if step else "")
+        print(f"{config.resume} (trained {trained}): {accuracy_line(record)}", flush=True)
+    return RunResult([], Outcome.TESTED, evaluation=record)
 
 
 def _nothing_to_do(config: TrainConfig, state: dict[str, Any], info: DistInfo) -> RunResult:
@@ -456,7 +567,7 @@ def _nothing_to_do(config: TrainConfig, state: dict[str, Any], info: DistInfo) -
 
 
 def run(config: TrainConfig) -> RunResult:
-    """Trains as ``config`` says (continuing ``config.resume`` if given).
+    """Trains as ``config`` says (continuing ``config.resume`` if given), or tests it.
 
     Raises:
         DataFailure: a file of the dataset did not decode (a checkpoint holds
@@ -467,6 +578,8 @@ def run(config: TrainConfig) -> RunResult:
     try:
         _set_up(config, info)
         state = load_checkpoint(config.resume) if config.resume is not None else None
+        if state is not None and config.test_only:
+            return evaluate_checkpoint(config, state, info)
         if state is not None and state["epoch"] >= config.epochs:
             return _nothing_to_do(config, state, info)
         trainer = Trainer(config, info)

@@ -25,12 +25,21 @@ from typing import Any
 
 import torchvision
 
-from dali_cutmix.config import MixConfig, MixMode
+from dali_cutmix.config import (
+    AugmentConfig,
+    AutoAugment,
+    EraseMode,
+    Interpolation,
+    MixConfig,
+    MixMode,
+    timm_auto_augment,
+)
 from dali_cutmix.synthetic import SyntheticSpec
 from train.checkpoint import load_checkpoint
 from train.status import EXIT_STATUS_HELP, ExitStatus, resume_command
 
 __all__ = [
+    "ALIASES",
     "EMBEDDED_SPEC",
     "FLAGS",
     "check_ranks",
@@ -112,8 +121,10 @@ class DataConfig:
         classes: class names in label order (sorted folder names).
         loader: ``dali`` or ``torchvision``.
         batch_size: images per step and rank.
-        crop_size: side of the square training and validation crops.
-        resize_size: validation images are resized to this before the centre crop.
+        train_crop_size: side of the square random-resized training crops.
+        val_crop_size: side of the square validation centre crops.
+        val_resize_size: the shorter side of validation images before the centre crop.
+        interpolation: resampling of the resizes and of the automatic augmentations' warps.
         workers: DALI threads or DataLoader worker processes per rank.
         cache_dir: where the embedded dataset is generated.
         train_list, val_list: ``path label`` files (``python -m dali_cutmix.scan``'s
@@ -126,8 +137,10 @@ class DataConfig:
     embedded: SyntheticSpec | None = None
     loader: LoaderKind = LoaderKind.DALI
     batch_size: int = 256
-    crop_size: int = 224
-    resize_size: int = 256
+    train_crop_size: int = 224
+    val_crop_size: int = 224
+    val_resize_size: int = 256
+    interpolation: Interpolation = Interpolation.BILINEAR
     workers: int = 2
     cache_dir: Path = Path("data")
     train_list: Path | None = None
@@ -135,13 +148,18 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "loader", _enum(LoaderKind, "loader", self.loader))
-        for name in ("batch_size", "crop_size", "resize_size", "workers"):
+        object.__setattr__(
+            self, "interpolation", _enum(Interpolation, "interpolation", self.interpolation)
+        )
+        sizes = ("batch_size", "train_crop_size", "val_crop_size", "val_resize_size", "workers")
+        for name in sizes:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if self.resize_size < self.crop_size:
+        if self.val_resize_size < self.val_crop_size:
             raise ValueError(
-                f"resize_size ({self.resize_size}) must be >= crop_size ({self.crop_size})"
+                f"val_resize_size ({self.val_resize_size}) must be >= val_crop_size "
+                f"({self.val_crop_size})"
             )
         if not self.classes:
             raise ValueError("the dataset has no classes")
@@ -206,15 +224,23 @@ class TrainConfig:
         seed: seeds the model's initialisation, the loader's order and its mixing.
         deterministic: ``torch.use_deterministic_algorithms(True)``, no cudnn autotuning.
         mix: mixing and label smoothing (``mix.enabled`` False means plain labels).
+        augment: automatic augmentation and RandomErasing of the training images.
+        model_ema: keep an exponential moving average of the weights (torchvision's
+            ``--model-ema``), evaluated beside the model after every epoch.
+        model_ema_steps: optimizer steps between two updates of the average.
+        model_ema_decay: the average's decay per update before torchvision's
+            adjustment to the batch size, the steps and the epochs (see ``train.ema``).
         output_dir: where metrics, config, checkpoints and the plot go.
         resume: checkpoint to continue from (mid-epoch exactly).
         print_freq: steps between progress updates, the only host syncs in a step.
         stop_after_steps: stop (and checkpoint, as on Ctrl-C) after this many steps.
+        test_only: evaluate the checkpoint ``resume`` (and its average) and stop.
     """
 
     data: DataConfig
     optim: OptimConfig
     mix: MixConfig
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     arch: str = "resnet50"
     epochs: int = 90
     device: Device = Device.CPU
@@ -226,6 +252,10 @@ class TrainConfig:
     resume: Path | None = None
     print_freq: int = 10
     stop_after_steps: int | None = None
+    model_ema: bool = False
+    model_ema_steps: int = 32
+    model_ema_decay: float = 0.99998
+    test_only: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "device", _enum(Device, "device", self.device))
@@ -251,6 +281,17 @@ class TrainConfig:
             raise ValueError(
                 f"warmup_epochs ({self.optim.warmup_epochs}) must be <= epochs ({self.epochs})"
             )
+        _check_augment(self.augment, self.data)
+        self._check_ema()
+        if self.test_only and self.resume is None:
+            raise ValueError("test_only evaluates a checkpoint: give --resume CHECKPOINT")
+
+    def _check_ema(self) -> None:
+        if isinstance(self.model_ema_steps, bool) or not isinstance(self.model_ema_steps, int):
+            raise ValueError(f"model_ema_steps must be an int >= 1, got {self.model_ema_steps!r}")
+        _positive("model_ema_steps", self.model_ema_steps)
+        if not 0.0 <= self.model_ema_decay <= 1.0:
+            raise ValueError(f"model_ema_decay must be in [0, 1], got {self.model_ema_decay!r}")
 
     def to_dict(self) -> dict[str, Any]:
         def plain(value: Any) -> Any:
@@ -283,6 +324,29 @@ def _check_torchvision_mix(mix: MixConfig) -> None:
         raise ValueError("torchvision's CutMix always corrects lambda; drop --no-correct-lam")
 
 
+def _check_augment(augment: AugmentConfig, data: DataConfig) -> None:
+    """What the loaders cannot honour, refused before a single image is read."""
+    if augment.auto_augment is not None and data.interpolation is Interpolation.BICUBIC:
+        raise ValueError(
+            "interpolation (bicubic) cannot be used with auto_augment: the automatic "
+            "augmentations warp with bilinear or nearest interpolation only (DALI's and "
+            "torchvision's alike); use --interpolation bilinear or nearest"
+        )
+    if data.loader is LoaderKind.TORCHVISION and augment.enabled:
+        from pipelines.torchvision_ref import make_transforms
+
+        try:  # the torchvision loader's own checks, so that both always agree
+            make_transforms(
+                train=True,
+                crop_size=data.train_crop_size,
+                resize_size=data.val_resize_size,
+                augment=augment,
+                interpolation=data.interpolation,
+            )
+        except ValueError as error:
+            raise ValueError(f"--loader torchvision: {error}") from None
+
+
 # ----------------------------------------------------------------------------- command line
 
 
@@ -291,14 +355,21 @@ resuming:
   --resume RUN/checkpoint.pth alone continues a run: the configuration is the one saved
   in the checkpoint. Beside it may be given: --epochs (more than before; the schedule is
   recomputed for the new length), --train-list / --val-list (e.g. a scan's clean list),
-  -j/--workers, --print-freq, --output-dir, --stop-after-steps, --cache-dir and
-  --deterministic. Any other flag must repeat the checkpoint's value. A run stopped
-  mid-epoch resumes with the same number of ranks.
+  -j/--workers, --print-freq, --output-dir, --stop-after-steps, --cache-dir,
+  --deterministic and --test-only. Any other flag must repeat the checkpoint's value. A
+  run stopped mid-epoch resumes with the same number of ranks. --resume CHECKPOINT
+  --test-only evaluates the checkpoint's model (and its --model-ema average) on the
+  validation set, prints top-1 / top-5 and writes them to OUTPUT_DIR/test.json.
 """
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Flag defaults in the help, and the epilog's tables as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:  # resolved later; the help says how
+            return action.help
+        return super()._get_help_string(action)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -312,6 +383,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     _add_data_args(parser.add_argument_group("data"))
     _add_optim_args(parser.add_argument_group("model and optimisation"))
     _add_mix_args(parser.add_argument_group("mixing (timm's names)"))
+    _add_augment_args(
+        parser.add_argument_group(
+            "augmentation (torchvision's names; timm's --aa, --reprob and --remode too)"
+        )
+    )
+    _add_ema_args(parser.add_argument_group("weight averaging and evaluation (torchvision's)"))
     _add_run_args(parser.add_argument_group("run"))
     return parser
 
@@ -338,7 +415,12 @@ def _add_data_args(data: argparse._ArgumentGroup) -> None:
             help=f"'path label' lines to read instead of listing {split}/ (e.g. the files.txt "
             f"of python -m dali_cutmix.scan DATA/{split}); relative paths are under DATA/{split}",
         )
-    data.add_argument("--loader", default="dali", choices=[k.value for k in LoaderKind])
+    data.add_argument(
+        "--loader",
+        default="dali",
+        choices=[k.value for k in LoaderKind],
+        help="DALI pipeline, or torchvision's DataLoader and transforms (the baseline)",
+    )
     data.add_argument(
         "-b",
         "--batch-size",
@@ -346,15 +428,7 @@ def _add_data_args(data: argparse._ArgumentGroup) -> None:
         default=None,
         help="per rank (default: 256 with --data, 64 embedded)",
     )
-    data.add_argument(
-        "--crop-size", type=int, default=None, help="default: 224 with --data, 64 embedded"
-    )
-    data.add_argument(
-        "--resize-size",
-        type=int,
-        default=None,
-        help="validation resize (default: crop_size * 8 / 7)",
-    )
+    _add_crop_args(data)
     data.add_argument(
         "-j",
         "--workers",
@@ -362,6 +436,38 @@ def _add_data_args(data: argparse._ArgumentGroup) -> None:
         default=None,
         help="DALI threads / DataLoader workers per rank "
         "(default: CPUs per rank, at most 8 DALI threads on the GPU)",
+    )
+
+
+def _add_crop_args(data: argparse._ArgumentGroup) -> None:
+    data.add_argument(
+        "--crop-size",
+        type=int,
+        default=None,
+        help="training and validation crop (default: 224 with --data, 64 embedded)",
+    )
+    data.add_argument(
+        "--train-crop-size", type=int, default=None, help="training crop (default: --crop-size)"
+    )
+    data.add_argument(
+        "--val-crop-size",
+        type=int,
+        default=None,
+        help="validation centre crop (default: --crop-size)",
+    )
+    data.add_argument(
+        "--val-resize-size",
+        "--resize-size",
+        dest="val_resize_size",
+        type=int,
+        default=None,
+        help="validation resize of the shorter side (default: val crop * 8 / 7)",
+    )
+    data.add_argument(
+        "--interpolation",
+        default="bilinear",
+        choices=[i.value for i in Interpolation],
+        help="resampling of the resizes and of the automatic augmentations' warps",
     )
 
 
@@ -417,6 +523,76 @@ def _add_mix_args(mix: argparse._ArgumentGroup) -> None:
     mix.add_argument("--correct-lam", action=argparse.BooleanOptionalAction, default=True)
     mix.add_argument(
         "--label-smoothing", "--smoothing", dest="label_smoothing", type=float, default=0.0
+    )
+
+
+def _add_augment_args(augment: argparse._ArgumentGroup) -> None:
+    policies = ", ".join(p.value for p in AutoAugment)
+    augment.add_argument(
+        "--auto-augment",
+        default=None,
+        metavar="POLICY",
+        help=f"automatic augmentation after the crop: {policies} (TrivialAugmentWide, "
+        "RandAugment, AutoAugment's ImageNet policy)",
+    )
+    augment.add_argument(
+        "--ra-magnitude",
+        type=int,
+        default=None,
+        help="RandAugment's magnitude bin of 31, with --auto-augment ra (default: 9)",
+    )
+    augment.add_argument(
+        "--aa",
+        default=None,
+        metavar="SPEC",
+        help="timm's automatic augmentation instead, e.g. rand-m9-n2-inc1 or original",
+    )
+    augment.add_argument(
+        "--random-erase",
+        type=float,
+        default=None,
+        metavar="P",
+        help="RandomErasing's probability, torchvision's: area 0.02-0.33, ratio 0.3-3.3, zeros",
+    )
+    augment.add_argument(
+        "--reprob",
+        type=float,
+        default=None,
+        metavar="P",
+        help="RandomErasing's probability, timm's: area 0.02-1/3, ratio 0.3-1/0.3",
+    )
+    augment.add_argument(
+        "--remode",
+        default=None,
+        choices=[m.value for m in EraseMode],
+        help="erased pixels: zeros, a normal value per channel or per pixel "
+        "(default: pixel with --reprob, const with --random-erase)",
+    )
+
+
+def _add_ema_args(ema: argparse._ArgumentGroup) -> None:
+    ema.add_argument(
+        "--model-ema",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="keep an exponential moving average of the weights, evaluated after every epoch",
+    )
+    ema.add_argument(
+        "--model-ema-steps",
+        type=int,
+        default=32,
+        help="optimizer steps between two updates of the average",
+    )
+    ema.add_argument(
+        "--model-ema-decay",
+        type=float,
+        default=0.99998,
+        help="decay per update before the adjustment to batch, steps and epochs",
+    )
+    ema.add_argument(
+        "--test-only",
+        action="store_true",
+        help="evaluate the model of --resume CHECKPOINT (and its average) and stop",
     )
 
 
@@ -527,6 +703,7 @@ def _file_list(flag: str, path: Path | None) -> Path | None:
 def _data_config(args: argparse.Namespace, device: Device) -> DataConfig:
     embedded = args.data is None
     crop = _given(args.crop_size, 64 if embedded else 224)
+    val_crop = _given(args.val_crop_size, crop)
     loader = _enum(LoaderKind, "loader", args.loader)
     return DataConfig(
         root=None if embedded else args.data,
@@ -534,8 +711,10 @@ def _data_config(args: argparse.Namespace, device: Device) -> DataConfig:
         embedded=EMBEDDED_SPEC if embedded else None,
         loader=loader,
         batch_size=_given(args.batch_size, 64 if embedded else 256),
-        crop_size=crop,
-        resize_size=_given(args.resize_size, round(crop * 8 / 7)),
+        train_crop_size=_given(args.train_crop_size, crop),
+        val_crop_size=val_crop,
+        val_resize_size=_given(args.val_resize_size, round(val_crop * 8 / 7)),
+        interpolation=args.interpolation,
         workers=_given(args.workers, default_workers(loader, device)),
         cache_dir=args.cache_dir or Path(os.environ.get(CACHE_ENV, "data")),
         train_list=_file_list("--train-list", args.train_list),
@@ -543,18 +722,10 @@ def _data_config(args: argparse.Namespace, device: Device) -> DataConfig:
     )
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Resolves data-dependent defaults and builds the validated :class:`TrainConfig`.
-
-    Raises:
-        ValueError: a flag or a combination of flags is invalid.
-    """
-    embedded = args.data is None
-    device = _resolve_device(args.device)
-    data = _data_config(args, device)
+def _optim_config(args: argparse.Namespace, data: DataConfig, epochs: int) -> OptimConfig:
+    embedded = data.root is None
     default_lr = 0.1 if embedded else 0.1 * data.batch_size * _world_size() / 256
-    epochs = _given(args.epochs, 6 if embedded else 90)
-    optim = OptimConfig(
+    return OptimConfig(
         lr=default_lr if args.lr is None else args.lr,
         momentum=args.momentum,
         nesterov=args.nesterov,
@@ -564,8 +735,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         step_size=args.lr_step_size,
         gamma=args.lr_gamma,
     )
-    default_mode = MixMode.ELEM if args.loader == LoaderKind.DALI.value else MixMode.BATCH
-    mix = MixConfig(
+
+
+def _mix_config(args: argparse.Namespace, data: DataConfig) -> MixConfig:
+    default_mode = MixMode.ELEM if data.loader is LoaderKind.DALI else MixMode.BATCH
+    return MixConfig(
         num_classes=data.num_classes,
         mixup_alpha=args.mixup_alpha,
         cutmix_alpha=args.cutmix_alpha,
@@ -576,11 +750,111 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         correct_lam=args.correct_lam,
         label_smoothing=args.label_smoothing,
     )
+
+
+# The fields that --auto-augment / --aa set together, and those of --random-erase / --reprob.
+_AUTO_AUGMENT_FIELDS = (
+    "auto_augment",
+    "ra_num_ops",
+    "ra_magnitude",
+    "num_magnitude_bins",
+    "ra_increasing",
+    "max_translate_rel",
+    "fill_value",
+)
+_ERASE_FIELDS = ("random_erase", "erase_mode", "erase_scale", "erase_ratio")
+# RandomErasing's box: torchvision's defaults, and timm's (min_area, max_area, min_aspect).
+TORCHVISION_ERASE = {"erase_mode": "const", "erase_scale": (0.02, 0.33), "erase_ratio": (0.3, 3.3)}
+TIMM_ERASE = {"erase_mode": "pixel", "erase_scale": (0.02, 1 / 3), "erase_ratio": (0.3, 1 / 0.3)}
+
+
+def _policy(name: str) -> AutoAugment:
+    try:
+        return AutoAugment(name)
+    except ValueError:
+        supported = ", ".join(p.value for p in AutoAugment)
+        raise ValueError(
+            f"--auto-augment {name} is not supported; supported: {supported}"
+        ) from None
+
+
+def _auto_augment_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The automatic augmentation's fields that the flags set (all of them, or none)."""
+    if args.aa is not None and args.auto_augment is not None:
+        raise ValueError("--aa and --auto-augment both choose the automatic augmentation; give one")
+    defaults = AugmentConfig().to_dict()
+    group = {name: defaults[name] for name in _AUTO_AUGMENT_FIELDS}
+    if args.aa is not None:
+        if args.ra_magnitude is not None:
+            raise ValueError(
+                "--ra-magnitude goes with --auto-augment ra; --aa gives the magnitude in its "
+                "spec (rand-m9)"
+            )
+        return group | timm_auto_augment(args.aa)
+    # --ra-magnitude alone changes the magnitude of a resumed run's RandAugment.
+    fields = (
+        {} if args.auto_augment is None else group | {"auto_augment": _policy(args.auto_augment)}
+    )
+    if args.ra_magnitude is not None:
+        fields["ra_magnitude"] = args.ra_magnitude
+    return fields
+
+
+def _erase_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """RandomErasing's fields that the flags set: torchvision's or timm's meaning."""
+    if args.random_erase is not None and args.reprob is not None:
+        raise ValueError(
+            "--random-erase and --reprob both set RandomErasing's probability; give one"
+        )
+    fields: dict[str, Any] = {}
+    if args.random_erase is not None:
+        fields = {**TORCHVISION_ERASE, "random_erase": args.random_erase}
+    elif args.reprob is not None:
+        fields = {**TIMM_ERASE, "random_erase": args.reprob}
+    if args.remode is not None:
+        fields["erase_mode"] = args.remode
+    return fields
+
+
+def _augment_config(args: argparse.Namespace, base: AugmentConfig) -> AugmentConfig:
+    """``base`` (the defaults, or a checkpoint's) with what the augmentation flags set.
+
+    Raises:
+        ValueError: both spellings of one setting, an unsupported policy or spec, or a
+            flag that would change nothing (``--ra-magnitude`` without RandAugment,
+            ``--remode`` without RandomErasing).
+    """
+    fields = base.to_dict() | _auto_augment_fields(args) | _erase_fields(args)
+    augment = AugmentConfig.from_dict(fields)
+    if args.ra_magnitude is not None and augment.auto_augment is not AutoAugment.RA:
+        raise ValueError("--ra-magnitude is RandAugment's: it needs --auto-augment ra")
+    if args.remode is not None and not augment.erasing:
+        raise ValueError("--remode is RandomErasing's: it needs --reprob or --random-erase > 0")
+    return augment
+
+
+def config_from_args(
+    args: argparse.Namespace, *, saved_augment: AugmentConfig | None = None
+) -> TrainConfig:
+    """Resolves data-dependent defaults and builds the validated :class:`TrainConfig`.
+
+    Args:
+        saved_augment: the augmentation of the checkpoint being resumed, which the
+            augmentation flags in ``args`` (``None`` where not typed) change.
+
+    Raises:
+        ValueError: a flag or a combination of flags is invalid.
+    """
+    embedded = args.data is None
+    device = _resolve_device(args.device)
+    data = _data_config(args, device)
+    epochs = _given(args.epochs, 6 if embedded else 90)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return TrainConfig(
         data=data,
-        optim=optim,
-        mix=mix,
+        optim=_optim_config(args, data, epochs),
+        mix=_mix_config(args, data),
+        augment=_augment_config(args, saved_augment or AugmentConfig()),
         arch=args.arch or ("resnet18" if embedded else "resnet50"),
         epochs=epochs,
         device=device,
@@ -592,6 +866,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         resume=args.resume,
         print_freq=args.print_freq,
         stop_after_steps=args.stop_after_steps,
+        model_ema=args.model_ema,
+        model_ema_steps=args.model_ema_steps,
+        model_ema_decay=args.model_ema_decay,
+        test_only=args.test_only,
     )
 
 
@@ -606,8 +884,10 @@ FLAGS: dict[str, tuple[str, str]] = {
     "data.val_list": ("val_list", "--val-list"),
     "data.loader": ("loader", "--loader"),
     "data.batch_size": ("batch_size", "--batch-size"),
-    "data.crop_size": ("crop_size", "--crop-size"),
-    "data.resize_size": ("resize_size", "--resize-size"),
+    "data.train_crop_size": ("train_crop_size", "--train-crop-size"),
+    "data.val_crop_size": ("val_crop_size", "--val-crop-size"),
+    "data.val_resize_size": ("val_resize_size", "--val-resize-size"),
+    "data.interpolation": ("interpolation", "--interpolation"),
     "data.workers": ("workers", "--workers"),
     "optim.lr": ("lr", "--lr"),
     "optim.momentum": ("momentum", "--momentum"),
@@ -625,6 +905,10 @@ FLAGS: dict[str, tuple[str, str]] = {
     "mix.mode": ("mix_mode", "--mix-mode"),
     "mix.correct_lam": ("correct_lam", "--correct-lam"),
     "mix.label_smoothing": ("label_smoothing", "--label-smoothing"),
+    "augment.auto_augment": ("auto_augment", "--auto-augment"),
+    "augment.ra_magnitude": ("ra_magnitude", "--ra-magnitude"),
+    "augment.random_erase": ("random_erase", "--random-erase"),
+    "augment.erase_mode": ("remode", "--remode"),
     "arch": ("arch", "--arch"),
     "epochs": ("epochs", "--epochs"),
     "device": ("device", "--device"),
@@ -636,6 +920,27 @@ FLAGS: dict[str, tuple[str, str]] = {
     "resume": ("resume", "--resume"),
     "print_freq": ("print_freq", "--print-freq"),
     "stop_after_steps": ("stop_after_steps", "--stop-after-steps"),
+    "model_ema": ("model_ema", "--model-ema"),
+    "model_ema_steps": ("model_ema_steps", "--model-ema-steps"),
+    "model_ema_decay": ("model_ema_decay", "--model-ema-decay"),
+    "test_only": ("test_only", "--test-only"),
+}
+_CROP = ("crop_size", "--crop-size")
+_AA = ("aa", "--aa")
+_AUTO = FLAGS["augment.auto_augment"]
+_REPROB = ("reprob", "--reprob")
+_RANDOM_ERASE = FLAGS["augment.random_erase"]
+# The other flags that set a field: shorthands (--crop-size), timm's spellings (--aa,
+# --reprob) and the flags that set a group of fields together. Errors and --resume name
+# the one typed, the field's own flag in FLAGS first.
+ALIASES: dict[str, tuple[tuple[str, str], ...]] = {
+    "data.train_crop_size": (_CROP,),
+    "data.val_crop_size": (_CROP,),
+    "augment.auto_augment": (_AA,),
+    "augment.random_erase": (_REPROB,),
+    "augment.erase_mode": (_REPROB, _RANDOM_ERASE),
+    **{f"augment.{name}": (_AA, _AUTO) for name in _AUTO_AUGMENT_FIELDS[1:]},
+    **{f"augment.{name}": (_REPROB, _RANDOM_ERASE) for name in _ERASE_FIELDS[2:]},
 }
 # Fields that --resume takes from the command line rather than the checkpoint; every other
 # field must keep the checkpoint's value. `epochs` may only grow (checked apart).
@@ -651,11 +956,12 @@ RESUME_MAY_CHANGE = frozenset(
         "data.cache_dir",
         "data.train_list",
         "data.val_list",
+        "test_only",
     }
 )
 _MAY_CHANGE = (
     "on resume only --epochs (upward), --train-list, --val-list, -j/--workers, --print-freq, "
-    "--output-dir, --stop-after-steps, --cache-dir and --deterministic may change"
+    "--output-dir, --stop-after-steps, --cache-dir, --deterministic and --test-only may change"
 )
 _PATH_DESTS = frozenset({"data", "cache_dir", "train_list", "val_list", "output_dir", "resume"})
 
@@ -694,7 +1000,20 @@ def _name_pattern(name: str) -> str:
     return alone if "_" in name else alone + r"(?= must| \()"
 
 
-_BY_NAME = {field.rsplit(".", 1)[-1]: (dest, flag) for field, (dest, flag) in FLAGS.items()}
+def _setters(field: str) -> tuple[tuple[str, str], ...]:
+    """The (dest, flag) pairs that set ``field``: its own flag first, then its aliases."""
+    own = (FLAGS[field],) if field in FLAGS else ()
+    return own + ALIASES.get(field, ())
+
+
+def _typed_setter(field: str, typed: Mapping[str, str]) -> str | None:
+    """The dest of the first flag setting ``field`` that the user typed, if any."""
+    return next((dest for dest, _ in _setters(field) if dest in typed), None)
+
+
+# Only fields with a flag of their own are named in messages: "ra_magnitude must be <
+# num_magnitude_bins (31)" keeps the second name, which no single flag sets.
+_BY_NAME = {field.rsplit(".", 1)[-1]: field for field in FLAGS}
 _NAMES = re.compile("|".join(_name_pattern(n) for n in sorted(_BY_NAME, key=len, reverse=True)))
 
 
@@ -706,8 +1025,9 @@ def name_flags(message: str, typed: Mapping[str, str]) -> str:
     """
 
     def flag(match: re.Match) -> str:
-        dest, name = _BY_NAME[match.group(0)]
-        return typed.get(dest, name)
+        field = _BY_NAME[match.group(0)]
+        dest = _typed_setter(field, typed)
+        return FLAGS[field][1] if dest is None else typed[dest]
 
     return _NAMES.sub(flag, message)
 
@@ -736,9 +1056,11 @@ def _shown(value: Any) -> str:
 
 
 def _refusal(field: str, old: Any, new: Any, typed: Mapping[str, str]) -> str:
-    dest, _ = FLAGS.get(field, (None, None))
-    if dest not in typed:  # not set by a flag (the dataset's classes, say)
+    dest = _typed_setter(field, typed)
+    if dest is None:  # not set by a flag (the dataset's classes, say)
         return f"{field} is {_shown(old)} in the checkpoint but {_shown(new)} here"
+    if dest != FLAGS.get(field, (None,))[0]:  # set by a shorthand or with other fields
+        return f"{typed[dest]} changes {field} from the checkpoint's {_shown(old)} to {_shown(new)}"
     if isinstance(new, bool):  # --flag / --no-flag
         flag = FLAGS[field][1]
         return f"{typed[dest]} differs from the checkpoint's {flag if old else '--no-' + flag[2:]}"
@@ -788,12 +1110,38 @@ def check_ranks(state: Mapping[str, Any], path: Path, world: int) -> None:
         )
 
 
+def _upgrade(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """A checkpoint's configuration in today's fields; older ones lack some.
+
+    Before the augmentations, one ``crop_size`` was the training and validation crop
+    and ``resize_size`` the validation resize; what was missing had today's defaults.
+    """
+    data = dict(saved["data"])
+    if "crop_size" in data:
+        crop = data.pop("crop_size")
+        data |= {"train_crop_size": crop, "val_crop_size": crop}
+    if "resize_size" in data:
+        data["val_resize_size"] = data.pop("resize_size")
+    data.setdefault("interpolation", Interpolation.BILINEAR.value)
+    defaults = {
+        "augment": AugmentConfig().to_dict(),
+        **{name: getattr(TrainConfig, name) for name in ("model_ema_steps", "model_ema_decay")},
+        "model_ema": False,
+        "test_only": False,
+    }
+    return defaults | dict(saved) | {"data": data}
+
+
 def _checkpoint_args(saved: Mapping[str, Any], path: Path) -> dict[str, Any]:
-    """The flags' values (argparse dests) that reproduce the checkpoint's configuration."""
+    """The flags' values (argparse dests) that reproduce the checkpoint's configuration.
+
+    The augmentation is not among them: it is the checkpoint's ``augment`` as saved
+    (timm's ``--aa`` sets fields that no flag gives back), changed by typed flags only.
+    """
     flat = _flatten(saved)
-    values = {}
+    values: dict[str, Any] = {dest: None for setters in ALIASES.values() for dest, _ in setters}
     for field, (dest, _) in FLAGS.items():
-        value = flat.get(field)
+        value = None if field.startswith("augment.") else flat.get(field)
         values[dest] = Path(value) if dest in _PATH_DESTS and value is not None else value
     if values["device"] == Device.GPU.value:
         import torch
@@ -823,19 +1171,33 @@ def resume_config(args: argparse.Namespace, typed: Mapping[str, str]) -> TrainCo
     saved = state.get("config")
     if not saved:
         raise ValueError(f"--resume {path}: the checkpoint holds no configuration")
-    check_ranks(state, path, _world_size())
+    if not args.test_only:  # evaluating does not continue the epoch's shards
+        check_ranks(state, path, _world_size())
+    saved = _upgrade(saved)
     values = _checkpoint_args(saved, path)
     values |= {dest: getattr(args, dest) for dest in typed}
+    for field, setters in ALIASES.items():  # a typed --crop-size sets both crops again
+        own = FLAGS[field][0] if field in FLAGS else None
+        if own is not None and own not in typed and any(dest in typed for dest, _ in setters):
+            values[own] = None
     values |= {
         "resume": path,
         "stop_after_steps": args.stop_after_steps,
         "output_dir": args.output_dir or path.parent,
     }
-    config = config_from_args(argparse.Namespace(**values))
+    saved_augment = AugmentConfig.from_dict(saved["augment"])
+    config = config_from_args(argparse.Namespace(**values), saved_augment=saved_augment)
     reasons = resume_changes(saved, config.to_dict(), typed)
     if reasons:
         raise ValueError(f"{path}: {'; '.join(reasons)}; {_MAY_CHANGE}")
     return config
+
+
+def _check_ema_flags(args: argparse.Namespace, typed: Mapping[str, str]) -> None:
+    """The average's settings are refused without an average (on resume they must repeat)."""
+    settings = [typed[dest] for dest in ("model_ema_steps", "model_ema_decay") if dest in typed]
+    if settings and not args.model_ema:
+        raise ValueError(f"{' and '.join(settings)} need{'s' * (len(settings) == 1)} --model-ema")
 
 
 def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
@@ -851,6 +1213,7 @@ def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
     try:
         if args.resume is not None:
             return resume_config(args, typed)
+        _check_ema_flags(args, typed)
         return config_from_args(args)
     except ValueError as error:
         message = " ".join(name_flags(str(error), typed).split())

@@ -3,9 +3,11 @@
 Both loaders have one face (``len``, iteration as ``(images, targets)``,
 ``state_dict`` / ``load_state_dict``, ``num_classes``, ``dataset_size``):
 
-* ``dali``: ``pipelines.imagenet.make_loader``; decoding, cropping and
-  CutMix/MixUp run inside the DALI graph, on the GPU or the CPU.
-* ``torchvision``: ``ImageFolder`` with the standard transforms in DataLoader
+* ``dali``: ``pipelines.imagenet.make_loader``; decoding, cropping, the
+  automatic augmentation, RandomErasing and CutMix/MixUp run inside the DALI
+  graph, on the GPU or the CPU.
+* ``torchvision``: ``ImageFolder`` with the standard transforms (and
+  torchvision's own automatic augmentations and RandomErasing) in DataLoader
   workers and torchvision's ``v2.CutMix`` / ``v2.MixUp`` in the collate
   function (``pipelines.torchvision_ref``, the benchmark's baseline), made
   deterministic and resumable here: the order comes from a seeded
@@ -35,6 +37,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import default_loader
 
+from dali_cutmix.config import AugmentConfig
 from dali_cutmix.files import (
     SCAN_HINT,
     BadImageError,
@@ -55,6 +58,7 @@ __all__ = [
     "build_criterion",
     "bad_file_problem",
     "build_loaders",
+    "build_val_loader",
     "continue_at",
     "data_failure",
     "prepare_dataset",
@@ -292,31 +296,31 @@ def _images(folder: Path, file_list: Path | None) -> ImageList:
     return read_file_list(file_list, root=folder)
 
 
+def _augment(config: TrainConfig, train: bool) -> AugmentConfig | None:
+    """The training images' augmentation; ``None`` (today's graph) when there is none."""
+    return config.augment if (train and config.augment.enabled) else None
+
+
 def _torchvision_loader(
     folder: Path, file_list: Path | None, *, train: bool, config: TrainConfig, info: DistInfo
 ) -> ResumableTorchvisionLoader:
-    from pipelines.torchvision_ref import make_torchvision_loader
+    from pipelines.torchvision_ref import MixCollate, make_transforms
 
     data = config.data
     images = _images(folder, file_list)  # DatasetError naming the path, as DALI's loader
-    mix = config.mix if (train and config.mix.enabled) else None
-    # The reference loader supplies the transforms and the CutMix/MixUp collate function;
-    # the files (the folder's or the list's), the order and the seeding are ours.
-    reference = make_torchvision_loader(
-        folder,
+    # The reference supplies the transforms and the CutMix/MixUp collate function; the
+    # files (the folder's or the list's), the order and the seeding are ours.
+    transform = make_transforms(
         train=train,
-        batch_size=1,  # ours are made below; 1 passes the reference's size check
-        workers=0,
-        mix=mix,
-        crop_size=data.crop_size,
-        resize_size=data.resize_size,
-        seed=config.seed,
+        crop_size=data.train_crop_size if train else data.val_crop_size,
+        resize_size=data.val_resize_size,
+        augment=_augment(config, train),
+        interpolation=data.interpolation,
     )
-    transform = reference.loader.dataset.transform
-    collate = reference.loader.collate_fn if mix is not None else None
+    mixing = train and config.mix.enabled
     return ResumableTorchvisionLoader(
         _ImageFiles(images, transform),
-        collate=collate,
+        collate=MixCollate(config.mix) if mixing else None,
         classes=list(images.classes),
         batch_size=data.batch_size,
         train=train,
@@ -343,8 +347,10 @@ def _dali_loader(
         batch_size=data.batch_size,
         device="gpu" if config.device is Device.GPU else "cpu",
         mix=config.mix if (train and config.mix.enabled) else None,
-        crop_size=data.crop_size,
-        resize_size=data.resize_size,
+        crop_size=data.train_crop_size if train else data.val_crop_size,
+        resize_size=data.val_resize_size,
+        augment=_augment(config, train),
+        interpolation=data.interpolation,
         num_threads=data.workers,
         seed=config.seed,
         shard_id=info.rank,
@@ -387,6 +393,21 @@ def data_failure(
     )
 
 
+def _build_loader(split: str, config: TrainConfig, root: Path, info: DistInfo) -> Loader:
+    build = _dali_loader if config.data.loader is LoaderKind.DALI else _torchvision_loader
+    file_list = config.data.train_list if split == "train" else config.data.val_list
+    try:
+        return build(root / split, file_list, train=split == "train", config=config, info=info)
+    except BadImageError as error:
+        failure = data_failure(error, split, config=config, root=root, info=info, checkpoint=None)
+        raise failure from error
+
+
+def build_val_loader(config: TrainConfig, root: Path, info: DistInfo) -> Loader:
+    """The validation loader of :func:`build_loaders` alone (``--test-only``)."""
+    return _build_loader("val", config, root, info)
+
+
 def build_loaders(config: TrainConfig, root: Path, info: DistInfo) -> tuple[Loader, Loader]:
     """(train, val) loaders over ``root/train`` and ``root/val`` (or the file lists) for this rank.
 
@@ -398,21 +419,7 @@ def build_loaders(config: TrainConfig, root: Path, info: DistInfo) -> tuple[Load
         DatasetError: a folder or list cannot be read, or holds no full batch.
         DataFailure: a file does not decode (DALI decodes its first batches here).
     """
-    build = _dali_loader if config.data.loader is LoaderKind.DALI else _torchvision_loader
-    lists = {"train": config.data.train_list, "val": config.data.val_list}
-    loaders = []
-    for split in ("train", "val"):
-        try:
-            loader = build(
-                root / split, lists[split], train=split == "train", config=config, info=info
-            )
-        except BadImageError as error:
-            failure = data_failure(
-                error, split, config=config, root=root, info=info, checkpoint=None
-            )
-            raise failure from error
-        loaders.append(loader)
-    train, val = loaders
+    train, val = _build_loader("train", config, root, info), build_val_loader(config, root, info)
     if len(train) == 0:
         raise DatasetError(
             f"{root / 'train'}: {train.dataset_size} images give no batch of "

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from train.ema import ModelEma
 from train.utils import DistInfo, StopFlag, SumMeter, correct_topk
 
 __all__ = ["StepOptions", "EpochResult", "LoaderError", "train_one_epoch", "evaluate"]
@@ -121,6 +122,7 @@ def train_one_epoch(
     print_freq: int,
     meter_state: list[float] | None = None,
     step_budget: int | None = None,
+    ema: ModelEma | None = None,
 ) -> EpochResult:
     """Trains until the loader's epoch ends or a stop is requested.
 
@@ -131,6 +133,7 @@ def train_one_epoch(
         scaler: for float16 autocast; ``None`` otherwise.
         meter_state: sums of the interrupted part of this epoch, to continue them.
         step_budget: stop after this many steps in this call (``--stop-after-steps``).
+        ema: the weights' moving average, offered every step (``--model-ema``).
     """
     model.train()
     meter = SumMeter(options.device, meter_state)
@@ -149,6 +152,8 @@ def train_one_epoch(
             scheduler.step()
             meter.update(loss, targets.shape[0], correct_topk(output.detach(), targets, (1, 5)))
             step, images_seen = step + 1, images_seen + targets.shape[0]
+            if ema is not None:
+                ema.after_step(model, epoch=epoch, step=step)
             bar.update(1)
             sync = step % print_freq == 0 or step == num_steps
             if sync:  # the only host synchronisation of the step

@@ -3,7 +3,8 @@
 A script can tell the outcomes apart by the status alone:
 
 ====  =======================================================================
-0     trained to the last epoch, or resumed a run that had nothing left to do
+0     trained to the last epoch, resumed a run that had nothing left to do, or
+      evaluated a checkpoint (``--test-only``)
 1     an unexpected internal error (Python's status; its traceback is printed)
 2     the command line, the dataset or the checkpoint is wrong; nothing was
       trained by this command (one line on stderr says what and where)
@@ -45,7 +46,8 @@ class ExitStatus(enum.IntEnum):
 
 EXIT_STATUS_HELP = """\
 exit status:
-  0    trained to the last epoch, or --resume of a run with nothing left to do
+  0    trained to the last epoch, or --resume of a run with nothing left to do, or
+       --test-only evaluated the checkpoint
   1    unexpected internal error (with a traceback)
   2    invalid flag, dataset or checkpoint: one line on stderr says what; nothing trained
   3    stopped by Ctrl-C, SIGTERM or --stop-after-steps; checkpoint written, the last

@@ -160,6 +160,9 @@ def plot_curves(records: list[dict[str, Any]], path: Path) -> Path | None:
     ax_acc.plot(epochs, [r["train_acc1"] for r in records], "o-", label="train top-1 (argmax)")
     ax_acc.plot(epochs, [r["val_acc1"] for r in records], "o-", label="val top-1")
     ax_acc.plot(epochs, [r["val_acc5"] for r in records], "o-", label="val top-5")
+    if all("ema_val_acc1" in r for r in records):  # --model-ema
+        ax_loss.plot(epochs, [r["ema_val_loss"] for r in records], "o-", label="val, EMA")
+        ax_acc.plot(epochs, [r["ema_val_acc1"] for r in records], "o-", label="val top-1, EMA")
     ax_acc.set(xlabel="epoch", ylabel="%", title="accuracy", ylim=(0, 100))
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
