@@ -23,6 +23,7 @@ __all__ = [
     "BadImageError",
     "DatasetError",
     "ImageList",
+    "class_folders",
     "list_image_folder",
     "path_in_message",
     "read_file_list",
@@ -128,13 +129,14 @@ def _and_join(names: Sequence[str]) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
-def _class_folders(root: Path) -> list[str]:
+def class_folders(root: str | os.PathLike[str]) -> list[str]:
     """The class folder names under ``root``, sorted as ``ImageFolder`` sorts them.
 
     Raises:
         DatasetError: ``root`` is missing or not a folder, has no subfolder, or
             has only split folders (``train/``, ``val/``...): one level too high.
     """
+    root = Path(root)
     _check_root(root)
     classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
     if not classes:
@@ -172,7 +174,7 @@ def list_image_folder(root: str | os.PathLike[str]) -> ImageList:
             the message names the path and what to do.
     """
     root = Path(root).expanduser().resolve()
-    classes = _class_folders(root)
+    classes = class_folders(root)
     paths: list[str] = []
     labels: list[int] = []
     for label, name in enumerate(classes):
@@ -234,7 +236,7 @@ def read_file_list(
     paths = tuple(os.path.join(base, p) for p, _ in entries)
     labels = tuple(label for _, label in entries)
     if root is not None:
-        classes = tuple(_class_folders(base))
+        classes = tuple(class_folders(base))
         if max(labels) >= len(classes):
             raise DatasetError(
                 f"file list {str(list_path)!r} has label {max(labels)} but {str(base)!r} "

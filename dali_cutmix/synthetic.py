@@ -52,7 +52,9 @@ from dali_cutmix.cli import exit_on_user_error
 from dali_cutmix.procs import process_context
 
 __all__ = [
+    "CACHE_ENV",
     "SyntheticSpec",
+    "cache_dir",
     "DatasetStats",
     "generate",
     "dataset_stats",
@@ -63,6 +65,17 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# Where generated datasets are kept: the embedded training set, the benchmark's, the soak's.
+CACHE_ENV = "DALI_CUTMIX_CACHE"
+
+
+def cache_dir(given: str | os.PathLike[str] | None = None) -> Path:
+    """``given``, else ``$DALI_CUTMIX_CACHE``, else ``./data``: where generated sets are kept."""
+    if given is not None:
+        return Path(given)
+    return Path(os.environ.get(CACHE_ENV, "data"))
+
 
 GENERATOR_VERSION = 1  # bump when the bytes for a given spec change
 MANIFEST = "manifest.json"
