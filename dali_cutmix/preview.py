@@ -1,10 +1,11 @@
 """A PNG grid of mixed samples, so a person can see what the pipeline does.
 
 Each tile is one output sample of a small DALI CPU pipeline (read, decode,
-resize, mix); its caption names the two classes and their label weights, as
-the targets carry them::
+resize, mix); its caption says CutMix or MixUp and names the two classes with
+their label weights (both, even when the partner has the same class), and the
+pasted CutMix box is outlined::
 
-    python -m dali_cutmix.preview --data path/to/train --out preview.png --cutmix-alpha 1
+    python -m dali_cutmix.preview --data path/to/train --cutmix-alpha 1   # -> runs/preview.png
 
 Without ``--data`` it previews a small generated ImageNet-like set (cached
 under ``$DALI_CUTMIX_CACHE``, default ``./data``).
@@ -13,25 +14,66 @@ under ``$DALI_CUTMIX_CACHE``, default ``./data``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
-from nvidia.dali import fn, pipeline_def, types
 from PIL import Image, ImageDraw
 
 from dali_cutmix.cli import exit_on_user_error, positive_int
 from dali_cutmix.config import MixConfig
 from dali_cutmix.files import ImageList, list_image_folder
-from dali_cutmix.mixing import mix
-from dali_cutmix.scan import explain_decode_error
-from dali_cutmix.synthetic import SyntheticSpec, generate
+from dali_cutmix.synthetic import SyntheticSpec, cache_dir, generate
 
-__all__ = ["mixed_batch", "caption", "render_grid", "write_preview", "main"]
+__all__ = [
+    "MixedBatch",
+    "mixed_batch",
+    "caption",
+    "render_grid",
+    "write_preview",
+    "main",
+]
 
 log = logging.getLogger(__name__)
+
+BOX_COLOUR = (255, 255, 0)  # the CutMix box's outline: yellow shows on most photographs
+
+
+class MixedBatch(NamedTuple):
+    """One mixed batch and, per sample, what was mixed into it.
+
+    Attributes:
+        images: uint8 ``[N, size, size, 3]`` (MixUp output rounded).
+        labels: int ``[N]`` class indices.
+        targets: float32 ``[N, num_classes]``, the targets ``mix`` gives.
+        partners: int ``[N]``, the index in the batch of each sample's partner
+            (the sample itself when nothing was mixed in).
+        shares: float32 ``[N]``, the partner's label weight (0 when unmixed).
+        methods: ``"CutMix"``, ``"MixUp"`` or ``""`` (unmixed) per sample.
+        boxes: the pasted box per sample as ``(top, left, bottom, right)``
+            pixels (bottom and right exclusive), ``None`` where none was pasted.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    targets: np.ndarray
+    partners: np.ndarray
+    shares: np.ndarray
+    methods: list[str]
+    boxes: list[tuple[int, int, int, int] | None]
+
+
+def _sample_index(info) -> np.ndarray:
+    return np.array(info.idx_in_batch, np.int32)
+
+
+def _check_ints(**values: tuple[int, int]) -> None:
+    for name, (value, low) in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
 
 
 def mixed_batch(
@@ -41,8 +83,14 @@ def mixed_batch(
     batch_size: int = 16,
     size: int = 160,
     seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One mixed batch from an ImageFolder tree, on the CPU.
+) -> MixedBatch:
+    """One mixed batch from an ImageFolder tree, on the CPU, with what was mixed where.
+
+    The pipeline mixes each image with a fourth channel holding its index in
+    the batch (plus one), and mixes "labels" that are those indices: the
+    channel then shows where a partner was pasted (CutMix) or blended in
+    (MixUp), and the index targets name the partner and its share, even when
+    the partner has the same class. The class targets follow from the shares.
 
     Args:
         root: the dataset folder (listed by :func:`dali_cutmix.files.list_image_folder`,
@@ -50,19 +98,19 @@ def mixed_batch(
         config: the mixing; ``config.num_classes`` is the width of the targets.
         batch_size, size, seed: samples, their side in pixels, DALI's seed (>= 0).
 
-    Returns:
-        ``(images, labels, targets)``: uint8 ``[N, size, size, 3]`` (MixUp
-        output rounded), int ``[N]`` class indices, float32 ``[N, num_classes]``.
-
     Raises:
         ValueError: a bad ``batch_size``, ``size`` or ``seed``.
         dali_cutmix.files.DatasetError: an unusable folder, or (as
             ``BadImageError``) a file that does not decode; the message names it.
     """
-    for name, value, low in (("batch_size", batch_size, 1), ("size", size, 1), ("seed", seed, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    from nvidia.dali import fn, pipeline_def, types  # here, so that --help answers without DALI
+
+    from dali_cutmix.mixing import mix
+    from dali_cutmix.scan import explain_decode_error
+
+    _check_ints(batch_size=(batch_size, 1), size=(size, 1), seed=(seed, 0))
     images = root if isinstance(root, ImageList) else list_image_folder(root)
+    by_index = dataclasses.replace(config, num_classes=batch_size, label_smoothing=0.0)
 
     @pipeline_def(batch_size=batch_size, num_threads=2, device_id=None, seed=seed)
     def pipe():
@@ -70,37 +118,99 @@ def mixed_batch(
             files=list(images.paths), labels=list(images.labels), random_shuffle=True
         )
         decoded = fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
-        decoded = fn.resize(decoded, size=[size, size])
-        mixed, targets = mix(decoded, labels, config)
-        return mixed, labels, targets
+        pixels = fn.cast(fn.resize(decoded, size=[size, size]), dtype=types.FLOAT)
+        index = fn.external_source(source=_sample_index, batch=False)
+        tag = pixels[:, :, 0:1] * 0.0 + fn.cast(index, dtype=types.FLOAT) + 1.0
+        mixed, shares = mix(fn.cat(pixels, tag, axis=2), index, by_index)
+        return mixed, labels, shares
 
     p = pipe()
     p.build()
     try:
-        pixels, labels, targets = p.run()
+        mixed, labels, shares = p.run()
     except RuntimeError as err:  # DALI's error for a file it cannot decode
         explained = explain_decode_error(err, images)
         if explained is err:
             raise
         raise explained from err
-    as_np = [np.array(pixels[i]) for i in range(batch_size)]
-    rounded = np.stack([np.clip(np.rint(a), 0, 255).astype(np.uint8) for a in as_np])
-    return rounded, np.array(labels.as_array()).reshape(-1), np.array(targets.as_array())
+    return _read_batch(
+        np.stack([np.array(mixed[i]) for i in range(batch_size)]),
+        np.array(labels.as_array()).reshape(-1),
+        np.array(shares.as_array()),
+        config,
+    )
 
 
-def caption(target: np.ndarray, label: int, names: Sequence[str]) -> str:
-    """``"own 0.62\\n+ partner 0.38"``; only the own class when nothing was mixed in."""
-    text = f"{names[label]} {target[label]:.2f}"
-    others = [int(k) for k in np.argsort(-target, kind="stable") if int(k) != label]
-    if others and target[others[0]] > target.min():
-        text += f"\n+ {names[others[0]]} {target[others[0]]:.2f}"
-    return text
+def _read_batch(
+    mixed: np.ndarray, labels: np.ndarray, shares: np.ndarray, config: MixConfig
+) -> MixedBatch:
+    """:class:`MixedBatch` from float32 ``[N, S, S, 4]`` (pixels, index tag), ``[N, N]`` shares."""
+    n = len(labels)
+    off = config.label_smoothing / config.num_classes
+    one_hot = np.full((n, config.num_classes), off, np.float32)
+    one_hot[np.arange(n), labels] += 1.0 - config.label_smoothing
+    partners, weights, methods, boxes = [], [], [], []
+    for i in range(n):
+        others = [j for j in np.argsort(-shares[i], kind="stable") if j != i]
+        j = int(others[0]) if others and shares[i, others[0]] > 0 else i
+        method, box = _what_was_mixed(mixed[i, :, :, 3], own=i, partner=j)
+        partners.append(j)
+        weights.append(float(shares[i, j]) if j != i else 0.0)
+        methods.append(method)
+        boxes.append(box)
+    pixels = np.clip(np.rint(mixed[..., :3]), 0, 255).astype(np.uint8)
+    return MixedBatch(
+        images=pixels,
+        labels=labels,
+        targets=(shares @ one_hot).astype(np.float32),
+        partners=np.array(partners),
+        shares=np.array(weights, np.float32),
+        methods=methods,
+        boxes=boxes,
+    )
+
+
+def _what_was_mixed(
+    tag: np.ndarray, *, own: int, partner: int
+) -> tuple[str, tuple[int, int, int, int] | None]:
+    """The method and CutMix box read from a sample's index channel ``[S, S]``.
+
+    CutMix copies the partner's tag (``partner + 1``) into a box and leaves
+    ``own + 1`` elsewhere; MixUp blends the two tags everywhere.
+    """
+    if partner == own:
+        return "", None
+    pasted = tag == partner + 1
+    if not pasted.any() or not np.all(pasted | (tag == own + 1)):
+        return "MixUp", None
+    rows, cols = np.flatnonzero(pasted.any(1)), np.flatnonzero(pasted.any(0))
+    return "CutMix", (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
+
+
+def caption(method: str, own: str, partner: str, share: float) -> str:
+    """A tile's caption: the method, then each class with its label weight.
+
+    ``caption("CutMix", "cat", "cat", 0.25) == "CutMix cat 0.75\n+ cat 0.25"``; an
+    unmixed sample (``method == ""``) reads ``"unmixed cat 1.00"``.
+    """
+    if not method:
+        return f"unmixed {own} 1.00"
+    return f"{method} {own} {1.0 - share:.2f}\n+ {partner} {share:.2f}"
 
 
 def render_grid(
-    images: np.ndarray, captions: Sequence[str], *, columns: int = 4, caption_height: int = 28
+    images: np.ndarray,
+    captions: Sequence[str],
+    *,
+    boxes: Sequence[tuple[int, int, int, int] | None] | None = None,
+    columns: int = 4,
+    caption_height: int = 28,
 ) -> Image.Image:
-    """Tiles uint8 ``[N, H, W, 3]`` images with a caption line under each."""
+    """Tiles uint8 ``[N, H, W, 3]`` images with a caption under each and the boxes outlined.
+
+    ``boxes`` holds ``(top, left, bottom, right)`` per image (exclusive ends) or
+    ``None``; each box's edge pixels are drawn in :data:`BOX_COLOUR`.
+    """
     n, h, w, _ = images.shape
     rows = (n + columns - 1) // columns
     grid = Image.new("RGB", (columns * w, rows * (h + caption_height)), "white")
@@ -108,6 +218,10 @@ def render_grid(
     for i in range(n):
         x, y = (i % columns) * w, (i // columns) * (h + caption_height)
         grid.paste(Image.fromarray(images[i]), (x, y))
+        box = boxes[i] if boxes is not None else None
+        if box is not None:
+            top, left, bottom, right = box
+            draw.rectangle((x + left, y + top, x + right - 1, y + bottom - 1), outline=BOX_COLOUR)
         draw.multiline_text((x + 2, y + h + 1), captions[i], fill="black", spacing=1)
     return grid
 
@@ -131,14 +245,21 @@ def write_preview(
         raise ValueError(
             f"num_classes={config.num_classes} but {listed.source} has {listed.num_classes} classes"
         )
-    images, labels, targets = mixed_batch(listed, config, batch_size=batch_size, seed=seed)
-    captions = [caption(t, int(lbl), listed.classes) for t, lbl in zip(targets, labels)]
+    batch = mixed_batch(listed, config, batch_size=batch_size, seed=seed)
+    names = [listed.classes[label] for label in batch.labels]
+    captions = [
+        caption(method, names[i], names[j], share)
+        for i, (method, j, share) in enumerate(zip(batch.methods, batch.partners, batch.shares))
+    ]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    render_grid(images, captions).save(out)
-    log.info("wrote %s (%d samples)", out, len(images))
+    render_grid(batch.images, captions, boxes=batch.boxes).save(out)
+    log.info("wrote %s (%d samples)", out, len(batch.images))
     return out
 
+
+# Where the PNG goes without --out: the working folder's runs/, not the source tree.
+DEFAULT_OUT = Path("runs") / "preview.png"
 
 # What the preview shows without --data: 6 classes of half-scale ImageNet-like JPEGs.
 PREVIEW_SPEC = SyntheticSpec(num_classes=6, train_per_class=8, val_per_class=1, size_scale=0.5)
@@ -146,8 +267,7 @@ PREVIEW_SPEC = SyntheticSpec(num_classes=6, train_per_class=8, val_per_class=1, 
 
 def default_data() -> Path:
     """The generated preview set's ``train`` folder (written once, then reused)."""
-    cache = Path(os.environ.get("DALI_CUTMIX_CACHE", "data"))
-    return generate(cache / "preview", PREVIEW_SPEC, progress=False) / "train"
+    return generate(cache_dir() / "preview", PREVIEW_SPEC, progress=False) / "train"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -157,14 +277,48 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data", type=Path, help="ImageFolder root DATA/<class>/<image> (default: a generated set)"
     )
-    parser.add_argument("--out", default="preview.png", help="PNG to write")
-    parser.add_argument("--cutmix-alpha", type=float, default=1.0)
-    parser.add_argument("--mixup-alpha", type=float, default=0.0)
-    parser.add_argument("--mix-prob", type=float, default=1.0)
-    parser.add_argument("--switch-prob", type=float, default=0.5)
-    parser.add_argument("--mix-mode", default="elem", choices=["elem", "pair", "batch"])
-    parser.add_argument("--batch-size", type=positive_int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="PNG to write (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--cutmix-alpha",
+        type=float,
+        default=1.0,
+        help="CutMix's Beta(alpha, alpha); 0 turns CutMix off (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--mixup-alpha",
+        type=float,
+        default=0.0,
+        help="MixUp's Beta(alpha, alpha); 0 turns MixUp off (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--mix-prob",
+        type=float,
+        default=1.0,
+        help="probability that a sample is mixed at all (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--switch-prob",
+        type=float,
+        default=0.5,
+        help="with both on, probability of MixUp instead of CutMix (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--mix-mode",
+        default="elem",
+        choices=["elem", "pair", "batch"],
+        help="draw per sample, per pair of samples or per batch (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=16,
+        help="samples in the grid, four per row (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="DALI's seed for the draws (default: %(default)s)"
+    )
     return parser
 
 

@@ -226,17 +226,30 @@ def get_args_parser() -> argparse.ArgumentParser:
         prog="python -m pipelines.gpu_check",
         description="Run the GPU tests, DALI probes, graph cost and a short benchmark on a GPU.",
     )
-    parser.add_argument("--out", type=Path, default=Path("runs/gpu-check"), help="output folder")
-    parser.add_argument("--threads", type=positive_int, default=8, help="DALI CPU threads")
-    parser.add_argument("--batch-size", type=positive_int, default=256, help="benchmark batch size")
-    parser.add_argument(
+    add = parser.add_argument
+    add(
+        "--out",
+        type=Path,
+        default=Path("runs/gpu-check"),
+        help="output folder (default: %(default)s)",
+    )
+    add("--threads", type=positive_int, default=8, help="DALI CPU threads (default: %(default)s)")
+    add(
+        "--batch-size",
+        type=positive_int,
+        default=256,
+        help="benchmark batch size (default: %(default)s)",
+    )
+    add(
         "--skip",
         nargs="*",
         default=[],
         choices=["pytest", "graph_cost", "bench"],
-        help="steps to leave out",
+        help="steps to leave out (default: none)",
     )
-    parser.add_argument("--timeout", type=positive_int, default=1200, help="seconds per step")
+    add(
+        "--timeout", type=positive_int, default=1200, help="seconds per step (default: %(default)s)"
+    )
     return parser
 
 

@@ -29,16 +29,15 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
-
-import nvidia.dali.fn as fn
-import nvidia.dali.types as types
-from nvidia.dali import pipeline_def
-from nvidia.dali.data_node import DataNode
+from typing import TYPE_CHECKING, Any
 
 from dali_cutmix.cli import exit_on_user_error, positive_int
 from dali_cutmix.config import MixConfig
-from dali_cutmix.mixing import _Canvas, _plan, soft_targets  # the graph's CPU part, no pixels
+
+if TYPE_CHECKING:
+    from nvidia.dali.data_node import DataNode
+
+# DALI is imported where a graph is built, so that --help answers without loading it.
 
 __all__ = ["SETTINGS", "measure_setting", "main"]
 
@@ -58,6 +57,8 @@ SETTINGS: dict[str, dict[str, Any] | None] = {
 
 def _labels(num_classes: int) -> DataNode:
     """Stand-in for the reader's int32 ``[1]`` labels (two operators in every graph)."""
+    from nvidia.dali import fn, types
+
     drawn = fn.random.uniform(range=[0, num_classes], shape=[1])
     return fn.cast(drawn, dtype=types.INT32)
 
@@ -66,6 +67,11 @@ def _cpu_part(
     mix: MixConfig | None, *, crop_size: int, targets: bool
 ) -> Callable[[], tuple[DataNode, ...]]:
     """The CPU operators that the training graph runs for ``mix`` per batch."""
+    from nvidia.dali import fn, types
+    from nvidia.dali.data_node import DataNode
+
+    # the graph's CPU part, no pixels
+    from dali_cutmix.mixing import _Canvas, _plan, soft_targets
 
     def graph() -> tuple[DataNode, ...]:
         labels = _labels(1000 if mix is None else mix.num_classes)
@@ -106,6 +112,8 @@ def measure_setting(
     window_batches: int = 50,
 ) -> dict[str, Any]:
     """Times one setting's CPU part; returns ms per batch (median, min, max) and operators."""
+    from nvidia.dali import pipeline_def
+
     params = SETTINGS[name]
     mix = None if params is None else MixConfig(num_classes=num_classes, **params)
     pipe = pipeline_def(
@@ -198,16 +206,28 @@ def get_args_parser() -> argparse.ArgumentParser:
         prog="python -m pipelines.graph_cost",
         description="Per-batch CPU cost of the mixing graph (operators and ms), by setting.",
     )
-    parser.add_argument("--batch-size", type=positive_int, default=256, help="samples per batch")
-    parser.add_argument("--threads", type=positive_int, default=2, help="DALI CPU threads")
-    parser.add_argument("--crop-size", type=positive_int, default=224, help="side of the crops")
-    parser.add_argument(
-        "--targets", action="store_true", help="build the soft targets on the CPU too"
+    add = parser.add_argument
+    add(
+        "--batch-size",
+        type=positive_int,
+        default=256,
+        help="samples per batch (default: %(default)s)",
     )
-    parser.add_argument(
-        "--repeats", type=positive_int, default=2, help="interleaved passes over settings"
+    add("--threads", type=positive_int, default=2, help="DALI CPU threads (default: %(default)s)")
+    add(
+        "--crop-size",
+        type=positive_int,
+        default=224,
+        help="side of the crops, pixels (default: %(default)s)",
     )
-    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    add("--targets", action="store_true", help="build the soft targets on the CPU too")
+    add(
+        "--repeats",
+        type=positive_int,
+        default=2,
+        help="interleaved passes over the settings (default: %(default)s)",
+    )
+    add("--out", type=Path, help="also write the results as JSON here (default: stdout only)")
     return parser
 
 

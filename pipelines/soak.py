@@ -30,8 +30,7 @@ from typing import Any
 
 from dali_cutmix.cli import exit_on_user_error, positive_int
 from dali_cutmix.config import MixConfig
-from dali_cutmix.synthetic import SyntheticSpec, generate
-from pipelines.imagenet import make_loader
+from dali_cutmix.synthetic import CACHE_ENV, SyntheticSpec, cache_dir, generate
 
 __all__ = ["rss_mb", "soak", "main"]
 
@@ -78,6 +77,7 @@ def soak(
     warmup: int = 2,
 ) -> dict[str, Any]:
     """Runs ``epochs`` epochs, then ``resumes`` stop-and-resume cycles; returns RSS figures."""
+    from pipelines.imagenet import make_loader  # here, so that --help answers without DALI
 
     def loader():
         return make_loader(
@@ -129,18 +129,27 @@ def get_args_parser() -> argparse.ArgumentParser:
         prog="python -m pipelines.soak",
         description="Host memory over many epochs and resumes of the DALI training loader.",
     )
-    parser.add_argument("--epochs", type=positive_int, default=30, help="epochs to run")
     parser.add_argument(
-        "--resumes", type=positive_int, default=20, help="stop-and-resume cycles after"
+        "--epochs", type=positive_int, default=30, help="epochs to run (default: %(default)s)"
     )
-    parser.add_argument("--threads", type=positive_int, default=2, help="DALI CPU threads")
+    parser.add_argument(
+        "--resumes",
+        type=positive_int,
+        default=20,
+        help="stop-and-resume cycles after the epochs (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--threads", type=positive_int, default=2, help="DALI CPU threads (default: %(default)s)"
+    )
     parser.add_argument(
         "--cache-dir",
         type=Path,
-        default=Path(os.environ.get("DALI_CUTMIX_CACHE", "data")),
-        help="where the generated set is kept (default: $DALI_CUTMIX_CACHE or data/)",
+        default=None,
+        help=f"where the generated set is kept (default: ${CACHE_ENV}, else ./data)",
     )
-    parser.add_argument("--out", type=Path, help="write the figures as JSON here")
+    parser.add_argument(
+        "--out", type=Path, help="also write the figures as JSON here (default: stdout only)"
+    )
     return parser
 
 
@@ -149,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
     with exit_on_user_error(parser):
-        root = generate(args.cache_dir / "soak-embedded", SPEC) / "train"
+        root = generate(cache_dir(args.cache_dir) / "soak-embedded", SPEC) / "train"
         report = soak(root, epochs=args.epochs, resumes=args.resumes, threads=args.threads)
     given = sys.argv[1:] if argv is None else list(argv)
     report["command"] = " ".join(["python -m pipelines.soak", *given])

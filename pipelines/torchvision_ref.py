@@ -37,6 +37,7 @@ from dali_cutmix.config import (
     MixConfig,
     _enum,
 )
+from dali_cutmix.files import class_folders
 from dali_cutmix.procs import process_context
 
 __all__ = [
@@ -257,8 +258,7 @@ def make_torchvision_loader(
     is exact there).
     """
     root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"dataset root {root} does not exist")
+    class_folders(root)  # a missing or mislaid root is a DatasetError naming it, as for DALI
     transform = make_transforms(
         train=train,
         crop_size=crop_size,

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import subprocess
+import sys
 
 import pytest
 
@@ -76,3 +79,55 @@ def test_positive_int() -> None:
     for text, message in (("0", "expected an int >= 1, got 0"), ("x", "got 'x'")):
         with pytest.raises(argparse.ArgumentTypeError, match=message):
             positive_int(text)
+
+
+# ------------------------------------------------------------------------- every command's --help
+
+COMMANDS = {  # program name -> the module whose get_args_parser() builds its parser
+    "pipelines.bench": "pipelines.bench.cli",
+    "pipelines.graph_cost": "pipelines.graph_cost",
+    "pipelines.soak": "pipelines.soak",
+    "pipelines.gpu_check": "pipelines.gpu_check",
+    "dali_cutmix.preview": "dali_cutmix.preview",
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_flag_has_one_line_of_help_and_its_default_once(command: str) -> None:
+    parser = importlib.import_module(COMMANDS[command]).get_args_parser()
+    assert parser.prog == f"python -m {command}"
+    flags = [
+        action
+        for action in parser._actions  # argparse has no public list of its actions
+        if action.option_strings and action.help != argparse.SUPPRESS
+    ]
+    assert len(flags) > 1
+    for action in flags:
+        flag = max(action.option_strings, key=len)
+        assert action.help and "\n" not in action.help, flag
+        shown = action.help.count("(default:")
+        assert shown <= 1, flag
+        if action.default not in (None, False, argparse.SUPPRESS):
+            assert shown == 1, flag  # a value the user does not give is said once
+    text = parser.format_help()
+    assert "(default: None)" not in text
+    assert text.count("(default:") == sum(a.help.count("(default:") for a in flags)
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_help_loads_neither_torch_nor_dali_beyond_the_package(command: str) -> None:
+    """``--help`` and a bad flag answer before the heavy libraries load: building the
+    parser imports nothing heavy that ``import dali_cutmix`` itself does not."""
+    script = (
+        "import importlib, sys\n"
+        "import dali_cutmix\n"
+        "before = set(sys.modules)\n"
+        f"importlib.import_module({COMMANDS[command]!r}).get_args_parser()\n"
+        "heavy = ('torch', 'torchvision', 'nvidia', 'matplotlib')\n"
+        "print(sorted(m for m in set(sys.modules) - before if m.split('.')[0] in heavy))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

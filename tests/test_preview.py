@@ -10,20 +10,64 @@ from conftest import build_image_folder, run_command, user_error_line
 from PIL import Image
 
 from dali_cutmix import MixConfig
-from dali_cutmix.preview import caption, main, mixed_batch, render_grid, write_preview
+from dali_cutmix.preview import (
+    BOX_COLOUR,
+    caption,
+    main,
+    mixed_batch,
+    render_grid,
+    write_preview,
+)
 
 
-def test_caption_names_own_class_first_then_partner() -> None:
-    names = ["cat", "dog", "fox"]
-    target = np.array([0.25, 0.0, 0.75], np.float32)
-    assert caption(target, 0, names) == "cat 0.25\n+ fox 0.75"
-    assert caption(np.array([0.0, 1.0, 0.0], np.float32), 1, names) == "dog 1.00"
+def test_caption_says_the_method_and_both_weights_even_for_one_class() -> None:
+    assert caption("CutMix", "cat", "fox", 0.75) == "CutMix cat 0.25\n+ fox 0.75"
+    assert caption("CutMix", "cat", "cat", 0.3) == "CutMix cat 0.70\n+ cat 0.30"
+    assert caption("MixUp", "dog", "dog", 0.5) == "MixUp dog 0.50\n+ dog 0.50"
+    assert caption("", "dog", "dog", 0.0) == "unmixed dog 1.00"
 
 
-def test_render_grid_size() -> None:
+def test_render_grid_size_and_box_outline() -> None:
     images = np.zeros((5, 10, 12, 3), np.uint8)
     grid = render_grid(images, ["a"] * 5, columns=2, caption_height=6)
     assert grid.size == (24, 3 * 16)
+    boxes = [None, (2, 3, 6, 8), None, None, None]
+    pixels = np.array(render_grid(images, ["a"] * 5, boxes=boxes, columns=2, caption_height=6))
+    tile = pixels[0:10, 12:24]  # the second image: its box's edge is yellow, its inside black
+    edge = np.zeros((10, 12), bool)
+    edge[2:6, 3:8] = True
+    edge[3:5, 4:7] = False
+    assert (tile[edge] == BOX_COLOUR).all() and (tile[~edge] == 0).all()
+    assert (pixels[0:10, 0:12] == 0).all()  # no box, no outline
+
+
+@pytest.mark.parametrize(
+    ("mixing", "method"),
+    [({"cutmix_alpha": 1.0}, "CutMix"), ({"cutmix_alpha": 0.0, "mixup_alpha": 1.0}, "MixUp")],
+)
+def test_the_batch_says_which_method_partner_and_box(
+    image_folder: Path, mixing: dict, method: str
+) -> None:
+    config = MixConfig(num_classes=3, **mixing)
+    batch = mixed_batch(image_folder, config, batch_size=8, size=32)
+    mixed = [i for i in range(8) if batch.methods[i]]
+    assert mixed and set(batch.methods) <= {method, ""}
+    for i in range(8):
+        j, share = int(batch.partners[i]), float(batch.shares[i])
+        if not batch.methods[i]:
+            assert j == i and share == 0.0 and batch.boxes[i] is None
+            continue
+        assert j != i and 0.0 < share < 1.0
+        own, partner = batch.labels[i], batch.labels[j]
+        expected = np.zeros(3, np.float32)
+        expected[own] += 1.0 - share
+        expected[partner] += share
+        np.testing.assert_allclose(batch.targets[i], expected, atol=1e-6)
+        if method == "CutMix":  # the label weight is exactly the outlined box's area
+            top, left, bottom, right = batch.boxes[i]
+            assert (bottom - top) * (right - left) / 32**2 == pytest.approx(share, abs=1e-6)
+        else:
+            assert batch.boxes[i] is None
 
 
 def test_write_preview_png_matches_the_batch(image_folder: Path, tmp_path: Path) -> None:
@@ -31,11 +75,21 @@ def test_write_preview_png_matches_the_batch(image_folder: Path, tmp_path: Path)
     out = write_preview(image_folder, tmp_path / "p.png", config, batch_size=8)
     with Image.open(out) as png:
         assert png.size == (4 * 160, 2 * (160 + 28))
-    images, labels, targets = mixed_batch(image_folder, config, batch_size=8)
+    batch = mixed_batch(image_folder, config, batch_size=8)
+    images, labels, targets = batch.images, batch.labels, batch.targets
     assert images.shape == (8, 160, 160, 3) and images.dtype == np.uint8
     assert targets.shape == (8, 3)
     np.testing.assert_allclose(targets.sum(1), 1.0, atol=1e-6)
     assert set(labels.tolist()) <= {0, 1, 2}
+
+
+def test_the_png_goes_to_runs_in_the_working_folder_by_default(
+    image_folder: Path, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["--data", str(image_folder), "--batch-size", "4"]) == 0
+    with Image.open(tmp_path / "runs" / "preview.png") as png:
+        assert png.size == (4 * 160, 160 + 28)
 
 
 PROG = "python -m dali_cutmix.preview: error:"

@@ -13,6 +13,7 @@ from torchvision.transforms import v2
 
 from dali_cutmix import MixConfig
 from dali_cutmix.config import AugmentConfig, Interpolation
+from dali_cutmix.files import DatasetError
 from pipelines.torchvision_ref import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -62,7 +63,7 @@ def test_unsupported_options_and_tiny_datasets_are_errors(
         MixCollate(MixConfig(num_classes=3, cutmix_minmax=(0.2, 0.4)))
     with pytest.raises(ValueError, match="lower --batch-size"):
         make_torchvision_loader(image_folder, train=True, batch_size=64, workers=0)
-    with pytest.raises(FileNotFoundError, match="missing"):
+    with pytest.raises(DatasetError, match=f"dataset root '{tmp_path / 'missing'}' does not exist"):
         make_torchvision_loader(tmp_path / "missing", train=True, batch_size=4, workers=0)
 
 

@@ -1,0 +1,265 @@
+"""``python -m pipelines.bench``: the command line, and one run from flags to report.
+
+See :mod:`pipelines.bench` for what is measured and how.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from dali_cutmix.cli import exit_on_user_error
+from dali_cutmix.files import list_image_folder
+from pipelines.bench.plan import SWEEPS, BenchConfig, plan_sections
+
+__all__ = [
+    "config_from_args",
+    "data_root",
+    "default_out",
+    "get_args_parser",
+    "main",
+    "run_benchmark",
+]
+
+log = logging.getLogger(__name__)
+
+
+def _environment() -> dict[str, Any]:
+    import nvidia.dali
+    import torch
+    import torchvision
+
+    env = {
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "dali": nvidia.dali.__version__,
+        "cuda_available": torch.cuda.is_available(),
+    }
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
+    return env
+
+
+def data_root(data: Path) -> Path:
+    """The folder measured for ``--data``: its ``train/`` where it has one, else itself."""
+    return data / "train" if (data / "train").is_dir() else data
+
+
+def _dataset(config: BenchConfig) -> tuple[Path, dict[str, Any]]:
+    from dali_cutmix.synthetic import SyntheticSpec, cache_dir, dataset_stats, generate
+
+    if config.data is not None:
+        root = data_root(config.data)
+        source = str(config.data)
+    else:
+        spec = SyntheticSpec(
+            num_classes=config.classes, train_per_class=config.per_class, val_per_class=1
+        )
+        cache = cache_dir() / f"bench-{config.classes}x{config.per_class}"
+        root = generate(cache, spec) / "train"
+        source = f"generated: {spec.to_dict()}"
+    return root, {"source": source, "root": str(root), **dataset_stats(root).to_dict()}
+
+
+def run_benchmark(config: BenchConfig, command: str) -> dict[str, Any]:
+    """Measures every configuration; writes ``results.json`` and ``results.png`` in ``out``."""
+    from pipelines.bench.measure import measure_sections, run_isolated
+    from pipelines.bench.report import derive, format_table, plot_results
+
+    root, dataset = _dataset(config)
+    log.info("dataset: %s", json.dumps(dataset))
+    results = measure_sections(plan_sections(config, root), run_isolated)
+    derive(results)
+    report = {
+        "command": command,
+        "environment": _environment(),
+        "dataset": dataset,
+        "config": {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(config).items()
+        },
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **results,
+    }
+    config.out.mkdir(parents=True, exist_ok=True)
+    (config.out / "results.json").write_text(json.dumps(report, indent=2))
+    plot_results(report, config.out / "results.png")
+    print(format_table(report))
+    return report
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {text!r}")
+    return values
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """The command's flags; building it imports neither torch nor DALI."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.bench",
+        description="Benchmark DALI and torchvision loaders and training on the same files.",
+    )
+    add = parser.add_argument
+    add("--data", type=Path, help="ImageNet-style folder, or its train/ (default: a generated set)")
+    add(
+        "--out",
+        type=Path,
+        help="folder for results.json and results.png (default: runs/bench-<date>-<time>)",
+    )
+    add(
+        "--classes",
+        type=int,
+        default=40,
+        help="classes of the generated set (default: %(default)s)",
+    )
+    add(
+        "--per-class",
+        type=int,
+        default=50,
+        help="training images per class of the generated set (default: %(default)s)",
+    )
+    add("--batch-size", type=int, default=32, help="loader batch size (default: %(default)s)")
+    add(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="DataLoader workers and DALI threads for the side-by-side figures "
+        "(default: the CPU count, %(default)s)",
+    )
+    add(
+        "--threads-list",
+        type=_int_list,
+        help="the scaling sweep's worker/thread counts, e.g. 1,2,4,8 "
+        "(default: powers of 2 up to the CPU count)",
+    )
+    add(
+        "--batch-size-list",
+        type=_int_list,
+        default=(16, 32, 64),
+        help="the scaling sweep's batch sizes (default: 16,32,64)",
+    )
+    add("--arch", default="resnet50", help="torchvision model trained (default: %(default)s)")
+    add(
+        "--train-batch-size",
+        type=int,
+        default=16,
+        help="training batch size (default: %(default)s)",
+    )
+    add(
+        "--crop-size",
+        type=int,
+        default=224,
+        help="side of the crops, pixels (default: %(default)s)",
+    )
+    add(
+        "--warmup",
+        type=int,
+        default=10,
+        help="batches skipped before timing (default: %(default)s)",
+    )
+    add("--windows", type=int, default=5, help="timed windows per loader (default: %(default)s)")
+    add(
+        "--window-batches",
+        type=int,
+        default=20,
+        help="batches per loader window (default: %(default)s)",
+    )
+    add(
+        "--train-windows", type=int, default=3, help="timed training windows (default: %(default)s)"
+    )
+    add(
+        "--train-window-batches",
+        type=int,
+        default=2,
+        help="batches per training window (default: %(default)s)",
+    )
+    add(
+        "--device",
+        choices=["auto", "cpu", "gpu", "both"],
+        default="auto",
+        help="where DALI runs: auto = GPU and CPU when CUDA is there, else CPU (default: auto)",
+    )
+    add("--skip-training", action="store_true", help="leave out the training section")
+    add(
+        "--sweeps",
+        type=lambda text: tuple(name.strip() for name in text.split(",")),
+        default=("loaders", "training", "scaling"),
+        help=f"comma-separated sections to run, of {','.join(SWEEPS)}; augment: each recipe "
+        "augmentation's cost on each loader (default: loaders,training,scaling)",
+    )
+    add("--measure", help=argparse.SUPPRESS)  # internal: one isolated measurement
+    return parser
+
+
+def default_out() -> Path:
+    """Where a run writes without ``--out``: ``runs/bench-<date>-<time>`` in the working folder."""
+    return Path("runs") / time.strftime("bench-%Y%m%d-%H%M%S")
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    """The :class:`BenchConfig` the flags ask for (``--device`` resolved against CUDA)."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if args.device == "gpu" and not cuda:
+        raise ValueError("--device gpu needs CUDA, which this machine does not have")
+    devices = {
+        "auto": ("gpu", "cpu") if cuda else ("cpu",),
+        "cpu": ("cpu",),
+        "gpu": ("gpu",),
+        "both": ("gpu", "cpu"),
+    }[args.device]
+    threads = args.threads_list or tuple(
+        n for n in (1, 2, 4, 8, 16, 32) if n <= (os.cpu_count() or 1)
+    )
+    given = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(BenchConfig)
+        if hasattr(args, f.name)
+    }
+    return BenchConfig(
+        **{**given, "out": args.out or default_out(), "threads_list": threads, "devices": devices}
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point: 0 when every measurement ran, 1 when some failed.
+
+    A bad value or an unusable ``--data`` or ``--out`` ends it before any
+    measurement with one line on stderr and status 2
+    (:func:`dali_cutmix.cli.exit_on_user_error`).
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if args.measure:
+        from pipelines.bench.measure import measure
+
+        print("RESULT " + json.dumps(measure(json.loads(args.measure))), flush=True)
+        return 0
+    with exit_on_user_error(parser, fields={"devices": "--device"}):
+        config = config_from_args(args)
+        if config.data is not None:  # found unusable here, not in every measurement
+            list_image_folder(data_root(config.data))
+        config.out.mkdir(parents=True, exist_ok=True)  # not only after the whole run
+    command = " ".join(["python -m pipelines.bench", *(argv if argv is not None else sys.argv[1:])])
+    report = run_benchmark(config, command)
+    failed = [r for section in SWEEPS for r in report[section] if "error" in r]
+    return 1 if failed else 0

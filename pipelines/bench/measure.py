@@ -1,0 +1,278 @@
+"""How the benchmark measures: timed windows of batches, each configuration in a fresh process.
+
+:func:`measure` runs one spec (see :mod:`pipelines.bench.plan`) in this
+process; :func:`run_isolated` runs it in a new Python process, so memory and
+warm caches don't leak between configurations; :func:`measure_sections` runs
+every spec of a plan, each distinct measurement once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dali_cutmix.config import AugmentConfig, MixConfig
+from dali_cutmix.files import class_folders
+from pipelines.bench.plan import (
+    AUGMENTS,
+    MIXES,
+    RECIPE_MIX,
+    feed_format,
+    measurement_key,
+    spec_label,
+)
+
+__all__ = ["measure", "measure_sections", "measure_windows", "prepare_images", "run_isolated"]
+
+log = logging.getLogger(__name__)
+
+
+def _sync(tensor: torch.Tensor | None) -> None:
+    if isinstance(tensor, torch.Tensor) and tensor.is_cuda:
+        torch.cuda.synchronize(tensor.device)
+
+
+def measure_windows(
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    warmup: int,
+    windows: int,
+    window_batches: int,
+    step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None,
+) -> dict[str, Any]:
+    """Times ``windows`` windows of ``window_batches`` batches after ``warmup`` batches.
+
+    ``step`` (a training step, say) runs on every batch; CUDA is synchronised
+    at each window's edges only. ``batches`` is cycled if it runs out.
+
+    Returns:
+        ``{"images_per_s": median, "min": .., "max": .., "windows": [...]}``.
+    """
+
+    def forever() -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        while True:
+            empty = True
+            for batch in batches:
+                empty = False
+                yield batch
+            if empty:
+                raise ValueError("the loader yielded no batch")
+
+    stream = iter(forever())
+    last = None
+    for _ in range(warmup):
+        images, targets = next(stream)
+        last = step(images, targets) if step else images
+    rates = []
+    for _ in range(windows):
+        _sync(last)
+        start, count = time.perf_counter(), 0
+        for _ in range(window_batches):
+            images, targets = next(stream)
+            last = step(images, targets) if step else images
+            count += images.shape[0]
+        _sync(last)
+        rates.append(count / (time.perf_counter() - start))
+    return {
+        "images_per_s": statistics.median(rates),
+        "min": min(rates),
+        "max": max(rates),
+        "windows": rates,
+    }
+
+
+def prepare_images(
+    images: torch.Tensor, *, layout: str, channels_last: bool, device: torch.device
+) -> torch.Tensor:
+    """A batch as the model takes it: NCHW ``[B, 3, H, W]`` on ``device``.
+
+    An NHWC batch ``[B, H, W, 3]`` becomes ``images.permute(0, 3, 1, 2)``, an
+    NCHW view that is already channels-last in memory (no copy); the memory
+    format is then channels-last or contiguous as ``channels_last`` says.
+    """
+    images = images.to(device, non_blocking=True)
+    if layout == "NHWC":
+        images = images.permute(0, 3, 1, 2)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return images.contiguous(memory_format=memory_format)
+
+
+def _mix_config(name: str, num_classes: int) -> MixConfig | None:
+    params = RECIPE_MIX if name == "recipe" else MIXES[name]
+    return None if params is None else MixConfig(num_classes=num_classes, **params)
+
+
+def _augment_config(name: str) -> AugmentConfig | None:
+    params = AUGMENTS[name].augment
+    return None if params is None else AugmentConfig(**params)
+
+
+def _build_loader(spec: dict[str, Any]):
+    """The loader a measurement spec names, built in the measuring process."""
+    root = Path(spec["root"])
+    num_classes = len(class_folders(root))
+    mix = _mix_config(spec["mix"], num_classes)
+    augment = _augment_config(spec.get("augment", "none"))
+    if spec["loader"] == "torchvision":
+        from pipelines.torchvision_ref import make_torchvision_loader
+
+        return make_torchvision_loader(
+            root,
+            train=True,
+            batch_size=spec["batch_size"],
+            workers=spec["workers"],
+            mix=mix,
+            augment=augment,
+            crop_size=spec["crop_size"],
+            seed=0,
+        )
+    from pipelines.imagenet import make_loader
+
+    return make_loader(
+        root,
+        train=True,
+        batch_size=spec["batch_size"],
+        device=spec["device"],
+        mix=mix,
+        augment=augment,
+        num_threads=spec["workers"],
+        crop_size=spec["crop_size"],
+        seed=0,
+        output_layout=feed_format(spec)["layout"],
+    )
+
+
+def _training_step(spec: dict[str, Any], num_classes: int):
+    """A plain ResNet step (SGD, cross-entropy) in the spec's :func:`feed_format`."""
+    import torchvision
+
+    fmt = feed_format(spec)
+    device = torch.device("cuda" if spec["device"] == "gpu" else "cpu")
+    model = torchvision.models.get_model(spec["arch"], num_classes=num_classes).to(device)
+    if fmt["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    criterion = torch.nn.CrossEntropyLoss()
+
+    def step(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        images = prepare_images(
+            images, layout=fmt["layout"], channels_last=fmt["channels_last"], device=device
+        )
+        targets = targets.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=fmt["amp"] == "bf16"):
+            loss = criterion(model(images), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return step
+
+
+def _synthetic_batches(
+    spec: dict[str, Any], num_classes: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The ceiling's input: one fixed batch already on the device, in the spec's layout."""
+    device = torch.device("cuda" if spec["device"] == "gpu" else "cpu")
+    gen = torch.Generator().manual_seed(0)
+    size, batch = spec["crop_size"], spec["batch_size"]
+    nhwc = feed_format(spec)["layout"] == "NHWC"
+    shape = (batch, size, size, 3) if nhwc else (batch, 3, size, size)
+    images = torch.randn(shape, generator=gen)
+    targets = torch.randint(0, num_classes, (spec["batch_size"],), generator=gen)
+    return [(images.to(device), targets.to(device))]
+
+
+def _memory_figures(device: str) -> dict[str, float]:
+    figures = {
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    }
+    if device == "gpu" and torch.cuda.is_available():
+        free, total = torch.cuda.mem_get_info()
+        figures["gpu_used_mb"] = (total - free) / 2**20  # device-wide: DALI's pools included
+    return figures
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    """Runs one measurement spec in this process (see :func:`run_isolated`)."""
+    torch.manual_seed(0)
+    num_classes = len(class_folders(spec["root"]))
+    warmup = spec["warmup"]
+    if spec["loader"] == "torchvision" and spec["kind"] == "loader":
+        warmup = max(warmup, 2 * spec["workers"] + 2)  # drain the workers' prefetched batches
+    windows = {
+        "warmup": warmup,
+        "windows": spec["windows"],
+        "window_batches": spec["window_batches"],
+    }
+    if spec["kind"] == "train":
+        step = _training_step(spec, num_classes)
+        feed = (
+            _synthetic_batches(spec, num_classes)
+            if spec["loader"] == "synthetic"
+            else _build_loader(spec)
+        )
+        result = measure_windows(feed, step=step, **windows)
+    else:
+        result = measure_windows(_build_loader(spec), **windows)
+    return {**result, **_memory_figures(spec["device"])}
+
+
+def run_isolated(spec: dict[str, Any]) -> dict[str, Any]:
+    """Runs :func:`measure` in a fresh Python process; returns its result (or the error)."""
+    cmd = [sys.executable, "-m", "pipelines.bench", "--measure", json.dumps(spec)]
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        log.error("%s failed: %s", spec_label(spec), " | ".join(tail))
+        return {**spec, "error": " | ".join(tail)}
+    result = {**spec, **json.loads(lines[-1][len("RESULT ") :])}
+    log.info(
+        "%-44s %8.1f img/s  [%.1f .. %.1f]  (%.0fs)",
+        spec_label(spec),
+        result["images_per_s"],
+        result["min"],
+        result["max"],
+        time.perf_counter() - started,
+    )
+    return result
+
+
+def measure_sections(
+    sections: dict[str, list[dict[str, Any]]],
+    run: Callable[[dict[str, Any]], dict[str, Any]],
+) -> dict[str, list[dict[str, Any]]]:
+    """``run``'s result for every spec, each distinct measurement run once.
+
+    A spec that an earlier one repeats (say, the augmentation sweep's baseline,
+    which is the loaders section's ``mix="off"``) gets a copy of that result,
+    with its own spec fields and ``measured_in`` naming the section that ran it.
+    """
+    done: dict[str, tuple[str, dict[str, Any]]] = {}
+    results: dict[str, list[dict[str, Any]]] = {}
+    for section, specs in sections.items():
+        rows = []
+        for spec in specs:
+            key = measurement_key(spec)
+            if key in done:
+                first, result = done[key]
+                rows.append({**result, **spec, "measured_in": first})
+            else:
+                result = run(spec)
+                done[key] = (section, result)
+                rows.append(result)
+        results[section] = rows
+    return results

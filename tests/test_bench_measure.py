@@ -1,0 +1,148 @@
+"""The benchmark's measurements: timed windows, isolated processes, each configuration once."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from dali_cutmix.config import AugmentConfig, MixConfig
+from pipelines.bench import measure, plan
+
+
+def fake_batches(n: int, batch: int = 4):
+    return [(torch.zeros(batch, 3, 2, 2), torch.zeros(batch)) for _ in range(n)]
+
+
+def test_measure_windows_counts_images_and_cycles_the_loader() -> None:
+    steps = []
+    result = measure.measure_windows(
+        fake_batches(3), warmup=2, windows=4, window_batches=2, step=lambda x, y: steps.append(1)
+    )
+    assert len(steps) == 2 + 4 * 2  # warm-up batches run the step too, then 8 timed ones
+    assert len(result["windows"]) == 4
+    assert result["min"] <= result["images_per_s"] <= result["max"]
+    with pytest.raises(ValueError, match="no batch"):
+        measure.measure_windows([], warmup=1, windows=1, window_batches=1)
+
+
+@pytest.mark.parametrize("loader", ["dali", "torchvision"])
+def test_one_isolated_measurement_on_a_tiny_folder(image_folder: Path, loader: str) -> None:
+    spec = {
+        "root": str(image_folder),
+        "kind": "loader",
+        "loader": loader,
+        "device": "cpu",
+        "mix": "cutmix",
+        "workers": 1,
+        "batch_size": 4,
+        "crop_size": 32,
+        "warmup": 1,
+        "windows": 2,
+        "window_batches": 2,
+    }
+    result = measure.run_isolated(spec)
+    assert "error" not in result, result.get("error")
+    assert result["images_per_s"] > 0 and len(result["windows"]) == 2
+    assert result["peak_rss_mb"] > 0
+
+
+def test_nhwc_batches_reach_the_model_as_channels_last_nchw() -> None:
+    cpu = torch.device("cpu")
+    nhwc = torch.arange(2 * 4 * 5 * 3, dtype=torch.float32).reshape(2, 4, 5, 3)
+    images = measure.prepare_images(nhwc, layout="NHWC", channels_last=True, device=cpu)
+    assert images.shape == (2, 3, 4, 5) and images.stride() == (60, 1, 15, 3)
+    assert images.is_contiguous(memory_format=torch.channels_last)
+    assert images.data_ptr() == nhwc.data_ptr()  # a view of the batch, not a copy
+    assert torch.equal(images, nhwc.permute(0, 3, 1, 2))
+    plain = measure.prepare_images(nhwc, layout="NHWC", channels_last=False, device=cpu)
+    assert plain.stride() == (60, 20, 5, 1) and torch.equal(plain, images)
+    nchw = measure.prepare_images(plain, layout="NCHW", channels_last=True, device=cpu)
+    assert nchw.stride() == (60, 1, 15, 3) and torch.equal(nchw, images)
+
+
+@pytest.mark.parametrize("loader", ["dali", "synthetic"])
+def test_gpu_feed_format_trains_on_the_cpu(image_folder: Path, loader: str) -> None:
+    """The GPU's training branches (NHWC, channels-last, bf16 autocast), run on the CPU."""
+    spec = {
+        "root": str(image_folder),
+        "kind": "train",
+        "loader": loader,
+        "device": "cpu",
+        "layout": "NHWC",
+        "channels_last": True,
+        "amp": "bf16",
+        "arch": "resnet18",
+        "mix": "cutmix" if loader == "dali" else "off",
+        "workers": 1,
+        "batch_size": 4,
+        "crop_size": 32,
+        "warmup": 1,
+        "windows": 1,
+        "window_batches": 1,
+    }
+    result = measure.measure(spec)
+    assert len(result["windows"]) == 1
+    assert math.isfinite(result["images_per_s"]) and result["images_per_s"] > 0
+
+
+def test_augment_cases_are_the_recipes_settings() -> None:
+    assert measure._augment_config("none") is None
+    assert measure._augment_config("ta_wide") == AugmentConfig(auto_augment="ta_wide")
+    assert measure._augment_config("ra") == AugmentConfig(
+        auto_augment="ra", ra_num_ops=2, ra_magnitude=9
+    )
+    assert measure._augment_config("imagenet") == AugmentConfig(auto_augment="imagenet")
+    assert measure._augment_config("erase") == AugmentConfig(random_erase=0.1)
+    assert measure._augment_config("recipe") == AugmentConfig(
+        auto_augment="ta_wide", random_erase=0.1
+    )
+    assert measure._mix_config("recipe", 1000) == MixConfig(
+        num_classes=1000, mixup_alpha=0.2, cutmix_alpha=1.0, switch_prob=0.5, label_smoothing=0.1
+    )
+
+
+def test_a_configuration_two_sections_share_is_measured_once(tmp_path: Path) -> None:
+    config = plan.BenchConfig(out=tmp_path, sweeps=("loaders", "scaling", "augment"), workers=2)
+    specs = plan.plan_sections(config, tmp_path)
+    runs = []
+
+    def run(spec):
+        runs.append(spec)
+        return {**spec, "images_per_s": float(len(runs))}
+
+    results = measure.measure_sections(specs, run)
+    keys = [plan.measurement_key(s) for s in runs]
+    assert len(keys) == len(set(keys))  # nothing measured twice
+    # Each loader's "none" is the loaders section's mix="off"; the scaling sweep's
+    # 2 workers and batch 32 are its "cutmix": 2 + 2 * 2 reused of 12 + 10 + 6.
+    assert len(runs) == 6 + 10 + 12 - 2 - 4
+    none = [r for r in results["augment"] if r["augment"] == "none"]
+    off = [r for r in results["loaders"] if r["mix"] == "off"]
+    assert [r["measured_in"] for r in none] == ["loaders", "loaders"]
+    assert [r["images_per_s"] for r in none] == [r["images_per_s"] for r in off]
+    assert none == [{**r, "measured_in": "loaders"} for r in off]
+    assert all("measured_in" not in r for r in results["loaders"])
+    assert {len(results[name]) for name in ("loaders", "scaling", "augment")} == {6, 10, 12}
+
+
+@pytest.mark.parametrize("loader", ["dali", "torchvision"])
+def test_the_whole_recipe_is_measured_on_a_tiny_folder(image_folder: Path, loader: str) -> None:
+    spec = {
+        "root": str(image_folder),
+        "kind": "loader",
+        "loader": loader,
+        "device": "cpu",
+        "mix": "recipe",
+        "augment": "recipe",
+        "workers": 1,
+        "batch_size": 4,
+        "crop_size": 32,
+        "warmup": 1,
+        "windows": 1,
+        "window_batches": 2,
+    }
+    result = measure.measure(spec)
+    assert len(result["windows"]) == 1 and result["images_per_s"] > 0

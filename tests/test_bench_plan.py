@@ -1,0 +1,61 @@
+"""The benchmark's plan: its settings, and one spec per measurement."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipelines.bench import plan
+
+
+def test_feed_format_defaults_to_nhwc_channels_last_bf16_on_the_gpu(tmp_path: Path) -> None:
+    config = plan.BenchConfig(out=tmp_path, devices=("gpu", "cpu"))
+    specs = plan.plan_sections(config, tmp_path)
+    gpu = {"layout": "NHWC", "channels_last": True, "amp": "bf16"}
+    training = {s["loader"]: {k: s[k] for k in gpu} for s in specs["training"]}
+    assert training == {
+        "synthetic": gpu,
+        "dali": gpu,
+        "torchvision": {"layout": "NCHW", "channels_last": True, "amp": "bf16"},
+    }
+    loaders = {(s["loader"], s["device"], s["layout"]) for s in specs["loaders"]}
+    assert loaders == {
+        ("torchvision", "cpu", "NCHW"),
+        ("dali", "gpu", "NHWC"),
+        ("dali", "cpu", "NCHW"),
+    }
+    cpu = plan.feed_format({"device": "cpu", "loader": "dali"})
+    assert cpu == {"layout": "NCHW", "channels_last": False, "amp": "off"}
+    with pytest.raises(ValueError, match="torchvision loader yields NCHW"):
+        plan.feed_format({"device": "cpu", "loader": "torchvision", "layout": "NHWC"})
+    with pytest.raises(ValueError, match="layout must be 'NCHW' or 'NHWC', got 'CHW'"):
+        plan.feed_format({"device": "cpu", "loader": "dali", "layout": "CHW"})
+    with pytest.raises(ValueError, match="amp must be 'off' or 'bf16', got 'fp16'"):
+        plan.feed_format({"device": "cpu", "loader": "dali", "amp": "fp16"})
+
+
+def test_bad_settings_are_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="windows"):
+        plan.BenchConfig(out=tmp_path, windows=0)
+    with pytest.raises(ValueError, match="devices"):
+        plan.BenchConfig(out=tmp_path, devices=("tpu",))
+
+
+def test_the_augment_sweep_is_off_by_default_and_plans_each_case_per_loader(
+    tmp_path: Path,
+) -> None:
+    default = plan.plan_sections(plan.BenchConfig(out=tmp_path), tmp_path)
+    assert default["augment"] == [] and default["loaders"]
+    config = plan.BenchConfig(out=tmp_path, sweeps=("augment",), devices=("gpu", "cpu"))
+    specs = plan.plan_sections(config, tmp_path)
+    assert specs["loaders"] == specs["training"] == specs["scaling"] == []
+    planned = [(s["loader"], s["device"], s["augment"], s["mix"]) for s in specs["augment"]]
+    cases = [("none", "off"), ("ta_wide", "off"), ("ra", "off"), ("imagenet", "off")]
+    cases += [("erase", "off"), ("recipe", "recipe")]
+    assert planned == [
+        (loader, device, augment, mix)
+        for loader, device in (("torchvision", "cpu"), ("dali", "gpu"), ("dali", "cpu"))
+        for augment, mix in cases
+    ]
+    assert all(s["batch_size"] == 32 and s["windows"] == 5 for s in specs["augment"])

@@ -1,0 +1,156 @@
+"""The benchmark's report: derived ratios, tables and the chart, on made-up figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipelines.bench import report
+
+
+def test_derive_ratios_against_torchvision_and_mix_cost() -> None:
+    rows = [
+        {"loader": "torchvision", "device": "cpu", "mix": "off", "images_per_s": 100.0},
+        {"loader": "torchvision", "device": "cpu", "mix": "cutmix", "images_per_s": 80.0},
+        {"loader": "dali", "device": "cpu", "mix": "off", "images_per_s": 300.0},
+        {"loader": "dali", "device": "cpu", "mix": "cutmix", "images_per_s": 240.0},
+    ]
+    training = [
+        {"loader": "synthetic", "images_per_s": 50.0},
+        {"loader": "dali", "images_per_s": 40.0},
+        {"loader": "torchvision", "error": "boom"},
+    ]
+    results = {"loaders": rows, "training": training, "scaling": []}
+    report.derive(results)
+    assert rows[2]["vs_torchvision"] == 3.0 and rows[3]["vs_torchvision"] == 3.0
+    assert rows[1]["mix_cost_pct"] == pytest.approx(20.0) and rows[3][
+        "mix_cost_pct"
+    ] == pytest.approx(20.0)
+    assert "mix_cost_pct" not in rows[0]
+    assert training[1]["pct_of_ceiling"] == 80.0 and "pct_of_ceiling" not in training[2]
+
+
+def test_report_table_and_plot(tmp_path: Path) -> None:
+    env = {"cpu_count": 2, "dali": "x", "torch": "y"}
+    row = {
+        "loader": "dali",
+        "device": "cpu",
+        "mix": "cutmix",
+        "workers": 2,
+        "batch_size": 8,
+        "images_per_s": 10.0,
+        "min": 9.0,
+        "max": 11.0,
+        "peak_rss_mb": 5.0,
+        "vs_torchvision": 2.0,
+        "mix_cost_pct": 3.0,
+        "sweep": "workers",
+        "kind": "loader",
+    }
+    summary = {"environment": env, "loaders": [row], "training": [], "scaling": [row]}
+    table = report.format_table(summary)
+    assert "| DALI CPU (2 w) | cutmix | 10.0 | 9-11 | 2.00x | 3.0 % |" in table
+    report.plot_results(summary, tmp_path / "r.png")
+    assert (tmp_path / "r.png").stat().st_size > 1000
+    json.dumps(summary)
+
+
+def test_a_training_bar_above_its_ceiling_says_why() -> None:
+    ceiling = {"loader": "synthetic", "images_per_s": 100.0, "min": 95.0, "max": 104.0}
+    close = {"loader": "dali", "images_per_s": 102.0, "min": 99.0, "max": 103.0}
+    far = {"loader": "torchvision", "images_per_s": 120.0, "min": 110.0, "max": 125.0}
+    below = {"loader": "dali", "images_per_s": 90.0, "min": 80.0, "max": 105.0}
+    assert report.ceiling_note(close, ceiling) == (
+        "ceiling measured in another window; within noise"
+    )
+    assert report.ceiling_note(far, ceiling) == (
+        "ceiling measured in another window; beyond the min-max spread; re-run to confirm"
+    )
+    assert report.ceiling_note(below, ceiling) is None
+    assert report.ceiling_note(ceiling, ceiling) is None
+    results = {"loaders": [], "training": [ceiling, close, below], "scaling": []}
+    report.derive(results)
+    assert close["pct_of_ceiling"] == 102.0 and "ceiling_note" in close
+    assert "ceiling_note" not in below and "ceiling_note" not in ceiling
+    for row in (ceiling, close, below):
+        row.update(arch="resnet18", device="cpu", mix="cutmix")
+    summary = {"environment": {"cpu_count": 2, "dali": "x", "torch": "y"}, **results}
+    assert (
+        "| resnet18 on cpu <- dali (cutmix) | 102.0 | 102 % (ceiling measured in another window; "
+        "within noise) |"
+    ) in report.format_table(summary).splitlines()
+
+
+def test_the_chart_shows_the_spread_of_every_bar_and_why_one_tops_its_ceiling() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def row(loader: str, rate: float, low: float, high: float, **more) -> dict:
+        fields = {"device": "cpu", "arch": "resnet18", "mix": "cutmix", "workers": 2}
+        return {"loader": loader, "images_per_s": rate, "min": low, "max": high, **fields, **more}
+
+    training = [row("synthetic", 100.0, 95.0, 104.0), row("dali", 102.0, 99.0, 103.0)]
+    scaling = [row("dali", 50.0, 40.0, 55.0, sweep="workers", batch_size=32)]
+    results = {"loaders": [], "training": training, "scaling": scaling}
+    report.derive(results)
+    fig, (train_ax, scaling_ax) = plt.subplots(1, 2)
+    report._plot_training(train_ax, results)
+    report._plot_scaling(scaling_ax, results, sweep="workers")
+    for ax, rows in ((train_ax, training), (scaling_ax, scaling)):
+        (whiskers,) = [c for c in ax.containers if c.__class__.__name__ == "ErrorbarContainer"]
+        (lines,) = whiskers.lines[2]
+        spans = [tuple(segment[:, 1]) for segment in lines.get_segments()]
+        assert spans == [(r["min"], r["max"]) for r in rows]
+    labels = [text.get_text() for text in train_ax.texts]
+    assert labels == ["100 %", "102 % *"]
+    assert train_ax.get_xlabel() == "* ceiling measured in another window; within noise"
+    plt.close(fig)
+
+
+def test_augment_cost_is_the_added_time_per_batch_against_none() -> None:
+    def row(loader: str, augment: str, rate: float) -> dict:
+        return {
+            "loader": loader,
+            "device": "cpu",
+            "augment": augment,
+            "batch_size": 32,
+            "images_per_s": rate,
+        }
+
+    rows = [
+        row("torchvision", "none", 160.0),
+        row("torchvision", "ra", 64.0),
+        row("dali", "none", 320.0),
+        row("dali", "ra", 256.0),
+        row("dali", "recipe", 160.0),
+        {**row("dali", "erase", 0.0), "error": "boom"},
+    ]
+    report.derive({"loaders": [], "training": [], "scaling": [], "augment": rows})
+    assert [r.get("ms_per_batch") for r in rows] == [200.0, 500.0, 100.0, 125.0, 200.0, None]
+    assert [r.get("added_ms_per_batch") for r in rows] == [None, 300.0, None, 25.0, 100.0, None]
+    assert [r.get("cost_pct") for r in rows] == [None, 150.0, None, 25.0, 100.0, None]
+    assert [r.get("vs_torchvision") for r in rows] == [1.0, 1.0, 2.0, 4.0, None, None]
+
+
+def test_augment_table_and_plot(tmp_path: Path) -> None:
+    common = {"loader": "dali", "device": "cpu", "workers": 2, "batch_size": 32}
+    rows = [
+        {**common, "augment": "none", "images_per_s": 320.0, "min": 300.0, "max": 330.0},
+        {**common, "augment": "recipe", "images_per_s": 160.0, "min": 150.0, "max": 170.0},
+    ]
+    report.derive_augment(rows)
+    env = {"cpu_count": 2, "dali": "x", "torch": "y"}
+    summary = {"environment": env, "loaders": [], "training": [], "scaling": [], "augment": rows}
+    table = report.format_table(summary).splitlines()
+    assert "| DALI CPU (2 w) | none | 320.0 | 300-330 | 100.0 | - | - |" in table
+    assert (
+        "| DALI CPU (2 w) | ResNet-50 recipe: TA wide, erase 0.1, MixUp 0.2/CutMix 1.0, "
+        "smoothing 0.1 | 160.0 | 150-170 | 200.0 | +100.0 ms (+100 %) | - |"
+    ) in table
+    assert not any("mixing cost" in line or "scaling" in line for line in table)
+    report.plot_results(summary, tmp_path / "a.png")
+    assert (tmp_path / "a.png").stat().st_size > 1000
