@@ -302,7 +302,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--switch-prob",
         type=float,
         default=0.5,
-        help="with both on, probability of MixUp instead of CutMix (default: %(default)s)",
+        help="with both on, probability of CutMix instead of MixUp (default: %(default)s)",
     )
     parser.add_argument(
         "--mix-mode",
