@@ -21,16 +21,18 @@ from pathlib import Path
 import pytest
 import torch
 
-import train.__main__
 import train.config
 import train.engine
+import train.trainer
 from dali_cutmix import synthetic
 from dali_cutmix.scan import main as scan_main
 from dali_cutmix.synthetic import SyntheticSpec, generate
-from train.__main__ import Outcome, _set_up, main, run
+from train.__main__ import main
 from train.checkpoint import save_checkpoint
 from train.config import Device, TrainConfig, parse_config
 from train.data import build_loaders
+from train.runner import _set_up, run
+from train.trainer import Outcome
 from train.utils import DistInfo
 
 TINY = SyntheticSpec(num_classes=3, train_per_class=8, val_per_class=3, seed=0, size_scale=0.15)
@@ -223,7 +225,7 @@ def test_full_run_writes_metrics_config_plot_and_checkpoint(tiny: Path, tmp_path
     result = run(_config(tiny, tmp_path, "--lr-schedule", "step", "--lr-step-size", "1"))
     records = result.records
     assert result.outcome is Outcome.FINISHED
-    assert [r["epoch"] for r in records] == [0, 1] and records == _records(tmp_path)
+    assert [r["epoch"] for r in records] == [1, 2] and records == _records(tmp_path)
     for record in records:
         assert record["val_images"] == 9  # every validation image exactly once
         assert 0 <= record["val_acc1"] <= record["val_acc5"] <= 100
@@ -502,13 +504,13 @@ def test_any_loader_error_checkpoints_first_and_the_resume_by_position_is_exact(
 ) -> None:
     flags = ["--loader", "torchvision", "--epochs", "1"]
     run(_config(tiny, tmp_path / "whole", *flags))
-    build = train.__main__.build_loaders
+    build = train.trainer.build_loaders
 
     def failing_train_loader(*args):
         train_loader, val_loader = build(*args)
         return _FailingLoader(train_loader, at=2), val_loader
 
-    monkeypatch.setattr(train.__main__, "build_loaders", failing_train_loader)
+    monkeypatch.setattr(train.trainer, "build_loaders", failing_train_loader)
     out = tmp_path / "failed"
     with pytest.raises(RuntimeError, match="the disk went away"):  # not the user's: traceback
         run(_config(tiny, out, *flags))

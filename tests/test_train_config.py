@@ -12,7 +12,6 @@ import torch
 
 import train.config
 from dali_cutmix.config import AugmentConfig, AutoAugment, EraseMode, Interpolation, MixMode
-from train.__main__ import lr_factor
 from train.checkpoint import save_checkpoint
 from train.config import (
     ALIASES,
@@ -31,7 +30,8 @@ from train.config import (
 )
 from train.data import build_criterion
 from train.ema import ema_decay
-from train.utils import DistInfo, SumMeter, correct_topk
+from train.trainer import _saved_meter, lr_factor
+from train.utils import DistInfo, EpochSums, MetricsFile, SumMeter, correct_topk
 
 
 def _folder(root: Path, train: list[str], val: list[str]) -> Path:
@@ -237,6 +237,18 @@ def test_mismatched_class_folders_fail_at_start(tmp_path: Path, capsys) -> None:
     assert "train/ and val/ have different classes" in capsys.readouterr().err
 
 
+def test_a_split_without_class_folders_fails_at_start_naming_it(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "imagenet"
+    (root / "train").mkdir(parents=True)
+    (root / "val" / "a").mkdir(parents=True)
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(["--data", str(root), "--device", "cpu"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"python -m train: error: --data {root}: dataset root ")
+    assert f"'{root / 'train'}' has no class folders" in err
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
 def test_gpu_without_cuda_fails_at_start(capsys) -> None:
     with pytest.raises(SystemExit):
@@ -295,6 +307,20 @@ def test_sum_meter_weights_by_batch_size() -> None:
     summary = meter.summary(DistInfo())
     assert summary["loss"] == pytest.approx(10 / 6)
     assert summary["acc1"] == pytest.approx(50.0) and summary["acc5"] == pytest.approx(500 / 6)
+    sums = meter.sums()
+    assert sums == EpochSums(loss_sum=10.0, count=6.0, correct1=3.0, correct5=5.0)
+    assert sums.to_saved() == [10.0, 6.0, 3.0, 5.0]  # a checkpoint's plain list
+    assert SumMeter(torch.device("cpu"), sums).sums() == sums  # continued after a resume
+
+
+def test_epoch_sums_come_back_from_old_and_new_checkpoints() -> None:
+    saved = [10.0, 6.0, 3.0, 5.0]
+    ranks = DistInfo(rank=1, world_size=2)
+    assert _saved_meter(saved, DistInfo()) == EpochSums(10.0, 6.0, 3.0, 5.0)  # rank 0's only
+    assert _saved_meter([None, saved], ranks).count == 6.0  # one list per rank
+    assert _saved_meter([saved, None], ranks) is None
+    assert _saved_meter([saved], ranks) is None  # saved by another number of ranks
+    assert EpochSums.from_saved(None) is None
 
 
 def test_resuming_refuses_changed_settings_but_not_harmless_ones() -> None:
@@ -317,7 +343,8 @@ def test_resuming_refuses_changed_settings_but_not_harmless_ones() -> None:
 
 def test_every_flag_names_one_configuration_field() -> None:
     """FLAGS is the one map between fields and flags: errors and --resume rely on it."""
-    dests = {a.dest for a in get_args_parser()._actions if a.dest != "help"}
+    # --config is where the values come from, not a field
+    dests = {a.dest for a in get_args_parser()._actions if a.dest not in ("help", "config")}
     aliases = {dest for setters in ALIASES.values() for dest, _ in setters}
     assert {dest for dest, _ in FLAGS.values()} | aliases == dests
     assert aliases - {dest for dest, _ in FLAGS.values()} == {"crop_size", "aa", "reprob"}
@@ -819,3 +846,16 @@ def test_a_checkpoint_from_before_the_augmentations_resumes_as_it_was(resumable)
     save_checkpoint({**state, "config": old}, path)
     resumed = parse_config(["--resume", str(path)])
     assert resumed == dataclasses.replace(original, resume=path, stop_after_steps=None)
+
+
+def test_a_resumed_metrics_file_numbers_its_epochs_from_1(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"epoch": 0, "val_acc1": 10.0}\n{"epoch": 1, "val_acc1": 20.0}\n')
+    MetricsFile(path, enabled=False).renumber()  # not rank 0: leaves it alone
+    assert [r["epoch"] for r in MetricsFile(path, enabled=True).read()] == [0, 1]
+    metrics = MetricsFile(path, enabled=True)
+    metrics.renumber()  # written before epochs were numbered from 1
+    assert metrics.read() == [{"epoch": 1, "val_acc1": 10.0}, {"epoch": 2, "val_acc1": 20.0}]
+    metrics.renumber()  # already from 1: unchanged
+    assert [r["epoch"] for r in metrics.read()] == [1, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import io
 import math
+import sys
 
 import pytest
 import torch
 from torch import nn
 
-from train.engine import LoaderError, StepOptions, evaluate, train_one_epoch
+from train.engine import (
+    LOG_INTERVAL,
+    LoaderError,
+    StepOptions,
+    evaluate,
+    progress_bar,
+    train_one_epoch,
+)
 from train.utils import DistInfo, StopFlag
 
 CPU = torch.device("cpu")
@@ -68,7 +77,7 @@ def test_autocast_and_grad_scaler_steps_on_nhwc_batches(dtype: torch.dtype) -> N
         print_freq=1,
     )
     assert (result.steps_done, result.stopped, result.images) == (3, False, 12)
-    assert result.meter[1] == 12.0 and math.isfinite(result.meter[0])
+    assert result.meter.count == 12.0 and math.isfinite(result.meter.loss_sum)
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     if scaler is not None:
         assert scaler.get_scale() == 16.0  # no step was skipped for an overflow
@@ -107,7 +116,8 @@ def _epoch(model: nn.Module, loader):
 def test_a_loader_error_ends_the_epoch_with_the_steps_done_and_a_model_error_propagates() -> None:
     failure = OSError("the disk went away")
     result = _epoch(_tiny_model(), _batches_then(failure, 2))
-    assert (result.steps_done, result.stopped, result.images, result.meter[1]) == (3, False, 8, 8.0)
+    done = (result.steps_done, result.stopped, result.images, result.meter.count)
+    assert done == (3, False, 8, 8.0)
     assert result.error is failure
     assert result.error.__traceback__ is not None  # kept for the traceback shown later
     with pytest.raises(RuntimeError, match="shape"):  # the step's own error is not the loader's
@@ -121,3 +131,20 @@ def test_a_loader_error_ends_the_epoch_with_the_steps_done_and_a_model_error_pro
             epoch=0,
         )
     assert caught.value.__cause__ is failure
+
+
+def test_progress_bars_do_not_flood_a_log_and_only_rank_0_shows_them(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a log file: not a terminal
+    logged = progress_bar(DistInfo(), total=100, desc="epoch 1")
+    assert (logged.mininterval, logged.maxinterval, logged.disable) == (LOG_INTERVAL,) * 2 + (
+        False,
+    )
+    for _ in range(100):
+        logged.update(1)
+    logged.close()
+    assert sys.stderr.getvalue().count("epoch 1") == 2  # the first state and the last
+    assert progress_bar(DistInfo(rank=1, world_size=2), total=10).disable
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert progress_bar(DistInfo(), total=10).mininterval == 0.1  # live on a terminal

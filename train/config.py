@@ -1,11 +1,14 @@
 """The command line, parsed once into frozen, validated dataclasses.
 
-``get_args_parser()`` returns the parser (as in torchvision's references);
-``config_from_args()`` turns its namespace into a :class:`TrainConfig`,
+``get_args_parser()`` (:mod:`train.cli`, which loads neither torch nor DALI)
+returns the parser, as in torchvision's references; ``config_from_args()`` turns
+its namespace into a :class:`TrainConfig`,
 resolving the defaults that depend on the data (the embedded dataset gets a
 small ResNet and small crops so that it trains in minutes on a CPU). Nothing
 below this module sees an ``argparse.Namespace``; every check that can fail
-runs here, before a single image is read.
+runs here, before a single image is read. ``--resume`` takes the configuration
+saved in a checkpoint (:func:`resume_config`), ``--config`` the one a run saved as
+``config.json`` (:func:`replay_config`); typed flags change them.
 """
 
 from __future__ import annotations
@@ -23,20 +26,19 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torchvision
-
 from dali_cutmix.config import (
     AugmentConfig,
     AutoAugment,
-    EraseMode,
     Interpolation,
     MixConfig,
     MixMode,
+    _enum,
     timm_auto_augment,
 )
-from dali_cutmix.synthetic import SyntheticSpec
-from train.checkpoint import load_checkpoint
-from train.status import EXIT_STATUS_HELP, ExitStatus, resume_command
+from dali_cutmix.files import DatasetError, class_folders
+from dali_cutmix.synthetic import SyntheticSpec, cache_dir
+from train.cli import ARCHS, Device, LoaderKind, Precision, Schedule, get_args_parser
+from train.status import ExitStatus, resume_command
 
 __all__ = [
     "ALIASES",
@@ -56,6 +58,7 @@ __all__ = [
     "get_args_parser",
     "name_flags",
     "parse_config",
+    "replay_config",
     "resume_config",
     "typed_flags",
 ]
@@ -64,43 +67,6 @@ __all__ = [
 EMBEDDED_SPEC = SyntheticSpec(
     num_classes=10, train_per_class=160, val_per_class=40, seed=0, size_scale=0.25
 )
-CACHE_ENV = "DALI_CUTMIX_CACHE"
-ARCHS = tuple(
-    name
-    for name in torchvision.models.list_models(module=torchvision.models)
-    if name.startswith(("resnet", "resnext", "wide_resnet"))
-)
-
-
-class LoaderKind(str, enum.Enum):
-    DALI = "dali"
-    TORCHVISION = "torchvision"
-
-
-class Device(str, enum.Enum):
-    CPU = "cpu"
-    GPU = "gpu"
-
-
-class Precision(str, enum.Enum):
-    """Autocast dtype; FP16 also uses a GradScaler."""
-
-    FP32 = "off"
-    BF16 = "bf16"
-    FP16 = "fp16"
-
-
-class Schedule(str, enum.Enum):
-    COSINE = "cosine"
-    STEP = "step"
-
-
-def _enum(kind: type[enum.Enum], name: str, value: Any) -> Any:
-    try:
-        return kind(value)
-    except ValueError:
-        allowed = ", ".join(str(m.value) for m in kind)
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}") from None
 
 
 def _positive(name: str, value: Any, *, zero: bool = False) -> None:
@@ -347,293 +313,6 @@ def _check_augment(augment: AugmentConfig, data: DataConfig) -> None:
             raise ValueError(f"--loader torchvision: {error}") from None
 
 
-# ----------------------------------------------------------------------------- command line
-
-
-RESUME_HELP = """\
-resuming:
-  --resume RUN/checkpoint.pth alone continues a run: the configuration is the one saved
-  in the checkpoint. Beside it may be given: --epochs (more than before; the schedule is
-  recomputed for the new length), --train-list / --val-list (e.g. a scan's clean list),
-  -j/--workers, --print-freq, --output-dir, --stop-after-steps, --cache-dir,
-  --deterministic and --test-only. Any other flag must repeat the checkpoint's value. A
-  run stopped mid-epoch resumes with the same number of ranks. --resume CHECKPOINT
-  --test-only evaluates the checkpoint's model (and its --model-ema average) on the
-  validation set, prints top-1 / top-5 and writes them to OUTPUT_DIR/test.json.
-"""
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Flag defaults in the help, and the epilog's tables as written."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None:  # resolved later; the help says how
-            return action.help
-        return super()._get_help_string(action)
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m train",
-        description="Train a torchvision ResNet with CutMix/MixUp mixed inside a DALI pipeline.\n"
-        "Without --data, trains resnet18 at 64 px on an embedded dataset generated on first use.",
-        epilog=RESUME_HELP + "\n" + EXIT_STATUS_HELP,
-        formatter_class=_HelpFormatter,
-    )
-    _add_data_args(parser.add_argument_group("data"))
-    _add_optim_args(parser.add_argument_group("model and optimisation"))
-    _add_mix_args(parser.add_argument_group("mixing (timm's names)"))
-    _add_augment_args(
-        parser.add_argument_group(
-            "augmentation (torchvision's names; timm's --aa, --reprob and --remode too)"
-        )
-    )
-    _add_ema_args(parser.add_argument_group("weight averaging and evaluation (torchvision's)"))
-    _add_run_args(parser.add_argument_group("run"))
-    return parser
-
-
-def _add_data_args(data: argparse._ArgumentGroup) -> None:
-    data.add_argument(
-        "--data",
-        type=Path,
-        default=None,
-        help="ImageNet-style folder with train/ and val/ (default: embedded dataset)",
-    )
-    data.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=None,
-        help=f"where the embedded dataset is generated (default: ${CACHE_ENV} or ./data)",
-    )
-    for split in ("train", "val"):
-        data.add_argument(
-            f"--{split}-list",
-            type=Path,
-            default=None,
-            metavar="FILE",
-            help=f"'path label' lines to read instead of listing {split}/ (e.g. the files.txt "
-            f"of python -m dali_cutmix.scan DATA/{split}); relative paths are under DATA/{split}",
-        )
-    data.add_argument(
-        "--loader",
-        default="dali",
-        choices=[k.value for k in LoaderKind],
-        help="DALI pipeline, or torchvision's DataLoader and transforms (the baseline)",
-    )
-    data.add_argument(
-        "-b",
-        "--batch-size",
-        type=int,
-        default=None,
-        help="per rank (default: 256 with --data, 64 embedded)",
-    )
-    _add_crop_args(data)
-    data.add_argument(
-        "-j",
-        "--workers",
-        type=int,
-        default=None,
-        help="DALI threads / DataLoader workers per rank "
-        "(default: CPUs per rank, at most 8 DALI threads on the GPU)",
-    )
-
-
-def _add_crop_args(data: argparse._ArgumentGroup) -> None:
-    data.add_argument(
-        "--crop-size",
-        type=int,
-        default=None,
-        help="training and validation crop (default: 224 with --data, 64 embedded)",
-    )
-    data.add_argument(
-        "--train-crop-size", type=int, default=None, help="training crop (default: --crop-size)"
-    )
-    data.add_argument(
-        "--val-crop-size",
-        type=int,
-        default=None,
-        help="validation centre crop (default: --crop-size)",
-    )
-    data.add_argument(
-        "--val-resize-size",
-        "--resize-size",
-        dest="val_resize_size",
-        type=int,
-        default=None,
-        help="validation resize of the shorter side (default: val crop * 8 / 7)",
-    )
-    data.add_argument(
-        "--interpolation",
-        default="bilinear",
-        choices=[i.value for i in Interpolation],
-        help="resampling of the resizes and of the automatic augmentations' warps",
-    )
-
-
-def _add_optim_args(model: argparse._ArgumentGroup) -> None:
-    model.add_argument(
-        "--arch",
-        default=None,
-        choices=ARCHS,
-        help="default: resnet50 with --data, resnet18 embedded",
-    )
-    model.add_argument(
-        "--epochs", type=int, default=None, help="default: 90 with --data, 6 embedded"
-    )
-    model.add_argument(
-        "--lr",
-        type=float,
-        default=None,
-        help="peak learning rate (default: 0.1 * global batch / 256, 0.1 embedded)",
-    )
-    model.add_argument("--momentum", type=float, default=0.9)
-    model.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True)
-    model.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=1e-4)
-    model.add_argument("--lr-schedule", default="cosine", choices=[s.value for s in Schedule])
-    model.add_argument(
-        "--warmup-epochs",
-        type=float,
-        default=None,
-        help="linear warmup (default: 5 with --data, 1 embedded; <= epochs / 5)",
-    )
-    model.add_argument(
-        "--lr-step-size",
-        type=int,
-        default=30,
-        help="epochs between decays for --lr-schedule step (paper: 75)",
-    )
-    model.add_argument("--lr-gamma", type=float, default=0.1)
-
-
-def _add_mix_args(mix: argparse._ArgumentGroup) -> None:
-    mix.add_argument("--cutmix-alpha", type=float, default=1.0, help="0 turns CutMix off")
-    mix.add_argument("--mixup-alpha", type=float, default=0.0, help="0 turns MixUp off")
-    mix.add_argument("--cutmix-minmax", type=float, nargs=2, default=None, metavar=("MIN", "MAX"))
-    mix.add_argument("--mix-prob", type=float, default=1.0)
-    mix.add_argument(
-        "--switch-prob", type=float, default=0.5, help="probability of CutMix when both are on"
-    )
-    mix.add_argument(
-        "--mix-mode",
-        default=None,
-        choices=[m.value for m in MixMode],
-        help="default: elem with --loader dali, batch with torchvision",
-    )
-    mix.add_argument("--correct-lam", action=argparse.BooleanOptionalAction, default=True)
-    mix.add_argument(
-        "--label-smoothing", "--smoothing", dest="label_smoothing", type=float, default=0.0
-    )
-
-
-def _add_augment_args(augment: argparse._ArgumentGroup) -> None:
-    policies = ", ".join(p.value for p in AutoAugment)
-    augment.add_argument(
-        "--auto-augment",
-        default=None,
-        metavar="POLICY",
-        help=f"automatic augmentation after the crop: {policies} (TrivialAugmentWide, "
-        "RandAugment, AutoAugment's ImageNet policy)",
-    )
-    augment.add_argument(
-        "--ra-magnitude",
-        type=int,
-        default=None,
-        help="RandAugment's magnitude bin of 31, with --auto-augment ra (default: 9)",
-    )
-    augment.add_argument(
-        "--aa",
-        default=None,
-        metavar="SPEC",
-        help="timm's automatic augmentation instead, e.g. rand-m9-n2-inc1 or original",
-    )
-    augment.add_argument(
-        "--random-erase",
-        type=float,
-        default=None,
-        metavar="P",
-        help="RandomErasing's probability, torchvision's: area 0.02-0.33, ratio 0.3-3.3, zeros",
-    )
-    augment.add_argument(
-        "--reprob",
-        type=float,
-        default=None,
-        metavar="P",
-        help="RandomErasing's probability, timm's: area 0.02-1/3, ratio 0.3-1/0.3",
-    )
-    augment.add_argument(
-        "--remode",
-        default=None,
-        choices=[m.value for m in EraseMode],
-        help="erased pixels: zeros, a normal value per channel or per pixel "
-        "(default: pixel with --reprob, const with --random-erase)",
-    )
-
-
-def _add_ema_args(ema: argparse._ArgumentGroup) -> None:
-    ema.add_argument(
-        "--model-ema",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="keep an exponential moving average of the weights, evaluated after every epoch",
-    )
-    ema.add_argument(
-        "--model-ema-steps",
-        type=int,
-        default=32,
-        help="optimizer steps between two updates of the average",
-    )
-    ema.add_argument(
-        "--model-ema-decay",
-        type=float,
-        default=0.99998,
-        help="decay per update before the adjustment to batch, steps and epochs",
-    )
-    ema.add_argument(
-        "--test-only",
-        action="store_true",
-        help="evaluate the model of --resume CHECKPOINT (and its average) and stop",
-    )
-
-
-def _add_run_args(run: argparse._ArgumentGroup) -> None:
-    run.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
-    run.add_argument(
-        "--amp",
-        default="auto",
-        choices=["auto"] + [p.value for p in Precision],
-        help="autocast dtype (auto: bf16 on a GPU that has it, else fp16; off on CPU)",
-    )
-    run.add_argument(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="NHWC model and loader output (default: on GPU)",
-    )
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--deterministic", action="store_true")
-    run.add_argument(
-        "--output-dir",
-        type=Path,
-        default=None,
-        help="default: runs/<time>, or the folder of --resume",
-    )
-    run.add_argument(
-        "--resume",
-        type=Path,
-        default=None,
-        metavar="CHECKPOINT",
-        help="continue the run saved in CHECKPOINT, with its configuration (see below)",
-    )
-    run.add_argument("--print-freq", type=int, default=10)
-    run.add_argument(
-        "--stop-after-steps",
-        type=int,
-        default=None,
-        help="checkpoint and stop after this many steps, as on Ctrl-C",
-    )
-
-
 def _list_classes(root: Path) -> tuple[str, ...]:
     """Class folder names of ``root/train``, checked against ``root/val`` (listing only)."""
     splits = {}
@@ -641,9 +320,10 @@ def _list_classes(root: Path) -> tuple[str, ...]:
         folder = root / split
         if not folder.is_dir():
             raise ValueError(f"--data {root}: no {split}/ folder (expected {folder})")
-        splits[split] = tuple(sorted(e.name for e in os.scandir(folder) if e.is_dir()))
-        if not splits[split]:
-            raise ValueError(f"--data {root}: {folder} has no class folders")
+        try:
+            splits[split] = tuple(class_folders(folder))
+        except DatasetError as error:  # no class folders, or split folders one level too deep
+            raise ValueError(f"--data {root}: {error}") from None
     if splits["train"] != splits["val"]:
         missing = sorted(set(splits["train"]) ^ set(splits["val"]))[:5]
         raise ValueError(f"--data {root}: train/ and val/ have different classes, e.g. {missing}")
@@ -716,7 +396,7 @@ def _data_config(args: argparse.Namespace, device: Device) -> DataConfig:
         val_resize_size=_given(args.val_resize_size, round(val_crop * 8 / 7)),
         interpolation=args.interpolation,
         workers=_given(args.workers, default_workers(loader, device)),
-        cache_dir=args.cache_dir or Path(os.environ.get(CACHE_ENV, "data")),
+        cache_dir=cache_dir(args.cache_dir),
         train_list=_file_list("--train-list", args.train_list),
         val_list=_file_list("--val-list", args.val_list),
     )
@@ -1132,18 +812,29 @@ def _upgrade(saved: Mapping[str, Any]) -> dict[str, Any]:
     return defaults | dict(saved) | {"data": data}
 
 
-def _checkpoint_args(saved: Mapping[str, Any], path: Path) -> dict[str, Any]:
-    """The flags' values (argparse dests) that reproduce the checkpoint's configuration.
+def _saved_args(
+    saved: Mapping[str, Any], args: argparse.Namespace, typed: Mapping[str, str]
+) -> dict[str, Any]:
+    """The flags' values (argparse dests) that reproduce a saved configuration, then the typed.
 
-    The augmentation is not among them: it is the checkpoint's ``augment`` as saved
-    (timm's ``--aa`` sets fields that no flag gives back), changed by typed flags only.
+    The augmentation is not among them: it is the saved ``augment`` as saved (timm's
+    ``--aa`` sets fields that no flag gives back), changed by typed flags only.
     """
     flat = _flatten(saved)
     values: dict[str, Any] = {dest: None for setters in ALIASES.values() for dest, _ in setters}
     for field, (dest, _) in FLAGS.items():
         value = None if field.startswith("augment.") else flat.get(field)
         values[dest] = Path(value) if dest in _PATH_DESTS and value is not None else value
-    if values["device"] == Device.GPU.value:
+    values |= {dest: getattr(args, dest) for dest in typed}
+    for field, setters in ALIASES.items():  # a typed --crop-size sets both crops again
+        own = FLAGS[field][0] if field in FLAGS else None
+        if own is not None and own not in typed and any(dest in typed for dest, _ in setters):
+            values[own] = None
+    return values
+
+
+def _check_gpu(saved: Mapping[str, Any], path: Path) -> None:
+    if saved.get("device") == Device.GPU.value:
         import torch
 
         if not torch.cuda.is_available():
@@ -1151,7 +842,6 @@ def _checkpoint_args(saved: Mapping[str, Any], path: Path) -> dict[str, Any]:
                 f"--resume {path}: the run trained on the GPU and CUDA is not available here; "
                 "resume it on a machine with a GPU"
             )
-    return values
 
 
 def resume_config(args: argparse.Namespace, typed: Mapping[str, str]) -> TrainConfig:
@@ -1167,6 +857,8 @@ def resume_config(args: argparse.Namespace, typed: Mapping[str, str]) -> TrainCo
     path = args.resume
     if not path.is_file():
         raise ValueError(f"--resume {path}: no such checkpoint file")
+    from train.checkpoint import load_checkpoint  # torch: only once the flags parsed
+
     state = load_checkpoint(path)
     saved = state.get("config")
     if not saved:
@@ -1174,12 +866,8 @@ def resume_config(args: argparse.Namespace, typed: Mapping[str, str]) -> TrainCo
     if not args.test_only:  # evaluating does not continue the epoch's shards
         check_ranks(state, path, _world_size())
     saved = _upgrade(saved)
-    values = _checkpoint_args(saved, path)
-    values |= {dest: getattr(args, dest) for dest in typed}
-    for field, setters in ALIASES.items():  # a typed --crop-size sets both crops again
-        own = FLAGS[field][0] if field in FLAGS else None
-        if own is not None and own not in typed and any(dest in typed for dest, _ in setters):
-            values[own] = None
+    _check_gpu(saved, path)
+    values = _saved_args(saved, args, typed)
     values |= {
         "resume": path,
         "stop_after_steps": args.stop_after_steps,
@@ -1191,6 +879,59 @@ def resume_config(args: argparse.Namespace, typed: Mapping[str, str]) -> TrainCo
     if reasons:
         raise ValueError(f"{path}: {'; '.join(reasons)}; {_MAY_CHANGE}")
     return config
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """A run's ``config.json`` (:meth:`TrainConfig.to_json`), in today's fields."""
+    try:
+        saved = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"--config {path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"--config {path}: not a run's config.json ({error})") from None
+    sections = ("data", "optim", "mix")
+    if not isinstance(saved, dict) or not all(isinstance(saved.get(k), dict) for k in sections):
+        raise ValueError(
+            f"--config {path}: not a run's config.json (it has no data, optim and mix settings)"
+        )
+    return _upgrade(saved)
+
+
+def replay_config(args: argparse.Namespace, typed: Mapping[str, str]) -> TrainConfig:
+    """``--config RUN/config.json``: that run's configuration, with the typed flags' values.
+
+    A new run starts (timm's ``-c``): not replayed are ``resume``, ``test_only``,
+    ``stop_after_steps`` and ``output_dir`` (a new ``runs/<time>`` unless given).
+
+    Raises:
+        ValueError: ``--resume`` given too; the file cannot be read as a run's
+            configuration; or a value (saved or typed) is invalid.
+    """
+    path = args.config
+    if args.resume is not None:
+        raise ValueError(
+            "--config and --resume both give the configuration; give one: --resume continues "
+            "a run, --config starts a new one with a run's configuration"
+        )
+    saved = _read_config(path)
+    values = _saved_args(saved, args, typed)
+    # The saved values are kept as they are, except the validation resize: a typed crop
+    # derives it again (crop * 8 / 7) unless it is typed too, as on a first run.
+    if {"crop_size", "val_crop_size"} & typed.keys() and "val_resize_size" not in typed:
+        values["val_resize_size"] = None
+    values |= {
+        "resume": None,
+        "test_only": args.test_only,
+        "stop_after_steps": args.stop_after_steps,
+        "output_dir": args.output_dir,
+    }
+    try:
+        saved_augment = AugmentConfig.from_dict(saved["augment"])
+        return config_from_args(argparse.Namespace(**values), saved_augment=saved_augment)
+    except (TypeError, AttributeError) as error:  # a value of the wrong kind in the file
+        raise ValueError(f"--config {path}: not a run's config.json ({error})") from None
+    except ValueError as error:
+        raise ValueError(f"--config {path}: {error}") from None
 
 
 def _check_ema_flags(args: argparse.Namespace, typed: Mapping[str, str]) -> None:
@@ -1211,6 +952,8 @@ def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
     args = parser.parse_args(argv)
     typed = typed_flags(argv)
     try:
+        if args.config is not None:
+            return replay_config(args, typed)
         if args.resume is not None:
             return resume_config(args, typed)
         _check_ema_flags(args, typed)

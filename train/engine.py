@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -24,7 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from train.ema import ModelEma
-from train.utils import DistInfo, StopFlag, SumMeter, correct_topk
+from train.utils import DistInfo, EpochSums, StopFlag, SumMeter, correct_topk
 
 __all__ = ["StepOptions", "EpochResult", "LoaderError", "train_one_epoch", "evaluate"]
 
@@ -67,7 +68,7 @@ class EpochResult:
 
     steps_done: int  # batches consumed in this epoch so far, including earlier runs
     stopped: bool  # a stop was requested (the epoch is complete if steps_done == len)
-    meter: list[float]  # SumMeter values: loss sum, count, correct@1, correct@5
+    meter: EpochSums  # this rank's sums over the epoch so far
     seconds: float
     images: int  # images processed by this run on this rank
     error: Exception | None = None  # what the loader raised, ending the epoch early
@@ -83,6 +84,24 @@ def _guarded(loader: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[An
         yield from loader
     except Exception as error:
         raise LoaderError(f"the data loader failed: {error}") from error
+
+
+# Seconds between two updates of a progress bar written to a file or a pipe (a log).
+LOG_INTERVAL = 60.0
+
+
+def progress_bar(info: DistInfo, **kwargs: Any) -> tqdm:
+    """A tqdm bar shown by rank 0 only: live on a terminal, and into a file or a pipe (a log)
+    at most once every :data:`LOG_INTERVAL` seconds, so that it does not flood the log."""
+    on_terminal = sys.stderr.isatty()
+    return tqdm(
+        unit="batch",
+        disable=not info.is_main,
+        dynamic_ncols=on_terminal,
+        mininterval=0.1 if on_terminal else LOG_INTERVAL,
+        maxinterval=10.0 if on_terminal else LOG_INTERVAL,  # tqdm's monitor refreshes then
+        **kwargs,
+    )
 
 
 def _stop_now(
@@ -120,7 +139,7 @@ def train_one_epoch(
     info: DistInfo,
     stop: StopFlag,
     print_freq: int,
-    meter_state: list[float] | None = None,
+    meter_state: EpochSums | None = None,
     step_budget: int | None = None,
     ema: ModelEma | None = None,
 ) -> EpochResult:
@@ -137,14 +156,7 @@ def train_one_epoch(
     """
     model.train()
     meter = SumMeter(options.device, meter_state)
-    bar = tqdm(
-        total=num_steps,
-        initial=start_step,
-        desc=f"epoch {epoch + 1}",
-        unit="batch",
-        disable=not info.is_main,
-        dynamic_ncols=True,
-    )
+    bar = progress_bar(info, total=num_steps, initial=start_step, desc=f"epoch {epoch + 1}")
     start, step, images_seen, stopped, error = time.perf_counter(), start_step, 0, False, None
     try:
         for images, targets in _guarded(loader):
@@ -158,10 +170,11 @@ def train_one_epoch(
             sync = step % print_freq == 0 or step == num_steps
             if sync:  # the only host synchronisation of the step
                 rate = images_seen * info.world_size / (time.perf_counter() - start)
-                bar.set_postfix(
+                bar.set_postfix(  # shown at the bar's next refresh, at most every mininterval
                     loss=f"{loss.item():.3f}",
                     lr=f"{scheduler.get_last_lr()[0]:.4f}",
                     img_s=f"{rate:.0f}",
+                    refresh=False,
                 )
             if _stop_now(stop, step - start_step, step_budget, sync, info, options.device):
                 stopped = True
@@ -172,7 +185,7 @@ def train_one_epoch(
     return EpochResult(
         steps_done=step,
         stopped=stopped,
-        meter=meter.values.tolist(),
+        meter=meter.sums(),
         seconds=time.perf_counter() - start,
         images=images_seen,
         error=error,
@@ -223,14 +236,12 @@ def evaluate(
     model.eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")
     meter = SumMeter(options.device)
-    for images, targets in tqdm(
-        _guarded(loader),
+    for images, targets in progress_bar(
+        info,
+        iterable=_guarded(loader),
         total=len(loader) if hasattr(loader, "__len__") else None,
         desc=f"val {epoch + 1}",
-        unit="batch",
-        disable=not info.is_main,
         leave=False,
-        dynamic_ncols=True,
     ):
         if images.shape[0] == 0:
             continue  # a shard's empty last batch

@@ -8,9 +8,9 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -93,16 +93,40 @@ def correct_topk(output: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...]
     return torch.stack([hits[:, : min(k, maxk)].any(dim=1).sum() for k in ks]).float()
 
 
-class SumMeter:
-    """Running sums kept on the device; read (and synchronised) only on demand.
+class EpochSums(NamedTuple):
+    """Sums over the images seen so far (of one epoch, on one rank or over all ranks).
 
-    ``values`` is ``[loss_sum, count, correct_1, correct_5]``.
+    Checkpoints hold them as the plain list ``[loss_sum, count, correct1, correct5]``
+    (:meth:`to_saved`), which loads with ``weights_only=True``.
     """
 
-    def __init__(self, device: torch.device, initial: list[float] | None = None) -> None:
-        self.values = torch.tensor(
-            initial or [0.0, 0.0, 0.0, 0.0], dtype=torch.float64, device=device
-        )
+    loss_sum: float = 0.0  # sum over images of the per-image loss
+    count: float = 0.0  # images
+    correct1: float = 0.0  # images whose class is the top-1 logit
+    correct5: float = 0.0  # images whose class is among the top-5 logits
+
+    @classmethod
+    def from_saved(cls, saved: Sequence[float] | None) -> EpochSums | None:
+        """The sums of a checkpoint's list (``None``: nothing saved)."""
+        return None if saved is None else cls(*(float(v) for v in saved))
+
+    def to_saved(self) -> list[float]:
+        return [float(v) for v in self]
+
+    def reduced(self, info: DistInfo) -> EpochSums:
+        """The sums over all ranks (every rank must call it)."""
+        if not info.distributed:
+            return self
+        values = torch.tensor(self, dtype=torch.float64, device=info.device)
+        dist.all_reduce(values)
+        return EpochSums(*values.tolist())
+
+
+class SumMeter:
+    """Running :class:`EpochSums` kept on the device; read (and synchronised) only on demand."""
+
+    def __init__(self, device: torch.device, initial: EpochSums | None = None) -> None:
+        self.values = torch.tensor(initial or EpochSums(), dtype=torch.float64, device=device)
 
     def update(self, loss: torch.Tensor, count: int, correct: torch.Tensor) -> None:
         """Adds a batch: mean ``loss`` (0-d), its size, correct counts ``[2]``; all on device."""
@@ -111,20 +135,27 @@ class SumMeter:
         batch = torch.stack([loss * count, torch.full_like(loss, count)])
         self.values += torch.cat([batch, correct.double()])
 
+    def sums(self) -> EpochSums:
+        """This rank's sums; synchronises."""
+        return EpochSums(*self.values.tolist())
+
     def summary(self, info: DistInfo) -> dict[str, float]:
         """Loss and accuracies (in %) over all ranks; synchronises."""
-        loss_sum, count, c1, c5 = reduce_sum(self.values, info).tolist()
-        count = max(count, 1.0)
+        sums = EpochSums(*reduce_sum(self.values, info).tolist())
+        count = max(sums.count, 1.0)
         return {
-            "loss": loss_sum / count,
-            "acc1": 100 * c1 / count,
-            "acc5": 100 * c5 / count,
+            "loss": sums.loss_sum / count,
+            "acc1": 100 * sums.correct1 / count,
+            "acc5": 100 * sums.correct5 / count,
             "samples": count,
         }
 
 
 class MetricsFile:
-    """One JSON object per line; only rank 0 writes. Appends, so a resumed run continues it."""
+    """One JSON object per line; only rank 0 writes. Appends, so a resumed run continues it.
+
+    Epochs are numbered from 1, as in the log and the plot.
+    """
 
     def __init__(self, path: Path, enabled: bool) -> None:
         self.path = path
@@ -140,6 +171,19 @@ class MetricsFile:
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
+    def renumber(self) -> None:
+        """Numbers from 1 the epochs of a file written before they were (from 0), if it is one.
+
+        A resumed run calls it before it appends, so that the file keeps one numbering.
+        """
+        records = self.read()
+        if not self.enabled or not records or records[0].get("epoch") != 0:
+            return
+        lines = [json.dumps(r | {"epoch": r["epoch"] + 1}, sort_keys=True) for r in records]
+        partial = self.path.with_name(self.path.name + ".tmp")
+        partial.write_text("".join(line + "\n" for line in lines))
+        os.replace(partial, self.path)
+
 
 def plot_curves(records: list[dict[str, Any]], path: Path) -> Path | None:
     """Loss and accuracy against epoch, as a PNG; ``None`` without records."""
@@ -150,7 +194,7 @@ def plot_curves(records: list[dict[str, Any]], path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs = [r["epoch"] + 1 for r in records]
+    epochs = [r["epoch"] for r in records]  # 1-based
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [r["train_loss"] for r in records], "o-", label="train (mixed)")
     ax_loss.plot(epochs, [r["val_loss"] for r in records], "o-", label="val")

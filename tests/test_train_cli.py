@@ -1,0 +1,183 @@
+"""``python -m train``'s command line: its help, how fast it answers, ``--config``."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from train import cli
+from train.config import TrainConfig, get_args_parser, parse_config
+
+HEAVY = ("torch", "torchvision", "nvidia", "matplotlib")
+
+
+def _help_entries(text: str) -> dict[str, str]:
+    """Each option's help in ``--help``'s output: its first flag -> its help text."""
+    options = text[text.index("\noptions:") : text.index("\nresuming:")]
+    entries: dict[str, str] = {}
+    flag = None
+    for line in options.splitlines():
+        if line.startswith("  -"):  # a new option: its flags, then two spaces and its help
+            invocation, _, help_text = line.strip().partition("  ")
+            flag = invocation.split(",")[0].split()[0]
+            entries[flag] = help_text.strip()
+        elif line.startswith("    ") and flag is not None:  # the help continued
+            entries[flag] = f"{entries[flag]} {line.strip()}".strip()
+        else:  # a group's title or a blank line
+            flag = None
+    return entries
+
+
+def test_help_gives_every_flag_a_line_of_help_and_its_default_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COLUMNS", "100")
+    parser = get_args_parser()
+    text = parser.format_help()
+    entries = _help_entries(text)
+    flags = {action.option_strings[0] for action in parser._actions}
+    assert set(entries) == flags  # every option has an entry
+    assert "--momentum" in entries and "--seed" in entries
+    for flag, help_text in entries.items():
+        assert help_text, f"{flag} has no help"
+        assert help_text.count("(default:") <= 1, f"{flag}: {help_text}"
+        assert not re.search(r"\(default: None\)", help_text), f"{flag}: {help_text}"
+    assert entries["--momentum"] == "SGD momentum (default: 0.9)"
+    assert entries["--nesterov"] == "Nesterov momentum (default: on)"
+    assert entries["--deterministic"].count("default") == 0  # a switch, off unless typed
+    assert "(default: None)" not in text
+
+
+def _heavy_imports(script: str) -> list[str]:
+    """The modules of torch, torchvision, DALI and matplotlib that ``script`` imported."""
+    script = (
+        f"import sys\nbefore = set(sys.modules)\n{script}\n"
+        f"print(sorted(m for m in set(sys.modules) - before if m.split('.')[0] in {HEAVY!r}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return ast.literal_eval(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_parser_and_the_configuration_load_neither_torch_nor_dali() -> None:
+    """``python -m train --help`` and a bad flag answer before the heavy libraries load."""
+    script = "import train.__main__, train.config\ntrain.config.get_args_parser().format_help()"
+    assert _heavy_imports(script) == []
+
+
+def test_help_and_a_bad_flag_answer_without_the_heavy_imports() -> None:
+    for flag, status in (("--help", 0), ("--bogus", 2)):
+        done = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "train", flag],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == status, done.stderr[-2000:]
+        imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines()}
+        assert not imported & {"torch", "torchvision", "nvidia.dali"}, flag
+    assert "unrecognized arguments: --bogus" in done.stderr
+
+
+def test_the_parser_offers_torchvisions_resnets() -> None:
+    torchvision = pytest.importorskip("torchvision")
+    resnets = [
+        name
+        for name in torchvision.models.list_models(module=torchvision.models)
+        if name.startswith(("resnet", "resnext", "wide_resnet"))
+    ]
+    assert sorted(resnets) == sorted(cli.ARCHS)
+
+
+# ------------------------------------------------------------------------- --config
+
+
+def _saved_run(tmp_path: Path, *argv: str, resume: Path | None = None) -> tuple[TrainConfig, Path]:
+    """A run's configuration, saved as ``python -m train`` saves it."""
+    config = parse_config(["--device", "cpu", "--output-dir", str(tmp_path / "run"), *argv])
+    config = dataclasses.replace(config, resume=resume)  # as a resumed run saves it
+    path = tmp_path / "run" / "config.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(config.to_json() + "\n")
+    return config, path
+
+
+def test_config_replays_a_run_with_typed_flags_over_it(tmp_path: Path) -> None:
+    flags = ["--epochs", "3", "--mix-prob", "0.5", "--aa", "rand-m9-n2", "--reprob", "0.25"]
+    saved, path = _saved_run(tmp_path, *flags, "--crop-size", "48", resume=Path("x.pth"))
+    replayed = parse_config(["--config", str(path)])
+    # a new run: its own output folder, nothing resumed
+    assert (replayed.resume, replayed.output_dir.parent) == (None, Path("runs"))
+    expected = dataclasses.replace(saved, resume=None, output_dir=replayed.output_dir)
+    assert replayed == expected
+    changed = parse_config(["--config", str(path), "--epochs", "5", "--crop-size", "64"])
+    assert changed.epochs == 5 and changed.augment == saved.augment
+    assert (changed.data.train_crop_size, changed.data.val_resize_size) == (64, 73)
+    assert changed.mix == saved.mix and changed.optim == saved.optim
+
+
+@pytest.mark.parametrize(
+    "contents, message",
+    [
+        (None, "--config {path}: no such file"),
+        ("not json", "--config {path}: not a run's config.json (Expecting value: line 1"),
+        ('{"epochs": 3}', "--config {path}: not a run's config.json (it has no data, optim"),
+    ],
+)
+def test_config_names_a_file_it_cannot_use_in_one_line(
+    tmp_path: Path, contents: str | None, message: str, capsys: pytest.CaptureFixture
+) -> None:
+    path = tmp_path / "config.json"
+    if contents is not None:
+        path.write_text(contents)
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(["--config", str(path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("python -m train: error: " + message.format(path=path))
+    assert err.count("\n") == 1
+
+
+def test_config_and_resume_exclude_each_other(tmp_path: Path, capsys) -> None:
+    _, path = _saved_run(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(["--config", str(path), "--resume", str(tmp_path / "checkpoint.pth")])
+    assert exit_info.value.code == 2
+    assert "--config and --resume both give the configuration; give one" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- logging under torchrun
+
+
+@pytest.mark.parametrize("rank, shown", [("0", True), ("1", False)])
+def test_only_rank_0_logs_information(rank: str, shown: bool) -> None:
+    """Under torchrun rank 1 does not repeat the dataset lines; its warnings still show."""
+    script = (
+        "import logging\n"
+        "from train.__main__ import main\n"
+        "try:\n"
+        "    main(['--bogus'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "logging.getLogger('dali_cutmix.synthetic').info('generated the dataset')\n"
+        "logging.getLogger('train').warning('a warning')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "RANK": rank},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert ("generated the dataset" in done.stderr) is shown
+    assert "train: a warning" in done.stderr

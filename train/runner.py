@@ -1,0 +1,163 @@
+"""``run(config)``: one whole training run (or ``--test-only`` evaluation) from its configuration.
+
+Sets the process up (distributed group, determinism, the output folder and its
+``config.json``), continues ``config.resume`` if given and says how the run ended
+(:class:`train.trainer.Outcome`, mapped to ``python -m train``'s exit status by
+:data:`EXIT_STATUS`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dali_cutmix.files import DatasetError
+from train.checkpoint import load_checkpoint
+from train.config import Device, TrainConfig
+from train.data import build_val_loader, data_failure, prepare_dataset
+from train.engine import LoaderError, evaluate
+from train.model import build_model, build_model_ema, step_options, unwrapped
+from train.status import ExitStatus, resume_command
+from train.trainer import Outcome, Trainer, accuracy_line, val_metrics
+from train.utils import DistInfo, MetricsFile, cleanup_distributed, init_distributed
+
+__all__ = ["EXIT_STATUS", "TEST_NAME", "RunResult", "evaluate_checkpoint", "run"]
+
+logger = logging.getLogger("train")
+
+EXIT_STATUS = {
+    Outcome.FINISHED: ExitStatus.FINISHED,
+    Outcome.NOTHING_TO_DO: ExitStatus.FINISHED,
+    Outcome.STOPPED: ExitStatus.STOPPED,
+    Outcome.TESTED: ExitStatus.FINISHED,
+}
+TEST_NAME = "test.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    """What :func:`run` did: one metrics record per completed epoch (earlier runs' too).
+
+    ``evaluation``: with ``--test-only``, what was written to ``test.json``.
+    """
+
+    records: list[dict[str, Any]]
+    outcome: Outcome
+    evaluation: dict[str, Any] | None = None
+
+
+def _set_up(config: TrainConfig, info: DistInfo) -> None:
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    elif config.device is Device.GPU:
+        torch.backends.cudnn.benchmark = True
+    if info.distributed and config.device is Device.CPU:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // info.world_size))
+    if info.is_main:
+        config.output_dir.mkdir(parents=True, exist_ok=True)
+        if not config.test_only:  # the run's own configuration stays as it trained
+            (config.output_dir / "config.json").write_text(config.to_json() + "\n")
+
+
+def _evaluate_models(
+    config: TrainConfig, state: dict[str, Any], root: Path, info: DistInfo
+) -> dict[str, float]:
+    """The validation sums of the checkpoint's model and, when saved, of its average."""
+    val_loader = build_val_loader(config, root, info)
+    model = build_model(config, info)
+    unwrapped(model).load_state_dict(state["model"])
+    models = {"": model}
+    if state.get("model_ema"):
+        ema = build_model_ema(model, config, info)
+        ema.load_state_dict(state["model_ema"])
+        models["ema_"] = ema.module
+    options, val = step_options(config, info), {}
+    for prefix, evaluated in models.items():
+        try:
+            sums = evaluate(evaluated, val_loader, options=options, info=info, epoch=state["epoch"])
+        except LoaderError as failed:
+            error = failed.__cause__
+            if not isinstance(error, DatasetError):
+                raise error from None
+            raise data_failure(
+                error, "val", config=config, root=root, info=info, checkpoint=None
+            ) from error
+        val |= {prefix + key: value for key, value in sums.items()}
+    return val
+
+
+def evaluate_checkpoint(config: TrainConfig, state: dict[str, Any], info: DistInfo) -> RunResult:
+    """``--test-only``: evaluates the checkpoint ``state`` and writes ``OUTPUT_DIR/test.json``.
+
+    The record has the metrics' names (``val_acc1``, ``ema_val_acc1``, ...) and the
+    checkpoint's position; the line printed on stdout gives the accuracies. Nothing
+    is trained and the checkpoint, metrics and configuration are left as they are.
+    """
+    root = prepare_dataset(config, info)
+    val = _evaluate_models(config, state, root, info)
+    epoch, step = state["epoch"], state["step"]
+    record = {"checkpoint": str(config.resume), "epoch": epoch, "step": step, **val_metrics(val)}
+    if info.is_main:
+        (config.output_dir / TEST_NAME).write_text(json.dumps(record, indent=2) + "\n")
+        trained = f"{epoch} epochs" + (f" and {step} steps" if step else "")
+        print(f"{config.resume} (trained {trained}): {accuracy_line(record)}", flush=True)
+    return RunResult([], Outcome.TESTED, evaluation=record)
+
+
+def _nothing_to_do(config: TrainConfig, state: dict[str, Any], info: DistInfo) -> RunResult:
+    if info.is_main:
+        logger.info(
+            "%s already trained %d of %d epochs; nothing to do; give --epochs M > %d to train on "
+            "(%s)",
+            config.resume,
+            state["epoch"],
+            config.epochs,
+            config.epochs,
+            resume_command(config.resume, info.world_size, "--epochs", "M"),
+        )
+    records = MetricsFile(config.output_dir / "metrics.jsonl", info.is_main).read()
+    return RunResult(records, Outcome.NOTHING_TO_DO)
+
+
+def run(config: TrainConfig) -> RunResult:
+    """Trains as ``config`` says (continuing ``config.resume`` if given), or tests it.
+
+    Raises:
+        DataFailure: a file of the dataset did not decode (a checkpoint holds
+            every step done, when training had started).
+        DatasetError: a folder or file list cannot be read.
+    """
+    info = init_distributed(config.device is Device.GPU)
+    try:
+        _set_up(config, info)
+        state = load_checkpoint(config.resume) if config.resume is not None else None
+        if state is not None and config.test_only:
+            return evaluate_checkpoint(config, state, info)
+        if state is not None and state["epoch"] >= config.epochs:
+            return _nothing_to_do(config, state, info)
+        trainer = Trainer(config, info)
+        if state is not None:
+            trainer.restore(state)
+        start = time.perf_counter()
+        outcome = trainer.fit()
+        records = trainer.metrics.read()
+        if info.is_main and outcome is Outcome.FINISHED and records:
+            logger.info(
+                "finished %d epochs in %.0f s: val top-1 %.2f %% (chance %.1f %%), outputs in %s",
+                len(records),
+                time.perf_counter() - start,
+                records[-1]["val_acc1"],
+                100 / config.data.num_classes,
+                config.output_dir,
+            )
+        return RunResult(records, outcome)
+    finally:
+        cleanup_distributed(info)

@@ -1,0 +1,394 @@
+"""One training run's objects and its epochs: :class:`Trainer` and the learning-rate schedule.
+
+The loops themselves live in :mod:`train.engine`; :func:`train.runner.run` builds a
+trainer, restores a checkpoint into it and calls :meth:`Trainer.fit`.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import time
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from dali_cutmix.files import DatasetError
+from train.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from train.config import Precision, Schedule, TrainConfig, check_ranks
+from train.data import (
+    Loader,
+    build_criterion,
+    build_loaders,
+    continue_at,
+    data_failure,
+    prepare_dataset,
+    restore_loader,
+)
+from train.engine import EpochResult, LoaderError, evaluate, train_one_epoch
+from train.model import build_model, build_model_ema, step_options, unwrapped
+from train.status import resume_command
+from train.utils import DistInfo, EpochSums, MetricsFile, StopFlag, plot_curves, stop_on_signals
+
+__all__ = ["Outcome", "Trainer", "accuracy_line", "lr_factor", "val_metrics"]
+
+logger = logging.getLogger("train")
+
+
+def lr_factor(step: int, *, config: TrainConfig, steps_per_epoch: int) -> float:
+    """Multiplier of the peak learning rate after ``step`` optimizer steps.
+
+    Linear warmup from 1 % over ``warmup_epochs``, then cosine decay to 0 over the
+    remaining epochs, or ``gamma ** (epoch // step_size)`` for the step schedule.
+    """
+    optim = config.optim
+    warmup = round(optim.warmup_epochs * steps_per_epoch)
+    if step < warmup:
+        return 0.01 + 0.99 * step / warmup
+    if optim.schedule is Schedule.STEP:
+        return optim.gamma ** (step // steps_per_epoch // optim.step_size)
+    total = config.epochs * steps_per_epoch
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _gather(obj: Any, info: DistInfo) -> list[Any]:
+    if not info.distributed:
+        return [obj]
+    gathered: list[Any] = [None] * info.world_size
+    torch.distributed.all_gather_object(gathered, obj)
+    return gathered
+
+
+def _of_rank(entries: Any, info: DistInfo) -> Any:
+    """This rank's entry of a per-rank list saved by :meth:`Trainer.save`, or ``None``."""
+    if isinstance(entries, list) and len(entries) == info.world_size:
+        return entries[info.rank]
+    return None
+
+
+def _saved_meter(meter: Any, info: DistInfo) -> EpochSums | None:
+    """This rank's sums of the interrupted epoch (older checkpoints saved rank 0's only)."""
+    if isinstance(meter, list) and meter and isinstance(meter[0], (int, float)):
+        return EpochSums.from_saved(meter)
+    return EpochSums.from_saved(_of_rank(meter, info))
+
+
+class Outcome(str, enum.Enum):
+    """How a run ended; :data:`train.runner.EXIT_STATUS` maps it to an exit status."""
+
+    FINISHED = "finished"
+    NOTHING_TO_DO = "nothing to do"
+    STOPPED = "stopped"
+    TESTED = "tested"
+
+
+class _LoaderFailed(Exception):
+    """The train or val loader raised ``error``; the checkpoint is written before it goes on."""
+
+    def __init__(self, split: str, error: Exception) -> None:
+        super().__init__(f"the {split} loader failed: {error}")
+        self.split, self.error = split, error
+
+
+class Trainer:
+    """Holds the objects of one run; the loops themselves live in ``train.engine``."""
+
+    def __init__(self, config: TrainConfig, info: DistInfo) -> None:
+        self.config, self.info = config, info
+        self.root = prepare_dataset(config, info)
+        self.train_loader: Loader
+        self.val_loader: Loader
+        self.train_loader, self.val_loader = build_loaders(config, self.root, info)
+        self.model = build_model(config, info)
+        self.criterion = build_criterion(config).to(info.device)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(),
+            lr=config.optim.lr,
+            momentum=config.optim.momentum,
+            nesterov=config.optim.nesterov,
+            weight_decay=config.optim.weight_decay,
+        )
+        steps = len(self.train_loader)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(step, config=config, steps_per_epoch=steps)
+        )
+        fp16 = config.precision is Precision.FP16
+        self.scaler = torch.amp.GradScaler(info.device.type) if fp16 else None
+        self.options = step_options(config, info)
+        self.ema = build_model_ema(self.model, config, info) if config.model_ema else None
+        self.metrics = MetricsFile(config.output_dir / "metrics.jsonl", info.is_main)
+        self.checkpoint = config.output_dir / CHECKPOINT_NAME
+        self.epoch, self.step = 0, 0
+        self.meter_state: EpochSums | None = None  # this rank's sums of the current epoch
+        # The rest of the current epoch when the loader could not restore its own state.
+        self._stream: Iterable[Any] | None = None
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continues the checkpoint ``state`` at its epoch and step.
+
+        The next batch is the one the interrupted run would have read when the
+        loader's saved state fits; otherwise the epoch goes on from the same step
+        in a new data stream (:func:`train.data.continue_at`), which is logged.
+        """
+        check_ranks(state, self.config.resume, self.info.world_size)
+        unwrapped(self.model).load_state_dict(state["model"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["model_ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        steps = len(self.train_loader)
+        self.epoch, self.step = state["epoch"], min(state["step"], steps)
+        self.meter_state = _saved_meter(state.get("meter"), self.info)
+        self.metrics.renumber()  # a file of an older version numbered epochs from 0
+        self._align_schedule(state.get("config", {}).get("epochs", self.config.epochs))
+        why = self._restore_loader(_of_rank(state["loader"], self.info))
+        if why is not None:
+            self._stream = continue_at(self.train_loader, epoch=self.epoch, step=self.step)
+        if not self.info.is_main:
+            return
+        where = f"epoch {self.epoch + 1}, step {self.step} of {steps}"
+        logger.info("resumed from %s at %s", self.config.resume, where)
+        if why is not None:
+            logger.warning(
+                "%s: %s goes on in a new data stream of the current files (its first %d batches "
+                "skipped); the model, optimizer and steps done are kept",
+                why,
+                where,
+                self.step,
+            )
+
+    def _restore_loader(self, saved: dict[str, Any] | None) -> str | None:
+        """Restores the train loader's saved state; says why not when it cannot."""
+        if saved is None:
+            return "the checkpoint holds no data-stream state for this rank"
+        try:
+            restore_loader(self.train_loader, saved)
+        except ValueError as error:  # other files (a new --train-list), batch count, ...
+            return f"the saved data-stream state does not fit ({error})"
+        return None
+
+    def _align_schedule(self, saved_epochs: int) -> None:
+        """Puts the schedule at (epoch, step) of this run's schedule.
+
+        It is there already unless the number of steps per epoch (other files,
+        other ranks) or of epochs changed; then the learning rate follows the new
+        schedule from the current position on.
+        """
+        position = self.epoch * len(self.train_loader) + self.step
+        if self.scheduler.last_epoch == position and saved_epochs == self.config.epochs:
+            return
+        self.scheduler.last_epoch = position - 1
+        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()"
+            warnings.simplefilter("ignore", UserWarning)
+            self.scheduler.step()
+
+    def save(self, *, alone: bool = False) -> None:
+        """Checkpoint at the current position (epoch, step done, loader state).
+
+        Every rank takes part and rank 0 writes; with ``alone`` (after a loader
+        error, while other ranks may wait in a collective) this rank writes
+        without them, saving the loader's state only in a 1-rank run and only if
+        the loader still gives one (a failed DALI pipeline does not).
+        """
+        mine = self.meter_state.to_saved() if self.meter_state is not None else None
+        if alone:
+            world, rank = self.info.world_size, self.info.rank
+            loaders = [self._loader_state() if world == 1 else None] * world
+            meters = [mine if r == rank else None for r in range(world)]
+        else:
+            loaders = _gather(self.train_loader.state_dict(), self.info)
+            meters = _gather(mine, self.info)
+            if not self.info.is_main:
+                return
+        state = {
+            "model": unwrapped(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+            "epoch": self.epoch,
+            "step": self.step,
+            "meter": meters,
+            "loader": loaders,
+            "world_size": self.info.world_size,
+            "config": self.config.to_dict(),
+        }
+        if self.ema is not None:
+            state["model_ema"] = self.ema.state_dict()
+        save_checkpoint(state, self.checkpoint)
+
+    def _loader_state(self) -> dict[str, Any] | None:
+        try:
+            return self.train_loader.state_dict()
+        except Exception:  # the loader's pipeline failed: only the position remains
+            return None
+
+    def _train(self, stop: StopFlag, budget: int | None) -> EpochResult:
+        stream, self._stream = self._stream or self.train_loader, None
+        return train_one_epoch(
+            self.model,
+            self.criterion,
+            self.optimizer,
+            self.scheduler,
+            stream,
+            epoch=self.epoch,
+            start_step=self.step,
+            num_steps=len(self.train_loader),
+            options=self.options,
+            scaler=self.scaler,
+            info=self.info,
+            stop=stop,
+            print_freq=self.config.print_freq,
+            meter_state=self.meter_state,
+            step_budget=budget,
+            ema=self.ema,
+        )
+
+    def run_epoch(self, stop: StopFlag, budget: int | None) -> EpochResult:
+        """Trains the rest of the current epoch; evaluates and logs it if it completed.
+
+        Raises:
+            _LoaderFailed: a loader raised; ``self.step`` is the last step done.
+        """
+        steps = len(self.train_loader)
+        if self.step < steps:
+            result = self._train(stop, budget)
+        else:  # trained before, not evaluated: its validation failed
+            meter = self.meter_state or EpochSums()
+            result = EpochResult(self.step, stopped=False, meter=meter, seconds=0.0, images=0)
+        self.step, self.meter_state = result.steps_done, result.meter
+        if result.error is not None:
+            raise _LoaderFailed("train", result.error)
+        if result.steps_done < steps:
+            return result
+        try:
+            val = self._evaluate(self.model)
+            if self.ema is not None:
+                val |= {f"ema_{k}": v for k, v in self._evaluate(self.ema.module).items()}
+        except LoaderError as failed:
+            raise _LoaderFailed("val", failed.__cause__) from failed
+        self._log_epoch(result, val)
+        self.epoch, self.step, self.meter_state = self.epoch + 1, 0, None
+        return result
+
+    def _evaluate(self, model: nn.Module) -> dict[str, float]:
+        return evaluate(
+            model, self.val_loader, options=self.options, info=self.info, epoch=self.epoch
+        )
+
+    def _log_epoch(self, result: EpochResult, val: dict[str, float]) -> None:
+        sums = result.meter.reduced(self.info)
+        count = max(sums.count, 1.0)
+        record = {
+            "epoch": self.epoch + 1,  # 1-based, as the log and the plot number epochs
+            "train_loss": sums.loss_sum / count,
+            "train_acc1": 100 * sums.correct1 / count,
+            "train_images": int(count),
+            **val_metrics(val),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "epoch_seconds": result.seconds,
+            "train_images_per_s": result.images * self.info.world_size / max(result.seconds, 1e-9),
+            "time": time.time(),
+        }
+        self.metrics.write(record)
+        if self.info.is_main:
+            logger.info(
+                "epoch %d: train loss %.3f, %s",
+                self.epoch + 1,
+                record["train_loss"],
+                accuracy_line(record),
+            )
+
+    def fit(self) -> Outcome:
+        """Trains until ``config.epochs``, a stop (Ctrl-C, SIGTERM, step budget) or a loader error.
+
+        Raises:
+            DataFailure: a file did not decode; the checkpoint holds every step done.
+            Exception: any other loader error, after the same checkpoint.
+        """
+        budget = self.config.stop_after_steps
+        with stop_on_signals() as stop:
+            while self.epoch < self.config.epochs:
+                start_step = self.step
+                result = self._run_epoch_or_fail(stop, budget)
+                if budget is not None:
+                    budget -= result.steps_done - start_step
+                self.save()
+                if result.stopped:
+                    break
+        if self.info.is_main:
+            plot_curves(self.metrics.read(), self.config.output_dir / "curves.png")
+        if self.epoch >= self.config.epochs:
+            return Outcome.FINISHED
+        if self.info.is_main:
+            logger.info(
+                "stopped at epoch %d, step %d of %d; continue with: %s",
+                self.epoch + 1,
+                self.step,
+                len(self.train_loader),
+                resume_command(self.checkpoint, self.info.world_size),
+            )
+        return Outcome.STOPPED
+
+    def _run_epoch_or_fail(self, stop: StopFlag, budget: int | None) -> EpochResult:
+        """:meth:`run_epoch`; after a loader error, checkpoints the steps done and raises."""
+        try:
+            return self.run_epoch(stop, budget)
+        except _LoaderFailed as error:
+            failed = error
+        # Raised outside the handler: the loader's own error keeps its traceback and cause.
+        self.save(alone=True)
+        raise self._failure(failed)
+
+    def _failure(self, failed: _LoaderFailed) -> Exception:
+        """The exception that ends the run after a loader error and its checkpoint."""
+        error = failed.error
+        if isinstance(error, DatasetError):
+            failure = data_failure(
+                error,
+                failed.split,
+                config=self.config,
+                root=self.root,
+                info=self.info,
+                checkpoint=self.checkpoint,
+            )
+            failure.__cause__ = error
+            return failure
+        logger.error(
+            "the %s loader failed at epoch %d, step %d of %d; the checkpoint holds every step "
+            "done; once the cause is fixed, continue with: %s",
+            failed.split,
+            self.epoch + 1,
+            self.step,
+            len(self.train_loader),
+            resume_command(self.checkpoint, self.info.world_size),
+        )
+        return error
+
+
+def val_metrics(val: dict[str, float]) -> dict[str, float]:
+    """:func:`train.engine.evaluate`'s sums as metrics: ``val_acc1``, ``ema_val_acc1``, ..."""
+    record = {}
+    for prefix in ("", "ema_"):
+        if f"{prefix}acc1" in val:
+            record |= {
+                f"{prefix}val_loss": val[f"{prefix}loss"],
+                f"{prefix}val_acc1": val[f"{prefix}acc1"],
+                f"{prefix}val_acc5": val[f"{prefix}acc5"],
+                f"{prefix}val_images": int(val[f"{prefix}samples"]),
+            }
+    return record
+
+
+def accuracy_line(record: dict[str, Any]) -> str:
+    """``val top-1 71.20 %, top-5 90.10 %`` (and the average's, when there is one)."""
+    line = f"val top-1 {record['val_acc1']:.2f} %, top-5 {record['val_acc5']:.2f} %"
+    if "ema_val_acc1" in record:
+        line += f"; EMA top-1 {record['ema_val_acc1']:.2f} %, top-5 {record['ema_val_acc5']:.2f} %"
+    return line
