@@ -129,11 +129,16 @@ class MixConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MixConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown MixConfig field(s): {', '.join(unknown)}")
-        return cls(**data)
+        """The configuration ``to_dict`` wrote; an unknown field raises ValueError naming it."""
+        return _from_dict(cls, data)
+
+
+def _from_dict(cls: type, data: dict[str, Any]) -> Any:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
+    return cls(**data)
 
 
 # ----------------------------------------------------------------------------- augmentation
@@ -289,11 +294,8 @@ class AugmentConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AugmentConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown AugmentConfig field(s): {', '.join(unknown)}")
-        return cls(**data)
+        """The configuration ``to_dict`` wrote; an unknown field raises ValueError naming it."""
+        return _from_dict(cls, data)
 
 
 def _enum(kind: type[enum.Enum], name: str, value: Any) -> Any:
