@@ -37,7 +37,7 @@ __all__ = [
     "main",
 ]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 BOX_COLOUR = (255, 255, 0)  # the CutMix box's outline: yellow shows on most photographs
 
@@ -254,7 +254,7 @@ def write_preview(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     render_grid(batch.images, captions, boxes=batch.boxes).save(out)
-    log.info("wrote %s (%d samples)", out, len(batch.images))
+    logger.info("wrote %s (%d samples)", out, len(batch.images))
     return out
 
 

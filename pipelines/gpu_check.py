@@ -37,7 +37,7 @@ from dali_cutmix.cli import exit_on_user_error, positive_int
 
 __all__ = ["main", "probe_empty_region", "probe_other_width"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -140,7 +140,7 @@ def _machine() -> dict[str, Any]:
 
 def _step(name: str, command: list[str], log_path: Path, timeout: int) -> dict[str, Any]:
     """Runs one step as a child process (never a fork of one holding DALI pipelines)."""
-    log.info("%s: %s", name, " ".join(command))
+    logger.info("%s: %s", name, " ".join(command))
     started = time.perf_counter()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
@@ -154,7 +154,7 @@ def _step(name: str, command: list[str], log_path: Path, timeout: int) -> dict[s
             code = "timeout"
     seconds = time.perf_counter() - started
     tail = log_path.read_text().strip().splitlines()[-3:]
-    log.info("%s: exit %s in %.0f s; %s", name, code, seconds, " | ".join(tail))
+    logger.info("%s: exit %s in %.0f s; %s", name, code, seconds, " | ".join(tail))
     return {"command": " ".join(command), "exit": code, "seconds": round(seconds, 1), "tail": tail}
 
 
@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             report["probes"][name] = probe()
         except Exception as err:  # a probe that fails is itself a finding: record it
             report["probes"][name] = {"error": f"{type(err).__name__}: {err}"}
-        log.info("probe %s: %s", name, report["probes"][name])
+        logger.info("probe %s: %s", name, report["probes"][name])
     python = sys.executable
     tests = ["tests/test_gpu.py", "tests/test_mixing.py", "tests/test_imagenet.py"]
     steps = {

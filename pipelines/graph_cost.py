@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = ["SETTINGS", "measure_setting", "main"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # Mixing settings measured, with timm's names (None: the graph without mixing).
 SETTINGS: dict[str, dict[str, Any] | None] = {
@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     targets=args.targets,
                 )
             )
-            log.info(
+            logger.info(
                 "%-16s %3d operators  %6.2f ms/batch  [%.2f .. %.2f]",
                 name,
                 rows[-1]["operators"],

@@ -34,7 +34,7 @@ from dali_cutmix.synthetic import CACHE_ENV, SyntheticSpec, cache_dir, generate
 
 __all__ = ["rss_mb", "soak", "main"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 SPEC = SyntheticSpec(num_classes=10, train_per_class=160, val_per_class=1, seed=0, size_scale=0.25)
 
@@ -98,7 +98,7 @@ def soak(
         batches = sum(1 for _ in train)
         gc.collect()
         epoch_rss.append(rss_mb())
-        log.info("epoch %d: %d batches, RSS %.1f MiB", epoch + 1, batches, epoch_rss[-1])
+        logger.info("epoch %d: %d batches, RSS %.1f MiB", epoch + 1, batches, epoch_rss[-1])
     resume_rss = []
     half = max(1, len(train) // 2)
     for k in range(resumes):
@@ -112,7 +112,7 @@ def soak(
         sum(1 for _ in train)  # the rest of the epoch
         gc.collect()
         resume_rss.append(rss_mb())
-        log.info("resume %d: RSS %.1f MiB", k + 1, resume_rss[-1])
+        logger.info("resume %d: RSS %.1f MiB", k + 1, resume_rss[-1])
     return {
         "batch_size": batch_size,
         "crop_size": crop_size,

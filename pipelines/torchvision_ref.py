@@ -52,7 +52,7 @@ __all__ = [
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 class MixCollate:
@@ -287,7 +287,7 @@ def make_torchvision_loader(
         multiprocessing_context=process_context() if workers > 0 else None,
         generator=generator,
     )
-    log.info(
+    logger.info(
         "torchvision loader: %d images, %d batches of %d, %d workers",
         len(sampler) if sampler else len(dataset),
         len(loader),

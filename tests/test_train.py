@@ -84,7 +84,7 @@ def _config(root: Path, out: Path, *extra: str) -> TrainConfig:
 
 
 def _logged(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "train"]
+    return [r.getMessage() for r in caplog.records if r.name.split(".")[0] == "train"]
 
 
 def _records(out: Path) -> list[dict]:
@@ -619,8 +619,8 @@ def test_two_process_stop_is_reported_by_rank_0_and_resumes_on_two_ranks(
     assert done.returncode == 1, done.stderr[-3000:]  # torchrun's status for a rank's non-zero
     assert "exitcode  : 3 (pid" in done.stderr and "exitcode  : -15" not in done.stderr
     assert (
-        "train: stopped at epoch 1, step 2 of 3; continue with: torchrun --nproc_per_node 2 -m "
-        f"train --resume {checkpoint}\n"
+        "train.trainer: stopped at epoch 1, step 2 of 3; continue with: "
+        f"torchrun --nproc_per_node 2 -m train --resume {checkpoint}\n"
     ) in done.stderr
     state = torch.load(checkpoint, weights_only=True)
     assert (state["epoch"], state["step"], state["world_size"]) == (0, 2, 2)

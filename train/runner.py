@@ -30,7 +30,7 @@ from train.utils import DistInfo, MetricsFile, cleanup_distributed, init_distrib
 
 __all__ = ["EXIT_STATUS", "TEST_NAME", "RunResult", "evaluate_checkpoint", "run"]
 
-logger = logging.getLogger("train")
+logger = logging.getLogger(__name__)
 
 EXIT_STATUS = {
     Outcome.FINISHED: ExitStatus.FINISHED,

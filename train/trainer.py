@@ -36,7 +36,7 @@ from train.utils import DistInfo, EpochSums, MetricsFile, StopFlag, plot_curves,
 
 __all__ = ["Outcome", "Trainer", "accuracy_line", "lr_factor", "val_metrics"]
 
-logger = logging.getLogger("train")
+logger = logging.getLogger(__name__)
 
 
 def lr_factor(step: int, *, config: TrainConfig, steps_per_epoch: int) -> float:

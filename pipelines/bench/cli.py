@@ -30,7 +30,7 @@ __all__ = [
     "run_benchmark",
 ]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def _environment() -> dict[str, Any]:
@@ -80,7 +80,7 @@ def run_benchmark(config: BenchConfig, command: str) -> dict[str, Any]:
     from pipelines.bench.report import derive, format_table, plot_results
 
     root, dataset = _dataset(config)
-    log.info("dataset: %s", json.dumps(dataset))
+    logger.info("dataset: %s", json.dumps(dataset))
     results = measure_sections(plan_sections(config, root), run_isolated)
     derive(results)
     report = {

@@ -34,7 +34,7 @@ from pipelines.bench.plan import (
 
 __all__ = ["measure", "measure_sections", "measure_windows", "prepare_images", "run_isolated"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def _sync(tensor: torch.Tensor | None) -> None:
@@ -237,10 +237,10 @@ def run_isolated(spec: dict[str, Any]) -> dict[str, Any]:
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        log.error("%s failed: %s", spec_label(spec), " | ".join(tail))
+        logger.error("%s failed: %s", spec_label(spec), " | ".join(tail))
         return {**spec, "error": " | ".join(tail)}
     result = {**spec, **json.loads(lines[-1][len("RESULT ") :])}
-    log.info(
+    logger.info(
         "%-44s %8.1f img/s  [%.1f .. %.1f]  (%.0fs)",
         spec_label(spec),
         result["images_per_s"],
