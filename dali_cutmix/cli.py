@@ -22,13 +22,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import re
 import sys
 from collections.abc import Iterator, Mapping
 
 from dali_cutmix.files import DatasetError
 
-__all__ = ["USER_ERRORS", "exit_on_user_error", "one_line", "positive_int"]
+__all__ = [
+    "SCRIPT_PREFIX",
+    "USER_ERRORS",
+    "command_name",
+    "exit_on_user_error",
+    "one_line",
+    "positive_int",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +117,22 @@ def exit_on_user_error(
         logger.debug("user error", exc_info=True)
         print(f"{parser.prog}: error: {message}", file=sys.stderr, flush=True)
         raise SystemExit(status) from None
+
+
+# The installed console scripts are named dali-cutmix-<command> (see pyproject.toml).
+SCRIPT_PREFIX = "dali-cutmix-"
+
+
+def command_name(module: str) -> str:
+    """How the user started a command, for its usage and error lines and the commands it prints.
+
+    ``module`` is the command's module as imported (``train`` in the repository,
+    ``dali_cutmix.train`` once installed: pass ``__package__`` or ``__spec__.name``).
+    Started as a console script, the command is that script (``dali-cutmix-train``);
+    otherwise ``python -m MODULE``.
+    """
+    script = os.path.basename(sys.argv[0])
+    return script if script.startswith(SCRIPT_PREFIX) else f"python -m {module}"
 
 
 def positive_int(text: str) -> int:

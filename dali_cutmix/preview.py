@@ -23,7 +23,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-from dali_cutmix.cli import exit_on_user_error, positive_int
+from dali_cutmix.cli import command_name, exit_on_user_error, positive_int
 from dali_cutmix.config import MixConfig
 from dali_cutmix.files import ImageList, list_image_folder
 from dali_cutmix.synthetic import SyntheticSpec, cache_dir, generate
@@ -272,7 +272,7 @@ def default_data() -> Path:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m dali_cutmix.preview", description=__doc__.split("\n\n")[0]
+        prog=command_name("dali_cutmix.preview"), description=__doc__.split("\n\n")[0]
     )
     parser.add_argument(
         "--data", type=Path, help="ImageFolder root DATA/<class>/<image> (default: a generated set)"

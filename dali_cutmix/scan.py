@@ -36,7 +36,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from dali_cutmix.cli import exit_on_user_error
+from dali_cutmix.cli import command_name, exit_on_user_error
 from dali_cutmix.files import (
     BadImageError,
     ImageList,
@@ -263,7 +263,7 @@ def write_report(report: ScanReport, out: str | os.PathLike[str]) -> dict[str, P
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m dali_cutmix.scan",
+        prog=command_name("dali_cutmix.scan"),
         description="Decode every image of an ImageFolder dataset; write a clean DALI file "
         "list and a report of the bad files.",
     )

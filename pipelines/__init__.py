@@ -13,7 +13,7 @@ __all__ = ["make_loader"]
 
 def __getattr__(name: str) -> Any:
     if name == "make_loader":
-        from pipelines.imagenet import make_loader
+        from .imagenet import make_loader
 
         return make_loader
     raise AttributeError(f"module 'pipelines' has no attribute {name!r}")

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dali_cutmix.cli import exit_on_user_error, positive_int
+from dali_cutmix.cli import command_name, exit_on_user_error, positive_int
 
 __all__ = ["main", "probe_empty_region", "probe_other_width"]
 
@@ -178,7 +178,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "graph_cost": [
             python,
             "-m",
-            "pipelines.graph_cost",
+            f"{__package__}.graph_cost",
             "--threads",
             str(args.threads),
             "--out",
@@ -187,7 +187,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "bench": [
             python,
             "-m",
-            "pipelines.bench",
+            f"{__package__}.bench",
             "--device",
             "gpu",
             "--batch-size",
@@ -223,7 +223,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.gpu_check",
+        prog=command_name(__spec__.name),
         description="Run the GPU tests, DALI probes, graph cost and a short benchmark on a GPU.",
     )
     add = parser.add_argument

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dali_cutmix.cli import exit_on_user_error, positive_int
+from dali_cutmix.cli import command_name, exit_on_user_error, positive_int
 from dali_cutmix.config import MixConfig
 
 if TYPE_CHECKING:
@@ -203,7 +203,7 @@ def format_table(report: dict[str, Any]) -> str:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.graph_cost",
+        prog=command_name(__spec__.name),
         description="Per-batch CPU cost of the mixing graph (operators and ms), by setting.",
     )
     add = parser.add_argument

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dali_cutmix.cli import exit_on_user_error, positive_int
+from dali_cutmix.cli import command_name, exit_on_user_error, positive_int
 from dali_cutmix.config import MixConfig
 from dali_cutmix.synthetic import CACHE_ENV, SyntheticSpec, cache_dir, generate
 
@@ -77,7 +77,7 @@ def soak(
     warmup: int = 2,
 ) -> dict[str, Any]:
     """Runs ``epochs`` epochs, then ``resumes`` stop-and-resume cycles; returns RSS figures."""
-    from pipelines.imagenet import make_loader  # here, so that --help answers without DALI
+    from .imagenet import make_loader  # here, so that --help answers without DALI
 
     def loader():
         return make_loader(
@@ -126,7 +126,7 @@ def soak(
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.soak",
+        prog=command_name(__spec__.name),
         description="Host memory over many epochs and resumes of the DALI training loader.",
     )
     parser.add_argument(
@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         root = generate(cache_dir(args.cache_dir) / "soak-embedded", SPEC) / "train"
         report = soak(root, epochs=args.epochs, resumes=args.resumes, threads=args.threads)
     given = sys.argv[1:] if argv is None else list(argv)
-    report["command"] = " ".join(["python -m pipelines.soak", *given])
+    report["command"] = " ".join([command_name(__spec__.name), *given])
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

@@ -26,8 +26,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from train.config import parse_config
-from train.status import DataFailure, ExitStatus
+from dali_cutmix.cli import command_name
+
+from .config import parse_config
+from .status import DataFailure, ExitStatus
 
 
 def log_level(rank: int) -> int:
@@ -36,7 +38,8 @@ def log_level(rank: int) -> int:
 
 
 def _error_line(message: str) -> None:
-    print(f"python -m train: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+    line = f"{command_name(__package__)}: error: {' '.join(message.split())}"
+    print(line, file=sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -53,7 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Imported once the flags are good: torch and DALI take seconds to load, and --help
     # or a bad flag answers without them.
     from dali_cutmix.files import DatasetError
-    from train.runner import EXIT_STATUS, run
+
+    from .runner import EXIT_STATUS, run
 
     try:
         status = EXIT_STATUS[run(config).outcome]

@@ -11,9 +11,11 @@ import argparse
 import enum
 from pathlib import Path
 
+from dali_cutmix.cli import command_name
 from dali_cutmix.config import AutoAugment, EraseMode, Interpolation, MixMode
 from dali_cutmix.synthetic import CACHE_ENV
-from train.status import EXIT_STATUS_HELP
+
+from .status import EXIT_STATUS_HELP
 
 __all__ = ["ARCHS", "Device", "LoaderKind", "Precision", "Schedule", "get_args_parser"]
 
@@ -95,7 +97,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 def get_args_parser() -> argparse.ArgumentParser:
     """The parser of ``python -m train`` (torchvision's references' name)."""
     parser = argparse.ArgumentParser(
-        prog="python -m train",
+        prog=command_name(__package__),
         description="Train a torchvision ResNet with CutMix/MixUp mixed inside a DALI pipeline.\n"
         "Without --data, trains resnet18 at 64 px on an embedded dataset generated on first use.",
         epilog=RESUME_HELP + "\n" + EXIT_STATUS_HELP,

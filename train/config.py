@@ -37,8 +37,10 @@ from dali_cutmix.config import (
 )
 from dali_cutmix.files import DatasetError, class_folders
 from dali_cutmix.synthetic import SyntheticSpec, cache_dir
-from train.cli import ARCHS, Device, LoaderKind, Precision, Schedule, get_args_parser
-from train.status import ExitStatus, resume_command
+
+from . import pipelines_module
+from .cli import ARCHS, Device, LoaderKind, Precision, Schedule, get_args_parser
+from .status import ExitStatus, resume_command
 
 __all__ = [
     "ALIASES",
@@ -299,8 +301,7 @@ def _check_augment(augment: AugmentConfig, data: DataConfig) -> None:
             "torchvision's alike); use --interpolation bilinear or nearest"
         )
     if data.loader is LoaderKind.TORCHVISION and augment.enabled:
-        from pipelines.torchvision_ref import make_transforms
-
+        make_transforms = pipelines_module("torchvision_ref").make_transforms
         try:  # the torchvision loader's own checks, so that both always agree
             make_transforms(
                 train=True,
@@ -366,9 +367,8 @@ def default_workers(loader: LoaderKind, device: Device) -> int:
     GPU stop paying. DataLoader workers do all the work, so they get every core.
     """
     if loader is LoaderKind.DALI:
-        from pipelines.imagenet import default_num_threads
-
-        return default_num_threads(gpu=device is Device.GPU)
+        imagenet = pipelines_module("imagenet")
+        return imagenet.default_num_threads(gpu=device is Device.GPU)
     return max(1, (os.cpu_count() or 1) // _world_size())
 
 
@@ -857,7 +857,7 @@ def resume_config(args: argparse.Namespace, typed: Mapping[str, str]) -> TrainCo
     path = args.resume
     if not path.is_file():
         raise ValueError(f"--resume {path}: no such checkpoint file")
-    from train.checkpoint import load_checkpoint  # torch: only once the flags parsed
+    from .checkpoint import load_checkpoint  # torch: only once the flags parsed
 
     state = load_checkpoint(path)
     saved = state.get("config")

@@ -48,9 +48,11 @@ from dali_cutmix.files import (
 )
 from dali_cutmix.procs import process_context
 from dali_cutmix.synthetic import generate
-from train.config import Device, LoaderKind, TrainConfig
-from train.status import DataFailure
-from train.utils import DistInfo, barrier
+
+from . import pipelines_module
+from .config import Device, LoaderKind, TrainConfig
+from .status import DataFailure
+from .utils import DistInfo, barrier
 
 __all__ = [
     "Loader",
@@ -304,13 +306,13 @@ def _augment(config: TrainConfig, train: bool) -> AugmentConfig | None:
 def _torchvision_loader(
     folder: Path, file_list: Path | None, *, train: bool, config: TrainConfig, info: DistInfo
 ) -> ResumableTorchvisionLoader:
-    from pipelines.torchvision_ref import MixCollate, make_transforms
+    reference = pipelines_module("torchvision_ref")
 
     data = config.data
     images = _images(folder, file_list)  # DatasetError naming the path, as DALI's loader
     # The reference supplies the transforms and the CutMix/MixUp collate function; the
     # files (the folder's or the list's), the order and the seeding are ours.
-    transform = make_transforms(
+    transform = reference.make_transforms(
         train=train,
         crop_size=data.train_crop_size if train else data.val_crop_size,
         resize_size=data.val_resize_size,
@@ -320,7 +322,7 @@ def _torchvision_loader(
     mixing = train and config.mix.enabled
     return ResumableTorchvisionLoader(
         _ImageFiles(images, transform),
-        collate=MixCollate(config.mix) if mixing else None,
+        collate=reference.MixCollate(config.mix) if mixing else None,
         classes=list(images.classes),
         batch_size=data.batch_size,
         train=train,
@@ -337,10 +339,8 @@ def _torchvision_loader(
 def _dali_loader(
     folder: Path, file_list: Path | None, *, train: bool, config: TrainConfig, info: DistInfo
 ) -> Loader:
-    from pipelines.imagenet import make_loader
-
     data = config.data
-    return make_loader(
+    return pipelines_module("imagenet").make_loader(
         folder,
         file_list=file_list,
         train=train,

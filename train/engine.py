@@ -24,8 +24,8 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from train.ema import ModelEma
-from train.utils import DistInfo, EpochSums, StopFlag, SumMeter, correct_topk
+from .ema import ModelEma
+from .utils import DistInfo, EpochSums, StopFlag, SumMeter, correct_topk
 
 __all__ = ["StepOptions", "EpochResult", "LoaderError", "train_one_epoch", "evaluate"]
 

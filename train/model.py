@@ -7,11 +7,11 @@ import torch
 import torchvision
 from torch import nn
 
-from train.config import Device, Precision, TrainConfig
-from train.data import images_are_nhwc
-from train.ema import ModelEma, ema_decay
-from train.engine import StepOptions
-from train.utils import DistInfo
+from .config import Device, Precision, TrainConfig
+from .data import images_are_nhwc
+from .ema import ModelEma, ema_decay
+from .engine import StepOptions
+from .utils import DistInfo
 
 __all__ = ["build_model", "build_model_ema", "step_options", "unwrapped"]
 

@@ -19,14 +19,15 @@ from typing import Any
 import torch
 
 from dali_cutmix.files import DatasetError
-from train.checkpoint import load_checkpoint
-from train.config import Device, TrainConfig
-from train.data import build_val_loader, data_failure, prepare_dataset
-from train.engine import LoaderError, evaluate
-from train.model import build_model, build_model_ema, step_options, unwrapped
-from train.status import ExitStatus, resume_command
-from train.trainer import Outcome, Trainer, accuracy_line, val_metrics
-from train.utils import DistInfo, MetricsFile, cleanup_distributed, init_distributed
+
+from .checkpoint import load_checkpoint
+from .config import Device, TrainConfig
+from .data import build_val_loader, data_failure, prepare_dataset
+from .engine import LoaderError, evaluate
+from .model import build_model, build_model_ema, step_options, unwrapped
+from .status import ExitStatus, resume_command
+from .trainer import Outcome, Trainer, accuracy_line, val_metrics
+from .utils import DistInfo, MetricsFile, cleanup_distributed, init_distributed
 
 __all__ = ["EXIT_STATUS", "TEST_NAME", "RunResult", "evaluate_checkpoint", "run"]
 

@@ -30,6 +30,8 @@ import enum
 import shlex
 from pathlib import Path
 
+from dali_cutmix.cli import command_name
+
 __all__ = ["EXIT_STATUS_HELP", "DataFailure", "ExitStatus", "launcher", "resume_command"]
 
 
@@ -60,10 +62,11 @@ exit status:
 
 
 def launcher(world_size: int) -> str:
-    """``python -m train``, or the ``torchrun`` line for ``world_size`` ranks on one node."""
+    """``python -m train`` (as the user started it), or the ``torchrun`` line for ``world_size``
+    ranks on one node."""
     if world_size == 1:
-        return "python -m train"
-    return f"torchrun --nproc_per_node {world_size} -m train"
+        return command_name(__package__)
+    return f"torchrun --nproc_per_node {world_size} -m {__package__}"
 
 
 def resume_command(checkpoint: Path, world_size: int, *extra: str) -> str:

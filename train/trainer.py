@@ -18,9 +18,10 @@ import torch
 from torch import nn
 
 from dali_cutmix.files import DatasetError
-from train.checkpoint import CHECKPOINT_NAME, save_checkpoint
-from train.config import Precision, Schedule, TrainConfig, check_ranks
-from train.data import (
+
+from .checkpoint import CHECKPOINT_NAME, save_checkpoint
+from .config import Precision, Schedule, TrainConfig, check_ranks
+from .data import (
     Loader,
     build_criterion,
     build_loaders,
@@ -29,10 +30,10 @@ from train.data import (
     prepare_dataset,
     restore_loader,
 )
-from train.engine import EpochResult, LoaderError, evaluate, train_one_epoch
-from train.model import build_model, build_model_ema, step_options, unwrapped
-from train.status import resume_command
-from train.utils import DistInfo, EpochSums, MetricsFile, StopFlag, plot_curves, stop_on_signals
+from .engine import EpochResult, LoaderError, evaluate, train_one_epoch
+from .model import build_model, build_model_ema, step_options, unwrapped
+from .status import resume_command
+from .utils import DistInfo, EpochSums, MetricsFile, StopFlag, plot_curves, stop_on_signals
 
 __all__ = ["Outcome", "Trainer", "accuracy_line", "lr_factor", "val_metrics"]
 

@@ -1,6 +1,6 @@
 """``python -m pipelines.bench``: see :mod:`pipelines.bench.cli`."""
 
-from pipelines.bench.cli import main
+from .cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -17,9 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dali_cutmix.cli import exit_on_user_error
+from dali_cutmix.cli import command_name, exit_on_user_error
 from dali_cutmix.files import list_image_folder
-from pipelines.bench.plan import SWEEPS, BenchConfig, plan_sections
+
+from .plan import SWEEPS, BenchConfig, plan_sections
 
 __all__ = [
     "config_from_args",
@@ -76,8 +77,8 @@ def _dataset(config: BenchConfig) -> tuple[Path, dict[str, Any]]:
 
 def run_benchmark(config: BenchConfig, command: str) -> dict[str, Any]:
     """Measures every configuration; writes ``results.json`` and ``results.png`` in ``out``."""
-    from pipelines.bench.measure import measure_sections, run_isolated
-    from pipelines.bench.report import derive, format_table, plot_results
+    from .measure import measure_sections, run_isolated
+    from .report import derive, format_table, plot_results
 
     root, dataset = _dataset(config)
     logger.info("dataset: %s", json.dumps(dataset))
@@ -113,7 +114,7 @@ def _int_list(text: str) -> tuple[int, ...]:
 def get_args_parser() -> argparse.ArgumentParser:
     """The command's flags; building it imports neither torch nor DALI."""
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.bench",
+        prog=command_name(__package__),
         description="Benchmark DALI and torchvision loaders and training on the same files.",
     )
     add = parser.add_argument
@@ -250,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
     if args.measure:
-        from pipelines.bench.measure import measure
+        from .measure import measure
 
         print("RESULT " + json.dumps(measure(json.loads(args.measure))), flush=True)
         return 0
@@ -259,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if config.data is not None:  # found unusable here, not in every measurement
             list_image_folder(data_root(config.data))
         config.out.mkdir(parents=True, exist_ok=True)  # not only after the whole run
-    command = " ".join(["python -m pipelines.bench", *(argv if argv is not None else sys.argv[1:])])
+    command = " ".join([command_name(__package__), *(argv if argv is not None else sys.argv[1:])])
     report = run_benchmark(config, command)
     failed = [r for section in SWEEPS for r in report[section] if "error" in r]
     return 1 if failed else 0

@@ -23,7 +23,8 @@ import torch
 
 from dali_cutmix.config import AugmentConfig, MixConfig
 from dali_cutmix.files import class_folders
-from pipelines.bench.plan import (
+
+from .plan import (
     AUGMENTS,
     MIXES,
     RECIPE_MIX,
@@ -124,7 +125,7 @@ def _build_loader(spec: dict[str, Any]):
     mix = _mix_config(spec["mix"], num_classes)
     augment = _augment_config(spec.get("augment", "none"))
     if spec["loader"] == "torchvision":
-        from pipelines.torchvision_ref import make_torchvision_loader
+        from ..torchvision_ref import make_torchvision_loader
 
         return make_torchvision_loader(
             root,
@@ -136,7 +137,7 @@ def _build_loader(spec: dict[str, Any]):
             crop_size=spec["crop_size"],
             seed=0,
         )
-    from pipelines.imagenet import make_loader
+    from ..imagenet import make_loader
 
     return make_loader(
         root,
@@ -231,7 +232,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 
 def run_isolated(spec: dict[str, Any]) -> dict[str, Any]:
     """Runs :func:`measure` in a fresh Python process; returns its result (or the error)."""
-    cmd = [sys.executable, "-m", "pipelines.bench", "--measure", json.dumps(spec)]
+    cmd = [sys.executable, "-m", __package__, "--measure", json.dumps(spec)]
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]

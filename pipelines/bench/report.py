@@ -6,7 +6,7 @@ import functools
 from pathlib import Path
 from typing import Any
 
-from pipelines.bench.plan import AUGMENTS, MIXES, spec_label
+from .plan import AUGMENTS, MIXES, spec_label
 
 __all__ = ["ceiling_note", "derive", "derive_augment", "format_table", "plot_results"]
 
