@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import numpy as np
 import nvidia.dali.fn as fn
@@ -471,6 +472,30 @@ def mix(
     return out, targets
 
 
+def _one_method_config(
+    method: str,
+    alpha: float,
+    num_classes: int,
+    prob: float,
+    mode: MixMode | str,
+    label_smoothing: float,
+    **options: Any,
+) -> MixConfig:
+    """The configuration of ``cutmix`` or ``mixup`` (``method``): that method at ``alpha``
+    (> 0, a user error otherwise) and the other off; ``options`` are the method's own fields."""
+    if alpha <= 0:
+        raise ValueError(f"{method} alpha must be > 0, got {alpha!r}")
+    alphas = {"cutmix_alpha": 0.0, "mixup_alpha": 0.0, f"{method}_alpha": alpha}
+    return MixConfig(
+        num_classes=num_classes,
+        prob=prob,
+        mode=mode,
+        label_smoothing=label_smoothing,
+        **alphas,
+        **options,
+    )
+
+
 @do_not_convert
 def cutmix(
     images: DataNode,
@@ -505,18 +530,8 @@ def cutmix(
         ``(images, targets)``: images with the input dtype, layout and size;
         float32 targets ``[num_classes]``.
     """
-    if alpha <= 0:
-        raise ValueError(f"cutmix alpha must be > 0, got {alpha!r}")
-    config = MixConfig(
-        num_classes=num_classes,
-        cutmix_alpha=alpha,
-        mixup_alpha=0.0,
-        cutmix_minmax=minmax,
-        prob=prob,
-        mode=mode,
-        correct_lam=correct_lam,
-        label_smoothing=label_smoothing,
-    )
+    box = {"cutmix_minmax": minmax, "correct_lam": correct_lam}
+    config = _one_method_config("cutmix", alpha, num_classes, prob, mode, label_smoothing, **box)
     return mix(images, labels, config)
 
 
@@ -544,16 +559,7 @@ def mixup(
         ``(images, targets)``: float32 images of the input layout and size;
         float32 targets ``[num_classes]``.
     """
-    if alpha <= 0:
-        raise ValueError(f"mixup alpha must be > 0, got {alpha!r}")
-    config = MixConfig(
-        num_classes=num_classes,
-        mixup_alpha=alpha,
-        cutmix_alpha=0.0,
-        prob=prob,
-        mode=mode,
-        label_smoothing=label_smoothing,
-    )
+    config = _one_method_config("mixup", alpha, num_classes, prob, mode, label_smoothing)
     return mix(images, labels, config)
 
 

@@ -1,15 +1,20 @@
-"""Shared fixtures: tiny ImageNet-style JPEG folders built in tmp_path."""
+"""Shared fixtures: tiny ImageNet-style JPEG folders built in tmp_path; small loaders on them."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    from dali_cutmix.loader import DaliLoader
 
 
 def write_image(
@@ -51,6 +56,47 @@ def build_image_folder(
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     return build_image_folder(tmp_path / "train")
+
+
+# The tests' loader: batches of 4 training samples, 8-pixel crops (of 8-pixel resizes in
+# validation), one thread, on the CPU.
+SMALL_LOADER = {
+    "train": True,
+    "batch_size": 4,
+    "device": "cpu",
+    "crop_size": 8,
+    "resize_size": 8,
+    "num_threads": 1,
+}
+
+
+def small_loader(root: Path | None = None, **settings: Any) -> DaliLoader:
+    """``make_loader(root, ...)`` with ``SMALL_LOADER``'s settings, which ``settings`` override
+    or extend (any of ``make_loader``'s keywords)."""
+    from pipelines.imagenet import make_loader  # DALI loads only in the tests that build one
+
+    return make_loader(root, **(SMALL_LOADER | settings))
+
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def same_batches(got: list[Batch], want: list[Batch]) -> bool:
+    """Whether two lists of ``(images, targets)`` batches are equal, bit for bit."""
+    return len(got) == len(want) and all(
+        torch.equal(x, u) and torch.equal(y, v) for (x, y), (u, v) in zip(got, want)
+    )
+
+
+def resumed_after(make: Callable[[], DaliLoader], batches: int) -> DaliLoader:
+    """A new ``make()`` loaded with the state of another one after its first ``batches`` (>= 1)."""
+    first = make()
+    stream = iter(first)
+    for _ in range(batches):
+        next(stream)
+    resumed = make()
+    resumed.load_state_dict(first.state_dict())
+    return resumed
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -10,7 +10,7 @@ import numpy as np
 import nvidia.dali.fn as fn
 import pytest
 import torch
-from conftest import requires_cuda
+from conftest import requires_cuda, resumed_after, same_batches, small_loader
 from nvidia.dali import pipeline_def
 from scipy import stats
 from torchvision import transforms
@@ -22,7 +22,6 @@ from pipelines.imagenet import (
     IMAGENET_STD,
     ImageNetOptions,
     augment_and_mix,
-    make_loader,
 )
 
 SIDE = 48
@@ -269,28 +268,10 @@ def test_randaugment_magnitude_zero_moves_no_pixel() -> None:
     assert sum(not ok for ok in results[9]) > 16
 
 
-def _loader(root: Path, augment: AugmentConfig | None, *, seed: int = 0, **kwargs):
-    settings = {"device": "cpu", "mix": MixConfig(num_classes=3)} | kwargs
-    return make_loader(
-        root,
-        train=True,
-        batch_size=4,
-        crop_size=32,
-        num_threads=2,
-        seed=seed,
-        augment=augment,
-        **settings,
-    )
-
-
-def _epoch(loader) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(x.clone(), y.clone()) for x, y in loader]
-
-
-def _same(a, b) -> bool:
-    return len(a) == len(b) and all(
-        torch.equal(x, u) and torch.equal(y, v) for (x, y), (u, v) in zip(a, b)
-    )
+def _loader(root: Path, augment: AugmentConfig | None, **settings):
+    """A mixing training loader of 32-pixel crops with ``augment``; ``settings`` override."""
+    mine = {"crop_size": 32, "num_threads": 2, "mix": MixConfig(num_classes=3)}
+    return small_loader(root, augment=augment, **(mine | settings))
 
 
 @pytest.mark.parametrize(
@@ -304,7 +285,7 @@ def _same(a, b) -> bool:
 )
 def test_disabled_augmentation_is_bit_identical_to_none(image_folder: Path, augment) -> None:
     assert not augment.enabled
-    assert _same(_epoch(_loader(image_folder, None)), _epoch(_loader(image_folder, augment)))
+    assert same_batches(list(_loader(image_folder, None)), list(_loader(image_folder, augment)))
 
 
 RECIPES = {
@@ -323,18 +304,14 @@ RECIPES = {
 def test_augmentation_is_seeded_and_resumes_exactly(image_folder: Path, name: str) -> None:
     augment = RECIPES[name]
     loader = _loader(image_folder, augment)
-    reference = _epoch(loader) + _epoch(loader)  # two epochs
+    reference = list(loader) + list(loader)  # two epochs
     again = _loader(image_folder, augment)
-    assert _same(_epoch(again) + _epoch(again), reference)
+    assert same_batches(list(again) + list(again), reference)
     one_epoch = reference[: len(reference) // 2]
-    assert not _same(_epoch(_loader(image_folder, None)), one_epoch)
-    assert not _same(_epoch(_loader(image_folder, augment, seed=1)), one_epoch)
-    first = _loader(image_folder, augment)
-    stream = iter(first)
-    next(stream)
-    resumed = _loader(image_folder, augment)
-    resumed.load_state_dict(first.state_dict())
-    assert _same(_epoch(resumed) + _epoch(resumed), reference[1:])
+    assert not same_batches(list(_loader(image_folder, None)), one_epoch)
+    assert not same_batches(list(_loader(image_folder, augment, seed=1)), one_epoch)
+    resumed = resumed_after(lambda: _loader(image_folder, augment), 1)
+    assert same_batches(list(resumed) + list(resumed), reference[1:])
 
 
 # ---- configuration ----------------------------------------------------------------------------
@@ -437,11 +414,11 @@ def test_pipeline_options_refuse_what_cannot_apply() -> None:
 
 @pytest.mark.parametrize("interpolation", ["nearest", "bicubic"])
 def test_interpolation_reaches_the_resizes(image_folder: Path, interpolation: str) -> None:
-    bilinear = _epoch(_loader(image_folder, None))
-    other = _epoch(_loader(image_folder, None, interpolation=interpolation))
-    assert not _same(bilinear, other)
+    bilinear = list(_loader(image_folder, None))
+    other = list(_loader(image_folder, None, interpolation=interpolation))
+    assert not same_batches(bilinear, other)
     assert all(torch.equal(y, v) for (_, y), (_, v) in zip(bilinear, other))  # same draws
-    assert _same(bilinear, _epoch(_loader(image_folder, None, interpolation="bilinear")))
+    assert same_batches(bilinear, list(_loader(image_folder, None, interpolation="bilinear")))
 
 
 # ---- on the GPU (skipped without CUDA) --------------------------------------------------------
@@ -517,10 +494,5 @@ def test_gpu_recipe_loader_resumes_exactly(image_folder: Path) -> None:
     def loader():
         return _loader(image_folder, augment, device="gpu", mix=mix)
 
-    reference = _epoch(loader())
-    first = loader()
-    stream = iter(first)
-    next(stream)
-    resumed = loader()
-    resumed.load_state_dict(first.state_dict())
-    assert _same(_epoch(resumed), reference[1:])
+    reference = list(loader())
+    assert same_batches(list(resumed_after(loader, 1)), reference[1:])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,13 @@ EXTENSIONS = ".jpg, .jpeg, .png, .ppm, .bmp, .pgm, .tif, .tiff, .webp"
 WRITE_LIST = (
     "`python -m dali_cutmix.scan ROOT --out DIR` writes one for the dataset ROOT: DIR/files.txt"
 )
+
+
+def _refusal(read: Callable[..., object], *args: object, **kwargs: object) -> str:
+    """The message of the DatasetError that ``read(*args, **kwargs)`` must raise."""
+    with pytest.raises(DatasetError) as caught:
+        read(*args, **kwargs)
+    return str(caught.value)
 
 
 def _awkward_folder(root: Path) -> Path:
@@ -69,9 +77,7 @@ def test_unusable_root_names_it_and_the_fix(
         root.write_text("x")
     elif make == "empty":
         root.mkdir()
-    with pytest.raises(DatasetError) as caught:
-        list_image_folder(root)
-    assert str(caught.value) == f"dataset root {str(root)!r} {problem} {advice}"
+    assert _refusal(list_image_folder, root) == f"dataset root {str(root)!r} {problem} {advice}"
 
 
 @pytest.mark.parametrize(
@@ -94,14 +100,11 @@ def test_a_dataset_root_is_refused_naming_the_split_to_give(
         f"{str(root)!r} has only the subfolder{plural} {found}: it looks like a dataset root, "
         f"not a folder of classes; give {use.format(root=root)}, whose subfolders are the classes."
     )
-    with pytest.raises(DatasetError) as caught:
-        list_image_folder(root)
-    assert str(caught.value) == message
+    assert _refusal(list_image_folder, root) == message
     listed = tmp_path / "files.txt"
     listed.write_text(f"{splits[0]}/n00000000/img_0_0.JPEG 0\n")
-    with pytest.raises(DatasetError) as caught:
-        read_file_list(listed, root=root)  # the list's classes would be the splits too
-    assert str(caught.value) == message
+    # The list's classes would be the splits too.
+    assert _refusal(read_file_list, listed, root=root) == message
     assert list_image_folder(root / splits[0]).classes == ("n00000000", "n00000001")
 
 
@@ -116,9 +119,7 @@ def test_class_folder_without_images_names_the_folder(tmp_path: Path) -> None:
     empty = root / "n00000005"
     empty.mkdir()
     (empty / "labels.csv").write_text("a,b\n")
-    with pytest.raises(DatasetError) as caught:
-        list_image_folder(root)
-    assert str(caught.value) == (
+    assert _refusal(list_image_folder, root) == (
         f"class folder {str(empty)!r} holds no image (extensions {EXTENSIONS}); add images or "
         f"remove the folder, since class indices follow the sorted folder names."
     )
@@ -142,30 +143,33 @@ def test_file_list_round_trip_and_relative_paths(tmp_path: Path) -> None:
     assert without_root.classes == ("n00000000", "n00000001")
 
 
-def test_file_list_errors_name_the_file_line_and_fix(tmp_path: Path) -> None:
-    missing = tmp_path / "nope.txt"
-    with pytest.raises(DatasetError) as caught:
-        read_file_list(missing)
-    assert str(caught.value) == (
-        f"file list {str(missing)!r} does not exist or is not a file; give a file of "
-        f"'path label' lines ({WRITE_LIST})."
-    )
-    bad = tmp_path / "bad.txt"
-    bad.write_text("a.jpg 0\nb.jpg cat\n")
-    with pytest.raises(DatasetError) as caught:
-        read_file_list(bad)
-    assert str(caught.value) == (
-        f"{str(bad)!r} line 2: expected 'path label' with an integer label >= 0, got "
-        f"'b.jpg cat'; correct or delete that line ({WRITE_LIST})."
-    )
-    empty = tmp_path / "empty.txt"
-    empty.write_text("\n")
-    with pytest.raises(DatasetError) as caught:
-        read_file_list(empty)
-    assert str(caught.value) == (
-        f"file list {str(empty)!r} lists no files; give a file of 'path label' lines "
-        f"({WRITE_LIST})."
-    )
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (
+            None,
+            "file list {list} does not exist or is not a file; give a file of 'path label' lines",
+        ),
+        (
+            "a.jpg 0\nb.jpg cat\n",
+            "{list} line 2: expected 'path label' with an integer label >= 0, got 'b.jpg cat'; "
+            "correct or delete that line",
+        ),
+        ("\n", "file list {list} lists no files; give a file of 'path label' lines"),
+    ],
+    ids=["missing", "bad-label", "empty"],
+)
+def test_file_list_errors_name_the_file_line_and_fix(
+    tmp_path: Path, content: str | None, problem: str
+) -> None:
+    listed = tmp_path / "files.txt"
+    if content is not None:
+        listed.write_text(content)
+    want = f"{problem.format(list=repr(str(listed)))} ({WRITE_LIST})."
+    assert _refusal(read_file_list, listed) == want
+
+
+def test_file_list_paths_with_outer_whitespace_are_refused(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="whitespace"):
         write_file_list(tmp_path / "out.txt", [("trailing.jpg ", 0)])
 
@@ -174,9 +178,7 @@ def test_label_beyond_class_folders_is_an_error(tmp_path: Path) -> None:
     root = build_image_folder(tmp_path / "data", classes=2, per_class=1, extras=False)
     listed = tmp_path / "files.txt"
     listed.write_text("n00000000/img_0_0.JPEG 5\n")
-    with pytest.raises(DatasetError) as caught:
-        read_file_list(listed, root=root)
-    assert str(caught.value) == (
+    assert _refusal(read_file_list, listed, root=root) == (
         f"file list {str(listed)!r} has label 5 but {str(root)!r} has only 2 class folders; "
         f"give the dataset folder the list was written for as the root, or no root (its class "
         f"names then come from the files' folders)."

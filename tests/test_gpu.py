@@ -25,18 +25,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import requires_cuda
+from conftest import requires_cuda, resumed_after, same_batches, small_loader
 from test_mixing import (
     EMPTY_BOX_CONFIGS,
     MIXED_SIZES,
     K,
+    assert_same_runs,
+    both,
     flat_images,
+    noise_images,
+    own_labels,
     run_graph,
     sources,
 )
 
 from dali_cutmix import BadImageError, MixConfig, mix
-from pipelines.imagenet import make_loader
 
 pytestmark = [requires_cuda, pytest.mark.gpu]
 
@@ -45,15 +48,13 @@ KNOWN = (24, 24)
 MODES = ["elem", "pair", "batch"]
 
 
-def both(config: MixConfig, images, labels, *, size=None, seed=5, iterations=4):
-    """The same graph on the CPU and on the GPU: (cpu runs, gpu runs)."""
-
-    def graph(x, y):
-        return mix(x, y, config, size=size)
-
-    cpu = run_graph(graph, images, labels, seed=seed, iterations=iterations)
-    gpu = run_graph(graph, images, labels, seed=seed, iterations=iterations, device_id=0)
-    return cpu, gpu
+def assert_agree(cpu: list, gpu: list) -> None:
+    """CPU and GPU runs give identical targets (same draws, same arithmetic) and images equal
+    to 1e-3 (MixUp's float blend may round differently)."""
+    for (out_c, t_c), (out_g, t_g) in zip(cpu, gpu):
+        for i in range(len(t_c)):
+            np.testing.assert_array_equal(t_c[i], t_g[i])
+            np.testing.assert_allclose(out_c[i], out_g[i], rtol=0, atol=1e-3)
 
 
 def check_sample(out: np.ndarray, target: np.ndarray, i: int, sizes, smoothing: float) -> str:
@@ -99,7 +100,7 @@ def test_gpu_targets_equal_pixel_shares(mode: str, known: bool, params: dict) ->
     n = len(sizes)
     config = MixConfig(num_classes=K, mode=mode, **params)
     images = flat_images(n, sizes=sizes)
-    labels = [np.array([i], np.int32) for i in range(n)]
+    labels = own_labels(n, np.int32)
     gpu = run_graph(
         lambda x, y: mix(x, y, config, size=KNOWN if known else None),
         images,
@@ -120,29 +121,17 @@ def test_gpu_targets_equal_pixel_shares(mode: str, known: bool, params: dict) ->
 @pytest.mark.parametrize("known", [True, False], ids=["known-size", "mixed-sizes"])
 def test_cpu_and_gpu_give_identical_cutmix(mode: str, known: bool) -> None:
     sizes = [KNOWN] * 8 if known else [(24 + i, 32 - i) for i in range(8)]
-    rng = np.random.default_rng(3)
-    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
-    labels = [np.array([i], np.int32) for i in range(8)]
+    images = noise_images(sizes, seed=3)
+    labels = own_labels(8, np.int32)
     config = MixConfig(num_classes=K, cutmix_alpha=1.0, prob=0.7, mode=mode, label_smoothing=0.1)
-    cpu, gpu = both(config, images, labels, size=KNOWN if known else None)
-    for c, g in zip(cpu, gpu):
-        for out_c, out_g in zip(c, g):
-            for s_c, s_g in zip(out_c, out_g):
-                assert s_c.dtype == s_g.dtype
-                np.testing.assert_array_equal(s_c, s_g)
+    assert_same_runs(*both(config, images, labels, size=KNOWN if known else None))
 
 
 def test_cpu_and_gpu_switching_agree() -> None:
-    sizes = [KNOWN] * 8
-    rng = np.random.default_rng(4)
-    images = [rng.integers(0, 256, (*s, 3), dtype=np.uint8) for s in sizes]
-    labels = [np.array([i], np.int32) for i in range(8)]
+    images = noise_images([KNOWN] * 8, seed=4)
+    labels = own_labels(8, np.int32)
     config = MixConfig(num_classes=K, cutmix_alpha=1.0, mixup_alpha=0.8, prob=0.8)
-    cpu, gpu = both(config, images, labels, size=KNOWN)
-    for (out_c, t_c), (out_g, t_g) in zip(cpu, gpu):
-        for i in range(8):
-            np.testing.assert_array_equal(t_c[i], t_g[i])  # same draws, same arithmetic
-            np.testing.assert_allclose(out_c[i], out_g[i], rtol=0, atol=1e-3)
+    assert_agree(*both(config, images, labels, size=KNOWN))
 
 
 @pytest.mark.parametrize("name", sorted(EMPTY_BOX_CONFIGS))
@@ -153,14 +142,13 @@ def test_gpu_empty_boxes_leave_pixels_alone(name: str, known: bool) -> None:
     sizes = [(12, 12)] * 7 if known else MIXED_SIZES
     n = len(sizes)
     images = flat_images(n, sizes=sizes)
-    labels = [np.array([i], np.int32) for i in range(n)]
+    labels = own_labels(n, np.int32)
     cpu, gpu = both(
         EMPTY_BOX_CONFIGS[name], images, labels, size=(12, 12) if known else None, iterations=6
     )
-    for (out_c, t_c), (out_g, t_g) in zip(cpu, gpu):
+    assert_agree(cpu, gpu)
+    for out_g, t_g in gpu:
         for i in range(n):
-            np.testing.assert_array_equal(t_c[i], t_g[i])
-            np.testing.assert_allclose(out_c[i], out_g[i], rtol=0, atol=1e-3)
             check_sample(out_g[i], t_g[i], i, sizes, 0.0)
 
 
@@ -173,14 +161,9 @@ def test_gpu_loader_cutmix_is_exact_per_sample(tmp_path: Path) -> None:
     from pipelines.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
     _solid_folder(tmp_path / "train", counts=(4, 4, 4))  # red = 40 + 50 * class
-    loader = make_loader(
-        tmp_path / "train",
-        train=True,
-        batch_size=6,
-        device="gpu",
-        crop_size=16,
-        mix=MixConfig(num_classes=3, cutmix_alpha=1.0),
-        output_layout="NHWC",
+    mix = MixConfig(num_classes=3, cutmix_alpha=1.0)
+    loader = small_loader(
+        tmp_path / "train", batch_size=6, device="gpu", crop_size=16, mix=mix, output_layout="NHWC"
     )
     mixed = 0
     for _ in range(3):
@@ -194,26 +177,20 @@ def test_gpu_loader_cutmix_is_exact_per_sample(tmp_path: Path) -> None:
     assert mixed > 0
 
 
-def test_gpu_resume_is_bit_exact(image_folder: Path) -> None:
+@pytest.mark.parametrize(
+    ("mix", "batches"),
+    [
+        (MixConfig(num_classes=3, cutmix_alpha=1.0, mixup_alpha=0.4, switch_prob=0.5), 1),
+        (MixConfig(num_classes=3, cutmix_alpha=1.0, mixup_alpha=0.4, prob=0.8), 2),
+    ],
+    ids=["switch", "prob"],
+)
+def test_gpu_resume_is_bit_exact(image_folder: Path, mix: MixConfig, batches: int) -> None:
     def loader():
-        return make_loader(
-            image_folder,
-            train=True,
-            batch_size=4,
-            device="gpu",
-            crop_size=16,
-            mix=MixConfig(num_classes=3, cutmix_alpha=1.0, mixup_alpha=0.4, prob=0.8),
-        )
+        return small_loader(image_folder, device="gpu", crop_size=16, mix=mix)
 
-    reference = [(x.clone(), y.clone()) for x, y in loader()]
-    first = loader()
-    stream = iter(first)
-    next(stream)
-    next(stream)
-    resumed = loader()
-    resumed.load_state_dict(first.state_dict())
-    for (x, y), (rx, ry) in zip(resumed, reference[2:], strict=True):
-        assert torch.equal(x, rx) and torch.equal(y, ry)
+    reference = list(loader())
+    assert same_batches(list(resumed_after(loader, batches)), reference[batches:])
 
 
 @pytest.mark.parametrize("train", [True, False])
@@ -221,7 +198,7 @@ def test_gpu_bad_file_is_named(image_folder: Path, train: bool) -> None:
     bad = image_folder / "n00000001" / "img_1_1.JPEG"
     bad.write_bytes(b"not an image\n" * 20)
     with pytest.raises(BadImageError) as caught:
-        list(make_loader(image_folder, train=train, batch_size=8, device="gpu", crop_size=16))
+        list(small_loader(image_folder, train=train, batch_size=8, device="gpu"))
     assert caught.value.path == str(bad)
 
 

@@ -12,7 +12,7 @@ import nvidia.dali.fn as fn
 import nvidia.dali.types as types
 import pytest
 import torch
-from conftest import build_image_folder, requires_cuda
+from conftest import build_image_folder, requires_cuda, small_loader
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
@@ -24,10 +24,9 @@ from pipelines.imagenet import (
     decode_random_crop,
     decode_resize,
     decoder_kwargs,
-    make_loader,
 )
 
-SMALL = dict(device="cpu", crop_size=8, resize_size=8, num_threads=1)
+GPU = [requires_cuda, pytest.mark.gpu]
 # torchvision's ImageNet statistics, written out here so that a wrong constant in the
 # pipeline cannot cancel out in the test.
 MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -59,21 +58,22 @@ def _epoch(loader) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
 
 
-def test_validation_reads_imagefolder_file_by_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("device", ["cpu", pytest.param("gpu", marks=GPU)])
+def test_validation_reads_imagefolder_file_by_file(tmp_path: Path, device: str) -> None:
     colours = _solid_folder(tmp_path / "val", counts=(3, 5, 2))
     reference = ImageFolder(tmp_path / "val")
-    loader = make_loader(tmp_path / "val", train=False, batch_size=4, **SMALL)
+    loader = small_loader(tmp_path / "val", train=False, device=device)
     assert loader.classes == reference.classes and loader.num_classes == 3
     images, targets = _epoch(loader)
     assert targets.dtype == torch.int64 and targets.tolist() == reference.targets
     # Each output is its file: the colour decoded and normalized matches the file's colour.
     want = torch.tensor([colours[p] for p, _ in reference.samples], dtype=torch.float64)
-    got = _pixels(images).mean(dim=(1, 2))
+    got = _pixels(images.cpu()).mean(dim=(1, 2))
     assert torch.allclose(got, want, atol=3.0), (got - want).abs().max()
 
 
 def test_labels_match_imagefolder_with_odd_files(image_folder: Path) -> None:
-    loader = make_loader(image_folder, train=False, batch_size=5, **SMALL)
+    loader = small_loader(image_folder, train=False, batch_size=5)
     _, targets = _epoch(loader)
     assert targets.tolist() == ImageFolder(image_folder).targets  # gray, CMYK, PNG-named kept
 
@@ -81,11 +81,7 @@ def test_labels_match_imagefolder_with_odd_files(image_folder: Path) -> None:
 def test_validation_shards_cover_every_image_once(tmp_path: Path) -> None:
     colours = _solid_folder(tmp_path / "val", counts=(4, 4, 3))  # 11 images
     parts = [
-        _epoch(
-            make_loader(
-                tmp_path / "val", train=False, batch_size=4, shard_id=s, num_shards=2, **SMALL
-            )
-        )
+        _epoch(small_loader(tmp_path / "val", train=False, shard_id=s, num_shards=2))
         for s in range(2)
     ]
     assert [len(t) for _, t in parts] == [5, 6]
@@ -99,7 +95,7 @@ def test_validation_shards_cover_every_image_once(tmp_path: Path) -> None:
 def test_shards_from_torchrun_environment(image_folder: Path, monkeypatch) -> None:
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    loader = make_loader(image_folder, train=False, batch_size=4, **SMALL)
+    loader = small_loader(image_folder, train=False)
     assert loader.dataset_size == 8  # the second half of 15 images
 
 
@@ -116,15 +112,13 @@ def test_training_shards_partition_each_epoch(
 ) -> None:
     n = _indexed_list(image_folder, tmp_path / "list.txt")  # 15 files: shards of 7 and 8
     loaders = [
-        make_loader(
+        small_loader(
             file_list=tmp_path / "list.txt",
-            train=True,
             batch_size=3,
             shard_id=s,
             num_shards=2,
             last_batch=policy,
             seed=5,
-            **SMALL,
         )
         for s in range(2)
     ]
@@ -157,15 +151,7 @@ MIXES = {
 def test_training_outputs(
     image_folder: Path, layout: str, shape: tuple, dtype: str, mix: str
 ) -> None:
-    loader = make_loader(
-        image_folder,
-        train=True,
-        batch_size=4,
-        mix=MIXES[mix],
-        output_layout=layout,
-        dtype=dtype,
-        **SMALL,
-    )
+    loader = small_loader(image_folder, mix=MIXES[mix], output_layout=layout, dtype=dtype)
     images, targets = next(iter(loader))
     assert images.shape == (4, *shape) and images.dtype == getattr(torch, dtype)
     assert images.device == torch.device("cpu") == loader.device and images.is_contiguous()
@@ -179,16 +165,8 @@ def test_training_outputs(
 @pytest.mark.parametrize(("layout", "shape"), LAYOUTS)
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_validation_outputs(image_folder: Path, layout: str, shape: tuple, dtype: str) -> None:
-    loader = make_loader(
-        image_folder,
-        train=False,
-        batch_size=4,
-        output_layout=layout,
-        dtype=dtype,
-        device="cpu",
-        crop_size=8,
-        resize_size=12,
-        num_threads=1,
+    loader = small_loader(
+        image_folder, train=False, output_layout=layout, dtype=dtype, resize_size=12
     )
     images, targets = next(iter(loader))
     assert images.shape == (4, *shape) and images.dtype == getattr(torch, dtype)
@@ -209,15 +187,8 @@ def _two_colour_folder(root: Path) -> np.ndarray:
 
 def test_cutmix_pixels_match_targets_after_normalization(tmp_path: Path) -> None:
     colours = _two_colour_folder(tmp_path / "data")
-    loader = make_loader(
-        tmp_path / "data",
-        train=True,
-        batch_size=8,
-        device="cpu",
-        crop_size=16,
-        num_threads=1,
-        mix=MixConfig(num_classes=2, cutmix_alpha=1.0),
-    )
+    mix = MixConfig(num_classes=2, cutmix_alpha=1.0)
+    loader = small_loader(tmp_path / "data", batch_size=8, crop_size=16, mix=mix)
     for images, targets in loader:
         pixels = _pixels(images)  # [8, 16, 16, 3]
         nearest = torch.cdist(pixels.reshape(8, -1, 3), torch.tensor(colours)).argmin(-1)
@@ -228,15 +199,8 @@ def test_cutmix_pixels_match_targets_after_normalization(tmp_path: Path) -> None
 
 def test_mixup_pixels_match_targets_after_normalization(tmp_path: Path) -> None:
     colours = _two_colour_folder(tmp_path / "data")
-    loader = make_loader(
-        tmp_path / "data",
-        train=True,
-        batch_size=8,
-        device="cpu",
-        crop_size=16,
-        num_threads=1,
-        mix=MixConfig(num_classes=2, mixup_alpha=1.0, cutmix_alpha=0.0),
-    )
+    mix = MixConfig(num_classes=2, mixup_alpha=1.0, cutmix_alpha=0.0)
+    loader = small_loader(tmp_path / "data", batch_size=8, crop_size=16, mix=mix)
     images, targets = next(iter(loader))
     want = targets.double() @ torch.tensor(colours)  # [8, 3]: the blend the labels claim
     assert (targets[:, 0] * targets[:, 1] > 0.01).any()  # some samples are really blended
@@ -248,10 +212,10 @@ def test_mixup_pixels_match_targets_after_normalization(tmp_path: Path) -> None:
 
 def test_missing_and_empty_roots_are_named(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=f"{tmp_path / 'nope'}.*does not exist"):
-        make_loader(tmp_path / "nope", train=True, batch_size=2, **SMALL)
+        small_loader(tmp_path / "nope", batch_size=2)
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match=f"{tmp_path / 'empty'}.*no class folders"):
-        make_loader(tmp_path / "empty", train=True, batch_size=2, **SMALL)
+        small_loader(tmp_path / "empty", batch_size=2)
 
 
 @pytest.mark.parametrize("train", [True, False])
@@ -261,7 +225,7 @@ def test_a_dataset_root_is_refused(tmp_path: Path, train: bool) -> None:
     for split in ("train", "val"):
         build_image_folder(root / split, classes=2, per_class=1, extras=False)
     with pytest.raises(DatasetError) as caught:
-        make_loader(root, train=train, batch_size=2, **SMALL)
+        small_loader(root, train=train, batch_size=2)
     assert str(caught.value) == (
         f"'{root}' has only the subfolders train/ and val/: it looks like a dataset root, not a "
         f"folder of classes; give '{root}/train' (or '{root}/val'), whose subfolders are the "
@@ -272,7 +236,7 @@ def test_a_dataset_root_is_refused(tmp_path: Path, train: bool) -> None:
 def test_class_without_images_is_named(image_folder: Path) -> None:
     (image_folder / "n00000009").mkdir()
     with pytest.raises(DatasetError, match=f"{image_folder / 'n00000009'}.*holds no image"):
-        make_loader(image_folder, train=False, batch_size=2, **SMALL)
+        small_loader(image_folder, train=False, batch_size=2)
 
 
 def _break_file(folder: Path, content: str) -> Path:
@@ -288,7 +252,7 @@ def _break_file(folder: Path, content: str) -> Path:
 def test_undecodable_file_is_named(image_folder: Path, content: str, train: bool) -> None:
     bad = _break_file(image_folder, content)
     with pytest.raises(BadImageError) as caught:
-        list(make_loader(image_folder, train=train, batch_size=16, **SMALL))
+        list(small_loader(image_folder, train=train, batch_size=16))
     assert caught.value.path == str(bad)
     message = str(caught.value)
     assert message.startswith(f"{str(bad)!r} is not a decodable image (DALI: ")
@@ -301,7 +265,7 @@ def test_undecodable_file_is_named(image_folder: Path, content: str, train: bool
 
 def test_loader_stays_failed_after_a_bad_file(image_folder: Path) -> None:
     bad = _break_file(image_folder, "text")
-    loader = make_loader(image_folder, train=False, batch_size=2, **SMALL)
+    loader = small_loader(image_folder, train=False, batch_size=2)
     yielded = 0
     with pytest.raises(BadImageError, match=str(bad)):
         for _ in loader:
@@ -335,9 +299,7 @@ def test_scan_list_lets_training_skip_bad_files(image_folder: Path, tmp_path: Pa
 
     (image_folder / "n00000002" / "broken.JPEG").write_bytes(b"GIF89a" + b"\x00" * 100)
     assert scan_main([str(image_folder), "--out", str(tmp_path / "scan"), "--workers", "1"]) == 1
-    loader = make_loader(
-        image_folder, file_list=tmp_path / "scan" / "files.txt", train=False, batch_size=4, **SMALL
-    )
+    loader = small_loader(image_folder, file_list=tmp_path / "scan" / "files.txt", train=False)
     _, targets = _epoch(loader)
     good = [t for p, t in ImageFolder(image_folder).samples if not p.endswith("broken.JPEG")]
     assert targets.tolist() == good and loader.num_classes == 3
@@ -359,22 +321,13 @@ def test_scan_list_lets_training_skip_bad_files(image_folder: Path, tmp_path: Pa
     ],
 )
 def test_bad_settings_say_what_is_wrong(image_folder: Path, kwargs: dict, message: str) -> None:
-    settings = dict(train=True, batch_size=2, device="cpu") | kwargs
     with pytest.raises(ValueError, match=message):
-        make_loader(image_folder, **settings)
+        small_loader(image_folder, **kwargs)
 
 
 def test_auto_device_logs_its_choice(image_folder: Path, caplog) -> None:
     caplog.set_level("INFO", logger="pipelines.imagenet")
-    loader = make_loader(
-        image_folder,
-        train=False,
-        batch_size=4,
-        device="auto",
-        crop_size=8,
-        resize_size=8,
-        num_threads=1,
-    )
+    loader = small_loader(image_folder, train=False, device="auto")
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert loader.device.type == expected
     assert f"using the {expected.replace('cuda', 'gpu').upper()} pipeline" in caplog.text
@@ -424,10 +377,8 @@ def test_decoders_get_their_settings(monkeypatch, gpu: bool) -> None:
 @pytest.mark.gpu
 @pytest.mark.parametrize("mix", ["off", "cutmix", "switch"])
 def test_gpu_outputs(image_folder: Path, mix: str) -> None:
-    loader = make_loader(
+    loader = small_loader(
         image_folder,
-        train=True,
-        batch_size=4,
         device="gpu",
         crop_size=16,
         mix=MIXES[mix],
@@ -437,35 +388,3 @@ def test_gpu_outputs(image_folder: Path, mix: str) -> None:
     images, targets = next(iter(loader))
     assert images.is_cuda and targets.is_cuda and images.shape == (4, 16, 16, 3)
     assert images.dtype == torch.float16
-
-
-@requires_cuda
-@pytest.mark.gpu
-def test_gpu_validation_matches_imagefolder(tmp_path: Path) -> None:
-    colours = _solid_folder(tmp_path / "val", counts=(3, 2))
-    loader = make_loader(
-        tmp_path / "val", train=False, batch_size=4, device="gpu", crop_size=8, resize_size=8
-    )
-    images, targets = _epoch(loader)
-    reference = ImageFolder(tmp_path / "val")
-    assert targets.cpu().tolist() == reference.targets
-    want = torch.tensor([colours[p] for p, _ in reference.samples], dtype=torch.float64)
-    assert torch.allclose(_pixels(images.cpu()).mean(dim=(1, 2)), want, atol=3.0)
-
-
-@requires_cuda
-@pytest.mark.gpu
-def test_gpu_resume_is_exact(image_folder: Path) -> None:
-    def loader():
-        return make_loader(
-            image_folder, train=True, batch_size=4, device="gpu", crop_size=16, mix=MIXES["switch"]
-        )
-
-    reference = [(x.clone(), y.clone()) for x, y in loader()]
-    first = loader()
-    stream = iter(first)
-    next(stream)
-    resumed = loader()
-    resumed.load_state_dict(first.state_dict())
-    for (x, y), (rx, ry) in zip(resumed, reference[1:], strict=True):
-        assert torch.equal(x, rx) and torch.equal(y, ry)

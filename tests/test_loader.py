@@ -7,14 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_image_folder
+from conftest import Batch, build_image_folder, same_batches, small_loader
 
 from dali_cutmix import MixConfig
 from dali_cutmix.loader import DaliLoader, LastBatch
 from pipelines import imagenet
-from pipelines.imagenet import make_loader
-
-Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 @pytest.fixture(scope="module")
@@ -24,16 +21,8 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _train_loader(root: Path, **overrides) -> DaliLoader:
-    settings = dict(
-        train=True,
-        batch_size=4,
-        device="cpu",
-        crop_size=16,
-        num_threads=1,
-        seed=3,
-        mix=MixConfig(num_classes=3, mixup_alpha=0.4, cutmix_alpha=1.0, prob=0.8),
-    )
-    return make_loader(root, **(settings | overrides))
+    mix = MixConfig(num_classes=3, mixup_alpha=0.4, cutmix_alpha=1.0, prob=0.8)
+    return small_loader(root, **({"crop_size": 16, "seed": 3, "mix": mix} | overrides))
 
 
 def _run(loader: DaliLoader, *, epochs: int, stop_after: int | None = None) -> list[Batch]:
@@ -45,12 +34,6 @@ def _run(loader: DaliLoader, *, epochs: int, stop_after: int | None = None) -> l
             if stop_after is not None and len(out) == stop_after:
                 return out
     return out
-
-
-def _assert_same(got: list[Batch], want: list[Batch]) -> None:
-    assert len(got) == len(want)
-    for (gi, gt), (wi, wt) in zip(got, want):
-        assert torch.equal(gi, wi) and torch.equal(gt, wt)
 
 
 def test_len_and_epochs(folder: Path) -> None:
@@ -68,7 +51,7 @@ def test_resume_gives_identical_next_batches(folder: Path, stop_after: int) -> N
     reference = _run(_train_loader(folder), epochs=3)
     first = _train_loader(folder)
     head = _run(first, epochs=3, stop_after=stop_after)
-    _assert_same(head, reference[:stop_after])
+    assert same_batches(head, reference[:stop_after])
     state = first.state_dict()
     del first
 
@@ -77,27 +60,19 @@ def test_resume_gives_identical_next_batches(folder: Path, stop_after: int) -> N
     stopped_in = (stop_after - 1) // 3  # the epoch the first run stopped in (0-based)
     tail = _run(resumed, epochs=1)  # the rest of that epoch (nothing if it was complete)
     tail += _run(resumed, epochs=3 - stopped_in - 1)
-    _assert_same(tail, reference[stop_after:])
+    assert same_batches(tail, reference[stop_after:])
 
 
 def test_resume_validation_mid_epoch(folder: Path) -> None:
     def val() -> DaliLoader:
-        return make_loader(
-            folder,
-            train=False,
-            batch_size=4,
-            device="cpu",
-            crop_size=16,
-            resize_size=20,
-            num_threads=1,
-        )
+        return small_loader(folder, train=False, crop_size=16, resize_size=20)
 
     reference = _run(val(), epochs=1)
     first = val()
     _run(first, epochs=1, stop_after=2)
     resumed = val()
     resumed.load_state_dict(first.state_dict())
-    _assert_same(_run(resumed, epochs=1), reference[2:])
+    assert same_batches(_run(resumed, epochs=1), reference[2:])
     assert [len(t) for _, t in reference] == [4, 4, 4, 3]
 
 
@@ -123,7 +98,7 @@ def test_resume_releases_the_old_pipeline_before_building_the_new(
     # The first pipeline was shut down before the second was built (GPU memory is held once).
     assert live_at_build == [0, 0]
     assert [ref() is not None for ref in built] == [False, True]
-    _assert_same(head + tail, reference)  # and the stream goes on bit for bit
+    assert same_batches(head + tail, reference)  # and the stream goes on bit for bit
 
 
 def test_state_before_iterating_restarts_the_stream(folder: Path) -> None:
@@ -132,7 +107,7 @@ def test_state_before_iterating_restarts_the_stream(folder: Path) -> None:
     state = fresh.state_dict()
     resumed = _train_loader(folder)
     resumed.load_state_dict(state)
-    _assert_same(_run(resumed, epochs=1), reference)
+    assert same_batches(_run(resumed, epochs=1), reference)
 
 
 def test_breaking_off_then_iterating_starts_the_next_epoch(folder: Path) -> None:
@@ -140,7 +115,7 @@ def test_breaking_off_then_iterating_starts_the_next_epoch(folder: Path) -> None
     loader = _train_loader(folder)
     for _ in loader:
         break
-    _assert_same(_run(loader, epochs=1), reference[3:])
+    assert same_batches(_run(loader, epochs=1), reference[3:])
 
 
 def test_state_from_another_setting_is_refused(folder: Path) -> None:
@@ -164,16 +139,7 @@ def test_state_from_another_setting_is_refused(folder: Path) -> None:
     ],
 )
 def test_last_batch_policy(folder: Path, train: bool, policy: LastBatch, sizes: list[int]) -> None:
-    loader = make_loader(
-        folder,
-        train=train,
-        batch_size=4,
-        device="cpu",
-        crop_size=8,
-        resize_size=8,
-        num_threads=1,
-        last_batch=policy,
-    )
+    loader = small_loader(folder, train=train, last_batch=policy)
     assert loader.last_batch is policy
     assert len(loader) == len(sizes) and loader.dataset_size == sum(sizes)
     for _ in range(2):  # the same in every epoch (the padding does not leak into the next)
@@ -185,17 +151,7 @@ def test_last_batch_may_be_empty_but_len_agrees_across_shards(folder: Path) -> N
     # so the first shard's second batch holds nothing (ranks stay in step).
     sizes = []
     for shard in range(2):
-        loader = make_loader(
-            folder,
-            train=False,
-            batch_size=7,
-            device="cpu",
-            crop_size=8,
-            resize_size=8,
-            num_threads=1,
-            shard_id=shard,
-            num_shards=2,
-        )
+        loader = small_loader(folder, train=False, batch_size=7, shard_id=shard, num_shards=2)
         assert len(loader) == 2 and loader.dataset_size == 7 + shard
         sizes.append([(len(t), tuple(x.shape[1:])) for x, t in loader])
     assert sizes == [[(7, (3, 8, 8)), (0, (3, 8, 8))], [(7, (3, 8, 8)), (1, (3, 8, 8))]]
@@ -203,4 +159,4 @@ def test_last_batch_may_be_empty_but_len_agrees_across_shards(folder: Path) -> N
 
 def test_unknown_policy_is_refused(folder: Path) -> None:
     with pytest.raises(ValueError, match="last_batch must be one of 'drop', 'partial', got 'fill'"):
-        make_loader(folder, train=False, batch_size=4, device="cpu", last_batch="fill")
+        small_loader(folder, train=False, last_batch="fill")

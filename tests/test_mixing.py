@@ -57,10 +57,56 @@ def run_graph(
     return results
 
 
+def both(
+    config: MixConfig,
+    images: list[np.ndarray],
+    labels: list[np.ndarray] | None = None,
+    *,
+    size: tuple[int, int] | None = None,
+    seed: int = 5,
+    iterations: int = 4,
+) -> tuple[list, list]:
+    """``mix(..., config)`` by ``run_graph`` on the CPU and on GPU 0: (cpu runs, gpu runs)."""
+
+    def graph(x, y):
+        return mix(x, y, config, size=size)
+
+    cpu = run_graph(graph, images, labels, seed=seed, iterations=iterations)
+    gpu = run_graph(graph, images, labels, seed=seed, iterations=iterations, device_id=0)
+    return cpu, gpu
+
+
+def assert_same_runs(got: list, want: list) -> None:
+    """Two ``run_graph`` results hold equal samples, dtypes included."""
+    for a, b in zip(got, want):
+        for out_a, out_b in zip(a, b):
+            for s_a, s_b in zip(out_a, out_b):
+                assert s_a.dtype == s_b.dtype
+                np.testing.assert_array_equal(s_a, s_b)
+
+
+def own_labels(n: int, dtype: type = np.int64) -> list[np.ndarray]:
+    """Class ``i`` for sample ``i``, shape ``[1]``: a target names the samples it mixes."""
+    return [np.array([i], dtype) for i in range(n)]
+
+
 def flat_images(n: int, *, sizes: list[tuple[int, int]] | None = None) -> list[np.ndarray]:
     """Sample i is filled with value i + 1, so every pixel names its source."""
     sizes = sizes or [(20, 30)] * n
     return [np.full((h, w, 3), i + 1, np.uint8) for i, (h, w) in enumerate(sizes)]
+
+
+def noise_images(sizes: list[tuple[int, int]], *, seed: int) -> list[np.ndarray]:
+    """Random uint8 HWC images of the given ``(h, w)`` sizes."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+
+
+def numbered(
+    n: int, *, sizes: list[tuple[int, int]] | None = None
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """``flat_images(n, sizes=sizes)`` and ``own_labels(n)``: sample i is value i + 1, class i."""
+    return flat_images(n, sizes=sizes), own_labels(n)
 
 
 def sources(image: np.ndarray, n: int) -> np.ndarray:
@@ -75,8 +121,7 @@ MIXED_SIZES = [(20, 30), (31, 17), (24, 24), (9, 40), (33, 33), (16, 28), (20, 3
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_cutmix_partner_weight_is_exact_pasted_fraction(mode: str, seed: int) -> None:
     n = len(MIXED_SIZES)
-    images = flat_images(n, sizes=MIXED_SIZES)
-    labels = [np.array([i], np.int64) for i in range(n)]
+    images, labels = numbered(n, sizes=MIXED_SIZES)
     runs = run_graph(
         lambda x, y: cutmix(x, y, num_classes=K, alpha=1.0, mode=mode),
         images,
@@ -84,11 +129,18 @@ def test_cutmix_partner_weight_is_exact_pasted_fraction(mode: str, seed: int) ->
         seed=seed,
         iterations=4,
     )
-    mixed = 0
-    for outs, targets in runs:
-        for i in range(n):
-            mixed += check_cutmix_sample(outs[i], targets[i], i, n, MIXED_SIZES[i])
-    assert mixed >= 3
+    assert count_exact_cutmix(runs, MIXED_SIZES) >= 3
+
+
+def count_exact_cutmix(runs: list, sizes: list[tuple[int, int]]) -> int:
+    """Checks every sample of ``runs`` (of ``flat_images(len(sizes), sizes=sizes)``) with
+    :func:`check_cutmix_sample`; returns how many samples were mixed."""
+    n = len(sizes)
+    return sum(
+        check_cutmix_sample(outs[i], targets[i], i, n, size)
+        for outs, targets in runs
+        for i, size in enumerate(sizes)
+    )
 
 
 def check_cutmix_sample(out: np.ndarray, target: np.ndarray, i: int, n: int, size) -> bool:
@@ -112,8 +164,7 @@ def check_cutmix_sample(out: np.ndarray, target: np.ndarray, i: int, n: int, siz
 
 def test_cutmix_clips_boxes_at_the_border_and_still_matches() -> None:
     # Over many samples some boxes must be clipped: box area < the unclipped size.
-    images = flat_images(8)
-    labels = [np.array([i]) for i in range(8)]
+    images, labels = numbered(8)
     runs = run_graph(lambda x, y: cutmix(x, y, num_classes=K), images, labels, iterations=30)
     fractions = [
         t[j]
@@ -129,9 +180,8 @@ def test_cutmix_clips_boxes_at_the_border_and_still_matches() -> None:
 
 
 def test_mixup_pixels_and_labels_share_lambda() -> None:
-    rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, (12, 16, 3), dtype=np.uint8) for _ in range(6)]
-    labels = [np.array([i], np.int32) for i in range(6)]
+    images = noise_images([(12, 16)] * 6, seed=0)
+    labels = own_labels(6, np.int32)
     [[outs, targets]] = run_graph(
         lambda x, y: mixup(x, y, num_classes=K, alpha=0.4), images, labels
     )
@@ -148,8 +198,7 @@ def test_mixup_pixels_and_labels_share_lambda() -> None:
 
 
 def test_prob_zero_returns_images_unchanged_and_one_hot() -> None:
-    rng = np.random.default_rng(1)
-    images = [rng.integers(0, 256, (10, 14, 3), dtype=np.uint8) for _ in range(5)]
+    images = noise_images([(10, 14)] * 5, seed=1)
     config = MixConfig(num_classes=K, cutmix_alpha=1.0, mixup_alpha=1.0, prob=0.0)
     [[outs, targets]] = run_graph(lambda x, y: mix(x, y, config), images)
     for i in range(5):
@@ -170,9 +219,8 @@ def test_mixing_off_keeps_dtype_and_gives_smoothed_one_hot() -> None:
 
 
 def test_prob_is_honoured_statistically() -> None:
-    images = flat_images(32, sizes=[(8, 8)] * 32)
+    images, labels = numbered(32, sizes=[(8, 8)] * 32)
     config = MixConfig(num_classes=32, mixup_alpha=1.0, cutmix_alpha=0.0, prob=0.3)
-    labels = [np.array([i]) for i in range(32)]
     runs = run_graph(lambda x, y: mix(x, y, config), images, labels, iterations=40)
     mixed = sum(int(t[i] < 1) for (_, targets) in runs for i, t in enumerate(targets))
     total = 32 * 40
@@ -181,8 +229,7 @@ def test_prob_is_honoured_statistically() -> None:
 
 @pytest.mark.parametrize("alpha", [0.4, 1.0, 2.0])
 def test_lambda_follows_beta(alpha: float) -> None:
-    images = flat_images(64, sizes=[(4, 4)] * 64)
-    labels = [np.array([i]) for i in range(64)]
+    images, labels = numbered(64, sizes=[(4, 4)] * 64)
     config = MixConfig(num_classes=64, mixup_alpha=alpha, cutmix_alpha=0.0)
     runs = run_graph(lambda x, y: mix(x, y, config), images, labels, iterations=50)
     lams = np.array([t[i] for (_, targets) in runs for i, t in enumerate(targets)], np.float64)
@@ -194,8 +241,7 @@ def test_lambda_follows_beta(alpha: float) -> None:
 
 
 def test_cutmix_lambda_follows_beta_when_not_corrected() -> None:
-    images = flat_images(64, sizes=[(4, 4)] * 64)
-    labels = [np.array([i]) for i in range(64)]
+    images, labels = numbered(64, sizes=[(4, 4)] * 64)
     runs = run_graph(
         lambda x, y: cutmix(x, y, num_classes=64, alpha=1.0, correct_lam=False),
         images,
@@ -207,8 +253,7 @@ def test_cutmix_lambda_follows_beta_when_not_corrected() -> None:
 
 
 def test_same_seed_same_output_different_seed_differs() -> None:
-    rng = np.random.default_rng(2)
-    images = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(8)]
+    images = noise_images([(16, 16)] * 8, seed=2)
     config = MixConfig(num_classes=K, mixup_alpha=1.0, cutmix_alpha=1.0)
 
     def graph(x, y):
@@ -217,10 +262,7 @@ def test_same_seed_same_output_different_seed_differs() -> None:
     first = run_graph(graph, images, seed=11, iterations=2)
     again = run_graph(graph, images, seed=11, iterations=2)
     other = run_graph(graph, images, seed=12, iterations=2)
-    for a, b in zip(first, again):
-        for out_a, out_b in zip(a, b):
-            for s_a, s_b in zip(out_a, out_b):
-                np.testing.assert_array_equal(s_a, s_b)
+    assert_same_runs(first, again)
     assert any(not np.array_equal(s_a, s_b) for s_a, s_b in zip(first[0][1], other[0][1]))
     # Successive batches draw anew.
     assert any(not np.array_equal(s_a, s_b) for s_a, s_b in zip(first[0][1], first[1][1]))
@@ -228,8 +270,7 @@ def test_same_seed_same_output_different_seed_differs() -> None:
 
 @pytest.mark.parametrize("n", [2, 3, 5])
 def test_partner_is_never_itself(n: int) -> None:
-    images = flat_images(n, sizes=[(6, 6)] * n)
-    labels = [np.array([i]) for i in range(n)]
+    images, labels = numbered(n, sizes=[(6, 6)] * n)
     runs = run_graph(
         lambda x, y: mixup(x, y, num_classes=K, alpha=1.0), images, labels, iterations=20
     )
@@ -252,8 +293,7 @@ def test_batch_of_one_is_left_unmixed(mode: str) -> None:
 
 def test_pair_mode_swaps_the_same_box_and_leaves_the_middle_sample() -> None:
     n = 5
-    images = flat_images(n)
-    labels = [np.array([i]) for i in range(n)]
+    images, labels = numbered(n)
     [[outs, targets]] = run_graph(
         lambda x, y: cutmix(x, y, num_classes=K, mode="pair"), images, labels, seed=5
     )
@@ -271,8 +311,7 @@ def test_pair_mode_swaps_the_same_box_and_leaves_the_middle_sample() -> None:
 
 def test_batch_mode_shares_lambda_and_box() -> None:
     n = 6
-    images = flat_images(n)
-    labels = [np.array([i]) for i in range(n)]
+    images, labels = numbered(n)
     for seed in (1, 2, 3):
         [[outs, targets]] = run_graph(
             lambda x, y: cutmix(x, y, num_classes=K, mode="batch"), images, labels, seed=seed
@@ -285,8 +324,7 @@ def test_batch_mode_shares_lambda_and_box() -> None:
 
 def test_switching_mixes_some_samples_with_cutmix_and_others_with_mixup() -> None:
     n = 16
-    images = flat_images(n, sizes=[(8, 8)] * n)
-    labels = [np.array([i]) for i in range(n)]
+    images, labels = numbered(n, sizes=[(8, 8)] * n)
     config = MixConfig(num_classes=n, cutmix_alpha=1.0, mixup_alpha=1.0, switch_prob=0.5)
     kinds = set()
     for outs, targets in run_graph(lambda x, y: mix(x, y, config), images, labels, iterations=4):
@@ -309,8 +347,7 @@ def test_switching_mixes_some_samples_with_cutmix_and_others_with_mixup() -> Non
 
 def test_switch_prob_is_honoured_statistically() -> None:
     n = 32
-    images = flat_images(n, sizes=[(6, 6)] * n)
-    labels = [np.array([i]) for i in range(n)]
+    images, labels = numbered(n, sizes=[(6, 6)] * n)
     config = MixConfig(num_classes=n, cutmix_alpha=1.0, mixup_alpha=1.0, switch_prob=0.25)
     runs = run_graph(lambda x, y: mix(x, y, config), images, labels, iterations=20)
     # MixUp leaves non-integer pixels; CutMix only copies the integer ones.
@@ -339,8 +376,7 @@ def test_targets_sum_to_one_with_smoothing() -> None:
 
 def test_cutmix_minmax_box_sides_within_bounds() -> None:
     n = 8
-    images = flat_images(n, sizes=[(40, 50)] * n)
-    labels = [np.array([i]) for i in range(n)]
+    images, labels = numbered(n, sizes=[(40, 50)] * n)
     runs = run_graph(
         lambda x, y: cutmix(x, y, num_classes=K, minmax=(0.2, 0.5)), images, labels, iterations=5
     )
@@ -403,19 +439,9 @@ def test_graph_has_no_python_or_external_source_for_mixing() -> None:
 @pytest.mark.gpu
 @pytest.mark.parametrize("mode", ["elem", "batch", "pair"])
 def test_cpu_and_gpu_pipelines_are_bit_identical(mode: str) -> None:
-    rng = np.random.default_rng(3)
-    images = [rng.integers(0, 256, (24 + i, 32, 3), dtype=np.uint8) for i in range(8)]
+    images = noise_images([(24 + i, 32) for i in range(8)], seed=3)
     config = MixConfig(num_classes=K, cutmix_alpha=1.0, mode=mode)
-
-    def graph(x, y):
-        return mix(x, y, config)
-
-    cpu = run_graph(graph, images, seed=21, iterations=3)
-    gpu = run_graph(graph, images, seed=21, iterations=3, device_id=0)
-    for c, g in zip(cpu, gpu):
-        for out_c, out_g in zip(c, g):
-            for s_c, s_g in zip(out_c, out_g):
-                np.testing.assert_array_equal(s_c, s_g)
+    assert_same_runs(*both(config, images, seed=21, iterations=3))
 
 
 # ---- the GPU path's predicted defects, checked on the CPU ----------------------------------
@@ -509,8 +535,7 @@ def paste_arguments(config: MixConfig, sizes, spy: dict, *, size=None, iteration
         shapes_in = [node.shape() for node in spy["inputs"]]
         return (out, targets, kw["out_anchors"], kw["in_anchors"], kw["shapes"], *shapes_in)
 
-    images = flat_images(len(sizes), sizes=sizes)
-    labels = [np.array([i]) for i in range(len(sizes))]
+    images, labels = numbered(len(sizes), sizes=sizes)
     return images, run_graph(graph, images, labels, seed=seed, iterations=iterations)
 
 
@@ -569,22 +594,16 @@ KNOWN_SIZES = [(16, 16), (12, 20)]
 @pytest.mark.parametrize("prob", [1.0, 0.6])
 def test_known_size_cutmix_is_exact(size, mode: str, prob: float) -> None:
     n = 7
-    images = flat_images(n, sizes=[size] * n)
-    labels = [np.array([i], np.int64) for i in range(n)]
+    images, labels = numbered(n, sizes=[size] * n)
     config = MixConfig(num_classes=K, cutmix_alpha=1.0, prob=prob, mode=mode)
     runs = run_graph(lambda x, y: mix(x, y, config, size=size), images, labels, iterations=5)
-    mixed = 0
-    for outs, targets in runs:
-        for i in range(n):
-            mixed += check_cutmix_sample(outs[i], targets[i], i, n, size)
-    assert mixed >= 5
+    assert count_exact_cutmix(runs, [size] * n) >= 5
 
 
 @pytest.mark.parametrize("size", KNOWN_SIZES, ids=["square", "oblong"])
 def test_known_size_switching_and_smoothing_stay_exact(size) -> None:
     n = 8
-    images = flat_images(n, sizes=[size] * n)
-    labels = [np.array([i]) for i in range(n)]
+    images, labels = numbered(n, sizes=[size] * n)
     s = 0.1
     config = MixConfig(num_classes=K, cutmix_alpha=1.0, mixup_alpha=0.5, label_smoothing=s)
     runs = run_graph(lambda x, y: mix(x, y, config, size=size), images, labels, iterations=4)
@@ -610,8 +629,7 @@ def test_known_size_draws_follow_the_same_box_law() -> None:
     # floor; the partner's share must follow the same law as with the extent read from the
     # images (which draws fractions): a two-sample KS test, which a wrong law fails.
     n = 16
-    images = flat_images(n, sizes=[(32, 32)] * n)
-    labels = [np.array([i]) for i in range(n)]
+    images, labels = numbered(n, sizes=[(32, 32)] * n)
 
     def shares(graph, seed: int) -> np.ndarray:
         runs = run_graph(graph, images, labels, seed=seed, iterations=60)
