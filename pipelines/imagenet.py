@@ -24,6 +24,7 @@ import enum
 import functools
 import logging
 import os
+from typing import Any
 
 import nvidia.dali.fn as fn
 import nvidia.dali.types as types
@@ -51,6 +52,7 @@ __all__ = [
     "GpuDecoderOptions",
     "ImageNetOptions",
     "Layout",
+    "imagenet_options",
     "make_loader",
     "resolve_shard",
 ]
@@ -480,42 +482,70 @@ def _list_images(
     return list_image_folder(root)
 
 
+def imagenet_options(options: ImageNetOptions | None = None, **fields: Any) -> ImageNetOptions:
+    """``options`` with ``fields`` (:class:`ImageNetOptions`' fields) replaced in it.
+
+    Without ``options``, ``ImageNetOptions(**fields)``, which needs ``train``.
+
+    Example:
+        >>> imagenet_options(ImageNetOptions(train=True), crop_size=160).crop_size
+        160
+
+    Raises:
+        TypeError: a keyword that is no field of :class:`ImageNetOptions` (named),
+            or neither ``options`` nor ``train``.
+        ValueError: a bad value, from :class:`ImageNetOptions`.
+    """
+    known = [field.name for field in dataclasses.fields(ImageNetOptions)]
+    unknown = [name for name in fields if name not in known]
+    if unknown:
+        raise TypeError(
+            f"unknown keyword {', '.join(map(repr, unknown))}: neither a loader setting nor "
+            f"a field of ImageNetOptions ({', '.join(known)})"
+        )
+    if options is None:
+        if "train" not in fields:
+            raise TypeError("give train=True or train=False, or options")
+        return ImageNetOptions(**fields)
+    return dataclasses.replace(options, **fields)
+
+
+def _build_pipeline(checkpoint: str | None, **kwargs: Any) -> Pipeline:
+    """:func:`imagenet_pipeline` built from ``checkpoint``, without AutoAugment's log noise."""
+    with quiet_auto_aug():
+        return imagenet_pipeline(checkpoint=checkpoint, **kwargs)
+
+
 def make_loader(
     root: str | os.PathLike[str] | None = None,
+    options: ImageNetOptions | None = None,
     *,
-    train: bool,
     batch_size: int,
     device: Device | str = Device.AUTO,
-    mix: MixConfig | None = None,
-    crop_size: int = 224,
-    resize_size: int = 256,
     num_threads: int | None = None,
     seed: int = 0,
     shard_id: int | None = None,
     num_shards: int | None = None,
     file_list: str | os.PathLike[str] | None = None,
-    output_layout: Layout | str = Layout.NCHW,
-    dtype: DType | str = DType.FLOAT32,
     last_batch: LastBatch | str | None = None,
-    random_area: tuple[float, float] = (0.08, 1.0),
-    random_aspect_ratio: tuple[float, float] = (3 / 4, 4 / 3),
     decoder: GpuDecoderOptions | None = None,
     prefetch_queue_depth: int = 2,
     device_id: int | None = None,
-    augment: AugmentConfig | None = None,
-    interpolation: Interpolation | str = Interpolation.BILINEAR,
+    **fields: Any,
 ) -> DaliLoader:
     """A DataLoader-like loader over an ImageNet-style folder (``root/<class>/<image>``).
 
+    What the pipeline computes is an :class:`ImageNetOptions`: ``options``, or
+    its fields given as keywords (``train=True, crop_size=160, mix=...``, each
+    documented there), which replace ``options``' when both are given. The other
+    arguments say how it runs.
+
     Args:
         root: the dataset folder; class indices follow ``ImageFolder``.
-        train: training recipe (shuffled, augmented, mixed) or validation.
+        options: the recipe; ``mix.num_classes`` must equal the dataset's.
         batch_size: samples per batch (per shard).
         device: ``"gpu"`` (decode with nvJPEG, tensors on CUDA), ``"cpu"``, or
             ``"auto"`` (GPU when CUDA is available; logged).
-        mix: CutMix/MixUp for training; ``mix.num_classes`` must equal the
-            dataset's. ``None`` or disabled: int64 targets.
-        crop_size, resize_size: output side; validation's shorter side before the centre crop.
         num_threads: DALI CPU threads; default :func:`default_num_threads`.
         seed: seeds augmentation (offset by ``shard_id``, so ranks differ) and
             the epoch shuffle (identical on every rank, so shards partition it).
@@ -523,18 +553,14 @@ def make_loader(
         file_list: ``path label`` lines (e.g. ``scan``'s ``files.txt``) read
             instead of listing ``root``; relative paths resolve against ``root``
             when given, else the list's folder.
-        output_layout: ``"NCHW"`` or ``"NHWC"``; dtype: ``"float32"`` or ``"float16"``.
         last_batch: :class:`LastBatch`; default ``DROP`` for training, ``PARTIAL``
             for validation (every image exactly once over all shards).
-        random_area, random_aspect_ratio: the random-resized crop's ranges.
         decoder: GPU decoder settings, see :class:`GpuDecoderOptions`.
         prefetch_queue_depth: batches DALI prepares ahead (2 hides one batch of latency).
         device_id: CUDA device; default ``LOCAL_RANK`` or the current device.
-        augment: training only: TrivialAugmentWide / RandAugment / AutoAugment and
-            RandomErasing, see :class:`dali_cutmix.config.AugmentConfig`.
-        interpolation: ``"bilinear"`` (default), ``"nearest"`` or ``"bicubic"``:
-            the resizes' and the automatic augmentations' (bicubic: resizes only,
-            refused with an automatic augmentation).
+        **fields: :class:`ImageNetOptions`' fields (``train``, ``crop_size``,
+            ``resize_size``, ``mix``, ``output_layout``, ``dtype``, ``random_area``,
+            ``random_aspect_ratio``, ``augment``, ``interpolation``).
 
     Returns:
         A :class:`DaliLoader` yielding ``(images, targets)``: images
@@ -543,6 +569,7 @@ def make_loader(
         ``[B, num_classes]`` when mixing. CUDA tensors on the GPU path.
 
     Raises:
+        TypeError: a keyword that is neither an argument nor a field (named).
         ValueError: a bad setting (the message names it).
         dali_cutmix.files.DatasetError: a missing or empty root, a dataset root
             holding only ``train/`` and ``val/`` (give one of them), a class folder
@@ -551,53 +578,36 @@ def make_loader(
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    options = ImageNetOptions(
-        train=train,
-        crop_size=crop_size,
-        resize_size=resize_size,
-        mix=mix,
-        output_layout=output_layout,
-        dtype=dtype,
-        random_area=random_area,
-        random_aspect_ratio=random_aspect_ratio,
-        augment=augment,
-        interpolation=interpolation,
-    )
+    options = imagenet_options(options, **fields)
+    train = options.train
     policy = _enum(
         LastBatch, "last_batch", last_batch or (LastBatch.DROP if train else LastBatch.PARTIAL)
     )
     shard_id, num_shards = resolve_shard(shard_id, num_shards)
     images = _list_images(root, file_list)
-    if mix is not None and mix.num_classes != images.num_classes:
+    if options.mix is not None and options.mix.num_classes != images.num_classes:
         raise ValueError(
-            f"mix.num_classes is {mix.num_classes} but {images.source!r} has "
+            f"mix.num_classes is {options.mix.num_classes} but {images.source!r} has "
             f"{images.num_classes} classes"
         )
     dali_device = resolve_device(device, device_id)
     gpu = dali_device is not None
-
-    def build(checkpoint: str | None) -> Pipeline:
-        with quiet_auto_aug():
-            return _build(checkpoint)
-
-    def _build(checkpoint: str | None) -> Pipeline:
-        return imagenet_pipeline(
-            images=images,
-            options=options,
-            shard_id=shard_id,
-            num_shards=num_shards,
-            reader_seed=seed,
-            gpu=gpu,
-            decoder=decoder or GpuDecoderOptions(),
-            batch_size=batch_size,
-            num_threads=num_threads or default_num_threads(gpu=gpu),
-            device_id=dali_device,
-            seed=seed + shard_id,
-            prefetch_queue_depth=prefetch_queue_depth,
-            checkpoint=checkpoint,
-            enable_conditionals=needs_conditionals(options.augment),
-        )
-
+    build = functools.partial(
+        _build_pipeline,
+        images=images,
+        options=options,
+        shard_id=shard_id,
+        num_shards=num_shards,
+        reader_seed=seed,
+        gpu=gpu,
+        decoder=decoder or GpuDecoderOptions(),
+        batch_size=batch_size,
+        num_threads=num_threads or default_num_threads(gpu=gpu),
+        device_id=dali_device,
+        seed=seed + shard_id,
+        prefetch_queue_depth=prefetch_queue_depth,
+        enable_conditionals=needs_conditionals(options.augment),
+    )
     loader = DaliLoader(
         build=build,
         reader_name=READER_NAME,

@@ -8,6 +8,12 @@ order) in the worker processes, and torchvision's own ``v2.CutMix`` /
 as the DALI pipeline. Used by ``python -m train --loader torchvision`` and by
 the benchmark, so both compare against one baseline.
 
+The loader is deterministic and resumable: the order comes from a seeded
+``torch.Generator`` per epoch (:func:`shard_indices`, one sharding rule for
+training and validation), and every sample and batch runs its random
+transforms under its own seed (``torch.random.fork_rng``), so the stream does
+not depend on the number of workers and restarts mid-epoch exactly.
+
 Differences from the DALI pipeline that a comparison should keep in mind:
 torchvision draws one lambda and box per batch and pairs each sample with its
 neighbour (the batch rolled by one), whatever ``mode`` says; ``cutmix_minmax``
@@ -18,14 +24,16 @@ are the augmentation settings torchvision's transforms cannot honour (see
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-from collections.abc import Iterator
-from pathlib import Path
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, default_collate
-from torchvision import datasets
+from torch.utils.data import DataLoader, Dataset, default_collate
+from torchvision.datasets.folder import default_loader
 from torchvision.transforms import v2
 
 from dali_cutmix.config import (
@@ -37,7 +45,13 @@ from dali_cutmix.config import (
     MixConfig,
     _enum,
 )
-from dali_cutmix.files import class_folders
+from dali_cutmix.files import (
+    BadImageError,
+    DatasetError,
+    ImageList,
+    list_image_folder,
+    read_file_list,
+)
 from dali_cutmix.procs import process_context
 
 __all__ = [
@@ -47,10 +61,12 @@ __all__ = [
     "TorchvisionLoader",
     "make_torchvision_loader",
     "make_transforms",
+    "shard_indices",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+_STATE_VERSION = 1
 
 logger = logging.getLogger(__name__)
 
@@ -158,8 +174,8 @@ def _random_erasing(augment: AugmentConfig) -> list[v2.Transform]:
 def make_transforms(
     *,
     train: bool,
-    crop_size: int,
-    resize_size: int,
+    crop_size: int = 224,
+    resize_size: int = 256,
     augment: AugmentConfig | None = None,
     interpolation: Interpolation | str = Interpolation.BILINEAR,
 ) -> v2.Compose:
@@ -205,98 +221,293 @@ def make_transforms(
     )
 
 
-class TorchvisionLoader:
-    """A DataLoader with the same face as :class:`dali_cutmix.loader.DaliLoader`.
+def _mix_seed(*parts: int) -> int:
+    value = 0
+    for part in parts:
+        value = (value * 1_000_003 + part) % (2**63 - 1)
+    return value
 
-    Iterating yields ``(images, targets)`` CPU tensors (pinned when CUDA is
-    there): float32 NCHW images; int64 ``[B]`` labels, or float32
-    ``[B, num_classes]`` soft targets when mixing. Each ``iter()`` is an epoch.
-    """
 
-    def __init__(self, loader: DataLoader, dataset: datasets.ImageFolder) -> None:
-        self.loader = loader
-        self.classes: list[str] = list(dataset.classes)
-        self.num_classes = len(self.classes)
-        self.batch_size = loader.batch_size
-        self.device = torch.device("cpu")
-        self.dataset_size = len(loader.sampler)  # images this rank reads per epoch
-        self._epoch = 0
+class _ImageFiles(Dataset):
+    """The files of an :class:`ImageList`, read and transformed as ``ImageFolder`` does."""
+
+    def __init__(self, images: ImageList, transform: Callable[[Any], Any]) -> None:
+        self.samples = list(zip(images.paths, images.labels))
+        self.classes = list(images.classes)
+        self.transform = transform
 
     def __len__(self) -> int:
-        return len(self.loader)
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        path, label = self.samples[index]
+        return self.transform(default_loader(path)), label
+
+
+def _unreadable(path: str) -> str | None:
+    """Why ``ImageFolder``'s loader cannot read ``path``, or ``None`` when it can."""
+    try:
+        default_loader(path)
+    except Exception as error:  # PIL raises many types for bad files
+        return f"{type(error).__name__}: {error}".splitlines()[0]
+    return None
+
+
+class _SeededSamples(Dataset):
+    """``dataset[index]`` run under its own seed; items are ``(index, seed)`` keys."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Any, Any, int]:
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            image, label = self.dataset[index]
+        return image, label, seed
+
+
+@dataclasses.dataclass(frozen=True)
+class _SeededCollate:
+    """Runs ``collate`` (e.g. torchvision's CutMix) under a seed from the batch's first key."""
+
+    collate: Callable[[list[tuple[Any, Any]]], Any] | None
+
+    def __call__(self, batch: list[tuple[Any, Any, int]]) -> Any:
+        pairs = [(image, label) for image, label, _ in batch]
+        if self.collate is None:
+            return default_collate(pairs)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_mix_seed(batch[0][2], 1))
+            return self.collate(pairs)
+
+
+class _PendingBatches:
+    """The DataLoader's batch sampler: the batches of keys still to read, set before each epoch.
+
+    One DataLoader, and with it one set of worker processes, serves every epoch;
+    the batches are read from here in this process when each epoch starts.
+    """
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[int, int]]] = []
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def shard_indices(
+    total: int, *, train: bool, seed: int, epoch: int, shard_id: int, num_shards: int
+) -> list[int]:
+    """The dataset indices shard ``shard_id`` of ``num_shards`` reads in epoch ``epoch``, in order.
+
+    Training: the epoch's order is ``torch.randperm(total)`` from a generator
+    seeded by ``(seed, epoch)``, the same on every shard; it is cut to a
+    multiple of ``num_shards`` and shard ``r`` takes every ``num_shards``-th
+    index from ``r``, so the shards partition it, equally. Validation: shard
+    ``r`` takes ``range(r, total, num_shards)``, every image exactly once over
+    all shards.
+
+    Example:
+        >>> shard_indices(5, train=False, seed=0, epoch=0, shard_id=1, num_shards=2)
+        [1, 3]
+    """
+    if not train:
+        return list(range(shard_id, total, num_shards))
+    generator = torch.Generator().manual_seed(_mix_seed(seed, epoch))
+    order = torch.randperm(total, generator=generator).tolist()
+    return order[: total - total % num_shards][shard_id::num_shards]
+
+
+class TorchvisionLoader:
+    """A DataLoader whose stream is a pure function of (seed, epoch, position).
+
+    The face of :class:`dali_cutmix.loader.DaliLoader`: iterating yields
+    ``(images, targets)`` CPU tensors (pinned when CUDA is there), each
+    ``iter()`` one epoch, continuing where :meth:`load_state_dict` or
+    :meth:`seek` left it. The order is :func:`shard_indices`'; training drops
+    the last partial batch. Every sample runs ``dataset``'s random transforms
+    under its own seed and every batch runs ``collate`` under its own
+    (``torch.random.fork_rng``), so the stream depends neither on the number of
+    workers nor on where it was stopped and restarted. The worker processes live
+    across epochs.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        *,
+        collate: Callable | None,
+        classes: list[str],
+        batch_size: int,
+        train: bool,
+        workers: int,
+        seed: int,
+        shard_id: int,
+        num_shards: int,
+    ) -> None:
+        self.dataset = dataset
+        self.classes = list(classes)
+        self.num_classes = len(self.classes)
+        self.batch_size = batch_size
+        self.train, self.seed = train, seed
+        self.shard_id, self.num_shards = shard_id, num_shards
+        self.dataset_size = len(self._indices(0))  # images this rank reads per epoch
+        whole, partial = divmod(self.dataset_size, batch_size)
+        self._length = whole if train else whole + (partial > 0)
+        if self._length == 0:
+            raise DatasetError(
+                f"{len(dataset)} images give no batch of {batch_size} per rank: lower --batch-size"
+            )
+        self.device = torch.device("cpu")
+        self._pending = _PendingBatches()
+        self.loader = DataLoader(
+            _SeededSamples(dataset),
+            batch_sampler=self._pending,
+            num_workers=workers,
+            multiprocessing_context=process_context() if workers > 0 else None,
+            collate_fn=_SeededCollate(collate),
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=workers > 0,
+        )
+        self._epoch = 0  # the epoch being (or about to be) read
+        self._done = 0  # batches yielded in it
+
+    def __len__(self) -> int:
+        return self._length
+
+    def _indices(self, epoch: int) -> list[int]:
+        return shard_indices(
+            len(self.dataset),
+            train=self.train,
+            seed=self.seed,
+            epoch=epoch,
+            shard_id=self.shard_id,
+            num_shards=self.num_shards,
+        )
+
+    def _batches(self, epoch: int) -> list[list[tuple[int, int]]]:
+        """The epoch's batches of ``(index, seed)`` keys."""
+        keys = [
+            (index, _mix_seed(self.seed, epoch, self.shard_id, pos))
+            for pos, index in enumerate(self._indices(epoch))
+        ]
+        size = self.batch_size
+        return [keys[i : i + size] for i in range(0, len(keys), size)][: self._length]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if isinstance(self.loader.sampler, DistributedSampler):
-            self.loader.sampler.set_epoch(self._epoch)
-        self._epoch += 1
-        return iter(self.loader)
+        if self._done >= self._length:
+            self._epoch, self._done = self._epoch + 1, 0
+        self._pending.batches = batches = self._batches(self._epoch)[self._done :]
+        first = self._done
+        try:
+            for images, targets in self.loader:
+                self._done += 1
+                yield images, targets
+        except Exception as error:
+            bad = self._bad_file(batches[self._done - first])
+            if bad is None:
+                raise
+            raise bad from error
+        self._epoch, self._done = self._epoch + 1, 0
+
+    def _bad_file(self, keys: list[tuple[int, int]]) -> BadImageError | None:
+        """The error naming the first file of a failed batch that does not read, if one does not.
+
+        A worker process's exception reaches this process as another type, so the
+        batch's files are checked here rather than the error's type.
+        """
+        samples = getattr(self.dataset, "samples", None)  # (path, label) pairs
+        if samples is None:
+            return None
+        for index, _ in keys:
+            path = samples[index][0]
+            reason = _unreadable(path)
+            if reason is not None:
+                return BadImageError(f"{path!r} is not a decodable image ({reason}).", path=path)
+        return None
+
+    def seek(self, epoch: int, step: int) -> None:
+        """The next ``iter()`` yields epoch ``epoch`` from its batch ``step`` (0-based)."""
+        self._epoch, self._done = epoch, step
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": _STATE_VERSION,
+            "epoch": self._epoch,
+            "batches_done": self._done,
+            "num_batches": self._length,
+            "batch_size": self.batch_size,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(f"unsupported loader state version {state.get('version')!r}")
+        if (state["num_batches"], state["batch_size"]) != (self._length, self.batch_size):
+            raise ValueError("the loader state comes from a run with another batch size or data")
+        self._epoch, self._done = int(state["epoch"]), int(state["batches_done"])
 
 
 def make_torchvision_loader(
-    root: str | Path,
+    root: str | os.PathLike[str],
     *,
     train: bool,
     batch_size: int,
     workers: int = 4,
     mix: MixConfig | None = None,
-    crop_size: int = 224,
-    resize_size: int = 256,
     seed: int = 0,
     shard_id: int = 0,
     num_shards: int = 1,
-    augment: AugmentConfig | None = None,
-    interpolation: Interpolation | str = Interpolation.BILINEAR,
+    file_list: str | os.PathLike[str] | None = None,
+    **transform_options: Any,
 ) -> TorchvisionLoader:
-    """ImageFolder + :func:`make_transforms` (+ torchvision CutMix/MixUp when ``mix`` is on).
+    """A :class:`TorchvisionLoader` over an ImageNet-style folder (``root/<class>/<image>``).
 
-    ``augment`` (training only) and ``interpolation`` go to :func:`make_transforms`,
-    which refuses what torchvision cannot honour with a ``ValueError``.
+    The same files and labels as the DALI loader's: ``root`` listed as
+    ``ImageFolder`` lists it, or ``file_list``'s ``path label`` lines (relative
+    paths against ``root``). Images go
+    through :func:`make_transforms` in ``workers`` worker processes (0: in
+    this one); ``mix`` (training only, ``None`` or disabled: int64 targets)
+    through :class:`MixCollate`.
 
-    Training drops the last partial batch (as the reference scripts do);
-    validation keeps every image once (``DistributedSampler`` pads shards to
-    equal length, so with several shards a few images repeat: the DALI loader
-    is exact there).
+    Args:
+        train, batch_size, seed, shard_id, num_shards: see :class:`TorchvisionLoader`
+            and :func:`shard_indices`.
+        **transform_options: :func:`make_transforms`' other arguments
+            (``crop_size``, ``resize_size``, ``augment``, ``interpolation``),
+            documented there.
+
+    Raises:
+        TypeError: an unknown keyword (named).
+        ValueError: a setting torchvision cannot honour (see :func:`make_transforms`).
+        dali_cutmix.files.DatasetError: a missing or mislaid root or list, or
+            fewer images than one batch per rank.
     """
-    root = Path(root)
-    class_folders(root)  # a missing or mislaid root is a DatasetError naming it, as for DALI
-    transform = make_transforms(
-        train=train,
-        crop_size=crop_size,
-        resize_size=resize_size,
-        augment=augment,
-        interpolation=interpolation,
-    )
-    dataset = datasets.ImageFolder(str(root), transform=transform)
-    sampler = None
-    if num_shards > 1:
-        sampler = DistributedSampler(
-            dataset, num_replicas=num_shards, rank=shard_id, shuffle=train, seed=seed
-        )
-    collate = MixCollate(mix) if (train and mix is not None) else None
-    generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(
-        dataset,
+    transform = make_transforms(train=train, **transform_options)
+    images = list_image_folder(root) if file_list is None else read_file_list(file_list, root=root)
+    mixing = train and mix is not None and mix.enabled
+    loader = TorchvisionLoader(
+        _ImageFiles(images, transform),
+        collate=MixCollate(mix) if mixing else None,
+        classes=list(images.classes),
         batch_size=batch_size,
-        shuffle=train and sampler is None,
-        sampler=sampler,
-        num_workers=workers,
-        collate_fn=collate,
-        pin_memory=torch.cuda.is_available(),
-        drop_last=train,
-        persistent_workers=workers > 0,
-        multiprocessing_context=process_context() if workers > 0 else None,
-        generator=generator,
+        train=train,
+        workers=workers,
+        seed=seed,
+        shard_id=shard_id,
+        num_shards=num_shards,
     )
     logger.info(
         "torchvision loader: %d images, %d batches of %d, %d workers",
-        len(sampler) if sampler else len(dataset),
+        loader.dataset_size,
         len(loader),
         batch_size,
         workers,
     )
-    if train and len(loader) == 0:
-        raise ValueError(
-            f"{root} has {len(dataset)} images, fewer than one batch of {batch_size}: "
-            "lower --batch-size"
-        )
-    return TorchvisionLoader(loader, dataset)
+    return loader

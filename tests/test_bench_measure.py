@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -28,10 +30,10 @@ def test_measure_windows_counts_images_and_cycles_the_loader() -> None:
         measure.measure_windows([], warmup=1, windows=1, window_batches=1)
 
 
-@pytest.mark.parametrize("loader", ["dali", "torchvision"])
-def test_one_isolated_measurement_on_a_tiny_folder(image_folder: Path, loader: str) -> None:
+def tiny_spec(folder: Path, loader: str, **changes: Any) -> dict[str, Any]:
+    """A loader measurement on ``folder``: CutMix, 4-image batches of 32-pixel crops, on the CPU."""
     spec = {
-        "root": str(image_folder),
+        "root": str(folder),
         "kind": "loader",
         "loader": loader,
         "device": "cpu",
@@ -43,9 +45,25 @@ def test_one_isolated_measurement_on_a_tiny_folder(image_folder: Path, loader: s
         "windows": 2,
         "window_batches": 2,
     }
-    result = measure.run_isolated(spec)
+    return spec | changes
+
+
+@pytest.mark.parametrize("loader", ["dali", "torchvision"])
+@pytest.mark.parametrize(
+    ("run", "changes"),
+    [
+        (measure.run_isolated, {}),
+        (measure.measure, {"mix": "recipe", "augment": "recipe", "windows": 1}),
+    ],
+    ids=["isolated", "whole-recipe"],
+)
+def test_a_measurement_on_a_tiny_folder(
+    image_folder: Path, loader: str, run: Callable, changes: dict[str, Any]
+) -> None:
+    spec = tiny_spec(image_folder, loader, **changes)
+    result = run(spec)
     assert "error" not in result, result.get("error")
-    assert result["images_per_s"] > 0 and len(result["windows"]) == 2
+    assert result["images_per_s"] > 0 and len(result["windows"]) == spec["windows"]
     assert result["peak_rss_mb"] > 0
 
 
@@ -66,23 +84,18 @@ def test_nhwc_batches_reach_the_model_as_channels_last_nchw() -> None:
 @pytest.mark.parametrize("loader", ["dali", "synthetic"])
 def test_gpu_feed_format_trains_on_the_cpu(image_folder: Path, loader: str) -> None:
     """The GPU's training branches (NHWC, channels-last, bf16 autocast), run on the CPU."""
-    spec = {
-        "root": str(image_folder),
-        "kind": "train",
-        "loader": loader,
-        "device": "cpu",
-        "layout": "NHWC",
-        "channels_last": True,
-        "amp": "bf16",
-        "arch": "resnet18",
-        "mix": "cutmix" if loader == "dali" else "off",
-        "workers": 1,
-        "batch_size": 4,
-        "crop_size": 32,
-        "warmup": 1,
-        "windows": 1,
-        "window_batches": 1,
-    }
+    spec = tiny_spec(
+        image_folder,
+        loader,
+        kind="train",
+        layout="NHWC",
+        channels_last=True,
+        amp="bf16",
+        arch="resnet18",
+        mix="cutmix" if loader == "dali" else "off",
+        windows=1,
+        window_batches=1,
+    )
     result = measure.measure(spec)
     assert len(result["windows"]) == 1
     assert math.isfinite(result["images_per_s"]) and result["images_per_s"] > 0
@@ -126,23 +139,3 @@ def test_a_configuration_two_sections_share_is_measured_once(tmp_path: Path) -> 
     assert none == [{**r, "measured_in": "loaders"} for r in off]
     assert all("measured_in" not in r for r in results["loaders"])
     assert {len(results[name]) for name in ("loaders", "scaling", "augment")} == {6, 10, 12}
-
-
-@pytest.mark.parametrize("loader", ["dali", "torchvision"])
-def test_the_whole_recipe_is_measured_on_a_tiny_folder(image_folder: Path, loader: str) -> None:
-    spec = {
-        "root": str(image_folder),
-        "kind": "loader",
-        "loader": loader,
-        "device": "cpu",
-        "mix": "recipe",
-        "augment": "recipe",
-        "workers": 1,
-        "batch_size": 4,
-        "crop_size": 32,
-        "warmup": 1,
-        "windows": 1,
-        "window_batches": 2,
-    }
-    result = measure.measure(spec)
-    assert len(result["windows"]) == 1 and result["images_per_s"] > 0

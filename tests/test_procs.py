@@ -11,14 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from torchvision import datasets
 from torchvision.transforms import v2
 
 from dali_cutmix.procs import process_context
 from dali_cutmix.scan import scan
 from dali_cutmix.synthetic import SyntheticSpec, generate
 from pipelines.torchvision_ref import make_torchvision_loader
-from train.data import ResumableTorchvisionLoader
 
 REPO = Path(__file__).resolve().parents[1]
 _TO_8X8 = v2.Compose([v2.PILToTensor(), v2.Resize((8, 8), antialias=True)])
@@ -45,26 +43,10 @@ def _torchvision_loader(folder: Path, tmp_path: Path) -> int:
     return sum(len(images) for images, _ in loader)
 
 
-def _resumable_loader(folder: Path, tmp_path: Path) -> int:
-    dataset = datasets.ImageFolder(str(folder), transform=_TO_8X8)
-    loader = ResumableTorchvisionLoader(
-        dataset,
-        collate=None,
-        classes=dataset.classes,
-        batch_size=5,
-        train=False,
-        workers=2,
-        seed=0,
-        shard_id=0,
-        num_shards=1,
-    )
-    return sum(len(labels) for _, labels in loader)
-
-
 @pytest.mark.parametrize(
     ("start", "expected"),
-    [(_scan, 15), (_generate, 8), (_torchvision_loader, 15), (_resumable_loader, 15)],
-    ids=["scan", "synthetic.generate", "make_torchvision_loader", "ResumableTorchvisionLoader"],
+    [(_scan, 15), (_generate, 8), (_torchvision_loader, 15)],
+    ids=["scan", "synthetic.generate", "make_torchvision_loader"],
 )
 def test_worker_processes_are_not_forked(
     start: Callable[[Path, Path], int],

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+from torch.utils.data import Dataset
 from torchvision import datasets
 from torchvision.transforms import v2
 
@@ -18,9 +19,12 @@ from pipelines.torchvision_ref import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     MixCollate,
+    TorchvisionLoader,
     make_torchvision_loader,
     make_transforms,
+    shard_indices,
 )
+from tests.conftest import resumed_after, same_batches
 
 
 def test_plain_loader_yields_imagefolder_labels_in_order(image_folder: Path) -> None:
@@ -65,6 +69,152 @@ def test_unsupported_options_and_tiny_datasets_are_errors(
         make_torchvision_loader(image_folder, train=True, batch_size=64, workers=0)
     with pytest.raises(DatasetError, match=f"dataset root '{tmp_path / 'missing'}' does not exist"):
         make_torchvision_loader(tmp_path / "missing", train=True, batch_size=4, workers=0)
+
+
+# ----------------------------------------------------------------------------- order and shards
+
+# The training order of 15 images with seed 3: resumed runs depend on it staying so.
+EPOCH_0 = [14, 10, 8, 7, 4, 2, 3, 5, 13, 6, 12, 9, 11, 1, 0]
+EPOCH_1 = [6, 7, 5, 8, 3, 0, 4, 1, 2, 14, 9, 10, 12, 13, 11]
+
+
+def _shards(num_shards: int, *, train: bool = True, epoch: int = 0) -> list[list[int]]:
+    return [
+        shard_indices(15, train=train, seed=3, epoch=epoch, shard_id=r, num_shards=num_shards)
+        for r in range(num_shards)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("num_shards", "expected"),
+    [
+        (1, [EPOCH_0]),
+        (2, [[14, 8, 4, 3, 13, 12, 11], [10, 7, 2, 5, 6, 9, 1]]),
+        (3, [[14, 7, 3, 6, 11], [10, 4, 5, 12, 1], [8, 2, 13, 9, 0]]),
+    ],
+)
+def test_training_shards_partition_the_epochs_order(
+    num_shards: int, expected: list[list[int]]
+) -> None:
+    shards = _shards(num_shards)
+    assert shards == expected
+    # Dealt round-robin: the shards, interleaved, are the epoch's order (cut to equal shares).
+    share = 15 // num_shards
+    assert [shard[i] for i in range(share) for shard in shards] == EPOCH_0[: share * num_shards]
+    assert (
+        sum(len(set(shard)) for shard in shards) == len(set().union(*shards)) == share * num_shards
+    )
+    assert _shards(num_shards) == shards  # the same seed, the same order
+    assert _shards(num_shards, epoch=1)[0] == EPOCH_1[: share * num_shards][::num_shards]
+
+
+@pytest.mark.parametrize(
+    ("num_shards", "expected"),
+    [
+        (2, [[0, 2, 4, 6, 8, 10, 12, 14], [1, 3, 5, 7, 9, 11, 13]]),
+        (3, [[0, 3, 6, 9, 12], [1, 4, 7, 10, 13], [2, 5, 8, 11, 14]]),
+    ],
+)
+def test_validation_shards_see_every_image_exactly_once(
+    num_shards: int, expected: list[list[int]]
+) -> None:
+    assert _shards(num_shards, train=False) == expected
+    assert _shards(num_shards, train=False, epoch=5) == expected
+
+
+class Numbers(Dataset):
+    """Item ``i`` is ``(tensor(i), i)``: a loader's stream shows the indices it read."""
+
+    def __len__(self) -> int:
+        return 15
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return torch.tensor(index), index
+
+
+def _numbers(*, train: bool = True, shard: int = 0, shards: int = 1, batch_size: int = 2):
+    return TorchvisionLoader(
+        Numbers(),
+        collate=None,
+        classes=["a"],
+        batch_size=batch_size,
+        train=train,
+        workers=0,
+        seed=3,
+        shard_id=shard,
+        num_shards=shards,
+    )
+
+
+def _read(loader: TorchvisionLoader) -> list[int]:
+    return [i for _, labels in loader for i in labels.tolist()]
+
+
+@pytest.mark.parametrize("num_shards", [2, 3])
+def test_each_rank_reads_its_shard_in_whole_batches(num_shards: int) -> None:
+    train = [_numbers(shard=r, shards=num_shards) for r in range(num_shards)]
+    share = 15 // num_shards
+    assert [loader.dataset_size for loader in train] == [share] * num_shards
+    assert [len(loader) for loader in train] == [share // 2] * num_shards
+    assert [_read(loader) for loader in train] == [s[: share // 2 * 2] for s in _shards(num_shards)]
+    assert [_read(loader) for loader in train] == [
+        s[: share // 2 * 2] for s in _shards(num_shards, epoch=1)
+    ]
+    val = [
+        _numbers(train=False, shard=r, shards=num_shards, batch_size=4) for r in range(num_shards)
+    ]
+    assert [_read(loader) for loader in val] == _shards(num_shards, train=False)
+    assert sum(loader.dataset_size for loader in val) == 15
+
+
+def test_resuming_mid_epoch_continues_the_same_order() -> None:
+    reference = _numbers()
+    expected = _read(reference) + _read(reference)
+    assert expected == EPOCH_0[:14] + EPOCH_1[:14]
+    interrupted = _numbers()
+    stream = iter(interrupted)
+    got = [i for _ in range(3) for i in next(stream)[1].tolist()]
+    state = interrupted.state_dict()
+    assert state == {"version": 1, "epoch": 0, "batches_done": 3, "num_batches": 7, "batch_size": 2}
+    resumed = _numbers()
+    resumed.load_state_dict(state)
+    assert got + _read(resumed) + _read(resumed) == expected
+    seeking = _numbers()
+    seeking.seek(1, 5)
+    assert _read(seeking) == EPOCH_1[10:14]
+    with pytest.raises(ValueError, match="another batch size"):
+        _numbers(batch_size=4).load_state_dict(state)
+    with pytest.raises(ValueError, match="unsupported loader state version 2"):
+        _numbers().load_state_dict({**state, "version": 2})
+
+
+# ----------------------------------------------------------------------------- the stream
+
+
+def _seeded(folder: Path, *, workers: int = 0, batch_size: int = 4) -> TorchvisionLoader:
+    mix = MixConfig(num_classes=3, cutmix_alpha=1.0)
+    return make_torchvision_loader(
+        folder, train=True, batch_size=batch_size, workers=workers, mix=mix, crop_size=16, seed=3
+    )
+
+
+def test_stream_is_seeded_and_independent_of_workers(image_folder: Path) -> None:
+    inline, pooled = _seeded(image_folder), _seeded(image_folder, workers=2)
+    assert len(inline) == 3  # 15 images, drop the last partial batch of 4
+    assert same_batches(list(pooled), list(inline))
+    workers = [w.pid for w in pooled.loader._iterator._workers]
+    second = list(inline)  # the next epoch: another order and other draws
+    assert same_batches(list(pooled), second)
+    assert [w.pid for w in pooled.loader._iterator._workers] == workers  # alive across epochs
+    assert not torch.equal(second[0][0], next(iter(_seeded(image_folder)))[0])
+    assert second[0][1].shape == (4, 3)  # CutMix's soft targets
+
+
+def test_state_restarts_mid_epoch_exactly(image_folder: Path) -> None:
+    reference = _seeded(image_folder)
+    expected = list(reference) + list(reference)
+    resumed = resumed_after(lambda: _seeded(image_folder), 2)
+    assert same_batches(expected[:2] + list(resumed) + list(resumed), expected)
 
 
 # ----------------------------------------------------------------------------- augmentation
@@ -348,7 +498,7 @@ def test_loader_with_the_resnet50_recipe_runs(image_folder: Path) -> None:
         assert images.shape == (5, 3, 32, 32) and images.dtype == torch.float32
         assert torch.isfinite(images).all()
         torch.testing.assert_close(targets.sum(1), torch.ones(5))
-    transform = loader.loader.dataset.transform
+    transform = loader.dataset.transform
     assert [type(t).__name__ for t in transform.transforms][3::3] == [
         "TrivialAugmentWide",
         "RandomErasing",

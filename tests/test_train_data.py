@@ -1,4 +1,4 @@
-"""The training application's resumable, deterministic torchvision loader."""
+"""train.data: one set of settings for either loader, and the torchvision loader's exact resume."""
 
 from __future__ import annotations
 
@@ -6,91 +6,72 @@ from pathlib import Path
 
 import pytest
 import torch
-from torchvision import datasets
-from torchvision.transforms import v2
 
-from tests.conftest import build_image_folder
-from train.data import ResumableTorchvisionLoader
+from dali_cutmix.synthetic import SyntheticSpec, generate
+from pipelines.torchvision_ref import make_torchvision_loader
+from tests.conftest import same_batches
+from train.config import parse_config
+from train.data import _loader_settings, build_val_loader, continue_at, restore_loader
+from train.utils import DistInfo
+
+TINY = SyntheticSpec(num_classes=3, train_per_class=4, val_per_class=3, seed=0, size_scale=0.15)
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_image_folder(
-        tmp_path_factory.mktemp("tv") / "train", classes=3, per_class=5, extras=False
-    )
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate(tmp_path_factory.mktemp("data") / "tiny", TINY, workers=1, progress=False)
 
 
-def _loader(
-    folder: Path,
-    *,
-    workers: int = 0,
-    train: bool = True,
-    shard: int = 0,
-    shards: int = 1,
-    batch_size: int = 4,
-) -> ResumableTorchvisionLoader:
-    transform = v2.Compose(
-        [
-            v2.ToImage(),
-            v2.RandomResizedCrop(16, antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.ToDtype(torch.float32, scale=True),
-        ]
-    )
-    dataset = datasets.ImageFolder(str(folder), transform=transform)
-    cutmix = v2.CutMix(alpha=1.0, num_classes=3)
-    return ResumableTorchvisionLoader(
-        dataset,
-        # Picklable, unlike a lambda: worker processes are not forked (dali_cutmix.procs).
-        collate=v2.Compose([torch.utils.data.default_collate, cutmix]),
-        classes=dataset.classes,
-        batch_size=batch_size,
-        train=train,
-        workers=workers,
-        seed=3,
-        shard_id=shard,
-        num_shards=shards,
-    )
+def _config(root: Path, loader: str, *flags: str):
+    argv = ["--data", str(root), "--device", "cpu", "--loader", loader, "--crop-size", "16"]
+    return parse_config([*argv, "-b", "4", "-j", "1", "--output-dir", str(root / "out"), *flags])
 
 
-def _epoch(loader) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return list(iter(loader))
+def test_both_loaders_get_the_same_settings_and_read_the_same_labels(tiny: Path) -> None:
+    info = DistInfo(rank=1, world_size=2)
+    flags = ("--auto-augment", "ta_wide", "--seed", "7")
+    dali, tv = _config(tiny, "dali", *flags), _config(tiny, "torchvision", *flags)
+    settings = _loader_settings(None, train=True, config=tv, info=info)
+    same = _loader_settings(None, train=True, config=dali, info=info)
+    # The loader's kind changes only the mixing mode's default (torchvision mixes per batch).
+    assert {**same, "mix": tv.mix} == settings and same["mix"] == dali.mix != tv.mix
+    assert settings == {
+        "file_list": None,
+        "batch_size": 4,
+        "seed": 7,
+        "shard_id": 1,
+        "num_shards": 2,
+        "train": True,
+        "crop_size": 16,
+        "resize_size": tv.data.val_resize_size,
+        "mix": tv.mix,
+        "augment": tv.augment,
+        "interpolation": tv.data.interpolation,
+    }
+    val = _loader_settings(None, train=False, config=tv, info=info)
+    assert (val["mix"], val["augment"], val["train"]) == (None, None, False)
+    # One shard: both validation loaders read the files in order, with the same labels.
+    labels = [
+        torch.cat([t for _, t in build_val_loader(config, tiny, DistInfo())]).tolist()
+        for config in (dali, tv)
+    ]
+    assert labels[0] == labels[1] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
 
 
-def test_stream_is_seeded_and_independent_of_workers(folder: Path) -> None:
-    inline, pooled = _loader(folder), _loader(folder, workers=2)
-    assert len(inline) == 3  # 15 images, drop the last partial batch of 4
-    for (a_img, a_tgt), (b_img, b_tgt) in zip(_epoch(inline), _epoch(pooled), strict=True):
-        assert torch.equal(a_img, b_img) and torch.equal(a_tgt, b_tgt)
-    second = _epoch(inline)  # the next epoch: another order and other draws
-    assert not torch.equal(second[0][0], _epoch(_loader(folder))[0][0])
-    assert second[0][1].shape == (4, 3)  # CutMix's soft targets
+def test_the_torchvision_loader_resumes_and_seeks_exactly(tiny: Path) -> None:
+    def loader():
+        return make_torchvision_loader(
+            tiny / "train", train=True, batch_size=4, workers=0, crop_size=16, seed=5
+        )
 
-
-def test_state_restarts_mid_epoch_exactly(folder: Path) -> None:
-    reference = _loader(folder)
-    expected = _epoch(reference) + _epoch(reference)
-    interrupted = _loader(folder)
-    stream = iter(interrupted)
-    got = [next(stream) for _ in range(2)]
-    state = interrupted.state_dict()
-    assert (state["epoch"], state["batches_done"]) == (0, 2)
-    resumed = _loader(folder)
-    resumed.load_state_dict(state)
-    got += _epoch(resumed) + _epoch(resumed)
-    assert len(got) == len(expected) == 6
-    for (a_img, a_tgt), (b_img, b_tgt) in zip(got, expected, strict=True):
-        assert torch.equal(a_img, b_img) and torch.equal(a_tgt, b_tgt)
-    with pytest.raises(ValueError, match="another batch size"):
-        _loader(folder, batch_size=2).load_state_dict(state)
-
-
-def test_shards_partition_each_epoch(folder: Path) -> None:
-    train = [_loader(folder, shard=r, shards=2, batch_size=2) for r in range(2)]
-    keys = [[i for batch in loader._batches(0) for i, _ in batch] for loader in train]
-    assert len(keys[0]) == len(keys[1]) == 6  # 7 each, cut to whole batches of 2
-    assert not set(keys[0]) & set(keys[1])
-    val = [_loader(folder, train=False, shard=r, shards=2) for r in range(2)]
-    seen = sorted(i for loader in val for batch in loader._batches(0) for i, _ in batch)
-    assert seen == list(range(15))  # every validation image exactly once
-    assert [len(v) for v in val] == [2, 2] and val[0].dataset_size == 8
+    reference = loader()
+    expected = list(reference) + list(reference)
+    assert len(expected) == 6
+    # A state saved at the end of an epoch: the next iter() is the next epoch, as for DALI.
+    at_end = loader()
+    list(at_end)
+    restored = loader()
+    restore_loader(restored, at_end.state_dict())
+    assert same_batches(list(restored), expected[3:])
+    # Without a usable state: epoch 1 from its batch 2, the very batches of before.
+    assert same_batches(list(continue_at(loader(), epoch=1, step=2)), expected[5:])

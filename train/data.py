@@ -9,11 +9,9 @@ Both loaders have one face (``len``, iteration as ``(images, targets)``,
 * ``torchvision``: ``ImageFolder`` with the standard transforms (and
   torchvision's own automatic augmentations and RandomErasing) in DataLoader
   workers and torchvision's ``v2.CutMix`` / ``v2.MixUp`` in the collate
-  function (``pipelines.torchvision_ref``, the benchmark's baseline), made
-  deterministic and resumable here: the order comes from a seeded
-  ``torch.Generator`` per epoch, and every sample and batch runs its random
-  transforms under its own seed (``torch.random.fork_rng``), so the stream does
-  not depend on the number of workers and restarts mid-epoch exactly.
+  function: ``pipelines.torchvision_ref.make_torchvision_loader``, the
+  benchmark's baseline, deterministic and resumable (its stream does not depend
+  on the number of workers and restarts mid-epoch exactly).
 
 Both read the same files with the same labels: the split's folder listed as
 ``ImageFolder`` lists it, or ``--train-list`` / ``--val-list``. A file that does
@@ -26,27 +24,15 @@ applied when mixing is on, int64 ``[B]`` otherwise; see :func:`build_criterion`.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
-from torchvision.datasets.folder import default_loader
 
-from dali_cutmix.config import AugmentConfig
-from dali_cutmix.files import (
-    SCAN_HINT,
-    BadImageError,
-    DatasetError,
-    ImageList,
-    list_image_folder,
-    read_file_list,
-)
-from dali_cutmix.procs import process_context
+from dali_cutmix.files import SCAN_HINT, BadImageError, DatasetError
 from dali_cutmix.synthetic import generate
 
 from . import pipelines_module
@@ -56,7 +42,6 @@ from .utils import DistInfo, barrier
 
 __all__ = [
     "Loader",
-    "ResumableTorchvisionLoader",
     "build_criterion",
     "bad_file_problem",
     "build_loaders",
@@ -68,8 +53,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-_STATE_VERSION = 1
 
 
 class Loader(Protocol):
@@ -100,263 +83,51 @@ def build_criterion(config: TrainConfig) -> nn.Module:
     return nn.CrossEntropyLoss(label_smoothing=smoothing)
 
 
-# ----------------------------------------------------------------------------- torchvision
+# ----------------------------------------------------------------------------- the loaders
 
 
-def _mix_seed(*parts: int) -> int:
-    value = 0
-    for part in parts:
-        value = (value * 1_000_003 + part) % (2**63 - 1)
-    return value
+def _loader_settings(
+    file_list: Path | None, *, train: bool, config: TrainConfig, info: DistInfo
+) -> dict[str, Any]:
+    """What both loaders take alike: this rank's run settings and the images' recipe.
 
-
-class _ImageFiles(Dataset):
-    """The files of an :class:`ImageList`, read and transformed as ``ImageFolder`` does."""
-
-    def __init__(self, images: ImageList, transform: Callable[[Any], Any]) -> None:
-        self.samples = list(zip(images.paths, images.labels))
-        self.classes = list(images.classes)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        path, label = self.samples[index]
-        return self.transform(default_loader(path)), label
-
-
-def _unreadable(path: str) -> str | None:
-    """Why ``ImageFolder``'s loader cannot read ``path``, or ``None`` when it can."""
-    try:
-        default_loader(path)
-    except Exception as error:  # PIL raises many types for bad files
-        return f"{type(error).__name__}: {error}".splitlines()[0]
-    return None
-
-
-class _SeededSamples(Dataset):
-    """``dataset[index]`` run under its own seed; items are ``(index, seed)`` keys."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: tuple[int, int]) -> tuple[Any, Any, int]:
-        index, seed = key
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            image, label = self.dataset[index]
-        return image, label, seed
-
-
-@dataclasses.dataclass(frozen=True)
-class _SeededCollate:
-    """Runs ``collate`` (e.g. torchvision's CutMix) under a seed from the batch's first key."""
-
-    collate: Callable[[list[tuple[Any, Any]]], Any] | None
-
-    def __call__(self, batch: list[tuple[Any, Any, int]]) -> Any:
-        pairs = [(image, label) for image, label, _ in batch]
-        if self.collate is None:
-            return torch.utils.data.default_collate(pairs)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_mix_seed(batch[0][2], 1))
-            return self.collate(pairs)
-
-
-class ResumableTorchvisionLoader:
-    """ImageFolder + DataLoader whose stream is a pure function of (seed, epoch, position).
-
-    Training shuffles with ``torch.Generator`` seeded by ``(seed, epoch)``,
-    gives rank ``r`` every ``world``-th index of an equal share and drops the
-    last partial batch; validation reads its shard in order, every image once
-    over all ranks. Each ``iter()`` is one epoch, continuing where
-    :meth:`load_state_dict` left it.
+    The recipe is the fields of ``pipelines.imagenet.ImageNetOptions`` that both
+    loaders honour; the DALI loader adds its output layout.
     """
-
-    def __init__(
-        self,
-        dataset: Dataset,
-        *,
-        collate: Callable | None,
-        classes: list[str],
-        batch_size: int,
-        train: bool,
-        workers: int,
-        seed: int,
-        shard_id: int,
-        num_shards: int,
-    ) -> None:
-        self.samples = _SeededSamples(dataset)
-        self.collate = _SeededCollate(collate)
-        self.classes = list(classes)
-        self.num_classes = len(self.classes)
-        self.batch_size = batch_size
-        self.train, self.workers, self.seed = train, workers, seed
-        self.shard_id, self.num_shards = shard_id, num_shards
-        total = len(dataset)
-        self.dataset_size = (
-            total // num_shards if train else len(range(shard_id, total, num_shards))
-        )
-        self._length = (
-            self.dataset_size // batch_size if train else -(-self.dataset_size // batch_size)
-        )
-        if self._length == 0:
-            raise DatasetError(
-                f"{total} images give no batch of {batch_size} per rank: lower --batch-size"
-            )
-        self.device = torch.device("cpu")
-        self._epoch = 0  # the epoch being (or about to be) read
-        self._done = 0  # batches yielded in it
-
-    def __len__(self) -> int:
-        return self._length
-
-    def _batches(self, epoch: int) -> list[list[tuple[int, int]]]:
-        total = len(self.samples)
-        if self.train:
-            generator = torch.Generator().manual_seed(_mix_seed(self.seed, epoch))
-            order = torch.randperm(total, generator=generator).tolist()
-            mine = order[: self.dataset_size * self.num_shards][self.shard_id :: self.num_shards]
-        else:
-            mine = list(range(self.shard_id, total, self.num_shards))
-        keys = [
-            (index, _mix_seed(self.seed, epoch, self.shard_id, pos))
-            for pos, index in enumerate(mine)
-        ]
-        return [keys[i : i + self.batch_size] for i in range(0, len(keys), self.batch_size)][
-            : self._length
-        ]
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if self._done >= self._length:
-            self._epoch, self._done = self._epoch + 1, 0
-        batches = self._batches(self._epoch)[self._done :]
-        loader = DataLoader(
-            self.samples,
-            batch_sampler=batches,
-            num_workers=self.workers,
-            multiprocessing_context=process_context() if self.workers > 0 else None,
-            collate_fn=self.collate,
-            pin_memory=torch.cuda.is_available(),
-        )
-        first = self._done
-        try:
-            for images, targets in loader:
-                self._done += 1
-                yield images, targets
-        except Exception as error:
-            bad = self._bad_file(batches[self._done - first])
-            if bad is None:
-                raise
-            raise bad from error
-        self._epoch, self._done = self._epoch + 1, 0
-
-    def _bad_file(self, keys: list[tuple[int, int]]) -> BadImageError | None:
-        """The error naming the first file of a failed batch that does not read, if one does not.
-
-        A worker process's exception reaches this process as another type, so the
-        batch's files are checked here rather than the error's type.
-        """
-        samples = getattr(self.samples.dataset, "samples", None)  # (path, label) pairs
-        if samples is None:
-            return None
-        for index, _ in keys:
-            path = samples[index][0]
-            reason = _unreadable(path)
-            if reason is not None:
-                return BadImageError(f"{path!r} is not a decodable image ({reason}).", path=path)
-        return None
-
-    def seek(self, epoch: int, step: int) -> None:
-        """The next ``iter()`` yields epoch ``epoch`` from its batch ``step`` (0-based)."""
-        self._epoch, self._done = epoch, step
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "version": _STATE_VERSION,
-            "epoch": self._epoch,
-            "batches_done": self._done,
-            "num_batches": self._length,
-            "batch_size": self.batch_size,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("version") != _STATE_VERSION:
-            raise ValueError(f"unsupported loader state version {state.get('version')!r}")
-        if (state["num_batches"], state["batch_size"]) != (self._length, self.batch_size):
-            raise ValueError("the loader state comes from a run with another batch size or data")
-        self._epoch, self._done = int(state["epoch"]), int(state["batches_done"])
+    data = config.data
+    return {
+        "file_list": file_list,
+        "batch_size": data.batch_size,
+        "seed": config.seed,
+        "shard_id": info.rank,
+        "num_shards": info.world_size,
+        "train": train,
+        "crop_size": data.train_crop_size if train else data.val_crop_size,
+        "resize_size": data.val_resize_size,
+        "mix": config.mix if (train and config.mix.enabled) else None,
+        "augment": config.augment if (train and config.augment.enabled) else None,
+        "interpolation": data.interpolation,
+    }
 
 
-def _images(folder: Path, file_list: Path | None) -> ImageList:
-    if file_list is None:
-        return list_image_folder(folder)
-    return read_file_list(file_list, root=folder)
-
-
-def _augment(config: TrainConfig, train: bool) -> AugmentConfig | None:
-    """The training images' augmentation; ``None`` (today's graph) when there is none."""
-    return config.augment if (train and config.augment.enabled) else None
-
-
-def _torchvision_loader(
-    folder: Path, file_list: Path | None, *, train: bool, config: TrainConfig, info: DistInfo
-) -> ResumableTorchvisionLoader:
+def _torchvision_loader(folder: Path, config: TrainConfig, settings: dict[str, Any]) -> Loader:
     reference = pipelines_module("torchvision_ref")
-
-    data = config.data
-    images = _images(folder, file_list)  # DatasetError naming the path, as DALI's loader
-    # The reference supplies the transforms and the CutMix/MixUp collate function; the
-    # files (the folder's or the list's), the order and the seeding are ours.
-    transform = reference.make_transforms(
-        train=train,
-        crop_size=data.train_crop_size if train else data.val_crop_size,
-        resize_size=data.val_resize_size,
-        augment=_augment(config, train),
-        interpolation=data.interpolation,
-    )
-    mixing = train and config.mix.enabled
-    return ResumableTorchvisionLoader(
-        _ImageFiles(images, transform),
-        collate=reference.MixCollate(config.mix) if mixing else None,
-        classes=list(images.classes),
-        batch_size=data.batch_size,
-        train=train,
-        workers=data.workers,
-        seed=config.seed,
-        shard_id=info.rank,
-        num_shards=info.world_size,
-    )
+    return reference.make_torchvision_loader(folder, workers=config.data.workers, **settings)
 
 
-# ----------------------------------------------------------------------------- DALI
-
-
-def _dali_loader(
-    folder: Path, file_list: Path | None, *, train: bool, config: TrainConfig, info: DistInfo
-) -> Loader:
-    data = config.data
+def _dali_loader(folder: Path, config: TrainConfig, settings: dict[str, Any]) -> Loader:
     return pipelines_module("imagenet").make_loader(
         folder,
-        file_list=file_list,
-        train=train,
-        batch_size=data.batch_size,
         device="gpu" if config.device is Device.GPU else "cpu",
-        mix=config.mix if (train and config.mix.enabled) else None,
-        crop_size=data.train_crop_size if train else data.val_crop_size,
-        resize_size=data.val_resize_size,
-        augment=_augment(config, train),
-        interpolation=data.interpolation,
-        num_threads=data.workers,
-        seed=config.seed,
-        shard_id=info.rank,
-        num_shards=info.world_size,
+        num_threads=config.data.workers,
         output_layout="NHWC" if config.channels_last else "NCHW",
+        **settings,
     )
+
+
+def _seekable(loader: Loader) -> bool:
+    """True for the torchvision loader, whose stream is a function of (seed, epoch, position)."""
+    return isinstance(loader, pipelines_module("torchvision_ref").TorchvisionLoader)
 
 
 def bad_file_problem(error: DatasetError) -> str:
@@ -396,8 +167,9 @@ def data_failure(
 def _build_loader(split: str, config: TrainConfig, root: Path, info: DistInfo) -> Loader:
     build = _dali_loader if config.data.loader is LoaderKind.DALI else _torchvision_loader
     file_list = config.data.train_list if split == "train" else config.data.val_list
+    settings = _loader_settings(file_list, train=split == "train", config=config, info=info)
     try:
-        return build(root / split, file_list, train=split == "train", config=config, info=info)
+        return build(root / split, config, settings)
     except BadImageError as error:
         failure = data_failure(error, split, config=config, root=root, info=info, checkpoint=None)
         raise failure from error
@@ -444,7 +216,7 @@ def restore_loader(loader: Loader, state: dict[str, Any]) -> None:
     """
     loader.load_state_dict(state)
     at_end = state["batches_done"] >= state["num_batches"]
-    if at_end and not isinstance(loader, ResumableTorchvisionLoader):
+    if at_end and not _seekable(loader):
         for _ in loader:
             pass
 
@@ -457,7 +229,7 @@ def continue_at(loader: Loader, *, epoch: int, step: int) -> Iterable[Any]:
     first shuffle of the current files) and drops its first ``step`` batches,
     so that the epoch still has ``len(loader)`` steps in all.
     """
-    if isinstance(loader, ResumableTorchvisionLoader):
+    if _seekable(loader):
         loader.seek(epoch, step)
         return loader
     return _dropping(loader, step)

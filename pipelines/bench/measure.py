@@ -122,34 +122,23 @@ def _build_loader(spec: dict[str, Any]):
     """The loader a measurement spec names, built in the measuring process."""
     root = Path(spec["root"])
     num_classes = len(class_folders(root))
-    mix = _mix_config(spec["mix"], num_classes)
-    augment = _augment_config(spec.get("augment", "none"))
+    settings = {
+        "train": True,
+        "batch_size": spec["batch_size"],
+        "mix": _mix_config(spec["mix"], num_classes),
+        "augment": _augment_config(spec.get("augment", "none")),
+        "crop_size": spec["crop_size"],
+        "seed": 0,
+    }
     if spec["loader"] == "torchvision":
         from ..torchvision_ref import make_torchvision_loader
 
-        return make_torchvision_loader(
-            root,
-            train=True,
-            batch_size=spec["batch_size"],
-            workers=spec["workers"],
-            mix=mix,
-            augment=augment,
-            crop_size=spec["crop_size"],
-            seed=0,
-        )
+        return make_torchvision_loader(root, workers=spec["workers"], **settings)
     from ..imagenet import make_loader
 
+    layout = feed_format(spec)["layout"]
     return make_loader(
-        root,
-        train=True,
-        batch_size=spec["batch_size"],
-        device=spec["device"],
-        mix=mix,
-        augment=augment,
-        num_threads=spec["workers"],
-        crop_size=spec["crop_size"],
-        seed=0,
-        output_layout=feed_format(spec)["layout"],
+        root, device=spec["device"], num_threads=spec["workers"], output_layout=layout, **settings
     )
 
 
