@@ -1,4 +1,4 @@
-"""What every command of the project does with an error caused by its user's input.
+"""What every command of the project shares: how it ends on its user's error, its common flags.
 
 A bad value, a missing folder or an undecodable image ends a command with one
 line on stderr, ``PROG: error: MESSAGE`` (argparse's own format), and exit
@@ -14,31 +14,53 @@ internal error keeps its traceback::
         return 0
 
 Configuration dataclasses name their fields (``batch_size must be >= 1``); the
-line names the flag the user typed instead (``--batch-size must be >= 1``).
+line names the flag the user typed instead (``--batch-size must be >= 1``). A
+command that returns its exit status (``python -m train``) prints the same line
+with :func:`report_user_error`.
+
+The flags several commands share (:func:`add_shared_flags`), a configuration
+built from the flags named like its fields (:func:`from_flags`) and the JSON
+report a command writes (:func:`write_json`) have their one home here too.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import json
 import logging
 import os
 import re
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
 
 from dali_cutmix.files import DatasetError
 
 __all__ = [
     "SCRIPT_PREFIX",
+    "SHARED_FLAGS",
     "USER_ERRORS",
+    "add_count",
+    "add_report_flag",
+    "add_shared_flags",
+    "command_line",
     "command_name",
     "exit_on_user_error",
+    "from_flags",
     "one_line",
     "positive_int",
+    "replace_names",
+    "report_user_error",
+    "start_command",
+    "write_json",
 ]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Errors that come from the user's input or data: configuration values (ValueError, which
 # DatasetError and BadImageError are), and OS errors that name a path (missing, not
@@ -56,21 +78,28 @@ def _flags(parser: argparse.ArgumentParser, fields: Mapping[str, str]) -> dict[s
     return flags | dict(fields)
 
 
-def _name_flags(message: str, flags: Mapping[str, str]) -> str:
-    """``message`` with the internal names of settings replaced by their flags.
+def _name_pattern(name: str) -> str:
+    alone = rf"(?<![\w./'\"-]){re.escape(name)}(?![\w./'\"-])"
+    # Snake-case names never occur in prose; a plain word only where a message names a value.
+    return alone if "_" in name else alone + r"(?= must| \()"
 
-    A name is replaced where it stands alone (not inside a path, a quoted
-    string or a longer identifier) and either is a snake_case identifier, which prose never is, or
-    opens the message, as in the dataclasses' ``"{name} must be ..."``.
+
+def replace_names(message: str, names: Iterable[str], flag: Callable[[str], str]) -> str:
+    """``message`` with each of ``names`` that stands for a setting replaced by ``flag(name)``.
+
+    A name is replaced where it stands alone (not inside a path, a quoted string
+    or a longer identifier) and either is a snake_case identifier, which prose
+    never is, or comes before `` must`` or `` (``, as in the dataclasses'
+    ``"{name} must be ..."`` and ``"{name} ({value}) must be ..."``; the longest name first.
     """
-    for name, flag in sorted(flags.items(), key=lambda item: -len(item[0])):
-        alone = rf"(?<![\w./'\"-]){re.escape(name)}(?![\w./'\"-])"
-        pattern = alone if "_" in name else rf"^{alone}"
-        message = re.sub(pattern, flag, message)
-    return message
+    ordered = sorted(names, key=len, reverse=True)
+    if not ordered:
+        return message
+    pattern = "|".join(_name_pattern(name) for name in ordered)
+    return re.sub(pattern, lambda match: flag(match.group(0)), message)
 
 
-def one_line(error: BaseException) -> str:
+def one_line(error: BaseException | str) -> str:
     """The error's message on one line (DALI-style multi-line messages joined by spaces)."""
     return " ".join(part.strip() for part in str(error).splitlines() if part.strip())
 
@@ -82,23 +111,54 @@ def _is_user_error(error: Exception, catch: tuple[type[Exception], ...]) -> bool
     return not isinstance(error, OSError) or error.filename is not None
 
 
+def report_user_error(
+    parser: argparse.ArgumentParser,
+    error: Exception | str,
+    *,
+    fields: Mapping[str, str] | None = None,
+    name_flags: Callable[[str], str] | None = None,
+    status: int = 2,
+) -> int:
+    """Prints ``PROG: error: MESSAGE`` on stderr for ``error``; returns ``status``, to exit with.
+
+    Args:
+        parser: the command's parser: its ``prog`` starts the line, and each
+            ``dest`` in a configuration error's message is replaced by its flag
+            (``batch_size`` -> ``--batch-size``).
+        error: the exception, or the message to print. A ``ValueError`` is about
+            the configuration and its message names settings; a dataset's
+            (``DatasetError``), a file's (``OSError``) or a given message names paths.
+        fields: further internal names and their flags, for settings whose
+            field is named unlike the flag (``{"prob": "--mix-prob"}``).
+        name_flags: how a configuration error's message names the flags instead
+            of the parser's ``dest``s and ``fields`` (``python -m train`` names
+            them as the user typed them).
+        status: the exit status returned (2, argparse's status for bad usage).
+    """
+    text = one_line(error)
+    if isinstance(error, ValueError) and not isinstance(error, DatasetError):
+        if name_flags is None:
+            flags = _flags(parser, fields or {})
+            text = replace_names(text, flags, flags.__getitem__)
+        else:
+            text = name_flags(text)
+    print(f"{parser.prog}: error: {text}", file=sys.stderr, flush=True)
+    return status
+
+
 @contextlib.contextmanager
 def exit_on_user_error(
     parser: argparse.ArgumentParser,
     *,
     fields: Mapping[str, str] | None = None,
+    name_flags: Callable[[str], str] | None = None,
     status: int = 2,
     catch: tuple[type[Exception], ...] = USER_ERRORS,
 ) -> Iterator[None]:
     """Ends the command with ``PROG: error: MESSAGE`` on stderr and ``status`` on a user error.
 
     Args:
-        parser: the command's parser: its ``prog`` starts the line, and each
-            ``dest`` in a configuration error's message is replaced by its flag
-            (``batch_size`` -> ``--batch-size``).
-        fields: further internal names and their flags, for settings whose
-            field is named unlike the flag (``{"prob": "--mix-prob"}``).
-        status: the exit status (2, argparse's status for bad usage).
+        parser, fields, name_flags, status: as for :func:`report_user_error`.
         catch: the exception types that count as user errors; an ``OSError``
             counts only when it names a path.
 
@@ -111,12 +171,9 @@ def exit_on_user_error(
     except Exception as error:
         if not _is_user_error(error, catch):
             raise
-        message = one_line(error)
-        if not isinstance(error, DatasetError):  # a dataset's message names paths, not flags
-            message = _name_flags(message, _flags(parser, fields or {}))
         logger.debug("user error", exc_info=True)
-        print(f"{parser.prog}: error: {message}", file=sys.stderr, flush=True)
-        raise SystemExit(status) from None
+        code = report_user_error(parser, error, fields=fields, name_flags=name_flags, status=status)
+        raise SystemExit(code) from None
 
 
 # The installed console scripts are named dali-cutmix-<command> (see pyproject.toml).
@@ -144,3 +201,88 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an int >= 1, got {value}")
     return value
+
+
+# The flags several commands share: name -> (flag, help). Each command gives the default.
+SHARED_FLAGS: dict[str, tuple[str, str]] = {
+    "batch_size": ("--batch-size", "samples per batch"),
+    "threads": ("--threads", "DALI CPU threads"),
+    "crop_size": ("--crop-size", "side of the crops, pixels"),
+    "seed": ("--seed", "DALI's seed for the draws"),
+}
+
+
+def add_count(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    flag: str,
+    default: int,
+    help: str,
+    *,
+    type: Callable[[str], int] = positive_int,
+) -> None:
+    """Adds ``flag``, a whole number whose help ends with its default, said once.
+
+    ``type`` parses it: ints >= 1 by default; ``int`` where the configuration
+    checks the value and names the flag itself.
+    """
+    parser.add_argument(flag, type=type, default=default, help=f"{help} (default: %(default)s)")
+
+
+def add_shared_flags(
+    parser: argparse.ArgumentParser,
+    *,
+    help: Mapping[str, str] | None = None,
+    type: Callable[[str], int] = positive_int,
+    **defaults: int,
+) -> None:
+    """Adds the shared flags named in ``defaults``, in that order, each with its default.
+
+    ``add_shared_flags(parser, threads=2)`` adds ``--threads``, default 2 (see
+    :func:`add_count`, which ``type`` is passed to; ``--seed`` is any int). ``help``
+    words a flag for this command (``{"batch_size": "samples in the grid"}``).
+    """
+    for name, default in defaults.items():
+        flag, text = SHARED_FLAGS[name]
+        kind = int if name == "seed" else type
+        add_count(parser, flag, default, (help or {}).get(name, text), type=kind)
+
+
+def add_report_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    """Adds ``--out``: the file where the command also writes ``what`` (:func:`write_json`)."""
+    parser.add_argument(
+        "--out", type=Path, help=f"also write the {what} as JSON here (default: stdout only)"
+    )
+
+
+def write_json(path: Path, data: Any) -> Path:
+    """Writes ``data`` as indented JSON and a newline into ``path``, making its folder; returns
+    ``path`` (every command's report, and the scan's)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+def start_command(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> argparse.Namespace:
+    """``argv`` (default ``sys.argv[1:]``) parsed, with the tools' time-stamped INFO logging."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    return parser.parse_args(argv)
+
+
+def command_line(module: str, argv: Sequence[str] | None) -> str:
+    """The command as the user typed it (:func:`command_name`, then ``argv`` or ``sys.argv[1:]``),
+    recorded in a report."""
+    return " ".join([command_name(module), *(sys.argv[1:] if argv is None else argv)])
+
+
+def from_flags(cls: type[T], args: argparse.Namespace, **values: Any) -> T:
+    """A configuration dataclass ``cls`` of the flags named like its fields, then ``values``.
+
+    ``values`` gives the fields whose flag is named otherwise (``prob=args.mix_prob``)
+    or whose value is resolved from the flags; they win over a flag of the same name.
+    """
+    named = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)
+    }
+    return cls(**(named | values))

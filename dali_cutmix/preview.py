@@ -23,7 +23,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-from dali_cutmix.cli import command_name, exit_on_user_error, positive_int
+from dali_cutmix.cli import add_shared_flags, command_name, exit_on_user_error, from_flags
 from dali_cutmix.config import MixConfig
 from dali_cutmix.files import ImageList, list_image_folder
 from dali_cutmix.synthetic import SyntheticSpec, cache_dir, generate
@@ -310,14 +310,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         choices=["elem", "pair", "batch"],
         help="draw per sample, per pair of samples or per batch (default: %(default)s)",
     )
-    parser.add_argument(
-        "--batch-size",
-        type=positive_int,
-        default=16,
-        help="samples in the grid, four per row (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="DALI's seed for the draws (default: %(default)s)"
+    add_shared_flags(
+        parser, batch_size=16, seed=0, help={"batch_size": "samples in the grid, four per row"}
     )
     return parser
 
@@ -333,13 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with exit_on_user_error(parser, fields={"prob": "--mix-prob"}):
         images = list_image_folder(args.data or default_data())
-        config = MixConfig(
-            num_classes=images.num_classes,
-            cutmix_alpha=args.cutmix_alpha,
-            mixup_alpha=args.mixup_alpha,
-            prob=args.mix_prob,
-            switch_prob=args.switch_prob,
-            mode=args.mix_mode,
+        config = from_flags(
+            MixConfig, args, num_classes=images.num_classes, prob=args.mix_prob, mode=args.mix_mode
         )
         write_preview(images, args.out, config, batch_size=args.batch_size, seed=args.seed)
     return 0

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -36,7 +35,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from dali_cutmix.cli import command_name, exit_on_user_error
+from dali_cutmix.cli import command_name, exit_on_user_error, write_json
 from dali_cutmix.files import (
     BadImageError,
     ImageList,
@@ -257,7 +256,7 @@ def write_report(report: ScanReport, out: str | os.PathLike[str]) -> dict[str, P
         "good": len(report.images) - len(report.bad),
         "bad": [{"path": p, "label": label, "error": e} for p, label, e in report.bad],
     }
-    paths["bad_files.json"].write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(paths["bad_files.json"], summary)
     return paths
 
 

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from dali_cutmix.cli import exit_on_user_error
+from dali_cutmix.cli import exit_on_user_error, from_flags
 from dali_cutmix.procs import process_context
 
 __all__ = [
@@ -493,14 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
     with exit_on_user_error(parser, fields={"num_classes": "--classes"}):
-        spec = SyntheticSpec(
-            num_classes=args.classes,
-            train_per_class=args.train_per_class,
-            val_per_class=args.val_per_class,
-            seed=args.seed,
-            size_scale=args.size_scale,
-            quality=args.quality,
-        )
+        spec = from_flags(SyntheticSpec, args, num_classes=args.classes)
         root = generate(args.out, spec, workers=args.workers, progress=not args.no_progress)
     print(dataset_stats(root).summary())
     return 0

@@ -22,7 +22,6 @@ GPU tests.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -33,7 +32,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dali_cutmix.cli import command_name, exit_on_user_error, positive_int
+from dali_cutmix.cli import (
+    add_count,
+    add_shared_flags,
+    command_name,
+    exit_on_user_error,
+    start_command,
+    write_json,
+)
 
 __all__ = ["main", "probe_empty_region", "probe_other_width"]
 
@@ -215,9 +221,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if name in args.skip:
             continue
         report["steps"][name] = _step(name, command, out / f"{name}.log", args.timeout)
-        (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_json(out / "gpu_check.json", report)  # each step's result kept as it comes
     report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out / "gpu_check.json", report)
     return report
 
 
@@ -226,37 +232,27 @@ def get_args_parser() -> argparse.ArgumentParser:
         prog=command_name(__spec__.name),
         description="Run the GPU tests, DALI probes, graph cost and a short benchmark on a GPU.",
     )
-    add = parser.add_argument
-    add(
+    parser.add_argument(
         "--out",
         type=Path,
         default=Path("runs/gpu-check"),
         help="output folder (default: %(default)s)",
     )
-    add("--threads", type=positive_int, default=8, help="DALI CPU threads (default: %(default)s)")
-    add(
-        "--batch-size",
-        type=positive_int,
-        default=256,
-        help="benchmark batch size (default: %(default)s)",
-    )
-    add(
+    add_shared_flags(parser, threads=8, batch_size=256, help={"batch_size": "benchmark batch size"})
+    parser.add_argument(
         "--skip",
         nargs="*",
         default=[],
         choices=["pytest", "graph_cost", "bench"],
         help="steps to leave out (default: none)",
     )
-    add(
-        "--timeout", type=positive_int, default=1200, help="seconds per step (default: %(default)s)"
-    )
+    add_count(parser, "--timeout", 1200, "seconds per step")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     parser = get_args_parser()
-    args = parser.parse_args(argv)
+    args = start_command(parser, argv)
     with exit_on_user_error(parser):
         args.out.mkdir(parents=True, exist_ok=True)
     report = run(args)

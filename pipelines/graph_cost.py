@@ -22,16 +22,22 @@ is reported, with the min and max.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dali_cutmix.cli import command_name, exit_on_user_error, positive_int
+from dali_cutmix.cli import (
+    add_count,
+    add_report_flag,
+    add_shared_flags,
+    command_name,
+    exit_on_user_error,
+    start_command,
+    write_json,
+)
 from dali_cutmix.config import MixConfig
 
 if TYPE_CHECKING:
@@ -206,35 +212,18 @@ def get_args_parser() -> argparse.ArgumentParser:
         prog=command_name(__spec__.name),
         description="Per-batch CPU cost of the mixing graph (operators and ms), by setting.",
     )
-    add = parser.add_argument
-    add(
-        "--batch-size",
-        type=positive_int,
-        default=256,
-        help="samples per batch (default: %(default)s)",
+    add_shared_flags(parser, batch_size=256, threads=2, crop_size=224)
+    parser.add_argument(
+        "--targets", action="store_true", help="build the soft targets on the CPU too"
     )
-    add("--threads", type=positive_int, default=2, help="DALI CPU threads (default: %(default)s)")
-    add(
-        "--crop-size",
-        type=positive_int,
-        default=224,
-        help="side of the crops, pixels (default: %(default)s)",
-    )
-    add("--targets", action="store_true", help="build the soft targets on the CPU too")
-    add(
-        "--repeats",
-        type=positive_int,
-        default=2,
-        help="interleaved passes over the settings (default: %(default)s)",
-    )
-    add("--out", type=Path, help="also write the results as JSON here (default: stdout only)")
+    add_count(parser, "--repeats", 2, "interleaved passes over the settings")
+    add_report_flag(parser, "results")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     parser = get_args_parser()
-    args = parser.parse_args(argv)
+    args = start_command(parser, argv)
     if args.out:
         with exit_on_user_error(parser):  # a bad --out stops it before the run, not after
             args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -243,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = run(args)
     print(format_table(report))
     if args.out:
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.out, report)
     return 0
 
 

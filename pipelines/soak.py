@@ -22,13 +22,21 @@ import gc
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dali_cutmix.cli import command_name, exit_on_user_error, positive_int
+from dali_cutmix.cli import (
+    add_count,
+    add_report_flag,
+    add_shared_flags,
+    command_line,
+    command_name,
+    exit_on_user_error,
+    start_command,
+    write_json,
+)
 from dali_cutmix.config import MixConfig
 from dali_cutmix.synthetic import CACHE_ENV, SyntheticSpec, cache_dir, generate
 
@@ -129,44 +137,29 @@ def get_args_parser() -> argparse.ArgumentParser:
         prog=command_name(__spec__.name),
         description="Host memory over many epochs and resumes of the DALI training loader.",
     )
-    parser.add_argument(
-        "--epochs", type=positive_int, default=30, help="epochs to run (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--resumes",
-        type=positive_int,
-        default=20,
-        help="stop-and-resume cycles after the epochs (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--threads", type=positive_int, default=2, help="DALI CPU threads (default: %(default)s)"
-    )
+    add_count(parser, "--epochs", 30, "epochs to run")
+    add_count(parser, "--resumes", 20, "stop-and-resume cycles after the epochs")
+    add_shared_flags(parser, threads=2)
     parser.add_argument(
         "--cache-dir",
         type=Path,
         default=None,
         help=f"where the generated set is kept (default: ${CACHE_ENV}, else ./data)",
     )
-    parser.add_argument(
-        "--out", type=Path, help="also write the figures as JSON here (default: stdout only)"
-    )
+    add_report_flag(parser, "figures")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     parser = get_args_parser()
-    args = parser.parse_args(argv)
+    args = start_command(parser, argv)
     with exit_on_user_error(parser):
         root = generate(cache_dir(args.cache_dir) / "soak-embedded", SPEC) / "train"
         report = soak(root, epochs=args.epochs, resumes=args.resumes, threads=args.threads)
-    given = sys.argv[1:] if argv is None else list(argv)
-    report["command"] = " ".join([command_name(__spec__.name), *given])
-    text = json.dumps(report, indent=2)
-    print(text)
+    report["command"] = command_line(__spec__.name, argv)
+    print(json.dumps(report, indent=2))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+        write_json(args.out, report)
     return 0
 
 

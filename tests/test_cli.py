@@ -8,9 +8,21 @@ import subprocess
 import sys
 
 import pytest
+from conftest import build_image_folder
 
-from dali_cutmix.cli import exit_on_user_error, positive_int
+from dali_cutmix.cli import (
+    add_count,
+    add_shared_flags,
+    command_line,
+    exit_on_user_error,
+    from_flags,
+    positive_int,
+    replace_names,
+    report_user_error,
+    write_json,
+)
 from dali_cutmix.files import DatasetError
+from dali_cutmix.synthetic import SyntheticSpec
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,6 +86,69 @@ def test_other_errors_pass_through_with_their_traceback(error: Exception, capsys
     assert capsys.readouterr().err == ""
 
 
+def test_a_command_may_name_the_flags_its_own_way(capsys) -> None:
+    code, err = _exit_line(ValueError("seed must be >= 0"), capsys, name_flags=str.upper)
+    assert (code, err) == (2, "python -m tool: error: SEED MUST BE >= 0\n")
+
+
+def test_report_user_error_returns_the_status_and_names_flags_in_configuration_errors(
+    capsys,
+) -> None:
+    parser = _parser()
+    assert report_user_error(parser, ValueError("batch_size must be >= 1, got 0"), status=4) == 4
+    assert report_user_error(parser, "batch_size of '/d' is\n  not a folder") == 2
+    assert capsys.readouterr().err == (
+        "python -m tool: error: --batch-size must be >= 1, got 0\n"
+        "python -m tool: error: batch_size of '/d' is not a folder\n"
+    )
+
+
+def _dashed(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def test_replace_names_replaces_settings_not_prose() -> None:
+    message = "lr must be > 0; warmup_epochs (3) must be <= epochs (2); the epochs ran"
+    assert replace_names(message, ["lr", "epochs", "warmup_epochs"], _dashed) == (
+        "--lr must be > 0; --warmup-epochs (3) must be <= --epochs (2); the epochs ran"
+    )
+    assert replace_names(message, [], _dashed) == message
+
+
+def test_from_flags_takes_the_flags_named_like_the_fields() -> None:
+    args = argparse.Namespace(classes=3, seed=5, quality=80, out="x")
+    assert from_flags(SyntheticSpec, args, num_classes=args.classes, seed=7) == SyntheticSpec(
+        num_classes=3, seed=7, quality=80
+    )
+
+
+def test_shared_flags_keep_their_order_wording_and_default() -> None:
+    parser = argparse.ArgumentParser()
+    add_shared_flags(parser, threads=2, batch_size=16, help={"batch_size": "samples in the grid"})
+    add_count(parser, "--epochs", 3, "epochs to run", type=int)
+    flags = [(a.option_strings[-1], a.default, a.help) for a in parser._actions[1:]]
+    assert flags == [
+        ("--threads", 2, "DALI CPU threads (default: %(default)s)"),
+        ("--batch-size", 16, "samples in the grid (default: %(default)s)"),
+        ("--epochs", 3, "epochs to run (default: %(default)s)"),
+    ]
+    assert parser.parse_args(["--epochs", "0"]).epochs == 0  # int: checked by a configuration
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--threads", "0"])
+
+
+def test_write_json_makes_the_folder_and_ends_the_file_with_a_newline(tmp_path) -> None:
+    path = write_json(tmp_path / "a" / "r.json", {"x": [1]})
+    assert path == tmp_path / "a" / "r.json"
+    assert path.read_text() == '{\n  "x": [\n    1\n  ]\n}\n'
+
+
+def test_command_line_is_the_command_as_typed(monkeypatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["/x/soak.py", "--epochs", "3"])
+    assert command_line("pipelines.soak", None) == "python -m pipelines.soak --epochs 3"
+    assert command_line("pipelines.soak", ["--out", "o"]) == "python -m pipelines.soak --out o"
+
+
 def test_positive_int() -> None:
     assert positive_int("3") == 3
     for text, message in (("0", "expected an int >= 1, got 0"), ("x", "got 'x'")):
@@ -131,3 +206,62 @@ def test_help_loads_neither_torch_nor_dali_beyond_the_package(command: str) -> N
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------- every command's bad value
+
+BAD_VALUES = [  # module, a bad value (in a tmp folder) and the line that answers it
+    ("train", ["--epochs", "0"], "--epochs must be > 0, got 0"),
+    ("train", ["-j", "0"], "-j must be an int >= 1, got 0"),
+    (
+        "train",
+        ["--device", "cpu", "--amp", "fp16"],
+        "--amp fp16 needs a GPU (it uses a GradScaler); use bf16 or off",
+    ),
+    ("train", ["--amp", "fp16", "--mix-prob", "2"], "--mix-prob must be in [0.0, 1.0], got 2.0"),
+    ("pipelines.bench", ["--classes", "0", "--out", "{tmp}/o"], "--classes must be >= 1, got 0"),
+    (
+        "pipelines.bench",
+        ["--device", "both", "--windows", "0"],
+        "--windows must be >= 1, got 0",
+    ),
+    (
+        "pipelines.graph_cost",
+        ["--batch-size", "0"],
+        "argument --batch-size: expected an int >= 1, got 0",
+    ),
+    ("pipelines.soak", ["--epochs", "0"], "argument --epochs: expected an int >= 1, got 0"),
+    ("pipelines.gpu_check", ["--threads", "0"], "argument --threads: expected an int >= 1, got 0"),
+    (
+        "dali_cutmix.preview",
+        ["--data", "{tmp}/data", "--mix-prob", "3", "--out", "{tmp}/p.png"],
+        "--mix-prob must be in [0.0, 1.0], got 3.0",
+    ),
+    (
+        "dali_cutmix.scan",
+        ["{tmp}/data", "--out", "{tmp}/o", "--workers", "0"],
+        "--workers must be >= 1, got 0",
+    ),
+    ("dali_cutmix.synthetic", ["{tmp}/s", "--classes", "0"], "--classes must be >= 1, got 0"),
+]
+
+
+@pytest.mark.parametrize(("command", "argv", "line"), BAD_VALUES)
+def test_a_bad_value_is_answered_before_torch_or_dali_loads(
+    command: str, argv: list[str], line: str, tmp_path
+) -> None:
+    """Loading torch and DALI takes seconds: every value that needs neither is checked first
+    (``--device auto``, ``--amp auto`` and train's workers are resolved after)."""
+    build_image_folder(tmp_path / "data", classes=2, per_class=1, extras=False)
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", command, *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.splitlines()[-1] == f"python -m {command}: error: {line}"
+    imported = {row.split("|")[-1].strip() for row in done.stderr.splitlines() if "|" in row}
+    assert not {m for m in imported if m.split(".")[0] in ("torch", "torchvision")}
+    assert not {m for m in imported if m.startswith("nvidia.dali")}

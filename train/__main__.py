@@ -26,8 +26,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from dali_cutmix.cli import command_name
+from dali_cutmix.cli import report_user_error
 
+from .cli import get_args_parser
 from .config import parse_config
 from .status import DataFailure, ExitStatus
 
@@ -37,17 +38,12 @@ def log_level(rank: int) -> int:
     return logging.INFO if rank == 0 else logging.WARNING
 
 
-def _error_line(message: str) -> None:
-    line = f"{command_name(__package__)}: error: {' '.join(message.split())}"
-    print(line, file=sys.stderr, flush=True)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m train``; returns its exit status (see :mod:`train.status`).
 
     Errors caused by the input (flags, folders, file lists, checkpoints, an
-    undecodable image) end with one line on stderr; any other error keeps its
-    traceback.
+    undecodable image) end with one line on stderr
+    (:func:`dali_cutmix.cli.report_user_error`); any other error keeps its traceback.
     """
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=log_level(rank), format="%(asctime)s %(name)s: %(message)s")
@@ -61,12 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         status = EXIT_STATUS[run(config).outcome]
-    except DataFailure as failure:
-        _error_line(failure.message(argv))
-        return ExitStatus.DATA
+    except DataFailure as failure:  # a bad file: the scan to run, then how to go on
+        return report_user_error(get_args_parser(), failure.message(argv), status=ExitStatus.DATA)
     except DatasetError as error:
-        _error_line(str(error))
-        return ExitStatus.USAGE
+        return report_user_error(get_args_parser(), error, status=ExitStatus.USAGE)
     # torchrun stops every rank as soon as one exits with a non-zero status: only rank 0,
     # which writes the checkpoint and says how to continue, reports a stop.
     return status if rank == 0 else ExitStatus.FINISHED

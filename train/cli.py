@@ -11,7 +11,7 @@ import argparse
 import enum
 from pathlib import Path
 
-from dali_cutmix.cli import command_name
+from dali_cutmix.cli import add_count, command_name
 from dali_cutmix.config import AutoAugment, EraseMode, Interpolation, MixMode
 from dali_cutmix.synthetic import CACHE_ENV
 
@@ -245,11 +245,12 @@ def _add_optim_args(model: argparse._ArgumentGroup) -> None:
         default=None,
         help="linear warmup (default: 5 with --data, 1 embedded; <= epochs / 5)",
     )
-    model.add_argument(
+    add_count(
+        model,
         "--lr-step-size",
+        30,
+        "epochs between decays for --lr-schedule step (paper: 75)",
         type=int,
-        default=30,
-        help="epochs between decays for --lr-schedule step (paper: 75)",
     )
     model.add_argument(
         "--lr-gamma",
@@ -355,11 +356,8 @@ def _add_ema_args(ema: argparse._ArgumentGroup) -> None:
         default=False,
         help="keep an exponential moving average of the weights, evaluated after every epoch",
     )
-    ema.add_argument(
-        "--model-ema-steps",
-        type=int,
-        default=32,
-        help="optimizer steps between two updates of the average",
+    add_count(
+        ema, "--model-ema-steps", 32, "optimizer steps between two updates of the average", type=int
     )
     ema.add_argument(
         "--model-ema-decay",
@@ -393,11 +391,12 @@ def _add_run_args(run: argparse._ArgumentGroup) -> None:
         default=None,
         help="NHWC model and loader output (default: on GPU)",
     )
-    run.add_argument(
+    add_count(
+        run,
         "--seed",
+        0,
+        "seeds the model's initialisation, the data order and the mixing",
         type=int,
-        default=0,
-        help="seeds the model's initialisation, the data order and the mixing",
     )
     run.add_argument(
         "--deterministic",
@@ -427,11 +426,12 @@ def _add_run_args(run: argparse._ArgumentGroup) -> None:
         metavar="CHECKPOINT",
         help="continue the run saved in CHECKPOINT, with its configuration (see below)",
     )
-    run.add_argument(
+    add_count(
+        run,
         "--print-freq",
+        10,
+        "steps between progress updates (the only host syncs of a step)",
         type=int,
-        default=10,
-        help="steps between progress updates (the only host syncs of a step)",
     )
     run.add_argument(
         "--stop-after-steps",

@@ -16,16 +16,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import enum
+import functools
 import hashlib
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from dali_cutmix.cli import exit_on_user_error, replace_names
 from dali_cutmix.config import (
     AugmentConfig,
     AutoAugment,
@@ -340,6 +341,8 @@ def _world_size() -> int:
 
 
 def _resolve_device(name: str) -> Device:
+    if name == Device.CPU.value:
+        return Device.CPU
     import torch
 
     if name == "auto":
@@ -350,12 +353,12 @@ def _resolve_device(name: str) -> Device:
 
 
 def _resolve_precision(name: str, device: Device) -> Precision:
-    import torch
-
     if name != "auto":
         return Precision(name)
     if device is Device.CPU:
         return Precision.FP32
+    import torch
+
     return Precision.BF16 if torch.cuda.is_bf16_supported() else Precision.FP16
 
 
@@ -380,22 +383,21 @@ def _file_list(flag: str, path: Path | None) -> Path | None:
     return path.resolve()
 
 
-def _data_config(args: argparse.Namespace, device: Device) -> DataConfig:
+def _data_config(args: argparse.Namespace, workers: int) -> DataConfig:
     embedded = args.data is None
     crop = _given(args.crop_size, 64 if embedded else 224)
     val_crop = _given(args.val_crop_size, crop)
-    loader = _enum(LoaderKind, "loader", args.loader)
     return DataConfig(
         root=None if embedded else args.data,
         classes=tuple(EMBEDDED_SPEC.classes if embedded else _list_classes(args.data)),
         embedded=EMBEDDED_SPEC if embedded else None,
-        loader=loader,
+        loader=args.loader,
         batch_size=_given(args.batch_size, 64 if embedded else 256),
         train_crop_size=_given(args.train_crop_size, crop),
         val_crop_size=val_crop,
         val_resize_size=_given(args.val_resize_size, round(val_crop * 8 / 7)),
         interpolation=args.interpolation,
-        workers=_given(args.workers, default_workers(loader, device)),
+        workers=workers,
         cache_dir=cache_dir(args.cache_dir),
         train_list=_file_list("--train-list", args.train_list),
         val_list=_file_list("--val-list", args.val_list),
@@ -518,6 +520,10 @@ def config_from_args(
 ) -> TrainConfig:
     """Resolves data-dependent defaults and builds the validated :class:`TrainConfig`.
 
+    Every value is checked before torch and DALI load (seconds), so that a bad one
+    answers at once; ``--device auto``, ``--amp auto``, ``--channels-last`` and the
+    workers' default are resolved after.
+
     Args:
         saved_augment: the augmentation of the checkpoint being resumed, which the
             augmentation flags in ``args`` (``None`` where not typed) change.
@@ -525,21 +531,38 @@ def config_from_args(
     Raises:
         ValueError: a flag or a combination of flags is invalid.
     """
-    embedded = args.data is None
+    checked = _checked_config(args, saved_augment or AugmentConfig())
     device = _resolve_device(args.device)
-    data = _data_config(args, device)
+    workers = _given(args.workers, default_workers(checked.data.loader, device))
+    return dataclasses.replace(
+        checked,
+        data=dataclasses.replace(checked.data, workers=workers),
+        device=device,
+        precision=_resolve_precision(args.amp, device),
+        channels_last=device is Device.GPU if args.channels_last is None else args.channels_last,
+    )
+
+
+def _checked_config(args: argparse.Namespace, saved_augment: AugmentConfig) -> TrainConfig:
+    """The configuration with what needs torch or DALI to resolve left as any valid value.
+
+    ``--device auto`` is checked as the GPU, which allows every precision; the
+    device's own checks come once it is resolved.
+    """
+    embedded = args.data is None
+    data = _data_config(args, workers=_given(args.workers, 1))
     epochs = _given(args.epochs, 6 if embedded else 90)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return TrainConfig(
         data=data,
         optim=_optim_config(args, data, epochs),
         mix=_mix_config(args, data),
-        augment=_augment_config(args, saved_augment or AugmentConfig()),
+        augment=_augment_config(args, saved_augment),
         arch=args.arch or ("resnet18" if embedded else "resnet50"),
         epochs=epochs,
-        device=device,
-        precision=_resolve_precision(args.amp, device),
-        channels_last=device is Device.GPU if args.channels_last is None else args.channels_last,
+        device=Device.CPU if args.device == Device.CPU.value else Device.GPU,
+        precision=Precision.FP32 if args.amp == "auto" else args.amp,
+        channels_last=bool(args.channels_last),
         seed=args.seed,
         deterministic=args.deterministic,
         output_dir=args.output_dir or Path("runs") / stamp,
@@ -674,12 +697,6 @@ def typed_flags(argv: Sequence[str]) -> dict[str, str]:
     return {a.dest: _spelling(a.option_strings, argv) for a in actions if a.dest in typed}
 
 
-def _name_pattern(name: str) -> str:
-    alone = rf"(?<![\w./'\"-]){re.escape(name)}(?![\w./'\"-])"
-    # Snake-case names never occur in prose; a plain word only where a message names a value.
-    return alone if "_" in name else alone + r"(?= must| \()"
-
-
 def _setters(field: str) -> tuple[tuple[str, str], ...]:
     """The (dest, flag) pairs that set ``field``: its own flag first, then its aliases."""
     own = (FLAGS[field],) if field in FLAGS else ()
@@ -694,7 +711,6 @@ def _typed_setter(field: str, typed: Mapping[str, str]) -> str | None:
 # Only fields with a flag of their own are named in messages: "ra_magnitude must be <
 # num_magnitude_bins (31)" keeps the second name, which no single flag sets.
 _BY_NAME = {field.rsplit(".", 1)[-1]: field for field in FLAGS}
-_NAMES = re.compile("|".join(_name_pattern(n) for n in sorted(_BY_NAME, key=len, reverse=True)))
 
 
 def name_flags(message: str, typed: Mapping[str, str]) -> str:
@@ -704,12 +720,12 @@ def name_flags(message: str, typed: Mapping[str, str]) -> str:
     the flag is spelled as the user typed it (``typed``, from :func:`typed_flags`).
     """
 
-    def flag(match: re.Match) -> str:
-        field = _BY_NAME[match.group(0)]
+    def flag(name: str) -> str:
+        field = _BY_NAME[name]
         dest = _typed_setter(field, typed)
         return FLAGS[field][1] if dest is None else typed[dest]
 
-    return _NAMES.sub(flag, message)
+    return replace_names(message, _BY_NAME, flag)
 
 
 # ----------------------------------------------------------------------------- resuming
@@ -951,13 +967,11 @@ def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
     parser = get_args_parser()
     args = parser.parse_args(argv)
     typed = typed_flags(argv)
-    try:
+    named = functools.partial(name_flags, typed=typed)
+    with exit_on_user_error(parser, name_flags=named, status=ExitStatus.USAGE, catch=(ValueError,)):
         if args.config is not None:
             return replay_config(args, typed)
         if args.resume is not None:
             return resume_config(args, typed)
         _check_ema_flags(args, typed)
         return config_from_args(args)
-    except ValueError as error:
-        message = " ".join(name_flags(str(error), typed).split())
-        parser.exit(ExitStatus.USAGE, f"{parser.prog}: error: {message}\n")

@@ -9,7 +9,6 @@ Sets the process up (distributed group, determinism, the output folder and its
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -18,6 +17,7 @@ from typing import Any
 
 import torch
 
+from dali_cutmix.cli import write_json
 from dali_cutmix.files import DatasetError
 
 from .checkpoint import load_checkpoint
@@ -107,7 +107,7 @@ def evaluate_checkpoint(config: TrainConfig, state: dict[str, Any], info: DistIn
     epoch, step = state["epoch"], state["step"]
     record = {"checkpoint": str(config.resume), "epoch": epoch, "step": step, **val_metrics(val)}
     if info.is_main:
-        (config.output_dir / TEST_NAME).write_text(json.dumps(record, indent=2) + "\n")
+        write_json(config.output_dir / TEST_NAME, record)
         trained = f"{epoch} epochs" + (f" and {step} steps" if step else "")
         print(f"{config.resume} (trained {trained}): {accuracy_line(record)}", flush=True)
     return RunResult([], Outcome.TESTED, evaluation=record)

@@ -11,13 +11,21 @@ import json
 import logging
 import os
 import platform
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dali_cutmix.cli import command_name, exit_on_user_error
+from dali_cutmix.cli import (
+    add_count,
+    add_shared_flags,
+    command_line,
+    command_name,
+    exit_on_user_error,
+    from_flags,
+    start_command,
+    write_json,
+)
 from dali_cutmix.files import list_image_folder
 
 from .plan import SWEEPS, BenchConfig, plan_sections
@@ -94,8 +102,7 @@ def run_benchmark(config: BenchConfig, command: str) -> dict[str, Any]:
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **results,
     }
-    config.out.mkdir(parents=True, exist_ok=True)
-    (config.out / "results.json").write_text(json.dumps(report, indent=2))
+    write_json(config.out / "results.json", report)
     plot_results(report, config.out / "results.png")
     print(format_table(report))
     return report
@@ -124,19 +131,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         type=Path,
         help="folder for results.json and results.png (default: runs/bench-<date>-<time>)",
     )
-    add(
-        "--classes",
-        type=int,
-        default=40,
-        help="classes of the generated set (default: %(default)s)",
-    )
-    add(
-        "--per-class",
-        type=int,
-        default=50,
-        help="training images per class of the generated set (default: %(default)s)",
-    )
-    add("--batch-size", type=int, default=32, help="loader batch size (default: %(default)s)")
+    add_count(parser, "--classes", 40, "classes of the generated set", type=int)
+    add_count(parser, "--per-class", 50, "training images per class of the generated set", type=int)
+    add_shared_flags(parser, batch_size=32, help={"batch_size": "loader batch size"}, type=int)
     add(
         "--workers",
         type=int,
@@ -157,40 +154,17 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="the scaling sweep's batch sizes (default: 16,32,64)",
     )
     add("--arch", default="resnet50", help="torchvision model trained (default: %(default)s)")
-    add(
-        "--train-batch-size",
-        type=int,
-        default=16,
-        help="training batch size (default: %(default)s)",
-    )
-    add(
-        "--crop-size",
-        type=int,
-        default=224,
-        help="side of the crops, pixels (default: %(default)s)",
-    )
-    add(
-        "--warmup",
-        type=int,
-        default=10,
-        help="batches skipped before timing (default: %(default)s)",
-    )
-    add("--windows", type=int, default=5, help="timed windows per loader (default: %(default)s)")
-    add(
-        "--window-batches",
-        type=int,
-        default=20,
-        help="batches per loader window (default: %(default)s)",
-    )
-    add(
-        "--train-windows", type=int, default=3, help="timed training windows (default: %(default)s)"
-    )
-    add(
-        "--train-window-batches",
-        type=int,
-        default=2,
-        help="batches per training window (default: %(default)s)",
-    )
+    add_count(parser, "--train-batch-size", 16, "training batch size", type=int)
+    add_shared_flags(parser, crop_size=224, type=int)
+    # BenchConfig checks the counts, naming the flag (--warmup may be 0)
+    for flag, default, help_text in (
+        ("--warmup", 10, "batches skipped before timing"),
+        ("--windows", 5, "timed windows per loader"),
+        ("--window-batches", 20, "batches per loader window"),
+        ("--train-windows", 3, "timed training windows"),
+        ("--train-window-batches", 2, "batches per training window"),
+    ):
+        add_count(parser, flag, default, help_text, type=int)
     add(
         "--device",
         choices=["auto", "cpu", "gpu", "both"],
@@ -214,30 +188,30 @@ def default_out() -> Path:
     return Path("runs") / time.strftime("bench-%Y%m%d-%H%M%S")
 
 
-def config_from_args(args: argparse.Namespace) -> BenchConfig:
-    """The :class:`BenchConfig` the flags ask for (``--device`` resolved against CUDA)."""
+def _devices(device: str) -> tuple[str, ...]:
+    """Where DALI runs for ``--device``; torch is asked about CUDA only where it decides."""
+    if device in ("cpu", "both"):
+        return {"cpu": ("cpu",), "both": ("gpu", "cpu")}[device]
     import torch
 
     cuda = torch.cuda.is_available()
-    if args.device == "gpu" and not cuda:
+    if device == "gpu" and not cuda:
         raise ValueError("--device gpu needs CUDA, which this machine does not have")
-    devices = {
-        "auto": ("gpu", "cpu") if cuda else ("cpu",),
-        "cpu": ("cpu",),
-        "gpu": ("gpu",),
-        "both": ("gpu", "cpu"),
-    }[args.device]
+    if device == "gpu":
+        return ("gpu",)
+    return ("gpu", "cpu") if cuda else ("cpu",)  # auto
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    """The :class:`BenchConfig` the flags ask for (``--device`` resolved against CUDA).
+
+    Every value is checked before torch loads (seconds), so that a bad one answers at once.
+    """
     threads = args.threads_list or tuple(
         n for n in (1, 2, 4, 8, 16, 32) if n <= (os.cpu_count() or 1)
     )
-    given = {
-        f.name: getattr(args, f.name)
-        for f in dataclasses.fields(BenchConfig)
-        if hasattr(args, f.name)
-    }
-    return BenchConfig(
-        **{**given, "out": args.out or default_out(), "threads_list": threads, "devices": devices}
-    )
+    config = from_flags(BenchConfig, args, out=args.out or default_out(), threads_list=threads)
+    return dataclasses.replace(config, devices=_devices(args.device))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -247,9 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     measurement with one line on stderr and status 2
     (:func:`dali_cutmix.cli.exit_on_user_error`).
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     parser = get_args_parser()
-    args = parser.parse_args(argv)
+    args = start_command(parser, argv)
     if args.measure:
         from .measure import measure
 
@@ -260,7 +233,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if config.data is not None:  # found unusable here, not in every measurement
             list_image_folder(data_root(config.data))
         config.out.mkdir(parents=True, exist_ok=True)  # not only after the whole run
-    command = " ".join([command_name(__package__), *(argv if argv is not None else sys.argv[1:])])
-    report = run_benchmark(config, command)
+    report = run_benchmark(config, command_line(__package__, argv))
     failed = [r for section in SWEEPS for r in report[section] if "error" in r]
     return 1 if failed else 0
