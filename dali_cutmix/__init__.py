@@ -14,10 +14,12 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time see __getattr__
     from dali_cutmix.config import (
         AugmentConfig,
         AutoAugment,
+        Device,
         EraseMode,
         Interpolation,
         MixConfig,
         MixMode,
+        resolve_device,
     )
     from dali_cutmix.files import BadImageError, DatasetError
     from dali_cutmix.loader import DaliLoader, LastBatch
@@ -27,10 +29,12 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time see __getattr__
 _HOME = {
     "AugmentConfig": "config",
     "AutoAugment": "config",
+    "Device": "config",
     "EraseMode": "config",
     "Interpolation": "config",
     "MixConfig": "config",
     "MixMode": "config",
+    "resolve_device": "config",
     "BadImageError": "files",
     "DatasetError": "files",
     "DaliLoader": "loader",
@@ -47,6 +51,7 @@ __all__ = [
     "BadImageError",
     "DaliLoader",
     "DatasetError",
+    "Device",
     "EraseMode",
     "Interpolation",
     "LastBatch",
@@ -56,6 +61,7 @@ __all__ = [
     "cutout",
     "mix",
     "mixup",
+    "resolve_device",
     "soft_targets",
 ]
 __version__ = "0.1.0"

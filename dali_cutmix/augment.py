@@ -35,7 +35,13 @@ from nvidia.dali.auto_aug import trivial_augment as _trivial_augment
 from nvidia.dali.data_node import DataNode
 from nvidia.dali.pipeline import do_not_convert
 
-from dali_cutmix.config import AugmentConfig, AutoAugment, EraseMode, Interpolation
+from dali_cutmix.config import (
+    AugmentConfig,
+    AutoAugment,
+    EraseMode,
+    Interpolation,
+    check_warp_interpolation,
+)
 
 __all__ = [
     "ERASE_ATTEMPTS",
@@ -59,12 +65,8 @@ def needs_conditionals(config: AugmentConfig | None) -> bool:
 
 def warp_interp(interpolation: Interpolation) -> types.DALIInterpType:
     """DALI's interpolation for the automatic augmentations' warps; bicubic raises ValueError."""
-    if interpolation is Interpolation.BICUBIC:
-        raise ValueError(
-            "interpolation 'bicubic' cannot be honoured by the automatic augmentations "
-            "(DALI's warps are bilinear or nearest); use bilinear or nearest"
-        )
-    return types.INTERP_NN if interpolation is Interpolation.NEAREST else types.INTERP_LINEAR
+    nearest = check_warp_interpolation(interpolation) is Interpolation.NEAREST
+    return types.INTERP_NN if nearest else types.INTERP_LINEAR
 
 
 def auto_augment(

@@ -12,9 +12,49 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import logging
 import math
 import re
 from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+class Device(str, enum.Enum):
+    """Where a pipeline decodes and augments, and a run trains: ``auto`` is the GPU
+    where torch sees CUDA, else the CPU (:func:`resolve_device`)."""
+
+    AUTO = "auto"
+    CPU = "cpu"
+    GPU = "gpu"
+
+
+def resolve_device(device: Device | str) -> Device:
+    """``device`` as the CPU or the GPU: ``auto`` resolved (and logged), ``gpu`` checked.
+
+    Imports torch only to look for CUDA, so ``cpu`` costs nothing.
+
+    Raises:
+        ValueError: ``gpu`` where torch sees no CUDA device, or not a device.
+    """
+    device = _enum(Device, "device", device)
+    if device is Device.CPU:
+        return device
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if device is Device.AUTO:
+        device = Device.GPU if cuda else Device.CPU
+        logger.info(
+            "device auto: CUDA %s, using the %s",
+            "available" if cuda else "not available",
+            device.value.upper(),
+        )
+    elif not cuda:
+        raise ValueError(
+            "device must be 'cpu' or 'auto': torch sees no CUDA device here (got 'gpu')"
+        )
+    return device
 
 
 class MixMode(str, enum.Enum):
@@ -304,6 +344,20 @@ def _enum(kind: type[enum.Enum], name: str, value: Any) -> Any:
     except ValueError:
         allowed = ", ".join(repr(m.value) for m in kind)
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}") from None
+
+
+def check_warp_interpolation(interpolation: Interpolation | str) -> Interpolation:
+    """``interpolation`` for the automatic augmentations' warps, checked: they are bilinear
+    or nearest only, DALI's and torchvision's alike, so bicubic raises ValueError (the one
+    refusal of the pipeline, the torchvision loader and ``python -m train``)."""
+    interpolation = _enum(Interpolation, "interpolation", interpolation)
+    if interpolation is Interpolation.BICUBIC:
+        raise ValueError(
+            "interpolation (bicubic) cannot be used with auto_augment: the automatic "
+            "augmentations warp with bilinear or nearest interpolation only (DALI's and "
+            "torchvision's alike); use bilinear or nearest"
+        )
+    return interpolation
 
 
 _TIMM_AA_HELP = (

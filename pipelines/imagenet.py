@@ -40,7 +40,14 @@ from dali_cutmix.augment import (
     random_erase,
     warp_interp,
 )
-from dali_cutmix.config import AugmentConfig, Interpolation, MixConfig, _enum
+from dali_cutmix.config import (
+    AugmentConfig,
+    Device,
+    Interpolation,
+    MixConfig,
+    _enum,
+    resolve_device,
+)
 from dali_cutmix.files import ImageList, list_image_folder, read_file_list
 from dali_cutmix.loader import DaliLoader, LastBatch
 from dali_cutmix.mixing import mix as mix_images
@@ -62,12 +69,6 @@ logger = logging.getLogger(__name__)
 READER_NAME = "Reader"
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
-
-
-class Device(str, enum.Enum):
-    AUTO = "auto"
-    CPU = "cpu"
-    GPU = "gpu"
 
 
 class Layout(str, enum.Enum):
@@ -440,20 +441,11 @@ def resolve_shard(shard_id: int | None, num_shards: int | None) -> tuple[int, in
     return shard_id, num_shards
 
 
-def resolve_device(device: Device | str, device_id: int | None) -> int | None:
-    """The DALI ``device_id``: a CUDA device for the GPU path, ``None`` for the CPU path."""
-    device = _enum(Device, "device", device)
-    if device is Device.AUTO:
-        device = Device.GPU if torch.cuda.is_available() else Device.CPU
-        logger.info(
-            "device='auto': CUDA %s, using the %s pipeline",
-            "available" if device is Device.GPU else "not available",
-            device.value.upper(),
-        )
-    if device is Device.CPU:
+def dali_device_id(device: Device | str, device_id: int | None) -> int | None:
+    """The DALI ``device_id``: a CUDA device for the GPU path, ``None`` for the CPU path
+    (``device`` resolved by :func:`dali_cutmix.config.resolve_device`)."""
+    if resolve_device(device) is Device.CPU:
         return None
-    if not torch.cuda.is_available():
-        raise ValueError("device='gpu' needs CUDA, which torch does not see; use device='cpu'")
     if device_id is None:
         device_id = int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))
     logger.info("decoding and augmenting on the GPU (cuda:%d)", device_id)
@@ -590,7 +582,7 @@ def make_loader(
             f"mix.num_classes is {options.mix.num_classes} but {images.source!r} has "
             f"{images.num_classes} classes"
         )
-    dali_device = resolve_device(device, device_id)
+    dali_device = dali_device_id(device, device_id)
     gpu = dali_device is not None
     build = functools.partial(
         _build_pipeline,

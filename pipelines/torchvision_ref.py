@@ -44,6 +44,7 @@ from dali_cutmix.config import (
     Interpolation,
     MixConfig,
     _enum,
+    check_warp_interpolation,
 )
 from dali_cutmix.files import (
     BadImageError,
@@ -112,12 +113,8 @@ def _interpolation(value: Interpolation | str) -> str:
 
 def _refuse_what_torchvision_cannot_honour(augment: AugmentConfig, interpolation: str) -> None:
     """Raises ValueError for settings torchvision's transforms would change or fail on."""
-    if augment.auto_augment is not None and interpolation == Interpolation.BICUBIC.value:
-        # On tensors, torchvision's warps take nearest and bilinear only (DALI's likewise).
-        raise ValueError(
-            "interpolation 'bicubic' cannot warp the automatic augmentation's images; "
-            "use 'bilinear' or 'nearest'"
-        )
+    if augment.auto_augment is not None:
+        check_warp_interpolation(interpolation)
     where = "torchvision's transforms cannot honour"
     advice = "use --loader dali, which can"
     if augment.erasing and augment.erase_mode is EraseMode.RAND:

@@ -402,7 +402,9 @@ def test_timm_strings_dali_cannot_honour_are_refused(spec: str, message: str) ->
 def test_pipeline_options_refuse_what_cannot_apply() -> None:
     with pytest.raises(ValueError, match="augment applies to training only"):
         ImageNetOptions(train=False, augment=AugmentConfig(random_erase=0.1))
-    with pytest.raises(ValueError, match="'bicubic' cannot be honoured"):
+    with pytest.raises(
+        ValueError, match=r"interpolation \(bicubic\) cannot be used with auto_augment"
+    ):
         ImageNetOptions(
             train=True, augment=AugmentConfig(auto_augment="ra"), interpolation="bicubic"
         )

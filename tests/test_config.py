@@ -67,3 +67,23 @@ def test_json_round_trip_and_unknown_fields() -> None:
     assert again == config
     with pytest.raises(ValueError, match="unknown MixConfig field"):
         MixConfig.from_dict({"num_classes": 5, "alpha": 1.0})
+
+
+def test_resolve_device_checks_and_resolves_without_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from dali_cutmix import Device, resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("cpu") is Device.CPU
+    assert resolve_device(Device.AUTO) is Device.CPU
+    with pytest.raises(ValueError) as gpu:
+        resolve_device("gpu")
+    assert str(gpu.value) == (
+        "device must be 'cpu' or 'auto': torch sees no CUDA device here (got 'gpu')"
+    )
+    with pytest.raises(ValueError) as tpu:
+        resolve_device("tpu")
+    assert str(tpu.value) == "device must be one of 'auto', 'cpu', 'gpu', got 'tpu'"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert (resolve_device("auto"), resolve_device("gpu")) == (Device.GPU, Device.GPU)

@@ -326,11 +326,14 @@ def test_bad_settings_say_what_is_wrong(image_folder: Path, kwargs: dict, messag
 
 
 def test_auto_device_logs_its_choice(image_folder: Path, caplog) -> None:
-    caplog.set_level("INFO", logger="pipelines.imagenet")
+    caplog.set_level("INFO", logger="dali_cutmix.config")
     loader = small_loader(image_folder, train=False, device="auto")
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert loader.device.type == expected
-    assert f"using the {expected.replace('cuda', 'gpu').upper()} pipeline" in caplog.text
+    cuda = "available" if torch.cuda.is_available() else "not available"
+    assert f"device auto: CUDA {cuda}, using the {expected.replace('cuda', 'gpu').upper()}\n" in (
+        caplog.text
+    )
 
 
 def test_gpu_decoder_preallocates_for_training_only() -> None:

@@ -397,8 +397,9 @@ def test_augmentations_come_in_torchvisions_reference_order(
         (
             AugmentConfig(auto_augment="ta_wide"),
             "bicubic",
-            "interpolation 'bicubic' cannot warp the automatic augmentation's images; use "
-            "'bilinear' or 'nearest'",
+            "interpolation (bicubic) cannot be used with auto_augment: the automatic "
+            "augmentations warp with bilinear or nearest interpolation only (DALI's and "
+            "torchvision's alike); use bilinear or nearest",
         ),
         (None, "lanczos", "interpolation must be one of 'bilinear', 'nearest', 'bicubic'"),
     ],

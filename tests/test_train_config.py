@@ -252,12 +252,15 @@ def test_a_split_without_class_folders_fails_at_start_naming_it(tmp_path: Path, 
 def test_gpu_without_cuda_fails_at_start(capsys) -> None:
     with pytest.raises(SystemExit):
         parse_config(["--device", "gpu"])
-    assert "CUDA is not available" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        "python -m train: error: --device must be 'cpu' or 'auto': torch sees no CUDA device "
+        "here (got 'gpu')\n"
+    )
 
 
 def test_gpu_run_defaults_resolve_without_cuda(monkeypatch) -> None:
     """What ``--device gpu`` resolves to, on a 32-core node, checked on the CPU."""
-    monkeypatch.setattr(train.config, "_resolve_device", lambda name: Device(name))
+    monkeypatch.setattr(train.config, "resolve_device", lambda name: Device(name))
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(32)))
     monkeypatch.setattr(os, "cpu_count", lambda: 32)
@@ -695,13 +698,13 @@ def test_model_ema_flags_and_torchvisions_decay_adjustment() -> None:
             ["--interpolation", "bicubic", "--auto-augment", "ta_wide"],
             "--interpolation (bicubic) cannot be used with --auto-augment: the automatic "
             "augmentations warp with bilinear or nearest interpolation only (DALI's and "
-            "torchvision's alike); use --interpolation bilinear or nearest",
+            "torchvision's alike); use bilinear or nearest",
         ),
         (
             ["--interpolation", "bicubic", "--aa", "original"],
             "--interpolation (bicubic) cannot be used with --aa: the automatic augmentations "
             "warp with bilinear or nearest interpolation only (DALI's and torchvision's alike); "
-            "use --interpolation bilinear or nearest",
+            "use bilinear or nearest",
         ),
         (
             [

@@ -12,7 +12,7 @@ import enum
 from pathlib import Path
 
 from dali_cutmix.cli import add_count, command_name
-from dali_cutmix.config import AutoAugment, EraseMode, Interpolation, MixMode
+from dali_cutmix.config import AutoAugment, Device, EraseMode, Interpolation, MixMode
 from dali_cutmix.synthetic import CACHE_ENV
 
 from .status import EXIT_STATUS_HELP
@@ -37,17 +37,6 @@ ARCHS = (
 class LoaderKind(str, enum.Enum):
     DALI = "dali"
     TORCHVISION = "torchvision"
-
-
-class Device(str, enum.Enum):
-    """Where a run trains; ``--device auto`` is resolved to one of them by the parser.
-
-    Not ``pipelines.imagenet.Device``: a configuration never holds ``auto``, and
-    that module imports DALI and torch.
-    """
-
-    CPU = "cpu"
-    GPU = "gpu"
 
 
 class Precision(str, enum.Enum):
@@ -376,7 +365,7 @@ def _add_run_args(run: argparse._ArgumentGroup) -> None:
     run.add_argument(
         "--device",
         default="auto",
-        choices=["auto", "cpu", "gpu"],
+        choices=[d.value for d in Device],
         help="where the model and the DALI pipeline run (auto: gpu when CUDA is available)",
     )
     run.add_argument(

@@ -34,6 +34,8 @@ from dali_cutmix.config import (
     MixConfig,
     MixMode,
     _enum,
+    check_warp_interpolation,
+    resolve_device,
     timm_auto_augment,
 )
 from dali_cutmix.files import DatasetError, class_folders
@@ -228,6 +230,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "device", _enum(Device, "device", self.device))
+        if self.device is Device.AUTO:  # a run's configuration says where it trained
+            raise ValueError("device must be resolved to 'cpu' or 'gpu', got 'auto'")
         object.__setattr__(self, "precision", _enum(Precision, "precision", self.precision))
         if self.arch not in ARCHS:
             raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
@@ -295,12 +299,8 @@ def _check_torchvision_mix(mix: MixConfig) -> None:
 
 def _check_augment(augment: AugmentConfig, data: DataConfig) -> None:
     """What the loaders cannot honour, refused before a single image is read."""
-    if augment.auto_augment is not None and data.interpolation is Interpolation.BICUBIC:
-        raise ValueError(
-            "interpolation (bicubic) cannot be used with auto_augment: the automatic "
-            "augmentations warp with bilinear or nearest interpolation only (DALI's and "
-            "torchvision's alike); use --interpolation bilinear or nearest"
-        )
+    if augment.auto_augment is not None:
+        check_warp_interpolation(data.interpolation)
     if data.loader is LoaderKind.TORCHVISION and augment.enabled:
         make_transforms = pipelines_module("torchvision_ref").make_transforms
         try:  # the torchvision loader's own checks, so that both always agree
@@ -338,18 +338,6 @@ def _given(value: Any, default: Any) -> Any:
 
 def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def _resolve_device(name: str) -> Device:
-    if name == Device.CPU.value:
-        return Device.CPU
-    import torch
-
-    if name == "auto":
-        return Device.GPU if torch.cuda.is_available() else Device.CPU
-    if name == "gpu" and not torch.cuda.is_available():
-        raise ValueError("--device gpu: CUDA is not available; use --device cpu or auto")
-    return Device(name)
 
 
 def _resolve_precision(name: str, device: Device) -> Precision:
@@ -532,7 +520,7 @@ def config_from_args(
         ValueError: a flag or a combination of flags is invalid.
     """
     checked = _checked_config(args, saved_augment or AugmentConfig())
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     workers = _given(args.workers, default_workers(checked.data.loader, device))
     return dataclasses.replace(
         checked,
