@@ -51,10 +51,12 @@ __all__ = [
     "exit_on_user_error",
     "from_flags",
     "one_line",
+    "other_command",
     "positive_int",
     "replace_names",
     "report_user_error",
     "start_command",
+    "started_as_script",
     "write_json",
 ]
 
@@ -180,6 +182,17 @@ def exit_on_user_error(
 SCRIPT_PREFIX = "dali-cutmix-"
 
 
+def started_as_script() -> bool:
+    """True when this process runs one of the installed console scripts (``dali-cutmix-*``)."""
+    return os.path.basename(sys.argv[0]).startswith(SCRIPT_PREFIX)
+
+
+def other_command(script: str, module: str) -> str:
+    """Another command of the project, named the way the running one was started, for advice
+    in messages: ``dali-cutmix-SCRIPT`` under a console script, else ``python -m MODULE``."""
+    return SCRIPT_PREFIX + script if started_as_script() else f"python -m {module}"
+
+
 def command_name(module: str) -> str:
     """How the user started a command, for its usage and error lines and the commands it prints.
 
@@ -188,8 +201,7 @@ def command_name(module: str) -> str:
     Started as a console script, the command is that script (``dali-cutmix-train``);
     otherwise ``python -m MODULE``.
     """
-    script = os.path.basename(sys.argv[0])
-    return script if script.startswith(SCRIPT_PREFIX) else f"python -m {module}"
+    return os.path.basename(sys.argv[0]) if started_as_script() else f"python -m {module}"
 
 
 def positive_int(text: str) -> int:

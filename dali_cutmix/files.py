@@ -37,13 +37,27 @@ logger = logging.getLogger(__name__)
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 # What to do about files DALI cannot decode: {root} is the dataset folder, {list_flag}
-# the training application's flag for the split (--train-list or --val-list).
+# the training application's flag for the split (--train-list or --val-list), {scan} and
+# {train} the commands as the user starts them (scan_commands).
 SCAN_HINT = (
-    "Run `python -m dali_cutmix.scan {root} --out DIR` (DIR: any writable folder) to find "
+    "Run `{scan} {root} --out DIR` (DIR: any writable folder) to find "
     "every bad file and write a list of the good ones, then read that list: "
-    '`make_loader(..., file_list="DIR/files.txt")`, or `python -m train ... '
+    '`make_loader(..., file_list="DIR/files.txt")`, or `{train} ... '
     "{list_flag} DIR/files.txt`."
 )
+
+
+def scan_commands() -> dict[str, str]:
+    """The scan and the training commands, as :data:`SCAN_HINT` names them: the console
+    scripts under a console script, else ``python -m`` (:func:`dali_cutmix.cli.other_command`)."""
+    from dali_cutmix.cli import other_command  # that module imports this one
+
+    return {
+        "scan": other_command("scan", "dali_cutmix.scan"),
+        "train": other_command("train", "train"),
+    }
+
+
 # The folder names of a dataset's splits, which are never its classes.
 SPLIT_NAMES = frozenset({"train", "val", "validation", "test"})
 _LAYOUT = "ROOT/<class>/<image>.JPEG, one subfolder per class (ImageFolder's layout)"
@@ -55,7 +69,9 @@ _WRITE_LIST = (
 def scan_hint(root: str | os.PathLike[str], *, train: bool = True) -> str:
     """:data:`SCAN_HINT` for the dataset folder ``root`` and the training or validation split."""
     return SCAN_HINT.format(
-        root=shlex.quote(str(root)), list_flag="--train-list" if train else "--val-list"
+        root=shlex.quote(str(root)),
+        list_flag="--train-list" if train else "--val-list",
+        **scan_commands(),
     )
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from dali_cutmix.cli import command_name, exit_on_user_error, write_json
+from dali_cutmix.cli import command_name, exit_on_user_error, other_command, write_json
 from dali_cutmix.files import (
     BadImageError,
     ImageList,
@@ -298,9 +298,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if report.bad:
         logger.info(
             "report of bad files: %s; train with make_loader(..., file_list=%r) or "
-            "python -m train ... --train-list %s (--val-list for a validation folder)",
+            "%s ... --train-list %s (--val-list for a validation folder)",
             paths["bad_files.json"],
             str(paths["files.txt"]),
+            other_command("train", "train"),
             paths["files.txt"],
         )
         return 1

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import build_image_folder
@@ -265,3 +266,38 @@ def test_a_bad_value_is_answered_before_torch_or_dali_loads(
     imported = {row.split("|")[-1].strip() for row in done.stderr.splitlines() if "|" in row}
     assert not {m for m in imported if m.split(".")[0] in ("torch", "torchvision")}
     assert not {m for m in imported if m.startswith("nvidia.dali")}
+
+
+@pytest.mark.parametrize(
+    ("argv0", "scan", "train"),
+    [
+        ("/venv/bin/dali-cutmix-train", "dali-cutmix-scan", "dali-cutmix-train"),
+        ("/repo/train/__main__.py", "python -m dali_cutmix.scan", "python -m train"),
+    ],
+    ids=["console-script", "python-m"],
+)
+def test_advice_names_the_commands_the_way_the_user_starts_them(
+    monkeypatch: pytest.MonkeyPatch, argv0: str, scan: str, train: str
+) -> None:
+    from dali_cutmix.files import scan_hint
+    from train.status import DataFailure
+
+    monkeypatch.setattr(sys, "argv", [argv0, "--epochs", "2"])
+    assert scan_hint("/data/my set", train=False) == (
+        f"Run `{scan} '/data/my set' --out DIR` (DIR: any writable folder) to find every bad "
+        "file and write a list of the good ones, then read that list: "
+        f'`make_loader(..., file_list="DIR/files.txt")`, or `{train} ... --val-list '
+        "DIR/files.txt`."
+    )
+    failure = DataFailure(
+        "x.JPEG does not decode.",
+        split="train",
+        folder=Path("/d/train"),
+        scan_dir=Path("/s"),
+        checkpoint=None,
+        world_size=1,
+    )
+    assert failure.message(["--epochs", "2"]) == (
+        f"x.JPEG does not decode. Find every bad file with: {scan} /d/train --out /s; "
+        f"then run again with: {train} --epochs 2 --train-list /s/files.txt"
+    )

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from dali_cutmix.files import SCAN_HINT, BadImageError, DatasetError
+from dali_cutmix.files import SCAN_HINT, BadImageError, DatasetError, scan_commands
 from dali_cutmix.synthetic import generate
 
 from . import pipelines_module
@@ -133,7 +133,7 @@ def _seekable(loader: Loader) -> bool:
 def bad_file_problem(error: DatasetError) -> str:
     """The part of a loader's error that says what is wrong (the library's advice cut off)."""
     message = " ".join(str(error).split())
-    cut = message.find(SCAN_HINT.split("{root}")[0].strip())
+    cut = message.find(SCAN_HINT.split("{root}")[0].format(**scan_commands()).strip())
     return message[:cut].strip() if cut > 0 else message
 
 

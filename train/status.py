@@ -30,7 +30,7 @@ import enum
 import shlex
 from pathlib import Path
 
-from dali_cutmix.cli import command_name
+from dali_cutmix.cli import command_name, other_command
 
 __all__ = ["EXIT_STATUS_HELP", "DataFailure", "ExitStatus", "launcher", "resume_command"]
 
@@ -109,7 +109,7 @@ class DataFailure(Exception):
         """
         files = shlex.quote(str(self.scan_dir / "files.txt"))
         flag = f"--{self.split}-list"
-        scan = f"python -m dali_cutmix.scan {shlex.quote(str(self.folder))}"
+        scan = f"{other_command('scan', 'dali_cutmix.scan')} {shlex.quote(str(self.folder))}"
         scan += f" --out {shlex.quote(str(self.scan_dir))}"
         if self.checkpoint is None:
             again = " ".join(
