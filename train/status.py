@@ -53,7 +53,7 @@ exit status:
   1    unexpected internal error (with a traceback)
   2    invalid flag, dataset or checkpoint: one line on stderr says what; nothing trained
   3    stopped by Ctrl-C, SIGTERM or --stop-after-steps; checkpoint written, the last
-       line is the command that continues (python -m train --resume RUN/checkpoint.pth)
+       line is the command that continues (%(prog)s --resume RUN/checkpoint.pth)
   4    a file does not decode: the line names it, the scan to run and the command that
        continues with its clean list (--train-list/--val-list); a checkpoint holds every
        step done if training had started
