@@ -41,6 +41,8 @@ from dali_cutmix.cli import (
     write_json,
 )
 
+from .bench.cli import _int_list
+
 __all__ = ["main", "probe_empty_region", "probe_other_width"]
 
 logger = logging.getLogger(__name__)
@@ -177,47 +179,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         except Exception as err:  # a probe that fails is itself a finding: record it
             report["probes"][name] = {"error": f"{type(err).__name__}: {err}"}
         logger.info("probe %s: %s", name, report["probes"][name])
-    python = sys.executable
-    tests = ["tests/test_gpu.py", "tests/test_mixing.py", "tests/test_imagenet.py"]
-    steps = {
-        "pytest": [python, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *tests],
-        "graph_cost": [
-            python,
-            "-m",
-            f"{__package__}.graph_cost",
-            "--threads",
-            str(args.threads),
-            "--out",
-            str(out / "graph_cost.json"),
-        ],
-        "bench": [
-            python,
-            "-m",
-            f"{__package__}.bench",
-            "--device",
-            "gpu",
-            "--batch-size",
-            str(args.batch_size),
-            "--workers",
-            str(args.threads),
-            "--threads-list",
-            str(args.threads),
-            "--batch-size-list",
-            str(args.batch_size),
-            "--train-batch-size",
-            str(args.batch_size),
-            "--windows",
-            "3",
-            "--window-batches",
-            "20",
-            "--sweeps",
-            "loaders,training,scaling,augment",  # augment: the recipes' costs on the GPU
-            "--out",
-            str(out / "bench"),
-        ],
-    }
     report["steps"] = {}
-    for name, command in steps.items():
+    for name, command in plan_steps(args, sys.executable).items():
         if name in args.skip:
             continue
         report["steps"][name] = _step(name, command, out / f"{name}.log", args.timeout)
@@ -225,6 +188,136 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     write_json(out / "gpu_check.json", report)
     return report
+
+
+STEPS = ("pytest", "train_embedded", "data", "train_resnet50", "graph_cost", "bench")
+
+
+def data_folder(args: argparse.Namespace) -> Path:
+    """The ImageNet-like set that the ResNet-50 epoch and the benchmark read."""
+    if args.data is not None:
+        return args.data
+    from dali_cutmix.synthetic import cache_dir
+
+    return cache_dir() / f"gpu-check-{args.classes}x{args.per_class}"
+
+
+def plan_steps(args: argparse.Namespace, python: str) -> dict[str, list[str]]:
+    """Each step's command, in the order they run; every one is a child process."""
+    out, data, threads = args.out, data_folder(args), str(args.threads)
+    batch = str(args.batch_size)
+    package = __package__
+    train_runs = args.train_dir
+    return {
+        # Every test that needs CUDA, across the suite.
+        "pytest": [
+            python,
+            "-m",
+            "pytest",
+            "-q",
+            "-rs",
+            "-p",
+            "no:cacheprovider",
+            "-m",
+            "gpu",
+            "--timeout",
+            "600",
+            "tests",
+        ],
+        # The embedded job as a newcomer runs it, on the GPU.
+        "train_embedded": [
+            python,
+            "-m",
+            "train",
+            "--device",
+            "gpu",
+            "--output-dir",
+            str(train_runs / "embedded"),
+        ],
+        # The ImageNet-like set, generated on this machine (a no-op when it is complete).
+        "data": [
+            python,
+            "-m",
+            "dali_cutmix.synthetic",
+            str(data),
+            "--classes",
+            str(args.classes),
+            "--train-per-class",
+            str(args.per_class),
+            "--val-per-class",
+            "10",
+            "--no-progress",
+        ],
+        # One epoch of ResNet-50 at 224 px, AMP and channels-last, fed by the DALI GPU loader.
+        "train_resnet50": [
+            python,
+            "-m",
+            "train",
+            "--data",
+            str(data),
+            "--arch",
+            "resnet50",
+            "--epochs",
+            "1",
+            "--warmup-epochs",
+            "0",
+            "--crop-size",
+            "224",
+            "-b",
+            batch,
+            "-j",
+            threads,
+            "--amp",
+            "bf16",
+            "--channels-last",
+            "--device",
+            "gpu",
+            "--print-freq",
+            "10",
+            "--output-dir",
+            str(train_runs / "resnet50"),
+        ],
+        "graph_cost": [
+            python,
+            "-m",
+            f"{package}.graph_cost",
+            "--threads",
+            threads,
+            "--out",
+            str(out / "graph_cost.json"),
+        ],
+        "bench": [
+            python,
+            "-m",
+            f"{package}.bench",
+            "--data",
+            str(data),
+            "--device",
+            "gpu",
+            "--batch-size",
+            batch,
+            "--workers",
+            threads,
+            "--threads-list",
+            ",".join(str(n) for n in args.threads_list),
+            "--batch-size-list",
+            batch,
+            "--train-batch-size",
+            batch,
+            "--windows",
+            "3",
+            "--window-batches",
+            str(args.window_batches),
+            "--train-windows",
+            "3",
+            "--train-window-batches",
+            "10",
+            "--sweeps",
+            "loaders,training,scaling,augment",  # augment: the recipes' costs on the GPU
+            "--out",
+            str(out / "bench"),
+        ],
+    }
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -238,12 +331,41 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=Path("runs/gpu-check"),
         help="output folder (default: %(default)s)",
     )
-    add_shared_flags(parser, threads=8, batch_size=256, help={"batch_size": "benchmark batch size"})
+    add_shared_flags(
+        parser,
+        threads=16,
+        batch_size=256,
+        help={
+            "threads": "DALI threads and DataLoader workers",
+            "batch_size": "benchmark and ResNet-50 batch size",
+        },
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        help="ImageNet-style folder for the ResNet-50 epoch and the benchmark (default: one "
+        "generated on this machine in the cache folder, gpu-check-<classes>x<per-class>)",
+    )
+    add_count(parser, "--classes", 100, "classes of the generated set")
+    add_count(parser, "--per-class", 200, "training images per class of the generated set")
+    parser.add_argument(
+        "--threads-list",
+        type=_int_list,
+        default=(4, 8, 16),
+        help="the benchmark's thread/worker sweep (default: 4,8,16)",
+    )
+    add_count(parser, "--window-batches", 20, "batches per timed loader window")
+    parser.add_argument(
+        "--train-dir",
+        type=Path,
+        default=Path("runs/gpu-check-train"),
+        help="output folder of the two training runs (default: %(default)s)",
+    )
     parser.add_argument(
         "--skip",
         nargs="*",
         default=[],
-        choices=["pytest", "graph_cost", "bench"],
+        choices=STEPS,
         help="steps to leave out (default: none)",
     )
     add_count(parser, "--timeout", 1200, "seconds per step")

@@ -118,6 +118,18 @@ def _int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+def _fraction_list(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or not all(0.0 <= v <= 1.0 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers in [0, 1], got {text!r}"
+        )
+    return values
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     """The command's flags; building it imports neither torch nor DALI."""
     parser = argparse.ArgumentParser(
@@ -152,6 +164,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         type=_int_list,
         default=(16, 32, 64),
         help="the scaling sweep's batch sizes (default: 16,32,64)",
+    )
+    add(
+        "--hw-decoder-loads",
+        type=_fraction_list,
+        default=(0.0, 0.5, 0.75, 0.99),
+        help="the scaling sweep's shares of JPEGs sent to the hardware decoder, DALI on the GPU "
+        "only (default: 0,0.5,0.75,0.99)",
     )
     add("--arch", default="resnet50", help="torchvision model trained (default: %(default)s)")
     add_count(parser, "--train-batch-size", 16, "training batch size", type=int)

@@ -134,9 +134,11 @@ def _build_loader(spec: dict[str, Any]):
         from ..torchvision_ref import make_torchvision_loader
 
         return make_torchvision_loader(root, workers=spec["workers"], **settings)
-    from ..imagenet import make_loader
+    from ..imagenet import GpuDecoderOptions, make_loader
 
     layout = feed_format(spec)["layout"]
+    if "hw_decoder_load" in spec:
+        settings["decoder"] = GpuDecoderOptions(hw_decoder_load=spec["hw_decoder_load"])
     return make_loader(
         root, device=spec["device"], num_threads=spec["workers"], output_layout=layout, **settings
     )
@@ -189,8 +191,11 @@ def _memory_figures(device: str) -> dict[str, float]:
         "peak_worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
     }
     if device == "gpu" and torch.cuda.is_available():
+        # Device-wide at the end of the run: DALI's memory pools (which never shrink) and
+        # torch's; torch's own peak beside it.
         free, total = torch.cuda.mem_get_info()
-        figures["gpu_used_mb"] = (total - free) / 2**20  # device-wide: DALI's pools included
+        figures["gpu_used_mb"] = (total - free) / 2**20
+        figures["torch_peak_reserved_mb"] = torch.cuda.max_memory_reserved() / 2**20
     return figures
 
 

@@ -93,6 +93,7 @@ class BenchConfig:
     workers: int = 2
     threads_list: tuple[int, ...] = (1, 2)
     batch_size_list: tuple[int, ...] = (16, 32, 64)
+    hw_decoder_loads: tuple[float, ...] = (0.0, 0.5, 0.75, 0.99)
     arch: str = "resnet50"
     train_batch_size: int = 16
     crop_size: int = 224
@@ -122,6 +123,9 @@ class BenchConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+        for load in self.hw_decoder_loads:
+            if not 0.0 <= load <= 1.0:
+                raise ValueError(f"hw_decoder_loads must be in [0, 1], got {load!r}")
         for device in self.devices:
             if device not in ("cpu", "gpu"):
                 raise ValueError(f"devices must be cpu and/or gpu, got {device!r}")
@@ -218,6 +222,11 @@ def _scaling_specs(
             {**common, "batch_size": batch_size, "sweep": "batch_size"}
             for batch_size in config.batch_size_list
         ]
+        if (loader, device) == ("dali", "gpu"):  # the share of JPEGs on the hardware decoder
+            scaling += [
+                {**common, "hw_decoder_load": load, "sweep": "hw_decoder_load"}
+                for load in config.hw_decoder_loads
+            ]
     return scaling
 
 

@@ -94,16 +94,18 @@ def format_table(report: dict[str, Any]) -> str:
     if report["scaling"]:
         lines += [
             "",
-            "| scaling | loader | value | images/s | peak host RSS MB |",
-            "|---|---|---:|---:|---:|",
+            "| scaling | loader | value | images/s | peak host RSS MB | GPU MB in use |",
+            "|---|---|---:|---:|---:|---:|",
         ]
         for r in report["scaling"]:
             if "error" in r:
                 continue
-            value = r["workers"] if r["sweep"] == "workers" else r["batch_size"]
             name = r["loader"] if r["loader"] != "dali" else f"dali-{r['device']}"
             rate, rss = r["images_per_s"], r["peak_rss_mb"]
-            lines.append(f"| {r['sweep']} | {name} | {value} | {rate:.1f} | {rss:.0f} |")
+            gpu = f"{r['gpu_used_mb']:.0f}" if "gpu_used_mb" in r else "-"
+            lines.append(
+                f"| {r['sweep']} | {name} | {r[r['sweep']]} | {rate:.1f} | {rss:.0f} | {gpu} |"
+            )
     if report.get("augment"):
         lines += _augment_table(report["augment"])
     return "\n".join(lines)
@@ -168,9 +170,14 @@ def plot_results(report: dict[str, Any], path: Path) -> None:
             (_plot_training, "training"),
             (functools.partial(_plot_scaling, sweep="workers"), "scaling"),
             (functools.partial(_plot_scaling, sweep="batch_size"), "scaling"),
+            (functools.partial(_plot_scaling, sweep="hw_decoder_load"), "scaling"),
             (_plot_augment, "augment"),
         )
         if report.get(section)
+        and (
+            section != "scaling"
+            or any(r.get("sweep") == panel.keywords["sweep"] for r in report["scaling"])
+        )
     ]
     fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(5 * max(len(panels), 1), 4.5))
     for panel, ax in zip(panels, fig.axes):
@@ -246,11 +253,18 @@ def _plot_scaling(ax, report: dict[str, Any], *, sweep: str) -> None:
     rows = [r for r in report["scaling"] if "error" not in r and r["sweep"] == sweep]
     for loader, device in _feeds(rows):
         mine = [r for r in rows if (r["loader"], r["device"]) == (loader, device)]
-        xs = [r["workers"] if sweep == "workers" else r["batch_size"] for r in mine]
+        xs = [r[sweep] for r in mine]
         ys = [r["images_per_s"] for r in mine]
         ax.errorbar(xs, ys, yerr=_spread(mine), fmt="-o", capsize=3, label=f"{loader}-{device}")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("DALI threads / DataLoader workers" if sweep == "workers" else "batch size")
+    if sweep != "hw_decoder_load":
+        ax.set_xscale("log", base=2)
+    ax.set_xlabel(
+        {
+            "workers": "DALI threads / DataLoader workers",
+            "batch_size": "batch size",
+            "hw_decoder_load": "hw_decoder_load (share of JPEGs on the hardware decoder)",
+        }[sweep]
+    )
     ax.set_ylabel("images/s (median, min-max)")
     ax.set_title(f"Scaling with {sweep.replace('_', ' ')} (CutMix on)")
     if rows:

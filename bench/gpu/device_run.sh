@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# How the GPU results under bench/results/ were made: run by the device tool on the lent
+# GPU machine, in the repository root, one call per step (../shared/device/README.md).
+#
+#   bench/gpu/device_run.sh part NN    copy .device/dali.tar.xz.NN to /tmp/dali-parts
+#                                      (part 00 also starts generating the ImageNet-like set)
+#   bench/gpu/device_run.sh start      unpack DALI, start python -m pipelines.gpu_check
+#   bench/gpu/device_run.sh poll SECS  wait, then pack what is finished into $OUT
+#
+# Every long job runs under setsid, so it outlives the call that started it while the
+# machine stays warm; each call returns logs and results so far.
+set -u
+RUN=/tmp/gpurun
+export PYTHONPATH=/tmp/site:$PWD DALI_CUTMIX_CACHE=/tmp/cache PYTHONUNBUFFERED=1
+CLASSES=${CLASSES:-100} PER_CLASS=${PER_CLASS:-200}
+DATA=/tmp/cache/gpu-check-${CLASSES}x${PER_CLASS}
+mkdir -p "$RUN" /tmp/dali-parts
+
+pack() {
+  tar -C "$RUN" --exclude='*.pth' --exclude='*.pt' -czf "$OUT/gpurun.tar.gz" . 2>/dev/null
+  cp "$RUN"/gpu_check.log "$OUT/" 2>/dev/null
+  ls "$RUN" "$RUN/out" 2>/dev/null | head -40
+  tail -n 25 "$RUN"/gpu_check.log 2>/dev/null
+  tail -n 2 "$RUN"/smi.csv 2>/dev/null
+}
+
+case "$1" in
+part)
+  cp ".device/dali.tar.xz.$2" /tmp/dali-parts/ && ls -l /tmp/dali-parts
+  if [ "$2" = 00 ]; then
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+    python3 -c 'import sys, torch, torchvision; print(sys.version, torch.__version__, torch.version.cuda, torchvision.__version__)'
+    nproc; free -g | head -2
+    setsid nohup python3 -m dali_cutmix.synthetic "$DATA" --classes "$CLASSES" \
+      --train-per-class "$PER_CLASS" --val-per-class 10 --no-progress >"$RUN/data.log" 2>&1 &
+  fi
+  ;;
+start)
+  mkdir -p /tmp/site
+  cat /tmp/dali-parts/dali.tar.xz.* | python3 -c "import sys,tarfile; tarfile.open(fileobj=sys.stdin.buffer, mode='r|xz').extractall('/tmp/site', filter='fully_trusted')" || exit 1
+  python3 -c 'import nvidia.dali as d; print("DALI", d.__version__)' || exit 1
+  setsid nohup nvidia-smi --query-gpu=timestamp,memory.used,utilization.gpu,utilization.memory \
+    --format=csv -l 1 >"$RUN/smi.csv" 2>&1 &
+  setsid nohup python3 -m pipelines.gpu_check --out "$RUN/out" --train-dir "$RUN/train" \
+    --data "$DATA" --classes "$CLASSES" --per-class "$PER_CLASS" >"$RUN/gpu_check.log" 2>&1 &
+  sleep "${2:-20}"
+  tail -n 5 "$RUN/data.log"
+  pack
+  ;;
+poll)
+  sleep "${2:-0}"
+  tail -n 3 "$RUN/data.log"
+  pack
+  ;;
+esac
