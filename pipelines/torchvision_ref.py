@@ -106,15 +106,18 @@ class MixCollate:
         return images, targets
 
 
-def _interpolation(value: Interpolation | str) -> str:
-    """torchvision's name for ``value``; the plain string, as its transforms' defaults store it."""
-    return _enum(Interpolation, "interpolation", value).value
+def _interpolation(value: Interpolation | str) -> v2.InterpolationMode:
+    """torchvision's ``InterpolationMode`` for ``value``: the one form every torchvision takes
+    (0.26 refuses the plain string that 0.29 accepts)."""
+    return v2.InterpolationMode(_enum(Interpolation, "interpolation", value).value)
 
 
-def _refuse_what_torchvision_cannot_honour(augment: AugmentConfig, interpolation: str) -> None:
+def _refuse_what_torchvision_cannot_honour(
+    augment: AugmentConfig, interpolation: v2.InterpolationMode
+) -> None:
     """Raises ValueError for settings torchvision's transforms would change or fail on."""
     if augment.auto_augment is not None:
-        check_warp_interpolation(interpolation)
+        check_warp_interpolation(interpolation.value)
     where = "torchvision's transforms cannot honour"
     advice = "use --loader dali, which can"
     if augment.erasing and augment.erase_mode is EraseMode.RAND:
@@ -136,7 +139,9 @@ def _refuse_what_torchvision_cannot_honour(augment: AugmentConfig, interpolation
         )
 
 
-def _auto_augment(augment: AugmentConfig, interpolation: str) -> list[v2.Transform]:
+def _auto_augment(
+    augment: AugmentConfig, interpolation: v2.InterpolationMode
+) -> list[v2.Transform]:
     fill, policy = augment.fill_value, augment.auto_augment
     if policy is AutoAugment.TA_WIDE:
         return [v2.TrivialAugmentWide(interpolation=interpolation, fill=fill)]
@@ -152,7 +157,11 @@ def _auto_augment(augment: AugmentConfig, interpolation: str) -> list[v2.Transfo
         ]
     if policy is AutoAugment.IMAGENET:
         return [
-            v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, interpolation=interpolation, fill=fill)
+            v2.AutoAugment(
+                v2.AutoAugmentPolicy.IMAGENET,
+                interpolation=interpolation,
+                fill=fill,
+            )
         ]
     return []
 

@@ -34,6 +34,10 @@ def test_results_go_to_runs_in_the_working_folder_by_default(tmp_path: Path) -> 
             "argument --threads-list: expected comma-separated integers >= 1, got '0,2'",
         ),
         (
+            ["--hw-decoder-loads", "0,1.2"],
+            "argument --hw-decoder-loads: expected comma-separated numbers in [0, 1], got '0,1.2'",
+        ),
+        (
             ["--data", "{tmp}/imagenet"],
             "'{tmp}/imagenet' has only the subfolder val/: it looks like a dataset root, not a "
             "folder of classes; give '{tmp}/imagenet/val', whose subfolders are the classes.",

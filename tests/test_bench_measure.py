@@ -139,3 +139,27 @@ def test_a_configuration_two_sections_share_is_measured_once(tmp_path: Path) -> 
     assert none == [{**r, "measured_in": "loaders"} for r in off]
     assert all("measured_in" not in r for r in results["loaders"])
     assert {len(results[name]) for name in ("loaders", "scaling", "augment")} == {6, 10, 12}
+
+
+@pytest.mark.parametrize(
+    ("loader", "kind", "workers", "expected"),
+    [
+        # alone, a loader empties its buffer within the batches it holds
+        ("torchvision", "loader", 16, {"warmup": 34, "windows": 3, "window_batches": 20}),
+        ("dali", "loader", 16, {"warmup": 10, "windows": 3, "window_batches": 20}),
+        # feeding a model: twice the buffer, and windows at least one buffer long
+        ("torchvision", "train", 16, {"warmup": 68, "windows": 3, "window_batches": 34}),
+        ("dali", "train", 16, {"warmup": 10, "windows": 3, "window_batches": 20}),
+        ("synthetic", "train", 16, {"warmup": 10, "windows": 3, "window_batches": 20}),
+        ("torchvision", "train", 2, {"warmup": 12, "windows": 3, "window_batches": 20}),
+    ],
+)
+def test_no_timed_batch_was_buffered_before_timing(
+    loader: str, kind: str, workers: int, expected: dict
+) -> None:
+    spec = {"loader": loader, "kind": kind, "workers": workers}
+    spec |= {"warmup": 10, "windows": 3, "window_batches": 20}
+    assert measure.timing(spec) == expected
+    short = spec | {"warmup": 2, "window_batches": 2}
+    buffered = {"torchvision": 2 * workers + 2, "dali": 3, "synthetic": 0}[loader]
+    assert measure.timing(short)["warmup"] == max(2, buffered * (2 if kind == "train" else 1))

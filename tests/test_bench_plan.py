@@ -59,3 +59,28 @@ def test_the_augment_sweep_is_off_by_default_and_plans_each_case_per_loader(
         for augment, mix in cases
     ]
     assert all(s["batch_size"] == 32 and s["windows"] == 5 for s in specs["augment"])
+
+
+def test_the_scaling_sweep_plans_hw_decoder_loads_for_dali_on_the_gpu_only(tmp_path: Path) -> None:
+    config = plan.BenchConfig(
+        out=tmp_path,
+        devices=("gpu", "cpu"),
+        threads_list=(4,),
+        batch_size_list=(256,),
+        hw_decoder_loads=(0.0, 0.5),
+    )
+    scaling = plan.plan_sections(config, tmp_path)["scaling"]
+    planned = [(s["loader"], s["device"], s["sweep"], s.get("hw_decoder_load")) for s in scaling]
+    assert planned == [
+        ("torchvision", "cpu", "workers", None),
+        ("torchvision", "cpu", "batch_size", None),
+        ("dali", "gpu", "workers", None),
+        ("dali", "gpu", "batch_size", None),
+        ("dali", "gpu", "hw_decoder_load", 0.0),
+        ("dali", "gpu", "hw_decoder_load", 0.5),
+        ("dali", "cpu", "workers", None),
+        ("dali", "cpu", "batch_size", None),
+    ]
+    assert {s["mix"] for s in scaling} == {"cutmix"}
+    with pytest.raises(ValueError, match=r"hw_decoder_loads must be in \[0, 1\], got 1.5"):
+        plan.BenchConfig(out=tmp_path, hw_decoder_loads=(0.5, 1.5))

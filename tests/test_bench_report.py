@@ -154,3 +154,39 @@ def test_augment_table_and_plot(tmp_path: Path) -> None:
     assert not any("mixing cost" in line or "scaling" in line for line in table)
     report.plot_results(summary, tmp_path / "a.png")
     assert (tmp_path / "a.png").stat().st_size > 1000
+
+
+def test_the_hw_decoder_load_sweep_has_its_rows_and_its_panel(tmp_path: Path) -> None:
+    env = {"gpu": "NVIDIA H100 80GB HBM3", "cpu_count": 16, "dali": "2.4.0", "torch": "2.11"}
+
+    def row(load: float, rate: float, gpu_mb: float) -> dict:
+        return {
+            "loader": "dali",
+            "device": "gpu",
+            "mix": "cutmix",
+            "workers": 16,
+            "batch_size": 256,
+            "hw_decoder_load": load,
+            "sweep": "hw_decoder_load",
+            "images_per_s": rate,
+            "min": rate - 1,
+            "max": rate + 1,
+            "peak_rss_mb": 1000.0,
+            "gpu_used_mb": gpu_mb,
+        }
+
+    rows = [row(0.0, 7000.0, 4600.0), row(0.99, 15000.0, 1255.0)]
+    summary = {"environment": env, "loaders": [], "training": [], "scaling": rows}
+    table = report.format_table(summary).splitlines()
+    assert "| hw_decoder_load | dali-gpu | 0.0 | 7000.0 | 1000 | 4600 |" in table
+    assert "| hw_decoder_load | dali-gpu | 0.99 | 15000.0 | 1000 | 1255 |" in table
+    report.plot_results(summary, tmp_path / "r.png")  # one panel: no empty workers panel
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    report._plot_scaling(ax, summary, sweep="hw_decoder_load")
+    assert ax.get_xscale() == "linear"
+    assert ax.get_xlabel() == "hw_decoder_load (share of JPEGs on the hardware decoder)"
+    line = ax.get_lines()[0]  # the medians; the caps follow
+    assert list(line.get_xdata()) == [0.0, 0.99] and list(line.get_ydata()) == [7000.0, 15000.0]
+    plt.close(fig)

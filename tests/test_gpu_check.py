@@ -38,3 +38,41 @@ def test_a_bad_value_ends_the_command_with_one_line(tmp_path) -> None:
         "python -m pipelines.gpu_check: error: argument --threads: expected an int >= 1, got 0"
     )
     assert not (tmp_path / "gc").exists()
+
+
+def test_the_steps_train_on_the_gpu_and_benchmark_the_generated_set(tmp_path) -> None:
+    args = gpu_check.get_args_parser().parse_args(
+        ["--out", str(tmp_path / "o"), "--data", str(tmp_path / "d"), "--train-dir", "t"]
+    )
+    steps = gpu_check.plan_steps(args, "py")
+    assert tuple(steps) == gpu_check.STEPS
+    assert steps["pytest"][-6:] == ["no:cacheprovider", "-m", "gpu", "--timeout", "600", "tests"]
+    assert steps["train_embedded"] == ["py", "-m", "train", "--device", "gpu"] + [
+        "--output-dir",
+        "t/embedded",
+    ]
+    resnet = " ".join(steps["train_resnet50"])
+    assert resnet == (
+        f"py -m train --data {tmp_path}/d --arch resnet50 --epochs 1 --warmup-epochs 0 "
+        "--crop-size 224 -b 256 -j 16 --amp bf16 --channels-last --device gpu --print-freq 10 "
+        "--output-dir t/resnet50"
+    )
+    bench = " ".join(steps["bench"])
+    assert bench == (
+        f"py -m pipelines.bench --data {tmp_path}/d --device gpu --batch-size 256 --workers 16 "
+        "--threads-list 4,8,16 --batch-size-list 256 --train-batch-size 256 --windows 3 "
+        "--window-batches 20 --train-windows 3 --train-window-batches 10 "
+        f"--sweeps loaders,training,scaling,augment --out {tmp_path}/o/bench"
+    )
+    assert steps["data"][3:] == [f"{tmp_path}/d", "--classes", "100", "--train-per-class"] + [
+        "200",
+        "--val-per-class",
+        "10",
+        "--no-progress",
+    ]
+
+
+def test_without_data_the_set_is_generated_in_the_cache(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("DALI_CUTMIX_CACHE", str(tmp_path))
+    args = gpu_check.get_args_parser().parse_args(["--classes", "3", "--per-class", "4"])
+    assert gpu_check.data_folder(args) == tmp_path / "gpu-check-3x4"

@@ -227,11 +227,32 @@ TO_FLOAT = ("ToDtype", {"dtype": torch.float32, "scale": True})
 
 
 def describe(compose: v2.Compose) -> list[tuple[str, dict[str, Any]]]:
-    """Each transform's class name and public parameters, in order."""
+    """Each transform's class name and public parameters, in order; an interpolation by its
+    name (torchvision's own defaults store a string in 0.29, the enum in 0.26)."""
+
+    def plain(value: Any) -> Any:
+        return value.value if isinstance(value, v2.InterpolationMode) else value
+
     return [
-        (type(t).__name__, {k: v for k, v in vars(t).items() if k[0] != "_" and k != "training"})
+        (
+            type(t).__name__,
+            {k: plain(v) for k, v in vars(t).items() if k[0] != "_" and k != "training"},
+        )
         for t in compose.transforms
     ]
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("policy", [None, "ta_wide", "ra", "imagenet"])
+def test_every_interpolation_is_an_interpolation_mode(train: bool, policy: str | None) -> None:
+    # torchvision 0.26 (the GPU machine's) refuses interpolation="bilinear" with a ValueError
+    # in every worker; 0.29 takes both. Found on the H100 run: only the enum works with both.
+    augment = AugmentConfig(auto_augment=policy) if train and policy else None
+    compose = make_transforms(
+        train=train, crop_size=32, resize_size=36, augment=augment, interpolation="nearest"
+    )
+    modes = [t.interpolation for t in compose.transforms if hasattr(t, "interpolation")]
+    assert modes == [v2.InterpolationMode.NEAREST] * (2 if train and policy else 1)
 
 
 def crop_flip(interpolation: str = "bilinear") -> list[tuple[str, dict[str, Any]]]:

@@ -41,7 +41,8 @@ def _folder(root: Path, train: list[str], val: list[str]) -> Path:
     return root
 
 
-def test_embedded_defaults_are_small_and_cpu_friendly() -> None:
+def test_embedded_defaults_are_small_and_cpu_friendly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DALI_CUTMIX_CACHE", raising=False)  # the user's cache would move it
     config = parse_config(["--device", "cpu"])
     assert config.data.root is None and config.data.embedded == EMBEDDED_SPEC
     assert (config.arch, config.epochs, config.data.train_crop_size, config.data.batch_size) == (
