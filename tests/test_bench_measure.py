@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -65,6 +68,9 @@ def test_a_measurement_on_a_tiny_folder(
     assert "error" not in result, result.get("error")
     assert result["images_per_s"] > 0 and len(result["windows"]) == spec["windows"]
     assert result["peak_rss_mb"] > 0
+    # the DataLoader's living worker (workers=1) is in the tree's figure
+    extra = 100 if loader == "torchvision" else 0
+    assert result["tree_peak_rss_mb"] >= 0.99 * result["peak_rss_mb"] + extra
 
 
 def test_nhwc_batches_reach_the_model_as_channels_last_nchw() -> None:
@@ -163,3 +169,18 @@ def test_no_timed_batch_was_buffered_before_timing(
     short = spec | {"warmup": 2, "window_batches": 2}
     buffered = {"torchvision": 2 * workers + 2, "dali": 3, "synthetic": 0}[loader]
     assert measure.timing(short)["warmup"] == max(2, buffered * (2 if kind == "train" else 1))
+
+
+def test_the_tree_peak_rss_counts_living_workers() -> None:
+    own = measure.tree_peak_rss_mb()
+    assert own is not None and own > 0
+    code = "import time; x = bytearray(64 << 20); x[::4096] = b'1' * len(x[::4096]); time.sleep(60)"
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 30
+        while measure.tree_peak_rss_mb() - own < 64 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert measure.tree_peak_rss_mb() - own >= 64  # the child's 64 MiB, while it lives
+    finally:
+        child.kill()
+        child.wait()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import resource
 import statistics
 import subprocess
@@ -41,6 +42,7 @@ __all__ = [
     "prepare_images",
     "run_isolated",
     "timing",
+    "tree_peak_rss_mb",
 ]
 
 logger = logging.getLogger(__name__)
@@ -193,10 +195,39 @@ def _synthetic_batches(
     return [(images.to(device), targets.to(device))]
 
 
-def _memory_figures(device: str) -> dict[str, float]:
+def tree_peak_rss_mb(pid: int | None = None) -> float | None:
+    """The sum of each process's peak RSS (``VmHWM``) over ``pid`` (default: this one) and its
+    living descendants: the DataLoader's workers included, which ``RUSAGE_CHILDREN`` misses
+    while they live. Shared pages count once per process, so it is an upper bound.
+    ``None`` where ``/proc`` is not Linux's."""
+    root = os.getpid() if pid is None else pid
+    total_kb, todo, seen = 0, [root], set()
+    try:
+        while todo:
+            current = todo.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            try:
+                status = Path(f"/proc/{current}/status").read_text()
+                for task in Path(f"/proc/{current}/task").iterdir():
+                    todo += [int(child) for child in (task / "children").read_text().split()]
+            except (FileNotFoundError, ProcessLookupError):  # it ended meanwhile
+                continue
+            total_kb += next(
+                (int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")),
+                0,
+            )
+    except OSError:
+        return None
+    return total_kb / 1024 if current != root or total_kb else None
+
+
+def _memory_figures(device: str) -> dict[str, float | None]:
     figures = {
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        "tree_peak_rss_mb": tree_peak_rss_mb(),
     }
     if device == "gpu" and torch.cuda.is_available():
         # Device-wide at the end of the run: DALI's memory pools (which never shrink) and
@@ -242,17 +273,15 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(0)
     num_classes = len(class_folders(spec["root"]))
     windows = timing(spec)
-    if spec["kind"] == "train":
-        step = _training_step(spec, num_classes)
-        feed = (
-            _synthetic_batches(spec, num_classes)
-            if spec["loader"] == "synthetic"
-            else _build_loader(spec)
-        )
-        result = measure_windows(feed, step=step, **windows)
+    step = _training_step(spec, num_classes) if spec["kind"] == "train" else None
+    if spec["kind"] == "train" and spec["loader"] == "synthetic":
+        feed = _synthetic_batches(spec, num_classes)
     else:
-        result = measure_windows(_build_loader(spec), **windows)
-    return {**result, "timing": windows, **_memory_figures(spec["device"])}
+        feed = _build_loader(spec)
+    result = measure_windows(feed, step=step, **windows)
+    memory = _memory_figures(spec["device"])  # while ``feed`` and its workers are alive
+    del feed
+    return {**result, "timing": windows, **memory}
 
 
 def run_isolated(spec: dict[str, Any]) -> dict[str, Any]:

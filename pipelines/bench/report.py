@@ -101,7 +101,8 @@ def format_table(report: dict[str, Any]) -> str:
             if "error" in r:
                 continue
             name = r["loader"] if r["loader"] != "dali" else f"dali-{r['device']}"
-            rate, rss = r["images_per_s"], r["peak_rss_mb"]
+            # the process tree's (DataLoader workers included) where measured, else the main one's
+            rate, rss = r["images_per_s"], r.get("tree_peak_rss_mb") or r["peak_rss_mb"]
             gpu = f"{r['gpu_used_mb']:.0f}" if "gpu_used_mb" in r else "-"
             lines.append(
                 f"| {r['sweep']} | {name} | {r[r['sweep']]} | {rate:.1f} | {rss:.0f} | {gpu} |"
