@@ -7,10 +7,14 @@ Needs CUDA and DALI's GPU operators. Writes into ``--out``:
 * ``gpu_check.json``: the machine (GPU, driver, versions), each step's exit
   status and figures, and for each defect predicted from DALI's source
   whether this GPU confirms it;
-* ``pytest.log``: the GPU tests (``-m gpu``) and the mixing tests;
-* ``graph_cost.json`` and ``bench/results.json`` (+ ``results.png``): the
-  CPU part of the graph and a short loader/training benchmark, with the
-  recipes' augmentations (``--sweeps ... augment``).
+* one ``STEP.log`` per step (:data:`STEPS`, each a child process): every GPU
+  test (``pytest -m gpu``); ``python -m train --device gpu`` (the embedded
+  job); the ImageNet-like set generated on this machine (``--data`` to give
+  one); one ResNet-50 epoch (224 px, bf16, channels-last, the DALI GPU
+  loader); the graph's CPU part (``graph_cost.json``); the benchmark
+  (``bench/results.json`` + ``results.png``: loaders, training, threads and
+  ``hw_decoder_load`` sweeps, the recipes' augmentations). The training runs
+  write into ``--train-dir``.
 
 The probes call DALI's ``multi_paste`` directly, outside the project's graph,
 with the inputs the project now avoids (an empty region inside the canvas,
