@@ -152,7 +152,7 @@ def test_resumed_run_equals_uninterrupted_run(tiny: Path, tmp_path: Path, loader
     a, b = _weights(whole), _weights(parts)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "weights differ after resuming"
-    timing = {"time", "epoch_seconds", "train_images_per_s"}
+    timing = {"time", "epoch_seconds", "train_images_per_s", "train_images_per_s_steady"}
     strip = [{k: v for k, v in r.items() if k not in timing} for r in _records(whole)]
     assert strip == [{k: v for k, v in r.items() if k not in timing} for r in _records(parts)]
 
@@ -348,7 +348,7 @@ def test_model_ema_follows_torchvisions_rule_and_resumes_bit_exactly(
         if last.is_floating_point():  # parameters and BatchNorm statistics
             expected = decay * first[name] + (1 - decay) * last
             assert torch.equal(a["model_ema"][f"module.{name}"], expected), name
-    timing = {"time", "epoch_seconds", "train_images_per_s"}
+    timing = {"time", "epoch_seconds", "train_images_per_s", "train_images_per_s_steady"}
     strip = [{k: v for k, v in r.items() if k not in timing} for r in _records(whole)]
     assert strip == [{k: v for k, v in r.items() if k not in timing} for r in _records(parts)]
     assert all(0 <= r["ema_val_acc1"] <= r["ema_val_acc5"] <= 100 for r in strip)

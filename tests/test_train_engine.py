@@ -148,3 +148,37 @@ def test_progress_bars_do_not_flood_a_log_and_only_rank_0_shows_them(
     assert progress_bar(DistInfo(rank=1, world_size=2), total=10).disable
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     assert progress_bar(DistInfo(), total=10).mininterval == 0.1  # live on a terminal
+
+
+def test_the_steady_pace_leaves_out_the_steps_before_the_first_synchronisation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A clock that the loader moves: the first batch takes 100 s (start-up), the others 1 s.
+    clock = [0.0]
+    monkeypatch.setattr("train.engine.time.perf_counter", lambda: clock[0])
+
+    def batches():
+        gen = torch.Generator().manual_seed(0)
+        for seconds in (100.0, 1.0, 1.0, 1.0):
+            clock[0] += seconds
+            yield torch.randn(4, 3, 8, 8, generator=gen), torch.randint(0, 3, (4,), generator=gen)
+
+    model = _tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    result = train_one_epoch(
+        model,
+        nn.CrossEntropyLoss(),
+        optimizer,
+        torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
+        batches(),
+        epoch=0,
+        start_step=0,
+        num_steps=4,
+        options=StepOptions(device=CPU),
+        scaler=None,
+        info=DistInfo(),
+        stop=StopFlag(),
+        print_freq=2,
+    )
+    assert (result.images, result.seconds) == (16, 103.0)  # 0.16 images/s over the epoch
+    assert (result.steady_images, result.steady_seconds) == (8, 2.0)  # 4 images/s after step 2

@@ -72,6 +72,10 @@ class EpochResult:
     seconds: float
     images: int  # images processed by this run on this rank
     error: Exception | None = None  # what the loader raised, ending the epoch early
+    # From the first ``print_freq`` steps' end to the last step: the pace without start-up
+    # (cuDNN's autotuning, the loader's first batches), which a short epoch's average hides.
+    steady_seconds: float = 0.0
+    steady_images: int = 0
 
 
 class LoaderError(Exception):
@@ -158,6 +162,8 @@ def train_one_epoch(
     meter = SumMeter(options.device, meter_state)
     bar = progress_bar(info, total=num_steps, initial=start_step, desc=f"epoch {epoch + 1}")
     start, step, images_seen, stopped, error = time.perf_counter(), start_step, 0, False, None
+    first_sync: tuple[float, int] | None = None  # (time, images) at the first synchronisation
+    last_sync = (start, 0)
     try:
         for images, targets in _guarded(loader):
             loss, output = _step(model, criterion, optimizer, scaler, options, images, targets)
@@ -169,9 +175,16 @@ def train_one_epoch(
             bar.update(1)
             sync = step % print_freq == 0 or step == num_steps
             if sync:  # the only host synchronisation of the step
-                rate = images_seen * info.world_size / (time.perf_counter() - start)
+                shown_loss = f"{loss.item():.3f}"  # waits for the GPU: the clock is read after
+                now = time.perf_counter()
+                # the pace since the last synchronisation, not since the epoch began
+                rate = (
+                    (images_seen - last_sync[1]) * info.world_size / max(now - last_sync[0], 1e-9)
+                )
+                last_sync = (now, images_seen)
+                first_sync = first_sync or last_sync
                 bar.set_postfix(  # shown at the bar's next refresh, at most every mininterval
-                    loss=f"{loss.item():.3f}",
+                    loss=shown_loss,
                     lr=f"{scheduler.get_last_lr()[0]:.4f}",
                     img_s=f"{rate:.0f}",
                     refresh=False,
@@ -182,6 +195,7 @@ def train_one_epoch(
     except LoaderError as failed:
         error = failed.__cause__
     bar.close()
+    steady_from = first_sync or last_sync
     return EpochResult(
         steps_done=step,
         stopped=stopped,
@@ -189,6 +203,8 @@ def train_one_epoch(
         seconds=time.perf_counter() - start,
         images=images_seen,
         error=error,
+        steady_seconds=last_sync[0] - steady_from[0],
+        steady_images=last_sync[1] - steady_from[1],
     )
 
 

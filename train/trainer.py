@@ -295,6 +295,12 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"],
             "epoch_seconds": result.seconds,
             "train_images_per_s": result.images * self.info.world_size / max(result.seconds, 1e-9),
+            # after the first --print-freq steps (None when the epoch synchronised only once)
+            "train_images_per_s_steady": (
+                result.steady_images * self.info.world_size / result.steady_seconds
+                if result.steady_images and result.steady_seconds > 0
+                else None
+            ),
             "time": time.time(),
         }
         self.metrics.write(record)
