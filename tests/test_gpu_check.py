@@ -60,7 +60,7 @@ def test_the_steps_train_on_the_gpu_and_benchmark_the_generated_set(tmp_path) ->
     bench = " ".join(steps["bench"])
     assert bench == (
         f"py -m pipelines.bench --data {tmp_path}/d --device gpu --batch-size 256 --workers 16 "
-        "--threads-list 4,8,16 --batch-size-list 256 --train-batch-size 256 --windows 3 "
+        "--threads-list 4,8,16 --batch-size-list 256 --train-batch-size 256 --windows 5 "
         "--window-batches 20 --train-windows 3 --train-window-batches 10 "
         f"--sweeps loaders,training,scaling,augment --out {tmp_path}/o/bench"
     )
