@@ -46,7 +46,11 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
         copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy
         copy(REPO / name, source / name)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "-w", tmp / "dist", source], check=True)
+    build = [*pip, "wheel", "--no-deps", "-w", tmp / "dist", source]
+    done = subprocess.run(build, capture_output=True, text=True)
+    if done.returncode and "No matching distribution found for setuptools" in done.stderr:
+        pytest.skip("no package index here to install the build backend (setuptools) from")
+    assert done.returncode == 0, done.stderr[-3000:]
     (wheel,) = (tmp / "dist").glob("dali_cutmix-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         tops = {name.split("/")[0] for name in archive.namelist()}
