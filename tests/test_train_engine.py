@@ -92,8 +92,10 @@ def _batches_then(error: Exception, count: int):
     raise error
 
 
-def _epoch(model: nn.Module, loader):
-    """One epoch of 5 steps resumed at step 1, on the CPU."""
+def _epoch(
+    model: nn.Module, loader, *, start_step: int = 1, num_steps: int = 5, print_freq: int = 1
+):
+    """One epoch on the CPU: by default of 5 steps, resumed at step 1."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     return train_one_epoch(
@@ -103,13 +105,13 @@ def _epoch(model: nn.Module, loader):
         scheduler,
         loader,
         epoch=0,
-        start_step=1,
-        num_steps=5,
+        start_step=start_step,
+        num_steps=num_steps,
         options=StepOptions(device=CPU),
         scaler=None,
         info=DistInfo(),
         stop=StopFlag(),
-        print_freq=1,
+        print_freq=print_freq,
     )
 
 
@@ -163,22 +165,6 @@ def test_the_steady_pace_leaves_out_the_steps_before_the_first_synchronisation(
             clock[0] += seconds
             yield torch.randn(4, 3, 8, 8, generator=gen), torch.randint(0, 3, (4,), generator=gen)
 
-    model = _tiny_model()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    result = train_one_epoch(
-        model,
-        nn.CrossEntropyLoss(),
-        optimizer,
-        torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
-        batches(),
-        epoch=0,
-        start_step=0,
-        num_steps=4,
-        options=StepOptions(device=CPU),
-        scaler=None,
-        info=DistInfo(),
-        stop=StopFlag(),
-        print_freq=2,
-    )
+    result = _epoch(_tiny_model(), batches(), start_step=0, num_steps=4, print_freq=2)
     assert (result.images, result.seconds) == (16, 103.0)  # 0.16 images/s over the epoch
     assert (result.steady_images, result.steady_seconds) == (8, 2.0)  # 4 images/s after step 2
