@@ -39,6 +39,7 @@ __all__ = [
     "measure",
     "measure_sections",
     "measure_windows",
+    "own_peak_rss_mb",
     "prepare_images",
     "run_isolated",
     "timing",
@@ -201,31 +202,52 @@ def tree_peak_rss_mb(pid: int | None = None) -> float | None:
     while they live. Shared pages count once per process, so it is an upper bound.
     ``None`` where ``/proc`` is not Linux's."""
     root = os.getpid() if pid is None else pid
-    total_kb, todo, seen = 0, [root], set()
-    try:
-        while todo:
-            current = todo.pop()
-            if current in seen:
-                continue
-            seen.add(current)
-            try:
-                status = Path(f"/proc/{current}/status").read_text()
-                for task in Path(f"/proc/{current}/task").iterdir():
-                    todo += [int(child) for child in (task / "children").read_text().split()]
-            except (FileNotFoundError, ProcessLookupError):  # it ended meanwhile
-                continue
-            total_kb += next(
-                (int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")),
-                0,
-            )
-    except OSError:
+    if not Path(f"/proc/{root}/status").exists():
         return None
-    return total_kb / 1024 if current != root or total_kb else None
+    total_kb, todo, seen = 0, [root], set()
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+        except OSError:  # it ended meanwhile
+            continue
+        total_kb += next(
+            (int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0
+        )
+        try:
+            tasks = list(Path(f"/proc/{current}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:  # a thread may end while it is read: its children are elsewhere then
+            try:
+                todo += [int(child) for child in (task / "children").read_text().split()]
+            except OSError:
+                continue
+    return total_kb / 1024
+
+
+def own_peak_rss_mb() -> float:
+    """This process's peak RSS: ``VmHWM`` where ``/proc`` has it, else ``ru_maxrss``.
+
+    Linux's ``ru_maxrss`` is no good in a process started by ``subprocess``: it keeps the
+    parent's RSS at the fork, which ``exec`` does not reset (every isolated measurement
+    reported at least the benchmark's own process until this was found).
+    """
+    try:
+        status = Path("/proc/self/status").read_text()
+        return (
+            next(int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("VmHWM:")) / 1024
+        )
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _memory_figures(device: str) -> dict[str, float | None]:
     figures = {
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": own_peak_rss_mb(),
         "peak_worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
         "tree_peak_rss_mb": tree_peak_rss_mb(),
     }
