@@ -5,7 +5,8 @@
 #   bench/gpu/device_run.sh part NN    copy .device/dali.tar.xz.NN to /tmp/dali-parts
 #                                      (part 00 also starts generating the ImageNet-like set)
 #   bench/gpu/device_run.sh start      unpack DALI, start python -m pipelines.gpu_check
-#   bench/gpu/device_run.sh poll SECS  wait, then pack what is finished into $OUT
+#   bench/gpu/device_run.sh poll SECS  wait (at most SECS, less once $RUN/DONE exists), then
+#                                      pack what is finished into $OUT
 #
 # Every long job runs under setsid, so it outlives the call that started it while the
 # machine stays warm; each call returns logs and results so far.
@@ -41,14 +42,19 @@ start)
   python3 -c 'import nvidia.dali as d; print("DALI", d.__version__)' || exit 1
   setsid nohup nvidia-smi --query-gpu=timestamp,memory.used,utilization.gpu,utilization.memory \
     --format=csv -l 1 >"$RUN/smi.csv" 2>&1 &
-  setsid nohup python3 -m pipelines.gpu_check --out "$RUN/out" --train-dir "$RUN/train" \
-    --data "$DATA" --classes "$CLASSES" --per-class "$PER_CLASS" >"$RUN/gpu_check.log" 2>&1 &
+  # gpu_check, then the two training tests that failed on the first H100 run, with whole
+  # tracebacks this time
+  setsid nohup bash -c "python3 -m pipelines.gpu_check --out '$RUN/out' --train-dir '$RUN/train' \
+    --data '$DATA' --classes '$CLASSES' --per-class '$PER_CLASS' >'$RUN/gpu_check.log' 2>&1;
+    timeout 600 python3 -m pytest -vv --tb=long -p no:cacheprovider tests/test_train.py \
+      -k 'full_run_writes or two_process_stop' >'$RUN/out/pytest-train.log' 2>&1;
+    touch '$RUN/DONE'" >/dev/null 2>&1 &
   sleep "${2:-20}"
   tail -n 5 "$RUN/data.log"
   pack
   ;;
 poll)
-  sleep "${2:-0}"
+  for _ in $(seq 1 "${2:-0}"); do [ -f "$RUN/DONE" ] && break; sleep 1; done
   tail -n 3 "$RUN/data.log"
   pack
   ;;
