@@ -248,7 +248,6 @@ def own_peak_rss_mb() -> float:
 def _memory_figures(device: str) -> dict[str, float | None]:
     figures = {
         "peak_rss_mb": own_peak_rss_mb(),
-        "peak_worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
         "tree_peak_rss_mb": tree_peak_rss_mb(),
     }
     if device == "gpu" and torch.cuda.is_available():
