@@ -45,7 +45,7 @@ from dali_cutmix.cli import (
     write_json,
 )
 
-from .bench.cli import _int_list
+from .bench.cli import int_list
 
 __all__ = ["main", "probe_empty_region", "probe_other_width"]
 
@@ -354,7 +354,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_count(parser, "--per-class", 200, "training images per class of the generated set")
     parser.add_argument(
         "--threads-list",
-        type=_int_list,
+        type=int_list,
         default=(4, 8, 16),
         help="the benchmark's thread/worker sweep (default: 4,8,16)",
     )

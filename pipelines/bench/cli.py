@@ -12,7 +12,7 @@ import logging
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +34,11 @@ __all__ = [
     "config_from_args",
     "data_root",
     "default_out",
+    "fraction_list",
     "get_args_parser",
+    "int_list",
     "main",
+    "number_list",
     "run_benchmark",
 ]
 
@@ -108,26 +111,26 @@ def run_benchmark(config: BenchConfig, command: str) -> dict[str, Any]:
     return report
 
 
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {text!r}")
-    return values
+def number_list(
+    number: Callable[[str], float], accept: Callable[[float], bool], expected: str
+) -> Callable[[str], tuple[float, ...]]:
+    """An argparse type for comma-separated ``number``s that ``accept`` takes; a bad value
+    says ``expected comma-separated <expected>, got '<text>'``."""
+
+    def parse(text: str) -> tuple[float, ...]:
+        try:
+            values = tuple(number(v) for v in text.split(","))
+        except ValueError:
+            values = ()
+        if not values or not all(accept(v) for v in values):
+            raise argparse.ArgumentTypeError(f"expected comma-separated {expected}, got {text!r}")
+        return values
+
+    return parse
 
 
-def _fraction_list(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if not values or not all(0.0 <= v <= 1.0 for v in values):
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers in [0, 1], got {text!r}"
-        )
-    return values
+int_list = number_list(int, lambda v: v >= 1, "integers >= 1")
+fraction_list = number_list(float, lambda v: 0.0 <= v <= 1.0, "numbers in [0, 1]")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -155,19 +158,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     add(
         "--threads-list",
-        type=_int_list,
+        type=int_list,
         help="the scaling sweep's worker/thread counts, e.g. 1,2,4,8 "
         "(default: powers of 2 up to the CPU count)",
     )
     add(
         "--batch-size-list",
-        type=_int_list,
+        type=int_list,
         default=(16, 32, 64),
         help="the scaling sweep's batch sizes (default: 16,32,64)",
     )
     add(
         "--hw-decoder-loads",
-        type=_fraction_list,
+        type=fraction_list,
         default=(0.0, 0.5, 0.75, 0.99),
         help="the scaling sweep's shares of JPEGs sent to the hardware decoder, DALI on the GPU "
         "only (default: 0,0.5,0.75,0.99)",

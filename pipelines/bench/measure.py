@@ -196,13 +196,23 @@ def _synthetic_batches(
     return [(images.to(device), targets.to(device))]
 
 
+def _peak_kb(pid: int | str) -> int | None:
+    """A process's peak RSS in KiB (``VmHWM`` in ``/proc/PID/status``); ``None`` where it is
+    gone or ``/proc`` is not Linux's."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    return next((int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("VmHWM:")), None)
+
+
 def tree_peak_rss_mb(pid: int | None = None) -> float | None:
     """The sum of each process's peak RSS (``VmHWM``) over ``pid`` (default: this one) and its
     living descendants: the DataLoader's workers included, which ``RUSAGE_CHILDREN`` misses
     while they live. Shared pages count once per process, so it is an upper bound.
     ``None`` where ``/proc`` is not Linux's."""
     root = os.getpid() if pid is None else pid
-    if not Path(f"/proc/{root}/status").exists():
+    if _peak_kb(root) is None:
         return None
     total_kb, todo, seen = 0, [root], set()
     while todo:
@@ -210,13 +220,7 @@ def tree_peak_rss_mb(pid: int | None = None) -> float | None:
         if current in seen:
             continue
         seen.add(current)
-        try:
-            status = Path(f"/proc/{current}/status").read_text()
-        except OSError:  # it ended meanwhile
-            continue
-        total_kb += next(
-            (int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0
-        )
+        total_kb += _peak_kb(current) or 0  # 0: it ended meanwhile
         try:
             tasks = list(Path(f"/proc/{current}/task").iterdir())
         except OSError:
@@ -236,13 +240,10 @@ def own_peak_rss_mb() -> float:
     parent's RSS at the fork, which ``exec`` does not reset (every isolated measurement
     reported at least the benchmark's own process until this was found).
     """
-    try:
-        status = Path("/proc/self/status").read_text()
-        return (
-            next(int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("VmHWM:")) / 1024
-        )
-    except (OSError, StopIteration):
+    peak = _peak_kb("self")
+    if peak is None:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak / 1024
 
 
 def _memory_figures(device: str) -> dict[str, float | None]:
