@@ -98,7 +98,10 @@ class MixConfig:
         mode: ``"batch"``, ``"pair"`` or ``"elem"``; see :class:`MixMode`.
         correct_lam: label weight = exact pasted-pixel fraction of the clipped
             box (the paper's code and timm's default). ``False`` keeps the drawn
-            lambda, so labels no longer match pixels when the box is clipped.
+            lambda, so labels no longer match pixels when the box is clipped;
+            it needs the paper's box, so it is refused with ``cutmix_minmax``
+            (whose box has no lambda: timm weights it by its area whatever
+            ``correct_lam`` says).
         label_smoothing: timm's smoothing: off = s / num_classes, on = 1 - s + off.
     """
 
@@ -138,6 +141,12 @@ class MixConfig:
             if minmax[0] > minmax[1]:
                 raise ValueError(f"cutmix_minmax must have min <= max, got {self.cutmix_minmax!r}")
             object.__setattr__(self, "cutmix_minmax", (float(minmax[0]), float(minmax[1])))
+            if not self.correct_lam:
+                raise ValueError(
+                    f"cutmix_minmax={self.cutmix_minmax!r} draws box sides with no lambda to keep:"
+                    " its label weight is always the box's area (timm's rule), so correct_lam"
+                    " cannot be turned off with it"
+                )
 
     @property
     def cutmix_enabled(self) -> bool:

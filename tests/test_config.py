@@ -61,6 +61,18 @@ def test_switching_share_and_minmax_turn_cutmix_on() -> None:
     assert not MixConfig(num_classes=3, prob=0.0).enabled
 
 
+def test_minmax_refuses_correct_lam_off_which_it_could_not_honour() -> None:
+    # timm weights a minmax box by its area whatever correct_lam says; keeping a lambda that
+    # was never drawn would paste a box and leave the target one-hot.
+    with pytest.raises(ValueError) as info:
+        MixConfig(num_classes=3, cutmix_minmax=(0.3, 0.6), correct_lam=False)
+    assert str(info.value) == (
+        "cutmix_minmax=(0.3, 0.6) draws box sides with no lambda to keep: its label weight is "
+        "always the box's area (timm's rule), so correct_lam cannot be turned off with it"
+    )
+    assert not MixConfig(num_classes=3, correct_lam=False).correct_lam
+
+
 def test_json_round_trip_and_unknown_fields() -> None:
     config = MixConfig(num_classes=5, mixup_alpha=0.2, mode="batch", cutmix_minmax=(0.1, 0.3))
     again = MixConfig.from_dict(json.loads(config.to_json()))

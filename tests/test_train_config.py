@@ -200,6 +200,11 @@ def _refused(argv: list[str], capsys: pytest.CaptureFixture) -> str:
             ["--loader", "torchvision", "--mix-mode", "batch", "--cutmix-minmax", "0.2", "0.5"],
             "--cutmix-minmax needs --loader dali (torchvision's CutMix has no minmax)",
         ),
+        (
+            ["--cutmix-minmax", "0.2", "0.5", "--no-correct-lam"],
+            "--cutmix-minmax=(0.2, 0.5) draws box sides with no lambda to keep: its label weight "
+            "is always the box's area (timm's rule), so --correct-lam cannot be turned off with it",
+        ),
         (["--amp", "fp16"], "--amp fp16 needs a GPU (it uses a GradScaler); use bf16 or off"),
         (
             ["--resume", "/nonexistent/checkpoint.pth"],

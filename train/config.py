@@ -705,13 +705,16 @@ def name_flags(message: str, typed: Mapping[str, str]) -> str:
     """``message`` with each configuration field it names replaced by the field's flag.
 
     ``"prob must be in [0.0, 1.0], got 2.0"`` becomes ``"--mix-prob must be ..."``;
-    the flag is spelled as the user typed it (``typed``, from :func:`typed_flags`).
+    the flag is spelled as the user typed it (``typed``, from :func:`typed_flags`),
+    but a switch typed as ``--no-x`` is named ``--x``, as the messages speak of the setting
+    (``"correct_lam cannot be turned off"``), not of what was typed.
     """
 
     def flag(name: str) -> str:
         field = _BY_NAME[name]
         dest = _typed_setter(field, typed)
-        return FLAGS[field][1] if dest is None else typed[dest]
+        spelled = FLAGS[field][1] if dest is None else typed[dest]
+        return "--" + spelled[len("--no-") :] if spelled.startswith("--no-") else spelled
 
     return replace_names(message, _BY_NAME, flag)
 
