@@ -37,22 +37,27 @@ class LastBatch(str, enum.Enum):
     The reader always pads a shard to whole batches by repeating its last
     sample (``pad_last_batch=True``); the policy says what the loader yields:
 
-    * ``DROP``: the incomplete batch is not yielded. Every batch is full (what
-      training wants: steady batch statistics, no recompilation); each epoch
-      skips fewer than ``batch_size`` images per shard, different ones each
-      epoch when shuffling.
+    * ``DROP``: only full batches are yielded, ``len(loader)`` of them on every
+      shard: ``(epoch_size // num_shards) // batch_size``, which every shard
+      can fill (what training wants: steady batch statistics, no
+      recompilation, ranks in step). Each epoch skips at most ``batch_size``
+      images per shard, different ones each epoch when shuffling; the rest of
+      the reader's epoch is read and discarded, so that the next epoch starts
+      at its own first batch.
     * ``PARTIAL``: the last batch is yielded short, padding removed. Over an
       epoch the shards together yield every image exactly once (what
       validation needs). All shards yield ``len(loader)`` batches; a shard
       whose part ends on a batch boundary may yield an empty last batch.
+
+    DALI's iterator always runs with its ``PARTIAL`` policy: with ``DROP`` it
+    ends an epoch after ``epoch_size // num_shards`` samples, and where that is
+    a whole number of batches while a larger shard's padded part is one batch
+    longer, the unread padded batch stayed queued and became the next epoch's
+    first batch (one image repeated), shifting every later epoch.
     """
 
     DROP = "drop"
     PARTIAL = "partial"
-
-    @property
-    def dali(self) -> LastBatchPolicy:
-        return LastBatchPolicy.DROP if self is LastBatch.DROP else LastBatchPolicy.PARTIAL
 
 
 @functools.cache
@@ -122,7 +127,7 @@ class DaliLoader:
         self._pipe: Pipeline | None = None
         self._iterator = self._guard(lambda: self._new_iterator(None))
         self.batch_size: int = self._iterator.batch_size
-        self._length = len(self._iterator)
+        self._length = self._count_batches()
         self.dataset_size = self._count_images()
         device_id = self._pipe.device_id
         self.device = torch.device("cpu" if device_id is None else f"cuda:{device_id}")
@@ -138,7 +143,7 @@ class DaliLoader:
             self._pipe,
             list(_OUTPUTS),
             reader_name=self._reader_name,
-            last_batch_policy=self.last_batch.dali,
+            last_batch_policy=LastBatchPolicy.PARTIAL,  # see LastBatch
             auto_reset=False,
         )
 
@@ -159,6 +164,13 @@ class DaliLoader:
         if pipe() is not None:  # kept alive by a reference cycle: collect it now
             gc.collect()
         _return_freed_memory()
+
+    def _count_batches(self) -> int:
+        if self.last_batch is LastBatch.PARTIAL:
+            return len(self._iterator)
+        meta = self._pipe.reader_meta(self._reader_name)
+        # The smallest shard holds epoch_size // number_of_shards images (DALI's split).
+        return meta["epoch_size"] // meta["number_of_shards"] // self.batch_size
 
     def _count_images(self) -> int:
         meta = self._pipe.reader_meta(self._reader_name)

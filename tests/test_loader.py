@@ -157,6 +157,30 @@ def test_last_batch_may_be_empty_but_len_agrees_across_shards(folder: Path) -> N
     assert sizes == [[(7, (3, 8, 8)), (0, (3, 8, 8))], [(7, (3, 8, 8)), (1, (3, 8, 8))]]
 
 
+@pytest.mark.parametrize(("images", "shards", "batch_size"), [(10, 3, 3), (13, 2, 3)])
+def test_drop_epochs_partition_the_shuffled_images_over_shards(
+    tmp_path: Path, images: int, shards: int, batch_size: int
+) -> None:
+    # One image per class, so a label names an image. (10, 3, 3): shards of 3, 3 and 4,
+    # padded to 2 batches each, 1 full batch on every shard; DALI's own DROP policy left
+    # the padded batch queued, and every second epoch was one image repeated.
+    root = build_image_folder(tmp_path / "train", classes=images, per_class=1, extras=False)
+    loaders = [
+        small_loader(root, batch_size=batch_size, shard_id=shard, num_shards=shards)
+        for shard in range(shards)
+    ]
+    full = images // shards // batch_size
+    assert [len(loader) for loader in loaders] == [full] * shards
+    orders = set()
+    for _ in range(4):
+        labels = [[t.tolist() for _, t in loader] for loader in loaders]
+        assert all(len(batch) == batch_size for shard in labels for batch in shard)
+        seen = [label for shard in labels for batch in shard for label in batch]
+        assert len(seen) == shards * full * batch_size and len(set(seen)) == len(seen)
+        orders.add(tuple(seen))
+    assert len(orders) == 4  # a new shuffle each epoch
+
+
 def test_unknown_policy_is_refused(folder: Path) -> None:
     with pytest.raises(ValueError, match="last_batch must be one of 'drop', 'partial', got 'fill'"):
         small_loader(folder, train=False, last_batch="fill")
