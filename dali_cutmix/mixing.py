@@ -256,7 +256,9 @@ def _int(node: DataNode) -> DataNode:
     return fn.cast(node, dtype=types.INT32)
 
 
-def _cutmix_box(config: MixConfig, draws: _Draws, canvas: _Canvas) -> tuple[DataNode, DataNode]:
+def _cutmix_box(
+    config: MixConfig, draws: _Draws, canvas: _Canvas, common: DataNode | int
+) -> tuple[DataNode, DataNode]:
     """Box ``(corner, sides)``, int32 ``[2]`` each in (y, x) order, for ``multi_paste``.
 
     The box lies in the common extent of the sample and its partner; a sample
@@ -265,10 +267,7 @@ def _cutmix_box(config: MixConfig, draws: _Draws, canvas: _Canvas) -> tuple[Data
     vectors, so each step is one operator for both axes: on the CPU the
     per-operator cost, not the arithmetic, dominates.
     """
-    extent = canvas.extent
-    if not canvas.fixed:
-        # Both images hold the box: it lies in their common extent.
-        extent = dmath.min(extent, fn.permute_batch(extent, indices=draws.partner))
+    extent = common  # both images hold the box
     if config.cutmix_minmax is not None:
         # timm's rand_bbox_minmax: sides uniform in [min, max] of each extent, box inside.
         low, high = config.cutmix_minmax
@@ -328,14 +327,20 @@ class _Plan:
     regions: tuple[DataNode, DataNode] | None  # multi_paste anchors and shapes (CutMix)
     blend: Weight | None  # MixUp's pixel weight of the partner
     partner_weight: Weight  # the partner's label weight
+    # int32 [2]: the extent of the sample and its partner in common, where sizes differ
+    common: DataNode | None
 
 
 def _plan(config: MixConfig, canvas: _Canvas) -> _Plan:
     """Partners, CutMix regions and weights: the graph's per-sample CPU part."""
     draws = _draw(config, canvas)
     regions, blend, weight = None, None, 0.0
+    common = None
+    if not canvas.fixed:
+        common = dmath.min(canvas.extent, fn.permute_batch(canvas.extent, indices=draws.partner))
     if draws.position is not None:
-        corner, sides = _cutmix_box(config, draws, canvas)
+        extent = canvas.extent if common is None else common
+        corner, sides = _cutmix_box(config, draws, canvas, extent)
         regions = _regions(corner, sides, canvas)
         if config.correct_lam:
             weight = _area(sides) / canvas.area  # exactly the pasted fraction (float32)
@@ -343,9 +348,14 @@ def _plan(config: MixConfig, canvas: _Canvas) -> _Plan:
             weight = _times(draws.cut, draws.cutmix_share)
     if draws.mixup_share is not None:
         blend = _times(draws.blend, draws.mixup_share)
+        # The blend covers the common extent only (the partner is nowhere else), so
+        # the label gets m * common / own; exactly m where the sizes agree.
+        share = blend if common is None else blend * (_area(common) / canvas.area)
         # At most one of the two weights is non-zero for any sample, so the sum is exact.
-        weight = blend if _never(weight) else weight + blend
-    return _Plan(partner=draws.partner, regions=regions, blend=blend, partner_weight=weight)
+        weight = share if _never(weight) else weight + share
+    return _Plan(
+        partner=draws.partner, regions=regions, blend=blend, partner_weight=weight, common=common
+    )
 
 
 @do_not_convert
@@ -407,8 +417,10 @@ def mix(
         ``(images, targets)``. Images keep the input layout, size and device;
         they keep the input dtype when only CutMix can happen and are float32
         when MixUp is on. Samples of different sizes are mixed within their
-        common extent. Targets are float32 ``[num_classes]`` per sample,
-        summing to 1, on the device of ``labels``.
+        common extent (top-left aligned), and the partner's label weight is
+        its share of the sample's pixels: a MixUp weight ``m`` becomes
+        ``m * common_area / area``. Targets are float32 ``[num_classes]`` per
+        sample, summing to 1, on the device of ``labels``.
 
     Example:
         >>> @pipeline_def(batch_size=64, num_threads=4, device_id=0, seed=42)
@@ -443,6 +455,18 @@ def mix(
             out_of_bounds_policy="pad",
             fill_values=0,
         )
+        if plan.blend is not None:
+            # MixUp blends the partner only where it has pixels: beyond the common
+            # extent the "partner" is the sample itself, so the blend leaves it as is.
+            zero = types.Constant(np.zeros((2, 2), dtype=np.int32))
+            partner_images = fn.multi_paste(
+                images,
+                partner_images,
+                in_anchors=zero,
+                out_anchors=zero,
+                shapes=fn.stack(canvas.sides, plan.common),
+                output_size=canvas.size,
+            )
     out = images
     if plan.regions is not None:
         # Region 0 is the whole image, region 1 the box (later regions win).

@@ -61,8 +61,8 @@ def check_sample(out: np.ndarray, target: np.ndarray, i: int, sizes, smoothing: 
     """Targets equal pixel shares: exact for CutMix, to float precision for MixUp.
 
     Sample ``k`` of the batch is a flat image of value ``k + 1`` and class ``k``.
-    MixUp of two sizes blends within their common extent (the partner is
-    zero outside its own), so only that part is compared.
+    MixUp of two sizes blends within their common extent only, and the
+    label's share is the blend weight times that extent's share of the image.
     """
     n = len(sizes)
     h, w = sizes[i]
@@ -80,7 +80,11 @@ def check_sample(out: np.ndarray, target: np.ndarray, i: int, sizes, smoothing: 
     (j,) = [k for k in range(n) if k != i and target[k] > off]
     share = (target[j] - off) / (on - off)
     ch, cw = min(h, sizes[j][0]), min(w, sizes[j][1])
-    np.testing.assert_allclose(out[:ch, :cw, 0], (i + 1) + share * (j - i), atol=1e-3)
+    blend = share * (h * w) / (ch * cw)
+    np.testing.assert_allclose(out[:ch, :cw, 0], (i + 1) + blend * (j - i), atol=1e-3)
+    beyond = np.ones((h, w), bool)
+    beyond[:ch, :cw] = False
+    assert np.all(out[..., 0][beyond] == i + 1)
     return "mixup"
 
 

@@ -345,6 +345,37 @@ def test_switching_mixes_some_samples_with_cutmix_and_others_with_mixup() -> Non
     assert kinds == {"cutmix", "mixup"}
 
 
+@pytest.mark.parametrize("mode", ["elem", "batch", "pair"])
+def test_mixup_of_other_sizes_blends_the_common_extent_and_weighs_the_label_by_it(
+    mode: str,
+) -> None:
+    # The partner has pixels only in the common (top-left) extent: beyond it the sample
+    # stays itself, and the label's partner weight is m times the common area's share.
+    n = len(MIXED_SIZES)
+    images, labels = numbered(n, sizes=MIXED_SIZES)
+    config = MixConfig(num_classes=K, cutmix_alpha=1.0, mixup_alpha=1.0, mode=mode)
+    mixed = 0
+    for outs, targets in run_graph(lambda x, y: mix(x, y, config), images, labels, iterations=4):
+        for i, (h, w) in enumerate(MIXED_SIZES):
+            out = outs[i][..., 0]
+            assert out.shape == (h, w)
+            if np.array_equal(out, np.round(out)):  # CutMix or unmixed: whole pixels
+                check_cutmix_sample(outs[i].astype(np.uint8), targets[i], i, n, (h, w))
+                continue
+            (j,) = [k for k in range(n) if k != i and targets[i][k] > 0]
+            ch, cw = min(h, MIXED_SIZES[j][0]), min(w, MIXED_SIZES[j][1])
+            inside = np.unique(out[:ch, :cw])
+            assert len(inside) == 1  # one blend of two flat images
+            m = (inside[0] - (i + 1)) / (j - i)
+            beyond = np.ones((h, w), bool)
+            beyond[:ch, :cw] = False
+            assert np.all(out[beyond] == i + 1)  # exactly the sample itself
+            np.testing.assert_allclose(targets[i][j], m * ch * cw / (h * w), rtol=1e-5)
+            assert targets[i][i] == np.float32(1) - targets[i][j]
+            mixed += int((ch, cw) != (h, w))
+    assert mixed > 0  # some MixUp partners were smaller than their sample
+
+
 def test_switch_prob_is_honoured_statistically() -> None:
     n = 32
     images, labels = numbered(n, sizes=[(6, 6)] * n)
