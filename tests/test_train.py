@@ -405,7 +405,7 @@ def test_a_stop_exits_3_and_resume_alone_finishes_then_has_nothing_to_do(
     )
     caplog.clear()
     assert main(["--resume", str(checkpoint)]) == 0
-    assert _logged(caplog)[-1].startswith("finished 2 epochs in ")
+    assert _logged(caplog)[-1].startswith("finished 2 epochs (")
     assert [r["train_images"] for r in _records(tmp_path)] == [24, 24]
     caplog.clear()
     assert main(["--resume", str(checkpoint)]) == 0

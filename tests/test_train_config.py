@@ -226,6 +226,47 @@ def test_bad_flags_fail_at_start_with_one_line_naming_the_flag(
     assert _refused(["--device", "cpu", *argv], capsys) == f"python -m train: error: {message}\n"
 
 
+def test_output_and_cache_folders_are_checked_before_anything_runs(
+    tmp_path: Path, capsys
+) -> None:
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a folder")
+    prefix = "python -m train: error: "
+    assert _refused(["--device", "cpu", "--output-dir", str(a_file)], capsys) == (
+        f"{prefix}--output-dir {a_file}: not a folder\n"
+    )
+    assert _refused(["--device", "cpu", "--cache-dir", str(a_file / "data")], capsys) == (
+        f"{prefix}--cache-dir {a_file / 'data'}: cannot be made, {a_file} is not a folder\n"
+    )
+    fresh = tmp_path / "new" / "run"
+    config = parse_config(["--device", "cpu", "--output-dir", str(fresh)])
+    assert config.output_dir == fresh and not fresh.exists()  # made by the run, not the parse
+
+
+def test_a_new_run_refuses_a_folder_holding_another_run(tmp_path: Path, capsys) -> None:
+    # A second run there would append its epochs to the first's metrics.jsonl and
+    # overwrite its checkpoint.
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("")
+    err = _refused(["--device", "cpu", "--output-dir", str(run)], capsys)
+    assert err == (
+        f"python -m train: error: --output-dir {run} already holds a run (metrics.jsonl); "
+        "give another folder\n"
+    )
+    (run / "checkpoint.pth").write_bytes(b"")
+    err = _refused(["--device", "cpu", "--output-dir", str(run), "--epochs", "2"], capsys)
+    assert err == (
+        f"python -m train: error: --output-dir {run} already holds a run (metrics.jsonl and "
+        f"checkpoint.pth); give another folder, or continue that run with: python -m train "
+        f"--resume {run / 'checkpoint.pth'}\n"
+    )
+    (run / "metrics.jsonl").unlink()
+    (run / "checkpoint.pth").unlink()
+    (run / "curves.png").write_bytes(b"")  # no run's metrics or checkpoint: a usable folder
+    assert parse_config(["--device", "cpu", "--output-dir", str(run)]).output_dir == run
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["CHECKPOINT_NAME", "load_checkpoint", "save_checkpoint"]
+from .config import CHECKPOINT_NAME
 
-CHECKPOINT_NAME = "checkpoint.pth"
+__all__ = ["CHECKPOINT_NAME", "load_checkpoint", "save_checkpoint"]
 
 
 def _temporary(path: Path, pid: int | str) -> Path:

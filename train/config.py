@@ -47,6 +47,8 @@ from .status import ExitStatus, resume_command
 
 __all__ = [
     "ALIASES",
+    "CHECKPOINT_NAME",
+    "METRICS_NAME",
     "EMBEDDED_SPEC",
     "FLAGS",
     "check_ranks",
@@ -67,6 +69,10 @@ __all__ = [
     "resume_config",
     "typed_flags",
 ]
+
+# The files of a run in its output folder (with config.json and curves.png).
+CHECKPOINT_NAME = "checkpoint.pth"
+METRICS_NAME = "metrics.jsonl"
 
 # The embedded default dataset: 10 learnable classes of small ImageNet-like JPEGs.
 EMBEDDED_SPEC = SyntheticSpec(
@@ -961,8 +967,47 @@ def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
     named = functools.partial(name_flags, typed=typed)
     with exit_on_user_error(parser, name_flags=named, status=ExitStatus.USAGE, catch=(ValueError,)):
         if args.config is not None:
-            return replay_config(args, typed)
-        if args.resume is not None:
-            return resume_config(args, typed)
-        _check_ema_flags(args, typed)
-        return config_from_args(args)
+            config = replay_config(args, typed)
+        elif args.resume is not None:
+            config = resume_config(args, typed)
+        else:
+            _check_ema_flags(args, typed)
+            config = config_from_args(args)
+        _check_folders(config)
+        return config
+
+
+def _check_folder(path: Path, flag: str) -> None:
+    """``path`` is a folder, or one can be made there (nothing is made yet)."""
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"{flag} {path}: not a folder")
+        return
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{flag} {path}: cannot be made, {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: cannot be made, {parent} is not writable")
+
+
+def _check_folders(config: TrainConfig) -> None:
+    """The output folder (and the embedded dataset's) can be made, and the output folder
+    holds no other run: a second run there would append its epochs to the first's metrics
+    and overwrite its checkpoint."""
+    out = config.output_dir
+    if config.data.embedded is not None:
+        _check_folder(config.data.cache_dir, "--cache-dir")
+    _check_folder(out, "--output-dir")
+    if config.test_only:  # writes test.json only
+        return
+    held = [name for name in (METRICS_NAME, CHECKPOINT_NAME) if (out / name).exists()]
+    own = config.resume is not None and config.resume.resolve().parent == out.resolve()
+    if held and not own:
+        files = " and ".join(held)
+        message = f"--output-dir {out} already holds a run ({files}); give another folder"
+        if CHECKPOINT_NAME in held:
+            continue_it = resume_command(out / CHECKPOINT_NAME, _world_size())
+            message += f", or continue that run with: {continue_it}"
+        raise ValueError(message)

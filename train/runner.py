@@ -21,7 +21,7 @@ from dali_cutmix.cli import write_json
 from dali_cutmix.files import DatasetError
 
 from .checkpoint import load_checkpoint
-from .config import Device, TrainConfig
+from .config import METRICS_NAME, Device, TrainConfig
 from .data import build_val_loader, data_failure, prepare_dataset
 from .engine import LoaderError, evaluate
 from .model import build_model, build_model_ema, step_options, unwrapped
@@ -124,7 +124,7 @@ def _nothing_to_do(config: TrainConfig, state: dict[str, Any], info: DistInfo) -
             config.epochs,
             resume_command(config.resume, info.world_size, "--epochs", "M"),
         )
-    records = MetricsFile(config.output_dir / "metrics.jsonl", info.is_main).read()
+    records = MetricsFile(config.output_dir / METRICS_NAME, info.is_main).read()
     return RunResult(records, Outcome.NOTHING_TO_DO)
 
 
@@ -152,8 +152,10 @@ def run(config: TrainConfig) -> RunResult:
         records = trainer.metrics.read()
         if info.is_main and outcome is Outcome.FINISHED and records:
             logger.info(
-                "finished %d epochs in %.0f s: val top-1 %.2f %% (chance %.1f %%), outputs in %s",
+                "finished %d epoch%s (%.0f s in this command): val top-1 %.2f %% (chance %.1f %%), "
+                "outputs in %s",
                 len(records),
+                "s" * (len(records) != 1),
                 time.perf_counter() - start,
                 records[-1]["val_acc1"],
                 100 / config.data.num_classes,

@@ -20,7 +20,7 @@ from torch import nn
 from dali_cutmix.files import DatasetError
 
 from .checkpoint import CHECKPOINT_NAME, save_checkpoint
-from .config import Precision, Schedule, TrainConfig, check_ranks
+from .config import METRICS_NAME, Precision, Schedule, TrainConfig, check_ranks
 from .data import (
     Loader,
     build_criterion,
@@ -122,7 +122,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(info.device.type) if fp16 else None
         self.options = step_options(config, info)
         self.ema = build_model_ema(self.model, config, info) if config.model_ema else None
-        self.metrics = MetricsFile(config.output_dir / "metrics.jsonl", info.is_main)
+        self.metrics = MetricsFile(config.output_dir / METRICS_NAME, info.is_main)
         self.checkpoint = config.output_dir / CHECKPOINT_NAME
         self.epoch, self.step = 0, 0
         self.meter_state: EpochSums | None = None  # this rank's sums of the current epoch
