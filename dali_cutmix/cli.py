@@ -46,6 +46,7 @@ __all__ = [
     "add_count",
     "add_report_flag",
     "add_shared_flags",
+    "check_folder",
     "command_line",
     "command_name",
     "exit_on_user_error",
@@ -202,6 +203,26 @@ def command_name(module: str) -> str:
     otherwise ``python -m MODULE``.
     """
     return os.path.basename(sys.argv[0]) if started_as_script() else f"python -m {module}"
+
+
+def check_folder(path: str | os.PathLike[str], flag: str) -> None:
+    """``path`` is a folder, or one can be made there; nothing is made yet.
+
+    Commands check their output folders before the long work, so that a typo
+    costs nothing. Raises ``ValueError`` naming ``flag`` and the path.
+    """
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"{flag} {path}: not a folder")
+        return
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{flag} {path}: cannot be made, {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: cannot be made, {parent} is not writable")
 
 
 def positive_int(text: str) -> int:

@@ -35,7 +35,14 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from dali_cutmix.cli import command_name, exit_on_user_error, other_command, write_json
+from dali_cutmix.cli import (
+    check_folder,
+    command_name,
+    exit_on_user_error,
+    other_command,
+    positive_int,
+    write_json,
+)
 from dali_cutmix.files import (
     BadImageError,
     ImageList,
@@ -267,8 +274,19 @@ def get_args_parser() -> argparse.ArgumentParser:
         "list and a report of the bad files.",
     )
     parser.add_argument("root", help="dataset folder: ROOT/<class>/<image>")
-    parser.add_argument("--out", required=True, help="folder for files.txt and bad_files.json")
-    parser.add_argument("--workers", type=int, default=None, help="decoding processes")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="folder for files.txt (the decodable files), classes.txt and bad_files.json; "
+        "made if missing",
+    )
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        default=None,
+        help="decoding processes (default: the number of CPUs)",
+    )
+    parser.epilog = "exit status: 0 every file decodes, 1 some do not (listed), 2 bad usage"
     return parser
 
 
@@ -282,6 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with exit_on_user_error(parser):
+        # The folder first: a scan of ImageNet takes long, and its report must have a place.
+        check_folder(args.out, "--out")
         report = scan(args.root, workers=args.workers)
         paths = write_report(report, args.out)
     rate = len(report.images) / max(report.seconds, 1e-9)

@@ -241,7 +241,7 @@ BAD_VALUES = [  # module, a bad value (in a tmp folder) and the line that answer
     (
         "dali_cutmix.scan",
         ["{tmp}/data", "--out", "{tmp}/o", "--workers", "0"],
-        "--workers must be >= 1, got 0",
+        "argument --workers: expected an int >= 1, got 0",
     ),
     ("dali_cutmix.synthetic", ["{tmp}/s", "--classes", "0"], "--classes must be >= 1, got 0"),
 ]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from conftest import build_image_folder, run_command, user_error_line, write_image
@@ -73,16 +75,21 @@ def test_scan_of_a_clean_folder_exits_zero(tmp_path: Path) -> None:
             "dataset root '{tmp}/nope' does not exist. Give a folder laid out as "
             "ROOT/<class>/<image>.JPEG, one subfolder per class (ImageFolder's layout).",
         ),
-        (["data", "--workers", "0"], "--workers must be >= 1, got 0"),
+        (["data", "--out", "{tmp}/data/n00000000/img_0_0.JPEG"], None),
     ],
 )
 def test_bad_input_ends_the_command_with_one_line(
     tmp_path: Path, capsys, args: list[str], line: str
 ) -> None:
     build_image_folder(tmp_path / "data", classes=2, per_class=1, extras=False)
-    argv = [str(tmp_path / args[0]), *args[1:], "--out", str(tmp_path / "o")]
-    with pytest.raises(SystemExit) as caught:
-        main(argv)
+    rest = [arg.format(tmp=tmp_path) for arg in args[1:]] or ["--out", str(tmp_path / "o")]
+    if line is None:  # --out is a file: refused before a single image is decoded
+        line = f"--out {rest[1]}: not a folder"
+        scanned = mock.patch("dali_cutmix.scan.scan", side_effect=AssertionError("scanned"))
+    else:
+        scanned = contextlib.nullcontext()
+    with pytest.raises(SystemExit) as caught, scanned:
+        main([str(tmp_path / args[0]), *rest])
     assert caught.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"python -m dali_cutmix.scan: error: {line.format(tmp=tmp_path)}"

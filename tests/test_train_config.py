@@ -226,9 +226,7 @@ def test_bad_flags_fail_at_start_with_one_line_naming_the_flag(
     assert _refused(["--device", "cpu", *argv], capsys) == f"python -m train: error: {message}\n"
 
 
-def test_output_and_cache_folders_are_checked_before_anything_runs(
-    tmp_path: Path, capsys
-) -> None:
+def test_output_and_cache_folders_are_checked_before_anything_runs(tmp_path: Path, capsys) -> None:
     a_file = tmp_path / "notes.txt"
     a_file.write_text("not a folder")
     prefix = "python -m train: error: "

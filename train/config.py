@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dali_cutmix.cli import exit_on_user_error, replace_names
+from dali_cutmix.cli import check_folder, exit_on_user_error, replace_names
 from dali_cutmix.config import (
     AugmentConfig,
     AutoAugment,
@@ -977,29 +977,14 @@ def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
         return config
 
 
-def _check_folder(path: Path, flag: str) -> None:
-    """``path`` is a folder, or one can be made there (nothing is made yet)."""
-    if path.exists():
-        if not path.is_dir():
-            raise ValueError(f"{flag} {path}: not a folder")
-        return
-    parent = path.absolute().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ValueError(f"{flag} {path}: cannot be made, {parent} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag} {path}: cannot be made, {parent} is not writable")
-
-
 def _check_folders(config: TrainConfig) -> None:
     """The output folder (and the embedded dataset's) can be made, and the output folder
     holds no other run: a second run there would append its epochs to the first's metrics
     and overwrite its checkpoint."""
     out = config.output_dir
     if config.data.embedded is not None:
-        _check_folder(config.data.cache_dir, "--cache-dir")
-    _check_folder(out, "--output-dir")
+        check_folder(config.data.cache_dir, "--cache-dir")
+    check_folder(out, "--output-dir")
     if config.test_only:  # writes test.json only
         return
     held = [name for name in (METRICS_NAME, CHECKPOINT_NAME) if (out / name).exists()]
