@@ -39,6 +39,7 @@ from typing import Any
 from dali_cutmix.cli import (
     add_count,
     add_shared_flags,
+    check_folder,
     command_name,
     exit_on_user_error,
     start_command,
@@ -170,12 +171,11 @@ def _step(name: str, command: list[str], log_path: Path, timeout: int) -> dict[s
     return {"command": " ".join(command), "exit": code, "seconds": round(seconds, 1), "tail": tail}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, machine: dict[str, Any]) -> dict[str, Any]:
+    """Every step, on a machine with CUDA (``machine``: :func:`_machine`'s description)."""
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"machine": _machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    if not report["machine"]["cuda_available"]:
-        raise SystemExit("gpu_check: CUDA is not available on this machine")
+    report: dict[str, Any] = {"machine": machine, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     report["probes"] = {}
     for name, probe in (("empty_region", probe_empty_region), ("other_width", probe_other_width)):
         try:
@@ -380,8 +380,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = get_args_parser()
     args = start_command(parser, argv)
     with exit_on_user_error(parser):
-        args.out.mkdir(parents=True, exist_ok=True)
-    report = run(args)
+        check_folder(args.out, "--out")
+        machine = _machine()
+        if not machine["cuda_available"]:
+            raise ValueError(
+                "torch sees no CUDA device on this machine; the GPU check needs one "
+                "(make test runs the CPU suite, where the GPU tests skip)"
+            )
+    report = run(args, machine)
     failed = [name for name, step in report["steps"].items() if step["exit"] != 0]
     return 1 if failed else 0
 

@@ -26,10 +26,16 @@ def test_cpu_multi_paste_is_the_reference_of_both_probes() -> None:
     assert (out[:2] == 0).all() and (out[:, :3] == 0).all()
 
 
-def test_refuses_to_run_without_cuda(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_refuses_to_run_without_cuda(tmp_path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.setattr(gpu_check, "_machine", lambda: {"cuda_available": False})
-    with pytest.raises(SystemExit, match="CUDA is not available"):
-        gpu_check.main(["--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as caught:
+        gpu_check.main(["--out", str(tmp_path / "gc")])
+    assert caught.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "python -m pipelines.gpu_check: error: torch sees no CUDA device on this machine; the "
+        "GPU check needs one (make test runs the CPU suite, where the GPU tests skip)"
+    )
+    assert not (tmp_path / "gc").exists()  # no empty results folder left behind
 
 
 def test_a_bad_value_ends_the_command_with_one_line(tmp_path) -> None:
