@@ -467,20 +467,48 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Generate (or reuse) an ImageNet-like JPEG folder with train/ and val/.",
     )
     default = SyntheticSpec()
-    parser.add_argument("out", type=Path, help="dataset folder to create")
-    parser.add_argument("--classes", type=int, default=default.num_classes)
-    parser.add_argument("--train-per-class", type=int, default=default.train_per_class)
-    parser.add_argument("--val-per-class", type=int, default=default.val_per_class)
-    parser.add_argument("--seed", type=int, default=default.seed)
+    parser.add_argument(
+        "out",
+        type=Path,
+        help="dataset folder to create: OUT/train/<class>/*.JPEG and OUT/val/<class>/*.JPEG; "
+        "a folder made earlier with the same settings is reused, with others refused",
+    )
+    parser.add_argument(
+        "--classes", type=int, default=default.num_classes, help="classes (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--train-per-class",
+        type=int,
+        default=default.train_per_class,
+        help="training images per class (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--val-per-class",
+        type=int,
+        default=default.val_per_class,
+        help="validation images per class (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=default.seed,
+        help="the same seed and settings give the same files (default: %(default)s)",
+    )
     parser.add_argument(
         "--size-scale",
         type=float,
         default=default.size_scale,
-        help="multiply image sides (1.0: ImageNet-like sizes)",
+        help="multiply image sides (1.0: ImageNet-like sizes; default: %(default)s)",
     )
-    parser.add_argument("--quality", type=int, default=default.quality, help="JPEG quality")
-    parser.add_argument("--workers", type=int, default=None, help="default: CPU count")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--quality", type=int, default=default.quality, help="JPEG quality (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="processes (default: the number of CPUs)"
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (for logs and CI)"
+    )
     return parser
 
 
