@@ -272,7 +272,9 @@ def default_data() -> Path:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=command_name("dali_cutmix.preview"), description=__doc__.split("\n\n")[0]
+        allow_abbrev=False,  # a prefix (--epoch) is refused, not taken for a flag
+        prog=command_name("dali_cutmix.preview"),
+        description=__doc__.split("\n\n")[0],
     )
     parser.add_argument(
         "--data", type=Path, help="ImageFolder root DATA/<class>/<image> (default: a generated set)"

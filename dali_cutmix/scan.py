@@ -269,6 +269,7 @@ def write_report(report: ScanReport, out: str | os.PathLike[str]) -> dict[str, P
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,  # a prefix (--epoch) is refused, not taken for a flag
         prog=command_name("dali_cutmix.scan"),
         description="Decode every image of an ImageFolder dataset; write a clean DALI file "
         "list and a report of the bad files.",

@@ -463,6 +463,7 @@ def dataset_stats(
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,  # a prefix (--epoch) is refused, not taken for a flag
         prog="python -m dali_cutmix.synthetic",
         description="Generate (or reuse) an ImageNet-like JPEG folder with train/ and val/.",
     )
@@ -498,7 +499,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--size-scale",
         type=float,
         default=default.size_scale,
-        help="multiply image sides (1.0: ImageNet-like sizes; default: %(default)s)",
+        help="multiply image sides; 1.0 gives ImageNet-like sizes (default: %(default)s)",
     )
     parser.add_argument(
         "--quality", type=int, default=default.quality, help="JPEG quality (default: %(default)s)"

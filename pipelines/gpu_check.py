@@ -326,6 +326,7 @@ def plan_steps(args: argparse.Namespace, python: str) -> dict[str, list[str]]:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,  # a prefix (--epoch) is refused, not taken for a flag
         prog=command_name(__spec__.name),
         description="Run the GPU tests, DALI probes, graph cost and a short benchmark on a GPU.",
     )

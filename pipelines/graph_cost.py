@@ -209,6 +209,7 @@ def format_table(report: dict[str, Any]) -> str:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,  # a prefix (--epoch) is refused, not taken for a flag
         prog=command_name(__spec__.name),
         description="Per-batch CPU cost of the mixing graph (operators and ms), by setting.",
     )

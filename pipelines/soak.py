@@ -134,6 +134,7 @@ def soak(
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,  # a prefix (--epoch) is refused, not taken for a flag
         prog=command_name(__spec__.name),
         description="Host memory over many epochs and resumes of the DALI training loader.",
     )

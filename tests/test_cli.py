@@ -165,6 +165,8 @@ COMMANDS = {  # program name -> the module whose get_args_parser() builds its pa
     "pipelines.soak": "pipelines.soak",
     "pipelines.gpu_check": "pipelines.gpu_check",
     "dali_cutmix.preview": "dali_cutmix.preview",
+    "dali_cutmix.scan": "dali_cutmix.scan",
+    "dali_cutmix.synthetic": "dali_cutmix.synthetic",
 }
 
 
@@ -207,6 +209,28 @@ def test_help_loads_neither_torch_nor_dali_beyond_the_package(command: str) -> N
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS) + ["train"])
+def test_a_prefix_of_a_flag_is_refused_not_taken_for_it(command: str, capsys) -> None:
+    # argparse's default takes --epoch for --epochs and --mixup for --mixup-alpha.
+    module = "train.cli" if command == "train" else COMMANDS[command]
+    parser = importlib.import_module(module).get_args_parser()
+    flag = max((f for a in parser._actions for f in a.option_strings), key=len)
+    needed = [  # what the command requires, so that only the prefix is wrong
+        arg
+        for a in parser._actions
+        if a.required
+        for arg in ([a.option_strings[0], "x"] if a.option_strings else ["x"])
+    ]
+    with pytest.raises(SystemExit) as caught:
+        parser.parse_args([*needed, flag[:-1], "1"])
+    assert caught.value.code == 2
+    assert (
+        capsys.readouterr()
+        .err.splitlines()[-1]
+        .endswith(f"error: unrecognized arguments: {flag[:-1]} 1")
+    )
 
 
 # --------------------------------------------------------------------- every command's bad value

@@ -86,6 +86,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 def get_args_parser() -> argparse.ArgumentParser:
     """The parser of ``python -m train`` (torchvision's references' name)."""
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,  # a prefix (--epoch) is refused, not taken for a flag
         prog=command_name(__package__),
         description="Train a torchvision ResNet with CutMix/MixUp mixed inside a DALI pipeline.\n"
         "Without --data, trains resnet18 at 64 px on an embedded dataset generated on first use.",

@@ -136,6 +136,7 @@ fraction_list = number_list(float, lambda v: 0.0 <= v <= 1.0, "numbers in [0, 1]
 def get_args_parser() -> argparse.ArgumentParser:
     """The command's flags; building it imports neither torch nor DALI."""
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,  # a prefix (--epoch) is refused, not taken for a flag
         prog=command_name(__package__),
         description="Benchmark DALI and torchvision loaders and training on the same files.",
     )
