@@ -45,14 +45,26 @@ def test_checkpoint_round_trip_is_atomic_and_safe(tmp_path: Path) -> None:
     assert torch.equal(loaded["model"]["w"], state["model"]["w"])
     assert loaded["loader"] == state["loader"] and loaded["step"] == 2
     torch.save({"model": Path("x")}, tmp_path / "evil.pth")  # arbitrary pickled objects
-    with pytest.raises(ValueError, match="evil.pth is not a readable checkpoint .*[Ww]eights only"):
+    with pytest.raises(ValueError) as info:
         load_checkpoint(tmp_path / "evil.pth")
+    assert str(info.value) == (
+        f"{tmp_path / 'evil.pth'} is not a readable checkpoint: it holds objects other than "
+        "tensors, numbers, strings and containers, which are not loaded "
+        "(torch.load(weights_only=True)), so it was not written by this training"
+    )
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pth")
     with pytest.raises(ValueError, match="not a training checkpoint"):
         load_checkpoint(tmp_path / "other.pth")
     (tmp_path / "cut.pth").write_bytes(path.read_bytes()[:100])
-    with pytest.raises(ValueError, match="cut.pth is not a readable checkpoint"):
+    with pytest.raises(ValueError) as info:
         load_checkpoint(tmp_path / "cut.pth")
+    assert str(info.value) == (
+        f"{tmp_path / 'cut.pth'} is not a readable checkpoint: it is not a whole file written "
+        "by torch.save (cut short, or another kind of file; a run writes RUN/checkpoint.pth)"
+    )
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="a run's config.json starts a new run with --config"):
+        load_checkpoint(tmp_path / "config.json")
 
 
 # The child writes a checkpoint, then dies by SIGKILL half-way through writing the next.

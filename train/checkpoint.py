@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 import socket
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,22 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def _unreadable(path: Path, error: Exception) -> str:
+    """Why ``torch.load`` refused ``path``, in the user's terms (torch's own message advises
+    ``weights_only=False``, which would run whatever the file holds)."""
+    if not zipfile.is_zipfile(path):
+        what = "it is not a whole file written by torch.save (cut short, or another kind of file"
+        if path.suffix == ".json":
+            return f"{what}: a run's config.json starts a new run with --config)"
+        return f"{what}; a run writes RUN/{CHECKPOINT_NAME})"
+    if isinstance(error, pickle.UnpicklingError):
+        return (
+            "it holds objects other than tensors, numbers, strings and containers, which are "
+            "not loaded (torch.load(weights_only=True)), so it was not written by this training"
+        )
+    return f"damaged ({' '.join(str(error).split())[:200]})"
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Reads a checkpoint onto the CPU without unpickling arbitrary objects.
 
@@ -87,9 +104,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
-        # Truncated, not a torch file, or holding objects other than tensors and containers.
-        reason = " ".join(str(error).split())[:300]
-        raise ValueError(f"{path} is not a readable checkpoint ({reason})") from error
+        why = _unreadable(path, error)
+        raise ValueError(f"{path} is not a readable checkpoint: {why}") from error
     if not isinstance(state, dict):
         raise ValueError(f"{path} is not a training checkpoint (it holds a {type(state).__name__})")
     missing = {"model", "optimizer", "scheduler", "epoch", "step", "loader"} - set(state)
