@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import train.checkpoint
 import train.config
 import train.engine
 import train.trainer
@@ -219,6 +220,27 @@ def test_ctrl_c_stops_after_the_step_and_checkpoints(
     state = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
     assert (state["epoch"], state["step"]) == (0, 2)
     assert signal.getsignal(signal.SIGINT) is before  # handler restored
+
+
+def test_a_second_ctrl_c_while_the_checkpoint_is_written_waits_for_it(
+    tiny: Path, tmp_path: Path, monkeypatch
+) -> None:
+    # Cut short, torch.save left no checkpoint and a RuntimeError from its zip writer.
+    real_save = train.checkpoint.torch.save
+    calls = []
+
+    def two_ctrl_c_while_saving(*args, **kwargs):
+        calls.append(1)
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(train.checkpoint.torch, "save", two_ctrl_c_while_saving)
+    with pytest.raises(KeyboardInterrupt):
+        run(_config(tiny, tmp_path, "--loader", "torchvision", "--cutmix-alpha", "0"))
+    assert len(calls) == 1  # the first epoch's checkpoint, written whole before the abort
+    state = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    assert (state["epoch"], state["step"]) == (1, 0)
 
 
 def test_full_run_writes_metrics_config_plot_and_checkpoint(tiny: Path, tmp_path: Path) -> None:

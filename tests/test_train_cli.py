@@ -181,3 +181,23 @@ def test_only_rank_0_logs_information(rank: str, shown: bool) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert ("generated the dataset" in done.stderr) is shown
     assert "train: a warning" in done.stderr
+
+
+def test_a_second_ctrl_c_ends_with_one_line_and_status_130(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    # The first Ctrl-C stops at the next step; the second raises KeyboardInterrupt wherever
+    # the run is (as does a Ctrl-C while torch loads), which used to print a traceback.
+    import train.runner
+    from train.__main__ import main
+
+    def interrupted(config: TrainConfig) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train.runner, "run", interrupted)
+    out = tmp_path / "run"
+    assert main(["--device", "cpu", "--output-dir", str(out)]) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "python -m train: aborted by Ctrl-C; the last checkpoint written, if any, is intact: "
+        f"{out / 'checkpoint.pth'}"
+    )

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dali_cutmix.cli import report_user_error
 
 from .cli import get_args_parser
-from .config import parse_config
+from .config import CHECKPOINT_NAME, TrainConfig, parse_config
 from .status import DataFailure, ExitStatus
 
 
@@ -49,6 +49,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=log_level(rank), format="%(asctime)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else list(argv)
     config = parse_config(argv)  # a bad flag ends the process here, status 2
+    try:
+        return _train(config, argv, rank)
+    except KeyboardInterrupt:  # a second Ctrl-C (the first stops at the next step)
+        print(
+            f"{get_args_parser().prog}: aborted by Ctrl-C; the last checkpoint written, if "
+            f"any, is intact: {config.output_dir / CHECKPOINT_NAME}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return ExitStatus.ABORTED
+
+
+def _train(config: TrainConfig, argv: list[str], rank: int) -> int:
     # Imported once the flags are good: torch and DALI take seconds to load, and --help
     # or a bad flag answers without them.
     from dali_cutmix.files import DatasetError

@@ -326,7 +326,8 @@ class Trainer:
                 result = self._run_epoch_or_fail(stop, budget)
                 if budget is not None:
                     budget -= result.steps_done - start_step
-                self.save()
+                with stop.holding():
+                    self.save()
                 if result.stopped:
                     break
         if self.info.is_main:
@@ -350,7 +351,8 @@ class Trainer:
         except _LoaderFailed as error:
             failed = error
         # Raised outside the handler: the loader's own error keeps its traceback and cause.
-        self.save(alone=True)
+        with stop.holding():
+            self.save(alone=True)
         raise self._failure(failed)
 
     def _failure(self, failed: _LoaderFailed) -> Exception:

@@ -224,17 +224,36 @@ class StopFlag:
     """Set by the first Ctrl-C (or SIGTERM); the loop stops at the next step boundary.
 
     Stopping between steps keeps model, optimizer and loader consistent, so the
-    checkpoint written then resumes exactly. A second Ctrl-C interrupts at once.
+    checkpoint written then resumes exactly. A second Ctrl-C interrupts at once,
+    except while a checkpoint is written (:meth:`holding`): torch.save cut short
+    leaves no checkpoint, so the abort waits until the file is whole.
     """
 
     def __init__(self) -> None:
         self.requested = False
+        self._held = False
+        self._abort = False
 
     def request(self, signum: int, frame: Any) -> None:
+        if self._held:
+            self._abort = True
+            logger.warning("aborting once the checkpoint being written is complete")
+            return
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
         logger.warning("stopping after this step and writing a checkpoint (Ctrl-C again to abort)")
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """A second Ctrl-C inside waits for the block's end, then interrupts."""
+        self._held = True
+        try:
+            yield
+        finally:
+            self._held = False
+        if self._abort:
+            raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
