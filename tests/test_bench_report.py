@@ -57,6 +57,33 @@ def test_report_table_and_plot(tmp_path: Path) -> None:
     json.dumps(summary)
 
 
+def test_epochs_shorter_than_the_timed_batches_are_flagged() -> None:
+    # 60 images in batches of 8: 7 batches per epoch, against 6 + 2 x 2 timed.
+    env = {"cpu_count": 2, "dali": "x", "torch": "y"}
+    row = {
+        "loader": "torchvision",
+        "device": "cpu",
+        "mix": "off",
+        "workers": 2,
+        "batch_size": 8,
+        "images_per_s": 7357.9,
+        "min": 289.3,
+        "max": 14426.5,
+        "peak_rss_mb": 5.0,
+        "timing": {"warmup": 6, "windows": 2, "window_batches": 2},
+        "epoch_batches": 7,
+    }
+    long = {**row, "loader": "dali", "epoch_batches": 10, "images_per_s": 10.0}
+    summary = {"environment": env, "loaders": [row, long], "training": [], "scaling": []}
+    assert report.format_table(summary).splitlines()[-1] == (
+        "Warning: epochs of 7 batches, fewer than the warm-up and windows together: the "
+        "figures include several epoch starts, which a full-size set hides (give a larger "
+        "--data, or fewer --windows/--window-batches)."
+    )
+    summary["loaders"] = [long]
+    assert "Warning" not in report.format_table(summary)
+
+
 def test_a_training_bar_above_its_ceiling_says_why() -> None:
     ceiling = {"loader": "synthetic", "images_per_s": 100.0, "min": 95.0, "max": 104.0}
     close = {"loader": "dali", "images_per_s": 102.0, "min": 99.0, "max": 103.0}

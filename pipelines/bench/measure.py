@@ -300,10 +300,11 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         feed = _synthetic_batches(spec, num_classes)
     else:
         feed = _build_loader(spec)
+    epoch = {"epoch_batches": len(feed)} if hasattr(feed, "__len__") else {}
     result = measure_windows(feed, step=step, **windows)
     memory = _memory_figures(spec["device"])  # while ``feed`` and its workers are alive
     del feed
-    return {**result, "timing": windows, **memory}
+    return {**result, "timing": windows, **epoch, **memory}
 
 
 def run_isolated(spec: dict[str, Any]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ __all__ = [
     "spec_label",
     "measurement_key",
     "plan_sections",
+    "short_epochs",
 ]
 
 # The three mixing settings every loader is measured with: none, CutMix alone
@@ -248,6 +249,20 @@ def _training_specs(config: BenchConfig, base: dict[str, Any]) -> list[dict[str,
         {**train_base, "loader": "dali"},
         {**train_base, "loader": "torchvision", "device": train_device},
     ]
+
+
+def short_epochs(result: dict[str, Any]) -> bool:
+    """Whether a measurement's loader ran through more epochs than the run it models would.
+
+    Each epoch start (DALI's reset, the DataLoader's new iterator and its refilled
+    prefetch) costs, and an ImageNet epoch (5,005 batches of 256) hides it; a set whose
+    epoch is shorter than the warm-up and windows together times several epoch starts.
+    """
+    timing = result.get("timing")
+    if not timing or "epoch_batches" not in result:
+        return False
+    timed = timing["warmup"] + timing["windows"] * timing["window_batches"]
+    return result["epoch_batches"] < timed
 
 
 def measurement_key(spec: dict[str, Any]) -> str:

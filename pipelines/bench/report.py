@@ -6,7 +6,7 @@ import functools
 from pathlib import Path
 from typing import Any
 
-from .plan import AUGMENTS, MIXES, spec_label
+from .plan import AUGMENTS, MIXES, short_epochs, spec_label
 
 __all__ = ["ceiling_note", "derive", "derive_augment", "format_table", "plot_results"]
 
@@ -109,6 +109,21 @@ def format_table(report: dict[str, Any]) -> str:
             )
     if report.get("augment"):
         lines += _augment_table(report["augment"])
+    short = sorted(
+        {
+            r["epoch_batches"]
+            for section in ("loaders", "training", "scaling", "augment")
+            for r in report.get(section, [])
+            if short_epochs(r)
+        }
+    )
+    if short:
+        lines += [
+            "",
+            f"Warning: epochs of {', '.join(map(str, short))} batches, fewer than the warm-up "
+            "and windows together: the figures include several epoch starts, which a "
+            "full-size set hides (give a larger --data, or fewer --windows/--window-batches).",
+        ]
     return "\n".join(lines)
 
 
