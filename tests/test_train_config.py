@@ -277,6 +277,18 @@ def test_argparse_errors_keep_argparse_usage(argv: list[str], message: str, caps
     assert err.startswith("usage: python -m train") and message in err.splitlines()[-1]
 
 
+def test_data_given_as_its_train_folder_is_told_the_folder_above(
+    tmp_path: Path, capsys
+) -> None:
+    root = _folder(tmp_path, ["a"], ["a"])
+    err = _refused(["--data", str(root / "train"), "--device", "cpu"], capsys)
+    assert err == (
+        f"python -m train: error: --data {root / 'train'}: no train/ folder (expected "
+        f"{root / 'train' / 'train'}); --data takes the folder above train/ and val/: "
+        f"--data {root}\n"
+    )
+
+
 def test_mismatched_class_folders_fail_at_start(tmp_path: Path, capsys) -> None:
     root = _folder(tmp_path, ["a", "b"], ["a"])
     with pytest.raises(SystemExit):

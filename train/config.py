@@ -327,7 +327,10 @@ def _list_classes(root: Path) -> tuple[str, ...]:
     for split in ("train", "val"):
         folder = root / split
         if not folder.is_dir():
-            raise ValueError(f"--data {root}: no {split}/ folder (expected {folder})")
+            hint = ""
+            if root.name in ("train", "val") and (root.parent / split).is_dir():
+                hint = f"; --data takes the folder above train/ and val/: --data {root.parent}"
+            raise ValueError(f"--data {root}: no {split}/ folder (expected {folder}){hint}")
         try:
             splits[split] = tuple(class_folders(folder))
         except DatasetError as error:  # no class folders, or split folders one level too deep
