@@ -81,7 +81,7 @@ def test_autocast_and_grad_scaler_steps_on_nhwc_batches(dtype: torch.dtype) -> N
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     if scaler is not None:
         assert scaler.get_scale() == 16.0  # no step was skipped for an overflow
-    summary = evaluate(model, batches, options=options, info=DistInfo(), epoch=0)
+    summary = evaluate(model, batches, options=options, info=DistInfo(), label="val 1")
     assert summary["samples"] == 12.0 and math.isfinite(summary["loss"])
 
 
@@ -130,7 +130,7 @@ def test_a_loader_error_ends_the_epoch_with_the_steps_done_and_a_model_error_pro
             _batches_then(failure, 1),
             options=StepOptions(device=CPU),
             info=DistInfo(),
-            epoch=0,
+            label="val 1",
         )
     assert caught.value.__cause__ is failure
 

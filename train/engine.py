@@ -240,9 +240,11 @@ def evaluate(
     *,
     options: StepOptions,
     info: DistInfo,
-    epoch: int,
+    label: str,
 ) -> dict[str, float]:
     """Top-1 / top-5 accuracy (%) and cross-entropy over the whole validation set.
+
+    ``label`` names the progress bar (``"val 3"`` after epoch 3, ``"test"``).
 
     Sums are reduced over ranks, so every image counts once however it was sharded.
 
@@ -256,7 +258,7 @@ def evaluate(
         info,
         iterable=_guarded(loader),
         total=len(loader) if hasattr(loader, "__len__") else None,
-        desc=f"val {epoch + 1}",
+        desc=label,
         leave=False,
     ):
         if images.shape[0] == 0:

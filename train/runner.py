@@ -83,7 +83,7 @@ def _evaluate_models(
     options, val = step_options(config, info), {}
     for prefix, evaluated in models.items():
         try:
-            sums = evaluate(evaluated, val_loader, options=options, info=info, epoch=state["epoch"])
+            sums = evaluate(evaluated, val_loader, options=options, info=info, label="test")
         except LoaderError as failed:
             error = failed.__cause__
             if not isinstance(error, DatasetError):

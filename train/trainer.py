@@ -280,7 +280,7 @@ class Trainer:
 
     def _evaluate(self, model: nn.Module) -> dict[str, float]:
         return evaluate(
-            model, self.val_loader, options=self.options, info=self.info, epoch=self.epoch
+            model, self.val_loader, options=self.options, info=self.info, label=f"val {self.epoch + 1}"
         )
 
     def _log_epoch(self, result: EpochResult, val: dict[str, float]) -> None:
