@@ -277,9 +277,7 @@ def test_argparse_errors_keep_argparse_usage(argv: list[str], message: str, caps
     assert err.startswith("usage: python -m train") and message in err.splitlines()[-1]
 
 
-def test_data_given_as_its_train_folder_is_told_the_folder_above(
-    tmp_path: Path, capsys
-) -> None:
+def test_data_given_as_its_train_folder_is_told_the_folder_above(tmp_path: Path, capsys) -> None:
     root = _folder(tmp_path, ["a"], ["a"])
     err = _refused(["--data", str(root / "train"), "--device", "cpu"], capsys)
     assert err == (

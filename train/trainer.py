@@ -279,9 +279,8 @@ class Trainer:
         return result
 
     def _evaluate(self, model: nn.Module) -> dict[str, float]:
-        return evaluate(
-            model, self.val_loader, options=self.options, info=self.info, label=f"val {self.epoch + 1}"
-        )
+        label = f"val {self.epoch + 1}"
+        return evaluate(model, self.val_loader, options=self.options, info=self.info, label=label)
 
     def _log_epoch(self, result: EpochResult, val: dict[str, float]) -> None:
         sums = result.meter.reduced(self.info)
