@@ -48,7 +48,7 @@ from dali_cutmix.config import (
     _enum,
     resolve_device,
 )
-from dali_cutmix.files import ImageList, list_image_folder, read_file_list
+from dali_cutmix.files import DatasetError, ImageList, list_image_folder, read_file_list
 from dali_cutmix.loader import DaliLoader, LastBatch
 from dali_cutmix.mixing import mix as mix_images
 from dali_cutmix.scan import explain_decode_error
@@ -508,6 +508,32 @@ def _build_pipeline(checkpoint: str | None, **kwargs: Any) -> Pipeline:
         return imagenet_pipeline(checkpoint=checkpoint, **kwargs)
 
 
+def _fitting_batch(images: ImageList, batch_size: int, num_shards: int, policy: LastBatch) -> int:
+    """``batch_size``, or for ``PARTIAL`` the smallest shard's size if that is smaller.
+
+    DALI's reader cannot start a shard smaller than one batch. Training (``DROP``)
+    would yield nothing and is refused; validation yields every image once whatever
+    its batch size, so its batch is lowered to fit (logged).
+    """
+    smallest = len(images) // num_shards
+    if smallest >= batch_size:
+        return batch_size
+    if policy is LastBatch.PARTIAL and smallest >= 1:
+        logger.info(
+            "batches of %d, not %d: %d images over %d shard(s) leave %d on the smallest",
+            smallest,
+            batch_size,
+            len(images),
+            num_shards,
+            smallest,
+        )
+        return smallest
+    raise DatasetError(
+        f"{images.source}: {len(images)} images over {num_shards} shard(s) give no batch of "
+        f"{batch_size} per shard: lower the batch size"
+    )
+
+
 def make_loader(
     root: str | os.PathLike[str] | None = None,
     options: ImageNetOptions | None = None,
@@ -570,6 +596,9 @@ def make_loader(
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        # DALI takes -1 for "a random seed": a negative one would silently lose determinism.
+        raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}")
     options = imagenet_options(options, **fields)
     train = options.train
     policy = _enum(
@@ -582,6 +611,7 @@ def make_loader(
             f"mix.num_classes is {options.mix.num_classes} but {images.source!r} has "
             f"{images.num_classes} classes"
         )
+    batch_size = _fitting_batch(images, batch_size, num_shards, policy)
     dali_device = dali_device_id(device, device_id)
     gpu = dali_device is not None
     build = functools.partial(

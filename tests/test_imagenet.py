@@ -210,6 +210,26 @@ def test_mixup_pixels_match_targets_after_normalization(tmp_path: Path) -> None:
 # ---- bad input ---------------------------------------------------------------------------------
 
 
+def test_a_batch_larger_than_a_shard(tmp_path: Path) -> None:
+    # DALI's reader cannot start a shard smaller than a batch: it failed with "no data in
+    # the pipeline". Training is refused by name; validation lowers its batch and still
+    # yields every image once.
+    root = build_image_folder(tmp_path / "train", classes=2, per_class=3, extras=False)
+    with pytest.raises(DatasetError) as info:
+        small_loader(root, batch_size=4, num_shards=2, shard_id=0)
+    assert str(info.value) == (
+        f"{root}: 6 images over 2 shard(s) give no batch of 4 per shard: lower the batch size"
+    )
+    seen = []
+    for shard in range(2):
+        val = small_loader(root, train=False, batch_size=256, num_shards=2, shard_id=shard)
+        assert val.batch_size == 3 and len(val) == 1
+        seen += [label for _, labels in val for label in labels.tolist()]
+    assert sorted(seen) == [0, 0, 0, 1, 1, 1]
+    with pytest.raises(ValueError, match=r"seed must be an int in \[0, 2\*\*32\), got -5"):
+        small_loader(root, seed=-5)
+
+
 def test_missing_and_empty_roots_are_named(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=f"{tmp_path / 'nope'}.*does not exist"):
         small_loader(tmp_path / "nope", batch_size=2)
