@@ -236,7 +236,7 @@ def test_a_prefix_of_a_flag_is_refused_not_taken_for_it(command: str, capsys) ->
 # --------------------------------------------------------------------- every command's bad value
 
 BAD_VALUES = [  # module, a bad value (in a tmp folder) and the line that answers it
-    ("train", ["--epochs", "0"], "--epochs must be > 0, got 0"),
+    ("train", ["--epochs", "0"], "--epochs must be an int >= 1, got 0"),
     ("train", ["-j", "0"], "-j must be an int >= 1, got 0"),
     (
         "train",

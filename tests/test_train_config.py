@@ -168,12 +168,12 @@ def _refused(argv: list[str], capsys: pytest.CaptureFixture) -> str:
     [
         (["--cutmix-alpha", "-1"], "--cutmix-alpha must be in [0.0, inf], got -1.0"),
         (["--mix-prob", "1.5"], "--mix-prob must be in [0.0, 1.0], got 1.5"),
-        (["--mix-p", "2"], "--mix-prob must be in [0.0, 1.0], got 2.0"),  # argparse's prefix
+        (["--mix-prob", "2"], "--mix-prob must be in [0.0, 1.0], got 2.0"),
         (["--switch-prob", "-0.1"], "--switch-prob must be in [0.0, 1.0], got -0.1"),
         (["--label-smoothing", "1"], "--label-smoothing must be in [0.0, 1.0), got 1.0"),
         (["--smoothing", "1"], "--smoothing must be in [0.0, 1.0), got 1.0"),  # as typed
         (["--cutmix-minmax", "0.8", "0.2"], "--cutmix-minmax must have min <= max, got (0.8, 0.2)"),
-        (["--epochs", "0"], "--epochs must be > 0, got 0"),
+        (["--epochs", "0"], "--epochs must be an int >= 1, got 0"),
         (["--batch-size", "0"], "--batch-size must be an int >= 1, got 0"),
         (["-b", "0"], "-b must be an int >= 1, got 0"),
         (["-j", "0"], "-j must be an int >= 1, got 0"),
@@ -181,16 +181,19 @@ def _refused(argv: list[str], capsys: pytest.CaptureFixture) -> str:
             ["--crop-size", "300", "--resize-size", "256"],
             "--resize-size (256) must be >= --crop-size (300)",
         ),
-        (["--lr", "0"], "--lr must be > 0, got 0.0"),
-        (["--wd", "-1"], "--wd must be >= 0, got -1.0"),
-        (["--weight-decay", "-1"], "--weight-decay must be >= 0, got -1.0"),
-        (["--lr-step-size", "0"], "--lr-step-size must be > 0, got 0"),
+        (["--lr", "0"], "--lr must be a finite number > 0, got 0.0"),
+        (["--lr", "inf"], "--lr must be a finite number > 0, got inf"),
+        (["--wd", "-1"], "--wd must be a finite number >= 0, got -1.0"),
+        (["--wd", "nan"], "--wd must be a finite number >= 0, got nan"),
+        (["--seed", str(2**64)], f"--seed must be in [0, 2**32), got {2**64}"),
+        (["--weight-decay", "-1"], "--weight-decay must be a finite number >= 0, got -1.0"),
+        (["--lr-step-size", "0"], "--lr-step-size must be an int >= 1, got 0"),
         (["--lr-gamma", "2"], "--lr-gamma must be in (0, 1], got 2.0"),
         (["--momentum", "0"], "Nesterov needs momentum > 0; pass --no-nesterov or --momentum"),
         (["--warmup-epochs", "7"], "--warmup-epochs (7.0) must be <= --epochs (6)"),
-        (["--print-freq", "0"], "--print-freq must be > 0, got 0"),
-        (["--stop-after-steps", "0"], "--stop-after-steps must be > 0, got 0"),
-        (["--seed", "-1"], "--seed must be >= 0, got -1"),
+        (["--print-freq", "0"], "--print-freq must be an int >= 1, got 0"),
+        (["--stop-after-steps", "0"], "--stop-after-steps must be an int >= 1, got 0"),
+        (["--seed", "-1"], "--seed must be in [0, 2**32), got -1"),
         (
             ["--loader", "torchvision", "--mix-mode", "elem"],
             "--loader torchvision mixes per batch only (torchvision.transforms.v2.CutMix); "
@@ -514,7 +517,7 @@ def test_resume_takes_the_flags_that_may_change(resumable, tmp_path: Path) -> No
             "--arch resnet18 differs from the checkpoint's resnet50; "
             "-b 64 differs from the checkpoint's 256",
         ),
-        (["--mix-p", "0.5"], "--mix-prob 0.5 differs from the checkpoint's 1.0"),
+        (["--mix-prob", "0.5"], "--mix-prob 0.5 differs from the checkpoint's 1.0"),
     ],
 )
 def test_resume_refuses_other_changes_in_one_line_naming_the_typed_flags(
@@ -782,7 +785,7 @@ def test_model_ema_flags_and_torchvisions_decay_adjustment() -> None:
         ),
         (["--train-crop-size", "0"], "--train-crop-size must be an int >= 1, got 0"),
         (["--crop-size", "0"], "--crop-size must be an int >= 1, got 0"),
-        (["--model-ema", "--model-ema-steps", "0"], "--model-ema-steps must be > 0, got 0"),
+        (["--model-ema", "--model-ema-steps", "0"], "--model-ema-steps must be an int >= 1, got 0"),
         (
             ["--model-ema", "--model-ema-decay", "1.5"],
             "--model-ema-decay must be in [0, 1], got 1.5",

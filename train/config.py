@@ -19,6 +19,7 @@ import enum
 import functools
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -81,10 +82,18 @@ EMBEDDED_SPEC = SyntheticSpec(
 
 
 def _positive(name: str, value: Any, *, zero: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite number > 0 (>= 0 with ``zero``): ``--lr inf`` trained to NaN and wrote
+    NaN into metrics.jsonl, which strict JSON readers refuse."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or not (value >= 0 if zero else value > 0):
         bound = ">= 0" if zero else "> 0"
-        raise ValueError(f"{name} must be {bound}, got {value!r}")
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+
+
+def _count(name: str, value: Any) -> None:
+    """An int >= 1 (a --config file can hold 2.5 where the flag takes only ints)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,7 +188,7 @@ class OptimConfig:
         _positive("lr", self.lr)
         _positive("weight_decay", self.weight_decay, zero=True)
         _positive("warmup_epochs", self.warmup_epochs, zero=True)
-        _positive("step_size", self.step_size)
+        _count("step_size", self.step_size)
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if self.nesterov and self.momentum == 0:
@@ -241,12 +250,14 @@ class TrainConfig:
         object.__setattr__(self, "precision", _enum(Precision, "precision", self.precision))
         if self.arch not in ARCHS:
             raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
-        _positive("epochs", self.epochs)
-        _positive("print_freq", self.print_freq)
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        _count("epochs", self.epochs)
+        _count("print_freq", self.print_freq)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an int, got {self.seed!r}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
         if self.stop_after_steps is not None:
-            _positive("stop_after_steps", self.stop_after_steps)
+            _count("stop_after_steps", self.stop_after_steps)
         if self.mix.num_classes != self.data.num_classes:
             raise ValueError(
                 f"mix.num_classes ({self.mix.num_classes}) != number of classes "
@@ -268,7 +279,7 @@ class TrainConfig:
     def _check_ema(self) -> None:
         if isinstance(self.model_ema_steps, bool) or not isinstance(self.model_ema_steps, int):
             raise ValueError(f"model_ema_steps must be an int >= 1, got {self.model_ema_steps!r}")
-        _positive("model_ema_steps", self.model_ema_steps)
+        _count("model_ema_steps", self.model_ema_steps)
         if not 0.0 <= self.model_ema_decay <= 1.0:
             raise ValueError(f"model_ema_decay must be in [0, 1], got {self.model_ema_decay!r}")
 
