@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import json
 import os
 import re
 import subprocess
@@ -145,6 +146,25 @@ def test_config_names_a_file_it_cannot_use_in_one_line(
     err = capsys.readouterr().err
     assert err.startswith("python -m train: error: " + message.format(path=path))
     assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"epoch": 3}, "--config {path}: unknown setting(s) epoch"),
+        ({"epochs": 2.5}, "--config {path}: --epochs must be an int >= 1, got 2.5"),
+    ],
+)
+def test_config_refuses_unknown_settings_and_values_of_another_kind(
+    tmp_path: Path, change: dict, message: str, capsys: pytest.CaptureFixture
+) -> None:
+    _, path = _saved_run(tmp_path, "--epochs", "3")
+    saved = json.loads(path.read_text())
+    path.write_text(json.dumps(saved | change))
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(["--config", str(path)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"python -m train: error: {message.format(path=path)}\n"
 
 
 def test_config_and_resume_exclude_each_other(tmp_path: Path, capsys) -> None:

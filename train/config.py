@@ -921,7 +921,11 @@ def _read_config(path: Path) -> dict[str, Any]:
         raise ValueError(
             f"--config {path}: not a run's config.json (it has no data, optim and mix settings)"
         )
-    return _upgrade(saved)
+    saved = _upgrade(saved)
+    unknown = sorted(saved.keys() - {field.name for field in dataclasses.fields(TrainConfig)})
+    if unknown:  # a misspelt key would otherwise be dropped without a word
+        raise ValueError(f"--config {path}: unknown setting(s) {', '.join(unknown)}")
+    return saved
 
 
 def replay_config(args: argparse.Namespace, typed: Mapping[str, str]) -> TrainConfig:
