@@ -898,11 +898,23 @@ def test_a_checkpoint_from_before_the_augmentations_resumes_as_it_was(resumable)
 def test_a_resumed_metrics_file_numbers_its_epochs_from_1(tmp_path: Path) -> None:
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"epoch": 0, "val_acc1": 10.0}\n{"epoch": 1, "val_acc1": 20.0}\n')
-    MetricsFile(path, enabled=False).renumber()  # not rank 0: leaves it alone
+    MetricsFile(path, enabled=False).resume_at(2)  # not rank 0: leaves it alone
     assert [r["epoch"] for r in MetricsFile(path, enabled=True).read()] == [0, 1]
     metrics = MetricsFile(path, enabled=True)
-    metrics.renumber()  # written before epochs were numbered from 1
+    metrics.resume_at(2)  # written before epochs were numbered from 1
     assert metrics.read() == [{"epoch": 1, "val_acc1": 10.0}, {"epoch": 2, "val_acc1": 20.0}]
-    metrics.renumber()  # already from 1: unchanged
+    metrics.resume_at(2)  # already from 1: unchanged
     assert [r["epoch"] for r in metrics.read()] == [1, 2]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
+
+
+def test_a_resumed_metrics_file_drops_epochs_the_checkpoint_does_not_hold(
+    tmp_path: Path, caplog
+) -> None:
+    # The record of epoch 2 is written just before its checkpoint: a run killed between
+    # the two resumes from epoch 1's checkpoint, trains epoch 2 again and wrote it twice.
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"epoch": 1, "val_acc1": 10.0}\n{"epoch": 2, "val_acc1": 20.0}\n')
+    MetricsFile(path, enabled=True).resume_at(1)
+    assert MetricsFile(path, enabled=True).read() == [{"epoch": 1, "val_acc1": 10.0}]
+    assert f"{path}: dropped the record of epoch(s) 2, which the checkpoint" in caplog.text

@@ -147,7 +147,7 @@ class Trainer:
         steps = len(self.train_loader)
         self.epoch, self.step = state["epoch"], min(state["step"], steps)
         self.meter_state = _saved_meter(state.get("meter"), self.info)
-        self.metrics.renumber()  # a file of an older version numbered epochs from 0
+        self.metrics.resume_at(state["epoch"])
         self._align_schedule(state.get("config", {}).get("epochs", self.config.epochs))
         why = self._restore_loader(_of_rank(state["loader"], self.info))
         if why is not None:

@@ -171,17 +171,32 @@ class MetricsFile:
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
-    def renumber(self) -> None:
-        """Numbers from 1 the epochs of a file written before they were (from 0), if it is one.
+    def resume_at(self, epochs_done: int) -> None:
+        """Makes the file agree with a checkpoint after ``epochs_done`` epochs, before appending.
 
-        A resumed run calls it before it appends, so that the file keeps one numbering.
+        Epochs numbered from 0 (a file of an older version) are numbered from 1. The
+        record of an epoch is written just before its checkpoint, so a run that died in
+        between (a second Ctrl-C, a kill) left a record of an epoch the checkpoint does
+        not hold; it is dropped, as that epoch is trained again.
         """
         records = self.read()
-        if not self.enabled or not records or records[0].get("epoch") != 0:
+        if not self.enabled or not records:
             return
-        lines = [json.dumps(r | {"epoch": r["epoch"] + 1}, sort_keys=True) for r in records]
+        if records[0].get("epoch") == 0:
+            records = [r | {"epoch": r["epoch"] + 1} for r in records]
+        elif all(r.get("epoch", 0) <= epochs_done for r in records):
+            return
+        kept = [r for r in records if r.get("epoch", 0) <= epochs_done]
+        dropped = [str(r.get("epoch")) for r in records if r.get("epoch", 0) > epochs_done]
+        if dropped:
+            logger.warning(
+                "%s: dropped the record of epoch(s) %s, which the checkpoint does not hold "
+                "(the run ended before it was written); they are trained again",
+                self.path,
+                ", ".join(dropped),
+            )
         partial = self.path.with_name(self.path.name + ".tmp")
-        partial.write_text("".join(line + "\n" for line in lines))
+        partial.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
         os.replace(partial, self.path)
 
 
