@@ -103,7 +103,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
+    except Exception as error:  # torch.load's errors vary with the bytes (KeyError on text)
         why = _unreadable(path, error)
         raise ValueError(f"{path} is not a readable checkpoint: {why}") from error
     if not isinstance(state, dict):
