@@ -63,7 +63,7 @@ def test_checkpoint_round_trip_is_atomic_and_safe(tmp_path: Path) -> None:
         "by torch.save (cut short, or another kind of file; a run writes RUN/checkpoint.pth)"
     )
     (tmp_path / "text.pth").write_text("hello\n")  # torch.load raised KeyError: 101
-    with pytest.raises(ValueError, match="text.pth is not a readable checkpoint: it is not a whole"):
+    with pytest.raises(ValueError, match="text.pth is not a readable checkpoint: it is not a"):
         load_checkpoint(tmp_path / "text.pth")
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ValueError, match="a run's config.json starts a new run with --config"):
