@@ -40,9 +40,11 @@ from typing import Any, TypeVar
 from dali_cutmix.files import DatasetError
 
 __all__ = [
+    "ABORTED",
     "SCRIPT_PREFIX",
     "SHARED_FLAGS",
     "USER_ERRORS",
+    "aborted",
     "add_count",
     "add_report_flag",
     "add_shared_flags",
@@ -223,6 +225,16 @@ def check_folder(path: str | os.PathLike[str], flag: str) -> None:
         raise ValueError(f"{flag} {path}: cannot be made, {parent} is not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"{flag} {path}: cannot be made, {parent} is not writable")
+
+
+ABORTED = 130  # the shell's status for a process ended by Ctrl-C (128 + SIGINT)
+
+
+def aborted(parser: argparse.ArgumentParser, what: str) -> int:
+    """Says on one line that Ctrl-C ended the command and ``what`` became of its work (no
+    traceback); returns :data:`ABORTED`, to exit with."""
+    print(f"{parser.prog}: aborted by Ctrl-C; {what}", file=sys.stderr, flush=True)
+    return ABORTED
 
 
 def positive_int(text: str) -> int:

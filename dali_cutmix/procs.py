@@ -24,10 +24,16 @@ functions and classes, no lambdas.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import multiprocessing
+import signal
+import sys
+from collections.abc import Iterator
 from multiprocessing.context import BaseContext
+from typing import Any
 
-__all__ = ["START_METHOD", "process_context"]
+__all__ = ["START_METHOD", "exit_on_sigterm", "process_context", "worker_pool"]
 
 START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
@@ -52,3 +58,35 @@ def process_context() -> BaseContext:
         # Takes effect when the server starts (the first worker of this process).
         context.set_forkserver_preload(_FORKSERVER_PRELOAD)
     return context
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int) -> Iterator[concurrent.futures.ProcessPoolExecutor]:
+    """A ``ProcessPoolExecutor`` of :func:`process_context` that never outlives the block.
+
+    However the block ends (done, an error, Ctrl-C, SIGTERM under
+    :func:`exit_on_sigterm`), tasks not started are cancelled and the pool waits
+    for the running ones (short by design) and its workers. The executor's own
+    ``with`` waits for every task submitted, which is all of them.
+    """
+    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=process_context())
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def exit_on_sigterm() -> Iterator[None]:
+    """Within the block, SIGTERM ends the process by ``SystemExit(143)`` (128 + 15), so that
+    ``finally`` clauses and pools shut down; by default it killed the process at once and
+    left its worker processes and temporary files behind."""
+
+    def leave(signum: int, frame: Any) -> None:
+        sys.exit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, leave)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

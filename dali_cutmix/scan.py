@@ -36,6 +36,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from dali_cutmix.cli import (
+    aborted,
     check_folder,
     command_name,
     exit_on_user_error,
@@ -51,7 +52,7 @@ from dali_cutmix.files import (
     scan_hint,
     write_file_list,
 )
-from dali_cutmix.procs import process_context
+from dali_cutmix.procs import exit_on_sigterm, worker_pool
 
 __all__ = [
     "ScanReport",
@@ -164,7 +165,7 @@ def scan(
     start = time.perf_counter()
     with (
         tqdm(total=len(images), unit="img", desc="scan", disable=not progress) as bar,
-        concurrent.futures.ProcessPoolExecutor(workers, mp_context=process_context()) as pool,
+        worker_pool(workers) as pool,
     ):
         for result in pool.map(_check_chunk, _chunks(images.paths, chunk_size)):
             errors.extend(result)
@@ -300,11 +301,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    with exit_on_user_error(parser):
-        # The folder first: a scan of ImageNet takes long, and its report must have a place.
-        check_folder(args.out, "--out")
-        report = scan(args.root, workers=args.workers)
-        paths = write_report(report, args.out)
+    try:
+        with exit_on_sigterm(), exit_on_user_error(parser):
+            # The folder first: a scan of ImageNet takes long, and its report must have a place.
+            check_folder(args.out, "--out")
+            report = scan(args.root, workers=args.workers)
+            paths = write_report(report, args.out)
+    except KeyboardInterrupt:
+        return aborted(parser, "no report was written")
     rate = len(report.images) / max(report.seconds, 1e-9)
     logger.info(
         "%d files, %d good, %d bad (%.0f images/s)",

@@ -48,8 +48,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from dali_cutmix.cli import exit_on_user_error, from_flags
-from dali_cutmix.procs import process_context
+from dali_cutmix.cli import aborted, exit_on_user_error, from_flags
+from dali_cutmix.procs import exit_on_sigterm, worker_pool
 
 __all__ = [
     "CACHE_ENV",
@@ -360,7 +360,7 @@ def _write_all(spec: SyntheticSpec, tmp: Path, workers: int, progress: bool) -> 
                 total += _write_chunk(spec, str(tmp), part)
                 bar.update(len(part))
             return total
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=process_context()) as pool:
+        with worker_pool(workers) as pool:
             futures = {
                 pool.submit(_write_chunk, spec, str(tmp), part): len(part) for part in chunks
             }
@@ -521,9 +521,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    with exit_on_user_error(parser, fields={"num_classes": "--classes"}):
-        spec = from_flags(SyntheticSpec, args, num_classes=args.classes)
-        root = generate(args.out, spec, workers=args.workers, progress=not args.no_progress)
+    try:
+        with exit_on_sigterm(), exit_on_user_error(parser, fields={"num_classes": "--classes"}):
+            spec = from_flags(SyntheticSpec, args, num_classes=args.classes)
+            root = generate(args.out, spec, workers=args.workers, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        return aborted(parser, "a data set is written whole or not at all: no part of it is left")
     print(dataset_stats(root).summary())
     return 0
 

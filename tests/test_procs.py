@@ -7,13 +7,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from torchvision.transforms import v2
 
-from dali_cutmix.procs import process_context
+from dali_cutmix.procs import exit_on_sigterm, process_context, worker_pool
 from dali_cutmix.scan import scan
 from dali_cutmix.synthetic import SyntheticSpec, generate
 from pipelines.torchvision_ref import make_torchvision_loader
@@ -104,3 +105,27 @@ def test_scan_finishes_after_a_pipeline_was_dropped(image_folder: Path) -> None:
         process.wait()
     assert process.returncode == 0, err[-2000:]
     assert out.split() == ["15"]
+
+
+def test_sigterm_inside_exit_on_sigterm_runs_finally_clauses() -> None:
+    # By default SIGTERM killed scan and synthetic at once: their pools' workers lived on
+    # and synthetic's partial folder stayed.
+    before = signal.getsignal(signal.SIGTERM)
+    cleaned = []
+    with pytest.raises(SystemExit) as caught, exit_on_sigterm():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises at once, interrupting the sleep
+        finally:
+            cleaned.append(True)
+    assert caught.value.code == 128 + signal.SIGTERM and cleaned == [True]
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_worker_pool_cancels_what_has_not_started_when_the_block_fails() -> None:
+    # ProcessPoolExecutor's own `with` waits for every submitted task.
+    with pytest.raises(KeyboardInterrupt), worker_pool(1) as pool:
+        futures = [pool.submit(time.sleep, 0.5) for _ in range(40)]
+        raise KeyboardInterrupt
+    assert sum(f.cancelled() for f in futures) >= 35
+    assert all(f.done() for f in futures)
