@@ -23,8 +23,10 @@ __all__ = [
     "BadImageError",
     "DatasetError",
     "ImageList",
+    "UNLISTABLE",
     "class_folders",
     "list_image_folder",
+    "listable",
     "path_in_message",
     "read_file_list",
     "scan_hint",
@@ -272,19 +274,36 @@ def _names_from_paths(paths: Sequence[str], labels: Sequence[int]) -> tuple[str,
     return tuple(names.get(i, f"class_{i}") for i in range(max(labels) + 1))
 
 
+UNLISTABLE = (
+    "its name has leading/trailing whitespace or a newline, which DALI's file list "
+    "cannot hold; rename the file"
+)
+
+
+def listable(file_path: str) -> bool:
+    """Whether a ``path label`` line of DALI's file list can hold ``file_path``."""
+    return file_path == file_path.strip() and "\n" not in file_path and "\r" not in file_path
+
+
 def write_file_list(path: str | os.PathLike[str], entries: Iterable[tuple[str, int]]) -> int:
-    """Writes ``path label`` lines (DALI's file-list format); returns the line count."""
-    count = 0
-    with open(path, "w", encoding="utf-8") as out:
-        for file_path, label in entries:
-            if file_path != file_path.strip() or "\n" in file_path:
-                raise DatasetError(
-                    f"{file_path!r} has leading/trailing whitespace or a newline, which "
-                    f"DALI's file list cannot hold; rename the file."
-                )
-            out.write(f"{file_path} {label}\n")
-            count += 1
-    return count
+    """Writes ``path label`` lines (DALI's file-list format); returns the line count.
+
+    Every entry is checked before anything is written, and the file is replaced
+    whole (written beside it, then renamed), so an earlier list is never left
+    half-overwritten.
+
+    Raises:
+        DatasetError: a path that such a line cannot hold (named).
+    """
+    entries = list(entries)
+    for file_path, _ in entries:
+        if not listable(file_path):
+            raise DatasetError(f"{file_path!r}: {UNLISTABLE}.")
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text("".join(f"{p} {label}\n" for p, label in entries), encoding="utf-8")
+    os.replace(partial, path)
+    return len(entries)
 
 
 # DALI names the file in e.g. "Failed to decode sample #3 : /data/x.JPEG" or

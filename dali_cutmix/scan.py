@@ -45,9 +45,11 @@ from dali_cutmix.cli import (
     write_json,
 )
 from dali_cutmix.files import (
+    UNLISTABLE,
     BadImageError,
     ImageList,
     list_image_folder,
+    listable,
     path_in_message,
     scan_hint,
     write_file_list,
@@ -171,6 +173,10 @@ def scan(
             errors.extend(result)
             bar.update(len(result))
     seconds = time.perf_counter() - start
+    # A name the clean list cannot hold is as unusable as a file that does not decode.
+    errors = [
+        e if e is not None or listable(p) else UNLISTABLE for p, e in zip(images.paths, errors)
+    ]
     logger.info(
         "decoded %d files in %.1f s (%.0f images/s) with %d workers",
         len(images),

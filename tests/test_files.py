@@ -170,8 +170,17 @@ def test_file_list_errors_name_the_file_line_and_fix(
 
 
 def test_file_list_paths_with_outer_whitespace_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(DatasetError, match="whitespace"):
-        write_file_list(tmp_path / "out.txt", [("trailing.jpg ", 0)])
+    out = tmp_path / "out.txt"
+    out.write_text("an earlier list 0\n")
+    with pytest.raises(DatasetError) as info:
+        write_file_list(out, [("good.jpg", 0), ("trailing.jpg ", 0), ("x.jpg", 1)])
+    assert str(info.value) == (
+        "'trailing.jpg ': its name has leading/trailing whitespace or a newline, which DALI's "
+        "file list cannot hold; rename the file."
+    )
+    # Nothing was written: the earlier list is as it was (it used to be cut after good.jpg).
+    assert out.read_text() == "an earlier list 0\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
 
 
 def test_label_beyond_class_folders_is_an_error(tmp_path: Path) -> None:

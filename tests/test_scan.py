@@ -59,6 +59,26 @@ def test_scan_writes_clean_list_and_report(tmp_path: Path) -> None:
     assert (out / "classes.txt").read_text().split() == ["n00000000", "n00000001"]
 
 
+def test_a_name_the_clean_list_cannot_hold_is_a_bad_file(tmp_path: Path) -> None:
+    # It decodes, but "path label" lines cannot hold a newline: the scan ended with an
+    # error after decoding everything, leaving a half-written files.txt.
+    root = build_image_folder(tmp_path / "data", classes=2, per_class=2, extras=False)
+    odd = root / "n00000001" / "new\nline.JPEG"
+    write_image(odd, size=(20, 20), seed=1)
+    out = tmp_path / "scan"
+    assert main([str(root), "--out", str(out), "--workers", "1"]) == 1
+    report = json.loads((out / "bad_files.json").read_text())
+    assert report["bad"] == [
+        {
+            "path": str(odd),
+            "label": 1,
+            "error": "its name has leading/trailing whitespace or a newline, which DALI's "
+            "file list cannot hold; rename the file",
+        }
+    ]
+    assert len(read_file_list(out / "files.txt").paths) == 4
+
+
 def test_scan_of_a_clean_folder_exits_zero(tmp_path: Path) -> None:
     root = build_image_folder(tmp_path / "data", classes=2, per_class=2)
     out = tmp_path / "scan"
