@@ -208,6 +208,12 @@ def _refused(argv: list[str], capsys: pytest.CaptureFixture) -> str:
             "--cutmix-minmax=(0.2, 0.5) draws box sides with no lambda to keep: its label weight "
             "is always the box's area (timm's rule), so --correct-lam cannot be turned off with it",
         ),
+        (
+            ["-b", "1", "--crop-size", "32"],
+            "-b 1 with --crop-size 32: BatchNorm needs more than one value per channel in "
+            "training, and at 32 px or less ResNet's last feature map is 1 x 1; use a batch of "
+            "2 or more, or a larger crop",
+        ),
         (["--amp", "fp16"], "--amp fp16 needs a GPU (it uses a GradScaler); use bf16 or off"),
         (
             ["--resume", "/nonexistent/checkpoint.pth"],

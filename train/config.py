@@ -263,6 +263,13 @@ class TrainConfig:
                 f"mix.num_classes ({self.mix.num_classes}) != number of classes "
                 f"({self.data.num_classes})"
             )
+        if self.data.batch_size == 1 and self.data.train_crop_size <= 32 and not self.test_only:
+            # ResNet's last feature map is 1x1 there: one value per BatchNorm channel.
+            raise ValueError(
+                f"batch_size 1 with train_crop_size {self.data.train_crop_size}: BatchNorm "
+                "needs more than one value per channel in training, and at 32 px or less "
+                "ResNet's last feature map is 1 x 1; use a batch of 2 or more, or a larger crop"
+            )
         if self.precision is Precision.FP16 and self.device is Device.CPU:
             raise ValueError("--amp fp16 needs a GPU (it uses a GradScaler); use bf16 or off")
         if self.data.loader is LoaderKind.TORCHVISION and self.mix.enabled:
