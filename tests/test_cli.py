@@ -325,3 +325,32 @@ def test_advice_names_the_commands_the_way_the_user_starts_them(
         f"x.JPEG does not decode. Find every bad file with: {scan} /d/train --out /s; "
         f"then run again with: {train} --epochs 2 --train-list /s/files.txt"
     )
+
+
+def test_a_bad_file_of_the_users_own_list_is_deleted_from_that_list() -> None:
+    # Scanning the folder would replace the list's chosen subset by the whole folder, and
+    # the command repeated with a second --train-list.
+    from train.status import DataFailure
+
+    def failure(checkpoint: Path | None) -> DataFailure:
+        return DataFailure(
+            "x.JPEG does not decode.",
+            split="train",
+            folder=Path("/d/train"),
+            scan_dir=Path("/s"),
+            checkpoint=checkpoint,
+            world_size=1,
+            file_list=Path("/lists/subset.txt"),
+        )
+
+    argv = ["--data", "/d", "--train-list", "/lists/subset.txt"]
+    assert failure(None).message(argv) == (
+        "x.JPEG does not decode. It is listed in --train-list /lists/subset.txt: delete its "
+        "line there; then run the same command again: python -m train --data /d --train-list "
+        "/lists/subset.txt"
+    )
+    assert failure(Path("/run/checkpoint.pth")).message(argv) == (
+        "x.JPEG does not decode. It is listed in --train-list /lists/subset.txt: delete its "
+        "line there; then continue with: python -m train --resume /run/checkpoint.pth "
+        "--train-list /lists/subset.txt"
+    )

@@ -161,6 +161,7 @@ def data_failure(
         scan_dir=config.output_dir / f"scan-{split}",
         checkpoint=checkpoint,
         world_size=info.world_size,
+        file_list=config.data.train_list if split == "train" else config.data.val_list,
     )
 
 

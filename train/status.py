@@ -85,6 +85,9 @@ class DataFailure(Exception):
         checkpoint: the checkpoint holding every step done, or ``None`` when the
             file failed before this command trained anything.
         world_size: ranks of the run (for the command's launcher).
+        file_list: the user's own ``--train-list``/``--val-list`` the file came
+            from, if any: the fix is then an edit of that list (a scan of the
+            folder would replace the chosen subset by the whole folder).
     """
 
     def __init__(
@@ -96,10 +99,12 @@ class DataFailure(Exception):
         scan_dir: Path,
         checkpoint: Path | None,
         world_size: int,
+        file_list: Path | None = None,
     ) -> None:
         super().__init__(problem)
         self.problem, self.split, self.folder = problem, split, folder
         self.scan_dir, self.checkpoint, self.world_size = scan_dir, checkpoint, world_size
+        self.file_list = file_list
 
     def message(self, argv: list[str]) -> str:
         """One line: the problem, the scan to run and the command that continues.
@@ -107,8 +112,18 @@ class DataFailure(Exception):
         Args:
             argv: this command's arguments, repeated when no checkpoint was written.
         """
-        files = shlex.quote(str(self.scan_dir / "files.txt"))
         flag = f"--{self.split}-list"
+        if self.file_list is not None:
+            listed = shlex.quote(str(self.file_list))
+            if self.checkpoint is None:
+                then = f"then run the same command again: {launcher(self.world_size)} "
+                then += shlex.join(argv)
+            else:
+                then = "then continue with: " + resume_command(
+                    self.checkpoint, self.world_size, flag, listed
+                )
+            return f"{self.problem} It is listed in {flag} {listed}: delete its line there; {then}"
+        files = shlex.quote(str(self.scan_dir / "files.txt"))
         scan = f"{other_command('scan', 'dali_cutmix.scan')} {shlex.quote(str(self.folder))}"
         scan += f" --out {shlex.quote(str(self.scan_dir))}"
         if self.checkpoint is None:
