@@ -908,7 +908,22 @@ def resume_config(args: argparse.Namespace, typed: Mapping[str, str]) -> TrainCo
         "output_dir": args.output_dir or path.parent,
     }
     saved_augment = AugmentConfig.from_dict(saved["augment"])
-    config = config_from_args(argparse.Namespace(**values), saved_augment=saved_augment)
+    try:
+        config = config_from_args(argparse.Namespace(**values), saved_augment=saved_augment)
+    except ValueError:
+        # A typed flag that may not change can clash with a saved value (--crop-size 48
+        # against the saved resize of 37): name the flag, not the saved setting.
+        fixed = sorted(
+            {
+                typed[dest]
+                for field in (FLAGS.keys() | ALIASES.keys()) - RESUME_MAY_CHANGE
+                for dest, _ in _setters(field)
+                if dest in typed
+            }
+        )
+        if not fixed:
+            raise
+        raise ValueError(f"{path}: {', '.join(fixed)} cannot change; {_MAY_CHANGE}") from None
     reasons = resume_changes(saved, config.to_dict(), typed)
     if reasons:
         raise ValueError(f"{path}: {'; '.join(reasons)}; {_MAY_CHANGE}")
