@@ -298,9 +298,19 @@ def test_data_given_as_its_train_folder_is_told_the_folder_above(tmp_path: Path,
 
 def test_mismatched_class_folders_fail_at_start(tmp_path: Path, capsys) -> None:
     root = _folder(tmp_path, ["a", "b"], ["a"])
+    (root / "train" / "b" / "x.JPEG").write_bytes(b"")  # a class with images, not in val/
     with pytest.raises(SystemExit):
         parse_config(["--data", str(root), "--device", "cpu"])
-    assert "train/ and val/ have different classes" in capsys.readouterr().err
+    assert "train/ and val/ have different classes, e.g. ['b']" in capsys.readouterr().err
+
+
+def test_an_empty_class_folder_in_one_split_is_named_as_empty(tmp_path: Path, capsys) -> None:
+    root = _folder(tmp_path, ["a", "b"], ["a"])  # train/b exists, empty; val/ has no b
+    err = _refused(["--data", str(root), "--device", "cpu"], capsys)
+    assert err == (
+        f"python -m train: error: --data {root}: class folder {root / 'train' / 'b'} is empty "
+        "(and has no match in the other split); remove it\n"
+    )
 
 
 def test_a_split_without_class_folders_fails_at_start_naming_it(tmp_path: Path, capsys) -> None:

@@ -354,8 +354,21 @@ def _list_classes(root: Path) -> tuple[str, ...]:
         except DatasetError as error:  # no class folders, or split folders one level too deep
             raise ValueError(f"--data {root}: {error}") from None
     if splits["train"] != splits["val"]:
-        missing = sorted(set(splits["train"]) ^ set(splits["val"]))[:5]
-        raise ValueError(f"--data {root}: train/ and val/ have different classes, e.g. {missing}")
+        missing = sorted(set(splits["train"]) ^ set(splits["val"]))
+        empty = [
+            root / split / name
+            for name in missing
+            for split in ("train", "val")
+            if name in splits[split] and not any((root / split / name).iterdir())
+        ]
+        if empty:  # a stray empty folder, rather than a class missing on the other side
+            raise ValueError(
+                f"--data {root}: class folder {empty[0]} is empty (and has no match in the "
+                "other split); remove it"
+            )
+        raise ValueError(
+            f"--data {root}: train/ and val/ have different classes, e.g. {missing[:5]}"
+        )
     return splits["train"]
 
 
