@@ -222,6 +222,24 @@ def test_ctrl_c_stops_after_the_step_and_checkpoints(
     assert signal.getsignal(signal.SIGINT) is before  # handler restored
 
 
+def test_ctrl_c_during_validation_stops_at_the_epoch_end(
+    tiny: Path, tmp_path: Path, monkeypatch
+) -> None:
+    # It used to run one step of the next epoch before stopping.
+    original = train.trainer.evaluate
+
+    def interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train.trainer, "evaluate", interrupted)
+    argv = ("--loader", "torchvision", "--cutmix-alpha", "0", "--epochs", "2")
+    result = run(_config(tiny, tmp_path, *argv))
+    assert result.outcome is Outcome.STOPPED and [r["epoch"] for r in result.records] == [1]
+    state = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    assert (state["epoch"], state["step"]) == (1, 0)
+
+
 def test_a_second_ctrl_c_while_the_checkpoint_is_written_waits_for_it(
     tiny: Path, tmp_path: Path, monkeypatch
 ) -> None:

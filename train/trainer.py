@@ -327,7 +327,7 @@ class Trainer:
                     budget -= result.steps_done - start_step
                 with stop.holding():
                     self.save()
-                if result.stopped:
+                if result.stopped or stop.requested:  # requested during validation, say
                     break
         if self.info.is_main:
             plot_curves(self.metrics.read(), self.config.output_dir / "curves.png")
