@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from train.checkpoint import load_checkpoint, save_checkpoint
+from train.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -129,3 +129,17 @@ def test_a_checkpoint_reaches_the_disk_before_it_replaces_the_previous_one(
     monkeypatch.setattr(os, "replace", replace)
     save_checkpoint(_state(1.0), tmp_path / "checkpoint.pth")
     assert events == ["fsync file", "replace checkpoint.pth", "fsync folder"]
+
+
+def test_weights_of_another_model_are_named_not_a_traceback(tmp_path: Path) -> None:
+    # A checkpoint whose config was edited (arch resnet34 over resnet18 weights) failed in
+    # load_state_dict with a page of missing keys and a traceback.
+    weights = torch.nn.Linear(3, 3).state_dict()
+    with pytest.raises(CheckpointError) as info:
+        load_weights(torch.nn.Linear(2, 2), weights, tmp_path / "c.pth", "model")
+    message = str(info.value)
+    assert message.startswith(
+        f"{tmp_path / 'c.pth'}: its model weights do not fit Linear of its configuration "
+        "(Error(s) in loading state_dict for Linear: size mismatch for weight"
+    )
+    assert "\n" not in message and len(message) < 400

@@ -221,3 +221,20 @@ def test_a_second_ctrl_c_ends_with_one_line_and_status_130(
         "python -m train: aborted by Ctrl-C; the last checkpoint written, if any, is intact: "
         f"{out / 'checkpoint.pth'}"
     )
+
+
+def test_an_unusable_checkpoint_ends_with_one_line_and_status_2(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys
+) -> None:
+    import train.runner
+    from train.__main__ import main
+    from train.checkpoint import CheckpointError
+
+    def unusable(config: TrainConfig) -> None:
+        raise CheckpointError("c.pth: its model weights do not fit ResNet of its configuration")
+
+    monkeypatch.setattr(train.runner, "run", unusable)
+    assert main(["--device", "cpu", "--output-dir", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "python -m train: error: c.pth: its model weights do not fit ResNet of its configuration"
+    )

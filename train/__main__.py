@@ -66,13 +66,14 @@ def _train(config: TrainConfig, argv: list[str], rank: int) -> int:
     # or a bad flag answers without them.
     from dali_cutmix.files import DatasetError
 
+    from .checkpoint import CheckpointError
     from .runner import EXIT_STATUS, run
 
     try:
         status = EXIT_STATUS[run(config).outcome]
     except DataFailure as failure:  # a bad file: the scan to run, then how to go on
         return report_user_error(get_args_parser(), failure.message(argv), status=ExitStatus.DATA)
-    except DatasetError as error:
+    except (DatasetError, CheckpointError) as error:
         return report_user_error(get_args_parser(), error, status=ExitStatus.USAGE)
     # torchrun stops every rank as soon as one exits with a non-zero status: only rank 0,
     # which writes the checkpoint and says how to continue, reports a stop.

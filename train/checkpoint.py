@@ -19,7 +19,17 @@ import torch
 
 from .config import CHECKPOINT_NAME
 
-__all__ = ["CHECKPOINT_NAME", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT_NAME",
+    "CheckpointError",
+    "load_checkpoint",
+    "load_weights",
+    "save_checkpoint",
+]
+
+
+class CheckpointError(Exception):
+    """A checkpoint that reads but cannot be used (its weights fit no model of its config)."""
 
 
 def _temporary(path: Path, pid: int | str) -> Path:
@@ -112,3 +122,16 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if missing:
         raise ValueError(f"{path} is not a training checkpoint (missing {sorted(missing)})")
     return state
+
+
+def load_weights(module: torch.nn.Module, weights: dict[str, Any], path: Path, what: str) -> None:
+    """``module.load_state_dict(weights)``; weights of another shape or names (a checkpoint
+    edited, or of another model) raise :class:`CheckpointError` naming ``path`` and ``what``."""
+    try:
+        module.load_state_dict(weights)
+    except RuntimeError as error:
+        detail = " ".join(str(error).split())
+        raise CheckpointError(
+            f"{path}: its {what} weights do not fit {type(module).__name__} of its configuration "
+            f"({detail[:240]}{'...' if len(detail) > 240 else ''})"
+        ) from None

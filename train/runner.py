@@ -20,7 +20,7 @@ import torch
 from dali_cutmix.cli import write_json
 from dali_cutmix.files import DatasetError
 
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, load_weights
 from .config import METRICS_NAME, Device, TrainConfig
 from .data import build_val_loader, data_failure, prepare_dataset
 from .engine import LoaderError, evaluate
@@ -74,11 +74,11 @@ def _evaluate_models(
     """The validation sums of the checkpoint's model and, when saved, of its average."""
     val_loader = build_val_loader(config, root, info)
     model = build_model(config, info)
-    unwrapped(model).load_state_dict(state["model"])
+    load_weights(unwrapped(model), state["model"], config.resume, "model")
     models = {"": model}
     if state.get("model_ema"):
         ema = build_model_ema(model, config, info)
-        ema.load_state_dict(state["model_ema"])
+        load_weights(ema, state["model_ema"], config.resume, "--model-ema")
         models["ema_"] = ema.module
     options, val = step_options(config, info), {}
     for prefix, evaluated in models.items():

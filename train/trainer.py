@@ -19,7 +19,7 @@ from torch import nn
 
 from dali_cutmix.files import DatasetError
 
-from .checkpoint import CHECKPOINT_NAME, save_checkpoint
+from .checkpoint import CHECKPOINT_NAME, load_weights, save_checkpoint
 from .config import METRICS_NAME, Precision, Schedule, TrainConfig, check_ranks
 from .data import (
     Loader,
@@ -137,9 +137,9 @@ class Trainer:
         in a new data stream (:func:`train.data.continue_at`), which is logged.
         """
         check_ranks(state, self.config.resume, self.info.world_size)
-        unwrapped(self.model).load_state_dict(state["model"])
+        load_weights(unwrapped(self.model), state["model"], self.config.resume, "model")
         if self.ema is not None:
-            self.ema.load_state_dict(state["model_ema"])
+            load_weights(self.ema, state["model_ema"], self.config.resume, "--model-ema")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
