@@ -517,6 +517,8 @@ def test_a_bad_validation_file_keeps_the_trained_epoch_for_a_resume_with_a_val_l
     assert main(["--resume", str(checkpoint), "--val-list", str(files)]) == 0
     (record,) = _records(out)  # the epoch is evaluated, not trained again
     assert (record["train_images"], record["val_images"]) == (24, 8)
+    # this command trained none of it: no time or pace to report (they read 0.0)
+    assert record["epoch_seconds"] is record["train_images_per_s"] is None
 
 
 class _FailingLoader:

@@ -292,8 +292,13 @@ class Trainer:
             "train_images": int(count),
             **val_metrics(val),
             "lr": self.optimizer.param_groups[0]["lr"],
-            "epoch_seconds": result.seconds,
-            "train_images_per_s": result.images * self.info.world_size / max(result.seconds, 1e-9),
+            # None where this command trained none of the epoch (resumed for its validation)
+            "epoch_seconds": result.seconds if result.images else None,
+            "train_images_per_s": (
+                result.images * self.info.world_size / max(result.seconds, 1e-9)
+                if result.images
+                else None
+            ),
             # after the first --print-freq steps (None when the epoch synchronised only once)
             "train_images_per_s_steady": (
                 result.steady_images * self.info.world_size / result.steady_seconds
