@@ -70,7 +70,9 @@ def test_a_measurement_on_a_tiny_folder(
     assert result["peak_rss_mb"] > 0
     # the DataLoader's living worker (workers=1, torch imported) is in the tree's figure
     extra = 100 if loader == "torchvision" else 0
-    assert result["tree_peak_rss_mb"] >= result["peak_rss_mb"] + extra
+    # Two reads of one VmHWM may differ by a few KiB (Linux syncs its per-thread RSS
+    # counters lazily): 599.652 after 599.660 MiB was seen.
+    assert result["tree_peak_rss_mb"] >= result["peak_rss_mb"] + extra - 1
 
 
 def test_nhwc_batches_reach_the_model_as_channels_last_nchw() -> None:
