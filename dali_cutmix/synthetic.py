@@ -474,36 +474,17 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="dataset folder to create: OUT/train/<class>/*.JPEG and OUT/val/<class>/*.JPEG; "
         "a folder made earlier with the same settings is reused, with others refused",
     )
-    parser.add_argument(
-        "--classes", type=int, default=default.num_classes, help="classes (default: %(default)s)"
+    settings = (  # flag, type, the spec's field, help
+        ("--classes", int, "num_classes", "classes"),
+        ("--train-per-class", int, "train_per_class", "training images per class"),
+        ("--val-per-class", int, "val_per_class", "validation images per class"),
+        ("--seed", int, "seed", "the same seed and settings give the same files"),
+        ("--size-scale", float, "size_scale", "multiply image sides; 1 gives ImageNet's sizes"),
+        ("--quality", int, "quality", "JPEG quality"),
     )
-    parser.add_argument(
-        "--train-per-class",
-        type=int,
-        default=default.train_per_class,
-        help="training images per class (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--val-per-class",
-        type=int,
-        default=default.val_per_class,
-        help="validation images per class (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=default.seed,
-        help="the same seed and settings give the same files (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--size-scale",
-        type=float,
-        default=default.size_scale,
-        help="multiply image sides; 1.0 gives ImageNet-like sizes (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--quality", type=int, default=default.quality, help="JPEG quality (default: %(default)s)"
-    )
+    for flag, kind, field, text in settings:
+        value = getattr(default, field)
+        parser.add_argument(flag, type=kind, default=value, help=f"{text} (default: {value})")
     parser.add_argument(
         "--workers", type=int, default=None, help="processes (default: the number of CPUs)"
     )
