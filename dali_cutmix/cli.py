@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dali_cutmix.files import DatasetError
+from dali_cutmix.procs import exit_on_sigterm
 
 __all__ = [
     "ABORTED",
@@ -52,6 +53,7 @@ __all__ = [
     "command_line",
     "command_name",
     "exit_on_user_error",
+    "interruptible",
     "from_flags",
     "one_line",
     "other_command",
@@ -235,6 +237,18 @@ def aborted(parser: argparse.ArgumentParser, what: str) -> int:
     traceback); returns :data:`ABORTED`, to exit with."""
     print(f"{parser.prog}: aborted by Ctrl-C; {what}", file=sys.stderr, flush=True)
     return ABORTED
+
+
+def interruptible(parser: argparse.ArgumentParser, what: str, body: Callable[[], int]) -> int:
+    """``body()`` (a command's work, returning its status) with SIGTERM and Ctrl-C ending it
+    cleanly: SIGTERM through every ``finally`` (status 143; the child processes that
+    ``subprocess.run`` and the pools started are ended too), Ctrl-C with one line saying
+    ``what`` became of the work (:func:`aborted`) instead of a traceback."""
+    try:
+        with exit_on_sigterm():
+            return body()
+    except KeyboardInterrupt:
+        return aborted(parser, what)
 
 
 def positive_int(text: str) -> int:

@@ -23,7 +23,13 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-from dali_cutmix.cli import add_shared_flags, command_name, exit_on_user_error, from_flags
+from dali_cutmix.cli import (
+    add_shared_flags,
+    command_name,
+    exit_on_user_error,
+    from_flags,
+    interruptible,
+)
 from dali_cutmix.config import MixConfig
 from dali_cutmix.files import ImageList, list_image_folder
 from dali_cutmix.synthetic import SyntheticSpec, cache_dir, generate
@@ -327,13 +333,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    with exit_on_user_error(parser, fields={"prob": "--mix-prob"}):
-        images = list_image_folder(args.data or default_data())
-        config = from_flags(
-            MixConfig, args, num_classes=images.num_classes, prob=args.mix_prob, mode=args.mix_mode
-        )
-        write_preview(images, args.out, config, batch_size=args.batch_size, seed=args.seed)
-    return 0
+
+    def preview() -> int:
+        with exit_on_user_error(parser, fields={"prob": "--mix-prob"}):
+            images = list_image_folder(args.data or default_data())
+            config = from_flags(
+                MixConfig,
+                args,
+                num_classes=images.num_classes,
+                prob=args.mix_prob,
+                mode=args.mix_mode,
+            )
+            write_preview(images, args.out, config, batch_size=args.batch_size, seed=args.seed)
+        return 0
+
+    return interruptible(parser, f"{args.out} was not written", preview)
 
 
 if __name__ == "__main__":

@@ -36,10 +36,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from dali_cutmix.cli import (
-    aborted,
     check_folder,
     command_name,
     exit_on_user_error,
+    interruptible,
     other_command,
     positive_int,
     write_json,
@@ -54,7 +54,7 @@ from dali_cutmix.files import (
     scan_hint,
     write_file_list,
 )
-from dali_cutmix.procs import exit_on_sigterm, worker_pool
+from dali_cutmix.procs import worker_pool
 
 __all__ = [
     "ScanReport",
@@ -307,14 +307,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        with exit_on_sigterm(), exit_on_user_error(parser):
-            # The folder first: a scan of ImageNet takes long, and its report must have a place.
-            check_folder(args.out, "--out")
-            report = scan(args.root, workers=args.workers)
-            paths = write_report(report, args.out)
-    except KeyboardInterrupt:
-        return aborted(parser, "no report was written")
+    return interruptible(parser, "no report was written", lambda: _scan_and_report(parser, args))
+
+
+def _scan_and_report(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    with exit_on_user_error(parser):
+        # The folder first: a scan of ImageNet takes long, and its report must have a place.
+        check_folder(args.out, "--out")
+        report = scan(args.root, workers=args.workers)
+        paths = write_report(report, args.out)
     rate = len(report.images) / max(report.seconds, 1e-9)
     logger.info(
         "%d files, %d good, %d bad (%.0f images/s)",

@@ -48,8 +48,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from dali_cutmix.cli import aborted, exit_on_user_error, from_flags
-from dali_cutmix.procs import exit_on_sigterm, worker_pool
+from dali_cutmix.cli import exit_on_user_error, from_flags, interruptible
+from dali_cutmix.procs import worker_pool
 
 __all__ = [
     "CACHE_ENV",
@@ -502,12 +502,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    try:
-        with exit_on_sigterm(), exit_on_user_error(parser, fields={"num_classes": "--classes"}):
-            spec = from_flags(SyntheticSpec, args, num_classes=args.classes)
-            root = generate(args.out, spec, workers=args.workers, progress=not args.no_progress)
-    except KeyboardInterrupt:
-        return aborted(parser, "a data set is written whole or not at all: no part of it is left")
+    what = "a data set is written whole or not at all: no part of it is left"
+    return interruptible(parser, what, lambda: _generate(parser, args))
+
+
+def _generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    with exit_on_user_error(parser, fields={"num_classes": "--classes"}):
+        spec = from_flags(SyntheticSpec, args, num_classes=args.classes)
+        root = generate(args.out, spec, workers=args.workers, progress=not args.no_progress)
     print(dataset_stats(root).summary())
     return 0
 

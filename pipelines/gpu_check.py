@@ -42,6 +42,7 @@ from dali_cutmix.cli import (
     check_folder,
     command_name,
     exit_on_user_error,
+    interruptible,
     start_command,
     write_json,
 )
@@ -388,9 +389,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "torch sees no CUDA device on this machine; the GPU check needs one "
                 "(make test runs the CPU suite, where the GPU tests skip)"
             )
-    report = run(args, machine)
-    failed = [name for name, step in report["steps"].items() if step["exit"] != 0]
-    return 1 if failed else 0
+
+    def check() -> int:
+        report = run(args, machine)
+        failed = [name for name, step in report["steps"].items() if step["exit"] != 0]
+        return 1 if failed else 0
+
+    return interruptible(parser, f"the steps' logs so far are in {args.out}", check)
 
 
 if __name__ == "__main__":

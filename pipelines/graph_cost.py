@@ -35,6 +35,7 @@ from dali_cutmix.cli import (
     add_shared_flags,
     command_name,
     exit_on_user_error,
+    interruptible,
     start_command,
     write_json,
 )
@@ -230,11 +231,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             if args.out.is_dir() or not os.access(args.out.parent, os.W_OK):
                 raise ValueError(f"--out {args.out} is a folder or not writable; give a file")
-    report = run(args)
-    print(format_table(report))
-    if args.out:
-        write_json(args.out, report)
-    return 0
+
+    def measure() -> int:
+        report = run(args)
+        print(format_table(report))
+        if args.out:
+            write_json(args.out, report)
+        return 0
+
+    return interruptible(parser, "no report was written", measure)
 
 
 if __name__ == "__main__":

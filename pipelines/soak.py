@@ -34,6 +34,7 @@ from dali_cutmix.cli import (
     command_line,
     command_name,
     exit_on_user_error,
+    interruptible,
     start_command,
     write_json,
 )
@@ -154,14 +155,18 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = get_args_parser()
     args = start_command(parser, argv)
-    with exit_on_user_error(parser):
-        root = generate(cache_dir(args.cache_dir) / "soak-embedded", SPEC) / "train"
-        report = soak(root, epochs=args.epochs, resumes=args.resumes, threads=args.threads)
-    report["command"] = command_line(__spec__.name, argv)
-    print(json.dumps(report, indent=2))
-    if args.out:
-        write_json(args.out, report)
-    return 0
+
+    def run_soak() -> int:
+        with exit_on_user_error(parser):
+            root = generate(cache_dir(args.cache_dir) / "soak-embedded", SPEC) / "train"
+            report = soak(root, epochs=args.epochs, resumes=args.resumes, threads=args.threads)
+        report["command"] = command_line(__spec__.name, argv)
+        print(json.dumps(report, indent=2))
+        if args.out:
+            write_json(args.out, report)
+        return 0
+
+    return interruptible(parser, "no report was written", run_soak)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -354,3 +357,29 @@ def test_a_bad_file_of_the_users_own_list_is_deleted_from_that_list() -> None:
         "line there; then continue with: python -m train --resume /run/checkpoint.pth "
         "--train-list /lists/subset.txt"
     )
+
+
+def test_interruptible_answers_ctrl_c_in_one_line_and_sigterm_through_finally(capsys) -> None:
+    from dali_cutmix.cli import interruptible
+
+    parser = argparse.ArgumentParser(prog="python -m tool")
+
+    def ctrl_c() -> int:
+        raise KeyboardInterrupt
+
+    assert interruptible(parser, "nothing was written", ctrl_c) == 130
+    assert capsys.readouterr().err == "python -m tool: aborted by Ctrl-C; nothing was written\n"
+    cleaned = []
+
+    def terminated() -> int:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises at once
+            return 0
+        finally:
+            cleaned.append(True)
+
+    with pytest.raises(SystemExit) as caught:
+        interruptible(parser, "nothing was written", terminated)
+    assert caught.value.code == 143 and cleaned == [True]
+    assert interruptible(parser, "unused", lambda: 7) == 7

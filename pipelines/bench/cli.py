@@ -23,6 +23,7 @@ from dali_cutmix.cli import (
     command_name,
     exit_on_user_error,
     from_flags,
+    interruptible,
     start_command,
     write_json,
 )
@@ -256,6 +257,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if config.data is not None:  # found unusable here, not in every measurement
             list_image_folder(data_root(config.data))
         config.out.mkdir(parents=True, exist_ok=True)  # not only after the whole run
-    report = run_benchmark(config, command_line(__package__, argv))
-    failed = [r for section in SWEEPS for r in report[section] if "error" in r]
-    return 1 if failed else 0
+
+    def measure_all() -> int:
+        report = run_benchmark(config, command_line(__package__, argv))
+        failed = [r for section in SWEEPS for r in report[section] if "error" in r]
+        return 1 if failed else 0
+
+    # results.json is written at the end: an interrupted run leaves only the folder
+    return interruptible(parser, f"nothing was written to {config.out}", measure_all)
