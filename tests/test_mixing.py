@@ -280,6 +280,23 @@ def test_partner_is_never_itself(n: int) -> None:
             assert len(others) == 1 and t[i] < 1
 
 
+def test_each_samples_partner_is_uniform_over_the_others() -> None:
+    # DALI's batch_permutation(no_fixed_points=True) draws one n-cycle: never a pair swap,
+    # unlike the paper's randperm, but every sample's partner is still uniform.
+    n = 4
+    images, labels = numbered(n, sizes=[(2, 2)] * n)
+    runs = run_graph(
+        lambda x, y: mixup(x, y, num_classes=K, alpha=1.0), images, labels, iterations=150
+    )
+    counts = np.zeros((n, n), int)
+    for _, targets in runs:
+        for i, t in enumerate(targets):
+            (j,) = [j for j in range(n) if j != i and t[j] > 0]
+            counts[i, j] += 1
+    observed = counts[~np.eye(n, dtype=bool)]  # 12 cells, 150 / 3 expected in each
+    assert stats.chisquare(observed).pvalue > 0.001
+
+
 @pytest.mark.parametrize("mode", ["elem", "batch", "pair"])
 def test_batch_of_one_is_left_unmixed(mode: str) -> None:
     images = flat_images(1)
