@@ -261,6 +261,25 @@ def test_a_second_ctrl_c_while_the_checkpoint_is_written_waits_for_it(
     assert (state["epoch"], state["step"]) == (1, 0)
 
 
+def test_one_ctrl_c_while_the_checkpoint_is_written_is_a_stop_not_an_abort(
+    tiny: Path, tmp_path: Path, monkeypatch
+) -> None:
+    real_save = train.checkpoint.torch.save
+    calls = []
+
+    def one_ctrl_c_while_saving(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(train.checkpoint.torch, "save", one_ctrl_c_while_saving)
+    argv = ("--loader", "torchvision", "--cutmix-alpha", "0", "--epochs", "2")
+    result = run(_config(tiny, tmp_path, *argv))
+    assert result.outcome is Outcome.STOPPED and len(calls) == 1
+    assert [r["epoch"] for r in result.records] == [1]
+
+
 def test_full_run_writes_metrics_config_plot_and_checkpoint(tiny: Path, tmp_path: Path) -> None:
     result = run(_config(tiny, tmp_path, "--lr-schedule", "step", "--lr-step-size", "1"))
     records = result.records

@@ -250,11 +250,11 @@ class StopFlag:
         self._abort = False
 
     def request(self, signum: int, frame: Any) -> None:
-        if self._held:
-            self._abort = True
-            logger.warning("aborting once the checkpoint being written is complete")
-            return
         if self.requested:
+            if self._held:
+                self._abort = True
+                logger.warning("aborting once the checkpoint being written is complete")
+                return
             raise KeyboardInterrupt
         self.requested = True
         logger.warning("stopping after this step and writing a checkpoint (Ctrl-C again to abort)")
