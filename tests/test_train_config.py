@@ -551,6 +551,24 @@ def test_resume_refuses_other_changes_in_one_line_naming_the_typed_flags(
     assert err == f"python -m train: error: {path}: {reasons}; {may_change}\n"
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--device", "cpu", "--epochs", "0"], "--epochs must be an int >= 1, got 0"),
+        (["--lr", "0.3", "-j", "0"], "-j must be an int >= 1, got 0"),
+        (["--device", "cpu", "--stop-after-steps", "0"], "--stop-after-steps must be"),
+    ],
+)
+def test_resume_names_the_flag_at_fault_beside_unchanged_fixed_flags(
+    resumable, argv: list[str], message: str, capsys
+) -> None:
+    # Repeating a fixed setting (--device cpu, the saved --lr) is allowed; the error of
+    # another flag must not be turned into "--device cannot change".
+    _, path = resumable
+    err = _refused(["--resume", str(path), *argv], capsys)
+    assert err.startswith(f"python -m train: error: {message}"), err
+
+
 def test_a_mid_epoch_checkpoint_of_2_ranks_asks_for_2_ranks_at_once(
     tmp_path: Path, monkeypatch, capsys
 ) -> None:

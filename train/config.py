@@ -891,6 +891,32 @@ def _check_gpu(saved: Mapping[str, Any], path: Path) -> None:
             )
 
 
+def _clashing_flags(
+    saved: Mapping[str, Any],
+    args: argparse.Namespace,
+    typed: Mapping[str, str],
+    saved_augment: AugmentConfig,
+    fixed_values: Mapping[str, Any],
+) -> list[str]:
+    """The typed flags that may not change on resume, if leaving them out makes the saved
+    configuration build again (they caused its error); else none (another flag did)."""
+    fixed = {
+        dest
+        for field in (FLAGS.keys() | ALIASES.keys()) - RESUME_MAY_CHANGE
+        for dest, _ in _setters(field)
+        if dest in typed
+    }
+    if not fixed:
+        return []
+    others = {dest: flag for dest, flag in typed.items() if dest not in fixed}
+    values = _saved_args(saved, args, others) | dict(fixed_values)
+    try:
+        config_from_args(argparse.Namespace(**values), saved_augment=saved_augment)
+    except ValueError:
+        return []
+    return sorted(typed[dest] for dest in fixed)
+
+
 def resume_config(args: argparse.Namespace, typed: Mapping[str, str]) -> TrainConfig:
     """The configuration of ``--resume``: the checkpoint's, with the flags that may change.
 
@@ -914,26 +940,19 @@ def resume_config(args: argparse.Namespace, typed: Mapping[str, str]) -> TrainCo
         check_ranks(state, path, _world_size())
     saved = _upgrade(saved)
     _check_gpu(saved, path)
-    values = _saved_args(saved, args, typed)
-    values |= {
+    run_values = {
         "resume": path,
         "stop_after_steps": args.stop_after_steps,
         "output_dir": args.output_dir or path.parent,
     }
+    values = _saved_args(saved, args, typed) | run_values
     saved_augment = AugmentConfig.from_dict(saved["augment"])
     try:
         config = config_from_args(argparse.Namespace(**values), saved_augment=saved_augment)
     except ValueError:
         # A typed flag that may not change can clash with a saved value (--crop-size 48
         # against the saved resize of 37): name the flag, not the saved setting.
-        fixed = sorted(
-            {
-                typed[dest]
-                for field in (FLAGS.keys() | ALIASES.keys()) - RESUME_MAY_CHANGE
-                for dest, _ in _setters(field)
-                if dest in typed
-            }
-        )
+        fixed = _clashing_flags(saved, args, typed, saved_augment, run_values)
         if not fixed:
             raise
         raise ValueError(f"{path}: {', '.join(fixed)} cannot change; {_MAY_CHANGE}") from None
