@@ -364,8 +364,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--train-dir",
         type=Path,
-        default=Path("runs/gpu-check-train"),
-        help="output folder of the two training runs (default: %(default)s)",
+        # A new folder per check: python -m train refuses a folder holding another run.
+        default=Path("runs") / time.strftime("gpu-check-train-%Y%m%d-%H%M%S"),
+        help="output folder of the two training runs, new for each check "
+        "(default: runs/gpu-check-train-<date-time>)",
     )
     parser.add_argument(
         "--skip",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import run_command, user_error_line
@@ -82,3 +85,11 @@ def test_without_data_the_set_is_generated_in_the_cache(tmp_path, monkeypatch) -
     monkeypatch.setenv("DALI_CUTMIX_CACHE", str(tmp_path))
     args = gpu_check.get_args_parser().parse_args(["--classes", "3", "--per-class", "4"])
     assert gpu_check.data_folder(args) == tmp_path / "gpu-check-3x4"
+
+
+def test_each_check_trains_into_a_new_folder() -> None:
+    # python -m train refuses a folder holding another run: a fixed default failed both
+    # training steps of a second check.
+    args = gpu_check.get_args_parser().parse_args([])
+    assert args.train_dir.parent == Path("runs")
+    assert re.fullmatch(r"gpu-check-train-\d{8}-\d{6}", args.train_dir.name)

@@ -42,7 +42,7 @@ start)
   python3 -c 'import nvidia.dali as d; print("DALI", d.__version__)' || exit 1
   setsid nohup nvidia-smi --query-gpu=timestamp,memory.used,utilization.gpu,utilization.memory \
     --format=csv -l 1 >"$RUN/smi.csv" 2>&1 &
-  setsid nohup bash -c "python3 -m pipelines.gpu_check --out '$RUN/out' --train-dir '$RUN/train' \
+  setsid nohup bash -c "python3 -m pipelines.gpu_check --out '$RUN/out' --train-dir '$RUN/train-$(date +%H%M%S)' \
     --data '$DATA' --classes '$CLASSES' --per-class '$PER_CLASS' >'$RUN/gpu_check.log' 2>&1;
     touch '$RUN/DONE'" >/dev/null 2>&1 &
   sleep "${2:-20}"
