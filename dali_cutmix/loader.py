@@ -27,7 +27,9 @@ __all__ = ["DaliLoader", "LastBatch"]
 
 logger = logging.getLogger(__name__)
 
-_STATE_VERSION = 1
+# 2: DALI's iterator runs PARTIAL (see LastBatch). A version-1 state of DROP over several
+# shards carries DALI's DROP epoch size, which would bring its padded-batch leak back.
+_STATE_VERSION = 2
 _OUTPUTS = ("images", "targets")
 
 
@@ -271,8 +273,15 @@ class DaliLoader:
             ValueError: the state is from another version, or from a loader with
                 a different batch size, number of batches or ``settings``.
         """
-        if state.get("version") != _STATE_VERSION:
-            raise ValueError(f"unsupported loader state version {state.get('version')!r}")
+        version = state.get("version")
+        if version not in (1, _STATE_VERSION):
+            raise ValueError(f"unsupported loader state version {version!r}")
+        sharded = state.get("settings", {}).get("num_shards", 1) > 1
+        if version == 1 and sharded and self.last_batch is LastBatch.DROP:
+            raise ValueError(
+                "a loader state of version 1 with DROP over several shards holds DALI's old "
+                "epoch size, which repeated a padded batch in later epochs; it is not restored"
+            )
         saved = {"batch_size": state["batch_size"], "num_batches": state["num_batches"]}
         saved |= state.get("settings", {})
         mine = {"batch_size": self.batch_size, "num_batches": self._length} | self._settings

@@ -129,6 +129,21 @@ def test_state_from_another_setting_is_refused(folder: Path) -> None:
         _train_loader(folder).load_state_dict(state | {"version": 0})
 
 
+def test_old_states_load_unless_they_carry_the_sharded_drop_leak(folder: Path) -> None:
+    # Version 1 ran DALI's DROP policy; its saved epoch size brought the leak of a padded
+    # batch back into a resumed run on several shards, so only those states are refused.
+    single = _train_loader(folder).state_dict()
+    _train_loader(folder).load_state_dict(single | {"version": 1})
+    sharded = small_loader(folder, shard_id=1, num_shards=2).state_dict()
+    assert sharded["version"] == 2
+    with pytest.raises(ValueError, match="version 1 with DROP over several shards"):
+        small_loader(folder, shard_id=1, num_shards=2).load_state_dict(sharded | {"version": 1})
+    validation = small_loader(folder, train=False, shard_id=1, num_shards=2).state_dict()
+    small_loader(folder, train=False, shard_id=1, num_shards=2).load_state_dict(
+        validation | {"version": 1}
+    )
+
+
 @pytest.mark.parametrize(
     ("train", "policy", "sizes"),
     [
