@@ -528,9 +528,10 @@ def _fitting_batch(images: ImageList, batch_size: int, num_shards: int, policy: 
             smallest,
         )
         return smallest
+    fix = "lower the batch size" if smallest else "use fewer shards (ranks) than images"
     raise DatasetError(
         f"{images.source}: {len(images)} images over {num_shards} shard(s) give no batch of "
-        f"{batch_size} per shard: lower the batch size"
+        f"{batch_size} per shard: {fix}"
     )
 
 
