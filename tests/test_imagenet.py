@@ -226,6 +226,9 @@ def test_a_batch_larger_than_a_shard(tmp_path: Path) -> None:
         assert val.batch_size == 3 and len(val) == 1
         seen += [label for _, labels in val for label in labels.tolist()]
     assert sorted(seen) == [0, 0, 0, 1, 1, 1]
+    fewer = "6 images over 7 shard.s. give no batch of 1 per shard: use fewer shards"
+    with pytest.raises(DatasetError, match=fewer):
+        small_loader(root, train=False, batch_size=1, num_shards=7, shard_id=0)
     with pytest.raises(ValueError, match=r"seed must be an int in \[0, 2\*\*32\), got -5"):
         small_loader(root, seed=-5)
 
