@@ -65,6 +65,8 @@ def test_checkpoint_round_trip_is_atomic_and_safe(tmp_path: Path) -> None:
     (tmp_path / "text.pth").write_text("hello\n")  # torch.load raised KeyError: 101
     with pytest.raises(ValueError, match="text.pth is not a readable checkpoint: it is not a"):
         load_checkpoint(tmp_path / "text.pth")
+    with pytest.raises(ValueError, match="is not a readable checkpoint: it cannot be read"):
+        load_checkpoint(tmp_path)  # a folder: IsADirectoryError
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ValueError, match="a run's config.json starts a new run with --config"):
         load_checkpoint(tmp_path / "config.json")

@@ -92,6 +92,8 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> Path:
 def _unreadable(path: Path, error: Exception) -> str:
     """Why ``torch.load`` refused ``path``, in the user's terms (torch's own message advises
     ``weights_only=False``, which would run whatever the file holds)."""
+    if isinstance(error, OSError):  # permissions, a folder, an I/O error
+        return f"it cannot be read ({error.strerror or error})"
     if not zipfile.is_zipfile(path):
         what = "it is not a whole file written by torch.save (cut short, or another kind of file"
         if path.suffix == ".json":
