@@ -240,20 +240,27 @@ def test_ctrl_c_during_validation_stops_at_the_epoch_end(
     assert (state["epoch"], state["step"]) == (1, 0)
 
 
+def _ctrl_c_in_first_save(monkeypatch: pytest.MonkeyPatch, presses: int) -> list[int]:
+    """Makes the run's first ``torch.save`` receive ``presses`` SIGINTs as it starts; returns
+    the list that counts the saves."""
+    real_save = train.checkpoint.torch.save
+    calls: list[int] = []
+
+    def saving(*args, **kwargs):
+        calls.append(1)
+        for _ in range(presses if len(calls) == 1 else 0):
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(train.checkpoint.torch, "save", saving)
+    return calls
+
+
 def test_a_second_ctrl_c_while_the_checkpoint_is_written_waits_for_it(
     tiny: Path, tmp_path: Path, monkeypatch
 ) -> None:
     # Cut short, torch.save left no checkpoint and a RuntimeError from its zip writer.
-    real_save = train.checkpoint.torch.save
-    calls = []
-
-    def two_ctrl_c_while_saving(*args, **kwargs):
-        calls.append(1)
-        os.kill(os.getpid(), signal.SIGINT)
-        os.kill(os.getpid(), signal.SIGINT)
-        return real_save(*args, **kwargs)
-
-    monkeypatch.setattr(train.checkpoint.torch, "save", two_ctrl_c_while_saving)
+    calls = _ctrl_c_in_first_save(monkeypatch, presses=2)
     with pytest.raises(KeyboardInterrupt):
         run(_config(tiny, tmp_path, "--loader", "torchvision", "--cutmix-alpha", "0"))
     assert len(calls) == 1  # the first epoch's checkpoint, written whole before the abort
@@ -264,16 +271,7 @@ def test_a_second_ctrl_c_while_the_checkpoint_is_written_waits_for_it(
 def test_one_ctrl_c_while_the_checkpoint_is_written_is_a_stop_not_an_abort(
     tiny: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    real_save = train.checkpoint.torch.save
-    calls = []
-
-    def one_ctrl_c_while_saving(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_save(*args, **kwargs)
-
-    monkeypatch.setattr(train.checkpoint.torch, "save", one_ctrl_c_while_saving)
+    calls = _ctrl_c_in_first_save(monkeypatch, presses=1)
     argv = ("--loader", "torchvision", "--cutmix-alpha", "0", "--epochs", "2")
     try:
         result = run(_config(tiny, tmp_path, *argv))
