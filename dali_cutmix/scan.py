@@ -229,6 +229,18 @@ def _dataset_root(images: ImageList) -> str:
     return common if len(set(images.labels)) > 1 else os.path.dirname(common)
 
 
+def _what_is_wrong(path: str) -> str:
+    """What DALI's failure on ``path`` comes down to: a listed file gone or unreadable reads
+    as a decoding error in DALI's message."""
+    if not os.path.lexists(path):
+        return "does not exist (it is listed, but gone)"
+    if not os.path.exists(path):
+        return "is a broken symbolic link"
+    if not os.access(path, os.R_OK):
+        return "cannot be read (permissions)"
+    return "is not a decodable image"
+
+
 def explain_decode_error(err: Exception, images: ImageList, *, train: bool = True) -> Exception:
     """A :class:`BadImageError` naming the file, for a DALI error about an undecodable file.
 
@@ -249,7 +261,7 @@ def explain_decode_error(err: Exception, images: ImageList, *, train: bool = Tru
     if path is None:
         path = first_unreadable(images.paths)
     what = (
-        f"{path!r} is not a decodable image"
+        f"{path!r} {_what_is_wrong(path)}"
         if path
         else f"a file of {images.source!r} is not a decodable image"
     )

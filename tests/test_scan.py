@@ -185,6 +185,21 @@ def test_decode_error_names_the_file_and_the_scan_of_the_folder(
     assert f"--{'train' if train else 'val'}-list DIR/files.txt" in str(explained)
 
 
+def test_a_listed_file_that_is_gone_or_a_broken_link_is_not_called_undecodable(
+    tmp_path: Path,
+) -> None:
+    root = build_image_folder(tmp_path / "data", classes=2, per_class=2, extras=False)
+    images = list_image_folder(root)
+    gone, link = images.paths[1], images.paths[2]
+    Path(gone).unlink()
+    Path(link).unlink()
+    Path(link).symlink_to(tmp_path / "nowhere.JPEG")
+    for path, what in ((gone, "does not exist (it is listed, but gone)"), (link, "is a broken")):
+        explained = explain_decode_error(RuntimeError(f"Failed to open file: {path}"), images)
+        assert isinstance(explained, BadImageError) and explained.path == path
+        assert str(explained).startswith(f"{path!r} {what}")
+
+
 def test_decode_error_of_a_file_list_names_the_dataset_folder(
     image_folder: Path, tmp_path: Path
 ) -> None:
