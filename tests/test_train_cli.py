@@ -238,3 +238,17 @@ def test_an_unusable_checkpoint_ends_with_one_line_and_status_2(
     assert capsys.readouterr().err.splitlines()[-1] == (
         "python -m train: error: c.pth: its model weights do not fit ResNet of its configuration"
     )
+
+
+def test_ctrl_c_while_the_flags_are_read_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    # --resume loads torch and the checkpoint while parsing: seconds a Ctrl-C may hit.
+    import train.__main__ as entry
+
+    def interrupted(argv: list[str]) -> TrainConfig:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(entry, "parse_config", interrupted)
+    assert entry.main(["--resume", "x.pth"]) == 130
+    assert capsys.readouterr().err == "python -m train: aborted by Ctrl-C; nothing was started\n"

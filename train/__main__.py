@@ -48,7 +48,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=log_level(rank), format="%(asctime)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else list(argv)
-    config = parse_config(argv)  # a bad flag ends the process here, status 2
+    try:
+        config = parse_config(argv)  # a bad flag ends the process here, status 2
+    except KeyboardInterrupt:  # --resume reads the checkpoint (and loads torch) here
+        print(f"{get_args_parser().prog}: aborted by Ctrl-C; nothing was started", file=sys.stderr)
+        return ExitStatus.ABORTED
     try:
         return _train(config, argv, rank)
     except KeyboardInterrupt:  # a second Ctrl-C (the first stops at the next step)
