@@ -257,17 +257,17 @@ def _int(node: DataNode) -> DataNode:
 
 
 def _cutmix_box(
-    config: MixConfig, draws: _Draws, canvas: _Canvas, common: DataNode | int
+    config: MixConfig, draws: _Draws, canvas: _Canvas, extent: DataNode | int
 ) -> tuple[DataNode, DataNode]:
     """Box ``(corner, sides)``, int32 ``[2]`` each in (y, x) order, for ``multi_paste``.
 
-    The box lies in the common extent of the sample and its partner; a sample
+    The box lies in ``extent``, the one the sample and its partner have in
+    common (the canvas's own where every size is known and equal); a sample
     that gets no CutMix has sides 0. Every side that is 0 has its corner on the
     canvas's far edge (see :func:`_far_if_empty` for why). The math runs on ``[2]``
     vectors, so each step is one operator for both axes: on the CPU the
     per-operator cost, not the arithmetic, dominates.
     """
-    extent = common  # both images hold the box
     if config.cutmix_minmax is not None:
         # timm's rand_bbox_minmax: sides uniform in [min, max] of each extent, box inside.
         low, high = config.cutmix_minmax

@@ -26,7 +26,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from dali_cutmix.cli import report_user_error
+from dali_cutmix.cli import aborted, report_user_error
 
 from .cli import get_args_parser
 from .config import CHECKPOINT_NAME, TrainConfig, parse_config
@@ -51,18 +51,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = parse_config(argv)  # a bad flag ends the process here, status 2
     except KeyboardInterrupt:  # --resume reads the checkpoint (and loads torch) here
-        print(f"{get_args_parser().prog}: aborted by Ctrl-C; nothing was started", file=sys.stderr)
-        return ExitStatus.ABORTED
+        return aborted(get_args_parser(), "nothing was started")
     try:
         return _train(config, argv, rank)
     except KeyboardInterrupt:  # a second Ctrl-C (the first stops at the next step)
-        print(
-            f"{get_args_parser().prog}: aborted by Ctrl-C; the last checkpoint written, if "
-            f"any, is intact: {config.output_dir / CHECKPOINT_NAME}",
-            file=sys.stderr,
-            flush=True,
-        )
-        return ExitStatus.ABORTED
+        checkpoint = config.output_dir / CHECKPOINT_NAME
+        what = f"the last checkpoint written, if any, is intact: {checkpoint}"
+        return aborted(get_args_parser(), what)
 
 
 def _train(config: TrainConfig, argv: list[str], rank: int) -> int:

@@ -182,12 +182,13 @@ class MetricsFile:
         records = self.read()
         if not self.enabled or not records:
             return
-        if records[0].get("epoch") == 0:
+        renumbered = records[0].get("epoch") == 0
+        if renumbered:
             records = [r | {"epoch": r["epoch"] + 1} for r in records]
-        elif all(r.get("epoch", 0) <= epochs_done for r in records):
-            return
         kept = [r for r in records if r.get("epoch", 0) <= epochs_done]
         dropped = [str(r.get("epoch")) for r in records if r.get("epoch", 0) > epochs_done]
+        if not renumbered and not dropped:
+            return  # already in agreement: nothing to rewrite
         if dropped:
             logger.warning(
                 "%s: dropped the record of epoch(s) %s, which the checkpoint does not hold "
