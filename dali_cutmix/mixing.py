@@ -248,6 +248,28 @@ class _Canvas:
         return cls(extent=extent, sides=extent, area=area, size=extent, fixed=False)
 
 
+def _layout_extent(images: DataNode) -> DataNode:
+    """int32 ``[2]`` (H, W) of each sample, read through its layout: HWC, CHW, FHWC alike.
+
+    ``images.shape()`` has no layout, so its first two extents are (C, H) for CHW.
+    Two slices of 1 x 1 and 2 x 3 pixels, placed by ``axis_names="HW"`` (which
+    reads the layout), differ by 1 on the H axis, 2 on the W axis and 0 on every
+    other: that marks which extents of the shape are H and W. Each slice copies
+    a few values per sample; a layout without H or W fails with DALI's error.
+    """
+    probes = (
+        fn.slice(images, start=[0, 0], shape=shape, axis_names="HW", out_of_bounds_policy="pad")
+        for shape in ([1, 1], [2, 3])
+    )
+    small, large = (probe.shape(dtype=types.INT32) for probe in probes)
+    marks = large - small
+    shape = images.shape(dtype=types.INT32)
+    height, width = (
+        fn.reductions.sum(shape * (marks == mark), dtype=types.INT32) for mark in (1, 2)
+    )
+    return fn.stack(height, width)
+
+
 def _area(sides: DataNode) -> DataNode:
     return sides[0] * sides[1]
 
@@ -358,24 +380,69 @@ def _plan(config: MixConfig, canvas: _Canvas) -> _Plan:
     )
 
 
+def _with_zero(plan: _Plan, zero: DataNode) -> _Plan:
+    """``plan`` with an int32 zero (a check) added to its label weight and paste anchors,
+    so that the targets and the paste wait for the check and fail with it."""
+    regions = plan.regions
+    if regions is not None:
+        regions = (regions[0] + zero, regions[1])
+    return dataclasses.replace(plan, partner_weight=plan.partner_weight + zero, regions=regions)
+
+
 @do_not_convert
 def checked_labels(labels: DataNode, num_classes: int) -> DataNode:
-    """A float32 zero ``[1]`` per sample that fails the pipeline unless its label is one index
-    in ``[0, num_classes)``.
+    """A float32 zero ``[1]`` per sample that fails the pipeline unless its label is one whole
+    number in ``[0, num_classes)``.
 
     DALI's ``one_hot`` gives a label outside the range a row of zeros (the sample's target,
-    and its partner's share of the other target, then silently do not sum to 1), and a label
-    of two elements two rows. This slice fails instead, and DALI's error shows the line below:
-    the label is its ``slice_anchor``, ``num_classes`` its ``input_shape``. Three CPU operators
-    and an addition per batch; labels on the GPU cannot be checked here (an argument input
-    must be on the CPU): check them before ``.gpu()``.
+    and its partner's share of the other target, then silently do not sum to 1), a label
+    of two elements two rows, and a float label such as 2.5 the row of its integer part.
+    These slices fail instead, and DALI's error shows the line below that failed: an
+    out-of-range label is its ``slice_anchor`` and ``num_classes`` its ``input_shape``; a
+    label that is not a whole number (or NaN) gives ``slice_anchor={1}, input_shape={1}``.
+    Six CPU operators and two additions per batch; labels on the GPU cannot be checked
+    here (an argument input must be on the CPU): check them before ``.gpu()``.
     """
     zeros = types.Constant(np.zeros([num_classes], dtype=np.float32))
     # a label of more than one element fails the reshape; slice takes int32 (or float) anchors
-    index = fn.cast(fn.reshape(labels, shape=[1]), dtype=types.INT32)
-    return fn.slice(  # label not in [0, num_classes): slice_anchor={label}, input_shape={classes}
+    label = fn.reshape(labels, shape=[1])
+    index = fn.cast(label, dtype=types.INT32)
+    fits = fn.slice(  # label not in [0, num_classes): slice_anchor={label}, input_shape={classes}
         zeros, start=index, shape=[1], axes=[0], out_of_bounds_policy="error"
     )
+    # 1 where the cast changed the label (2.5, NaN, an int64 beyond int32), else 0
+    changed = fn.cast(label != index, dtype=types.INT32)
+    whole = fn.slice(  # label not a whole number: slice_anchor={1}, input_shape={1}
+        types.Constant(np.zeros([1], dtype=np.float32)),
+        start=changed,
+        shape=[1],
+        axes=[0],
+        out_of_bounds_policy="error",
+    )
+    return fits + whole
+
+
+@do_not_convert
+def checked_size(images: DataNode, size: tuple[int, int]) -> DataNode:
+    """An int32 zero scalar per sample that fails the pipeline unless the image's (H, W)
+    is ``size``.
+
+    ``mix(size=...)`` builds its boxes for that size: a larger image would be cut to it, a
+    smaller one fail inside ``multi_paste``. This slice fails first; DALI's error shows the
+    line below, with the image's side as ``slice_anchor`` where it differs from ``size``
+    (0 where it agrees). (H, W) is read through the layout (:func:`_layout_extent`); on GPU
+    images, the CPU operators after it then wait for the images' shapes.
+    """
+    extent = _layout_extent(images)
+    differs = extent * (extent != types.Constant(np.array(size, dtype=np.int32)))
+    zero = fn.slice(  # image's (H, W) not mix's size: slice_anchor={its side where it differs}
+        types.Constant(np.zeros([1, 1], dtype=np.int32)),
+        start=differs,
+        shape=[1, 1],
+        axes=[0, 1],
+        out_of_bounds_policy="error",
+    )
+    return fn.reductions.sum(zero, dtype=types.INT32)
 
 
 @do_not_convert
@@ -424,6 +491,7 @@ def mix(
     *,
     size: tuple[int, int] | None = None,
     check_labels: bool = True,
+    check_size: bool = True,
 ) -> tuple[DataNode, DataNode]:
     """CutMix and/or MixUp inside a DALI graph, with timm's semantics.
 
@@ -435,13 +503,15 @@ def mix(
         config: what to apply; see :class:`dali_cutmix.MixConfig`.
         size: ``(H, W)`` of every image, when it is known while the graph is
             built (e.g. after ``fn.resize`` to a crop size). The box math then
-            works on constants: fewer operators, and on the GPU the CPU part
-            of the graph no longer waits for the images' shapes. Every image
-            must have exactly this size (a larger one would be cut to it; a
-            smaller one makes the pipeline fail).
-        check_labels: fail the pipeline on a CPU label outside ``[0, num_classes)``
-            (:func:`checked_labels`); ``make_loader``, whose file lists are checked when
-            read, turns it off.
+            works on constants: fewer operators, and on the GPU (with
+            ``check_size=False``) the CPU part of the graph no longer waits for
+            the images' shapes. Every image must have exactly this size.
+        check_labels: fail the pipeline on a CPU label outside ``[0, num_classes)`` or
+            not a whole number (:func:`checked_labels`); ``make_loader``, whose file
+            lists are checked when read, turns it off.
+        check_size: with ``size``, fail the pipeline on an image of another (H, W)
+            (:func:`checked_size`), which would otherwise be cut to ``size`` or fail
+            obscurely; ``make_loader``, whose resize gives exactly ``size``, turns it off.
 
     Returns:
         ``(images, targets)``. Images keep the input layout, size and device;
@@ -474,6 +544,8 @@ def mix(
         )
     canvas = _Canvas.known(size) if size is not None else _Canvas.of(images)
     plan = _plan(config, canvas)
+    if size is not None and check_size:
+        plan = _with_zero(plan, checked_size(images, size))
     partner_images = fn.permute_batch(images, indices=plan.partner)
     if size is None:
         # Every step below needs the partner at the sample's extent: the GPU
@@ -635,7 +707,8 @@ def cutout(
     uniform centre and is clipped at the border, as in the reference code.
 
     Args:
-        images: HWC batch, uint8 or float, CPU or GPU.
+        images: uint8 or float batch, CPU or GPU, of any layout that names H and W
+            (HWC, CHW after ``crop_mirror_normalize``, FHWC); the box is placed by it.
         size: box side as a fraction of each image side, in (0, 1].
         prob: probability that a sample gets a box.
         fill_value: value written into the box.
@@ -647,7 +720,7 @@ def cutout(
         raise ValueError(f"cutout size must be in (0, 1], got {size!r}")
     if isinstance(prob, bool) or not 0.0 <= prob <= 1.0:
         raise ValueError(f"cutout prob must be in [0, 1], got {prob!r}")
-    extent = _Canvas.of(images).extent
+    extent = _layout_extent(images)
     apply = fn.cast(fn.random.coin_flip(probability=prob, dtype=types.INT32), dtype=types.FLOAT)
     centre = dmath.floor(fn.random.uniform(range=[0.0, 1.0], shape=[2]) * extent)
     half = dmath.floor(dmath.floor(extent * size) * 0.5)

@@ -69,6 +69,8 @@ logger = logging.getLogger(__name__)
 READER_NAME = "Reader"
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+# mix's graph checks, off here: file lists are checked when read, and crops are resized
+_CHECKED = {"check_labels": False, "check_size": False}
 
 
 class Layout(str, enum.Enum):
@@ -352,8 +354,9 @@ def augment_and_mix(
         return normalize(images, options=options, mirror=flip), class_indices(labels)
     # The crops' size is known: the box math runs on constants and, on the GPU, the
     # CPU part of the graph does not wait for the resize's output shapes.
-    # labels of a file list are checked when it is read (dali_cutmix.files)
-    images, targets = mix_images(images, labels, options.mix, size=size, check_labels=False)
+    # labels of a file list are checked when it is read (dali_cutmix.files), and the
+    # resize gives every crop exactly ``size``: both graph checks would only cost.
+    images, targets = mix_images(images, labels, options.mix, size=size, **_CHECKED)
     return normalize(images, options=options, mirror=flip), targets
 
 
@@ -375,7 +378,7 @@ def _erase_and_mix(
     out = random_erase(normalize(images, options=hwc, mirror=flip), options.augment, size=size)
     targets = class_indices(labels)
     if options.mixing:
-        out, targets = mix_images(out, labels, options.mix, size=size, check_labels=False)
+        out, targets = mix_images(out, labels, options.mix, size=size, **_CHECKED)
     if options.output_layout is Layout.NCHW:
         out = fn.transpose(out, perm=[2, 0, 1], output_layout="CHW")
     if options.dtype is not DType.FLOAT32:

@@ -24,6 +24,7 @@ def run_graph(
     iterations: int = 1,
     device_id: int | None = None,
     batch_size: int | None = None,
+    layout: str = "HWC",
 ) -> list[list[list[np.ndarray]]]:
     """Runs ``graph(images, labels)`` over the same batch; returns [iteration][output][sample]."""
     if labels is None:
@@ -38,7 +39,7 @@ def run_graph(
         prefetch_queue_depth=1,
     )
     def pipe():
-        imgs = fn.external_source(name="images", layout="HWC", dtype=dtype)
+        imgs = fn.external_source(name="images", layout=layout, dtype=dtype)
         lbls = fn.external_source(name="labels")
         if device_id is not None:
             imgs = imgs.gpu()
@@ -476,6 +477,87 @@ def test_cutout_fills_a_clipped_box_and_honours_prob() -> None:
         np.testing.assert_array_equal(out, image)
 
 
+def test_cutout_places_its_box_by_the_layout() -> None:
+    # CHW (crop_mirror_normalize's default output) erased nothing: the box was drawn
+    # in the (C, H) extents of the shape and written to the H and W axes.
+    sizes = [(20, 30), (31, 17), (20, 30), (8, 40)]
+    hwc = [np.full((h, w, 3), 200, np.uint8) for h, w in sizes]
+    chw = [np.ascontiguousarray(image.transpose(2, 0, 1)) for image in hwc]
+    graph = lambda x, y: (cutout(x, size=0.5), y)  # noqa: E731
+    runs_hwc = run_graph(graph, hwc, iterations=3)
+    runs_chw = run_graph(graph, chw, iterations=3, layout="CHW")
+    erased = 0
+    for (outs_hwc, _), (outs_chw, _) in zip(runs_hwc, runs_chw):
+        for out_hwc, out_chw in zip(outs_hwc, outs_chw):
+            np.testing.assert_array_equal(out_chw, out_hwc.transpose(2, 0, 1))
+            erased += int((out_hwc == 0).any())
+    assert erased == 12  # prob 1: every sample has a box
+
+
+@pytest.mark.parametrize(
+    ("values", "dtype", "line"),
+    [
+        ((0, 1, 2.5, 3), np.float32, "# label not a whole number"),
+        ((0, 1, np.nan, 3), np.float32, "# label not in [0, num_classes)"),
+        ((0, 1, 2**31 + 2, 3), np.int64, "# label not in [0, num_classes)"),
+    ],
+    ids=["fraction", "nan", "beyond-int32"],
+)
+def test_a_label_that_is_not_a_whole_class_index_fails(values, dtype, line: str) -> None:
+    # one_hot took 2.5 for class 2 and the cast made 2**31 + 2 a small number: silently
+    images = flat_images(4)
+    labels = [np.array([v], dtype) for v in values]
+    with pytest.raises(RuntimeError) as info:
+        run_graph(lambda x, y: mix(x, y, MixConfig(num_classes=K)), images, labels)
+    assert line in str(info.value)
+    if "whole" in line:
+        assert "input_shape={1}, slice_anchor={1}" in str(info.value)
+
+
+def test_whole_float_labels_give_the_targets_of_int_labels() -> None:
+    images, labels = numbered(6)
+    floats = [label.astype(np.float32) for label in labels]
+    config = MixConfig(num_classes=K, cutmix_alpha=1.0, mixup_alpha=1.0)
+    want = run_graph(lambda x, y: mix(x, y, config), images, labels, iterations=2)
+    got = run_graph(lambda x, y: mix(x, y, config), images, floats, iterations=2)
+    assert_same_runs(got, want)
+
+
+@pytest.mark.parametrize(
+    "shape", [(40, 48), (24, 32), (32, 40)], ids=["taller", "smaller", "narrower"]
+)
+@pytest.mark.parametrize(
+    "alphas", [(1.0, 0.0), (0.0, 1.0), (1.0, 1.0)], ids=["cutmix", "mixup", "switch"]
+)
+def test_images_not_of_mix_size_fail_naming_their_sides(shape, alphas) -> None:
+    # A taller image was cut to size by the paste, a smaller one failed inside multi_paste.
+    images = [np.full((*shape, 3), 100, np.uint8) for _ in range(4)]
+    config = MixConfig(num_classes=K, cutmix_alpha=alphas[0], mixup_alpha=alphas[1])
+    with pytest.raises(RuntimeError) as info:
+        run_graph(lambda x, y: mix(x, y, config, size=(32, 48)), images)
+    height, width = (side if side != want else 0 for side, want in zip(shape, (32, 48)))
+    assert f"slice_anchor={{{height} x {width}}}" in str(info.value)
+    assert "# image's (H, W) not mix's size" in str(info.value)
+    if shape == (40, 48) and alphas[1] == 0.0:  # unchecked, the paste cuts it to size
+        [[outs, _]] = run_graph(
+            lambda x, y: mix(x, y, config, size=(32, 48), check_size=False), images
+        )
+        assert outs[0].shape == (32, 48, 3)
+
+
+def test_mixup_of_a_known_size_reads_the_size_through_the_layout() -> None:
+    images, labels = noise_images([(12, 20)] * 4, seed=3), own_labels(4)
+    chw = [np.ascontiguousarray(image.transpose(2, 0, 1)) for image in images]
+    config = MixConfig(num_classes=K, cutmix_alpha=0.0, mixup_alpha=1.0)
+    graph = lambda x, y: mix(x, y, config, size=(12, 20))  # noqa: E731
+    want = run_graph(graph, images, labels, iterations=2)
+    got = run_graph(graph, chw, labels, iterations=2, layout="CHW")
+    for (outs_hwc, targets_hwc), (outs_chw, targets_chw) in zip(want, got):
+        for i in range(4):
+            np.testing.assert_array_equal(outs_chw[i], outs_hwc[i].transpose(2, 0, 1))
+            np.testing.assert_array_equal(targets_chw[i], targets_hwc[i])
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [
@@ -514,6 +596,28 @@ def test_cpu_and_gpu_pipelines_are_bit_identical(mode: str) -> None:
     images = noise_images([(24 + i, 32) for i in range(8)], seed=3)
     config = MixConfig(num_classes=K, cutmix_alpha=1.0, mode=mode)
     assert_same_runs(*both(config, images, seed=21, iterations=3))
+
+
+@requires_cuda
+@pytest.mark.gpu
+def test_gpu_cutout_places_its_box_by_the_layout_as_the_cpu() -> None:
+    hwc = noise_images([(20, 30), (31, 17), (8, 40), (20, 30)], seed=4)
+    chw = [np.ascontiguousarray(image.transpose(2, 0, 1)) for image in hwc]
+    graph = lambda x, y: (cutout(x, size=0.5), y)  # noqa: E731
+    want = run_graph(graph, hwc, iterations=2)
+    got = run_graph(graph, chw, iterations=2, layout="CHW", device_id=0)
+    for (outs_hwc, _), (outs_chw, _) in zip(want, got):
+        for out_hwc, out_chw in zip(outs_hwc, outs_chw):
+            np.testing.assert_array_equal(out_chw, out_hwc.transpose(2, 0, 1))
+
+
+@requires_cuda
+@pytest.mark.gpu
+def test_gpu_images_not_of_mix_size_fail_naming_their_sides() -> None:
+    images = [np.full((40, 48, 3), 100, np.uint8) for _ in range(4)]
+    config = MixConfig(num_classes=K, cutmix_alpha=1.0)
+    with pytest.raises(RuntimeError, match=r"slice_anchor=\{40 x 0\}"):
+        run_graph(lambda x, y: mix(x, y, config, size=(32, 48)), images, device_id=0)
 
 
 # ---- the GPU path's predicted defects, checked on the CPU ----------------------------------
