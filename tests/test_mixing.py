@@ -432,6 +432,13 @@ def test_a_label_outside_the_classes_fails_the_pipeline_naming_it(label: int, pr
     assert targets[2].sum() < 0.99  # unchecked, its own label is a row of zeros
 
 
+def test_pair_mode_refuses_a_batch_shorter_than_the_pipelines() -> None:
+    # the flip is built for max_batch_size; DALI's permute_batch names both sizes
+    config = MixConfig(num_classes=K, mode="pair")
+    with pytest.raises(RuntimeError, match="sample indices 6 does not match .* which is 5"):
+        run_graph(lambda x, y: mix(x, y, config), flat_images(5), batch_size=6)
+
+
 def test_a_label_of_two_elements_fails_the_pipeline() -> None:
     labels = [np.array([i % K, 0], np.int32) for i in range(4)]
     with pytest.raises(RuntimeError, match="reshape"):
