@@ -800,3 +800,22 @@ def test_a_loss_that_stays_non_finite_with_finite_weights_is_named_a_divergence(
         "learning; nothing of this epoch was saved and no checkpoint was written."
     ) in _logged(caplog)[-1]
     assert not (tmp_path / "checkpoint.pth").exists()
+
+
+def test_a_non_finite_loss_is_counted_across_epochs_shorter_than_the_rule(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Two progress updates per epoch (steps 2 and 3 of 3): the count of 3 in a row was reset
+    # at every epoch, so a run that had stopped learning ran to its end with exit status 0.
+    caplog.set_level(logging.INFO, logger="train")
+
+    def skipped_from_step_2(call, step, model, criterion, optimizer, scaler, options, *batch):
+        if call == 1:
+            return step(model, criterion, optimizer, scaler, options, *batch)
+        return torch.tensor(float("inf")), model(options.prepare(*batch)[0])
+
+    _replace_step(monkeypatch, skipped_from_step_2)
+    assert main(_argv(tiny, tmp_path, "--epochs", "3", "--print-freq", "2")) == 5
+    assert _logged(caplog)[-1].startswith("training diverged (found at epoch 2, step 2 of 3, ")
+    assert "the loss was not finite at 3 progress updates in a row" in _logged(caplog)[-1]
+    assert torch.load(tmp_path / "checkpoint.pth", weights_only=False)["epoch"] == 1

@@ -205,7 +205,9 @@ def test_weights_that_stop_being_finite_end_the_epoch_at_the_next_synchronisatio
     assert math.isfinite(finite.last_loss)
 
 
-def _scaled_epoch(model: nn.Module, values: list[float], scaler: torch.amp.GradScaler):
+def _scaled_epoch(
+    model: nn.Module, values: list[float], scaler: torch.amp.GradScaler, nonfinite_syncs: int = 0
+):
     """An epoch of ``len(values)`` steps with a float16-style loss scaler, synchronising
     every step."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -223,7 +225,20 @@ def _scaled_epoch(model: nn.Module, values: list[float], scaler: torch.amp.GradS
         info=DistInfo(),
         stop=StopFlag(),
         print_freq=1,
+        nonfinite_syncs=nonfinite_syncs,
     )
+
+
+@pytest.mark.filterwarnings(f"ignore:{SCHEDULER_BEFORE_OPTIMIZER}")  # as the trainer does
+def test_the_count_of_non_finite_losses_goes_on_into_the_next_epoch() -> None:
+    model = _tiny_model()
+    scaler = torch.amp.GradScaler("cpu", init_scale=16.0)
+    first = _scaled_epoch(model, [1.0, math.inf, math.inf], scaler)
+    assert (first.steps_done, first.diverged, first.nonfinite_syncs) == (3, False, 2)
+    second = _scaled_epoch(model, [math.inf, 1.0], scaler, nonfinite_syncs=first.nonfinite_syncs)
+    assert (second.steps_done, second.diverged, second.stopped) == (1, True, False)
+    third = _scaled_epoch(model, [1.0, math.inf], scaler, nonfinite_syncs=2)  # a finite one resets
+    assert (third.steps_done, third.diverged, third.nonfinite_syncs) == (2, False, 1)
 
 
 @pytest.mark.filterwarnings(f"ignore:{SCHEDULER_BEFORE_OPTIMIZER}")  # as the trainer does

@@ -85,6 +85,9 @@ class EpochResult:
     last_loss: float | None = None  # this rank's, at the last synchronisation
     weights_finite: bool = True  # this rank's, when it diverged
     lr: float | None = None  # the learning rate of the last step done
+    # synchronisations in a row, up to the last, whose loss was not finite; the next
+    # epoch continues the count, so that epochs shorter than NONFINITE_SYNCS updates count
+    nonfinite_syncs: int = 0
 
 
 class LoaderError(Exception):
@@ -154,6 +157,7 @@ def train_one_epoch(
     meter_state: EpochSums | None = None,
     step_budget: int | None = None,
     ema: ModelEma | None = None,
+    nonfinite_syncs: int = 0,
 ) -> EpochResult:
     """Trains until the loader's epoch ends or a stop is requested.
 
@@ -165,6 +169,7 @@ def train_one_epoch(
         meter_state: sums of the interrupted part of this epoch, to continue them.
         step_budget: stop after this many steps in this call (``--stop-after-steps``).
         ema: the weights' moving average, offered every step (``--model-ema``).
+        nonfinite_syncs: the previous epoch's ``EpochResult.nonfinite_syncs``, continued.
     """
     model.train()
     meter = SumMeter(options.device, meter_state)
@@ -172,7 +177,7 @@ def train_one_epoch(
     start, step, images_seen, stopped, error = time.perf_counter(), start_step, 0, False, None
     first_sync: tuple[float, int] | None = None  # (time, images) at the first synchronisation
     last_sync = (start, 0)
-    diverged, last_loss, weights_finite, nonfinite, lr = False, None, True, 0, None
+    diverged, last_loss, weights_finite, nonfinite, lr = False, None, True, nonfinite_syncs, None
     try:
         for images, targets in _guarded(loader):
             loss, output = _step(model, criterion, optimizer, scaler, options, images, targets)
@@ -230,6 +235,7 @@ def train_one_epoch(
         last_loss=last_loss,
         weights_finite=weights_finite,
         lr=lr,
+        nonfinite_syncs=nonfinite,
     )
 
 

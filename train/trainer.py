@@ -134,6 +134,7 @@ class Trainer:
         self.epoch, self.step = 0, 0
         self.saved_at: tuple[int, int] | None = None  # (epoch, step) of this command's checkpoint
         self.meter_state: EpochSums | None = None  # this rank's sums of the current epoch
+        self.nonfinite_syncs = 0  # progress updates in a row whose loss was not finite
         # The rest of the current epoch when the loader could not restore its own state.
         self._stream: Iterable[Any] | None = None
 
@@ -258,6 +259,7 @@ class Trainer:
             meter_state=self.meter_state,
             step_budget=budget,
             ema=self.ema,
+            nonfinite_syncs=self.nonfinite_syncs,
         )
 
     def run_epoch(self, stop: StopFlag, budget: int | None) -> EpochResult:
@@ -272,6 +274,7 @@ class Trainer:
         steps = len(self.train_loader)
         if self.step < steps:
             result = self._train(stop, budget)
+            self.nonfinite_syncs = result.nonfinite_syncs
             if result.diverged:
                 return result
         else:  # trained before, not evaluated: its validation failed
