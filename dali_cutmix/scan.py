@@ -251,6 +251,26 @@ def _what_is_wrong(path: str) -> str:
     return "is not a decodable image"
 
 
+# What DALI says of memory it could not get: never a file's fault.
+_OUT_OF_MEMORY = ("bad_alloc", "out of memory", "cudaerrormemoryallocation")
+
+
+def _about_a_file(message: str) -> bool:
+    """Whether a DALI error that names no file is a reader's or decoder's failure on one.
+
+    DALI's message quotes the graph's source lines (``decode_random_crop(`` among them,
+    whatever failed), so only the failing operator and the reason after ``encountered:``
+    are read; a memory error (``std::bad_alloc`` from a resize) is nobody's file.
+    """
+    reason = message.split("encountered:", 1)[-1].lower()
+    if any(words in reason for words in _OUT_OF_MEMORY):
+        return False
+    operator = re.search(r"Error in \w+ operator `([^`]+)`", message)
+    if operator is not None:
+        return any(kind in operator.group(1) for kind in ("decoders", "readers", "image_decoder"))
+    return "decod" in reason or "nvimagecodec" in reason
+
+
 def explain_decode_error(err: Exception, images: ImageList, *, train: bool = True) -> Exception:
     """A :class:`BadImageError` naming the file, for a DALI error about an undecodable file.
 
@@ -266,7 +286,7 @@ def explain_decode_error(err: Exception, images: ImageList, *, train: bool = Tru
     """
     message = str(err)
     path = path_in_message(message)
-    if path is None and "decod" not in message and "nvImageCodec" not in message:
+    if path is None and not _about_a_file(message):
         return err  # not about a file: DALI's own message is best
     if path is None:
         path = first_unreadable(images.paths)

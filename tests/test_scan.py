@@ -226,3 +226,44 @@ def test_decode_error_of_a_file_list_names_the_dataset_folder(
 def test_errors_not_about_a_file_are_left_alone(image_folder: Path) -> None:
     err = RuntimeError("CUDA error: out of memory")
     assert explain_decode_error(err, list_image_folder(image_folder)) is err
+
+
+# DALI's message for an operator's failure, as it quotes the graph's source lines.
+DALI_OPERATOR_ERROR = """Critical error in pipeline:
+Error in {backend} operator `nvidia.dali.fn.{operator}`,
+which was used in the pipeline definition with the following traceback:
+
+  File "/work/main/pipelines/imagenet.py", line 418, in imagenet_pipeline
+    crops = decode_random_crop(jpegs, options=options, gpu=gpu, decoder=decoder)
+  File "/work/main/pipelines/imagenet.py", line 279, in decode_random_crop
+    return fn.resize(
+
+encountered:
+
+{reason}
+Current pipeline object is no longer valid."""
+
+
+@pytest.mark.parametrize(
+    ("backend", "operator", "reason", "about_a_file"),
+    [
+        # the resize of a huge --crop-size: "decode_random_crop(" in the quoted source once
+        # made it a bad image, after reading the header of every listed file
+        ("CPU", "resize", "std::bad_alloc", False),
+        ("CPU", "crop_mirror_normalize", "Invalid crop window", False),
+        ("MIXED", "decoders.image_random_crop", "std::bad_alloc", False),
+        ("MIXED", "decoders.image_random_crop", "CUDA error: out of memory", False),
+        ("CPU", "decoders.image_random_crop", "Unrecognized image format", True),
+        ("MIXED", "decoders.image", "nvImageCodec failure: 7", True),
+    ],
+)
+def test_only_a_reader_or_decoder_failure_is_a_bad_file(
+    image_folder: Path, backend: str, operator: str, reason: str, about_a_file: bool
+) -> None:
+    message = DALI_OPERATOR_ERROR.format(backend=backend, operator=operator, reason=reason)
+    err = RuntimeError(message)
+    explained = explain_decode_error(err, list_image_folder(image_folder))
+    assert (explained is not err) == about_a_file
+    if about_a_file:
+        assert isinstance(explained, BadImageError)
+        assert f"(DALI: {reason})" in str(explained)
