@@ -30,6 +30,11 @@ logger = logging.getLogger(__name__)
 # 2: DALI's iterator runs PARTIAL (see LastBatch). A version-1 state of DROP over several
 # shards carries DALI's DROP epoch size, which would bring its padded-batch leak back.
 _STATE_VERSION = 2
+# DALI's words when a checkpoint does not fit the pipeline's graph (executor and operators)
+_FOREIGN_CHECKPOINT = (
+    "might come from another pipeline",
+    "operators in the checkpoint differs",
+)
 _OUTPUTS = ("images", "targets")
 
 
@@ -307,7 +312,14 @@ class DaliLoader:
         self._failure = None
         try:
             self._iterator = self._new_iterator(state["dali_checkpoint"])
-        except RuntimeError as error:  # DALI's: "The checkpoint might come from another pipeline"
+        except RuntimeError as error:
+            if not any(words in str(error) for words in _FOREIGN_CHECKPOINT):
+                # The restored pipeline's own first batches failed (a bad file at the saved
+                # position, memory): that error, not a refusal, and this loader unchanged.
+                failure = self._explain(error) if self._explain else error
+                if failure is error:
+                    raise
+                raise failure from error
             # Another graph than the saved one (other mixing or augmentation): a fresh stream
             # instead of a loader broken for good, and the refusal a caller expects.
             self._iterator = self._guard(lambda: self._new_iterator(None))
@@ -322,7 +334,9 @@ class DaliLoader:
         self._epoch = int(state["epoch"])
         self._done = int(state["batches_done"])
         self._finished = self._done >= self._length
-        self._resuming = True
+        # A state saved at an epoch's end: the next iter() is the next epoch, as it is for
+        # the loader that saved it (it yielded the empty rest of the saved epoch first).
+        self._resuming = not self._finished
         self._iterators += 1  # an iterator from before the load reads another stream now
 
     def __repr__(self) -> str:

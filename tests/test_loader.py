@@ -10,6 +10,7 @@ import torch
 from conftest import Batch, build_image_folder, same_batches, small_loader
 
 from dali_cutmix import MixConfig
+from dali_cutmix.files import BadImageError
 from dali_cutmix.loader import DaliLoader, LastBatch
 from pipelines import imagenet
 
@@ -57,9 +58,10 @@ def test_resume_gives_identical_next_batches(folder: Path, stop_after: int) -> N
 
     resumed = _train_loader(folder)
     resumed.load_state_dict(state)
-    stopped_in = (stop_after - 1) // 3  # the epoch the first run stopped in (0-based)
-    tail = _run(resumed, epochs=1)  # the rest of that epoch (nothing if it was complete)
-    tail += _run(resumed, epochs=3 - stopped_in - 1)
+    # As the loader that saved it would go on: the rest of the epoch it stopped in, or
+    # after an epoch's end (3: a state at its last batch) straight the next epoch. That
+    # one first yielded the saved epoch's empty rest: a user's `for epoch in ...` lost one.
+    tail = _run(resumed, epochs=3 - stop_after // 3)
     assert same_batches(tail, reference[stop_after:])
 
 
@@ -146,6 +148,24 @@ def test_state_of_another_graph_is_refused_and_the_loader_still_works(folder: Pa
     with pytest.raises(ValueError, match="the loader state is of another pipeline"):
         plain.load_state_dict(mixed.state_dict())
     assert same_batches(_run(plain, epochs=1), _run(_train_loader(folder, mix=None), epochs=1))
+
+
+def test_a_bad_file_at_the_saved_position_is_named_not_taken_for_another_pipeline(
+    tmp_path: Path,
+) -> None:
+    # Restoring reads the next batches: a bad file there was reported as "the loader state is
+    # of another pipeline (Critical error in pipeline:)", and the trainer went on in a new
+    # stream that met the file later, at another step.
+    root = build_image_folder(tmp_path / "train", classes=13, per_class=1, extras=False)
+    first = small_loader(root, train=False, batch_size=4)
+    next(iter(first))
+    state = first.state_dict()
+    bad = sorted(root.glob("*/*.JPEG"))[5]  # in the second batch
+    bad.write_bytes(b"not a jpeg")
+    with pytest.raises(BadImageError) as info:
+        small_loader(root, train=False, batch_size=4).load_state_dict(state)
+    assert info.value.path == str(bad)
+    assert str(info.value).startswith(f"{str(bad)!r} is not a decodable image")
 
 
 def test_state_from_another_setting_is_refused(folder: Path) -> None:

@@ -29,6 +29,7 @@ import train.config
 import train.engine
 import train.trainer
 from dali_cutmix import synthetic
+from dali_cutmix.files import BadImageError
 from dali_cutmix.scan import main as scan_main
 from dali_cutmix.synthetic import SyntheticSpec, generate
 from train.__main__ import main
@@ -514,6 +515,40 @@ def test_a_bad_file_keeps_the_steps_done_and_the_printed_commands_continue(
     assert (final["epoch"], final["step"], final["scheduler"]["last_epoch"]) == (2, 0, 4)
     saved = json.loads((out / "config.json").read_text())["data"]
     assert saved["train_list"] == str(scan_dir / "files.txt") and saved["val_list"] is None
+
+
+def test_a_bad_file_met_while_resuming_is_reported_with_the_resumed_checkpoint(
+    tiny: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The DALI loader reads its next batches while it restores its state: a bad file there
+    # was taken for a state of "another pipeline", and the run went on in a new stream.
+    # (tests/test_loader.py makes the loader raise it; here the trainer's answer.)
+    out = tmp_path / "run"
+    assert main(_argv(tiny, out, "--stop-after-steps", "1")) == 3
+    bad = tiny / "train" / "s0001" / "s0001_00002.JPEG"
+
+    def restore(loader, state):
+        raise BadImageError(f"{str(bad)!r} is not a decodable image (DALI: ...).", path=bad)
+
+    monkeypatch.setattr(train.trainer, "restore_loader", restore)
+    checkpoint, scan_dir = out / "checkpoint.pth", out / "scan-train"
+    saved = checkpoint.read_bytes()
+    capsys.readouterr()
+    caplog.set_level(logging.WARNING, logger="train")
+    assert main(["--resume", str(checkpoint)]) == 4
+    line = capsys.readouterr().err.splitlines()[-1]
+    scan = f"python -m dali_cutmix.scan {tiny / 'train'} --out {scan_dir}"
+    resume = f"python -m train --resume {checkpoint} --train-list {scan_dir / 'files.txt'}"
+    assert line == (
+        f"python -m train: error: '{bad}' is not a decodable image (DALI: ...). "
+        f"Find every bad file with: {scan}; then continue with: {resume}"
+    )
+    assert not [r for r in caplog.records if "does not fit" in r.getMessage()]
+    assert checkpoint.read_bytes() == saved
 
 
 def test_a_bad_validation_file_keeps_the_trained_epoch_for_a_resume_with_a_val_list(

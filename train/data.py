@@ -206,20 +206,15 @@ def build_loaders(config: TrainConfig, root: Path, info: DistInfo) -> tuple[Load
 
 
 def restore_loader(loader: Loader, state: dict[str, Any]) -> None:
-    """Loads a saved loader state: the next ``iter()`` continues the saved epoch.
-
-    A DALI loader's state saved at the end of an epoch yields that epoch's
-    empty remainder first; it is consumed here, so that the next ``iter()``
-    is the next epoch, as with the torchvision loader.
+    """Loads a saved loader state: the next ``iter()`` continues the saved epoch (or starts
+    the next one, for a state saved at an epoch's end), with either loader.
 
     Raises:
+        BadImageError: a file at the saved position does not decode (the DALI loader
+            reads its first batches while it restores).
         ValueError: the state does not fit this loader (other files, batch size, shards).
     """
     loader.load_state_dict(state)
-    at_end = state["batches_done"] >= state["num_batches"]
-    if at_end and not _seekable(loader):
-        for _ in loader:
-            pass
 
 
 def continue_at(loader: Loader, *, epoch: int, step: int) -> Iterable[Any]:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dali_cutmix.files import DatasetError
+from dali_cutmix.files import BadImageError, DatasetError
 
 from .checkpoint import CHECKPOINT_NAME, load_weights, save_checkpoint
 from .config import METRICS_NAME, Precision, Schedule, TrainConfig, check_ranks
@@ -180,6 +180,16 @@ class Trainer:
             return "the checkpoint holds no data-stream state for this rank"
         try:
             restore_loader(self.train_loader, saved)
+        except BadImageError as error:  # a file at the saved position: scan, then resume
+            failure = data_failure(
+                error,
+                "train",
+                config=self.config,
+                root=self.root,
+                info=self.info,
+                checkpoint=self.config.resume,
+            )
+            raise failure from error
         except ValueError as error:  # other files (a new --train-list), batch count, ...
             return f"the saved data-stream state does not fit ({error})"
         return None
