@@ -244,7 +244,11 @@ def read_file_list(
     base = Path(root).expanduser().resolve() if root is not None else list_path.parent
     entries = [
         _parse_line(line, number=i + 1, list_path=list_path)
-        for i, line in enumerate(list_path.read_text().splitlines())
+        # UTF-8 whatever the locale (write_file_list's encoding), a BOM (Windows editors)
+        # dropped, and a name's bytes that are not UTF-8 kept as os.fsdecode keeps them
+        for i, line in enumerate(
+            list_path.read_text(encoding="utf-8-sig", errors="surrogateescape").splitlines()
+        )
         if line.strip()
     ]
     if not entries:
@@ -302,7 +306,8 @@ def write_file_list(path: str | os.PathLike[str], entries: Iterable[tuple[str, i
             raise DatasetError(f"{file_path!r}: {UNLISTABLE}.")
     path = Path(path)
     partial = path.with_name(f".{path.name}.partial")
-    partial.write_text("".join(f"{p} {label}\n" for p, label in entries), encoding="utf-8")
+    lines = "".join(f"{p} {label}\n" for p, label in entries)
+    partial.write_text(lines, encoding="utf-8", errors="surrogateescape")
     os.replace(partial, path)
     return len(entries)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -141,6 +142,21 @@ def test_file_list_round_trip_and_relative_paths(tmp_path: Path) -> None:
     without_root = read_file_list(listed)  # relative to the list's folder, names from parents
     assert without_root.paths[0] == str(listed.parent / "n00000000" / "img_0_0.JPEG")
     assert without_root.classes == ("n00000000", "n00000001")
+
+
+def test_file_list_is_utf_8_whatever_the_locale_and_a_bom_is_dropped(tmp_path: Path) -> None:
+    # Read with the locale's encoding, a list write_file_list wrote failed under LC_ALL=C
+    # (UnicodeDecodeError); a BOM (Windows editors) made "\ufeff/abs/x.JPEG" a relative path.
+    listed, image = tmp_path / "files.txt", tmp_path / "clé" / "x.JPEG"
+    write_file_list(listed, [(str(image), 0), (str(tmp_path / "b" / "y.JPEG"), 1)])
+    assert "clé" in listed.read_bytes().decode("utf-8")
+    assert read_file_list(listed).paths[0] == str(image)
+    listed.write_bytes(b"\xef\xbb\xbf" + listed.read_bytes())
+    assert read_file_list(listed).paths == (str(image), str(tmp_path / "b" / "y.JPEG"))
+    # a name whose bytes are not UTF-8 goes through as os.fsdecode gives it
+    odd = os.fsdecode(b"caf\xe9.JPEG")
+    write_file_list(listed, [(str(tmp_path / odd), 0)])
+    assert read_file_list(listed).paths == (str(tmp_path / odd),)
 
 
 @pytest.mark.parametrize(
