@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import build_image_folder
 
 from train import cli
 from train.config import TrainConfig, get_args_parser, parse_config
@@ -123,7 +124,30 @@ def test_config_replays_a_run_with_typed_flags_over_it(tmp_path: Path) -> None:
     changed = parse_config(["--config", str(path), "--epochs", "5", "--crop-size", "64"])
     assert changed.epochs == 5 and changed.augment == saved.augment
     assert (changed.data.train_crop_size, changed.data.val_resize_size) == (64, 73)
-    assert changed.mix == saved.mix and changed.optim == saved.optim
+    assert changed.mix == saved.mix
+    # the default warmup (at most epochs / 5) follows the typed --epochs: 0.6 of 3, 1 of 5
+    assert saved.optim.warmup_epochs == 0.6
+    assert changed.optim == dataclasses.replace(saved.optim, warmup_epochs=1.0)
+
+
+def test_config_derives_default_warmup_and_lr_again_and_keeps_chosen_ones(
+    tmp_path: Path,
+) -> None:
+    # The embedded run's 1-epoch warmup made a replay with --epochs 1 all warmup, no decay,
+    # and its lr of 0.1 stayed for a batch of 8 on another dataset (default 0.1 * 8 / 256).
+    saved, path = _saved_run(tmp_path)
+    assert (saved.epochs, saved.optim.warmup_epochs, saved.optim.lr) == (6, 1.0, 0.1)
+    data = build_image_folder(tmp_path / "data" / "train", classes=2, per_class=1).parent
+    (data / "val").symlink_to(data / "train")
+    replayed = parse_config(["--config", str(path), "--epochs", "1", "--data", str(data)])
+    assert (replayed.optim.warmup_epochs, replayed.optim.lr) == (0.2, 0.1 * 64 / 256)
+    replayed = parse_config(["--config", str(path), "-b", "8"])  # still embedded: lr 0.1
+    assert (replayed.optim.warmup_epochs, replayed.optim.lr) == (1.0, 0.1)
+    chosen, path = _saved_run(tmp_path / "b", "--warmup-epochs", "0.5", "--lr", "0.3")
+    replayed = parse_config(["--config", str(path), "--epochs", "1", "-b", "8"])
+    assert (replayed.optim.warmup_epochs, replayed.optim.lr) == (0.5, 0.3)
+    typed = ["--config", str(path), "--epochs", "2", "--warmup-epochs", "0.1", "--lr", "0.2"]
+    assert (parse_config(typed).optim.warmup_epochs, parse_config(typed).optim.lr) == (0.1, 0.2)
 
 
 @pytest.mark.parametrize(

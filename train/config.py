@@ -432,16 +432,26 @@ def _data_config(args: argparse.Namespace, workers: int) -> DataConfig:
     )
 
 
+def _default_warmup_epochs(epochs: int, *, embedded: bool) -> float:
+    """``--warmup-epochs``' default: 1 epoch on the embedded set, 5 otherwise, at most 1/5."""
+    return min(1.0 if embedded else 5.0, epochs / 5)
+
+
+def _default_lr(batch_size: int, world_size: int, *, embedded: bool) -> float:
+    """``--lr``'s default: 0.1 on the embedded set, else 0.1 per 256 images of global batch."""
+    return 0.1 if embedded else 0.1 * batch_size * world_size / 256
+
+
 def _optim_config(args: argparse.Namespace, data: DataConfig, epochs: int) -> OptimConfig:
     embedded = data.root is None
-    default_lr = 0.1 if embedded else 0.1 * data.batch_size * _world_size() / 256
+    default_lr = _default_lr(data.batch_size, _world_size(), embedded=embedded)
     return OptimConfig(
         lr=default_lr if args.lr is None else args.lr,
         momentum=args.momentum,
         nesterov=args.nesterov,
         weight_decay=args.weight_decay,
         schedule=args.lr_schedule,
-        warmup_epochs=_given(args.warmup_epochs, min(1.0 if embedded else 5.0, epochs / 5)),
+        warmup_epochs=_given(args.warmup_epochs, _default_warmup_epochs(epochs, embedded=embedded)),
         step_size=args.lr_step_size,
         gamma=args.lr_gamma,
     )
@@ -982,6 +992,26 @@ def _read_config(path: Path) -> dict[str, Any]:
     return saved
 
 
+# Defaults derived from other flags (argparse dests): a replay derives them again when one
+# of those is typed.
+_DERIVED = {"warmup_epochs": {"epochs"}, "lr": {"data", "batch_size"}}
+
+
+def _saved_default(saved: Mapping[str, Any], dest: str) -> bool:
+    """Whether a saved configuration's ``dest`` (``warmup_epochs`` or ``lr``) is the default
+    that its other values derive."""
+    try:
+        data, optim = saved["data"], saved["optim"]
+        embedded = data["root"] is None
+        if dest == "warmup_epochs":
+            default = _default_warmup_epochs(int(saved["epochs"]), embedded=embedded)
+            return float(optim["warmup_epochs"]) == default
+        ranks = int(saved.get("world_size", 1))
+        return float(optim["lr"]) == _default_lr(int(data["batch_size"]), ranks, embedded=embedded)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return False  # not a run's config.json: config_from_args names what is wrong
+
+
 def replay_config(args: argparse.Namespace, typed: Mapping[str, str]) -> TrainConfig:
     """``--config RUN/config.json``: that run's configuration, with the typed flags' values.
 
@@ -1004,6 +1034,12 @@ def replay_config(args: argparse.Namespace, typed: Mapping[str, str]) -> TrainCo
     # derives it again (crop * 8 / 7) unless it is typed too, as on a first run.
     if {"crop_size", "val_crop_size"} & typed.keys() and "val_resize_size" not in typed:
         values["val_resize_size"] = None
+    # So are the warmup (from --epochs) and the learning rate (from the batch, ranks and
+    # dataset) where the saved run had their defaults: kept, a saved 1-epoch warmup made a
+    # replay with --epochs 1 all warmup and no decay, at the embedded set's lr on another.
+    for dest, derived_from in _DERIVED.items():
+        if derived_from & typed.keys() and dest not in typed and _saved_default(saved, dest):
+            values[dest] = None
     values |= {
         "resume": None,
         "test_only": args.test_only,
