@@ -95,6 +95,17 @@ def test_data_defaults_follow_imagenet_recipes(tmp_path: Path) -> None:
     assert config.data.dataset_dir == root
 
 
+def test_a_relative_data_folder_is_saved_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Saved as typed ("tiny"), a --resume or --config from another folder failed with
+    # "--data tiny: no train/ folder", naming a flag the user had not typed.
+    root = _folder(tmp_path, ["a", "b"], ["a", "b"])
+    monkeypatch.chdir(root.parent)
+    config = parse_config(["--data", root.name, "--device", "cpu"])
+    assert config.data.root == root and config.data.root.is_absolute()
+
+
 def test_paper_recipe_parses(tmp_path: Path) -> None:
     root = _folder(tmp_path, ["a", "b"], ["a", "b"])
     config = parse_config(

@@ -416,7 +416,7 @@ def _data_config(args: argparse.Namespace, workers: int) -> DataConfig:
     crop = _given(args.crop_size, 64 if embedded else 224)
     val_crop = _given(args.val_crop_size, crop)
     return DataConfig(
-        root=None if embedded else args.data,
+        root=None if embedded else args.data.expanduser().resolve(),  # resumable from elsewhere
         classes=tuple(EMBEDDED_SPEC.classes if embedded else _list_classes(args.data)),
         embedded=EMBEDDED_SPEC if embedded else None,
         loader=args.loader,
