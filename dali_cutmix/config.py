@@ -14,8 +14,11 @@ import enum
 import json
 import logging
 import math
+import numbers
 import re
 from typing import Any
+
+import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -73,14 +76,72 @@ class MixMode(str, enum.Enum):
     ELEM = "elem"
 
 
+def _is_number(value: Any) -> bool:
+    """True for a finite real number, Python's or NumPy's (``np.float32(0.5)``), not a bool."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
 def _check_range(
-    name: str, value: float, low: float, high: float, *, high_open: bool = False
-) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    name: str, value: Any, low: float, high: float, *, high_open: bool = False
+) -> float:
+    """``value`` as a Python float, checked: finite, in ``[low, high]`` (``[low, high)``)."""
+    if not _is_number(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     if value < low or (value >= high if high_open else value > high):
         bracket = ")" if high_open else "]"
         raise ValueError(f"{name} must be in [{low}, {high}{bracket}, got {value!r}")
+    return float(value)
+
+
+def _check_int(name: str, value: Any, low: int) -> int:
+    """``value`` as a Python int, checked to be an integer (Python's or NumPy's) ``>= low``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return int(value)
+
+
+def _check_alpha(name: str, value: Any) -> float:
+    """A Beta parameter: 0 (off) or a positive number that stays positive and finite in
+    float32, which DALI's ``random.beta`` takes (1e-50 would reach it as 0 and fail it)."""
+    alpha = _check_range(name, value, 0.0, math.inf)
+    with np.errstate(over="ignore"):
+        single = np.float32(alpha)
+    if alpha > 0 and not 0 < single < math.inf:
+        raise ValueError(
+            f"{name} must be 0 (off) or a positive float32, got {value!r}, "
+            f"which is {single} in float32"
+        )
+    return alpha
+
+
+def _two(name: str, value: Any, allowed: str) -> tuple[Any, Any]:
+    """``value`` (a tuple, list or array) as a 2-tuple; ``allowed`` says what is, if it is not."""
+    try:
+        pair = tuple(value)
+    except TypeError:
+        pair = ()
+    if isinstance(value, (str, bytes)) or len(pair) != 2:
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return pair
+
+
+def _check_minmax(value: Any) -> tuple[float, float]:
+    pair = _two("cutmix_minmax", value, "(min, max)")
+    low, high = (_check_range("cutmix_minmax", bound, 0.0, 1.0) for bound in pair)
+    if low > high:
+        raise ValueError(f"cutmix_minmax must have min <= max, got {value!r}")
+    return low, high
+
+
+def _store(config: Any, **values: Any) -> None:
+    """Sets fields of a frozen dataclass to their checked, converted values."""
+    for name, value in values.items():
+        object.__setattr__(config, name, value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,15 +177,17 @@ class MixConfig:
     label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int):
-            raise ValueError(f"num_classes must be an int >= 1, got {self.num_classes!r}")
-        if self.num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
-        _check_range("mixup_alpha", self.mixup_alpha, 0.0, math.inf)
-        _check_range("cutmix_alpha", self.cutmix_alpha, 0.0, math.inf)
-        _check_range("prob", self.prob, 0.0, 1.0)
-        _check_range("switch_prob", self.switch_prob, 0.0, 1.0)
-        _check_range("label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
+        _store(
+            self,
+            num_classes=_check_int("num_classes", self.num_classes, 1),
+            mixup_alpha=_check_alpha("mixup_alpha", self.mixup_alpha),
+            cutmix_alpha=_check_alpha("cutmix_alpha", self.cutmix_alpha),
+            prob=_check_range("prob", self.prob, 0.0, 1.0),
+            switch_prob=_check_range("switch_prob", self.switch_prob, 0.0, 1.0),
+            label_smoothing=_check_range(
+                "label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True
+            ),
+        )
         if not isinstance(self.correct_lam, bool):
             raise ValueError(f"correct_lam must be True or False, got {self.correct_lam!r}")
         try:
@@ -133,14 +196,7 @@ class MixConfig:
             allowed = ", ".join(m.value for m in MixMode)
             raise ValueError(f"mode must be one of {allowed}, got {self.mode!r}") from None
         if self.cutmix_minmax is not None:
-            minmax = tuple(self.cutmix_minmax)
-            if len(minmax) != 2:
-                raise ValueError(f"cutmix_minmax must be (min, max), got {self.cutmix_minmax!r}")
-            for value in minmax:
-                _check_range("cutmix_minmax", value, 0.0, 1.0)
-            if minmax[0] > minmax[1]:
-                raise ValueError(f"cutmix_minmax must have min <= max, got {self.cutmix_minmax!r}")
-            object.__setattr__(self, "cutmix_minmax", (float(minmax[0]), float(minmax[1])))
+            _store(self, cutmix_minmax=_check_minmax(self.cutmix_minmax))
             if not self.correct_lam:
                 raise ValueError(
                     f"cutmix_minmax={self.cutmix_minmax!r} draws box sides with no lambda to keep:"
@@ -236,17 +292,14 @@ TIMM_TRANSLATE = 0.45
 TIMM_MAGNITUDE_BINS = 11
 
 
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-
-
 def _check_interval(name: str, value: Any, low: float, high: float) -> tuple[float, float]:
-    pair = tuple(value)
-    if len(pair) != 2 or not low < pair[0] <= pair[1] <= high:
-        raise ValueError(
-            f"{name} must be (min, max) with {low} < min <= max <= {high}, got {value!r}"
-        )
+    """``value`` as ``(min, max)`` Python floats, finite, with ``low < min <= max <= high``
+    (``high`` may be ``inf``: the bounds are finite all the same)."""
+    upper = "< inf" if high == math.inf else f"<= {high}"
+    allowed = f"(min, max) with {low} < min <= max {upper}"
+    pair = _two(name, value, allowed)
+    if not all(map(_is_number, pair)) or not low < pair[0] <= pair[1] <= high:
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
     return float(pair[0]), float(pair[1])
 
 
@@ -295,9 +348,12 @@ class AugmentConfig:
                 self, "auto_augment", _enum(AutoAugment, "auto_augment", self.auto_augment)
             )
         object.__setattr__(self, "erase_mode", _enum(EraseMode, "erase_mode", self.erase_mode))
-        _check_int("ra_num_ops", self.ra_num_ops, 0)
-        _check_int("num_magnitude_bins", self.num_magnitude_bins, 2)
-        _check_int("ra_magnitude", self.ra_magnitude, 0)
+        _store(
+            self,
+            ra_num_ops=_check_int("ra_num_ops", self.ra_num_ops, 0),
+            num_magnitude_bins=_check_int("num_magnitude_bins", self.num_magnitude_bins, 2),
+            ra_magnitude=_check_int("ra_magnitude", self.ra_magnitude, 0),
+        )
         if self.ra_magnitude >= self.num_magnitude_bins:
             raise ValueError(
                 f"ra_magnitude must be < num_magnitude_bins ({self.num_magnitude_bins}), "
@@ -305,16 +361,18 @@ class AugmentConfig:
             )
         if not isinstance(self.ra_increasing, bool):
             raise ValueError(f"ra_increasing must be True or False, got {self.ra_increasing!r}")
-        _check_range("max_translate_rel", self.max_translate_rel, 0.0, 1.0)
-        _check_int("fill_value", self.fill_value, 0)
+        _store(
+            self,
+            max_translate_rel=_check_range("max_translate_rel", self.max_translate_rel, 0.0, 1.0),
+            fill_value=_check_int("fill_value", self.fill_value, 0),
+        )
         if self.fill_value > 255:
             raise ValueError(f"fill_value must be in [0, 255], got {self.fill_value}")
-        _check_range("random_erase", self.random_erase, 0.0, 1.0)
-        object.__setattr__(
-            self, "erase_scale", _check_interval("erase_scale", self.erase_scale, 0, 1)
-        )
-        object.__setattr__(
-            self, "erase_ratio", _check_interval("erase_ratio", self.erase_ratio, 0, math.inf)
+        _store(
+            self,
+            random_erase=_check_range("random_erase", self.random_erase, 0.0, 1.0),
+            erase_scale=_check_interval("erase_scale", self.erase_scale, 0, 1),
+            erase_ratio=_check_interval("erase_ratio", self.erase_ratio, 0, math.inf),
         )
 
     @property

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,7 @@ import nvidia.dali.types as types
 from nvidia.dali.data_node import DataNode
 from nvidia.dali.pipeline import Pipeline, do_not_convert
 
-from dali_cutmix.config import MixConfig, MixMode
+from dali_cutmix.config import MixConfig, MixMode, _check_int, _check_range, _is_number
 
 __all__ = ["cutmix", "mixup", "cutout", "mix", "soft_targets"]
 
@@ -472,6 +473,8 @@ def soft_targets(
         ``w == 0`` or a sample that is its own partner, the (smoothed) one-hot
         vector exactly.
     """
+    num_classes = _check_int("num_classes", num_classes, 1)
+    label_smoothing = _check_range("label_smoothing", label_smoothing, 0.0, 1.0, high_open=True)
     off = label_smoothing / num_classes
     on = 1.0 - label_smoothing + off
     own = fn.one_hot(labels, num_classes=num_classes, on_value=on, off_value=off, dtype=types.FLOAT)
@@ -531,10 +534,11 @@ def mix(
         ...     config = MixConfig(num_classes=1000, cutmix_alpha=1.0)
         ...     return mix(images, labels.gpu(), config, size=(224, 224))
     """
-    if size is not None and (
-        len(size) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in size)
-    ):
-        raise ValueError(f"size must be (H, W) with two ints >= 1, got {size!r}")
+    if not isinstance(config, MixConfig):
+        hint = " (MixConfig.from_dict makes one)" if isinstance(config, dict) else ""
+        raise ValueError(f"config must be a MixConfig, got {config!r}{hint}")
+    if size is not None:
+        size = _known_size(size)
     if not config.enabled:
         return images, soft_targets(
             labels,
@@ -602,6 +606,29 @@ def mix(
     return out, targets
 
 
+def _known_size(size: Any) -> tuple[int, int]:
+    """``mix``'s ``size`` as two Python ints, or a ValueError saying what is allowed."""
+    if (
+        not isinstance(size, (tuple, list))
+        or len(size) != 2
+        or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in size)
+    ):
+        raise ValueError(f"size must be (H, W) with two ints >= 1, got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def _fill(fill_value: Any) -> float | list[float]:
+    """``cutout``'s ``fill_value`` as Python floats: one number, or DALI's one per channel."""
+    many = isinstance(fill_value, (tuple, list))
+    values = list(fill_value) if many else [fill_value]
+    if not values or not all(map(_is_number, values)):
+        raise ValueError(
+            f"cutout fill_value must be a finite number (or a list, one per channel), "
+            f"got {fill_value!r}"
+        )
+    return [float(v) for v in values] if many else float(fill_value)
+
+
 def _one_method_config(
     method: str,
     alpha: float,
@@ -613,8 +640,8 @@ def _one_method_config(
 ) -> MixConfig:
     """The configuration of ``cutmix`` or ``mixup`` (``method``): that method at ``alpha``
     (> 0, a user error otherwise) and the other off; ``options`` are the method's own fields."""
-    if alpha <= 0:
-        raise ValueError(f"{method} alpha must be > 0, got {alpha!r}")
+    if not _is_number(alpha) or alpha <= 0:
+        raise ValueError(f"{method} alpha must be a finite number > 0, got {alpha!r}")
     alphas = {"cutmix_alpha": 0.0, "mixup_alpha": 0.0, f"{method}_alpha": alpha}
     return MixConfig(
         num_classes=num_classes,
@@ -711,15 +738,16 @@ def cutout(
             (HWC, CHW after ``crop_mirror_normalize``, FHWC); the box is placed by it.
         size: box side as a fraction of each image side, in (0, 1].
         prob: probability that a sample gets a box.
-        fill_value: value written into the box.
+        fill_value: value written into the box, or a list of one value per channel.
 
     Returns:
         Images of the input dtype, layout, size and device.
     """
-    if isinstance(size, bool) or not 0.0 < size <= 1.0:
-        raise ValueError(f"cutout size must be in (0, 1], got {size!r}")
-    if isinstance(prob, bool) or not 0.0 <= prob <= 1.0:
-        raise ValueError(f"cutout prob must be in [0, 1], got {prob!r}")
+    if not _is_number(size) or not 0.0 < size <= 1.0:
+        raise ValueError(f"cutout size must be a number in (0, 1], got {size!r}")
+    if not _is_number(prob) or not 0.0 <= prob <= 1.0:
+        raise ValueError(f"cutout prob must be a number in [0, 1], got {prob!r}")
+    size, prob, fill_value = float(size), float(prob), _fill(fill_value)
     extent = _layout_extent(images)
     apply = fn.cast(fn.random.coin_flip(probability=prob, dtype=types.INT32), dtype=types.FLOAT)
     centre = dmath.floor(fn.random.uniform(range=[0.0, 1.0], shape=[2]) * extent)

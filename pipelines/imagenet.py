@@ -23,6 +23,8 @@ import dataclasses
 import enum
 import functools
 import logging
+import math
+import numbers
 import os
 from typing import Any
 
@@ -45,7 +47,11 @@ from dali_cutmix.config import (
     Device,
     Interpolation,
     MixConfig,
+    _check_int,
+    _check_interval,
+    _check_range,
     _enum,
+    _store,
     resolve_device,
 )
 from dali_cutmix.files import DatasetError, ImageList, list_image_folder, read_file_list
@@ -119,12 +125,9 @@ class GpuDecoderOptions:
     preallocate_height_hint: int = 6_430
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.hw_decoder_load <= 1.0:
-            raise ValueError(f"hw_decoder_load must be in [0, 1], got {self.hw_decoder_load!r}")
+        _store(self, hw_decoder_load=_check_range("hw_decoder_load", self.hw_decoder_load, 0, 1))
         for field in dataclasses.fields(self)[1:]:
-            value = getattr(self, field.name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{field.name} must be an int >= 0, got {value!r}")
+            _store(self, **{field.name: _check_int(field.name, getattr(self, field.name), 0)})
 
 
 def decoder_kwargs(decoder: GpuDecoderOptions, *, train: bool, gpu: bool) -> dict[str, float | int]:
@@ -151,11 +154,14 @@ def decoder_kwargs(decoder: GpuDecoderOptions, *, train: bool, gpu: bool) -> dic
     return {"hw_decoder_load": decoder.hw_decoder_load}
 
 
-def _check_pair(name: str, value: tuple[float, float]) -> tuple[float, float]:
-    pair = tuple(value)
-    if len(pair) != 2 or not 0 < pair[0] <= pair[1]:
-        raise ValueError(f"{name} must be (low, high) with 0 < low <= high, got {value!r}")
-    return float(pair[0]), float(pair[1])
+def _check_instance(name: str, value: Any, kind: type) -> None:
+    """``value`` is ``None`` or a ``kind``; a ValueError naming ``name`` and ``kind`` if not."""
+    if value is None or isinstance(value, kind):
+        return
+    article = "an" if kind.__name__[0] in "AEIOU" else "a"
+    from_dict = isinstance(value, dict) and hasattr(kind, "from_dict")
+    hint = f" ({kind.__name__}.from_dict makes one)" if from_dict else ""
+    raise ValueError(f"{name} must be {article} {kind.__name__} or None, got {value!r}{hint}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,10 +192,15 @@ class ImageNetOptions:
     interpolation: Interpolation = Interpolation.BILINEAR
 
     def __post_init__(self) -> None:
-        for name in ("crop_size", "resize_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if not isinstance(self.train, bool):
+            raise ValueError(f"train must be True or False, got {self.train!r}")
+        _store(
+            self,
+            crop_size=_check_int("crop_size", self.crop_size, 1),
+            resize_size=_check_int("resize_size", self.resize_size, 1),
+        )
+        _check_instance("mix", self.mix, MixConfig)
+        _check_instance("augment", self.augment, AugmentConfig)
         if not self.train and self.resize_size < self.crop_size:
             raise ValueError(
                 f"resize_size ({self.resize_size}) must be >= crop_size ({self.crop_size})"
@@ -207,13 +218,12 @@ class ImageNetOptions:
             self, "output_layout", _enum(Layout, "output_layout", self.output_layout)
         )
         object.__setattr__(self, "dtype", _enum(DType, "dtype", self.dtype))
-        object.__setattr__(self, "random_area", _check_pair("random_area", self.random_area))
-        if self.random_area[1] > 1.0:
-            raise ValueError(f"random_area must lie in (0, 1], got {self.random_area!r}")
-        object.__setattr__(
+        _store(
             self,
-            "random_aspect_ratio",
-            _check_pair("random_aspect_ratio", self.random_aspect_ratio),
+            random_area=_check_interval("random_area", self.random_area, 0, 1),
+            random_aspect_ratio=_check_interval(
+                "random_aspect_ratio", self.random_aspect_ratio, 0, math.inf
+            ),
         )
 
     @property
@@ -440,8 +450,9 @@ def resolve_shard(shard_id: int | None, num_shards: int | None) -> tuple[int, in
     if shard_id is None:
         shard_id, num_shards = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
     for name, value in (("shard_id", shard_id), ("num_shards", num_shards)):
-        if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise ValueError(f"{name} must be an int, got {value!r}")
+    shard_id, num_shards = int(shard_id), int(num_shards)  # NumPy's too, as Python ints
     if num_shards < 1 or not 0 <= shard_id < num_shards:
         raise ValueError(f"need 0 <= shard_id < num_shards, got {shard_id}, {num_shards}")
     return shard_id, num_shards
@@ -611,11 +622,15 @@ def make_loader(
             without images, or (while iterating, as ``BadImageError``) a file that
             does not decode; the message names the path and the fix.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+    batch_size = _check_int("batch_size", batch_size, 1)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
         # DALI takes -1 for "a random seed": a negative one would silently lose determinism.
         raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}")
+    seed = int(seed)
+    if num_threads is not None:  # None: default_num_threads; 0 is no default but a mistake
+        num_threads = _check_int("num_threads", num_threads, 1)
+    prefetch_queue_depth = _check_int("prefetch_queue_depth", prefetch_queue_depth, 1)
+    _check_instance("decoder", decoder, GpuDecoderOptions)
     options = imagenet_options(options, **fields)
     train = options.train
     policy = _enum(
@@ -641,7 +656,7 @@ def make_loader(
         gpu=gpu,
         decoder=decoder or GpuDecoderOptions(),
         batch_size=batch_size,
-        num_threads=num_threads or default_num_threads(gpu=gpu),
+        num_threads=default_num_threads(gpu=gpu) if num_threads is None else num_threads,
         device_id=dali_device,
         seed=seed + shard_id,
         prefetch_queue_depth=prefetch_queue_depth,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
+import numpy as np
 import pytest
 
 from dali_cutmix import MixConfig, MixMode
@@ -99,3 +101,122 @@ def test_resolve_device_checks_and_resolves_without_cuda(monkeypatch: pytest.Mon
     assert str(tpu.value) == "device must be one of 'auto', 'cpu', 'gpu', got 'tpu'"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert (resolve_device("auto"), resolve_device("gpu")) == (Device.GPU, Device.GPU)
+
+
+def test_numpy_scalars_are_accepted_and_stored_as_python_numbers() -> None:
+    config = MixConfig(
+        num_classes=np.int64(10),
+        mixup_alpha=np.float64(0.2),
+        cutmix_alpha=np.int32(1),
+        prob=np.float32(0.5),
+        switch_prob=np.float16(0.25),
+        label_smoothing=np.float32(0.125),
+        cutmix_minmax=np.array([0.25, 0.5], dtype=np.float32),
+    )
+    assert config == MixConfig(
+        num_classes=10,
+        mixup_alpha=0.2,
+        cutmix_alpha=1.0,
+        prob=0.5,
+        switch_prob=0.25,
+        label_smoothing=0.125,
+        cutmix_minmax=(0.25, 0.5),
+    )
+    assert type(config.num_classes) is int and type(config.prob) is float
+    assert type(config.cutmix_minmax[0]) is float
+    assert MixConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_augment_numpy_scalars_are_stored_as_python_numbers() -> None:
+    from dali_cutmix.config import AugmentConfig
+
+    config = AugmentConfig(
+        ra_num_ops=np.int64(3),
+        fill_value=np.uint8(128),
+        random_erase=np.float32(0.25),
+        erase_scale=(np.float32(0.125), np.float64(0.5)),
+    )
+    assert (config.ra_num_ops, config.fill_value, config.random_erase) == (3, 128, 0.25)
+    assert [type(v) for v in (config.ra_num_ops, config.fill_value, config.random_erase)] == [
+        int,
+        int,
+        float,
+    ]
+    data = json.loads(json.dumps(config.to_dict()))
+    assert data["erase_scale"] == [0.125, 0.5]
+    assert AugmentConfig.from_dict(data) == config
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (
+            {"num_classes": np.float64(10.0)},
+            "num_classes must be an int >= 1, got np.float64(10.0)",
+        ),
+        ({"num_classes": np.bool_(True)}, "num_classes must be an int >= 1, got np.True_"),
+        ({"prob": np.float32("nan")}, "prob must be a finite number, got np.float32(nan)"),
+        ({"prob": np.float64(1.5)}, "prob must be in [0.0, 1.0], got np.float64(1.5)"),
+        ({"cutmix_minmax": 5}, "cutmix_minmax must be (min, max), got 5"),
+        ({"cutmix_minmax": "ab"}, "cutmix_minmax must be (min, max), got 'ab'"),
+        ({"cutmix_minmax": (0.1, "x")}, "cutmix_minmax must be a finite number, got 'x'"),
+        (
+            {"mixup_alpha": 1e-50},
+            "mixup_alpha must be 0 (off) or a positive float32, got 1e-50, which is 0.0 in float32",
+        ),
+        (
+            {"cutmix_alpha": 1e-46},
+            "cutmix_alpha must be 0 (off) or a positive float32, "
+            "got 1e-46, which is 0.0 in float32",
+        ),
+        (
+            {"cutmix_alpha": 1e39},
+            "cutmix_alpha must be 0 (off) or a positive float32, "
+            "got 1e+39, which is inf in float32",
+        ),
+        ({"cutmix_alpha": 10**400}, "cutmix_alpha must be a finite number, got 1000"),
+    ],
+)
+def test_bad_types_and_float32_alphas_are_named(fields: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        MixConfig(**{"num_classes": 3} | fields)
+
+
+def test_the_smallest_float32_alphas_are_kept() -> None:
+    tiny = float(np.finfo(np.float32).smallest_subnormal)
+    assert MixConfig(num_classes=3, mixup_alpha=tiny).mixup_alpha == tiny
+    assert MixConfig(num_classes=3, cutmix_alpha=3e38).cutmix_alpha == 3e38
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"erase_scale": 5}, "erase_scale must be (min, max) with 0 < min <= max <= 1, got 5"),
+        (
+            {"erase_scale": "ab"},
+            "erase_scale must be (min, max) with 0 < min <= max <= 1, got 'ab'",
+        ),
+        (
+            {"erase_scale": (0.1, float("nan"))},
+            "erase_scale must be (min, max) with 0 < min <= max <= 1, got (0.1, nan)",
+        ),
+        (
+            {"erase_ratio": ("a", "b")},
+            "erase_ratio must be (min, max) with 0 < min <= max < inf, got ('a', 'b')",
+        ),
+        (
+            {"random_erase": 1.0, "erase_ratio": (0.3, float("inf"))},
+            "erase_ratio must be (min, max) with 0 < min <= max < inf, got (0.3, inf)",
+        ),
+        (
+            {"erase_ratio": (True, 2)},
+            "erase_ratio must be (min, max) with 0 < min <= max < inf, got (True, 2)",
+        ),
+        ({"ra_num_ops": np.float32(2)}, "ra_num_ops must be an int >= 0, got np.float32(2.0)"),
+    ],
+)
+def test_augment_bad_intervals_and_types_are_named(fields: dict, message: str) -> None:
+    from dali_cutmix.config import AugmentConfig
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        AugmentConfig(**fields)

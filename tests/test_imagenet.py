@@ -24,6 +24,7 @@ from pipelines.imagenet import (
     decode_random_crop,
     decode_resize,
     decoder_kwargs,
+    resolve_shard,
 )
 
 GPU = [requires_cuda, pytest.mark.gpu]
@@ -97,6 +98,12 @@ def test_shards_from_torchrun_environment(image_folder: Path, monkeypatch) -> No
     monkeypatch.setenv("WORLD_SIZE", "2")
     loader = small_loader(image_folder, train=False)
     assert loader.dataset_size == 8  # the second half of 15 images
+
+
+def test_numpy_shard_numbers_are_taken_as_ints() -> None:
+    # "shard_id must be an int, got np.int64(1)" for a rank taken from an array
+    shard = resolve_shard(np.int64(1), np.int32(2))
+    assert shard == (1, 2) and all(type(n) is int for n in shard)
 
 
 def _indexed_list(root: Path, out: Path) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import numpy as np
@@ -10,7 +11,7 @@ from conftest import requires_cuda
 from nvidia.dali import fn, pipeline_def, types
 from scipy import stats
 
-from dali_cutmix import MixConfig, cutmix, cutout, mix, mixup
+from dali_cutmix import MixConfig, cutmix, cutout, mix, mixup, soft_targets
 
 K = 10  # classes in these tests
 
@@ -834,3 +835,93 @@ def test_known_size_must_be_two_positive_ints() -> None:
             run_graph(
                 lambda x, y, bad=bad: mix(x, y, MixConfig(num_classes=K), size=bad), flat_images(2)
             )
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            lambda x, y: soft_targets(y, num_classes=K, label_smoothing=-0.5),
+            "label_smoothing must be in [0.0, 1.0), got -0.5",
+        ),
+        (
+            lambda x, y: soft_targets(y, num_classes=K, label_smoothing=1.5),
+            "label_smoothing must be in [0.0, 1.0), got 1.5",
+        ),
+        (
+            lambda x, y: soft_targets(y, num_classes=K, label_smoothing=float("nan")),
+            "label_smoothing must be a finite number, got nan",
+        ),
+        (lambda x, y: soft_targets(y, num_classes=0), "num_classes must be an int >= 1, got 0"),
+        (lambda x, y: soft_targets(y, num_classes=3.0), "num_classes must be an int >= 1, got 3.0"),
+        (
+            lambda x, y: mix(x, y, {"num_classes": 3}),
+            "config must be a MixConfig, got {'num_classes': 3} (MixConfig.from_dict makes one)",
+        ),
+        (
+            lambda x, y: mix(x, y, MixConfig(num_classes=K), size=224),
+            "size must be (H, W) with two ints >= 1, got 224",
+        ),
+        (
+            lambda x, y: cutmix(x, y, num_classes=K, alpha="1"),
+            "cutmix alpha must be a finite number > 0, got '1'",
+        ),
+        (
+            lambda x, y: mixup(x, y, num_classes=K, alpha=None),
+            "mixup alpha must be a finite number > 0, got None",
+        ),
+        (
+            lambda x, y: mixup(x, y, num_classes=K, alpha=float("inf")),
+            "mixup alpha must be a finite number > 0, got inf",
+        ),
+        (
+            lambda x, y: mixup(x, y, num_classes=K, alpha=1e-50),
+            "mixup_alpha must be 0 (off) or a positive float32, got 1e-50",
+        ),
+        (lambda x, y: cutout(x, size="0.5"), "cutout size must be a number in (0, 1], got '0.5'"),
+        (lambda x, y: cutout(x, prob="1"), "cutout prob must be a number in [0, 1], got '1'"),
+        (lambda x, y: cutout(x, prob=None), "cutout prob must be a number in [0, 1], got None"),
+        (
+            lambda x, y: cutout(x, fill_value="x"),
+            "cutout fill_value must be a finite number (or a list, one per channel), got 'x'",
+        ),
+        (
+            lambda x, y: cutout(x, fill_value=[1.0, None, 3.0]),
+            "cutout fill_value must be a finite number (or a list, one per channel), got [1.0,",
+        ),
+    ],
+)
+def test_bad_argument_types_are_named(call: Callable, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        run_graph(call, flat_images(2))
+
+
+def test_numpy_arguments_give_the_graph_of_python_numbers() -> None:
+    images = flat_images(4)
+
+    def graph(n: Callable):
+        def run(x, y):
+            config = MixConfig(num_classes=n(K), cutmix_alpha=n(1), mixup_alpha=0.5)
+            out, targets = mix(x, y, config, size=(n(20), n(30)))
+            smooth = soft_targets(y, num_classes=n(K), label_smoothing=n(0.25))
+            return cutout(out, size=n(0.5), prob=n(0.5), fill_value=n(7)), targets, smooth
+
+        return run
+
+    want = run_graph(graph(lambda v: v), images, iterations=2)
+    numpy = graph(lambda v: np.int64(v) if isinstance(v, int) else np.float32(v))
+    got = run_graph(numpy, images, iterations=2)
+    assert_same_runs(got, want)
+    [[_, [smooth]]] = run_graph(
+        lambda x, y: (x, soft_targets(y, num_classes=np.int64(4), label_smoothing=np.float32(0.5))),
+        flat_images(1),
+    )
+    np.testing.assert_allclose(smooth, [0.625, 0.125, 0.125, 0.125])
+
+
+def test_cutout_fills_each_channel_with_its_value_from_a_list() -> None:
+    images = [np.full((4, 6, 3), 200, np.uint8)]
+    [[[out], _]] = run_graph(lambda x, y: (cutout(x, size=1.0, fill_value=[1, 2.0, 3]), y), images)
+    box = out[..., 0] != 200
+    assert box.any()
+    np.testing.assert_array_equal(out[box], np.tile([1, 2, 3], (box.sum(), 1)))
