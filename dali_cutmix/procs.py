@@ -27,8 +27,10 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import multiprocessing
+import multiprocessing.forkserver
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from multiprocessing.context import BaseContext
 from typing import Any
@@ -57,7 +59,30 @@ def process_context() -> BaseContext:
     if START_METHOD == "forkserver":
         # Takes effect when the server starts (the first worker of this process).
         context.set_forkserver_preload(_FORKSERVER_PRELOAD)
+        _start_server_deaf_to_ctrl_c()
     return context
+
+
+def _start_server_deaf_to_ctrl_c() -> None:
+    """Starts the fork server (if it is not running) with SIGINT ignored, and so its workers.
+
+    A Ctrl-C at a terminal reaches every process of its group. The server and the
+    workers forked from it took it with Python's default handler: the server died
+    in its imports with a traceback, and DataLoader or pool workers died mid-task
+    ("DataLoader worker exited unexpectedly", a half-removed temporary folder), while
+    the main process, which alone decides what a Ctrl-C does, was stopping cleanly. An
+    ignored SIGINT survives the server's exec and Python keeps it (it installs its
+    handler only over the default one); the server hands it to every worker it forks.
+    Workers still end with their parent: pools and DataLoaders shut them down, and a
+    DataLoader worker exits when its parent is gone.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal.signal works in the main thread only; the server starts as it would
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextlib.contextmanager
@@ -69,11 +94,40 @@ def worker_pool(workers: int) -> Iterator[concurrent.futures.ProcessPoolExecutor
     for the running ones (short by design) and its workers. The executor's own
     ``with`` waits for every task submitted, which is all of them.
     """
-    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=process_context())
+    pool = _Pool(workers, mp_context=process_context())
     try:
         yield pool
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Pool(concurrent.futures.ProcessPoolExecutor):
+    """A ``ProcessPoolExecutor`` whose ``submit`` (and so ``map``) starts a worker whole."""
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+        # A submit may start a worker: a Ctrl-C while it waits for the fork server's reply
+        # left a process the pool never registered, which failed with a traceback once this
+        # process was gone. The Ctrl-C is taken once the submit returns.
+        with _ctrl_c_deferred():
+            return super().submit(fn, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def _ctrl_c_deferred() -> Iterator[None]:
+    """Within the block a SIGINT is held, then handled as it would have been, at its end."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals are handled by the main thread only
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held and callable(previous):
+        previous(signal.SIGINT, None)  # Python's default raises KeyboardInterrupt here
+    elif held and previous == signal.SIG_DFL:
+        signal.raise_signal(signal.SIGINT)
 
 
 @contextlib.contextmanager

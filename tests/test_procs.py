@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from torchvision.transforms import v2
 
-from dali_cutmix.procs import exit_on_sigterm, process_context, worker_pool
+from dali_cutmix.procs import _ctrl_c_deferred, exit_on_sigterm, process_context, worker_pool
 from dali_cutmix.scan import scan
 from dali_cutmix.synthetic import SyntheticSpec, generate
 from pipelines.torchvision_ref import make_torchvision_loader
@@ -129,3 +129,44 @@ def test_worker_pool_cancels_what_has_not_started_when_the_block_fails() -> None
         raise KeyboardInterrupt
     assert sum(f.cancelled() for f in futures) >= 35
     assert all(f.done() for f in futures)
+
+
+_DEAF = """
+import signal
+from dali_cutmix.procs import worker_pool
+
+with worker_pool(1) as pool:
+    print(pool.submit(signal.getsignal, signal.SIGINT).result() is signal.SIG_IGN)
+"""
+
+
+def test_workers_leave_ctrl_c_to_the_main_process() -> None:
+    # A terminal's Ctrl-C reaches the whole process group: the fork server died in its
+    # imports (a traceback after "aborted by Ctrl-C") and DataLoader workers mid-batch ("worker
+    # exited unexpectedly", exit 1) while the training was stopping cleanly at its step.
+    done = subprocess.run(
+        [sys.executable, "-c", _DEAF],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as at a terminal
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True"]
+
+
+def test_a_ctrl_c_while_a_worker_starts_is_taken_once_it_has_started() -> None:
+    # One inside the wait for the fork server's reply left an unregistered worker that
+    # printed a traceback after "aborted by Ctrl-C".
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as at a terminal
+    reached = []
+    try:
+        with pytest.raises(KeyboardInterrupt), _ctrl_c_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)  # a signal is handled within a few bytecodes: it was held
+            reached.append(True)
+        assert reached == [True]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)

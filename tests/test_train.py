@@ -7,6 +7,7 @@ bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -17,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -224,6 +226,41 @@ def test_ctrl_c_stops_after_the_step_and_checkpoints(
     state = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
     assert (state["epoch"], state["step"]) == (0, 2)
     assert signal.getsignal(signal.SIGINT) is before  # handler restored
+
+
+@pytest.mark.slow
+def test_a_terminal_ctrl_c_during_torchvision_validation_stops_cleanly(tmp_path: Path) -> None:
+    # One SIGINT to the process group, as a terminal sends it: the DataLoader's workers died
+    # of it, and the run ended in "DataLoader worker exited unexpectedly" (exit 1).
+    spec = dataclasses.replace(TINY, val_per_class=200)
+    root = generate(tmp_path / "data", spec, workers=1, progress=False)
+    argv = _argv(root, tmp_path / "run", "--loader", "torchvision", "-j", "2")
+    log = tmp_path / "log.txt"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "train", *argv],
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while "val 1:" not in log.read_text() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.5)  # inside the validation, its workers running
+            os.killpg(process.pid, signal.SIGINT)
+            assert process.wait(timeout=120) == 3, log.read_text()[-3000:]
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert "Traceback" not in text and "exited unexpectedly" not in text
+    assert text.rstrip().endswith(
+        f"stopped at epoch 2, step 0 of 3; continue with: python -m train --resume "
+        f"{tmp_path / 'run' / 'checkpoint.pth'}"
+    )
 
 
 def test_ctrl_c_during_validation_stops_at_the_epoch_end(

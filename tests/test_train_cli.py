@@ -240,9 +240,23 @@ def test_a_second_ctrl_c_ends_with_one_line_and_status_130(
 
     monkeypatch.setattr(train.runner, "run", interrupted)
     out = tmp_path / "run"
+    # before any checkpoint (a Ctrl-C while the run starts): it named one that did not exist
     assert main(["--device", "cpu", "--output-dir", str(out)]) == 130
     assert capsys.readouterr().err.splitlines()[-1] == (
-        "python -m train: aborted by Ctrl-C; the last checkpoint written, if any, is intact: "
+        "python -m train: aborted by Ctrl-C; no checkpoint was written (nothing is lost: a "
+        "Ctrl-C before the first step ends the run at once)"
+    )
+
+    def interrupted_after_a_checkpoint(config: TrainConfig) -> None:
+        config.output_dir.mkdir()
+        (config.output_dir / "checkpoint.pth").write_bytes(b"")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train.runner, "run", interrupted_after_a_checkpoint)
+    out = tmp_path / "run2"
+    assert main(["--device", "cpu", "--output-dir", str(out)]) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"python -m train: aborted by Ctrl-C; the last checkpoint written is intact: "
         f"{out / 'checkpoint.pth'}"
     )
 

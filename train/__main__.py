@@ -54,9 +54,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return aborted(get_args_parser(), "nothing was started")
     try:
         return _train(config, argv, rank)
-    except KeyboardInterrupt:  # a second Ctrl-C (the first stops at the next step)
+    except KeyboardInterrupt:  # a second Ctrl-C (the first stops at the next step), or one
+        # while the run was starting (generating or listing data, building the loaders)
         checkpoint = config.output_dir / CHECKPOINT_NAME
-        what = f"the last checkpoint written, if any, is intact: {checkpoint}"
+        if checkpoint.exists():
+            what = f"the last checkpoint written is intact: {checkpoint}"
+        else:
+            what = "no checkpoint was written (nothing is lost: a Ctrl-C before the first "
+            what += "step ends the run at once)"
         return aborted(get_args_parser(), what)
 
 

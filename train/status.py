@@ -19,7 +19,8 @@ A script can tell the outcomes apart by the status alone:
       (float16 overflowing every step); nothing of that epoch was saved,
       the last checkpoint is kept (the line names it) and a new run with a lower
       ``--lr`` is the way on
-130   aborted by a second Ctrl-C (the last checkpoint written is intact)
+130   aborted by a second Ctrl-C, or by one before the first step (the last checkpoint
+      written, if any, is intact; the line says which)
 ====  =======================================================================
 
 Under ``torchrun``, torchrun stops all ranks as soon as one exits with a
@@ -65,7 +66,8 @@ exit status:
        step done if training had started
   5    training diverged (the weights, or the loss for 3 progress updates, became NaN or
        inf): nothing of that epoch was saved; start a new run with a lower --lr
-  130  aborted by a second Ctrl-C; the last checkpoint written is intact
+  130  aborted by a second Ctrl-C, or one before the first step; the last checkpoint
+       written, if any, is intact
 """
 
 
