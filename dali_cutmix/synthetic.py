@@ -38,6 +38,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import fcntl
+import glob
 import io
 import json
 import logging
@@ -451,6 +452,11 @@ def _generate_unlocked(
     if workers is not None and (isinstance(workers, bool) or workers < 1):
         raise ValueError(f"workers must be >= 1, got {workers!r}")
     workers = workers or os.cpu_count() or 1
+    # Under the lock no other writer of root is alive: a partial folder beside it is one an
+    # interrupted or killed writer could not remove (a second Ctrl-C in its clean-up).
+    for stale in root.parent.glob(f".{glob.escape(root.name)}.partial-*"):
+        logger.info("removing %s, left by an interrupted run", stale)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
     try:
         total = _write_all(spec, tmp, min(workers, spec.num_images), progress)

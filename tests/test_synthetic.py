@@ -132,6 +132,16 @@ def test_half_written_or_foreign_folder_is_not_reused(tmp_path: Path, monkeypatc
         generate(root, SyntheticSpec(**{**TINY.to_dict(), "seed": 1}), workers=1)
 
 
+def test_a_partial_folder_left_by_a_killed_writer_is_removed_by_the_next(tmp_path: Path) -> None:
+    # A writer killed (or a second Ctrl-C in its clean-up) left ".ds.partial-*" for good.
+    left = tmp_path / ".ds.partial-abc123"
+    (left / "train" / "s0000").mkdir(parents=True)
+    other = tmp_path / ".dsx.partial-abc123"  # another set's: not this writer's to remove
+    other.mkdir()
+    generate(tmp_path / "ds", TINY, workers=1, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ds.lock", ".dsx.partial-abc123", "ds"]
+
+
 def test_stats_of_a_known_folder(tmp_path: Path) -> None:
     root = build_image_folder(tmp_path / "train", classes=2, per_class=2, extras=False)
     stats = dataset_stats(root)
