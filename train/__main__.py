@@ -32,6 +32,9 @@ from .cli import get_args_parser
 from .config import CHECKPOINT_NAME, TrainConfig, parse_config
 from .status import DataFailure, ExitStatus
 
+# the project's top-level packages, in a clone and installed (dali_cutmix.train, ...)
+_OUR_LOGGERS = ("train", "pipelines", "dali_cutmix")
+
 
 def log_level(rank: int) -> int:
     """Rank 0 logs the run; under torchrun the other ranks only warnings and errors."""
@@ -46,7 +49,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     (:func:`dali_cutmix.cli.report_user_error`); any other error keeps its traceback.
     """
     rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(level=log_level(rank), format="%(asctime)s %(name)s: %(message)s")
+    # The project's loggers at the rank's level; other libraries' at WARNING (torch logged
+    # its FakeTensor cache statistics at exit after a Ctrl-C in its import).
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    for name in _OUR_LOGGERS:
+        logging.getLogger(name).setLevel(log_level(rank))
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         config = parse_config(argv)  # a bad flag ends the process here, status 2
