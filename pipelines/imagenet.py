@@ -1,8 +1,10 @@
 """ImageNet training and validation pipelines, and ``make_loader`` to iterate them.
 
 Training: ``fn.readers.file`` (global shuffle every epoch, sharded) -> JPEG
-decode fused with the random-resized crop -> resize to ``crop_size`` -> random
-horizontal flip -> CutMix / MixUp (``dali_cutmix.mix``) -> normalize.
+decode fused with the random-resized crop -> resize to ``crop_size`` -> CutMix /
+MixUp (``dali_cutmix.mix``) -> normalize with the random horizontal flip (after
+the mix: a mixed image's two parts share the coin; with RandomErasing the flip
+comes before the mix, per image, as in torchvision).
 Validation: decode -> resize the shorter side to ``resize_size`` -> centre crop
 ``crop_size`` -> normalize; every image exactly once per epoch over all shards.
 

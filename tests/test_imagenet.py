@@ -16,7 +16,7 @@ from conftest import build_image_folder, requires_cuda, small_loader
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
-from dali_cutmix import MixConfig
+from dali_cutmix import AugmentConfig, MixConfig
 from dali_cutmix.files import BadImageError, DatasetError, scan_hint
 from pipelines.imagenet import (
     GpuDecoderOptions,
@@ -432,3 +432,57 @@ def test_gpu_outputs(image_folder: Path, mix: str) -> None:
     images, targets = next(iter(loader))
     assert images.is_cuda and targets.is_cuda and images.shape == (4, 16, 16, 3)
     assert images.dtype == torch.float16
+
+
+def _halves_folder(root: Path, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class k: one 48 x 48 PNG, left half colour left[k], right half right[k]."""
+    k = np.arange(classes)[:, None]
+    left = np.concatenate([10 + 6 * k, 250 - 5 * k, (40 + 53 * k) % 200 + 20], 1)
+    right = np.concatenate([250 - 6 * k, 3 + 5 * k, 230 - (29 * k) % 200], 1)
+    for c in range(classes):
+        image = np.zeros((48, 48, 3), np.uint8)
+        image[:, :24], image[:, 24:] = left[c], right[c]
+        (root / f"c{c:02d}").mkdir(parents=True)
+        Image.fromarray(image).save(root / f"c{c:02d}" / "img.png")
+    return left, right
+
+
+@pytest.mark.parametrize("erase", [0.0, 0.01], ids=["mix-then-flip", "flip-then-mix"])
+def test_a_mixed_images_parts_share_the_flip_unless_erasing_flips_first(
+    tmp_path: Path, erase: float
+) -> None:
+    # What the README says of the flip: fused into the normalization after the mix, one coin
+    # for both parts; with RandomErasing before the mix, per image, as in torchvision.
+    classes = 40
+    left, right = _halves_folder(tmp_path / "halves", classes)
+    normal = [(c - np.array(MEAN)) / np.array(STD) for c in (left, right)]
+    loader = small_loader(
+        tmp_path / "halves",
+        batch_size=8,
+        crop_size=24,
+        random_area=(1.0, 1.0),
+        random_aspect_ratio=(1.0, 1.0),
+        interpolation="nearest",
+        output_layout="NHWC",
+        mix=MixConfig(num_classes=classes),
+        augment=AugmentConfig(random_erase=erase) if erase else None,
+    )
+
+    def mirrored(image: np.ndarray, c: int) -> bool:  # its left colour on the right, or back
+        on_left = np.arange(image.shape[1])[None, :] < image.shape[1] // 2
+        is_left, is_right = (np.all(np.abs(image - n[c]) < 1e-3, -1) for n in normal)
+        return bool((is_left & ~on_left).any() or (is_right & on_left).any())
+
+    same = different = 0
+    for _ in range(3):
+        for images, targets in loader:
+            for image, target in zip(images.numpy(), targets.numpy()):
+                parts = np.nonzero(target > 1e-6)[0]
+                if len(parts) == 2:
+                    agree = mirrored(image, parts[0]) == mirrored(image, parts[1])
+                    same, different = same + agree, different + (not agree)
+    assert same + different >= 80
+    if erase:
+        assert min(same, different) >= 20  # independent coins: about half each
+    else:
+        assert different == 0
