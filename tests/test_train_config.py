@@ -720,8 +720,8 @@ def test_without_the_new_flags_the_configuration_is_as_before() -> None:
     "argv, sizes",
     [
         (["--train-crop-size", "176", "--val-resize-size", "232"], (176, 224, 232)),  # the recipe
-        (["--crop-size", "160"], (160, 160, 183)),  # 160 * 8 / 7 = 182.9
-        (["--crop-size", "160", "--val-crop-size", "192"], (160, 192, 219)),
+        (["--crop-size", "160"], (160, 160, 182)),  # 160 * 8 / 7 = 182.9: floor, as timm
+        (["--crop-size", "160", "--val-crop-size", "192"], (160, 192, 219)),  # 219.4
         (["--val-crop-size", "256", "--resize-size", "288"], (224, 256, 288)),
     ],
 )

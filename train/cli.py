@@ -176,7 +176,8 @@ def _add_crop_args(data: argparse._ArgumentGroup) -> None:
         dest="val_resize_size",
         type=int,
         default=None,
-        help="validation resize of the shorter side (default: val crop * 8 / 7)",
+        help="validation resize of the shorter side (default: floor(val crop * 8 / 7), "
+        "timm's crop_pct 0.875)",
     )
     data.add_argument(
         "--interpolation",

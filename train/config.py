@@ -423,7 +423,8 @@ def _data_config(args: argparse.Namespace, workers: int) -> DataConfig:
         batch_size=_given(args.batch_size, 64 if embedded else 256),
         train_crop_size=_given(args.train_crop_size, crop),
         val_crop_size=val_crop,
-        val_resize_size=_given(args.val_resize_size, round(val_crop * 8 / 7)),
+        # timm's crop_pct 0.875 (floor(crop / 0.875)): 256 for 224, 182 for 160
+        val_resize_size=_given(args.val_resize_size, val_crop * 8 // 7),
         interpolation=args.interpolation,
         workers=workers,
         cache_dir=cache_dir(args.cache_dir),
