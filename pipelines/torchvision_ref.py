@@ -384,6 +384,7 @@ class TorchvisionLoader:
         )
         self._epoch = 0  # the epoch being (or about to be) read
         self._done = 0  # batches yielded in it
+        self._resuming = False  # seek or load_state_dict: the next iter() continues there
 
     def __len__(self) -> int:
         return self._length
@@ -408,8 +409,11 @@ class TorchvisionLoader:
         return [keys[i : i + size] for i in range(0, len(keys), size)][: self._length]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if self._done >= self._length:
+        # An epoch that a loop broke off is over, as for a DataLoader and a DaliLoader, unless
+        # seek or load_state_dict put the loader in it (the same iter() went on with it).
+        if self._done >= self._length or (self._done and not self._resuming):
             self._epoch, self._done = self._epoch + 1, 0
+        self._resuming = False
         self._pending.batches = batches = self._batches(self._epoch)[self._done :]
         first = self._done
         try:
@@ -441,7 +445,7 @@ class TorchvisionLoader:
 
     def seek(self, epoch: int, step: int) -> None:
         """The next ``iter()`` yields epoch ``epoch`` from its batch ``step`` (0-based)."""
-        self._epoch, self._done = epoch, step
+        self._epoch, self._done, self._resuming = epoch, step, True
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -458,6 +462,7 @@ class TorchvisionLoader:
         if (state["num_batches"], state["batch_size"]) != (self._length, self.batch_size):
             raise ValueError("the loader state comes from a run with another batch size or data")
         self._epoch, self._done = int(state["epoch"]), int(state["batches_done"])
+        self._resuming = True
 
 
 def make_torchvision_loader(

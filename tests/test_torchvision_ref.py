@@ -217,6 +217,18 @@ def test_state_restarts_mid_epoch_exactly(image_folder: Path) -> None:
     assert same_batches(expected[:2] + list(resumed) + list(resumed), expected)
 
 
+def test_an_epoch_broken_off_is_over_as_for_a_dataloader(image_folder: Path) -> None:
+    # The next iter() went on with the broken epoch, where DaliLoader and DataLoader start
+    # the next one; after seek or load_state_dict it goes on where they put it.
+    reference = _seeded(image_folder)
+    epochs = [list(reference) for _ in range(3)]
+    loader = _seeded(image_folder)
+    next(iter(loader))
+    assert same_batches(list(loader), epochs[1])
+    loader.seek(2, 1)
+    assert same_batches(list(loader), epochs[2][1:])
+
+
 # ----------------------------------------------------------------------------- augmentation
 
 NORMALIZE = (
