@@ -13,6 +13,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -175,7 +176,7 @@ def test_without_the_new_flags_the_dali_loaders_give_the_images_of_before(
     from pipelines.imagenet import make_loader
 
     ours = _first_batches(_config(tiny, tmp_path, "--cutmix-alpha", "0"), tiny)
-    common = dict(batch_size=8, device="cpu", crop_size=32, resize_size=37, num_threads=1)
+    common = dict(batch_size=8, device="cpu", crop_size=32, resize_size=36, num_threads=1)
     before = [
         next(iter(make_loader(tiny / split, train=split == "train", seed=0, **common)))
         for split in ("train", "val")
@@ -747,6 +748,93 @@ def _torchrun_2(argv: list[str]) -> subprocess.CompletedProcess:
     command = [*torchrun, "--nproc_per_node", "2", "-m", "train", *argv]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+
+
+@pytest.mark.slow
+def test_a_ctrl_c_under_torchrun_stops_every_rank_at_the_next_step(tmp_path: Path) -> None:
+    # The ranks agreed on a stop only at --print-freq steps: torchrun, which forwards the
+    # Ctrl-C to each rank, killed them 30 s later, often before that step.
+    spec = dataclasses.replace(TINY, train_per_class=100)
+    root = generate(tmp_path / "data", spec, workers=1, progress=False)
+    out = tmp_path / "run"
+    argv = [*_argv(root, out, "--epochs", "1", "--print-freq", "1000"), "-b", "2"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    log = tmp_path / "log.txt"
+    with open(log, "w") as stream:
+        process = subprocess.Popen(
+            [*torchrun, "--nproc_per_node", "2", "-m", "train", *argv],
+            cwd=REPO,
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        try:
+            deadline = time.monotonic() + 180
+            while "epoch 1:" not in log.read_text() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.5)
+            os.killpg(process.pid, signal.SIGINT)  # torchrun's group: torchrun forwards it
+            process.wait(timeout=120)  # torchrun ends in its own SignalException traceback
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert "forcefully exiting via 9" not in text and "Connection closed" not in text, text
+    assert not re.search(r"\[rank\d\]:.*Traceback", text), text[-3000:]
+    stopped = re.search(r"stopped at epoch 1, step (\d+) of 75; continue with", text)
+    assert stopped is not None and int(stopped.group(1)) < 75, text[-3000:]
+    state = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert (state["epoch"], state["step"]) == (0, int(stopped.group(1)))
+
+
+def _rank_pid(parent: int, rank: int) -> int | None:
+    """The pid of torchrun's child ``parent`` that runs ``rank`` (from its environment)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit() or int((proc / "stat").read_text().split()[3]) != parent:
+                continue
+            if f"RANK={rank}".encode() in (proc / "environ").read_bytes().split(b"\0"):
+                return int(proc.name)
+        except OSError:
+            continue
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc")
+def test_a_stop_one_rank_got_during_validation_stops_every_rank(tmp_path: Path) -> None:
+    # Each rank decided alone at the epoch's end: rank 1 saved and left, rank 0 went on into
+    # the next epoch and died in its first collective ("Connection closed by peer").
+    spec = dataclasses.replace(TINY, val_per_class=200)
+    root = generate(tmp_path / "data", spec, workers=1, progress=False)
+    out = tmp_path / "run"
+    argv = [*_argv(root, out, "--epochs", "3"), "-b", "4"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    log = tmp_path / "log.txt"
+    with open(log, "w") as stream:
+        process = subprocess.Popen(
+            [*torchrun, "--nproc_per_node", "2", "-m", "train", *argv],
+            cwd=REPO,
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 180
+            while "val 1:" not in log.read_text() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            os.kill(_rank_pid(process.pid, 1), signal.SIGTERM)  # rank 1 alone
+            assert process.wait(timeout=120) == 1, log.read_text()[-3000:]
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert "exitcode  : 3 (pid" in text and "Connection closed" not in text, text[-3000:]
+    assert not re.search(r"\[rank\d\]:.*Traceback", text), text[-3000:]  # torchrun's own only
+    assert "stopped at epoch 2, step 0 of 3; continue with" in text
 
 
 @pytest.mark.slow

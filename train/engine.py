@@ -27,7 +27,7 @@ from tqdm import tqdm
 from dali_cutmix.cli import progress_bar as log_friendly_bar
 
 from .ema import ModelEma
-from .utils import DistInfo, EpochSums, StopFlag, SumMeter, correct_topk
+from .utils import DistInfo, EpochSums, StopFlag, SumMeter, agreed, correct_topk
 
 __all__ = ["StepOptions", "EpochResult", "LoaderError", "train_one_epoch", "evaluate"]
 
@@ -117,12 +117,18 @@ def _stop_now(
     diverged: bool = False,
 ) -> tuple[bool, bool]:
     """``(stop, diverged)``, the same on every rank: a step limit is the same everywhere;
-    Ctrl-C and divergence are reduced over ranks where they synchronise."""
-    requested = stop.requested if not info.distributed else False
+    a stop request is agreed after every step, on the host (:func:`agreed`), and a
+    divergence where the loss is read (``sync``).
+
+    A stop agreed only at ``--print-freq`` steps came too late under torchrun, which
+    forwards a Ctrl-C to every rank and kills them 30 s later: ten slow steps and the
+    checkpoint took longer, and the run ended with neither a checkpoint nor its line.
+    """
+    requested = agreed(stop.requested, info)
     if info.distributed and sync:
-        flags = torch.tensor([float(stop.requested), float(diverged)], device=device)
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        requested, diverged = (bool(flag) for flag in flags.tolist())
+        flag = torch.tensor([float(diverged)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        diverged = bool(flag.item())
     reached = limit is not None and steps_this_run >= limit
     return requested or reached or diverged, diverged
 

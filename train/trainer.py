@@ -33,7 +33,15 @@ from .data import (
 from .engine import NONFINITE_SYNCS, EpochResult, LoaderError, evaluate, train_one_epoch
 from .model import build_model, build_model_ema, step_options, unwrapped
 from .status import resume_command
-from .utils import DistInfo, EpochSums, MetricsFile, StopFlag, plot_curves, stop_on_signals
+from .utils import (
+    DistInfo,
+    EpochSums,
+    MetricsFile,
+    StopFlag,
+    agreed,
+    plot_curves,
+    stop_on_signals,
+)
 
 __all__ = ["Outcome", "Trainer", "accuracy_line", "lr_factor", "val_metrics"]
 
@@ -363,7 +371,9 @@ class Trainer:
                     budget -= result.steps_done - start_step
                 with stop.holding():
                     self.save()
-                if result.stopped or stop.requested:  # requested during validation, say
+                # requested during validation, say: on every rank or none (one rank going on
+                # alone into the next epoch died in its first collective, with a traceback)
+                if result.stopped or agreed(stop.requested, self.info):
                     break
         if self.info.is_main:
             plot_curves(self.metrics.read(), self.config.output_dir / "curves.png")

@@ -29,6 +29,9 @@ class DistInfo:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    # gloo group for the host's own flags (a stop, say), whatever the main backend: its
+    # CPU tensors never wait for the GPU; None: the default group (gloo already)
+    control: Any = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def distributed(self) -> bool:
@@ -48,9 +51,23 @@ def init_distributed(use_gpu: bool) -> DistInfo:
     if use_gpu:
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
+    control = None
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_gpu else "gloo")
-    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+        if use_gpu:
+            control = dist.new_group(backend="gloo")
+    info = DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+    return dataclasses.replace(info, control=control)
+
+
+def agreed(flag: bool, info: DistInfo) -> bool:
+    """``flag`` of any rank (every rank must call it at the same point): a host-side
+    all-reduce on the control group, which does not wait for the GPU."""
+    if not info.distributed:
+        return flag
+    value = torch.tensor([float(flag)])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=info.control)
+    return bool(value.item())
 
 
 def barrier(info: DistInfo) -> None:
