@@ -589,6 +589,34 @@ def test_a_bad_file_met_while_resuming_is_reported_with_the_resumed_checkpoint(
     assert checkpoint.read_bytes() == saved
 
 
+def test_a_resume_after_a_trained_epoch_without_loader_state_reads_no_epoch_for_nothing(
+    tiny: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A checkpoint after an epoch's training, whose validation failed on another rank (no
+    # loader state): the resume built a stream that read and dropped a whole epoch, and
+    # used it as the next one (0 steps, an extra checkpoint) before reading it again.
+    out = tmp_path / "run"
+    assert main(_argv(tiny, out, "--epochs", "1", "--stop-after-steps", "2")) == 3
+    checkpoint = out / "checkpoint.pth"
+    state = torch.load(checkpoint, weights_only=True)
+    # as saved after the epoch's 3 steps, its validation failed: trained, not validated
+    torch.save(state | {"step": 3, "loader": [None]}, checkpoint)
+    streams = []
+    original = train.trainer.continue_at
+
+    def recorded(loader, *, epoch, step):
+        streams.append((epoch, step))
+        return original(loader, epoch=epoch, step=step)
+
+    caplog.set_level(logging.WARNING, logger="train")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train.trainer, "continue_at", recorded)
+        assert main(["--resume", str(checkpoint), "--epochs", "2"]) == 0
+    assert streams == []  # it was (0, 3): read and drop epoch 1's 3 batches
+    assert [r["train_images"] for r in _records(out)][1] == 24  # epoch 2, whole
+    assert "the next epoch starts a new data stream of the current files" in caplog.text
+
+
 def test_a_bad_validation_file_keeps_the_trained_epoch_for_a_resume_with_a_val_list(
     tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

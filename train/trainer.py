@@ -167,20 +167,22 @@ class Trainer:
         self.metrics.resume_at(state["epoch"])
         self._align_schedule(state.get("config", {}).get("epochs", self.config.epochs))
         why = self._restore_loader(_of_rank(state["loader"], self.info))
-        if why is not None:
+        # An epoch whose training is done (its validation failed) has nothing left to read:
+        # a stream of it would have read and dropped a whole epoch, and been the next one.
+        if why is not None and self.step < steps:
             self._stream = continue_at(self.train_loader, epoch=self.epoch, step=self.step)
         if not self.info.is_main:
             return
         where = f"epoch {self.epoch + 1}, step {self.step} of {steps}"
         logger.info("resumed from %s at %s", self.config.resume, where)
         if why is not None:
-            logger.warning(
-                "%s: %s goes on in a new data stream of the current files (its first %d batches "
-                "skipped); the model, optimizer and steps done are kept",
-                why,
-                where,
-                self.step,
+            goes_on = (
+                f"{where} goes on in a new data stream of the current files (its first "
+                f"{self.step} batches skipped)"
+                if self.step < steps
+                else "the next epoch starts a new data stream of the current files"
             )
+            logger.warning("%s: %s; the model, optimizer and steps done are kept", why, goes_on)
 
     def _restore_loader(self, saved: dict[str, Any] | None) -> str | None:
         """Restores the train loader's saved state; says why not when it cannot."""
