@@ -367,9 +367,11 @@ class TorchvisionLoader:
         self.dataset_size = len(self._indices(0))  # images this rank reads per epoch
         whole, partial = divmod(self.dataset_size, batch_size)
         self._length = whole if train else whole + (partial > 0)
-        if self._length == 0:
+        if self._length == 0:  # a rank of no image: no batch size helps
+            fix = "lower --batch-size" if self.dataset_size else "use fewer ranks than images"
             raise DatasetError(
-                f"{len(dataset)} images give no batch of {batch_size} per rank: lower --batch-size"
+                f"{len(dataset)} images over {num_shards} rank(s) give no batch of {batch_size} "
+                f"per rank: {fix}"
             )
         self.device = torch.device("cpu")
         self._pending = _PendingBatches()

@@ -65,8 +65,15 @@ def test_unsupported_options_and_tiny_datasets_are_errors(
 ) -> None:
     with pytest.raises(ValueError, match="cutmix_minmax"):
         MixCollate(MixConfig(num_classes=3, cutmix_minmax=(0.2, 0.4)))
-    with pytest.raises(ValueError, match="lower --batch-size"):
+    with pytest.raises(
+        ValueError, match="15 images over 1 rank.s. give no batch of 64 per rank: lower"
+    ):
         make_torchvision_loader(image_folder, train=True, batch_size=64, workers=0)
+    # a rank of no validation image: "lower --batch-size" could not help
+    with pytest.raises(ValueError, match="over 16 rank.s. give no batch of 1 per rank: use fewer"):
+        make_torchvision_loader(
+            image_folder, train=False, batch_size=1, workers=0, shard_id=15, num_shards=16
+        )
     with pytest.raises(DatasetError, match=f"dataset root '{tmp_path / 'missing'}' does not exist"):
         make_torchvision_loader(tmp_path / "missing", train=True, batch_size=4, workers=0)
 
