@@ -866,6 +866,28 @@ def test_a_stop_one_rank_got_during_validation_stops_every_rank(tmp_path: Path) 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_a_bad_file_one_rank_meets_ends_every_rank_without_a_traceback(
+    tiny: Path, tmp_path: Path, split: str
+) -> None:
+    # The rank that met it left the collectives; the other died in its next one ("Connection
+    # closed by peer", a traceback that torchrun named as the root cause; on NCCL, a hang).
+    root, out = tmp_path / "data", tmp_path / "run"
+    shutil.copytree(tiny, root)
+    bad = root / split / "s0001" / ("s0001_00004.JPEG" if split == "train" else "s0001_00001.JPEG")
+    bad.write_bytes(b"not a JPEG")
+    done = _torchrun_2([*_argv(root, out, "--epochs", "1"), "-b", "4"])
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "exitcode  : 4 (pid" in done.stderr, done.stderr[-3000:]
+    assert "Connection closed" not in done.stderr
+    assert not re.search(r"\[rank\d\]:.*Traceback", done.stderr), done.stderr[-3000:]
+    assert f"python -m train: error: '{bad}' is not a decodable image (" in done.stderr
+    assert "stops: another rank's data loader failed; that rank " in done.stderr
+    # the validation file is in the first batches, which a DALI loader reads as it is built
+    assert (out / "checkpoint.pth").exists() == (split == "train")
+
+
+@pytest.mark.slow
 def test_two_process_stop_is_reported_by_rank_0_and_resumes_on_two_ranks(
     tiny: Path, tmp_path: Path
 ) -> None:

@@ -78,6 +78,7 @@ def _train(config: TrainConfig, argv: list[str], rank: int) -> int:
     from dali_cutmix.files import DatasetError
 
     from .checkpoint import CheckpointError
+    from .engine import PeerLoaderError
     from .runner import EXIT_STATUS, run
 
     try:
@@ -86,6 +87,11 @@ def _train(config: TrainConfig, argv: list[str], rank: int) -> int:
         return report_user_error(get_args_parser(), failure.message(argv), status=ExitStatus.DATA)
     except (DatasetError, CheckpointError) as error:
         return report_user_error(get_args_parser(), error, status=ExitStatus.USAGE)
+    except PeerLoaderError:  # while building the loaders, or --test-only's evaluation
+        logging.getLogger("train").warning(
+            "rank %d stops: another rank's data loader failed; that rank says how to go on", rank
+        )
+        return ExitStatus.FINISHED
     # torchrun stops every rank as soon as one exits with a non-zero status: only rank 0,
     # which writes the checkpoint and says how to continue, reports a stop.
     return status if rank == 0 else ExitStatus.FINISHED

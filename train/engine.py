@@ -29,7 +29,14 @@ from dali_cutmix.cli import progress_bar as log_friendly_bar
 from .ema import ModelEma
 from .utils import DistInfo, EpochSums, StopFlag, SumMeter, agreed, correct_topk
 
-__all__ = ["StepOptions", "EpochResult", "LoaderError", "train_one_epoch", "evaluate"]
+__all__ = [
+    "StepOptions",
+    "EpochResult",
+    "LoaderError",
+    "PeerLoaderError",
+    "train_one_epoch",
+    "evaluate",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,10 +95,31 @@ class EpochResult:
     # synchronisations in a row, up to the last, whose loss was not finite; the next
     # epoch continues the count, so that epochs shorter than NONFINITE_SYNCS updates count
     nonfinite_syncs: int = 0
+    peer_failed: bool = False  # another rank's loader failed (it reports it): leave quietly
 
 
 class LoaderError(Exception):
     """The data loader failed (its own exception is the ``__cause__``), not the model."""
+
+
+class PeerLoaderError(Exception):
+    """Another rank's data loader failed: that rank writes the checkpoint and reports it.
+
+    The ranks agree on a loader failure before each training step and at the end of an
+    evaluation, so that the others leave too instead of waiting in a collective for the
+    rank that left (a traceback on gloo, a hang on NCCL).
+    """
+
+    def __init__(self) -> None:
+        super().__init__("another rank's data loader failed; that rank reports it")
+
+
+def _next_or_failure(batches: Iterator[Any]) -> tuple[Any, LoaderError | None]:
+    """``(batch, None)``, ``(None, the loader's error)``; StopIteration at the end."""
+    try:
+        return next(batches), None
+    except LoaderError as failed:
+        return None, failed
 
 
 def _guarded(loader: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[Any]:
@@ -184,8 +212,19 @@ def train_one_epoch(
     first_sync: tuple[float, int] | None = None  # (time, images) at the first synchronisation
     last_sync = (start, 0)
     diverged, last_loss, weights_finite, nonfinite, lr = False, None, True, nonfinite_syncs, None
+    batches, peer_failed = _guarded(loader), False
     try:
-        for images, targets in _guarded(loader):
+        while True:
+            try:
+                batch, failed = _next_or_failure(batches)
+            except StopIteration:  # every rank has the same number of steps
+                break
+            if agreed(failed is not None, info):  # before the step's collectives
+                if failed is None:
+                    peer_failed = True
+                    break
+                raise failed
+            images, targets = batch
             loss, output = _step(model, criterion, optimizer, scaler, options, images, targets)
             lr = optimizer.param_groups[0]["lr"]  # this step's; the scheduler sets the next
             scheduler.step()
@@ -242,6 +281,7 @@ def train_one_epoch(
         weights_finite=weights_finite,
         lr=lr,
         nonfinite_syncs=nonfinite,
+        peer_failed=peer_failed,
     )
 
 
@@ -287,22 +327,32 @@ def evaluate(
 
     Raises:
         LoaderError: the loader failed (its error is the ``__cause__``).
+        PeerLoaderError: another rank's loader failed; the ranks agree on it before the
+            reduction, which the rank that left would never join.
     """
     model.eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")
     meter = SumMeter(options.device)
-    for images, targets in progress_bar(
-        info,
-        iterable=_guarded(loader),
-        total=len(loader) if hasattr(loader, "__len__") else None,
-        desc=label,
-        leave=False,
-    ):
-        if images.shape[0] == 0:
-            continue  # a shard's empty last batch
-        images, targets = options.prepare(images, targets)
-        with options.autocast():
-            output = model(images)
-        loss = criterion(output.float(), targets) / images.shape[0]
-        meter.update(loss, images.shape[0], correct_topk(output, targets, (1, 5)))
+    failed: LoaderError | None = None
+    try:
+        for images, targets in progress_bar(
+            info,
+            iterable=_guarded(loader),
+            total=len(loader) if hasattr(loader, "__len__") else None,
+            desc=label,
+            leave=False,
+        ):
+            if images.shape[0] == 0:
+                continue  # a shard's empty last batch
+            images, targets = options.prepare(images, targets)
+            with options.autocast():
+                output = model(images)
+            loss = criterion(output.float(), targets) / images.shape[0]
+            meter.update(loss, images.shape[0], correct_topk(output, targets, (1, 5)))
+    except LoaderError as error:
+        failed = error
+    if agreed(failed is not None, info):
+        if failed is None:
+            raise PeerLoaderError()
+        raise failed
     return meter.summary(info)

@@ -12,6 +12,7 @@ import math
 import time
 import warnings
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,9 +31,16 @@ from .data import (
     prepare_dataset,
     restore_loader,
 )
-from .engine import NONFINITE_SYNCS, EpochResult, LoaderError, evaluate, train_one_epoch
+from .engine import (
+    NONFINITE_SYNCS,
+    EpochResult,
+    LoaderError,
+    PeerLoaderError,
+    evaluate,
+    train_one_epoch,
+)
 from .model import build_model, build_model_ema, step_options, unwrapped
-from .status import resume_command
+from .status import DataFailure, resume_command
 from .utils import (
     DistInfo,
     EpochSums,
@@ -99,6 +107,7 @@ class Outcome(str, enum.Enum):
     STOPPED = "stopped"
     TESTED = "tested"
     DIVERGED = "diverged"
+    PEER_FAILED = "another rank's loader failed"  # that rank reports it, with its status
 
 
 class _LoaderFailed(Exception):
@@ -109,6 +118,27 @@ class _LoaderFailed(Exception):
         self.split, self.error = split, error
 
 
+def _agreed_loaders(config: TrainConfig, root: Path, info: DistInfo) -> tuple[Loader, Loader]:
+    """:func:`build_loaders`, agreed over ranks: a DALI loader reads its first batches as it
+    is built, so one rank may meet a bad file here while the others go on to wrap the model
+    in DDP, a collective it never joins.
+
+    Raises:
+        DataFailure: this rank's loader met a bad file (it reports it).
+        PeerLoaderError: another rank's did.
+    """
+    failure: DataFailure | None = None
+    try:
+        loaders = build_loaders(config, root, info)
+    except DataFailure as error:
+        failure = error
+    if agreed(failure is not None, info):
+        if failure is None:
+            raise PeerLoaderError()
+        raise failure
+    return loaders
+
+
 class Trainer:
     """Holds the objects of one run; the loops themselves live in ``train.engine``."""
 
@@ -117,7 +147,7 @@ class Trainer:
         self.root = prepare_dataset(config, info)
         self.train_loader: Loader
         self.val_loader: Loader
-        self.train_loader, self.val_loader = build_loaders(config, self.root, info)
+        self.train_loader, self.val_loader = _agreed_loaders(config, self.root, info)
         self.model = build_model(config, info)
         self.criterion = build_criterion(config).to(info.device)
         self.optimizer = torch.optim.SGD(
@@ -297,6 +327,8 @@ class Trainer:
             self.nonfinite_syncs = result.nonfinite_syncs
             if result.diverged:
                 return result
+            if result.peer_failed:
+                raise PeerLoaderError()
         else:  # trained before, not evaluated: its validation failed
             meter = self.meter_state or EpochSums()
             result = EpochResult(self.step, stopped=False, meter=meter, seconds=0.0, images=0)
@@ -365,7 +397,15 @@ class Trainer:
         with stop_on_signals() as stop:
             while self.epoch < self.config.epochs:
                 start_step = self.step
-                result = self._run_epoch_or_fail(stop, budget)
+                try:
+                    result = self._run_epoch_or_fail(stop, budget)
+                except PeerLoaderError:  # the rank whose loader failed saves and reports
+                    logger.warning(
+                        "rank %d stops: another rank's data loader failed; that rank writes "
+                        "the checkpoint and says how to go on",
+                        self.info.rank,
+                    )
+                    return Outcome.PEER_FAILED
                 if result.diverged:  # weights that are not finite are never saved
                     diverged = result
                     break
