@@ -315,11 +315,12 @@ class DaliLoader:
         except RuntimeError as error:
             if not any(words in str(error) for words in _FOREIGN_CHECKPOINT):
                 # The restored pipeline's own first batches failed (a bad file at the saved
-                # position, memory): that error, not a refusal, and this loader unchanged.
-                failure = self._explain(error) if self._explain else error
-                if failure is error:
+                # position, memory): that error, not a refusal. The old pipeline is released
+                # already, so every later call raises it again, as after any failure.
+                self._failure = self._explain(error) if self._explain else error
+                if self._failure is error:
                     raise
-                raise failure from error
+                raise self._failure from error
             # Another graph than the saved one (other mixing or augmentation): a fresh stream
             # instead of a loader broken for good, and the refusal a caller expects.
             self._iterator = self._guard(lambda: self._new_iterator(None))

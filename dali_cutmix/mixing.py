@@ -515,6 +515,7 @@ def mix(
         check_size: with ``size``, fail the pipeline on an image of another (H, W)
             (:func:`checked_size`), which would otherwise be cut to ``size`` or fail
             obscurely; ``make_loader``, whose resize gives exactly ``size``, turns it off.
+            On GPU images it reads their shapes, which needs DALI's dynamic executor.
 
     Returns:
         ``(images, targets)``. Images keep the input layout, size and device;

@@ -76,7 +76,7 @@ def _start_server_deaf_to_ctrl_c() -> None:
     Workers still end with their parent: pools and DataLoaders shut them down, and a
     DataLoader worker exits when its parent is gone.
     """
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or _foreign_sigint():
         return  # signal.signal works in the main thread only; the server starts as it would
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
@@ -115,7 +115,7 @@ class _Pool(concurrent.futures.ProcessPoolExecutor):
 @contextlib.contextmanager
 def _ctrl_c_deferred() -> Iterator[None]:
     """Within the block a SIGINT is held, then handled as it would have been, at its end."""
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or _foreign_sigint():
         yield  # signals are handled by the main thread only
         return
     held: list[int] = []
@@ -124,10 +124,17 @@ def _ctrl_c_deferred() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-    if held and callable(previous):
-        previous(signal.SIGINT, None)  # Python's default raises KeyboardInterrupt here
-    elif held and previous == signal.SIG_DFL:
-        signal.raise_signal(signal.SIGINT)
+    for _ in held:  # each press, in order: a second one aborts a training's stop
+        if callable(previous):
+            previous(signal.SIGINT, None)  # Python's default raises KeyboardInterrupt here
+        elif previous == signal.SIG_DFL:
+            signal.raise_signal(signal.SIGINT)
+
+
+def _foreign_sigint() -> bool:
+    """SIGINT's handler was not set from Python (``getsignal`` gives ``None``): it could not
+    be put back, so it is left alone."""
+    return signal.getsignal(signal.SIGINT) is None
 
 
 @contextlib.contextmanager

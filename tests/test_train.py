@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,8 @@ from train.utils import DistInfo
 
 TINY = SyntheticSpec(num_classes=3, train_per_class=8, val_per_class=3, seed=0, size_scale=0.15)
 REPO = Path(__file__).resolve().parents[1]
+# python's arguments that start torchrun with two ranks
+TORCHRUN_2 = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -229,6 +231,35 @@ def test_ctrl_c_stops_after_the_step_and_checkpoints(
     assert signal.getsignal(signal.SIGINT) is before  # handler restored
 
 
+@contextlib.contextmanager
+def _started(command: list[str], log: Path, *, ctrl_c: bool = True) -> Iterator[subprocess.Popen]:
+    """``python command`` from the repository in a session of its own (one thread a process),
+    its output into ``log``; Ctrl-C as at a terminal unless ``ctrl_c`` is False (then SIGINT
+    stays as the suite has it). Killed with its group at the end of the block."""
+    with open(log, "w") as stream:
+        process = subprocess.Popen(
+            [sys.executable, *command],
+            cwd=REPO,
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            start_new_session=True,
+            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) if ctrl_c else None,
+        )
+        try:
+            yield process
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+def _wait_for(log: Path, text: str, seconds: float = 180) -> None:
+    """Until ``text`` appears in ``log`` (or ``seconds`` pass)."""
+    deadline = time.monotonic() + seconds
+    while text not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
 def test_a_terminal_ctrl_c_during_torchvision_validation_stops_cleanly(tmp_path: Path) -> None:
     # One SIGINT to the process group, as a terminal sends it: the DataLoader's workers died
@@ -237,25 +268,11 @@ def test_a_terminal_ctrl_c_during_torchvision_validation_stops_cleanly(tmp_path:
     root = generate(tmp_path / "data", spec, workers=1, progress=False)
     argv = _argv(root, tmp_path / "run", "--loader", "torchvision", "-j", "2")
     log = tmp_path / "log.txt"
-    with open(log, "w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "train", *argv],
-            cwd=REPO,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )
-        try:
-            deadline = time.monotonic() + 120
-            while "val 1:" not in log.read_text() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            time.sleep(0.5)  # inside the validation, its workers running
-            os.killpg(process.pid, signal.SIGINT)
-            assert process.wait(timeout=120) == 3, log.read_text()[-3000:]
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
+    with _started(["-m", "train", *argv], log) as process:
+        _wait_for(log, "val 1:")
+        time.sleep(0.5)  # inside the validation, its workers running
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=120) == 3, log.read_text()[-3000:]
     text = log.read_text()
     assert "Traceback" not in text and "exited unexpectedly" not in text
     assert text.rstrip().endswith(
@@ -589,32 +606,41 @@ def test_a_bad_file_met_while_resuming_is_reported_with_the_resumed_checkpoint(
     assert checkpoint.read_bytes() == saved
 
 
+@pytest.mark.parametrize(
+    ("loader", "streams", "line"),
+    [
+        ("dali", [], "the next epoch starts a new data stream of the current files"),
+        # seeks to the epoch's end, so that its next iter() is epoch 2 of the seeded order
+        ("torchvision", [(0, 3)], "the next epoch starts at its place in the seeded order"),
+    ],
+)
 def test_a_resume_after_a_trained_epoch_without_loader_state_reads_no_epoch_for_nothing(
-    tiny: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tiny: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, loader, streams, line
 ) -> None:
     # A checkpoint after an epoch's training, whose validation failed on another rank (no
-    # loader state): the resume built a stream that read and dropped a whole epoch, and
+    # loader state): the resume built a DALI stream that read and dropped a whole epoch, and
     # used it as the next one (0 steps, an extra checkpoint) before reading it again.
     out = tmp_path / "run"
-    assert main(_argv(tiny, out, "--epochs", "1", "--stop-after-steps", "2")) == 3
+    argv = _argv(tiny, out, "--epochs", "1", "--stop-after-steps", "2", "--loader", loader)
+    assert main(argv) == 3
     checkpoint = out / "checkpoint.pth"
     state = torch.load(checkpoint, weights_only=True)
     # as saved after the epoch's 3 steps, its validation failed: trained, not validated
     torch.save(state | {"step": 3, "loader": [None]}, checkpoint)
-    streams = []
+    made = []
     original = train.trainer.continue_at
 
     def recorded(loader, *, epoch, step):
-        streams.append((epoch, step))
+        made.append((epoch, step))
         return original(loader, epoch=epoch, step=step)
 
     caplog.set_level(logging.WARNING, logger="train")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(train.trainer, "continue_at", recorded)
         assert main(["--resume", str(checkpoint), "--epochs", "2"]) == 0
-    assert streams == []  # it was (0, 3): read and drop epoch 1's 3 batches
+    assert made == streams  # DALI's was (0, 3): read and drop epoch 1's 3 batches
     assert [r["train_images"] for r in _records(out)][1] == 24  # epoch 2, whole
-    assert "the next epoch starts a new data stream of the current files" in caplog.text
+    assert line in caplog.text
 
 
 def test_a_bad_validation_file_keeps_the_trained_epoch_for_a_resume_with_a_val_list(
@@ -772,8 +798,7 @@ def test_user_errors_end_python_m_train_with_one_line_and_no_traceback(
 
 def _torchrun_2(argv: list[str]) -> subprocess.CompletedProcess:
     """``torchrun --nproc_per_node 2 -m train argv`` from the repository, one thread a rank."""
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command = [*torchrun, "--nproc_per_node", "2", "-m", "train", *argv]
+    command = [sys.executable, *TORCHRUN_2, "-m", "train", *argv]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
 
@@ -786,28 +811,12 @@ def test_a_ctrl_c_under_torchrun_stops_every_rank_at_the_next_step(tmp_path: Pat
     root = generate(tmp_path / "data", spec, workers=1, progress=False)
     out = tmp_path / "run"
     argv = [*_argv(root, out, "--epochs", "1", "--print-freq", "1000"), "-b", "2"]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     log = tmp_path / "log.txt"
-    with open(log, "w") as stream:
-        process = subprocess.Popen(
-            [*torchrun, "--nproc_per_node", "2", "-m", "train", *argv],
-            cwd=REPO,
-            stdout=stream,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-            start_new_session=True,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )
-        try:
-            deadline = time.monotonic() + 180
-            while "epoch 1:" not in log.read_text() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            time.sleep(0.5)
-            os.killpg(process.pid, signal.SIGINT)  # torchrun's group: torchrun forwards it
-            process.wait(timeout=120)  # torchrun ends in its own SignalException traceback
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
+    with _started([*TORCHRUN_2, "-m", "train", *argv], log) as process:
+        _wait_for(log, "epoch 1:")
+        time.sleep(0.5)
+        os.killpg(process.pid, signal.SIGINT)  # torchrun's group: torchrun forwards it
+        process.wait(timeout=120)  # torchrun ends in its own SignalException traceback
     text = log.read_text()
     assert "forcefully exiting via 9" not in text and "Connection closed" not in text, text
     assert not re.search(r"\[rank\d\]:.*Traceback", text), text[-3000:]
@@ -839,26 +848,11 @@ def test_a_stop_one_rank_got_during_validation_stops_every_rank(tmp_path: Path) 
     root = generate(tmp_path / "data", spec, workers=1, progress=False)
     out = tmp_path / "run"
     argv = [*_argv(root, out, "--epochs", "3"), "-b", "4"]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     log = tmp_path / "log.txt"
-    with open(log, "w") as stream:
-        process = subprocess.Popen(
-            [*torchrun, "--nproc_per_node", "2", "-m", "train", *argv],
-            cwd=REPO,
-            stdout=stream,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-            start_new_session=True,
-        )
-        try:
-            deadline = time.monotonic() + 180
-            while "val 1:" not in log.read_text() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            os.kill(_rank_pid(process.pid, 1), signal.SIGTERM)  # rank 1 alone
-            assert process.wait(timeout=120) == 1, log.read_text()[-3000:]
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
+    with _started([*TORCHRUN_2, "-m", "train", *argv], log, ctrl_c=False) as process:
+        _wait_for(log, "val 1:")
+        os.kill(_rank_pid(process.pid, 1), signal.SIGTERM)  # rank 1 alone
+        assert process.wait(timeout=120) == 1, log.read_text()[-3000:]
     text = log.read_text()
     assert "exitcode  : 3 (pid" in text and "Connection closed" not in text, text[-3000:]
     assert not re.search(r"\[rank\d\]:.*Traceback", text), text[-3000:]  # torchrun's own only
@@ -988,20 +982,21 @@ def test_two_ranks_agree_on_a_divergence_and_rank_0_reports_it(tiny: Path, tmp_p
     assert not (tmp_path / "checkpoint.pth").exists()
 
 
+def _skipped_from_step_2(call, step, model, criterion, optimizer, scaler, options, *batch):
+    """A ``_replace_step`` stand-in: step 1 is real; from step 2 the loss is inf and nothing
+    is updated, as float16's loss scaler skips a step that overflows."""
+    if call == 1:
+        return step(model, criterion, optimizer, scaler, options, *batch)
+    return torch.tensor(float("inf")), model(options.prepare(*batch)[0])
+
+
 def test_a_loss_that_stays_non_finite_with_finite_weights_is_named_a_divergence(
     tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # What float16's loss scaler does when every forward pass overflows: the loss is inf and
     # the step is skipped, so the weights stay finite and frozen (simulated in float32).
     caplog.set_level(logging.INFO, logger="train")
-
-    def skipped_from_step_2(call, step, model, criterion, optimizer, scaler, options, *batch):
-        if call == 1:
-            return step(model, criterion, optimizer, scaler, options, *batch)
-        output = model(options.prepare(*batch)[0])
-        return torch.tensor(float("inf")), output
-
-    _replace_step(monkeypatch, skipped_from_step_2)
+    _replace_step(monkeypatch, _skipped_from_step_2)
     assert main([*_argv(tiny, tmp_path, "--epochs", "1"), "-b", "4"]) == 5
     assert _logged(caplog)[-1].startswith("training diverged (found at epoch 1, step 4 of 6, ")
     assert (
@@ -1018,13 +1013,7 @@ def test_a_non_finite_loss_is_counted_across_epochs_shorter_than_the_rule(
     # Two progress updates per epoch (steps 2 and 3 of 3): the count of 3 in a row was reset
     # at every epoch, so a run that had stopped learning ran to its end with exit status 0.
     caplog.set_level(logging.INFO, logger="train")
-
-    def skipped_from_step_2(call, step, model, criterion, optimizer, scaler, options, *batch):
-        if call == 1:
-            return step(model, criterion, optimizer, scaler, options, *batch)
-        return torch.tensor(float("inf")), model(options.prepare(*batch)[0])
-
-    _replace_step(monkeypatch, skipped_from_step_2)
+    _replace_step(monkeypatch, _skipped_from_step_2)
     assert main(_argv(tiny, tmp_path, "--epochs", "3", "--print-freq", "2")) == 5
     assert _logged(caplog)[-1].startswith("training diverged (found at epoch 2, step 2 of 3, ")
     assert "the loss was not finite at 3 progress updates in a row" in _logged(caplog)[-1]

@@ -66,9 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         checkpoint = config.output_dir / CHECKPOINT_NAME
         if checkpoint.exists():
             what = f"the last checkpoint written is intact: {checkpoint}"
+        elif config.resume is not None:
+            what = f"this run wrote no checkpoint; the one it resumed is intact: {config.resume}"
         else:
-            what = "no checkpoint was written (nothing is lost: a Ctrl-C before the first "
-            what += "step ends the run at once)"
+            what = "no checkpoint was written"
         return aborted(get_args_parser(), what)
 
 

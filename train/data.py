@@ -50,6 +50,7 @@ __all__ = [
     "data_failure",
     "prepare_dataset",
     "restore_loader",
+    "seekable",
 ]
 
 logger = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ def _dali_loader(folder: Path, config: TrainConfig, settings: dict[str, Any]) ->
     )
 
 
-def _seekable(loader: Loader) -> bool:
+def seekable(loader: Loader) -> bool:
     """True for the torchvision loader, whose stream is a function of (seed, epoch, position)."""
     return isinstance(loader, pipelines_module("torchvision_ref").TorchvisionLoader)
 
@@ -225,7 +226,7 @@ def continue_at(loader: Loader, *, epoch: int, step: int) -> Iterable[Any]:
     first shuffle of the current files) and drops its first ``step`` batches,
     so that the epoch still has ``len(loader)`` steps in all.
     """
-    if _seekable(loader):
+    if seekable(loader):
         loader.seek(epoch, step)
         return loader
     return _dropping(loader, step)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import math
 import time
 from collections.abc import Iterable, Iterator
@@ -112,6 +113,15 @@ class PeerLoaderError(Exception):
 
     def __init__(self) -> None:
         super().__init__("another rank's data loader failed; that rank reports it")
+
+
+def settle(failure: Exception | None, info: DistInfo) -> None:
+    """Raises ``failure`` (this rank's), or :class:`PeerLoaderError` where another rank has
+    one; returns where none has. Every rank calls it at the same point (:func:`agreed`)."""
+    if agreed(failure is not None, info):
+        if failure is None:
+            raise PeerLoaderError()
+        raise failure
 
 
 def _next_or_failure(batches: Iterator[Any]) -> tuple[Any, LoaderError | None]:
@@ -217,7 +227,9 @@ def train_one_epoch(
         while True:
             try:
                 batch, failed = _next_or_failure(batches)
-            except StopIteration:  # every rank has the same number of steps
+            except StopIteration:  # every rank has the same number of steps, but another may
+                # fail here: a DALI loader reads the tail that DROP leaves out after its last
+                peer_failed = agreed(False, info)
                 break
             if agreed(failed is not None, info):  # before the step's collectives
                 if failed is None:
@@ -333,15 +345,24 @@ def evaluate(
     model.eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")
     meter = SumMeter(options.device)
-    failed: LoaderError | None = None
-    try:
-        for images, targets in progress_bar(
+    batches = iter(
+        progress_bar(
             info,
             iterable=_guarded(loader),
             total=len(loader) if hasattr(loader, "__len__") else None,
             desc=label,
             leave=False,
-        ):
+        )
+    )
+    # Agreed before the first forward too: a DDP model's forward may broadcast its buffers,
+    # a collective that a rank whose first batch failed would never join.
+    try:
+        first, failed = _next_or_failure(batches)
+    except StopIteration:
+        first, failed = None, None
+    settle(failed, info)
+    try:
+        for images, targets in itertools.chain([first] if first is not None else [], batches):
             if images.shape[0] == 0:
                 continue  # a shard's empty last batch
             images, targets = options.prepare(images, targets)
@@ -351,8 +372,5 @@ def evaluate(
             meter.update(loss, images.shape[0], correct_topk(output, targets, (1, 5)))
     except LoaderError as error:
         failed = error
-    if agreed(failed is not None, info):
-        if failed is None:
-            raise PeerLoaderError()
-        raise failed
+    settle(failed, info)
     return meter.summary(info)

@@ -23,9 +23,9 @@ from dali_cutmix.files import DatasetError
 from .checkpoint import load_checkpoint, load_weights
 from .config import METRICS_NAME, Device, TrainConfig
 from .data import build_val_loader, data_failure, prepare_dataset
-from .engine import LoaderError, evaluate
+from .engine import LoaderError, evaluate, settle
 from .model import build_model, build_model_ema, step_options, unwrapped
-from .status import ExitStatus, resume_command
+from .status import DataFailure, ExitStatus, resume_command
 from .trainer import Outcome, Trainer, accuracy_line, val_metrics
 from .utils import DistInfo, MetricsFile, cleanup_distributed, init_distributed
 
@@ -75,7 +75,12 @@ def _evaluate_models(
     config: TrainConfig, state: dict[str, Any], root: Path, info: DistInfo
 ) -> dict[str, float]:
     """The validation sums of the checkpoint's model and, when saved, of its average."""
-    val_loader = build_val_loader(config, root, info)
+    failure: Exception | None = None
+    try:  # agreed: one rank's first batches may fail while the others wrap the model in DDP
+        val_loader = build_val_loader(config, root, info)
+    except (DataFailure, DatasetError) as error:
+        failure = error
+    settle(failure, info)
     model = build_model(config, info)
     load_weights(unwrapped(model), state["model"], config.resume, "model")
     models = {"": model}

@@ -30,6 +30,7 @@ from .data import (
     data_failure,
     prepare_dataset,
     restore_loader,
+    seekable,
 )
 from .engine import (
     NONFINITE_SYNCS,
@@ -37,6 +38,7 @@ from .engine import (
     LoaderError,
     PeerLoaderError,
     evaluate,
+    settle,
     train_one_epoch,
 )
 from .model import build_model, build_model_ema, step_options, unwrapped
@@ -125,17 +127,15 @@ def _agreed_loaders(config: TrainConfig, root: Path, info: DistInfo) -> tuple[Lo
 
     Raises:
         DataFailure: this rank's loader met a bad file (it reports it).
-        PeerLoaderError: another rank's did.
+        DatasetError: this rank's loader cannot be built (it reports it).
+        PeerLoaderError: another rank's did either.
     """
-    failure: DataFailure | None = None
+    failure: Exception | None = None
     try:
         loaders = build_loaders(config, root, info)
-    except DataFailure as error:
+    except (DataFailure, DatasetError) as error:  # a shard of no image is one rank's too
         failure = error
-    if agreed(failure is not None, info):
-        if failure is None:
-            raise PeerLoaderError()
-        raise failure
+    settle(failure, info)
     return loaders
 
 
@@ -196,10 +196,16 @@ class Trainer:
         self.meter_state = _saved_meter(state.get("meter"), self.info)
         self.metrics.resume_at(state["epoch"])
         self._align_schedule(state.get("config", {}).get("epochs", self.config.epochs))
-        why = self._restore_loader(_of_rank(state["loader"], self.info))
+        failure, why = None, None
+        try:  # a DALI loader reads its first batches as it restores: this rank's alone
+            why = self._restore_loader(_of_rank(state["loader"], self.info))
+        except DataFailure as error:
+            failure = error
+        settle(failure, self.info)
         # An epoch whose training is done (its validation failed) has nothing left to read:
-        # a stream of it would have read and dropped a whole epoch, and been the next one.
-        if why is not None and self.step < steps:
+        # a DALI stream of it would have read and dropped a whole epoch, and been the next
+        # one. The torchvision loader seeks there, and its next iter() is the next epoch.
+        if why is not None and (self.step < steps or seekable(self.train_loader)):
             self._stream = continue_at(self.train_loader, epoch=self.epoch, step=self.step)
         if not self.info.is_main:
             return
@@ -210,6 +216,8 @@ class Trainer:
                 f"{where} goes on in a new data stream of the current files (its first "
                 f"{self.step} batches skipped)"
                 if self.step < steps
+                else "the next epoch starts at its place in the seeded order"
+                if seekable(self.train_loader)
                 else "the next epoch starts a new data stream of the current files"
             )
             logger.warning("%s: %s; the model, optimizer and steps done are kept", why, goes_on)
