@@ -162,10 +162,16 @@ def test_a_bad_file_at_the_saved_position_is_named_not_taken_for_another_pipelin
     state = first.state_dict()
     bad = sorted(root.glob("*/*.JPEG"))[5]  # in the second batch
     bad.write_bytes(b"not a jpeg")
+    resumed = small_loader(root, train=False, batch_size=4)
     with pytest.raises(BadImageError) as info:
-        small_loader(root, train=False, batch_size=4).load_state_dict(state)
+        resumed.load_state_dict(state)
     assert info.value.path == str(bad)
     assert str(info.value).startswith(f"{str(bad)!r} is not a decodable image")
+    # its old pipeline is released: later calls raise the same error, not a bare TypeError
+    with pytest.raises(BadImageError, match="is not a decodable image"):
+        next(iter(resumed))
+    with pytest.raises(BadImageError, match="is not a decodable image"):
+        resumed.state_dict()
 
 
 def test_state_from_another_setting_is_refused(folder: Path) -> None:

@@ -170,3 +170,19 @@ def test_a_ctrl_c_while_a_worker_starts_is_taken_once_it_has_started() -> None:
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def test_every_ctrl_c_held_while_a_worker_starts_is_handled_in_order() -> None:
+    # A second press (a training's "abort") was lost: only one was replayed.
+    pressed = []
+    before = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    try:
+        with _ctrl_c_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+            assert pressed == []  # held
+        assert pressed == [signal.SIGINT, signal.SIGINT]
+    finally:
+        signal.signal(signal.SIGINT, before)
