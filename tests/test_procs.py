@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from torchvision.transforms import v2
@@ -186,3 +187,25 @@ def test_every_ctrl_c_held_while_a_worker_starts_is_handled_in_order() -> None:
         assert pressed == [signal.SIGINT, signal.SIGINT]
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def test_a_sigint_handler_set_outside_python_is_left_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Python embedded in a program that set its own SIGINT handler: getsignal gives None and
+    # signal.signal returns None for it, which could not be put back (signal.signal(SIGINT,
+    # None) raises TypeError), so the handler would have been lost.
+    calls = []
+
+    def signal_of_python(signum: int, handler: Any) -> Any:
+        calls.append(handler)
+        if handler is None:
+            raise TypeError("signal handler must be signal.SIG_IGN, signal.SIG_DFL, or a callable")
+        return None  # the handler before was not Python's
+
+    monkeypatch.setattr(signal, "getsignal", lambda signum: None)
+    monkeypatch.setattr(signal, "signal", signal_of_python)
+    ran = []
+    with _ctrl_c_deferred():
+        ran.append(True)
+    assert ran == [True] and calls == []  # the handler was never replaced

@@ -881,6 +881,68 @@ def test_a_bad_file_one_rank_meets_ends_every_rank_without_a_traceback(
     assert (out / "checkpoint.pth").exists() == (split == "train")
 
 
+@pytest.fixture(scope="module")
+def stopped_on_2(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint of 2 ranks at epoch 1, step 1 of 3, with each rank's loader state."""
+    out = tmp_path_factory.mktemp("stopped")
+    done = _torchrun_2([*_argv(tiny, out, "--epochs", "1", "--stop-after-steps", "1"), "-b", "4"])
+    assert "stopped at epoch 1, step 1 of 3" in done.stderr, done.stderr[-3000:]
+    return out / "checkpoint.pth"
+
+
+# (point of tests/one_rank_fails.py, rank 1's exit status, whether it leaves a checkpoint)
+ONE_RANK_FAILS = [
+    ("build", 2, False),  # a DALI loader reads its first batches as it is built
+    ("tail", 4, True),  # read after the last batch; the other rank's loader just ends
+    ("val-first", 4, True),  # a DDP forward may broadcast buffers, a collective
+    ("restore", 4, True),  # a DALI loader reads its first batches as it restores
+    ("test-only", 2, True),  # --test-only builds its validation loader alone
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point, status, saved", ONE_RANK_FAILS, ids=[c[0] for c in ONE_RANK_FAILS])
+def test_every_rank_leaves_quietly_where_one_rank_s_data_fails(
+    tiny: Path, stopped_on_2: Path, tmp_path: Path, point: str, status: int, saved: bool
+) -> None:
+    # Each point is one where the ranks agree on a loader failure: without the agreement the
+    # rank that failed left, and the other died in its next collective (a traceback that
+    # torchrun named as the root cause; on NCCL, a hang).
+    out = tmp_path / "run"
+    if point in ("restore", "test-only"):
+        out.mkdir()
+        shutil.copy(stopped_on_2, out / "checkpoint.pth")
+        argv = ["--resume", str(out / "checkpoint.pth")]
+        argv += ["--test-only"] if point == "test-only" else []
+    else:
+        argv = [*_argv(tiny, out, "--epochs", "1"), "-b", "4"]
+    bad = tiny / ("val" if point == "val-first" else "train") / "s0001" / "s0001_00001.JPEG"
+    command = [sys.executable, *TORCHRUN_2, str(REPO / "tests" / "one_rank_fails.py")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [*command, point, str(bad), *argv],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    text = done.stderr
+    assert done.returncode == 1, text[-3000:]  # torchrun's status for a rank's non-zero
+    assert f"exitcode  : {status} (pid" in text and "Connection closed" not in text, text[-3000:]
+    assert not re.search(r"\[rank\d\]:.*Traceback", text), text[-3000:]  # torchrun's own only
+    assert text.count("python -m train: error: ") == 1, text[-3000:]
+    if status == 2:
+        assert "python -m train: error: rank 1's shard cannot be read (made" in text
+    else:
+        assert f"python -m train: error: '{bad}' is not a decodable image (made" in text
+    assert "rank 0 stops: another rank's data loader failed; that rank " in text
+    assert (out / "checkpoint.pth").exists() == saved
+    if point in ("tail", "val-first"):  # rank 1 saved alone: its training steps, all done
+        state = torch.load(out / "checkpoint.pth", weights_only=True)
+        assert (state["epoch"], state["step"], state["world_size"]) == (0, 3, 2)
+
+
 @pytest.mark.slow
 def test_two_process_stop_is_reported_by_rank_0_and_resumes_on_two_ranks(
     tiny: Path, tmp_path: Path
