@@ -350,6 +350,7 @@ def test_full_run_writes_metrics_config_plot_and_checkpoint(tiny: Path, tmp_path
         assert 0 <= record["val_acc1"] <= record["val_acc5"] <= 100
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["data"]["root"] == str(tiny) and saved["mix"]["cutmix_alpha"] == 1.0
+    assert saved["world_size"] == 1  # a --config replay on other ranks derives a default lr
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
     state = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
     assert (state["epoch"], state["step"], len(state["loader"])) == (2, 0, 1)
@@ -959,6 +960,7 @@ def test_two_process_stop_is_reported_by_rank_0_and_resumes_on_two_ranks(
     ) in done.stderr
     state = torch.load(checkpoint, weights_only=True)
     assert (state["epoch"], state["step"], state["world_size"]) == (0, 2, 2)
+    assert json.loads((tmp_path / "config.json").read_text())["world_size"] == 2
     done = _torchrun_2(["--resume", str(checkpoint)])
     assert done.returncode == 0, done.stderr[-3000:]
     (record,) = _records(tmp_path)

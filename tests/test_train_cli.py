@@ -103,13 +103,16 @@ def test_the_parser_offers_torchvisions_resnets() -> None:
 # ------------------------------------------------------------------------- --config
 
 
-def _saved_run(tmp_path: Path, *argv: str, resume: Path | None = None) -> tuple[TrainConfig, Path]:
-    """A run's configuration, saved as ``python -m train`` saves it."""
+def _saved_run(
+    tmp_path: Path, *argv: str, resume: Path | None = None, world_size: int | None = None
+) -> tuple[TrainConfig, Path]:
+    """A run's configuration, saved as ``python -m train`` saves it (``world_size``: on that
+    many ranks; ``None``: as files written before the rank count was saved)."""
     config = parse_config(["--device", "cpu", "--output-dir", str(tmp_path / "run"), *argv])
     config = dataclasses.replace(config, resume=resume)  # as a resumed run saves it
     path = tmp_path / "run" / "config.json"
     path.parent.mkdir(parents=True)
-    path.write_text(config.to_json() + "\n")
+    path.write_text(config.to_json(world_size=world_size) + "\n")
     return config, path
 
 
@@ -150,6 +153,33 @@ def test_config_derives_default_warmup_and_lr_again_and_keeps_chosen_ones(
     assert (parse_config(typed).optim.warmup_epochs, parse_config(typed).optim.lr) == (0.1, 0.2)
 
 
+def test_config_on_other_ranks_derives_a_default_lr_again_and_keeps_a_chosen_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # config.json held no rank count: a 1-rank run's default lr (0.1 * 64 / 256) stayed for a
+    # replay on 8 ranks, whose global batch is 8 times larger.
+    data = build_image_folder(tmp_path / "data" / "train", classes=2, per_class=1).parent
+    (data / "val").symlink_to(data / "train")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    default, path = _saved_run(tmp_path / "a", "--data", str(data), "-b", "64", world_size=1)
+    assert json.loads(path.read_text())["world_size"] == 1 and default.optim.lr == 0.025
+    assert parse_config(["--config", str(path)]).optim.lr == 0.025
+    monkeypatch.setenv("WORLD_SIZE", "8")  # as under torchrun --nproc_per_node 8
+    assert parse_config(["--config", str(path)]).optim.lr == 0.1 * 64 * 8 / 256
+    assert parse_config(["--config", str(path), "-b", "32"]).optim.lr == 0.1 * 32 * 8 / 256
+    assert parse_config(["--config", str(path), "--lr", "0.3"]).optim.lr == 0.3
+    flags = ["--data", str(data), "-b", "64"]
+    chosen, path = _saved_run(tmp_path / "b", *flags, "--lr", "0.025", world_size=2)
+    assert parse_config(["--config", str(path)]).optim.lr == 0.025  # 0.05 is 2 ranks' default
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    two, path = _saved_run(tmp_path / "c", *flags, world_size=2)
+    assert two.optim.lr == 0.05 and parse_config(["--config", str(path)]).optim.lr == 0.05
+    monkeypatch.delenv("WORLD_SIZE")  # a file of before the rank count: taken as 1 rank's
+    _, path = _saved_run(tmp_path / "d", *flags)
+    assert "world_size" not in json.loads(path.read_text())
+    assert parse_config(["--config", str(path), "-b", "32"]).optim.lr == 0.1 * 32 / 256
+
+
 @pytest.mark.parametrize(
     "contents, message",
     [
@@ -177,6 +207,8 @@ def test_config_names_a_file_it_cannot_use_in_one_line(
     [
         ({"epoch": 3}, "--config {path}: unknown setting(s) epoch"),
         ({"epochs": 2.5}, "--config {path}: --epochs must be an int >= 1, got 2.5"),
+        ({"world_size": 0}, "--config {path}: world_size must be an int >= 1, got 0"),
+        ({"world_size": "2"}, "--config {path}: world_size must be an int >= 1, got '2'"),
     ],
 )
 def test_config_refuses_unknown_settings_and_values_of_another_kind(

@@ -407,8 +407,8 @@ def _add_run_args(run: argparse._ArgumentGroup) -> None:
         type=Path,
         default=None,
         metavar="RUN/config.json",
-        help="start a new run with a saved run's configuration; typed flags override it "
-        "(not with --resume)",
+        help="start a new run with a saved run's configuration; typed flags override it, "
+        "and a default --lr follows this run's batch and ranks (not with --resume)",
     )
     run.add_argument(
         "--resume",

@@ -73,6 +73,7 @@ __all__ = [
 
 # The files of a run in its output folder (with config.json and curves.png).
 CHECKPOINT_NAME = "checkpoint.pth"
+RANKS_KEY = "world_size"  # config.json's rank count, beside the configuration's fields
 METRICS_NAME = "metrics.jsonl"
 
 # The embedded default dataset: 10 learnable classes of small ImageNet-like JPEGs.
@@ -304,8 +305,11 @@ class TrainConfig:
 
         return plain(dataclasses.asdict(self))
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+    def to_json(self, *, world_size: int | None = None) -> str:
+        """The configuration as JSON; ``world_size`` adds the run's rank count (``config.json``
+        holds it: a ``--config`` replay on another count derives the default lr again)."""
+        saved = self.to_dict() | ({} if world_size is None else {RANKS_KEY: world_size})
+        return json.dumps(saved, indent=2, sort_keys=True)
 
 
 def _check_torchvision_mix(mix: MixConfig) -> None:
@@ -974,7 +978,8 @@ def resume_config(args: argparse.Namespace, typed: Mapping[str, str]) -> TrainCo
 
 
 def _read_config(path: Path) -> dict[str, Any]:
-    """A run's ``config.json`` (:meth:`TrainConfig.to_json`), in today's fields."""
+    """A run's ``config.json`` (:meth:`TrainConfig.to_json`), in today's fields, with its rank
+    count as ``RANKS_KEY`` (1 in files written before it was saved)."""
     try:
         saved = json.loads(path.read_text())
     except FileNotFoundError:
@@ -986,16 +991,19 @@ def _read_config(path: Path) -> dict[str, Any]:
         raise ValueError(
             f"--config {path}: not a run's config.json (it has no data, optim and mix settings)"
         )
-    saved = _upgrade(saved)
+    ranks = saved.get(RANKS_KEY, 1)
+    if isinstance(ranks, bool) or not isinstance(ranks, int) or ranks < 1:
+        raise ValueError(f"--config {path}: {RANKS_KEY} must be an int >= 1, got {ranks!r}")
+    saved = _upgrade({k: v for k, v in saved.items() if k != RANKS_KEY})
     unknown = sorted(saved.keys() - {field.name for field in dataclasses.fields(TrainConfig)})
     if unknown:  # a misspelt key would otherwise be dropped without a word
         raise ValueError(f"--config {path}: unknown setting(s) {', '.join(unknown)}")
-    return saved
+    return saved | {RANKS_KEY: ranks}
 
 
 # Defaults derived from other flags (argparse dests): a replay derives them again when one
 # of those is typed.
-_DERIVED = {"warmup_epochs": {"epochs"}, "lr": {"data", "batch_size"}}
+_DERIVED = {"warmup_epochs": {"epochs"}, "lr": {"data", "batch_size", RANKS_KEY}}
 
 
 def _saved_default(saved: Mapping[str, Any], dest: str) -> bool:
@@ -1007,7 +1015,7 @@ def _saved_default(saved: Mapping[str, Any], dest: str) -> bool:
         if dest == "warmup_epochs":
             default = _default_warmup_epochs(int(saved["epochs"]), embedded=embedded)
             return float(optim["warmup_epochs"]) == default
-        ranks = int(saved.get("world_size", 1))
+        ranks = int(saved[RANKS_KEY])
         return float(optim["lr"]) == _default_lr(int(data["batch_size"]), ranks, embedded=embedded)
     except (KeyError, TypeError, ValueError, AttributeError):
         return False  # not a run's config.json: config_from_args names what is wrong
@@ -1038,8 +1046,11 @@ def replay_config(args: argparse.Namespace, typed: Mapping[str, str]) -> TrainCo
     # So are the warmup (from --epochs) and the learning rate (from the batch, ranks and
     # dataset) where the saved run had their defaults: kept, a saved 1-epoch warmup made a
     # replay with --epochs 1 all warmup and no decay, at the embedded set's lr on another.
+    # The rank count changes as a typed flag does: a default lr (0.1 per 256 images of the
+    # global batch) follows a replay on other ranks.
+    changed = typed.keys() | ({RANKS_KEY} if saved[RANKS_KEY] != _world_size() else set())
     for dest, derived_from in _DERIVED.items():
-        if derived_from & typed.keys() and dest not in typed and _saved_default(saved, dest):
+        if derived_from & changed and dest not in typed and _saved_default(saved, dest):
             values[dest] = None
     values |= {
         "resume": None,

@@ -68,7 +68,8 @@ def _set_up(config: TrainConfig, info: DistInfo) -> None:
     if info.is_main:
         config.output_dir.mkdir(parents=True, exist_ok=True)
         if not config.test_only:  # the run's own configuration stays as it trained
-            (config.output_dir / "config.json").write_text(config.to_json() + "\n")
+            config_json = config.to_json(world_size=info.world_size)
+            (config.output_dir / "config.json").write_text(config_json + "\n")
 
 
 def _evaluate_models(
