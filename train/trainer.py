@@ -112,6 +112,13 @@ class Outcome(str, enum.Enum):
     PEER_FAILED = "another rank's loader failed"  # that rank reports it, with its status
 
 
+class Failed(enum.Enum):
+    """Whose data loader failed, for :meth:`Trainer.save`."""
+
+    HERE = "this rank's"
+    PEER = "another rank's"
+
+
 class _LoaderFailed(Exception):
     """The train or val loader raised ``error``; the checkpoint is written before it goes on."""
 
@@ -257,24 +264,37 @@ class Trainer:
             warnings.simplefilter("ignore", UserWarning)
             self.scheduler.step()
 
-    def save(self, *, alone: bool = False) -> None:
-        """Checkpoint at the current position (epoch, step done, loader state).
+    def save(self, *, failed: Failed | None = None) -> None:
+        """Checkpoint at the current position (epoch, step done, loader states): every rank
+        takes part and rank 0 writes.
 
-        Every rank takes part and rank 0 writes; with ``alone`` (after a loader
-        error, while other ranks may wait in a collective) this rank writes
-        without them, saving the loader's state only in a 1-rank run and only if
-        the loader still gives one (a failed DALI pipeline does not).
+        Args:
+            failed: after a loader failure that the ranks agreed on (every rank saves, the
+                one that failed and the others, each with its sums): whose loader failed.
+                A loader's state is saved where it still gives one (a failed DALI pipeline
+                does not), except another rank's in the middle of an epoch's training: it
+                had read the batch of the step that was not taken. The failing rank
+                reports once the file is written.
         """
         mine = self.meter_state.to_saved() if self.meter_state is not None else None
-        if alone:
-            world, rank = self.info.world_size, self.info.rank
-            loaders = [self._loader_state() if world == 1 else None] * world
-            meters = [mine if r == rank else None for r in range(world)]
+        if failed is None:
+            loader = self.train_loader.state_dict()
+        elif failed is Failed.HERE or self.step >= len(self.train_loader):
+            loader = self._loader_state()
         else:
-            loaders = _gather(self.train_loader.state_dict(), self.info)
-            meters = _gather(mine, self.info)
-            if not self.info.is_main:
-                return
+            loader = None
+        loaders, meters = _gather(loader, self.info), _gather(mine, self.info)
+        if not self.info.is_main:
+            if failed is not None:
+                agreed(False, self.info)  # rank 0 has written it
+            return
+        try:
+            self._write(loaders, meters)
+        finally:
+            if failed is not None:
+                agreed(False, self.info)  # written, or failed to: the others go on
+
+    def _write(self, loaders: list[Any], meters: list[Any]) -> None:
         state = {
             "model": unwrapped(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -335,7 +355,8 @@ class Trainer:
             self.nonfinite_syncs = result.nonfinite_syncs
             if result.diverged:
                 return result
-            if result.peer_failed:
+            if result.peer_failed:  # at the step the failing rank's loader reached
+                self.step, self.meter_state = result.steps_done, result.meter
                 raise PeerLoaderError()
         else:  # trained before, not evaluated: its validation failed
             meter = self.meter_state or EpochSums()
@@ -407,10 +428,12 @@ class Trainer:
                 start_step = self.step
                 try:
                     result = self._run_epoch_or_fail(stop, budget)
-                except PeerLoaderError:  # the rank whose loader failed saves and reports
+                except PeerLoaderError:  # the rank whose loader failed reports it
+                    with stop.holding():
+                        self.save(failed=Failed.PEER)
                     logger.warning(
-                        "rank %d stops: another rank's data loader failed; that rank writes "
-                        "the checkpoint and says how to go on",
+                        "rank %d stops: another rank's data loader failed; the checkpoint "
+                        "holds every step done, and that rank says how to go on",
                         self.info.rank,
                     )
                     return Outcome.PEER_FAILED
@@ -482,7 +505,7 @@ class Trainer:
             failed = error
         # Raised outside the handler: the loader's own error keeps its traceback and cause.
         with stop.holding():
-            self.save(alone=True)
+            self.save(failed=Failed.HERE)
         raise self._failure(failed)
 
     def _failure(self, failed: _LoaderFailed) -> Exception:
