@@ -180,6 +180,29 @@ def test_config_on_other_ranks_derives_a_default_lr_again_and_keeps_a_chosen_one
     assert parse_config(["--config", str(path), "-b", "32"]).optim.lr == 0.1 * 32 / 256
 
 
+def test_config_gives_the_defaults_of_settings_the_file_lacks(tmp_path: Path) -> None:
+    # A file without some keys (timm's -c files are partial) failed with "--device must be
+    # one of ..., got None" or "'<=' not supported between instances of 'float' and 'NoneType'".
+    flags = ["--momentum", "0.8", "--cutmix-alpha", "0.5", "--print-freq", "3", "--amp", "bf16"]
+    saved, path = _saved_run(tmp_path, *flags, world_size=1)
+    partial = json.loads(path.read_text())
+    for section, key in [("optim", "momentum"), ("mix", "cutmix_alpha"), (None, "print_freq")]:
+        del (partial[section] if section else partial)[key]
+    del partial["precision"], partial["device"]
+    path.write_text(json.dumps(partial))
+    replayed = parse_config(["--config", str(path), "--output-dir", str(saved.output_dir)])
+    default = parse_config(["--output-dir", str(saved.output_dir)])
+    assert replayed == dataclasses.replace(
+        saved,
+        optim=dataclasses.replace(saved.optim, momentum=default.optim.momentum),
+        mix=dataclasses.replace(saved.mix, cutmix_alpha=default.mix.cutmix_alpha),
+        print_freq=default.print_freq,
+        precision=default.precision,
+        device=default.device,
+    )
+    assert (default.optim.momentum, default.mix.cutmix_alpha, default.print_freq) == (0.9, 1.0, 10)
+
+
 @pytest.mark.parametrize(
     "contents, message",
     [

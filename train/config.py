@@ -880,12 +880,16 @@ def _saved_args(
     """The flags' values (argparse dests) that reproduce a saved configuration, then the typed.
 
     The augmentation is not among them: it is the saved ``augment`` as saved (timm's
-    ``--aa`` sets fields that no flag gives back), changed by typed flags only.
+    ``--aa`` sets fields that no flag gives back), changed by typed flags only. A setting
+    the file lacks takes its flag's default, as in timm's partial ``-c`` files.
     """
     flat = _flatten(saved)
     values: dict[str, Any] = {dest: None for setters in ALIASES.values() for dest, _ in setters}
     for field, (dest, _) in FLAGS.items():
-        value = None if field.startswith("augment.") else flat.get(field)
+        if field.startswith("augment."):
+            value = None
+        else:  # the parser's default where the file lacks it ("got None" errors before)
+            value = flat[field] if field in flat else getattr(args, dest)
         values[dest] = Path(value) if dest in _PATH_DESTS and value is not None else value
     values |= {dest: getattr(args, dest) for dest in typed}
     for field, setters in ALIASES.items():  # a typed --crop-size sets both crops again
