@@ -693,6 +693,84 @@ class _FailingLoader:
         return self.loader.state_dict()
 
 
+class _BadFileInEpoch2:
+    """A loader whose 2nd batch of its 2nd epoch meets a bad file."""
+
+    def __init__(self, loader, path: Path) -> None:
+        self.loader, self.path, self.epochs = loader, path, 0
+        self.num_classes, self.dataset_size = loader.num_classes, loader.dataset_size
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        self.epochs += 1
+        for index, batch in enumerate(self.loader):
+            if (self.epochs, index) == (2, 1):
+                raise BadImageError(f"{str(self.path)!r} is not a decodable image", path=None)
+            yield batch
+
+    def state_dict(self):
+        return self.loader.state_dict()
+
+
+@pytest.mark.parametrize("before", [False, True], ids=["first epoch", "after a checkpoint"])
+def test_weights_broken_before_a_bad_file_are_not_saved_over_the_last_checkpoint(
+    tiny: Path,
+    bad_tiny: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture,
+    before: bool,
+) -> None:
+    # A step broke the weights and the next batch had a bad file, before any loss showed it:
+    # the NaN weights were written over the last good checkpoint, which --resume then refused.
+    caplog.set_level(logging.INFO, logger="train")
+    out, checkpoint = tmp_path / "run", tmp_path / "run" / "checkpoint.pth"
+    bad = tiny / "train" / "s0002" / "s0002_00003.JPEG"
+    if before:  # epoch 1 completes and is saved; epoch 2's 2nd batch meets the bad file
+        build = train.trainer.build_loaders
+
+        def failing(*args):
+            train_loader, val_loader = build(*args)
+            return _BadFileInEpoch2(train_loader, bad), val_loader
+
+        monkeypatch.setattr(train.trainer, "build_loaders", failing)
+
+    def poisoned(call, step, model, *args):  # the step before the bad file's batch
+        loss, output = step(model, *args)
+        if call == (4 if before else 1):
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+        return loss, output
+
+    _replace_step(monkeypatch, poisoned)
+    assert main(_argv(tiny if before else bad_tiny, out, "--print-freq", "10")) == 4
+    kept = (
+        f"the last checkpoint, {checkpoint}, holds 1 epoch"
+        if before
+        else "no checkpoint was written"
+    )
+    assert _logged(caplog)[-1] == (
+        "the weights are no longer finite (a step since the last progress update broke them): "
+        f"they were not saved, and {kept}; a --resume continues from there with the same "
+        "learning rates, so start a new run with a lower --lr or a longer --warmup-epochs if it "
+        "diverges again"
+    )
+    line = capsys.readouterr().err.splitlines()[-1]
+    if before:  # the epoch's checkpoint is left whole, and the line continues from it
+        state = torch.load(checkpoint, weights_only=True)
+        assert (state["epoch"], state["step"]) == (1, 0)
+        assert all(
+            torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point()
+        )
+        assert f"; then continue with: python -m train --resume {checkpoint} --train-list " in line
+    else:  # nothing to continue: the line repeats the command
+        assert not checkpoint.exists()
+        assert "; then run again with: python -m train --data " in line
+
+
 def test_any_loader_error_checkpoints_first_and_the_resume_by_position_is_exact(
     tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -38,6 +38,7 @@ from .engine import (
     LoaderError,
     PeerLoaderError,
     evaluate,
+    finite_weights,
     settle,
     train_one_epoch,
 )
@@ -264,7 +265,7 @@ class Trainer:
             warnings.simplefilter("ignore", UserWarning)
             self.scheduler.step()
 
-    def save(self, *, failed: Failed | None = None) -> None:
+    def save(self, *, failed: Failed | None = None) -> bool:
         """Checkpoint at the current position (epoch, step done, loader states): every rank
         takes part and rank 0 writes.
 
@@ -274,8 +275,23 @@ class Trainer:
                 A loader's state is saved where it still gives one (a failed DALI pipeline
                 does not), except another rank's in the middle of an epoch's training: it
                 had read the batch of the step that was not taken. The failing rank
-                reports once the file is written.
+                reports once the file is written. Weights that are no longer finite (a step
+                broke them after the last loss read) are not saved: the checkpoint before
+                stays (the same on every rank: DDP's weights are).
+
+        Returns:
+            Whether the checkpoint was written (``self.saved_at`` is then the position).
         """
+        if failed is not None and agreed(not finite_weights(self.model), self.info):
+            if self.info.is_main:
+                logger.error(
+                    "the weights are no longer finite (a step since the last progress update "
+                    "broke them): they were not saved, and %s; a --resume continues from there "
+                    "with the same learning rates, so start a new run with a lower --lr or a "
+                    "longer --warmup-epochs if it diverges again",
+                    self._kept(),
+                )
+            return False
         mine = self.meter_state.to_saved() if self.meter_state is not None else None
         if failed is None:
             loader = self.train_loader.state_dict()
@@ -284,15 +300,14 @@ class Trainer:
         else:
             loader = None
         loaders, meters = _gather(loader, self.info), _gather(mine, self.info)
-        if not self.info.is_main:
-            if failed is not None:
-                agreed(False, self.info)  # rank 0 has written it
-            return
         try:
-            self._write(loaders, meters)
+            if self.info.is_main:
+                self._write(loaders, meters)
         finally:
-            if failed is not None:
-                agreed(False, self.info)  # written, or failed to: the others go on
+            if failed is not None:  # the failing rank reports once it is written (or failed)
+                agreed(False, self.info)
+        self.saved_at = (self.epoch, self.step)
+        return True
 
     def _write(self, loaders: list[Any], meters: list[Any]) -> None:
         state = {
@@ -310,7 +325,6 @@ class Trainer:
         if self.ema is not None:
             state["model_ema"] = self.ema.state_dict()
         save_checkpoint(state, self.checkpoint)
-        self.saved_at = (self.epoch, self.step)
 
     def _loader_state(self) -> dict[str, Any] | None:
         try:
@@ -430,11 +444,12 @@ class Trainer:
                     result = self._run_epoch_or_fail(stop, budget)
                 except PeerLoaderError:  # the rank whose loader failed reports it
                     with stop.holding():
-                        self.save(failed=Failed.PEER)
+                        saved = self.save(failed=Failed.PEER)
                     logger.warning(
-                        "rank %d stops: another rank's data loader failed; the checkpoint "
-                        "holds every step done, and that rank says how to go on",
+                        "rank %d stops: another rank's data loader failed; %s, and that rank "
+                        "says how to go on",
                         self.info.rank,
+                        "the checkpoint holds every step done" if saved else "nothing was saved",
                     )
                     return Outcome.PEER_FAILED
                 if result.diverged:  # weights that are not finite are never saved
@@ -469,15 +484,6 @@ class Trainer:
     def _divergence(self, result: EpochResult) -> str:
         """What diverged, where it was found, which checkpoint is left and what to change."""
         where = f"epoch {self.epoch + 1}, step {result.steps_done} of {len(self.train_loader)}"
-        if self.saved_at is not None:
-            epoch, step = self.saved_at
-            trained = f"{epoch} epoch{'s' * (epoch != 1)}"
-            trained += f" and {step} step{'s' * (step != 1)}" if step else ""
-            kept = f"the last checkpoint, {self.checkpoint}, holds {trained}"
-        elif self.config.resume is not None:
-            kept = f"the checkpoint it resumed, {self.config.resume}, is unchanged"
-        else:
-            kept = "no checkpoint was written"
         if result.weights_finite:
             what = (
                 f"the loss was not finite at {NONFINITE_SYNCS} progress updates in a row (last: "
@@ -491,11 +497,27 @@ class Trainer:
         fp16 = self.config.precision is Precision.FP16
         return (
             f"training diverged (found at {where}, learning rate {result.lr:.4g}, peak --lr "
-            f"{self.config.optim.lr:g}): {what}; nothing of this epoch was saved and {kept}. "
+            f"{self.config.optim.lr:g}): {what}; nothing of this epoch was saved and "
+            f"{self._kept()}. "
             "Start a new run with a lower --lr or a longer --warmup-epochs"
             f"{', or --amp bf16 where the GPU has it' if fp16 else ''} (a --resume keeps its "
             "learning rates)"
         )
+
+    def _kept(self) -> str:
+        """Which checkpoint holds the run after weights that were not saved."""
+        if self.saved_at is not None:
+            epoch, step = self.saved_at
+            trained = f"{epoch} epoch{'s' * (epoch != 1)}"
+            trained += f" and {step} step{'s' * (step != 1)}" if step else ""
+            return f"the last checkpoint, {self.checkpoint}, holds {trained}"
+        if self.config.resume is not None:
+            return f"the checkpoint it resumed, {self.config.resume}, is unchanged"
+        return "no checkpoint was written"
+
+    def _resume_from(self) -> Path | None:
+        """The checkpoint that continues this run, if there is one."""
+        return self.checkpoint if self.saved_at is not None else self.config.resume
 
     def _run_epoch_or_fail(self, stop: StopFlag, budget: int | None) -> EpochResult:
         """:meth:`run_epoch`; after a loader error, checkpoints the steps done and raises."""
@@ -505,11 +527,12 @@ class Trainer:
             failed = error
         # Raised outside the handler: the loader's own error keeps its traceback and cause.
         with stop.holding():
-            self.save(failed=Failed.HERE)
-        raise self._failure(failed)
+            saved = self.save(failed=Failed.HERE)
+        raise self._failure(failed, saved)
 
-    def _failure(self, failed: _LoaderFailed) -> Exception:
-        """The exception that ends the run after a loader error and its checkpoint."""
+    def _failure(self, failed: _LoaderFailed, saved: bool) -> Exception:
+        """The exception that ends the run after a loader error and its checkpoint
+        (``saved``: written for it; not when the weights were no longer finite)."""
         error = failed.error
         if isinstance(error, DatasetError):
             failure = data_failure(
@@ -518,19 +541,19 @@ class Trainer:
                 config=self.config,
                 root=self.root,
                 info=self.info,
-                checkpoint=self.checkpoint,
+                checkpoint=self._resume_from(),
             )
             failure.__cause__ = error
             return failure
-        logger.error(
-            "the %s loader failed at epoch %d, step %d of %d; the checkpoint holds every step "
-            "done; once the cause is fixed, continue with: %s",
-            failed.split,
-            self.epoch + 1,
-            self.step,
-            len(self.train_loader),
-            resume_command(self.checkpoint, self.info.world_size),
-        )
+        where = f"epoch {self.epoch + 1}, step {self.step} of {len(self.train_loader)}"
+        checkpoint = self._resume_from()
+        if checkpoint is None:
+            then = "no checkpoint was written; once the cause is fixed, run the command again"
+        else:
+            then = "the checkpoint holds every step done" if saved else self._kept()
+            then += "; once the cause is fixed, continue with: "
+            then += resume_command(checkpoint, self.info.world_size)
+        logger.error("the %s loader failed at %s; %s", failed.split, where, then)
         return error
 
 
