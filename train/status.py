@@ -27,7 +27,7 @@ Under ``torchrun``, torchrun stops all ranks as soon as one exits with a
 non-zero status, reports it as a failure (its own exit status is 1) and lists
 each rank's status. A stop is therefore reported by rank 0 alone (the others
 exit 0 once the checkpoint is written); a data failure by the rank that met the
-bad file, which writes the checkpoint itself first.
+bad file, once rank 0 has written the checkpoint that every rank took part in.
 """
 
 from __future__ import annotations
