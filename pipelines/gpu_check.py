@@ -167,7 +167,7 @@ def _step(name: str, command: list[str], log_path: Path, timeout: int) -> dict[s
         except subprocess.TimeoutExpired:
             code = "timeout"
     seconds = time.perf_counter() - started
-    tail = log_path.read_text().strip().splitlines()[-3:]
+    tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
     logger.info("%s: exit %s in %.0f s; %s", name, code, seconds, " | ".join(tail))
     return {"command": " ".join(command), "exit": code, "seconds": round(seconds, 1), "tail": tail}
 
@@ -227,6 +227,8 @@ def plan_steps(args: argparse.Namespace, python: str) -> dict[str, list[str]]:
             "gpu",
             "--timeout",
             "600",
+            "-o",
+            "faulthandler_timeout=630",  # pyproject's 330 s would end the whole step first
             "tests",
         ],
         # The embedded job as a newcomer runs it, on the GPU.

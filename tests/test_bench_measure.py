@@ -288,3 +288,18 @@ def test_a_child_reports_its_own_peak_not_its_parents() -> None:
     own, maxrss = (float(v) for v in done.stdout.split())
     assert maxrss >= 2048  # what the benchmark used to report: the parent's 2 GiB
     assert 0 < own < 1500  # the child imported torch and DALI's config, never 2 GiB
+
+
+def test_the_results_so_far_are_given_after_each_measurement(tmp_path: Path) -> None:
+    # results.json was written only at the end: a benchmark killed by its time limit (or by
+    # the GPU machine going back) kept no figure.
+    config = plan.BenchConfig(out=tmp_path, sweeps=("loaders",), workers=2)
+    specs = plan.plan_sections(config, tmp_path)
+    seen = []
+
+    def run(spec):
+        return {**spec, "images_per_s": 1.0}
+
+    results = measure.measure_sections(specs, run, lambda so_far: seen.append(so_far))
+    assert [len(s["loaders"]) for s in seen] == list(range(1, 7))
+    assert seen[-1]["loaders"] == results["loaders"]

@@ -217,3 +217,16 @@ def test_the_hw_decoder_load_sweep_has_its_rows_and_its_panel(tmp_path: Path) ->
     line = ax.get_lines()[0]  # the medians; the caps follow
     assert list(line.get_xdata()) == [0.0, 0.99] and list(line.get_ydata()) == [7000.0, 15000.0]
     plt.close(fig)
+
+
+def test_a_failed_row_keeps_the_table_s_columns() -> None:
+    # run_isolated joins the error's lines with " | ", which opened new columns in the table
+    failed = {"loader": "dali", "device": "cpu", "mix": "cutmix", "workers": 2, "batch_size": 8}
+    failed |= {"kind": "loader", "sweep": "workers"}
+    failed["error"] = "exit 1: Traceback | RuntimeError: out of memory"
+    env = {"cpu_count": 2, "dali": "x", "torch": "y"}
+    summary = {"environment": env, "loaders": [failed], "training": [], "scaling": []}
+    (line,) = [x for x in report.format_table(summary).splitlines() if "failed:" in x]
+    cells = line.split(" | ")
+    assert cells[1] == "failed: exit 1: Traceback / RuntimeError: out of memory"
+    assert line.count("|") == 7  # the table's 6 columns

@@ -55,7 +55,11 @@ def test_the_steps_train_on_the_gpu_and_benchmark_the_generated_set(tmp_path) ->
     )
     steps = gpu_check.plan_steps(args, "py")
     assert tuple(steps) == gpu_check.STEPS
-    assert steps["pytest"][-6:] == ["no:cacheprovider", "-m", "gpu", "--timeout", "600", "tests"]
+    assert steps["pytest"][-8:] == ["no:cacheprovider", "-m", "gpu", "--timeout", "600"] + [
+        "-o",
+        "faulthandler_timeout=630",  # over --timeout: pyproject's 330 s ended the whole step
+        "tests",
+    ]
     assert steps["train_embedded"] == ["py", "-m", "train", "--device", "gpu"] + [
         "--output-dir",
         "t/embedded",

@@ -9,11 +9,18 @@
 #   bench/gpu/device_run.sh poll SECS    wait (at most SECS, less once $RUN/DONE exists), then
 #                                        pack what is finished into $OUT
 #
-# The cuda120 build (make gpu-bundle-cu120 leaves its parts in .device/cu120/), once
-# gpu_check is DONE, so that it disturbs no timing:
+# The cuda120 build (make gpu-bundle-cu120 leaves its parts in .device/cu120/): its parts
+# travel with the first polls, while gpu_check's pytest step runs (a copy takes under a
+# second and times nothing then; carried after DONE they cost 2 device minutes); it runs
+# once gpu_check is DONE, so that it disturbs no timing:
 #   bench/gpu/device_run.sh part120 NN   copy .device/cu120/dali.tar.xz.NN to /tmp/dali120-parts
-#                                        (combine with a poll: part120 NN && poll SECS)
+#                                        (combine with a short poll: part120 NN && poll 20)
 #   bench/gpu/device_run.sh cu120 [SECS] unpack it apart, run the probes and pytest -m gpu with it
+#
+# A call more than 30 s after the last meets a fresh machine: poll and cu120 then exit 3
+# at once (nothing started) instead of waiting their whole time. Check the device tool's
+# status (budget_left_s) first: the whole plan takes about 25 of the 30 device minutes, and
+# the benchmark keeps out/bench/results.partial.json as it goes, in case it is cut off.
 #
 # Every long job runs under setsid, so it outlives the call that started it while the
 # machine stays warm; each call returns logs and results so far.
@@ -36,9 +43,19 @@ pack() {
   tail -n 2 "$RUN"/smi.csv 2>/dev/null
 }
 
+started() {
+  # a call more than 30 s after the last one gets a fresh machine, where a poll would wait
+  # its whole time for a DONE that never comes
+  [ -e "$RUN/STARTED" ] && return 0
+  echo "nothing was started on this machine (a fresh one: the last call came too late?): begin again at part 00" >&2
+  return 1
+}
+
 case "${1:-}" in
 part)
-  cp ".device/dali.tar.xz.${2:?part number}" /tmp/dali-parts/ && ls -l /tmp/dali-parts
+  # a part that is not there (a call without its carry) fails the call, and the start after it
+  cp ".device/dali.tar.xz.${2:?part number}" /tmp/dali-parts/ || exit 1
+  ls -l /tmp/dali-parts
   if [ "$2" = 00 ]; then
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
     python3 -c 'import sys, torch, torchvision; print(sys.version, torch.__version__, torch.version.cuda, torchvision.__version__)'
@@ -49,6 +66,7 @@ part)
   ;;
 start)
   rm -f "$RUN/DONE"
+  touch "$RUN/STARTED"
   mkdir -p /tmp/site
   cat /tmp/dali-parts/dali.tar.xz.* | python3 -c "import sys,tarfile; tarfile.open(fileobj=sys.stdin.buffer, mode='r|xz').extractall('/tmp/site', filter='fully_trusted')" || exit 1
   python3 -c 'import nvidia.dali as d; print("DALI", d.__version__)' || exit 1
@@ -63,15 +81,18 @@ start)
   pack
   ;;
 poll)
+  started || exit 3
   for _ in $(seq 1 "${2:-0}"); do [ -f "$RUN/DONE" ] && break; sleep 1; done
   tail -n 3 "$RUN/data.log"
   pack
   ;;
 part120)
   mkdir -p /tmp/dali120-parts
-  cp ".device/cu120/dali.tar.xz.${2:?part number}" /tmp/dali120-parts/ && ls -l /tmp/dali120-parts
+  cp ".device/cu120/dali.tar.xz.${2:?part number}" /tmp/dali120-parts/ || exit 1
+  ls -l /tmp/dali120-parts
   ;;
 cu120)
+  started || exit 3
   [ -f "$RUN/DONE" ] || { echo "gpu_check has not finished (or was not started): cu120 waits for it, not to disturb its timings" >&2; exit 2; }
   mkdir -p /tmp/site120 "$RUN/cu120"
   cat /tmp/dali120-parts/dali.tar.xz.* | python3 -c "import sys,tarfile; tarfile.open(fileobj=sys.stdin.buffer, mode='r|xz').extractall('/tmp/site120', filter='fully_trusted')" || exit 1

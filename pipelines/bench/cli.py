@@ -94,7 +94,12 @@ def run_benchmark(config: BenchConfig, command: str) -> dict[str, Any]:
 
     root, dataset = _dataset(config)
     logger.info("dataset: %s", json.dumps(dataset))
-    results = measure_sections(plan_sections(config, root), run_isolated)
+    partial = config.out / "results.partial.json"  # what a killed run keeps; removed at the end
+
+    def so_far(results: dict[str, Any]) -> None:
+        write_json(partial, {"command": command, "dataset": dataset, **results})
+
+    results = measure_sections(plan_sections(config, root), run_isolated, so_far)
     derive(results)
     report = {
         "command": command,
@@ -107,6 +112,7 @@ def run_benchmark(config: BenchConfig, command: str) -> dict[str, Any]:
         **results,
     }
     write_json(config.out / "results.json", report)
+    partial.unlink(missing_ok=True)
     plot_results(report, config.out / "results.png")
     print(format_table(report))
     return report

@@ -356,12 +356,15 @@ def run_isolated(spec: dict[str, Any]) -> dict[str, Any]:
 def measure_sections(
     sections: dict[str, list[dict[str, Any]]],
     run: Callable[[dict[str, Any]], dict[str, Any]],
+    so_far: Callable[[dict[str, list[dict[str, Any]]]], None] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """``run``'s result for every spec, each distinct measurement run once.
 
     A spec that an earlier one repeats (say, the augmentation sweep's baseline,
     which is the loaders section's ``mix="off"``) gets a copy of that result,
     with its own spec fields and ``measured_in`` naming the section that ran it.
+    ``so_far`` is given the results measured so far after each one (a run killed by its
+    time limit keeps them).
     """
     done: dict[str, tuple[str, dict[str, Any]]] = {}
     results: dict[str, list[dict[str, Any]]] = {}
@@ -376,5 +379,7 @@ def measure_sections(
                 result = run(spec)
                 done[key] = (section, result)
                 rows.append(result)
+                if so_far is not None:
+                    so_far({**results, section: list(rows)})
         results[section] = rows
     return results

@@ -134,6 +134,11 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _cell(error: str) -> str:
+    """An error's start, as one Markdown table cell (its own "|" would open new columns)."""
+    return error[:60].replace("|", "/")
+
+
 def _loaders_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         "",
@@ -142,7 +147,7 @@ def _loaders_table(rows: list[dict[str, Any]]) -> list[str]:
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {spec_label(r)} | failed: {r['error'][:60]} | | | | |")
+            lines.append(f"| {spec_label(r)} | failed: {_cell(r['error'])} | | | | |")
             continue
         cost = f"{r['mix_cost_pct']:.1f} %" if "mix_cost_pct" in r else "-"
         ratio = f"{r['vs_torchvision']:.2f}x" if "vs_torchvision" in r else "-"
@@ -163,7 +168,7 @@ def _augment_table(rows: list[dict[str, Any]]) -> list[str]:
     for r in rows:
         label = AUGMENTS[r["augment"]].label
         if "error" in r:
-            lines.append(f"| {spec_label(r)} | {label} failed: {r['error'][:60]} | | | | | |")
+            lines.append(f"| {spec_label(r)} | {label} failed: {_cell(r['error'])} | | | | | |")
             continue
         added = (
             f"{r['added_ms_per_batch']:+.1f} ms ({r['cost_pct']:+.0f} %)"
