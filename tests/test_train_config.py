@@ -361,6 +361,9 @@ def test_gpu_run_defaults_resolve_without_cuda(monkeypatch) -> None:
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # torchrun --nproc_per_node 8
     monkeypatch.setenv("WORLD_SIZE", "8")
     assert default_workers(LoaderKind.DALI, Device.GPU) == 4
+    assert default_workers(LoaderKind.TORCHVISION, Device.GPU) == 4
+    monkeypatch.setenv("WORLD_SIZE", "128")  # 16 such nodes: still the node's cores shared
+    assert default_workers(LoaderKind.TORCHVISION, Device.GPU) == 4
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
     assert parse_config(["--device", "gpu"]).precision is Precision.FP16
 

@@ -401,10 +401,12 @@ def default_workers(loader: LoaderKind, device: Device) -> int:
     on the GPU path DALI's threads only feed the decoder, and more than ~8 per
     GPU stop paying. DataLoader workers do all the work, so they get every core.
     """
+    imagenet = pipelines_module("imagenet")
     if loader is LoaderKind.DALI:
-        imagenet = pipelines_module("imagenet")
         return imagenet.default_num_threads(gpu=device is Device.GPU)
-    return max(1, (os.cpu_count() or 1) // _world_size())
+    # the cores this rank may use, shared with the node's other ranks (WORLD_SIZE counted
+    # every node's ranks: 2 workers a rank on 16 nodes of 8 GPUs and 32 cores)
+    return imagenet.default_num_threads(gpu=False)
 
 
 def _file_list(flag: str, path: Path | None) -> Path | None:
