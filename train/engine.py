@@ -17,8 +17,8 @@ import dataclasses
 import itertools
 import math
 import time
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -35,6 +35,7 @@ __all__ = [
     "EpochResult",
     "LoaderError",
     "PeerLoaderError",
+    "settled",
     "train_one_epoch",
     "evaluate",
 ]
@@ -122,6 +123,21 @@ def settle(failure: Exception | None, info: DistInfo) -> None:
         if failure is None:
             raise PeerLoaderError()
         raise failure
+
+
+_T = TypeVar("_T")
+
+
+def settled(call: Callable[[], _T], errors: tuple[type[Exception], ...], info: DistInfo) -> _T:
+    """``call()``, its ``errors`` agreed over ranks (:func:`settle`): where one rank's call
+    raises one, that rank raises it and every other rank :class:`PeerLoaderError`."""
+    try:
+        result = call()
+    except errors as error:
+        settle(error, info)
+        raise  # settle raised it already
+    settle(None, info)
+    return result
 
 
 def _next_or_failure(batches: Iterator[Any]) -> tuple[Any, LoaderError | None]:

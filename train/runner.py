@@ -23,7 +23,7 @@ from dali_cutmix.files import DatasetError
 from .checkpoint import load_checkpoint, load_weights
 from .config import METRICS_NAME, Device, TrainConfig
 from .data import build_val_loader, data_failure, prepare_dataset
-from .engine import LoaderError, evaluate, settle
+from .engine import LoaderError, evaluate, settled
 from .model import build_model, build_model_ema, step_options, unwrapped
 from .status import DataFailure, ExitStatus, resume_command
 from .trainer import Outcome, Trainer, accuracy_line, val_metrics
@@ -76,12 +76,10 @@ def _evaluate_models(
     config: TrainConfig, state: dict[str, Any], root: Path, info: DistInfo
 ) -> dict[str, float]:
     """The validation sums of the checkpoint's model and, when saved, of its average."""
-    failure: Exception | None = None
-    try:  # agreed: one rank's first batches may fail while the others wrap the model in DDP
-        val_loader = build_val_loader(config, root, info)
-    except (DataFailure, DatasetError) as error:
-        failure = error
-    settle(failure, info)
+    # agreed: one rank's first batches may fail while the others wrap the model in DDP
+    val_loader = settled(
+        lambda: build_val_loader(config, root, info), (DataFailure, DatasetError), info
+    )
     model = build_model(config, info)
     load_weights(unwrapped(model), state["model"], config.resume, "model")
     models = {"": model}

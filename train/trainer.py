@@ -39,7 +39,7 @@ from .engine import (
     PeerLoaderError,
     evaluate,
     finite_weights,
-    settle,
+    settled,
     train_one_epoch,
 )
 from .model import build_model, build_model_ema, step_options, unwrapped
@@ -138,13 +138,8 @@ def _agreed_loaders(config: TrainConfig, root: Path, info: DistInfo) -> tuple[Lo
         DatasetError: this rank's loader cannot be built (it reports it).
         PeerLoaderError: another rank's did either.
     """
-    failure: Exception | None = None
-    try:
-        loaders = build_loaders(config, root, info)
-    except (DataFailure, DatasetError) as error:  # a shard of no image is one rank's too
-        failure = error
-    settle(failure, info)
-    return loaders
+    # a shard of no image (DatasetError) is one rank's too
+    return settled(lambda: build_loaders(config, root, info), (DataFailure, DatasetError), info)
 
 
 class Trainer:
@@ -204,12 +199,9 @@ class Trainer:
         self.meter_state = _saved_meter(state.get("meter"), self.info)
         self.metrics.resume_at(state["epoch"])
         self._align_schedule(state.get("config", {}).get("epochs", self.config.epochs))
-        failure, why = None, None
-        try:  # a DALI loader reads its first batches as it restores: this rank's alone
-            why = self._restore_loader(_of_rank(state["loader"], self.info))
-        except DataFailure as error:
-            failure = error
-        settle(failure, self.info)
+        # a DALI loader reads its first batches as it restores: this rank's alone
+        saved = _of_rank(state["loader"], self.info)
+        why = settled(lambda: self._restore_loader(saved), (DataFailure,), self.info)
         # An epoch whose training is done (its validation failed) has nothing left to read:
         # a DALI stream of it would have read and dropped a whole epoch, and been the next
         # one. The torchvision loader seeks there, and its next iter() is the next epoch.
