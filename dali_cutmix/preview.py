@@ -123,7 +123,9 @@ def mixed_batch(
         jpegs, labels = fn.readers.file(
             files=list(images.paths), labels=list(images.labels), random_shuffle=True
         )
-        decoded = fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
+        decoded = fn.decoders.image(  # EXIF orientation ignored, as the loaders do
+            jpegs, device="cpu", output_type=types.RGB, adjust_orientation=False
+        )
         pixels = fn.cast(fn.resize(decoded, size=[size, size]), dtype=types.FLOAT)
         index = fn.external_source(source=_sample_index, batch=False)
         tag = pixels[:, :, 0:1] * 0.0 + fn.cast(index, dtype=types.FLOAT) + 1.0

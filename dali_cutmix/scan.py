@@ -256,7 +256,8 @@ _OUT_OF_MEMORY = ("bad_alloc", "out of memory", "cudaerrormemoryallocation")
 
 
 def _about_a_file(message: str) -> bool:
-    """Whether a DALI error that names no file is a reader's or decoder's failure on one.
+    """Whether a DALI error that names no file is a reader's, header reader's or decoder's
+    failure on one.
 
     DALI's message quotes the graph's source lines (``decode_random_crop(`` among them,
     whatever failed), so only the failing operator and the reason after ``encountered:``
@@ -267,7 +268,8 @@ def _about_a_file(message: str) -> bool:
         return False
     operator = re.search(r"Error in \w+ operator `([^`]+)`", message)
     if operator is not None:
-        return any(kind in operator.group(1) for kind in ("decoders", "readers", "image_decoder"))
+        kinds = ("decoders", "readers", "image_decoder", "peek_image_shape")
+        return any(kind in operator.group(1) for kind in kinds)
     return "decod" in reason or "nvimagecodec" in reason
 
 

@@ -6,7 +6,9 @@ MixUp (``dali_cutmix.mix``) -> normalize with the random horizontal flip (after
 the mix: a mixed image's two parts share the coin; with RandomErasing the flip
 comes before the mix, per image, as in torchvision).
 Validation: decode -> resize the shorter side to ``resize_size`` -> centre crop
-``crop_size`` -> normalize; every image exactly once per epoch over all shards.
+``crop_size`` -> normalize, with torchvision's ``Resize`` + ``CenterCrop`` sizes and
+offsets to the pixel; every image exactly once per epoch over all shards. Both
+decoders ignore EXIF orientation, as torchvision's ``ImageFolder`` (PIL) does.
 
 On the GPU the decoder runs as ``device="mixed"`` (nvJPEG, with the hardware
 JPEG decoder of A100/H100/H200 where present) and every later step on the GPU;
@@ -31,6 +33,7 @@ import os
 from typing import Any
 
 import nvidia.dali.fn as fn
+import nvidia.dali.math as dmath
 import nvidia.dali.types as types
 import torch
 from nvidia.dali import pipeline_def
@@ -282,6 +285,7 @@ def decode_random_crop(
         jpegs,
         device="mixed" if gpu else "cpu",
         output_type=types.RGB,
+        adjust_orientation=False,
         random_area=list(options.random_area),
         random_aspect_ratio=list(options.random_aspect_ratio),
         num_attempts=10,
@@ -294,19 +298,70 @@ def decode_random_crop(
 
 
 def decode_resize(
-    jpegs: DataNode, *, options: ImageNetOptions, gpu: bool, decoder: GpuDecoderOptions
+    jpegs: DataNode,
+    *,
+    size: tuple[DataNode, DataNode],
+    options: ImageNetOptions,
+    gpu: bool,
+    decoder: GpuDecoderOptions,
 ) -> DataNode:
-    """Whole image decoded, shorter side resized to ``resize_size``; uint8 HWC."""
+    """Whole image decoded and resized to ``size`` (per sample height, width); uint8 HWC.
+
+    ``size`` is :func:`torchvision_resize_size`'s: torchvision ``Resize(resize_size)``
+    truncates the longer side, where DALI's ``resize_shorter`` rounds it (640 x 427
+    becomes 383 x 256 in torchvision, 384 x 256 with ``resize_shorter``). It comes
+    from the JPEG headers, on the CPU before decoding, so on the GPU nothing waits
+    for the decoded images' shapes.
+    """
     extra = decoder_kwargs(decoder, train=False, gpu=gpu)
     images = fn.decoders.image(
-        jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB, **extra
+        jpegs,
+        device="mixed" if gpu else "cpu",
+        output_type=types.RGB,
+        adjust_orientation=False,
+        **extra,
     )
+    height, width = size
     return fn.resize(
         images,
-        resize_shorter=options.resize_size,
+        resize_x=fn.cast(width, dtype=types.FLOAT),
+        resize_y=fn.cast(height, dtype=types.FLOAT),
         antialias=True,
         interp_type=options.interp_type,
     )
+
+
+def torchvision_resize_size(jpegs: DataNode, resize_size: int) -> tuple[DataNode, DataNode]:
+    """Per sample ``(height, width)`` (int64) of torchvision's ``Resize(resize_size)``.
+
+    Read from the encoded images' headers, in their stored orientation (the
+    decoders here ignore EXIF orientation, as PIL and so torchvision's
+    ``ImageFolder`` do). The shorter side becomes ``resize_size``, the longer
+    ``resize_size * long // short`` (torchvision's ``int(size * long / short)``:
+    the same integer, as no quotient of two integers this size lies within a
+    float's rounding of the next integer).
+    """
+    shape = fn.peek_image_shape(jpegs, dtype=types.INT64, adjust_orientation=False)
+    height, width = shape[0], shape[1]
+    tall = height > width  # torchvision's "w <= h": the width is the shorter side
+    longer = (resize_size * dmath.max(height, width)) // dmath.min(height, width)
+    return tall * longer + (1 - tall) * resize_size, tall * resize_size + (1 - tall) * longer
+
+
+def center_crop_position(extent: DataNode, crop: int) -> DataNode:
+    """The normalized ``crop_pos`` that puts DALI's crop where torchvision's ``CenterCrop`` is.
+
+    torchvision starts the crop at ``round((extent - crop) / 2)``, a half rounded to
+    even; DALI at ``roundf(crop_pos * (extent - crop))``, a half rounded up, so
+    ``crop_pos=0.5`` lands one pixel further right or down wherever the margin is
+    odd and its half even (a 4:3 image at 256: 341 - 224 = 117 columns, 59 where
+    torchvision takes 58). This returns ``start / margin`` (0 for no margin), in
+    float32, which ``roundf`` turns back into exactly ``start``.
+    """
+    margin = extent - crop
+    half = margin // 2
+    start = half + (margin - 2 * half) * (half - 2 * (half // 2))  # + 1 where both are odd
+    return fn.cast(start, dtype=types.FLOAT) / fn.cast(dmath.max(margin, 1), dtype=types.FLOAT)
 
 
 def normalize(
@@ -315,15 +370,20 @@ def normalize(
     options: ImageNetOptions,
     mirror: DataNode | int = 0,
     crop: int | None = None,
+    crop_pos: tuple[DataNode, DataNode] | None = None,
 ) -> DataNode:
     """``(x - mean) / std`` with ImageNet statistics (x in 0..255, uint8 or float).
 
     Returns ``options.dtype`` in ``options.output_layout`` (per sample CHW or HWC),
-    centre-cropped to ``crop`` when given, flipped where ``mirror`` is 1.
+    cropped to ``crop`` when given (at ``crop_pos``, normalized ``(y, x)``, else
+    centred as DALI rounds), flipped where ``mirror`` is 1.
     """
+    pos_y, pos_x = crop_pos if crop_pos is not None else (0.5, 0.5)
     return fn.crop_mirror_normalize(
         images,
         crop=(crop, crop) if crop else None,
+        crop_pos_x=pos_x,
+        crop_pos_y=pos_y,
         mirror=mirror,
         mean=list(IMAGENET_MEAN),
         std=list(IMAGENET_STD),
@@ -430,8 +490,10 @@ def imagenet_pipeline(
         crops = decode_random_crop(jpegs, options=options, gpu=gpu, decoder=decoder)
         out, targets = augment_and_mix(crops, labels, options=options)
     else:
-        resized = decode_resize(jpegs, options=options, gpu=gpu, decoder=decoder)
-        out = normalize(resized, options=options, crop=options.crop_size)
+        size = torchvision_resize_size(jpegs, options.resize_size)
+        resized = decode_resize(jpegs, size=size, options=options, gpu=gpu, decoder=decoder)
+        crop_pos = tuple(center_crop_position(n, options.crop_size) for n in size)
+        out = normalize(resized, options=options, crop=options.crop_size, crop_pos=crop_pos)
         targets = class_indices(labels)
     return out, targets
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -21,10 +22,12 @@ from dali_cutmix.files import BadImageError, DatasetError, scan_hint
 from pipelines.imagenet import (
     GpuDecoderOptions,
     ImageNetOptions,
+    center_crop_position,
     decode_random_crop,
     decode_resize,
     decoder_kwargs,
     resolve_shard,
+    torchvision_resize_size,
 )
 
 GPU = [requires_cuda, pytest.mark.gpu]
@@ -406,15 +409,23 @@ def test_decoders_get_their_settings(monkeypatch, gpu: bool) -> None:
     monkeypatch.setattr(fn.decoders, "image_random_crop", recording("train"))
     monkeypatch.setattr(fn.decoders, "image", recording("val"))
     monkeypatch.setattr(fn, "resize", lambda node, **kwargs: node)
+    monkeypatch.setattr(fn, "cast", lambda node, **kwargs: node)
     decoder = GpuDecoderOptions(hw_decoder_load=0.5, preallocate_width_hint=7)
     decode_random_crop("jpegs", options=ImageNetOptions(train=True), gpu=gpu, decoder=decoder)
-    decode_resize("jpegs", options=ImageNetOptions(train=False), gpu=gpu, decoder=decoder)
+    val = ImageNetOptions(train=False)
+    decode_resize("jpegs", size=("h", "w"), options=val, gpu=gpu, decoder=decoder)
     device = "mixed" if gpu else "cpu"
     settings = dataclasses.asdict(decoder) if gpu else {}
     assert calls["train"]["device"] == device
+    assert calls["train"]["adjust_orientation"] is False  # as PIL, so torchvision's ImageFolder
     assert {k: v for k, v in calls["train"].items() if k in dataclasses.asdict(decoder)} == settings
     extra = {"hw_decoder_load": 0.5} if gpu else {}
-    assert calls["val"] == {"device": device, "output_type": types.RGB, **extra}
+    assert calls["val"] == {
+        "device": device,
+        "output_type": types.RGB,
+        "adjust_orientation": False,
+        **extra,
+    }
 
 
 @requires_cuda
@@ -486,3 +497,134 @@ def test_a_mixed_images_parts_share_the_flip_unless_erasing_flips_first(
         assert min(same, different) >= 20  # independent coins: about half each
     else:
         assert different == 0
+
+
+# ---- validation: torchvision's Resize + CenterCrop to the pixel ------------------------------
+
+
+def _jpeg(size: tuple[int, int], seed: int, orientation: int | None = None) -> bytes:
+    """A smooth random RGB JPEG of ``size`` (width, height), optionally EXIF-oriented."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    base = rng.integers(0, 256, size=(h // 4 + 1, w // 4 + 1, 3), dtype=np.uint8)
+    image = Image.fromarray(base).resize((w, h), Image.BILINEAR)
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation  # "rotate 90 degrees to view": PIL and torchvision ignore it
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=90, exif=exif)
+    return out.getvalue()
+
+
+def _run_on_bytes(graph, blobs: list[bytes]) -> list[np.ndarray]:
+    """``graph(jpegs)``'s first output per sample, for encoded ``blobs`` fed to a CPU pipeline."""
+    from nvidia.dali import pipeline_def
+
+    arrays = [np.frombuffer(b, dtype=np.uint8) for b in blobs]
+
+    @pipeline_def(batch_size=len(arrays), num_threads=1, device_id=None)
+    def pipe():
+        jpegs = fn.external_source(source=lambda: arrays, batch=True, dtype=types.UINT8)
+        return graph(jpegs)
+
+    p = pipe()
+    p.build()
+    outs = p.run()
+    return [[np.array(out.at(i)) for out in outs] for i in range(len(arrays))]
+
+
+def test_validation_resize_size_is_torchvisions() -> None:
+    """The longer side is truncated as torchvision truncates it, not rounded as
+    ``resize_shorter`` rounds it: 640 x 427 at 256 is 383 wide (383.77), at 73 is 109
+    (109.42), and the odd shapes cover both orientations and squares."""
+    from torchvision.transforms.v2 import functional as F
+
+    sizes = [(640, 427), (427, 640), (500, 375), (375, 500), (333, 500), (299, 299), (257, 300)]
+    sizes += [(1000, 3), (3, 1000), (41, 40), (40, 41), (73, 73), (1, 1)]
+    blobs = [_jpeg(size, seed) for seed, size in enumerate(sizes)]
+    for resize in (1, 73, 256):
+        got = _run_on_bytes(lambda j, r=resize: torchvision_resize_size(j, r), blobs)
+        want = [
+            tuple(F.resize(torch.zeros(1, h, w, dtype=torch.uint8), [resize], antialias=True).shape)
+            for w, h in sizes
+        ]
+        assert [(1, int(h), int(w)) for h, w in got] == want
+    # where DALI's resize_shorter would round up, torchvision (and so the loader) does not
+    assert tuple(int(v) for v in got[0]) == (256, 383)
+
+
+def test_center_crop_position_lands_on_torchvisions_offset() -> None:
+    """For every margin 0..2000, DALI's ``roundf(crop_pos * margin)`` is torchvision's
+    ``int(round(margin / 2))``, halves to even (0.5 itself gives 59 for 117, not 58)."""
+    from nvidia.dali import pipeline_def
+
+    crop = 224
+    extents = np.arange(crop, crop + 2001, dtype=np.int64)
+
+    @pipeline_def(batch_size=len(extents), num_threads=1, device_id=None)
+    def pipe():
+        extent = fn.external_source(source=lambda: list(extents), batch=True, dtype=types.INT64)
+        return center_crop_position(extent, crop)
+
+    p = pipe()
+    p.build()
+    (out,) = p.run()
+    pos = np.array([np.array(out.at(i)) for i in range(len(extents))], dtype=np.float32)
+    margins = extents - crop
+    assert pos.dtype == np.float32 and (pos >= 0).all() and (pos <= 1).all()
+    start = np.floor((pos * margins.astype(np.float32)).astype(np.float64) + 0.5)  # roundf
+    assert start.tolist() == [int(round(m / 2)) for m in margins.tolist()]
+    assert int(np.floor(np.float32(0.5) * np.float32(117) + 0.5)) == 59 != round(117 / 2)
+
+
+# (width, height) at resize 16, crop 11: margins 5 (half 2: torchvision 2, DALI's 0.5 gave 3),
+# 10, 11 (half 5: both 6), 16; one stored 21 x 16 with EXIF "rotate 90" (both read it as stored)
+_VAL_SIZES = [(21, 16), (16, 21), (22, 16), (16, 16), (27, 16), (16, 32)]
+
+
+def _val_folder(root: Path, sizes: list[tuple[int, int]], seed: int) -> Path:
+    for k, size in enumerate(sizes):
+        path = root / "n00000000" / f"img_{k}.JPEG"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(_jpeg(size, seed=seed + k))
+    return root
+
+
+def _torchvision_validation(root: Path, **sizes: int) -> torch.Tensor:
+    """torchvision's validation transforms of ``root``'s images, in ImageFolder's order."""
+    from pipelines.torchvision_ref import make_transforms
+
+    transform = make_transforms(train=False, **sizes)
+    images = [transform(Image.open(path).convert("RGB")) for path, _ in ImageFolder(root).samples]
+    return torch.stack(images)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("gpu", marks=GPU)])
+def test_validation_crops_what_torchvision_crops(tmp_path: Path, device: str) -> None:
+    """Where torchvision's Resize is the identity (the shorter side is already
+    ``resize_size``), the loader's validation images are torchvision's to float
+    rounding on the CPU, whose decoder matches PIL's; a crop one pixel off would
+    differ by tens of levels. On the GPU nvJPEG decodes, so to a level or so."""
+    root = _val_folder(tmp_path / "val", _VAL_SIZES, seed=0)
+    (root / "n00000000" / "img_9_exif.JPEG").write_bytes(_jpeg((21, 16), seed=9, orientation=6))
+    sizes = {"crop_size": 11, "resize_size": 16}
+    images, _ = _epoch(small_loader(root, train=False, device=device, batch_size=7, **sizes))
+    want = _torchvision_validation(root, **sizes)
+    if device == "cpu":
+        torch.testing.assert_close(images, want, rtol=0, atol=1e-5)
+    else:
+        levels = (_pixels(images.cpu()) - _pixels(want)).abs()
+        assert levels.mean() < 2.0, levels.mean()
+
+
+def test_validation_is_torchvisions_after_a_real_resize(tmp_path: Path) -> None:
+    """With a resize that is not the identity, DALI's and torchvision's antialiased
+    bilinear filters round differently, by at most one level in 0..255 here (a mean
+    of 0.11), where the rounded size and the shifted crop of before gave a mean of 1.5
+    and 18.8 levels."""
+    sizes = [(97, 73), (73, 97), (110, 73), (146, 97), (91, 80), (120, 90), (75, 100)]
+    root = _val_folder(tmp_path / "val", sizes, seed=20)
+    crop = {"crop_size": 64, "resize_size": 73}
+    images, _ = _epoch(small_loader(root, train=False, batch_size=7, **crop))
+    levels = (_pixels(images) - _pixels(_torchvision_validation(root, **crop))).abs()
+    assert levels.mean() < 0.5 and levels.max() < 1.001, (levels.mean(), levels.max())

@@ -255,6 +255,9 @@ Current pipeline object is no longer valid."""
         ("MIXED", "decoders.image_random_crop", "CUDA error: out of memory", False),
         ("CPU", "decoders.image_random_crop", "Unrecognized image format", True),
         ("MIXED", "decoders.image", "nvImageCodec failure: 7", True),
+        # validation reads each header for torchvision's sizes before the (GPU) decoder runs
+        ("CPU", "peek_image_shape", "nvImageCodec failure: '#4'", True),
+        ("CPU", "peek_image_shape", "std::bad_alloc", False),
     ],
 )
 def test_only_a_reader_or_decoder_failure_is_a_bad_file(
