@@ -313,6 +313,16 @@ def add_report_flag(parser: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+def check_report_path(path: Path | None) -> None:
+    """``--out`` (when given) can be written: its folder is made now, so that a typo stops
+    the command before its work, not after. Raises ``ValueError`` naming the flag."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir() or not os.access(path.parent, os.W_OK):
+        raise ValueError(f"--out {path} is a folder or not writable; give a file")
+
+
 def write_json(path: Path, data: Any) -> Path:
     """Writes ``data`` as indented JSON and a newline into ``path``, making its folder; returns
     ``path`` (every command's report, and the scan's)."""

@@ -10,8 +10,9 @@ Needs CUDA and DALI's GPU operators. Writes into ``--out``:
 * one ``STEP.log`` per step (:data:`STEPS`, each a child process): every GPU
   test (``pytest -m gpu``); ``python -m train --device gpu`` (the embedded
   job); the ImageNet-like set generated on this machine (``--data`` to give
-  one); one ResNet-50 epoch (224 px, bf16, channels-last, the DALI GPU
-  loader); the graph's CPU part (``graph_cost.json``); the benchmark
+  one); the GPU loader's validation images against torchvision's
+  (``val_parity.json``); one ResNet-50 epoch (224 px, bf16, channels-last,
+  the DALI GPU loader); the graph's CPU part (``graph_cost.json``); the benchmark
   (``bench/results.json`` + ``results.png``: loaders, training, threads and
   ``hw_decoder_load`` sweeps, the recipes' augmentations). The training runs
   write into ``--train-dir``.
@@ -195,7 +196,15 @@ def run(args: argparse.Namespace, machine: dict[str, Any]) -> dict[str, Any]:
     return report
 
 
-STEPS = ("pytest", "train_embedded", "data", "train_resnet50", "graph_cost", "bench")
+STEPS = (
+    "pytest",
+    "train_embedded",
+    "data",
+    "val_parity",
+    "train_resnet50",
+    "graph_cost",
+    "bench",
+)
 
 
 def data_folder(args: argparse.Namespace) -> Path:
@@ -254,6 +263,19 @@ def plan_steps(args: argparse.Namespace, python: str) -> dict[str, list[str]]:
             "--val-per-class",
             "10",
             "--no-progress",
+        ],
+        # The GPU loader's validation images against torchvision's, pixel by pixel.
+        "val_parity": [
+            python,
+            "-m",
+            f"{package}.val_parity",
+            str(data / "val"),
+            "--device",
+            "gpu",
+            "--threads",
+            threads,
+            "--out",
+            str(out / "val_parity.json"),
         ],
         # One epoch of ResNet-50 at 224 px, AMP and channels-last, fed by the DALI GPU loader.
         "train_resnet50": [

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +32,7 @@ from dali_cutmix.cli import (
     add_count,
     add_report_flag,
     add_shared_flags,
+    check_report_path,
     command_name,
     exit_on_user_error,
     interruptible,
@@ -227,11 +227,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = get_args_parser()
     args = start_command(parser, argv)
-    if args.out:
-        with exit_on_user_error(parser):  # a bad --out stops it before the run, not after
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            if args.out.is_dir() or not os.access(args.out.parent, os.W_OK):
-                raise ValueError(f"--out {args.out} is a folder or not writable; give a file")
+    with exit_on_user_error(parser):  # a bad --out stops it before the run, not after
+        check_report_path(args.out)
 
     def measure() -> int:
         report = run(args)

@@ -77,6 +77,10 @@ def test_the_steps_train_on_the_gpu_and_benchmark_the_generated_set(tmp_path) ->
         "--window-batches 20 --train-windows 3 --train-window-batches 10 "
         f"--sweeps loaders,training,scaling,augment --out {tmp_path}/o/bench"
     )
+    assert " ".join(steps["val_parity"]) == (
+        f"py -m pipelines.val_parity {tmp_path}/d/val --device gpu --threads 16 "
+        f"--out {tmp_path}/o/val_parity.json"
+    )
     assert steps["data"][3:] == [f"{tmp_path}/d", "--classes", "100", "--train-per-class"] + [
         "450",
         "--val-per-class",
