@@ -300,12 +300,12 @@ def decode_random_crop(
 def decode_resize(
     jpegs: DataNode,
     *,
-    size: tuple[DataNode, DataNode],
+    size: DataNode,
     options: ImageNetOptions,
     gpu: bool,
     decoder: GpuDecoderOptions,
 ) -> DataNode:
-    """Whole image decoded and resized to ``size`` (per sample height, width); uint8 HWC.
+    """Whole image decoded and resized to ``size`` (per sample ``[height, width]``); uint8 HWC.
 
     ``size`` is :func:`torchvision_resize_size`'s: torchvision ``Resize(resize_size)``
     truncates the longer side, where DALI's ``resize_shorter`` rounds it (640 x 427
@@ -321,31 +321,29 @@ def decode_resize(
         adjust_orientation=False,
         **extra,
     )
-    height, width = size
     return fn.resize(
         images,
-        resize_x=fn.cast(width, dtype=types.FLOAT),
-        resize_y=fn.cast(height, dtype=types.FLOAT),
+        size=fn.cast(size, dtype=types.FLOAT),
         antialias=True,
         interp_type=options.interp_type,
     )
 
 
-def torchvision_resize_size(jpegs: DataNode, resize_size: int) -> tuple[DataNode, DataNode]:
-    """Per sample ``(height, width)`` (int64) of torchvision's ``Resize(resize_size)``.
+def torchvision_resize_size(jpegs: DataNode, resize_size: int) -> DataNode:
+    """Per sample ``[height, width]`` (int64) of torchvision's ``Resize(resize_size)``.
 
     Read from the encoded images' headers, in their stored orientation (the
     decoders here ignore EXIF orientation, as PIL and so torchvision's
-    ``ImageFolder`` do). The shorter side becomes ``resize_size``, the longer
-    ``resize_size * long // short`` (torchvision's ``int(size * long / short)``:
-    the same integer, as no quotient of two integers this size lies within a
-    float's rounding of the next integer).
+    ``ImageFolder`` do). Each side becomes ``side * resize_size // short``: the
+    shorter exactly ``resize_size``, the longer torchvision's
+    ``int(resize_size * long / short)`` (the same integer, as no quotient of two
+    integers this size lies within a float's rounding of the next integer).
+    Four operators for both sides: a CPU operator costs about the same whatever
+    its arithmetic.
     """
     shape = fn.peek_image_shape(jpegs, dtype=types.INT64, adjust_orientation=False)
-    height, width = shape[0], shape[1]
-    tall = height > width  # torchvision's "w <= h": the width is the shorter side
-    longer = (resize_size * dmath.max(height, width)) // dmath.min(height, width)
-    return tall * longer + (1 - tall) * resize_size, tall * resize_size + (1 - tall) * longer
+    sides = shape[0:2]
+    return sides * resize_size // fn.reductions.min(sides)
 
 
 def center_crop_position(extent: DataNode, crop: int) -> DataNode:
@@ -356,11 +354,11 @@ def center_crop_position(extent: DataNode, crop: int) -> DataNode:
     ``crop_pos=0.5`` lands one pixel further right or down wherever the margin is
     odd and its half even (a 4:3 image at 256: 341 - 224 = 117 columns, 59 where
     torchvision takes 58). This returns ``start / margin`` (0 for no margin), in
-    float32, which ``roundf`` turns back into exactly ``start``.
+    float32, which ``roundf`` turns back into exactly ``start``; element by
+    element, so ``extent`` may be a sample's ``[height, width]``.
     """
     margin = extent - crop
-    half = margin // 2
-    start = half + (margin - 2 * half) * (half - 2 * (half // 2))  # + 1 where both are odd
+    start = (margin + (margin // 2) % 2) // 2  # a half rounded to even
     return fn.cast(start, dtype=types.FLOAT) / fn.cast(dmath.max(margin, 1), dtype=types.FLOAT)
 
 
@@ -492,7 +490,8 @@ def imagenet_pipeline(
     else:
         size = torchvision_resize_size(jpegs, options.resize_size)
         resized = decode_resize(jpegs, size=size, options=options, gpu=gpu, decoder=decoder)
-        crop_pos = tuple(center_crop_position(n, options.crop_size) for n in size)
+        position = center_crop_position(size, options.crop_size)
+        crop_pos = (position[0], position[1])
         out = normalize(resized, options=options, crop=options.crop_size, crop_pos=crop_pos)
         targets = class_indices(labels)
     return out, targets
