@@ -3,13 +3,17 @@ train ARGV`` whose rank 1 alone meets a data failure at ``POINT``, one of :data:
 
 The torchrun tests of ``tests/test_train.py`` use it to reach the points where the ranks
 agree on a loader failure, which a bad file in the dataset reaches only by the luck of the
-shuffle (which rank reads it, and when). Rank 0 runs ``python -m train`` unchanged.
+shuffle (which rank reads it, and when). Rank 0 runs ``python -m train`` unchanged. With
+``SLOW_EXIT_RANK=R`` in the environment, rank R sleeps 3 s after ``main`` returns: a slow
+teardown (DALI and CUDA, under load), which torchrun ended with SIGTERM when another rank
+exited non-zero first.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,7 @@ from train.__main__ import main  # noqa: E402
 
 # what fails on rank 1 (an error of a file names "FILE", the path given after POINT)
 POINTS = {
+    "none": "nothing fails (for a stop or SLOW_EXIT_RANK alone)",
     "build": "the loaders cannot be built (a shard of no image, say)",
     "test-only": "--test-only's validation loader cannot be built",
     "restore": "FILE fails as the train loader restores its saved state",
@@ -70,6 +75,8 @@ def fail_at(point: str, path: str) -> None:
     def restore(loader: Any, state: Any) -> None:
         raise _bad(path)
 
+    if point == "none":
+        return
     if point == "build":
         train.trainer.build_loaders = _cannot_build
     elif point == "test-only":
@@ -86,4 +93,7 @@ if __name__ == "__main__":
     point, path, *argv = sys.argv[1:]
     if os.environ.get("RANK") == "1":
         fail_at(point, path)
-    sys.exit(main(argv))
+    status = main(argv)
+    if os.environ.get("SLOW_EXIT_RANK") == os.environ.get("RANK"):
+        time.sleep(3)
+    sys.exit(status)

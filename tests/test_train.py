@@ -991,6 +991,25 @@ ONE_RANK_FAILS = [
 ]
 
 
+def _one_rank_fails(*args: str, slow_exit_rank: int) -> subprocess.CompletedProcess:
+    """torchrun of ``tests/one_rank_fails.py args``, whose rank ``slow_exit_rank`` takes 3 s
+    to exit once ``main`` returned."""
+    command = [sys.executable, *TORCHRUN_2, str(REPO / "tests" / "one_rank_fails.py"), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SLOW_EXIT_RANK": str(slow_exit_rank)}
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+
+
+@pytest.mark.slow
+def test_a_stop_under_torchrun_lists_rank_0_alone(tiny: Path, tmp_path: Path) -> None:
+    """Rank 1 takes 3 s to tear down (DALI, CUDA, a loaded machine): rank 0, which exits 3
+    after a stop, waits for it. Before, torchrun killed rank 1 and listed it (-15, SIGTERM)."""
+    argv = [*_argv(tiny, tmp_path, "--epochs", "1", "--stop-after-steps", "2"), "-b", "4"]
+    done = _one_rank_fails("none", "-", *argv, slow_exit_rank=1)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "exitcode  : 3 (pid" in done.stderr and done.stderr.count("exitcode  :") == 1
+    assert "stopped at epoch 1, step 2 of 3; continue with: " in done.stderr
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("point, status, saved", ONE_RANK_FAILS, ids=[c[0] for c in ONE_RANK_FAILS])
 def test_every_rank_leaves_quietly_where_one_rank_s_data_fails(
@@ -1008,19 +1027,12 @@ def test_every_rank_leaves_quietly_where_one_rank_s_data_fails(
     else:
         argv = [*_argv(tiny, out, "--epochs", "1"), "-b", "4"]
     bad = tiny / ("val" if point == "val-first" else "train") / "s0001" / "s0001_00001.JPEG"
-    command = [sys.executable, *TORCHRUN_2, str(REPO / "tests" / "one_rank_fails.py")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [*command, point, str(bad), *argv],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    # rank 0 takes 3 s to exit: rank 1 waits for it, where torchrun killed it (-15) before
+    done = _one_rank_fails(point, str(bad), *argv, slow_exit_rank=0)
     text = done.stderr
     assert done.returncode == 1, text[-3000:]  # torchrun's status for a rank's non-zero
     assert f"exitcode  : {status} (pid" in text and "Connection closed" not in text, text[-3000:]
+    assert text.count("exitcode  :") == 1, text[-3000:]  # rank 0 exited 0, not -15
     assert not re.search(r"\[rank\d\]:.*Traceback", text), text[-3000:]  # torchrun's own only
     assert text.count("python -m train: error: ") == 1, text[-3000:]
     if status == 2:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import subprocess
 import sys
+import time
 
 import pytest
 import torch
 from torch import nn
 
+import train.utils
 from dali_cutmix.cli import LOG_INTERVAL
 from train.engine import (
     NONFINITE_SYNCS,
@@ -266,3 +270,42 @@ def test_a_loss_that_stays_non_finite_under_the_scaler_is_a_divergence() -> None
     assert (result.steps_done, result.diverged, result.stopped) == (NONFINITE_SYNCS, True, False)
     assert result.weights_finite and not math.isfinite(result.last_loss)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # frozen
+
+
+# ---- a rank that exits non-zero under torchrun outlives its siblings -------------------------
+
+
+def _sibling(seconds: float) -> subprocess.Popen:
+    """A stand-in rank on this host that exits ``seconds`` from now (never forked: spawned)."""
+    return subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})"])
+
+
+def test_a_rank_leaving_non_zero_waits_for_its_siblings(monkeypatch) -> None:
+    """torchrun killed the ranks that were still tearing down (-15) when rank 0 exited 3."""
+    slow = _sibling(1.0)
+    monkeypatch.setattr(train.utils, "_siblings", (slow.pid,))
+    began = time.monotonic()
+    train.utils.outlive_siblings(timeout=30)
+    waited = time.monotonic() - began
+    # the sibling exited (torchrun, its parent, reaps it: here a zombie until wait())
+    assert slow.poll() == 0 and 0.5 < waited < 20, waited
+
+
+def test_a_sibling_that_also_leaves_non_zero_is_not_waited_for(monkeypatch) -> None:
+    """Every rank of a usage error leaves non-zero: none waits out the timeout for another."""
+    busy = _sibling(60)
+    try:
+        monkeypatch.setattr(train.utils, "_siblings", (busy.pid,))
+        marker = train.utils._leaving(busy.pid)
+        marker.touch()  # as the sibling's own outlive_siblings does while it waits
+        began = time.monotonic()
+        train.utils.outlive_siblings(timeout=30)
+        assert time.monotonic() - began < 5 and busy.poll() is None
+        marker.unlink()
+        began = time.monotonic()
+        train.utils.outlive_siblings(timeout=1)  # without the marker: waited for, to the end
+        assert 0.9 < time.monotonic() - began < 10
+    finally:
+        busy.kill()
+        busy.wait()
+    assert not train.utils._leaving(os.getpid()).exists()  # its own marker was removed

@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # --resume reads the checkpoint (and loads torch) here
         return aborted(get_args_parser(), "nothing was started")
     try:
-        return _train(config, argv, rank)
+        status = _train(config, argv, rank)
     except KeyboardInterrupt:  # a second Ctrl-C (the first stops at the next step), or one
         # while the run was starting (generating or listing data, building the loaders)
         checkpoint = config.output_dir / CHECKPOINT_NAME
@@ -71,6 +71,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             what = "no checkpoint was written"
         return aborted(get_args_parser(), what)
+    if status in _ALONE:
+        from .utils import outlive_siblings
+
+        outlive_siblings()  # torchrun would kill the ranks that exit 0 a moment later
+    return status
+
+
+# The statuses a rank may exit with while the others exit 0 (rank 0's stop or divergence,
+# the rank whose data failed or whose shard could not be read); not a second Ctrl-C,
+# which every rank gets and which should end the run at once.
+_ALONE = (ExitStatus.USAGE, ExitStatus.STOPPED, ExitStatus.DIVERGED, ExitStatus.DATA)
 
 
 def _train(config: TrainConfig, argv: list[str], rank: int) -> int:

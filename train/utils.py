@@ -8,6 +8,9 @@ import json
 import logging
 import os
 import signal
+import socket
+import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -56,8 +59,59 @@ def init_distributed(use_gpu: bool) -> DistInfo:
         dist.init_process_group(backend="nccl" if use_gpu else "gloo")
         if use_gpu:
             control = dist.new_group(backend="gloo")
+        _note_siblings(control)
     info = DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
     return dataclasses.replace(info, control=control)
+
+
+# The process ids of the other ranks on this host, gathered as the process group starts.
+_siblings: tuple[int, ...] = ()
+
+
+def _note_siblings(control: Any) -> None:
+    global _siblings
+    places: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(places, (socket.gethostname(), os.getpid()), group=control)
+    host = socket.gethostname()
+    _siblings = tuple(pid for where, pid in places if where == host and pid != os.getpid())
+
+
+def outlive_siblings(timeout: float = 10.0) -> None:
+    """Waits until this host's other ranks have exited, at most ``timeout`` seconds.
+
+    torchrun ends every rank still running (SIGTERM) as soon as one exits with a
+    non-zero status, and lists each as failed, ``exitcode: -15``. A rank about to
+    exit with one (rank 0 after a stop, the rank whose file failed) calls this
+    first: the others, which exit 0 once they agreed, are then gone instead of
+    killed in their teardown (a second or more for DALI and CUDA, under load).
+    Ranks that call it too (every rank of a usage error) are not waited for: each
+    leaves a marker file while it waits. Ranks on other hosts are not waited for.
+    """
+    marker = _leaving(os.getpid())
+    try:
+        marker.touch()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not [pid for pid in _siblings if _running(pid) and not _leaving(pid).exists()]:
+                return
+            time.sleep(0.05)
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+def _leaving(pid: int) -> Path:
+    """The marker of a rank that waits in :func:`outlive_siblings` to exit."""
+    return Path(tempfile.gettempdir()) / f"dali-cutmix-leaving-{pid}"
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` runs (exited and not yet reaped by torchrun counts as not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:  # Linux; elsewhere nothing is waited for
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 def agreed(flag: bool, info: DistInfo) -> bool:
