@@ -329,20 +329,37 @@ def decode_resize(
     )
 
 
-def torchvision_resize_size(jpegs: DataNode, resize_size: int) -> DataNode:
+def read_headers(jpegs: DataNode) -> tuple[DataNode, DataNode]:
+    """``(jpegs, shapes)``: the encoded images, to be decoded only once every header of the
+    batch was read, and their ``[height, width, channels]`` (int64) in stored orientation.
+
+    DALI 2.4's CPU decoder, running on several threads, crashes the process
+    (SIGSEGV in its thread pool, no Python error) on a file whose format no
+    decoder recognizes, a text file named ``.JPEG`` say: 2 runs in 8 at batch 48
+    with 2 threads on full-size images. ``fn.peek_image_shape`` fails on the same
+    files with an error the loader names (:func:`dali_cutmix.scan.explain_decode_error`).
+    The decoders read a zero-copy reshape whose shape depends on the headers, so
+    they run after that check (4 CPU operators besides the header read). A
+    truncated file passes the header read and fails in the decoder, cleanly.
+    """
+    shapes = fn.peek_image_shape(jpegs, dtype=types.INT64, adjust_orientation=False)
+    length = jpegs.shape(dtype=types.INT64)
+    return fn.reshape(jpegs, shape=length + 0 * fn.reductions.min(shapes)), shapes
+
+
+def torchvision_resize_size(shapes: DataNode, resize_size: int) -> DataNode:
     """Per sample ``[height, width]`` (int64) of torchvision's ``Resize(resize_size)``.
 
-    Read from the encoded images' headers, in their stored orientation (the
-    decoders here ignore EXIF orientation, as PIL and so torchvision's
-    ``ImageFolder`` do). Each side becomes ``side * resize_size // short``: the
+    ``shapes`` are the images' ``[height, width, ...]`` (:func:`read_headers`), in their
+    stored orientation (the decoders here ignore EXIF orientation, as PIL and so
+    torchvision's ``ImageFolder`` do). Each side becomes ``side * resize_size // short``: the
     shorter exactly ``resize_size``, the longer torchvision's
     ``int(resize_size * long / short)`` (the same integer, as no quotient of two
     integers this size lies within a float's rounding of the next integer).
     Four operators for both sides: a CPU operator costs about the same whatever
     its arithmetic.
     """
-    shape = fn.peek_image_shape(jpegs, dtype=types.INT64, adjust_orientation=False)
-    sides = shape[0:2]
+    sides = shapes[0:2]
     return sides * resize_size // fn.reductions.min(sides)
 
 
@@ -484,11 +501,12 @@ def imagenet_pipeline(
     )
     if gpu:
         labels = labels.gpu()
+    jpegs, shapes = read_headers(jpegs)
     if options.train:
         crops = decode_random_crop(jpegs, options=options, gpu=gpu, decoder=decoder)
         out, targets = augment_and_mix(crops, labels, options=options)
     else:
-        size = torchvision_resize_size(jpegs, options.resize_size)
+        size = torchvision_resize_size(shapes, options.resize_size)
         resized = decode_resize(jpegs, size=size, options=options, gpu=gpu, decoder=decoder)
         position = center_crop_position(size, options.crop_size)
         crop_pos = (position[0], position[1])
