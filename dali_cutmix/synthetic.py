@@ -477,6 +477,22 @@ def _generate_unlocked(
 # ----------------------------------------------------------------------------- statistics
 
 
+def _header_size(path: Path, root: Path) -> tuple[int, int]:
+    """``(width, height)`` from ``path``'s header; a ``BadImageError`` naming it (and the scan
+    that finds every such file under ``root``) where it is no image."""
+    from dali_cutmix.files import BadImageError, scan_hint
+
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, SyntaxError, ValueError) as error:  # UnidentifiedImageError: an OSError
+        raise BadImageError(
+            f"{str(path)!r} is not a readable image ({error.__class__.__name__}). "
+            + scan_hint(root),
+            path=str(path),
+        ) from None
+
+
 def dataset_stats(
     root: str | os.PathLike[str], *, split: str | None = None, limit: int | None = None
 ) -> DatasetStats:
@@ -495,7 +511,7 @@ def dataset_stats(
         raise ValueError(f"no JPEG files under {base}")
     if limit is not None and len(files) > limit:
         files = [files[i * len(files) // limit] for i in range(limit)]
-    sizes = np.array([Image.open(p).size for p in files], dtype=np.float64)
+    sizes = np.array([_header_size(p, base) for p in files], dtype=np.float64)
     kb = np.array([p.stat().st_size / 1000.0 for p in files])
     long_side = sizes.max(axis=1)
     return DatasetStats(

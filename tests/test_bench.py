@@ -70,3 +70,27 @@ def test_a_missing_data_folder_ends_the_command_with_one_line(tmp_path: Path) ->
         "layout)."
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_a_file_that_is_no_image_ends_the_command_with_one_line(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    # The dataset's statistics read every header before any measurement.
+    root = build_image_folder(tmp_path / "data", classes=2, per_class=2, extras=False)
+    bad = sorted(root.rglob("*.JPEG"))[0]
+    bad.write_text("not an image\n")
+    monkeypatch.setattr(
+        "pipelines.bench.measure.measure_sections", lambda *a, **k: pytest.fail("it measured")
+    )
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["--data", str(root), "--device", "cpu", "--out", str(tmp_path / "out")])
+    assert caught.value.code == 2
+    assert (
+        capsys.readouterr()
+        .err.splitlines()[-1]
+        .startswith(
+            f"python -m pipelines.bench: error: {str(bad)!r} is not a readable image "
+            f"(UnidentifiedImageError). Run `python -m dali_cutmix.scan {root} --out DIR`"
+        )
+    )
+    assert not (tmp_path / "out" / "results.json").exists()

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from dali_cutmix import synthetic
+from dali_cutmix.files import BadImageError
 from dali_cutmix.synthetic import SyntheticSpec, dataset_stats, generate, image_size, render_image
 from tests.conftest import build_image_folder, run_command, user_error_line
 
@@ -152,6 +153,19 @@ def test_stats_of_a_known_folder(tmp_path: Path) -> None:
     sizes = [p.stat().st_size / 1000 for p in root.rglob("*.JPEG")]
     assert stats.mean_file_kb == pytest.approx(np.mean(sizes))
     assert stats.max_long_side == 54 and stats.large_fraction == 0.0
+
+
+def test_stats_name_a_file_that_is_no_image(tmp_path: Path) -> None:
+    root = build_image_folder(tmp_path / "train", classes=2, per_class=2, extras=False)
+    bad = sorted(root.rglob("*.JPEG"))[1]
+    bad.write_text("not an image\n")
+    with pytest.raises(BadImageError) as caught:
+        dataset_stats(root)
+    assert caught.value.path == str(bad)
+    assert str(caught.value).startswith(
+        f"{str(bad)!r} is not a readable image (UnidentifiedImageError). "
+        f"Run `python -m dali_cutmix.scan {root} --out DIR`"
+    )
 
 
 def test_full_scale_sizes_resemble_imagenet() -> None:

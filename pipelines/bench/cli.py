@@ -27,7 +27,7 @@ from dali_cutmix.cli import (
     start_command,
     write_json,
 )
-from dali_cutmix.files import list_image_folder
+from dali_cutmix.files import BadImageError, list_image_folder
 
 from .plan import SWEEPS, BenchConfig, plan_sections
 
@@ -272,7 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config.out.mkdir(parents=True, exist_ok=True)  # not only after the whole run
 
     def measure_all() -> int:
-        report = run_benchmark(config, command_line(__package__, argv))
+        with exit_on_user_error(parser, catch=(BadImageError,)):  # one line, the scan to run
+            report = run_benchmark(config, command_line(__package__, argv))
         failed = [r for section in SWEEPS for r in report[section] if "error" in r]
         return 1 if failed else 0
 
