@@ -354,6 +354,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return interruptible(parser, "no report was written", lambda: _scan_and_report(parser, args))
 
 
+def _looks_like_val(root: str | os.PathLike[str]) -> bool:
+    """Whether ``root`` is named as a validation split (``val``, ``validation``, ...)."""
+    return Path(os.path.abspath(root)).name.lower() in {"val", "valid", "validation"}
+
+
 def _scan_and_report(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     with exit_on_user_error(parser):
         # The folder first: a scan of ImageNet takes long, and its report must have a place.
@@ -372,13 +377,18 @@ def _scan_and_report(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         logger.info("  bad: %s (%s)", path, error)
     logger.info("clean file list: %s", paths["files.txt"])
     if report.bad:
+        val = _looks_like_val(args.root)
+        flags = ("--val-list", "--train-list") if val else ("--train-list", "--val-list")
         logger.info(
-            "report of bad files: %s; train with make_loader(..., file_list=%r) or "
-            "%s ... --train-list %s (--val-list for a validation folder)",
+            "report of bad files: %s; read the list with make_loader(..., file_list=%r) or "
+            "%s ... %s %s (%s for a %s folder)",
             paths["bad_files.json"],
             str(paths["files.txt"]),
             other_command("train", "train"),
+            flags[0],
             paths["files.txt"],
+            flags[1],
+            "training" if val else "validation",
         )
         return 1
     return 0

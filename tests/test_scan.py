@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -57,6 +58,25 @@ def test_scan_writes_clean_list_and_report(tmp_path: Path) -> None:
     assert any(p.endswith("png_named.JPEG") for p in clean.paths)
     assert any(p.endswith("gray.JPEG") for p in clean.paths)
     assert (out / "classes.txt").read_text().split() == ["n00000000", "n00000001"]
+
+
+@pytest.mark.parametrize(
+    ("split", "flags"), [("train", ("train", "val")), ("val", ("val", "train"))]
+)
+def test_the_advice_names_the_flag_of_the_scanned_split(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, split: str, flags: tuple[str, str]
+) -> None:
+    root = build_image_folder(tmp_path / split, classes=2, per_class=2, extras=False)
+    (root / "n00000000" / "text.JPEG").write_text("not an image\n")
+    out = tmp_path / "scan"
+    with caplog.at_level(logging.INFO, logger="dali_cutmix.scan"):
+        assert main([str(root), "--out", str(out), "--workers", "1"]) == 1
+    other = "training" if split == "val" else "validation"
+    assert caplog.messages[-1] == (
+        f"report of bad files: {out}/bad_files.json; read the list with "
+        f"make_loader(..., file_list='{out}/files.txt') or python -m train ... "
+        f"--{flags[0]}-list {out}/files.txt (--{flags[1]}-list for a {other} folder)"
+    )
 
 
 def test_a_name_the_clean_list_cannot_hold_is_a_bad_file(tmp_path: Path) -> None:

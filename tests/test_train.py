@@ -162,7 +162,11 @@ def test_resumed_run_equals_uninterrupted_run(tiny: Path, tmp_path: Path, loader
     a, b = _weights(whole), _weights(parts)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "weights differ after resuming"
+    # the second epoch's time and pace are of the steps after the resume, and say so
+    assert [r["resumed_at_step"] for r in _records(whole)] == [0, 0]
+    assert [r["resumed_at_step"] for r in _records(parts)] == [0, 1]
     timing = {"time", "epoch_seconds", "train_images_per_s", "train_images_per_s_steady"}
+    timing.add("resumed_at_step")
     strip = [{k: v for k, v in r.items() if k not in timing} for r in _records(whole)]
     assert strip == [{k: v for k, v in r.items() if k not in timing} for r in _records(parts)]
 
@@ -470,6 +474,7 @@ def test_model_ema_follows_torchvisions_rule_and_resumes_bit_exactly(
             expected = decay * first[name] + (1 - decay) * last
             assert torch.equal(a["model_ema"][f"module.{name}"], expected), name
     timing = {"time", "epoch_seconds", "train_images_per_s", "train_images_per_s_steady"}
+    timing.add("resumed_at_step")
     strip = [{k: v for k, v in r.items() if k not in timing} for r in _records(whole)]
     assert strip == [{k: v for k, v in r.items() if k not in timing} for r in _records(parts)]
     assert all(0 <= r["ema_val_acc1"] <= r["ema_val_acc5"] <= 100 for r in strip)
@@ -671,6 +676,7 @@ def test_a_bad_validation_file_keeps_the_trained_epoch_for_a_resume_with_a_val_l
     assert (record["train_images"], record["val_images"]) == (24, 8)
     # this command trained none of it: no time or pace to report (they read 0.0)
     assert record["epoch_seconds"] is record["train_images_per_s"] is None
+    assert record["resumed_at_step"] == 3  # all three of its steps were trained before
 
 
 class _FailingLoader:

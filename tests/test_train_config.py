@@ -27,6 +27,7 @@ from train.config import (
     get_args_parser,
     parse_config,
     resume_changes,
+    resume_config,
 )
 from train.data import build_criterion
 from train.ema import ema_decay
@@ -448,7 +449,7 @@ def test_help_documents_the_exit_statuses_and_resuming() -> None:
     text = get_args_parser().format_help()
     assert "\nexit status:\n  0    trained to the last epoch" in text
     assert "\n  3    stopped by Ctrl-C, SIGTERM or --stop-after-steps;" in text
-    assert "\nresuming:\n  --resume RUN/checkpoint.pth alone continues a run" in text
+    assert "\nresuming:\n  --resume RUN/checkpoint.pth (or RUN) alone continues a run" in text
 
 
 def _flat(data: dict, prefix: str = "") -> dict:
@@ -511,6 +512,14 @@ def test_resume_alone_takes_the_configuration_from_the_checkpoint(resumable) -> 
     assert resumed == dataclasses.replace(original, resume=path, stop_after_steps=None)
     again = ["--lr", "0.3", "--no-nesterov", "--mixup-alpha", "0.2", "--data"]  # as before
     assert parse_config(["--resume", str(path), *again, str(original.data.root)]) == resumed
+
+
+def test_resume_takes_a_run_folder_for_its_checkpoint(resumable, tmp_path: Path) -> None:
+    _, path = resumable
+    assert parse_config(["--resume", str(path.parent)]) == parse_config(["--resume", str(path)])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="^--resume .*/empty: a folder without a checkpoint.pth; "):
+        resume_config(get_args_parser().parse_args(["--resume", str(tmp_path / "empty")]), typed={})
 
 
 def test_resume_takes_the_flags_that_may_change(resumable, tmp_path: Path) -> None:

@@ -54,8 +54,8 @@ class Schedule(str, enum.Enum):
 
 RESUME_HELP = """\
 resuming:
-  --resume RUN/checkpoint.pth alone continues a run: the configuration is the one saved
-  in the checkpoint. Beside it may be given: --epochs (more than before; the schedule is
+  --resume RUN/checkpoint.pth (or RUN) alone continues a run: the configuration is the
+  one saved in the checkpoint. Beside it may be given: --epochs (more than before; the schedule is
   recomputed for the new length), --train-list / --val-list (e.g. a scan's clean list),
   -j/--workers, --print-freq, --output-dir, --stop-after-steps, --cache-dir,
   --deterministic and --test-only. Any other flag must repeat the checkpoint's value. A
@@ -303,7 +303,7 @@ def _add_augment_args(augment: argparse._ArgumentGroup) -> None:
         default=None,
         metavar="POLICY",
         help=f"automatic augmentation after the crop: {policies} (TrivialAugmentWide, "
-        "RandAugment, AutoAugment's ImageNet policy)",
+        "RandAugment, AutoAugment's ImageNet policy; default: none)",
     )
     augment.add_argument(
         "--ra-magnitude",
@@ -315,21 +315,23 @@ def _add_augment_args(augment: argparse._ArgumentGroup) -> None:
         "--aa",
         default=None,
         metavar="SPEC",
-        help="timm's automatic augmentation instead, e.g. rand-m9-n2-inc1 or original",
+        help="timm's automatic augmentation instead, e.g. rand-m9-n2-inc1 or original "
+        "(default: none)",
     )
     augment.add_argument(
         "--random-erase",
         type=float,
         default=None,
         metavar="P",
-        help="RandomErasing's probability, torchvision's: area 0.02-0.33, ratio 0.3-3.3, zeros",
+        help="RandomErasing's probability, torchvision's: area 0.02-0.33, ratio 0.3-3.3, zeros "
+        "(default: none)",
     )
     augment.add_argument(
         "--reprob",
         type=float,
         default=None,
         metavar="P",
-        help="RandomErasing's probability, timm's: area 0.02-1/3, ratio 0.3-1/0.3",
+        help="RandomErasing's probability, timm's: area 0.02-1/3, ratio 0.3-1/0.3 (default: none)",
     )
     augment.add_argument(
         "--remode",
@@ -415,7 +417,8 @@ def _add_run_args(run: argparse._ArgumentGroup) -> None:
         type=Path,
         default=None,
         metavar="CHECKPOINT",
-        help="continue the run saved in CHECKPOINT, with its configuration (see below)",
+        help="continue the run saved in CHECKPOINT (a checkpoint.pth, or the run's folder "
+        "holding one), with its configuration (see below)",
     )
     add_count(
         run,
@@ -428,5 +431,5 @@ def _add_run_args(run: argparse._ArgumentGroup) -> None:
         "--stop-after-steps",
         type=int,
         default=None,
-        help="checkpoint and stop after this many steps, as on Ctrl-C",
+        help="checkpoint and stop after this many steps, as on Ctrl-C (default: no limit)",
     )

@@ -949,6 +949,13 @@ def resume_config(args: argparse.Namespace, typed: Mapping[str, str]) -> TrainCo
             ranks; or a typed flag changes a setting that cannot change (each named).
     """
     path = args.resume
+    if path.is_dir():  # a run's folder: the checkpoint it holds
+        if not (path / CHECKPOINT_NAME).is_file():
+            raise ValueError(
+                f"--resume {path}: a folder without a {CHECKPOINT_NAME}; give the checkpoint "
+                "file of a run (RUN_DIR/checkpoint.pth) or its folder"
+            )
+        path = path / CHECKPOINT_NAME
     if not path.is_file():
         raise ValueError(f"--resume {path}: no such checkpoint file")
     from .checkpoint import load_checkpoint  # torch: only once the flags parsed

@@ -58,7 +58,8 @@ exit status:
   0    trained to the last epoch, or --resume of a run with nothing left to do, or
        --test-only evaluated the checkpoint
   1    unexpected internal error (with a traceback)
-  2    invalid flag, dataset or checkpoint: one line on stderr says what; nothing trained
+  2    invalid flag, dataset, file list (--train-list/--val-list) or checkpoint: one line
+       on stderr says what; nothing trained
   3    stopped by Ctrl-C, SIGTERM or --stop-after-steps; checkpoint written, the last
        line is the command that continues (%(prog)s --resume RUN/checkpoint.pth)
   4    a file does not decode: the line names it, the scan to run and the command that

@@ -356,6 +356,7 @@ class Trainer:
             _LoaderFailed: a loader raised; ``self.step`` is the last step done.
         """
         steps = len(self.train_loader)
+        began_at = self.step  # > 0: resumed inside the epoch
         if self.step < steps:
             result = self._train(stop, budget)
             self.nonfinite_syncs = result.nonfinite_syncs
@@ -378,7 +379,7 @@ class Trainer:
                 val |= {f"ema_{k}": v for k, v in self._evaluate(self.ema.module).items()}
         except LoaderError as failed:
             raise _LoaderFailed("val", failed.__cause__) from failed
-        self._log_epoch(result, val)
+        self._log_epoch(result, val, began_at)
         self.epoch, self.step, self.meter_state = self.epoch + 1, 0, None
         return result
 
@@ -386,7 +387,7 @@ class Trainer:
         label = f"val {self.epoch + 1}"
         return evaluate(model, self.val_loader, options=self.options, info=self.info, label=label)
 
-    def _log_epoch(self, result: EpochResult, val: dict[str, float]) -> None:
+    def _log_epoch(self, result: EpochResult, val: dict[str, float], began_at: int) -> None:
         sums = result.meter.reduced(self.info)
         count = max(sums.count, 1.0)
         record = {
@@ -396,6 +397,9 @@ class Trainer:
             "train_images": int(count),
             **val_metrics(val),
             "lr": self.optimizer.param_groups[0]["lr"],
+            # the step this command began the epoch at (0 unless resumed inside it): the
+            # time and pace below are of the steps from there on
+            "resumed_at_step": began_at,
             # None where this command trained none of the epoch (resumed for its validation)
             "epoch_seconds": result.seconds if result.images else None,
             "train_images_per_s": (
