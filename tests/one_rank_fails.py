@@ -6,7 +6,8 @@ agree on a loader failure, which a bad file in the dataset reaches only by the l
 shuffle (which rank reads it, and when). Rank 0 runs ``python -m train`` unchanged. With
 ``SLOW_EXIT_RANK=R`` in the environment, rank R sleeps 3 s after ``main`` returns: a slow
 teardown (DALI and CUDA, under load), which torchrun ended with SIGTERM when another rank
-exited non-zero first.
+exited non-zero first. With ``CLOCK_AHEAD_RANK=R``, rank R's clock reads an hour ahead
+for ``time.strftime``: ranks that parse their flags on either side of a second's turn.
 """
 
 from __future__ import annotations
@@ -93,6 +94,9 @@ if __name__ == "__main__":
     point, path, *argv = sys.argv[1:]
     if os.environ.get("RANK") == "1":
         fail_at(point, path)
+    if os.environ.get("CLOCK_AHEAD_RANK") == os.environ.get("RANK"):
+        strftime = time.strftime
+        time.strftime = lambda form, t=None: strftime(form, time.localtime(time.time() + 3600))
     status = main(argv)
     if os.environ.get("SLOW_EXIT_RANK") == os.environ.get("RANK"):
         time.sleep(3)

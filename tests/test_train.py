@@ -997,12 +997,34 @@ ONE_RANK_FAILS = [
 ]
 
 
-def _one_rank_fails(*args: str, slow_exit_rank: int) -> subprocess.CompletedProcess:
+def _one_rank_fails(
+    *args: str, slow_exit_rank: int, cwd: Path = REPO, **env: str
+) -> subprocess.CompletedProcess:
     """torchrun of ``tests/one_rank_fails.py args``, whose rank ``slow_exit_rank`` takes 3 s
-    to exit once ``main`` returned."""
+    to exit once ``main`` returned; ``env`` added to the environment."""
     command = [sys.executable, *TORCHRUN_2, str(REPO / "tests" / "one_rank_fails.py"), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SLOW_EXIT_RANK": str(slow_exit_rank)}
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SLOW_EXIT_RANK": str(slow_exit_rank), **env}
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
+
+
+@pytest.mark.slow
+def test_ranks_whose_clocks_differ_share_rank_0s_default_output_folder(
+    tiny: Path, tmp_path: Path
+) -> None:
+    """Each rank reads runs/<date-time> from its own clock; rank 1's reads an hour ahead.
+    Rank 1's data fails after its last batch: its message names rank 0's folder, where the
+    checkpoint is, and no second folder is made."""
+    argv = _argv(tiny, tmp_path / "unused", "--epochs", "1", "-b", "4")
+    argv = argv[: argv.index("--output-dir")] + argv[argv.index("--output-dir") + 2 :]
+    bad = tiny / "train" / "s0001" / "s0001_00001.JPEG"
+    done = _one_rank_fails(
+        "tail", str(bad), *argv, slow_exit_rank=0, cwd=tmp_path, CLOCK_AHEAD_RANK="1"
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    (run,) = (tmp_path / "runs").iterdir()  # rank 0's
+    assert (run / "checkpoint.pth").exists() and (run / "config.json").exists()
+    assert f"--resume runs/{run.name}/checkpoint.pth" in done.stderr, done.stderr[-3000:]
+    assert f"--out runs/{run.name}/scan-train" in done.stderr, done.stderr[-3000:]
 
 
 @pytest.mark.slow

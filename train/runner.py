@@ -27,7 +27,7 @@ from .engine import LoaderError, evaluate, settled
 from .model import build_model, build_model_ema, step_options, unwrapped
 from .status import DataFailure, ExitStatus, resume_command
 from .trainer import Outcome, Trainer, accuracy_line, val_metrics
-from .utils import DistInfo, MetricsFile, cleanup_distributed, init_distributed
+from .utils import DistInfo, MetricsFile, cleanup_distributed, init_distributed, rank_0s
 
 __all__ = ["EXIT_STATUS", "TEST_NAME", "RunResult", "evaluate_checkpoint", "run"]
 
@@ -145,6 +145,7 @@ def run(config: TrainConfig) -> RunResult:
     """
     info = init_distributed(config.device is Device.GPU)
     try:
+        config = dataclasses.replace(config, output_dir=rank_0s(config.output_dir, info))
         _set_up(config, info)
         state = load_checkpoint(config.resume) if config.resume is not None else None
         if state is not None and config.test_only:

@@ -64,6 +64,21 @@ def init_distributed(use_gpu: bool) -> DistInfo:
     return dataclasses.replace(info, control=control)
 
 
+def rank_0s(path: Path, info: DistInfo) -> Path:
+    """Rank 0's ``path`` on every rank (``path`` itself outside torchrun).
+
+    The default output folder, ``runs/<date-time>``, is read from each rank's clock as it
+    parses its flags; ranks that start on either side of a second's turn would otherwise
+    name two folders, and a rank other than 0 would tell the user to resume from, and scan
+    into, a folder that holds nothing.
+    """
+    if not info.distributed:
+        return path
+    shared = [str(path)]
+    dist.broadcast_object_list(shared, src=0, group=info.control)
+    return Path(shared[0])
+
+
 # The process ids of the other ranks on this host, gathered as the process group starts.
 _siblings: tuple[int, ...] = ()
 
