@@ -977,3 +977,20 @@ def test_a_resumed_metrics_file_drops_epochs_the_checkpoint_does_not_hold(
     MetricsFile(path, enabled=True).resume_at(1)
     assert MetricsFile(path, enabled=True).read() == [{"epoch": 1, "val_acc1": 10.0}]
     assert f"{path}: dropped the record of epoch(s) 2, which the checkpoint" in caplog.text
+
+
+def test_the_default_output_folder_is_one_no_run_made_yet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two runs started in the same second shared runs/<date-time>: the second appended its
+    # epochs to the first's metrics and overwrote its checkpoint.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(train.config.time, "strftime", lambda form: "20261123-120000")
+    made = []
+    for _ in range(3):
+        folder = parse_config(["--device", "cpu"]).output_dir
+        folder.mkdir(parents=True)  # as the run does once it starts
+        made.append(str(folder))
+    assert made == ["runs/20261123-120000", "runs/20261123-120000-2", "runs/20261123-120000-3"]
+    given = parse_config(["--device", "cpu", "--output-dir", "runs/20261123-120000"])
+    assert given.output_dir == Path("runs/20261123-120000")  # a folder given is taken as given

@@ -588,6 +588,19 @@ def config_from_args(
     )
 
 
+def _new_run_dir() -> Path:
+    """``runs/<date-time>``, or ``runs/<date-time>-N`` where a run started in that second
+    already made it (as timm's output folders). Two runs that start in the same second and
+    both read their flags before either made its folder still meet: give ``--output-dir``
+    to runs started together."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    folder, count = Path("runs") / stamp, 1
+    while folder.exists():
+        count += 1
+        folder = Path("runs") / f"{stamp}-{count}"
+    return folder
+
+
 def _checked_config(args: argparse.Namespace, saved_augment: AugmentConfig) -> TrainConfig:
     """The configuration with what needs torch or DALI to resolve left as any valid value.
 
@@ -597,7 +610,6 @@ def _checked_config(args: argparse.Namespace, saved_augment: AugmentConfig) -> T
     embedded = args.data is None
     data = _data_config(args, workers=_given(args.workers, 1))
     epochs = _given(args.epochs, 6 if embedded else 90)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
     return TrainConfig(
         data=data,
         optim=_optim_config(args, data, epochs),
@@ -610,7 +622,7 @@ def _checked_config(args: argparse.Namespace, saved_augment: AugmentConfig) -> T
         channels_last=bool(args.channels_last),
         seed=args.seed,
         deterministic=args.deterministic,
-        output_dir=args.output_dir or Path("runs") / stamp,
+        output_dir=args.output_dir or _new_run_dir(),
         resume=args.resume,
         print_freq=args.print_freq,
         stop_after_steps=args.stop_after_steps,
