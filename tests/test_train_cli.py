@@ -293,6 +293,7 @@ def test_a_second_ctrl_c_ends_with_one_line_and_status_130(
     def interrupted(config: TrainConfig) -> None:
         raise KeyboardInterrupt
 
+    run = train.runner.run
     monkeypatch.setattr(train.runner, "run", interrupted)
     out = tmp_path / "run"
     # before any checkpoint (a Ctrl-C while the run starts): it named one that did not exist
@@ -309,6 +310,15 @@ def test_a_second_ctrl_c_ends_with_one_line_and_status_130(
     monkeypatch.setattr(train.runner, "run", interrupted_after_a_checkpoint)
     out = tmp_path / "run2"
     assert main(["--device", "cpu", "--output-dir", str(out)]) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"python -m train: aborted by Ctrl-C; the last checkpoint written is intact: "
+        f"{out / 'checkpoint.pth'}"
+    )
+    # under torchrun, rank 0's folder, where this rank's flags named another
+    monkeypatch.setattr(train.runner, "run", run)
+    monkeypatch.setattr(train.runner, "rank_0s", lambda path, info: out)
+    monkeypatch.setattr(train.runner, "_run", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert main(["--device", "cpu", "--output-dir", str(tmp_path / "run3")]) == 130
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"python -m train: aborted by Ctrl-C; the last checkpoint written is intact: "
         f"{out / 'checkpoint.pth'}"

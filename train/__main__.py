@@ -61,9 +61,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return aborted(get_args_parser(), "nothing was started")
     try:
         status = _train(config, argv, rank)
-    except KeyboardInterrupt:  # a second Ctrl-C (the first stops at the next step), or one
-        # while the run was starting (generating or listing data, building the loaders)
-        checkpoint = config.output_dir / CHECKPOINT_NAME
+    except KeyboardInterrupt as interrupt:  # a second Ctrl-C (the first stops at the next
+        # step), or one while the run was starting (generating or listing data, building the
+        # loaders); the run's folder: rank 0's under torchrun (train.runner.RunInterrupted)
+        folder = getattr(interrupt, "output_dir", config.output_dir)
+        checkpoint = folder / CHECKPOINT_NAME
         if checkpoint.exists():
             what = f"the last checkpoint written is intact: {checkpoint}"
         elif config.resume is not None:

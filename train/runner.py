@@ -29,7 +29,7 @@ from .status import DataFailure, ExitStatus, resume_command
 from .trainer import Outcome, Trainer, accuracy_line, val_metrics
 from .utils import DistInfo, MetricsFile, cleanup_distributed, init_distributed, rank_0s
 
-__all__ = ["EXIT_STATUS", "TEST_NAME", "RunResult", "evaluate_checkpoint", "run"]
+__all__ = ["EXIT_STATUS", "TEST_NAME", "RunInterrupted", "RunResult", "evaluate_checkpoint", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +135,15 @@ def _nothing_to_do(config: TrainConfig, state: dict[str, Any], info: DistInfo) -
     return RunResult(records, Outcome.NOTHING_TO_DO)
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """A second Ctrl-C (or one while the run started), with the run's output folder: under
+    torchrun rank 0's (:func:`train.utils.rank_0s`), which this rank's flags may not name."""
+
+    def __init__(self, output_dir: Path) -> None:
+        super().__init__()
+        self.output_dir = output_dir
+
+
 def run(config: TrainConfig) -> RunResult:
     """Trains as ``config`` says (continuing ``config.resume`` if given), or tests it.
 
@@ -142,33 +151,41 @@ def run(config: TrainConfig) -> RunResult:
         DataFailure: a file of the dataset did not decode (a checkpoint holds
             every step done, when training had started).
         DatasetError: a folder or file list cannot be read.
+        RunInterrupted: a KeyboardInterrupt, once the ranks agreed on the output folder.
     """
     info = init_distributed(config.device is Device.GPU)
     try:
         config = dataclasses.replace(config, output_dir=rank_0s(config.output_dir, info))
-        _set_up(config, info)
-        state = load_checkpoint(config.resume) if config.resume is not None else None
-        if state is not None and config.test_only:
-            return evaluate_checkpoint(config, state, info)
-        if state is not None and state["epoch"] >= config.epochs:
-            return _nothing_to_do(config, state, info)
-        trainer = Trainer(config, info)
-        if state is not None:
-            trainer.restore(state)
-        start = time.perf_counter()
-        outcome = trainer.fit()
-        records = trainer.metrics.read()
-        if info.is_main and outcome is Outcome.FINISHED and records:
-            logger.info(
-                "finished %d epoch%s (%.0f s in this command): val top-1 %.2f %% (chance %.1f %%), "
-                "outputs in %s",
-                len(records),
-                "s" * (len(records) != 1),
-                time.perf_counter() - start,
-                records[-1]["val_acc1"],
-                100 / config.data.num_classes,
-                config.output_dir,
-            )
-        return RunResult(records, outcome)
+        try:
+            return _run(config, info)
+        except KeyboardInterrupt as interrupt:
+            raise RunInterrupted(config.output_dir) from interrupt
     finally:
         cleanup_distributed(info)
+
+
+def _run(config: TrainConfig, info: DistInfo) -> RunResult:
+    _set_up(config, info)
+    state = load_checkpoint(config.resume) if config.resume is not None else None
+    if state is not None and config.test_only:
+        return evaluate_checkpoint(config, state, info)
+    if state is not None and state["epoch"] >= config.epochs:
+        return _nothing_to_do(config, state, info)
+    trainer = Trainer(config, info)
+    if state is not None:
+        trainer.restore(state)
+    start = time.perf_counter()
+    outcome = trainer.fit()
+    records = trainer.metrics.read()
+    if info.is_main and outcome is Outcome.FINISHED and records:
+        logger.info(
+            "finished %d epoch%s (%.0f s in this command): val top-1 %.2f %% (chance %.1f %%), "
+            "outputs in %s",
+            len(records),
+            "s" * (len(records) != 1),
+            time.perf_counter() - start,
+            records[-1]["val_acc1"],
+            100 / config.data.num_classes,
+            config.output_dir,
+        )
+    return RunResult(records, outcome)
