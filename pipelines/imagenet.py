@@ -335,9 +335,10 @@ def read_headers(jpegs: DataNode) -> tuple[DataNode, DataNode]:
 
     DALI 2.4's CPU decoder, running on several threads, crashes the process
     (SIGSEGV in its thread pool, no Python error) on a file whose format no
-    decoder recognizes, a text file named ``.JPEG`` say: 2 runs in 8 at batch 48
-    with 2 threads on full-size images. ``fn.peek_image_shape`` fails on the same
-    files with an error the loader names (:func:`dali_cutmix.scan.explain_decode_error`).
+    decoder recognizes, a text file named ``.JPEG`` say: 4 runs of 16 at batch 48
+    with 2 threads on full-size images (none of 20 with this check).
+    ``fn.peek_image_shape`` fails on the same files with an error the loader names
+    (:func:`dali_cutmix.scan.explain_decode_error`).
     The decoders read a zero-copy reshape whose shape depends on the headers, so
     they run after that check (4 CPU operators besides the header read). A
     truncated file passes the header read and fails in the decoder, cleanly.
