@@ -209,31 +209,100 @@ def list_image_folder(root: str | os.PathLike[str]) -> ImageList:
     return ImageList(tuple(classes), tuple(paths), tuple(labels), str(root))
 
 
+# "path label": the label after the last run of spaces or tabs. ASCII digits only:
+# str.isdigit() also takes "²" (int() fails on it) and "٣" (int() reads 3).
+_LINE = re.compile(r"(?P<path>.*?)[ \t]+(?P<label>[0-9]+)")
+
+# DALI's labels are int32.
+MAX_LABEL = 2**31 - 1
+
+# A list read without a root names max(label) + 1 classes: a label beyond this is taken
+# for a mistake (a wrong column, a typo) rather than a million class names made.
+MAX_LABEL_WITHOUT_ROOT = 2**20 - 1
+
+
 def _parse_line(line: str, *, number: int, list_path: Path) -> tuple[str, int]:
-    path, _, label = line.rstrip().rpartition(" ")
-    # ASCII digits only: str.isdigit() also takes "²" (int() fails on it) and "٣" (int() reads 3)
-    if not path or not re.fullmatch(r"[0-9]+", label):
+    match = _LINE.fullmatch(line.rstrip())
+    if match is None or not match["path"].strip():
         raise DatasetError(
             f"{str(list_path)!r} line {number}: expected 'path label' with an integer "
             f"label >= 0, got {line.rstrip()!r}; correct or delete that line ({_WRITE_LIST})."
         )
-    return path.strip(), int(label)
+    label = int(match["label"])
+    if label > MAX_LABEL:
+        raise DatasetError(
+            f"{str(list_path)!r} line {number}: label {label} is beyond DALI's int32 labels "
+            f"(at most {MAX_LABEL}); correct or delete that line."
+        )
+    return match["path"].strip(), label
+
+
+def _check_entries(
+    paths: Sequence[str], labels: Sequence[int], numbers: Sequence[int], list_path: Path
+) -> None:
+    """A file listed with two labels is refused; one listed twice with its label is logged
+    (it is read twice an epoch, which may be meant: oversampling)."""
+    first: dict[str, tuple[int, int]] = {}
+    repeated = []
+    for path, label, number in zip(paths, labels, numbers):
+        seen = first.setdefault(path, (number, label))
+        if seen[0] == number:
+            continue
+        if seen[1] != label:
+            raise DatasetError(
+                f"{str(list_path)!r} lists {path!r} with label {seen[1]} (line {seen[0]}) and "
+                f"label {label} (line {number}); delete the wrong line."
+            )
+        repeated.append(number)
+    if repeated:
+        logger.warning(
+            "%s lists %d file%s more than once (first at line %d): each is read once per "
+            "listing an epoch",
+            list_path,
+            len(repeated),
+            "s" * (len(repeated) != 1),
+            repeated[0],
+        )
+
+
+def _missing(paths: Sequence[str]) -> list[int]:
+    """The indices of the paths that are no file, looked up on 16 threads (a network
+    file system answers each stat slowly, but many at once)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    step = max(1, -(-len(paths) // 64))
+    chunks = [range(i, min(i + step, len(paths))) for i in range(0, len(paths), step)]
+    with ThreadPoolExecutor(16) as pool:
+        found = pool.map(lambda chunk: [i for i in chunk if not os.path.isfile(paths[i])], chunks)
+        return [i for part in found for i in part]
 
 
 def read_file_list(
-    file_list: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None
+    file_list: str | os.PathLike[str],
+    *,
+    root: str | os.PathLike[str] | None = None,
+    must_exist: bool = False,
 ) -> ImageList:
-    """Reads a DALI file list (``path label`` per line).
+    """Reads a DALI file list (``path label`` per line, a space or a tab between).
 
     Relative paths are resolved against ``root`` when given, else against the
     list's folder (as ``fn.readers.file`` does). Class names come from
     ``root``'s class folders when given; otherwise label ``i`` is named after
-    the folder holding its first file, and there are ``max(label) + 1`` classes.
+    the folder holding its first file, and there are ``max(label) + 1`` classes
+    (a folder whose files carry several labels is logged as a warning: in an
+    ImageFolder layout it is a wrong label). A file listed twice with one label
+    is kept twice (logged); with two labels, refused.
+
+    Args:
+        must_exist: every listed file must exist (the loaders' check, before any
+            image is read).
 
     Raises:
-        DatasetError: the list is missing, empty or malformed, or ``root`` is
-            unusable (see :func:`list_image_folder`); the message names the file
-            or folder and what to do.
+        DatasetError: the list is missing, empty or malformed, a label is beyond
+            int32 (or beyond 2**20 - 1 without ``root``), a file is listed with two
+            labels, a listed file does not exist (``must_exist``), or ``root`` is
+            unusable (see :func:`list_image_folder`); the message names the file,
+            line or folder and what to do.
     """
     list_path = Path(file_list).expanduser().resolve()
     if not list_path.is_file():
@@ -242,15 +311,12 @@ def read_file_list(
             f"'path label' lines ({_WRITE_LIST})."
         )
     base = Path(root).expanduser().resolve() if root is not None else list_path.parent
-    entries = [
-        _parse_line(line, number=i + 1, list_path=list_path)
-        # UTF-8 whatever the locale (write_file_list's encoding), a BOM (Windows editors)
-        # dropped, and a name's bytes that are not UTF-8 kept as os.fsdecode keeps them
-        for i, line in enumerate(
-            list_path.read_text(encoding="utf-8-sig", errors="surrogateescape").splitlines()
-        )
-        if line.strip()
-    ]
+    # UTF-8 whatever the locale (write_file_list's encoding), a BOM (Windows editors)
+    # dropped, and a name's bytes that are not UTF-8 kept as os.fsdecode keeps them
+    text = list_path.read_text(encoding="utf-8-sig", errors="surrogateescape")
+    numbered = [(i + 1, line) for i, line in enumerate(text.splitlines()) if line.strip()]
+    entries = [_parse_line(line, number=n, list_path=list_path) for n, line in numbered]
+    numbers = [n for n, _ in numbered]  # each entry's line in the file
     if not entries:
         raise DatasetError(
             f"file list {str(list_path)!r} lists no files; give a file of 'path label' lines "
@@ -258,6 +324,26 @@ def read_file_list(
         )
     paths = tuple(os.path.join(base, p) for p, _ in entries)
     labels = tuple(label for _, label in entries)
+    _check_entries(paths, labels, numbers, list_path)
+    if must_exist:
+        missing = _missing(paths)
+        if missing:
+            shown = ", ".join(f"{paths[i]!r} (line {numbers[i]})" for i in missing[:3])
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise DatasetError(
+                f"file list {str(list_path)!r} names {len(missing)} file"
+                f"{'s' * (len(missing) != 1)} that {'does' if len(missing) == 1 else 'do'} "
+                f"not exist: {shown}{more}; delete those "
+                f"lines, or give the folder the paths are relative to as the root (they "
+                f"resolve against {str(base)!r})."
+            )
+    if root is None and max(labels) > MAX_LABEL_WITHOUT_ROOT:
+        line = numbers[labels.index(max(labels))]
+        raise DatasetError(
+            f"{str(list_path)!r} line {line}: label {max(labels)} would make "
+            f"{max(labels) + 1} classes of a list read without a root; correct that line, "
+            f"or give the dataset folder (its class folders name the classes) as the root."
+        )
     if root is not None:
         classes = tuple(class_folders(base))
         if max(labels) >= len(classes):
@@ -268,14 +354,31 @@ def read_file_list(
                 f"the files' folders)."
             )
     else:
-        classes = _names_from_paths(paths, labels)
+        classes = _names_from_paths(paths, labels, numbers)
     return ImageList(classes, paths, labels, str(list_path))
 
 
-def _names_from_paths(paths: Sequence[str], labels: Sequence[int]) -> tuple[str, ...]:
+def _names_from_paths(
+    paths: Sequence[str], labels: Sequence[int], numbers: Sequence[int]
+) -> tuple[str, ...]:
     names: dict[int, str] = {}
-    for path, label in zip(paths, labels):
-        names.setdefault(label, os.path.basename(os.path.dirname(path)))
+    by_folder: dict[str, dict[int, int]] = {}  # folder -> label -> its first line
+    for path, label, number in zip(paths, labels, numbers):
+        folder = os.path.dirname(path)
+        names.setdefault(label, os.path.basename(folder))
+        by_folder.setdefault(folder, {}).setdefault(label, number)
+    mixed = {folder: found for folder, found in by_folder.items() if len(found) > 1}
+    if mixed and len(by_folder) > 1:  # not a flat list (one folder, labels by line)
+        folder, found = next(iter(mixed.items()))
+        logger.warning(
+            "%d folder%s of the list hold%s files of several labels, e.g. %r: labels %s; in "
+            "an ImageFolder layout that is a wrong label (class names here come from folders)",
+            len(mixed),
+            "s" * (len(mixed) != 1),
+            "s" * (len(mixed) == 1),
+            folder,
+            ", ".join(f"{label} (line {line})" for label, line in list(found.items())[:4]),
+        )
     return tuple(names.get(i, f"class_{i}") for i in range(max(labels) + 1))
 
 

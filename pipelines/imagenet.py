@@ -577,7 +577,7 @@ def _list_images(
     root: str | os.PathLike[str] | None, file_list: str | os.PathLike[str] | None
 ) -> ImageList:
     if file_list is not None:
-        return read_file_list(file_list, root=root)
+        return read_file_list(file_list, root=root, must_exist=True)
     if root is None:
         raise ValueError("give the dataset root, a file_list, or both")
     return list_image_folder(root)

@@ -503,7 +503,11 @@ def make_torchvision_loader(
             fewer images than one batch per rank.
     """
     transform = make_transforms(train=train, **transform_options)
-    images = list_image_folder(root) if file_list is None else read_file_list(file_list, root=root)
+    images = (
+        list_image_folder(root)
+        if file_list is None
+        else read_file_list(file_list, root=root, must_exist=True)
+    )
     mixing = train and mix is not None and mix.enabled
     loader = TorchvisionLoader(
         _ImageFiles(images, transform),

@@ -236,3 +236,92 @@ def test_path_in_dali_messages() -> None:
     assert path_in_message(mapping) == "/data/empty.JPEG"
     assert path_in_message("nvImageCodec failure: '#4'") is None
     assert path_in_message("oops /d/k.jpg broke", known=["/d/j.jpg", "/d/k.jpg"]) == "/d/k.jpg"
+
+
+def _list(tmp_path: Path, lines: list[str]) -> Path:
+    listed = tmp_path / "files.txt"
+    listed.write_text("".join(f"{line}\n" for line in lines))
+    return listed
+
+
+def test_a_tab_separates_path_and_label_as_a_space_does(tmp_path: Path) -> None:
+    listed = _list(tmp_path, ["a/x y.JPEG\t0", "b/z.JPEG \t 1", "c/w.JPEG  2"])
+    got = read_file_list(listed)
+    assert got.paths == tuple(str(tmp_path / p) for p in ("a/x y.JPEG", "b/z.JPEG", "c/w.JPEG"))
+    assert got.labels == (0, 1, 2) and got.classes == ("a", "b", "c")
+
+
+def test_a_file_listed_with_two_labels_is_refused_naming_both_lines(tmp_path: Path) -> None:
+    listed = _list(tmp_path, ["a/x.JPEG 0", "", "b/y.JPEG 1", "a/x.JPEG 2"])
+    assert _refusal(read_file_list, listed) == (
+        f"{str(listed)!r} lists {str(tmp_path / 'a' / 'x.JPEG')!r} with label 0 (line 1) and "
+        "label 2 (line 4); delete the wrong line."
+    )
+
+
+def test_a_file_listed_twice_with_its_label_is_kept_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    listed = _list(tmp_path, ["a/x.JPEG 0", "b/y.JPEG 1", "a/x.JPEG 0", "a/x.JPEG 0"])
+    with caplog.at_level("WARNING", logger="dali_cutmix.files"):
+        got = read_file_list(listed)
+    assert got.labels == (0, 1, 0, 0) and len(got) == 4  # oversampling may be meant
+    assert caplog.messages == [
+        f"{listed} lists 2 files more than once (first at line 3): each is read once per "
+        "listing an epoch"
+    ]
+
+
+def test_a_folder_of_several_labels_is_logged_in_a_list_without_root(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One line's label mistyped (7 for 2): class 2's folder names class 7 too.
+    lines = [f"s{c}/{k}.JPEG {c}" for c in range(3) for k in range(2)] + ["s2/9.JPEG 7"]
+    with caplog.at_level("WARNING", logger="dali_cutmix.files"):
+        got = read_file_list(_list(tmp_path, lines))
+    assert got.classes == ("s0", "s1", "s2", "class_3", "class_4", "class_5", "class_6", "s2")
+    assert caplog.messages == [
+        f"1 folder of the list holds files of several labels, e.g. {str(tmp_path / 's2')!r}: "
+        "labels 2 (line 5), 7 (line 7); in an ImageFolder layout that is a wrong label (class "
+        "names here come from folders)"
+    ]
+    caplog.clear()
+    flat = _list(tmp_path, ["images/1.JPEG 4", "images/2.JPEG 0"])  # labels by line alone
+    with caplog.at_level("WARNING", logger="dali_cutmix.files"):
+        assert read_file_list(flat).num_classes == 5
+    assert caplog.messages == []
+
+
+def test_labels_beyond_int32_or_a_million_classes_without_root_are_refused(
+    tmp_path: Path,
+) -> None:
+    # 10,000,000 took 1.4 GB of class names; 1,234,567,890 a MemoryError with no message.
+    listed = _list(tmp_path, ["a/x.JPEG 0", "b/y.JPEG 1048576"])
+    assert _refusal(read_file_list, listed) == (
+        f"{str(listed)!r} line 2: label 1048576 would make 1048577 classes of a list read "
+        "without a root; correct that line, or give the dataset folder (its class folders "
+        "name the classes) as the root."
+    )
+    assert read_file_list(_list(tmp_path, ["a/x.JPEG 1048575"])).num_classes == 2**20
+    listed = _list(tmp_path, ["a/x.JPEG 0", "b/y.JPEG 2147483648"])
+    assert _refusal(read_file_list, listed, root=tmp_path) == (
+        f"{str(listed)!r} line 2: label 2147483648 is beyond DALI's int32 labels (at most "
+        "2147483647); correct or delete that line."
+    )
+
+
+def test_listed_files_that_do_not_exist_are_named_when_they_must(tmp_path: Path) -> None:
+    root = build_image_folder(tmp_path / "data", classes=2, per_class=2, extras=False)
+    good = [f"n0000000{c}/img_{c}_{k}.JPEG {c}" for c in range(2) for k in range(2)]
+    gone = [f"n00000001/gone_{k}.JPEG 1" for k in range(5)]
+    listed = _list(tmp_path, [good[0], "", *gone, *good[1:]])
+    assert len(read_file_list(listed, root=root)) == 9  # not looked for by default
+    assert _refusal(read_file_list, listed, root=root, must_exist=True) == (
+        f"file list {str(listed)!r} names 5 files that do not exist: "
+        + ", ".join(
+            f"{str(root / 'n00000001' / f'gone_{k}.JPEG')!r} (line {k + 3})" for k in (0, 1, 2)
+        )
+        + f" and 2 more; delete those lines, or give the folder the paths are relative to as "
+        f"the root (they resolve against {str(root)!r})."
+    )
+    assert len(read_file_list(_list(tmp_path, good), root=root, must_exist=True)) == 4

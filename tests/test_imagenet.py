@@ -314,6 +314,29 @@ def test_an_unrecognized_file_fails_in_the_header_read_not_the_decoder(
     assert "operator `nvidia.dali.fn.peek_image_shape`" in dali, dali[:600]
 
 
+@pytest.mark.parametrize("kind", ["dali", "torchvision"])
+def test_a_listed_file_that_does_not_exist_is_named_before_any_image_is_read(
+    image_folder: Path, tmp_path: Path, kind: str
+) -> None:
+    # It was found only when DALI reached it: python -m train trained a whole epoch first.
+    from pipelines.torchvision_ref import make_torchvision_loader
+
+    listed = tmp_path / "list.txt"
+    lines = [f"{p} {label}" for p, label in ImageFolder(image_folder).samples]
+    listed.write_text("\n".join([*lines, "n00000001/gone.JPEG 1"]) + "\n")
+    with pytest.raises(DatasetError) as caught:
+        if kind == "dali":
+            small_loader(image_folder, file_list=listed, train=False, batch_size=2)
+        else:
+            make_torchvision_loader(
+                image_folder, file_list=listed, train=False, batch_size=2, workers=0
+            )
+    assert str(caught.value).startswith(
+        f"file list {str(listed)!r} names 1 file that does not exist: "
+        f"{str(image_folder / 'n00000001' / 'gone.JPEG')!r} (line {len(lines) + 1}); delete"
+    )
+
+
 def test_loader_stays_failed_after_a_bad_file(image_folder: Path) -> None:
     bad = _break_file(image_folder, "text")
     loader = small_loader(image_folder, train=False, batch_size=2)
