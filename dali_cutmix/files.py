@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import shlex
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -266,15 +267,25 @@ def _check_entries(
 
 
 def _missing(paths: Sequence[str]) -> list[int]:
-    """The indices of the paths that are no file, looked up on 16 threads (a network
-    file system answers each stat slowly, but many at once)."""
+    """The indices of the paths that are no file.
+
+    One after another where the first few answer fast (a local disk: about 3 us each on
+    the 2-core machine, where 16 threads took 2.5 times as long); on 16 threads where
+    they do not (a network file system, whose every stat waits on a round trip).
+    """
+    probe = min(len(paths), 256)
+    start = time.perf_counter()
+    missing = [i for i in range(probe) if not os.path.isfile(paths[i])]
+    rest = range(probe, len(paths))
+    if (time.perf_counter() - start) / max(probe, 1) < 50e-6:
+        return missing + [i for i in rest if not os.path.isfile(paths[i])]
     from concurrent.futures import ThreadPoolExecutor
 
-    step = max(1, -(-len(paths) // 64))
-    chunks = [range(i, min(i + step, len(paths))) for i in range(0, len(paths), step)]
+    step = max(1, -(-len(rest) // 64))
+    chunks = [rest[i : i + step] for i in range(0, len(rest), step)]
     with ThreadPoolExecutor(16) as pool:
         found = pool.map(lambda chunk: [i for i in chunk if not os.path.isfile(paths[i])], chunks)
-        return [i for part in found for i in part]
+        return missing + [i for part in found for i in part]
 
 
 def read_file_list(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -325,3 +327,25 @@ def test_listed_files_that_do_not_exist_are_named_when_they_must(tmp_path: Path)
         f"the root (they resolve against {str(root)!r})."
     )
     assert len(read_file_list(_list(tmp_path, good), root=root, must_exist=True)) == 4
+
+
+def test_missing_files_are_found_on_threads_where_a_file_system_answers_slowly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dali_cutmix import files
+
+    paths = [str(tmp_path / f"{i}.JPEG") for i in range(1000)]
+    for i, path in enumerate(paths):
+        if i not in (3, 700, 999):
+            Path(path).touch()
+    isfile, threads = os.path.isfile, set()
+
+    def slow(path: str) -> bool:  # a network file system: each answer waits
+        time.sleep(0.0002)
+        threads.add(threading.get_ident())
+        return isfile(path)
+
+    assert files._missing(paths) == [3, 700, 999]
+    monkeypatch.setattr(files.os.path, "isfile", slow)
+    assert files._missing(paths) == [3, 700, 999]
+    assert len(threads) > 1
