@@ -38,6 +38,12 @@ def test_results_go_to_runs_in_the_working_folder_by_default(tmp_path: Path) -> 
             "argument --hw-decoder-loads: expected comma-separated numbers in [0, 1], got '0,1.2'",
         ),
         (
+            ["--arch", "foo"],
+            "--arch must be a torchvision classification model (alexnet, convnext_base, "
+            "convnext_large, convnext_small, ...: torchvision.models.list_models(module="
+            "torchvision.models)), got 'foo'",
+        ),
+        (
             ["--data", "{tmp}/imagenet"],
             "'{tmp}/imagenet' has only the subfolder val/: it looks like a dataset root, not a "
             "folder of classes; give '{tmp}/imagenet/val', whose subfolders are the classes.",

@@ -66,6 +66,19 @@ def _environment() -> dict[str, Any]:
     return env
 
 
+def check_arch(arch: str) -> None:
+    """``arch`` is a torchvision classification model (the training sweep builds it with
+    ``torchvision.models.get_model``); it was found only as each training row failed."""
+    import torchvision
+
+    known = torchvision.models.list_models(module=torchvision.models)
+    if arch not in known:
+        raise ValueError(
+            f"--arch must be a torchvision classification model ({', '.join(known[:4])}, ...: "
+            f"torchvision.models.list_models(module=torchvision.models)), got {arch!r}"
+        )
+
+
 def data_root(data: Path) -> Path:
     """The folder measured for ``--data``: its ``train/`` where it has one, else itself."""
     return data / "train" if (data / "train").is_dir() else data
@@ -267,6 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     with exit_on_user_error(parser, fields={"devices": "--device"}):
         config = config_from_args(args)
+        check_arch(config.arch)
         if config.data is not None:  # found unusable here, not in every measurement
             list_image_folder(data_root(config.data))
         config.out.mkdir(parents=True, exist_ok=True)  # not only after the whole run
