@@ -550,6 +550,8 @@ def test_resume_takes_the_flags_that_may_change(resumable, tmp_path: Path) -> No
     [
         (["--lr", "0.2"], "--lr 0.2 differs from the checkpoint's 0.3"),
         (["--epochs", "5"], "--epochs 5 is fewer than the checkpoint's 7"),
+        # fewer than the saved warmup (1.4 of --epochs 7): it blamed --warmup-epochs, not typed
+        (["--epochs", "1"], "--epochs 1 is fewer than the checkpoint's 7"),
         (["--nesterov"], "--nesterov differs from the checkpoint's --no-nesterov"),
         (
             ["--arch", "resnet18", "-b", "64"],

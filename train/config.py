@@ -990,6 +990,14 @@ def resume_config(args: argparse.Namespace, typed: Mapping[str, str]) -> TrainCo
     try:
         config = config_from_args(argparse.Namespace(**values), saved_augment=saved_augment)
     except ValueError:
+        epochs = values.get("epochs")
+        if isinstance(epochs, int) and 1 <= epochs < saved["epochs"]:
+            # what made the saved settings fail (--warmup-epochs 5 > --epochs 2): name it,
+            # not the untyped flag
+            shrunk = f"{typed.get('epochs', '--epochs')} {epochs}"
+            raise ValueError(
+                f"{path}: {shrunk} is fewer than the checkpoint's {saved['epochs']}; " + _MAY_CHANGE
+            ) from None
         # A typed flag that may not change can clash with a saved value (--crop-size 48
         # against the saved resize of 37): name the flag, not the saved setting.
         fixed = _clashing_flags(saved, args, typed, saved_augment, run_values)
