@@ -531,6 +531,12 @@ def resolve_shard(shard_id: int | None, num_shards: int | None) -> tuple[int, in
         )
     if shard_id is None:
         shard_id, num_shards = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
+        if not 0 <= shard_id < num_shards:  # neither was given: name where they came from
+            raise ValueError(
+                f"the environment's RANK={os.environ.get('RANK', '(unset)')} and WORLD_SIZE="
+                f"{os.environ.get('WORLD_SIZE', '(unset)')} give no shard (need 0 <= RANK < "
+                "WORLD_SIZE, as torchrun sets them); unset them, or give shard_id and num_shards"
+            )
     for name, value in (("shard_id", shard_id), ("num_shards", num_shards)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise ValueError(f"{name} must be an int, got {value!r}")

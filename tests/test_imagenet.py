@@ -671,3 +671,18 @@ def test_validation_is_torchvisions_after_a_real_resize(tmp_path: Path) -> None:
     images, _ = _epoch(small_loader(root, train=False, batch_size=7, **crop))
     levels = (_pixels(images) - _pixels(_torchvision_validation(root, **crop))).abs()
     assert levels.mean() < 0.5 and levels.max() < 1.001, (levels.mean(), levels.max())
+
+
+def test_a_rank_from_the_environment_without_its_world_size_is_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # "need 0 <= shard_id < num_shards, got 1, 1": neither was given by the caller
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(ValueError) as caught:
+        resolve_shard(None, None)
+    assert str(caught.value) == (
+        "the environment's RANK=1 and WORLD_SIZE=(unset) give no shard (need 0 <= RANK < "
+        "WORLD_SIZE, as torchrun sets them); unset them, or give shard_id and num_shards"
+    )
+    assert resolve_shard(0, 1) == (0, 1)  # given, the environment is not read
