@@ -99,6 +99,12 @@ class DType(str, enum.Enum):
     FLOAT32 = "float32"
     FLOAT16 = "float16"
 
+    @classmethod
+    def _missing_(cls, value: object) -> DType | None:
+        # torch.float16, the spelling a PyTorch user types first (str: "torch.float16")
+        name = str(value)
+        return next((m for m in cls if name == f"torch.{m.value}"), None)
+
     @property
     def dali(self) -> types.DALIDataType:
         return types.FLOAT if self is DType.FLOAT32 else types.FLOAT16

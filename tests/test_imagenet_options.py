@@ -161,3 +161,16 @@ def test_numpy_loader_settings_make_the_loader_of_python_ints(image_folder: Path
     assert type(numpy.batch_size) is int
     assert json.dumps(numpy.state_dict()["settings"]) == json.dumps(python.state_dict()["settings"])
     assert same_batches(list(numpy), list(python))
+
+
+def test_dtype_takes_torch_s_spelling_too() -> None:
+    import torch
+
+    from pipelines.imagenet import DType
+
+    assert imagenet_options(train=True, dtype=torch.float16).dtype is DType.FLOAT16
+    assert imagenet_options(train=True, dtype=torch.float32).dtype is DType.FLOAT32
+    assert imagenet_options(train=True, dtype="float16").dtype is DType.FLOAT16
+    with pytest.raises(ValueError) as caught:
+        imagenet_options(train=True, dtype=torch.bfloat16)
+    assert str(caught.value) == "dtype must be one of 'float32', 'float16', got torch.bfloat16"
