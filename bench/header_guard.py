@@ -49,9 +49,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", help="an ImageFolder-style folder of JPEGs")
     parser.add_argument("--out", required=True, help="the JSON file to write")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="measurements of each (default: %(default)s)"
+    )
+    parser.add_argument("--batch-size", type=int, default=64, help="(default: %(default)s)")
+    parser.add_argument(
+        "--threads", type=int, default=2, help="DALI CPU threads (default: %(default)s)"
+    )
     args = parser.parse_args()
     rates: dict[str, dict[str, list[float]]] = {
         split: {"guarded": [], "unguarded": []} for split in ("train", "val")

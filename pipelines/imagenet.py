@@ -683,7 +683,9 @@ def make_loader(
     Args:
         root: the dataset folder; class indices follow ``ImageFolder``.
         options: the recipe; ``mix.num_classes`` must equal the dataset's.
-        batch_size: samples per batch (per shard).
+        batch_size: samples per batch (per shard). With ``PARTIAL`` (validation's
+            default) a shard smaller than it is read in one batch of its size
+            (``loader.batch_size`` says which; logged).
         device: ``"gpu"`` (decode with nvJPEG, tensors on CUDA), ``"cpu"``, or
             ``"auto"`` (GPU when CUDA is available; logged).
         num_threads: DALI CPU threads; default :func:`default_num_threads`.
