@@ -46,6 +46,11 @@ START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_met
 _FORKSERVER_PRELOAD = ["dali_cutmix", "torchvision"]
 
 
+# The stops the main process alone decides on: workers ignore them, and a worker's start
+# holds them until the pool knows the worker.
+_DEFERRED = (signal.SIGINT, signal.SIGTERM)
+
+
 def process_context() -> BaseContext:
     """The multiprocessing context for every worker process of this project.
 
@@ -59,12 +64,13 @@ def process_context() -> BaseContext:
     if START_METHOD == "forkserver":
         # Takes effect when the server starts (the first worker of this process).
         context.set_forkserver_preload(_FORKSERVER_PRELOAD)
-        _start_server_deaf_to_ctrl_c()
+        _start_server_deaf_to_stops()
     return context
 
 
-def _start_server_deaf_to_ctrl_c() -> None:
-    """Starts the fork server (if it is not running) with SIGINT ignored, and so its workers.
+def _start_server_deaf_to_stops() -> None:
+    """Starts the fork server (if it is not running) with SIGINT and SIGTERM ignored, and so
+    its workers.
 
     A Ctrl-C at a terminal reaches every process of its group. The server and the
     workers forked from it took it with Python's default handler: the server died
@@ -75,14 +81,22 @@ def _start_server_deaf_to_ctrl_c() -> None:
     handler only over the default one); the server hands it to every worker it forks.
     Workers still end with their parent: pools and DataLoaders shut them down, and a
     DataLoader worker exits when its parent is gone.
+
+    SIGTERM sent to the whole group (``timeout``, a batch scheduler's cancel) did the same:
+    the server died while the main process waited for its reply to a worker's start (an
+    ``EOFError`` traceback after exit 143, 2 runs of 4 of ``timeout -s TERM 2 python -m
+    dali_cutmix.synthetic ...``), and DataLoader workers died under a training that stops
+    at its next step on SIGTERM.
     """
-    if threading.current_thread() is not threading.main_thread() or _foreign_sigint():
+    if threading.current_thread() is not threading.main_thread():
         return  # signal.signal works in the main thread only; the server starts as it would
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    deaf = [signum for signum in _DEFERRED if not _foreign(signum)]
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in deaf}
     try:
         multiprocessing.forkserver.ensure_running()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @contextlib.contextmanager
@@ -105,36 +119,42 @@ class _Pool(concurrent.futures.ProcessPoolExecutor):
     """A ``ProcessPoolExecutor`` whose ``submit`` (and so ``map``) starts a worker whole."""
 
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
-        # A submit may start a worker: a Ctrl-C while it waits for the fork server's reply
-        # left a process the pool never registered, which failed with a traceback once this
-        # process was gone. The Ctrl-C is taken once the submit returns.
-        with _ctrl_c_deferred():
+        # A submit may start a worker: a Ctrl-C (or SIGTERM under exit_on_sigterm) while it
+        # waits for the fork server's reply left a process the pool never registered, which
+        # failed with a traceback once this process was gone (it could not rebuild the
+        # pool's semaphore). The signal is taken once the submit returns.
+        with _signals_deferred():
             return super().submit(fn, *args, **kwargs)
 
 
 @contextlib.contextmanager
-def _ctrl_c_deferred() -> Iterator[None]:
-    """Within the block a SIGINT is held, then handled as it would have been, at its end."""
-    if threading.current_thread() is not threading.main_thread() or _foreign_sigint():
+def _signals_deferred() -> Iterator[None]:
+    """Within the block SIGINT and SIGTERM are held, then handled as they would have been,
+    in the order they came, at its end."""
+    if threading.current_thread() is not threading.main_thread():
         yield  # signals are handled by the main thread only
         return
     held: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    previous = {}
+    for signum in _DEFERRED:
+        if not _foreign(signum):  # a handler not set from Python could not be put back
+            previous[signum] = signal.signal(signum, lambda s, frame: held.append(s))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-    for _ in held:  # each press, in order: a second one aborts a training's stop
-        if callable(previous):
-            previous(signal.SIGINT, None)  # Python's default raises KeyboardInterrupt here
-        elif previous == signal.SIG_DFL:
-            signal.raise_signal(signal.SIGINT)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    for signum in held:  # each press, in order: a second Ctrl-C aborts a training's stop
+        handler = previous[signum]
+        if callable(handler):
+            handler(signum, None)  # Python's SIGINT default raises KeyboardInterrupt here
+        elif handler == signal.SIG_DFL:
+            signal.raise_signal(signum)
 
 
-def _foreign_sigint() -> bool:
-    """SIGINT's handler was not set from Python (``getsignal`` gives ``None``): it could not
-    be put back, so it is left alone."""
-    return signal.getsignal(signal.SIGINT) is None
+def _foreign(signum: int) -> bool:
+    """The signal's handler was not set from Python (``getsignal`` gives ``None``)."""
+    return signal.getsignal(signum) is None
 
 
 @contextlib.contextmanager
