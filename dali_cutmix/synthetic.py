@@ -417,11 +417,11 @@ def _refuse_foreign(root: Path, spec: SyntheticSpec) -> None:
     if root.exists():
         found = _read_manifest(root)
         what = (
-            f"a dataset generated from {found.get('spec')}" if found else "not a generated dataset"
+            f"is a dataset generated from {found.get('spec')}, not {spec.to_dict()}"
+            if found
+            else "is no dataset this command generated (no readable manifest.json)"
         )
-        raise ValueError(
-            f"{root} exists and is {what}, not {spec.to_dict()}; remove it or choose another path"
-        )
+        raise ValueError(f"{root} exists and {what}; remove it or choose another path")
 
 
 @contextlib.contextmanager

@@ -126,8 +126,12 @@ def test_half_written_or_foreign_folder_is_not_reused(tmp_path: Path, monkeypatc
     monkeypatch.undo()
     # A folder without a manifest (or with another spec) is never overwritten.
     (tmp_path / "mine" / "train").mkdir(parents=True)
-    with pytest.raises(ValueError, match="not a generated dataset"):
+    with pytest.raises(ValueError) as caught:
         generate(tmp_path / "mine", TINY, workers=1, progress=False)
+    assert str(caught.value) == (  # it said "... is not a generated dataset, not {spec}"
+        f"{tmp_path / 'mine'} exists and is no dataset this command generated (no readable "
+        "manifest.json); remove it or choose another path"
+    )
     root = generate(tmp_path / "ds", TINY, workers=1, progress=False)
     with pytest.raises(ValueError, match="exists and is a dataset generated from"):
         generate(root, SyntheticSpec(**{**TINY.to_dict(), "seed": 1}), workers=1)
