@@ -25,6 +25,7 @@ __all__ = [
     "DatasetError",
     "ImageList",
     "UNLISTABLE",
+    "bad_file_problem",
     "class_folders",
     "list_image_folder",
     "listable",
@@ -76,6 +77,14 @@ def scan_hint(root: str | os.PathLike[str], *, train: bool = True) -> str:
         list_flag="--train-list" if train else "--val-list",
         **scan_commands(),
     )
+
+
+def bad_file_problem(error: Exception) -> str:
+    """The part of a loader's error that says what is wrong, :data:`SCAN_HINT`'s advice cut
+    off, for a command to give its own."""
+    message = " ".join(str(error).split())
+    cut = message.find(SCAN_HINT.split("{root}")[0].format(**scan_commands()).strip())
+    return message[:cut].strip() if cut > 0 else message
 
 
 class DatasetError(ValueError):

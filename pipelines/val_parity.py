@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,6 +43,7 @@ from dali_cutmix.cli import (
     start_command,
     write_json,
 )
+from dali_cutmix.files import BadImageError, bad_file_problem, scan_commands
 
 logger = logging.getLogger(__name__)
 
@@ -54,17 +57,20 @@ def compare(
     threads: int,
     limit: int,
     device: str = "cpu",
+    file_list: Path | None = None,
 ) -> dict[str, Any]:
-    """The differences, in levels of 0..255, over the first ``limit`` images of ``folder``."""
+    """The differences, in levels of 0..255, over the first ``limit`` images of ``folder``
+    (of ``file_list``'s, relative paths against ``folder``, where given)."""
     import torch
     from PIL import Image
 
-    from dali_cutmix.files import list_image_folder
+    from dali_cutmix.files import list_image_folder, read_file_list
     from pipelines.imagenet import IMAGENET_MEAN, IMAGENET_STD, make_loader
     from pipelines.torchvision_ref import make_transforms
 
     loader = make_loader(
         folder,
+        file_list=file_list,
         train=False,
         device=device,
         batch_size=batch_size,
@@ -73,7 +79,10 @@ def compare(
         resize_size=resize_size,
     )
     transform = make_transforms(train=False, crop_size=crop_size, resize_size=resize_size)
-    paths = list_image_folder(folder).paths  # the loader's order, without shuffling
+    listed = (
+        list_image_folder(folder) if file_list is None else read_file_list(file_list, root=folder)
+    )
+    paths = listed.paths  # the loader's order, without shuffling
     count = min(limit, len(paths))
     mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, dtype=torch.float64).view(1, 3, 1, 1)
@@ -104,6 +113,21 @@ def compare(
     }
 
 
+def _with_list_hint(
+    error: BadImageError, args: argparse.Namespace, argv: Sequence[str] | None
+) -> str:
+    """``error``'s problem, then what this command can do about it: the scan to run and this
+    command again with its list, or (a list given) the line to delete."""
+    problem = bad_file_problem(error)
+    if args.list is not None:
+        listed = shlex.quote(str(args.list))
+        return f"{problem} It is listed in --list {listed}: delete its line there."
+    scan = f"{scan_commands()['scan']} {shlex.quote(str(args.folder))} --out DIR"
+    words = list(sys.argv[1:] if argv is None else argv)
+    again = f"{command_name(__spec__.name)} {shlex.join(words)} --list DIR/files.txt"
+    return f"{problem} Find every bad file with: {scan}; then run again with: {again}"
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         allow_abbrev=False,
@@ -115,6 +139,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_shared_flags(parser, crop_size=224, batch_size=64, threads=2)
     add_count(parser, "--resize-size", 256, "shorter side before the centre crop, pixels")
     add_count(parser, "--limit", 1000, "compare at most this many images, in ImageFolder order")
+    parser.add_argument(
+        "--list",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="read these 'path label' lines (a scan's files.txt; relative paths against "
+        "FOLDER) instead of listing FOLDER",
+    )
     parser.add_argument(
         "--device",
         choices=("cpu", "gpu"),
@@ -138,18 +170,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     def measure() -> int:
         began = time.perf_counter()
         with exit_on_user_error(parser):
-            result = compare(
-                args.folder,
-                crop_size=args.crop_size,
-                resize_size=args.resize_size,
-                batch_size=args.batch_size,
-                threads=args.threads,
-                limit=args.limit,
-                device=args.device,
-            )
+            try:
+                result = compare(
+                    args.folder,
+                    crop_size=args.crop_size,
+                    resize_size=args.resize_size,
+                    batch_size=args.batch_size,
+                    threads=args.threads,
+                    limit=args.limit,
+                    device=args.device,
+                    file_list=args.list,
+                )
+            except BadImageError as error:  # the advice this command can follow
+                raise BadImageError(_with_list_hint(error, args, argv), path=error.path) from None
         report = {
             "command": command_line(__spec__.name, argv),
             "folder": str(args.folder),
+            "list": None if args.list is None else str(args.list),
             "crop_size": args.crop_size,
             "resize_size": args.resize_size,
             "device": args.device,

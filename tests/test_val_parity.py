@@ -46,3 +46,39 @@ def test_a_bad_value_ends_the_command_with_one_line(tmp_path: Path, argv, line) 
 def test_a_missing_folder_is_named(tmp_path: Path) -> None:
     done = run_command("pipelines.val_parity", tmp_path / "nowhere")
     assert str(tmp_path / "nowhere") in user_error_line(done)
+
+
+def test_a_list_is_read_instead_of_the_folder(tmp_path: Path) -> None:
+    folder = build_image_folder(tmp_path / "val", extras=False)
+    files = sorted(folder.rglob("*.JPEG"))[:7]
+    listed = tmp_path / "files.txt"
+    listed.write_text("".join(f"{p.relative_to(folder)} {int(p.parent.name[1:])}\n" for p in files))
+    out = tmp_path / "parity.json"
+    argv = ["--crop-size", "24", "--resize-size", "28", "--batch-size", "3", "--list", str(listed)]
+    assert val_parity.main([str(folder), *argv, "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["images"] == 7 and report["list"] == str(listed)
+    assert report["max_levels"] < 1.001
+
+
+def test_a_bad_file_names_the_scan_and_this_command_with_its_list(tmp_path: Path) -> None:
+    # It advised make_loader(file_list=...) or python -m train --val-list, which this
+    # command could not take.
+    folder = build_image_folder(tmp_path / "val", extras=False)
+    bad = sorted(folder.rglob("*.JPEG"))[4]
+    bad.write_text("not an image\n")
+    argv = ["--crop-size", "24", "--resize-size", "28", "--batch-size", "3"]
+    done = run_command("pipelines.val_parity", folder, *argv)
+    line = user_error_line(done)
+    assert line.startswith(f"python -m pipelines.val_parity: error: {str(bad)!r} ")
+    assert line.endswith(
+        f" Find every bad file with: python -m dali_cutmix.scan {folder} --out DIR; then run "
+        f"again with: python -m pipelines.val_parity {folder} {' '.join(argv)} --list "
+        "DIR/files.txt"
+    )
+    listed = tmp_path / "files.txt"
+    listed.write_text(f"{bad} 0\n")
+    done = run_command("pipelines.val_parity", folder, *argv, "--list", listed)
+    assert user_error_line(done).endswith(
+        f" It is listed in --list {listed}: delete its line there."
+    )

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from dali_cutmix.files import SCAN_HINT, BadImageError, DatasetError, scan_commands
+from dali_cutmix.files import BadImageError, DatasetError, bad_file_problem
 from dali_cutmix.synthetic import generate
 
 from . import pipelines_module
@@ -43,7 +43,6 @@ from .utils import DistInfo, barrier
 __all__ = [
     "Loader",
     "build_criterion",
-    "bad_file_problem",
     "build_loaders",
     "build_val_loader",
     "continue_at",
@@ -129,13 +128,6 @@ def _dali_loader(folder: Path, config: TrainConfig, settings: dict[str, Any]) ->
 def seekable(loader: Loader) -> bool:
     """True for the torchvision loader, whose stream is a function of (seed, epoch, position)."""
     return isinstance(loader, pipelines_module("torchvision_ref").TorchvisionLoader)
-
-
-def bad_file_problem(error: DatasetError) -> str:
-    """The part of a loader's error that says what is wrong (the library's advice cut off)."""
-    message = " ".join(str(error).split())
-    cut = message.find(SCAN_HINT.split("{root}")[0].format(**scan_commands()).strip())
-    return message[:cut].strip() if cut > 0 else message
 
 
 def data_failure(
