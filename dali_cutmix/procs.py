@@ -90,13 +90,8 @@ def _start_server_deaf_to_stops() -> None:
     """
     if threading.current_thread() is not threading.main_thread():
         return  # signal.signal works in the main thread only; the server starts as it would
-    deaf = [signum for signum in _DEFERRED if not _foreign(signum)]
-    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in deaf}
-    try:
+    with _stops_handled_by(signal.SIG_IGN):
         multiprocessing.forkserver.ensure_running()
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 @contextlib.contextmanager
@@ -135,15 +130,8 @@ def _signals_deferred() -> Iterator[None]:
         yield  # signals are handled by the main thread only
         return
     held: list[int] = []
-    previous = {}
-    for signum in _DEFERRED:
-        if not _foreign(signum):  # a handler not set from Python could not be put back
-            previous[signum] = signal.signal(signum, lambda s, frame: held.append(s))
-    try:
+    with _stops_handled_by(lambda signum, frame: held.append(signum)) as previous:
         yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
     for signum in held:  # each press, in order: a second Ctrl-C aborts a training's stop
         handler = previous[signum]
         if callable(handler):
@@ -152,9 +140,21 @@ def _signals_deferred() -> Iterator[None]:
             signal.raise_signal(signum)
 
 
-def _foreign(signum: int) -> bool:
-    """The signal's handler was not set from Python (``getsignal`` gives ``None``)."""
-    return signal.getsignal(signum) is None
+@contextlib.contextmanager
+def _stops_handled_by(handler: Any) -> Iterator[dict[int, Any]]:
+    """Within the block :data:`_DEFERRED`'s signals go to ``handler``; their handlers before
+    (yielded) are put back at its end. A handler not set from Python (``getsignal`` gives
+    ``None``) could not be put back, so its signal is left alone."""
+    previous = {
+        signum: signal.signal(signum, handler)
+        for signum in _DEFERRED
+        if signal.getsignal(signum) is not None
+    }
+    try:
+        yield previous
+    finally:
+        for signum, before in previous.items():
+            signal.signal(signum, before)
 
 
 @contextlib.contextmanager
