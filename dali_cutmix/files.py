@@ -24,6 +24,7 @@ __all__ = [
     "BadImageError",
     "DatasetError",
     "ImageList",
+    "MissingFilesError",
     "UNLISTABLE",
     "bad_file_problem",
     "class_folders",
@@ -101,6 +102,34 @@ class BadImageError(DatasetError):
     def __init__(self, message: str, *, path: str | None) -> None:
         super().__init__(message)
         self.path = path
+
+
+class MissingFilesError(DatasetError):
+    """Listed files that do not exist (``read_file_list(must_exist=True)``).
+
+    The message ends with what to do: delete those lines or, where the missing
+    paths are relative, give the folder they are relative to as the root. A
+    program whose root comes from its own flag words that part with
+    :meth:`advising` (``python -m train``: ``--data``).
+
+    Attributes:
+        found: what the list names that does not exist (the list, the count, the first three).
+        base: the folder the list's relative paths resolved against.
+        relative: some missing path was relative, so another base may find it.
+    """
+
+    def __init__(self, found: str, *, base: str, relative: bool) -> None:
+        self.found, self.base, self.relative = found, base, relative
+        super().__init__(self.advising("give the folder the paths are relative to as the root"))
+
+    def advising(self, root_advice: str) -> str:
+        """The message, with ``root_advice`` as the way to another base."""
+        if not self.relative:
+            return f"{self.found}; delete those lines."
+        return (
+            f"{self.found}; delete those lines, or {root_advice} (they resolve against "
+            f"{self.base!r})."
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -350,12 +379,12 @@ def read_file_list(
         if missing:
             shown = ", ".join(f"{paths[i]!r} (line {numbers[i]})" for i in missing[:3])
             more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-            raise DatasetError(
+            raise MissingFilesError(
                 f"file list {str(list_path)!r} names {len(missing)} file"
                 f"{'s' * (len(missing) != 1)} that {'does' if len(missing) == 1 else 'do'} "
-                f"not exist: {shown}{more}; delete those "
-                f"lines, or give the folder the paths are relative to as the root (they "
-                f"resolve against {str(base)!r})."
+                f"not exist: {shown}{more}",
+                base=str(base),
+                relative=any(not os.path.isabs(entries[i][0]) for i in missing),
             )
     if root is None and max(labels) > MAX_LABEL_WITHOUT_ROOT:
         line = numbers[labels.index(max(labels))]

@@ -43,7 +43,13 @@ from dali_cutmix.cli import (
     start_command,
     write_json,
 )
-from dali_cutmix.files import BadImageError, bad_file_problem, scan_commands
+from dali_cutmix.files import (
+    BadImageError,
+    DatasetError,
+    MissingFilesError,
+    bad_file_problem,
+    scan_commands,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +189,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             except BadImageError as error:  # the advice this command can follow
                 raise BadImageError(_with_list_hint(error, args, argv), path=error.path) from None
+            except MissingFilesError as error:  # the root is this command's folder argument
+                advice = "give the folder the paths are relative to as the folder argument"
+                raise DatasetError(error.advising(advice)) from None
         report = {
             "command": command_line(__spec__.name, argv),
             "folder": str(args.folder),

@@ -327,6 +327,12 @@ def test_listed_files_that_do_not_exist_are_named_when_they_must(tmp_path: Path)
         f"the root (they resolve against {str(root)!r})."
     )
     assert len(read_file_list(_list(tmp_path, good), root=root, must_exist=True)) == 4
+    # absolute paths resolve against no folder: another root would not find them
+    absolute = _list(tmp_path, [good[0], f"{root / 'n00000001' / 'gone.JPEG'} 1"])
+    assert _refusal(read_file_list, absolute, root=root, must_exist=True) == (
+        f"file list {str(absolute)!r} names 1 file that does not exist: "
+        f"{str(root / 'n00000001' / 'gone.JPEG')!r} (line 2); delete those lines."
+    )
 
 
 def test_missing_files_are_found_on_threads_where_a_file_system_answers_slowly(

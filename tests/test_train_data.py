@@ -7,11 +7,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from dali_cutmix.files import DatasetError
 from dali_cutmix.synthetic import SyntheticSpec, generate
 from pipelines.torchvision_ref import make_torchvision_loader
 from tests.conftest import same_batches
 from train.config import parse_config
-from train.data import _loader_settings, build_val_loader, continue_at, restore_loader
+from train.data import (
+    _loader_settings,
+    build_loaders,
+    build_val_loader,
+    continue_at,
+    restore_loader,
+)
 from train.utils import DistInfo
 
 TINY = SyntheticSpec(num_classes=3, train_per_class=4, val_per_class=3, seed=0, size_scale=0.15)
@@ -75,3 +82,22 @@ def test_the_torchvision_loader_resumes_and_seeks_exactly(tiny: Path) -> None:
     assert same_batches(list(restored), expected[3:])
     # Without a usable state: epoch 1 from its batch 2, the very batches of before.
     assert same_batches(list(continue_at(loader(), epoch=1, step=2)), expected[5:])
+
+
+@pytest.mark.parametrize("loader", ["dali", "torchvision"])
+def test_a_listed_file_that_does_not_exist_is_named_with_the_data_flag(tiny, loader) -> None:
+    """The list's relative paths resolve against --data's split folder: the advice names --data
+    (make_loader's own names a root, which python -m train has no flag for)."""
+    listed = tiny / "out" / "train-files.txt"
+    listed.parent.mkdir(exist_ok=True)
+    kept = sorted(p.relative_to(tiny / "train") for p in (tiny / "train").rglob("*.JPEG"))
+    listed.write_text(f"{kept[0]} 0\nn0/gone.JPEG 0\n")
+    config = _config(tiny, loader, "--train-list", str(listed))
+    with pytest.raises(DatasetError) as refused:
+        build_loaders(config, tiny, DistInfo())
+    assert str(refused.value) == (
+        f"file list {str(listed)!r} names 1 file that does not exist: "
+        f"{str(tiny / 'train' / 'n0' / 'gone.JPEG')!r} (line 2); delete those lines, or give as "
+        f"--data the folder whose train/ the paths are relative to (they resolve against "
+        f"{str(tiny / 'train')!r})."
+    )

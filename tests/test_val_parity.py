@@ -59,6 +59,15 @@ def test_a_list_is_read_instead_of_the_folder(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     assert report["images"] == 7 and report["list"] == str(listed)
     assert report["max_levels"] < 1.001
+    # a listed file that is not there: the advice names this command's folder, its root
+    listed.write_text(f"{files[0].relative_to(folder)} 0\nn9/gone.JPEG 1\n")
+    done = run_command("pipelines.val_parity", folder, *argv)
+    assert user_error_line(done) == (
+        f"python -m pipelines.val_parity: error: file list {str(listed)!r} names 1 file that "
+        f"does not exist: {str(folder / 'n9' / 'gone.JPEG')!r} (line 2); delete those lines, or "
+        f"give the folder the paths are relative to as the folder argument (they resolve against "
+        f"{str(folder)!r})."
+    )
 
 
 def test_a_bad_file_names_the_scan_and_this_command_with_its_list(tmp_path: Path) -> None:

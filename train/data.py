@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from dali_cutmix.files import BadImageError, DatasetError, bad_file_problem
+from dali_cutmix.files import BadImageError, DatasetError, MissingFilesError, bad_file_problem
 from dali_cutmix.synthetic import generate
 
 from . import pipelines_module
@@ -164,6 +164,9 @@ def _build_loader(split: str, config: TrainConfig, root: Path, info: DistInfo) -
     settings = _loader_settings(file_list, train=split == "train", config=config, info=info)
     try:
         return build(root / split, config, settings)
+    except MissingFilesError as error:  # the root is --data's split folder, not a flag of its own
+        advice = f"give as --data the folder whose {split}/ the paths are relative to"
+        raise DatasetError(error.advising(advice)) from None
     except BadImageError as error:
         failure = data_failure(error, split, config=config, root=root, info=info, checkpoint=None)
         raise failure from error
