@@ -282,6 +282,31 @@ def test_only_rank_0_logs_information(rank: str, shown: bool) -> None:
     assert "train: a warning" in done.stderr
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+def test_rank_0_makes_the_default_output_folder_as_it_parses(
+    rank: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # made atomically, so that a run started in the same second takes the next name; the
+    # other ranks only name it, and take rank 0's (train.utils.rank_0s)
+    import train.config
+    import train.runner
+    from train.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(train.config.time, "strftime", lambda form: "20261123-120000")
+    seen = []
+
+    def started(config: TrainConfig) -> None:
+        seen.append((config.output_dir, config.output_dir.is_dir()))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train.runner, "run", started)
+    assert main(["--device", "cpu"]) == 130
+    assert seen == [(Path("runs/20261123-120000"), rank == 0)]
+
+
 def test_a_second_ctrl_c_ends_with_one_line_and_status_130(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
@@ -348,7 +373,7 @@ def test_ctrl_c_while_the_flags_are_read_is_one_line(
     # --resume loads torch and the checkpoint while parsing: seconds a Ctrl-C may hit.
     import train.__main__ as entry
 
-    def interrupted(argv: list[str]) -> TrainConfig:
+    def interrupted(argv: list[str], *, claim: bool) -> TrainConfig:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(entry, "parse_config", interrupted)

@@ -996,3 +996,28 @@ def test_the_default_output_folder_is_one_no_run_made_yet(
     assert made == ["runs/20261123-120000", "runs/20261123-120000-2", "runs/20261123-120000-3"]
     given = parse_config(["--device", "cpu", "--output-dir", "runs/20261123-120000"])
     assert given.output_dir == Path("runs/20261123-120000")  # a folder given is taken as given
+
+
+def test_runs_that_parse_in_the_same_second_claim_two_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Both runs named runs/<date-time> while neither had made it yet, and then shared it.
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(train.config.time, "strftime", lambda form: "20261123-120000")
+    named = [parse_config(["--device", "cpu"]) for _ in range(2)]  # only named: nothing made
+    assert {str(c.output_dir) for c in named} == {"runs/20261123-120000"}
+    assert not (tmp_path / "runs").exists()
+    claimed = [str(parse_config(["--device", "cpu"], claim=True).output_dir) for _ in range(2)]
+    assert claimed == ["runs/20261123-120000", "runs/20261123-120000-2"]
+    assert all((tmp_path / folder).is_dir() for folder in claimed)
+    # the same name claimed by 8 at once: 8 folders, each claimed once
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(train.config.claim_run_dir, [Path("runs/20261123-130000")] * 8))
+    assert sorted(map(str, got)) == sorted(
+        ["runs/20261123-130000"] + [f"runs/20261123-130000-{n}" for n in range(2, 9)]
+    )
+    # a given folder is never renamed
+    given = parse_config(["--device", "cpu", "--output-dir", "runs/20261123-120000"], claim=True)
+    assert given.output_dir == Path("runs/20261123-120000")

@@ -56,7 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(name).setLevel(log_level(rank))
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        config = parse_config(argv)  # a bad flag ends the process here, status 2
+        # a bad flag ends the process here, status 2; rank 0 makes the default output folder
+        config = parse_config(argv, claim=rank == 0)
     except KeyboardInterrupt:  # --resume reads the checkpoint (and loads torch) here
         return aborted(get_args_parser(), "nothing was started")
     try:

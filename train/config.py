@@ -590,15 +590,34 @@ def config_from_args(
 
 def _new_run_dir() -> Path:
     """``runs/<date-time>``, or ``runs/<date-time>-N`` where a run started in that second
-    already made it (as timm's output folders). Two runs that start in the same second and
-    both read their flags before either made its folder still meet: give ``--output-dir``
-    to runs started together."""
+    already made it (as timm's output folders). Only a name: :func:`claim_run_dir` makes it."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     folder, count = Path("runs") / stamp, 1
     while folder.exists():
         count += 1
         folder = Path("runs") / f"{stamp}-{count}"
     return folder
+
+
+def claim_run_dir(folder: Path) -> Path:
+    """Makes the default output folder ``folder`` (:func:`_new_run_dir`'s), or the next
+    ``-N`` name no other run made first, and returns it.
+
+    Two runs that start in the same second both name ``runs/<date-time>`` while they
+    parse their flags; making the folder is atomic, so the one that makes it second
+    takes ``-2`` instead of appending its epochs to the other's metrics.
+    """
+    base, count = folder.name, 1
+    if base.count("-") == 2:  # <date>-<time>-N
+        base, _, number = base.rpartition("-")
+        count = int(number)
+    while True:
+        try:
+            folder.mkdir(parents=True)
+            return folder
+        except FileExistsError:
+            count += 1
+            folder = folder.parent / f"{base}-{count}"
 
 
 def _checked_config(args: argparse.Namespace, saved_augment: AugmentConfig) -> TrainConfig:
@@ -1107,11 +1126,17 @@ def _check_ema_flags(args: argparse.Namespace, typed: Mapping[str, str]) -> None
         raise ValueError(f"{' and '.join(settings)} need{'s' * (len(settings) == 1)} --model-ema")
 
 
-def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
+def parse_config(argv: Sequence[str] | None = None, *, claim: bool = False) -> TrainConfig:
     """Parses ``argv`` (default ``sys.argv[1:]``), with ``--resume``'s configuration if given.
 
     An invalid value ends the process with one line on stderr naming the flag as
     typed, and exit status 2 (:class:`train.status.ExitStatus.USAGE`).
+
+    Args:
+        claim: make the default output folder once the flags are good
+            (:func:`claim_run_dir`), which may give it another ``-N`` name; ``python -m
+            train`` claims on rank 0, whose folder every rank then takes. Without it
+            the default folder is only named.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = get_args_parser()
@@ -1127,6 +1152,8 @@ def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
             _check_ema_flags(args, typed)
             config = config_from_args(args)
         _check_folders(config)
+        if claim and args.output_dir is None and args.resume is None:
+            config = dataclasses.replace(config, output_dir=claim_run_dir(config.output_dir))
         return config
 
 
