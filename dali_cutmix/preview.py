@@ -198,12 +198,14 @@ def _what_was_mixed(
 def caption(method: str, own: str, partner: str, share: float) -> str:
     """A tile's caption: the method, then each class with its label weight.
 
-    ``caption("CutMix", "cat", "cat", 0.25) == "CutMix cat 0.75\n+ cat 0.25"``; an
-    unmixed sample (``method == ""``) reads ``"unmixed cat 1.00"``.
+    ``caption("CutMix", "cat", "cat", 0.25) == "CutMix: cat 0.75\n+ cat 0.25"``; an
+    unmixed sample (``method == ""``) reads ``"unmixed: cat 1.00"``. The colon keeps the
+    method apart from a class name: PIL's default font advances 2 pixels for a space
+    (``MixUp s0004`` read ``MixUps0004``).
     """
     if not method:
-        return f"unmixed {own} 1.00"
-    return f"{method} {own} {1.0 - share:.2f}\n+ {partner} {share:.2f}"
+        return f"unmixed: {own} 1.00"
+    return f"{method}: {own} {1.0 - share:.2f}\n+ {partner} {share:.2f}"
 
 
 def render_grid(

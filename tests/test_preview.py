@@ -21,10 +21,10 @@ from dali_cutmix.preview import (
 
 
 def test_caption_says_the_method_and_both_weights_even_for_one_class() -> None:
-    assert caption("CutMix", "cat", "fox", 0.75) == "CutMix cat 0.25\n+ fox 0.75"
-    assert caption("CutMix", "cat", "cat", 0.3) == "CutMix cat 0.70\n+ cat 0.30"
-    assert caption("MixUp", "dog", "dog", 0.5) == "MixUp dog 0.50\n+ dog 0.50"
-    assert caption("", "dog", "dog", 0.0) == "unmixed dog 1.00"
+    assert caption("CutMix", "cat", "fox", 0.75) == "CutMix: cat 0.25\n+ fox 0.75"
+    assert caption("CutMix", "cat", "cat", 0.3) == "CutMix: cat 0.70\n+ cat 0.30"
+    assert caption("MixUp", "dog", "dog", 0.5) == "MixUp: dog 0.50\n+ dog 0.50"
+    assert caption("", "dog", "dog", 0.0) == "unmixed: dog 1.00"
 
 
 def test_render_grid_size_and_box_outline() -> None:
