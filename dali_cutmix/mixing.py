@@ -73,6 +73,19 @@ def _max_batch_size() -> int:
     return pipe.max_batch_size
 
 
+def _graph_input(
+    function: str, name: str, node: Any, instead: str = "torchvision.transforms.v2.CutMix / MixUp"
+) -> None:
+    """Refuses a value that is no DALI node: these functions build graph operators."""
+    if not isinstance(node, DataNode):
+        kind = f"{type(node).__module__}.{type(node).__qualname__}".removeprefix("builtins.")
+        raise TypeError(
+            f"{function} builds DALI operators: its {name} must be a DataNode of a "
+            f"@pipeline_def graph (a reader's or fn.external_source's output), got {kind}; "
+            f"on torch tensors, use {instead}"
+        )
+
+
 def _never(weight: Weight) -> bool:
     return isinstance(weight, float) and weight == 0.0
 
@@ -405,8 +418,9 @@ def checked_labels(labels: DataNode, num_classes: int) -> DataNode:
     here (an argument input must be on the CPU): check them before ``.gpu()``.
     """
     zeros = types.Constant(np.zeros([num_classes], dtype=np.float32))
-    # a label of more than one element fails the reshape; slice takes int32 (or float) anchors
-    label = fn.reshape(labels, shape=[1])
+    # DALI's error quotes the failing line: each check's comment is on it. Slice takes
+    # int32 (or float) anchors.
+    label = fn.reshape(labels, shape=[1])  # label of more than one element: "Actual volume"
     index = fn.cast(label, dtype=types.INT32)
     fits = fn.slice(  # label not in [0, num_classes): slice_anchor={label}, input_shape={classes}
         zeros, start=index, shape=[1], axes=[0], out_of_bounds_policy="error"
@@ -473,6 +487,7 @@ def soft_targets(
         ``w == 0`` or a sample that is its own partner, the (smoothed) one-hot
         vector exactly.
     """
+    _graph_input("soft_targets", "labels", labels)
     num_classes = _check_int("num_classes", num_classes, 1)
     label_smoothing = _check_range("label_smoothing", label_smoothing, 0.0, 1.0, high_open=True)
     off = label_smoothing / num_classes
@@ -535,6 +550,8 @@ def mix(
         ...     config = MixConfig(num_classes=1000, cutmix_alpha=1.0)
         ...     return mix(images, labels.gpu(), config, size=(224, 224))
     """
+    _graph_input("mix", "images", images)
+    _graph_input("mix", "labels", labels)
     if not isinstance(config, MixConfig):
         hint = " (MixConfig.from_dict makes one)" if isinstance(config, dict) else ""
         raise ValueError(f"config must be a MixConfig, got {config!r}{hint}")
@@ -688,6 +705,8 @@ def cutmix(
         ``(images, targets)``: images with the input dtype, layout and size;
         float32 targets ``[num_classes]``.
     """
+    _graph_input("cutmix", "images", images)
+    _graph_input("cutmix", "labels", labels)
     box = {"cutmix_minmax": minmax, "correct_lam": correct_lam}
     config = _one_method_config("cutmix", alpha, num_classes, prob, mode, label_smoothing, **box)
     return mix(images, labels, config)
@@ -717,6 +736,8 @@ def mixup(
         ``(images, targets)``: float32 images of the input layout and size;
         float32 targets ``[num_classes]``.
     """
+    _graph_input("mixup", "images", images)
+    _graph_input("mixup", "labels", labels)
     config = _one_method_config("mixup", alpha, num_classes, prob, mode, label_smoothing)
     return mix(images, labels, config)
 
@@ -744,6 +765,7 @@ def cutout(
     Returns:
         Images of the input dtype, layout, size and device.
     """
+    _graph_input("cutout", "images", images, "torchvision.transforms.v2.RandomErasing")
     if not _is_number(size) or not 0.0 < size <= 1.0:
         raise ValueError(f"cutout size must be a number in (0, 1], got {size!r}")
     if not _is_number(prob) or not 0.0 <= prob <= 1.0:

@@ -605,10 +605,16 @@ def imagenet_options(options: ImageNetOptions | None = None, **fields: Any) -> I
         160
 
     Raises:
-        TypeError: a keyword that is no field of :class:`ImageNetOptions` (named),
-            or neither ``options`` nor ``train``.
+        TypeError: ``options`` that is no :class:`ImageNetOptions`, a keyword that is no
+            field of it (named), or neither ``options`` nor ``train``.
         ValueError: a bad value, from :class:`ImageNetOptions`.
     """
+    if options is not None and not isinstance(options, ImageNetOptions):
+        raise TypeError(
+            f"options (make_loader's second argument) must be an ImageNetOptions or None, got "
+            f"{options!r}; give the recipe's fields as keywords (train=True, crop_size=...) "
+            f"and a file list as file_list=..."
+        )
     known = [field.name for field in dataclasses.fields(ImageNetOptions)]
     unknown = [name for name in fields if name not in known]
     if unknown:

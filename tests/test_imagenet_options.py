@@ -44,8 +44,15 @@ def test_fields_replace_the_options_fields() -> None:
             "unknown keyword 'crop', 'resize': ",
         ),
         (None, {"crop_size": 8}, "give train=True or train=False, or options"),
+        (  # make_loader(root, True, ...): "replace() should be called on dataclass instances"
+            True,
+            {},
+            "options (make_loader's second argument) must be an ImageNetOptions or None, got "
+            "True; give the recipe's fields as keywords (train=True, crop_size=...) and a file "
+            "list as file_list=...",
+        ),
     ],
-    ids=["unknown", "two-unknown", "no-train"],
+    ids=["unknown", "two-unknown", "no-train", "not-options"],
 )
 def test_a_keyword_that_is_no_field_is_named(
     options: ImageNetOptions | None, fields: dict, message: str

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+import torch
 from conftest import requires_cuda
 from nvidia.dali import fn, pipeline_def, types
 from scipy import stats
@@ -442,8 +443,9 @@ def test_pair_mode_refuses_a_batch_shorter_than_the_pipelines() -> None:
 
 def test_a_label_of_two_elements_fails_the_pipeline() -> None:
     labels = [np.array([i % K, 0], np.int32) for i in range(4)]
-    with pytest.raises(RuntimeError, match="reshape"):
+    with pytest.raises(RuntimeError, match="reshape") as info:
         run_graph(lambda x, y: cutmix(x, y, num_classes=K), flat_images(4), labels)
+    assert "# label of more than one element" in str(info.value)  # DALI shows the line
 
 
 def test_targets_sum_to_one_with_smoothing() -> None:
@@ -894,6 +896,40 @@ def test_known_size_must_be_two_positive_ints() -> None:
 def test_bad_argument_types_are_named(call: Callable, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         run_graph(call, flat_images(2))
+
+
+def test_arrays_and_tensors_outside_a_graph_are_refused_by_name() -> None:
+    # numpy images failed with "'tuple' object is not callable", torch's with "'torch.Size'
+    # object is not callable", inside the box math
+    images, labels = np.zeros((4, 8, 8, 3), np.uint8), np.arange(4)
+    config = MixConfig(num_classes=K)
+    rule = "must be a DataNode of a @pipeline_def graph (a reader's or fn.external_source's output)"
+    cases = [
+        (lambda: mix(images, labels, config), "mix", "images", "numpy.ndarray", "CutMix / MixUp"),
+        (
+            lambda: cutmix(torch.zeros(4, 3, 8, 8), labels, num_classes=K),
+            "cutmix",
+            "images",
+            "torch.Tensor",
+            "CutMix / MixUp",
+        ),
+        (lambda: mixup([1, 2], labels, num_classes=K), "mixup", "images", "list", "CutMix / MixUp"),
+        (
+            lambda: soft_targets(labels, num_classes=K),
+            "soft_targets",
+            "labels",
+            "numpy.ndarray",
+            "CutMix / MixUp",
+        ),
+        (lambda: cutout(images), "cutout", "images", "numpy.ndarray", "RandomErasing"),
+    ]
+    for call, function, name, kind, instead in cases:
+        with pytest.raises(TypeError) as refused:
+            call()
+        assert str(refused.value) == (
+            f"{function} builds DALI operators: its {name} {rule}, got {kind}; on torch "
+            f"tensors, use torchvision.transforms.v2.{instead}"
+        )
 
 
 def test_numpy_arguments_give_the_graph_of_python_numbers() -> None:
