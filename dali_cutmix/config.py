@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import numbers
+import os
 import re
 from typing import Any
 
@@ -483,3 +484,53 @@ def timm_auto_augment(spec: str) -> dict[str, Any]:
         else:
             raise ValueError(f"--aa {spec}: {option!r} cannot be honoured; {_TIMM_AA_HELP}")
     return fields
+
+
+# ---- what both loaders take alike ------------------------------------------------------------
+
+
+def resolve_shard(shard_id: int | None, num_shards: int | None) -> tuple[int, int]:
+    """``(shard_id, num_shards)``: as given, else torchrun's ``RANK`` / ``WORLD_SIZE``, else (0, 1).
+
+    Raises:
+        ValueError: only one of the two given, or ``shard_id`` outside ``[0, num_shards)``.
+    """
+    if (shard_id is None) != (num_shards is None):
+        raise ValueError(
+            f"give both shard_id and num_shards or neither, got {shard_id!r}, {num_shards!r}"
+        )
+    if shard_id is None:
+        shard_id, num_shards = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
+        if not 0 <= shard_id < num_shards:  # neither was given: name where they came from
+            raise ValueError(
+                f"the environment's RANK={os.environ.get('RANK', '(unset)')} and WORLD_SIZE="
+                f"{os.environ.get('WORLD_SIZE', '(unset)')} give no shard (need 0 <= RANK < "
+                "WORLD_SIZE, as torchrun sets them); unset them, or give shard_id and num_shards"
+            )
+    for name, value in (("shard_id", shard_id), ("num_shards", num_shards)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ValueError(f"{name} must be an int, got {value!r}")
+    shard_id, num_shards = int(shard_id), int(num_shards)  # NumPy's too, as Python ints
+    if num_shards < 1 or not 0 <= shard_id < num_shards:
+        raise ValueError(f"need 0 <= shard_id < num_shards, got {shard_id}, {num_shards}")
+    return shard_id, num_shards
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"the environment's {name}={value!r} is not an int") from None
+
+
+def check_seed(seed: Any) -> int:
+    """``seed`` as an int in ``[0, 2**32)``; a ValueError naming it otherwise.
+
+    DALI takes -1 for "a random seed": a negative one would silently lose determinism.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}")
+    return int(seed)

@@ -25,6 +25,7 @@ are the augmentation settings torchvision's transforms cannot honour (see
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -43,8 +44,12 @@ from dali_cutmix.config import (
     EraseMode,
     Interpolation,
     MixConfig,
+    MixMode,
+    _check_int,
     _enum,
+    check_seed,
     check_warp_interpolation,
+    resolve_shard,
 )
 from dali_cutmix.files import (
     BadImageError,
@@ -80,10 +85,7 @@ class MixCollate:
     """
 
     def __init__(self, config: MixConfig) -> None:
-        if config.cutmix_minmax is not None or not config.correct_lam:
-            raise ValueError(
-                "the torchvision loader supports neither cutmix_minmax nor correct_lam=False"
-            )
+        self.check(config)
         self.config = config
         methods, weights = [], []
         if config.cutmix_enabled:
@@ -93,6 +95,22 @@ class MixCollate:
             methods.append(v2.MixUp(alpha=config.mixup_alpha, num_classes=config.num_classes))
             weights.append(1.0 - config.cutmix_share)
         self.transform = methods[0] if len(methods) == 1 else v2.RandomChoice(methods, p=weights)
+
+    @staticmethod
+    def check(config: MixConfig) -> None:
+        """Refuses what torchvision's CutMix and MixUp would silently do otherwise: they draw
+        once per batch (``prob`` is per batch), and know neither box limits nor lambda's
+        correction."""
+        if config.mode is not MixMode.BATCH:
+            raise ValueError(
+                f"the torchvision loader mixes per batch (torchvision.transforms.v2.CutMix / "
+                f"MixUp): give mix.mode 'batch', got {config.mode.value!r} (the DALI loader "
+                f"mixes per sample or pair)"
+            )
+        if config.cutmix_minmax is not None or not config.correct_lam:
+            raise ValueError(
+                "the torchvision loader supports neither cutmix_minmax nor correct_lam=False"
+            )
 
     def __call__(self, batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = default_collate(batch)
@@ -175,6 +193,9 @@ def _random_erasing(augment: AugmentConfig) -> list[v2.Transform]:
         p=augment.random_erase, scale=augment.erase_scale, ratio=augment.erase_ratio, value=value
     )
     return [erasing]
+
+
+_TRANSFORM_OPTIONS = frozenset({"crop_size", "resize_size", "augment", "interpolation"})
 
 
 def make_transforms(
@@ -368,7 +389,7 @@ class TorchvisionLoader:
         whole, partial = divmod(self.dataset_size, batch_size)
         self._length = whole if train else whole + (partial > 0)
         if self._length == 0:  # a rank of no image: no batch size helps
-            fix = "lower --batch-size" if self.dataset_size else "use fewer ranks than images"
+            fix = "lower the batch size" if self.dataset_size else "use fewer ranks than images"
             raise DatasetError(
                 f"{len(dataset)} images over {num_shards} rank(s) give no batch of {batch_size} "
                 f"per rank: {fix}"
@@ -445,6 +466,18 @@ class TorchvisionLoader:
                 return BadImageError(f"{path!r} is not a decodable image ({reason}).", path=path)
         return None
 
+    def __repr__(self) -> str:
+        info = {
+            "batches": self._length,
+            "batch_size": self.batch_size,
+            "images": self.dataset_size,
+            "classes": self.num_classes,
+            "train": self.train,
+            "shard": f"{self.shard_id}/{self.num_shards}",
+            "workers": self.loader.num_workers,
+        }
+        return f"TorchvisionLoader({json.dumps(info)[1:-1]})"
+
     def seek(self, epoch: int, step: int) -> None:
         """The next ``iter()`` yields epoch ``epoch`` from its batch ``step`` (0-based)."""
         self._epoch, self._done, self._resuming = epoch, step, True
@@ -475,8 +508,8 @@ def make_torchvision_loader(
     workers: int = 4,
     mix: MixConfig | None = None,
     seed: int = 0,
-    shard_id: int = 0,
-    num_shards: int = 1,
+    shard_id: int | None = None,
+    num_shards: int | None = None,
     file_list: str | os.PathLike[str] | None = None,
     **transform_options: Any,
 ) -> TorchvisionLoader:
@@ -490,25 +523,50 @@ def make_torchvision_loader(
     through :class:`MixCollate`.
 
     Args:
-        train, batch_size, seed, shard_id, num_shards: see :class:`TorchvisionLoader`
-            and :func:`shard_indices`.
+        train, batch_size, seed: see :class:`TorchvisionLoader`.
+        shard_id, num_shards: see :func:`shard_indices`; default from torchrun's
+            ``RANK`` / ``WORLD_SIZE``, else 0 of 1 (as ``make_loader``).
+        mix: torchvision's CutMix and MixUp draw once per batch: ``mix.mode`` must
+            be ``"batch"`` (``MixCollate``); ``mix.num_classes`` the dataset's.
         **transform_options: :func:`make_transforms`' other arguments
             (``crop_size``, ``resize_size``, ``augment``, ``interpolation``),
             documented there.
 
     Raises:
         TypeError: an unknown keyword (named).
-        ValueError: a setting torchvision cannot honour (see :func:`make_transforms`).
+        ValueError: a bad value (named, as ``make_loader`` names it), or a setting
+            torchvision cannot honour (see :func:`make_transforms` and :class:`MixCollate`).
         dali_cutmix.files.DatasetError: a missing or mislaid root or list, or
             fewer images than one batch per rank.
     """
+    unknown = sorted(set(transform_options) - _TRANSFORM_OPTIONS)
+    if unknown:
+        raise TypeError(
+            f"unknown keyword {', '.join(map(repr, unknown))}: neither a loader setting nor "
+            f"a transform option ({', '.join(sorted(_TRANSFORM_OPTIONS))})"
+        )
+    batch_size = _check_int("batch_size", batch_size, 1)
+    workers = _check_int("workers", workers, 0)
+    seed = check_seed(seed)
+    shard_id, num_shards = resolve_shard(shard_id, num_shards)
+    if mix is not None and not isinstance(mix, MixConfig):
+        raise ValueError(f"mix must be a MixConfig or None, got {mix!r}")
+    if mix is not None and not train:
+        raise ValueError("mix applies to training only; pass mix=None for validation")
+    mixing = mix is not None and mix.enabled
+    if mixing:
+        MixCollate.check(mix)
     transform = make_transforms(train=train, **transform_options)
     images = (
         list_image_folder(root)
         if file_list is None
         else read_file_list(file_list, root=root, must_exist=True)
     )
-    mixing = train and mix is not None and mix.enabled
+    if mix is not None and mix.num_classes != images.num_classes:
+        raise ValueError(
+            f"mix.num_classes is {mix.num_classes} but {images.source!r} has "
+            f"{images.num_classes} classes"
+        )
     loader = TorchvisionLoader(
         _ImageFiles(images, transform),
         collate=MixCollate(mix) if mixing else None,

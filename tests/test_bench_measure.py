@@ -120,9 +120,13 @@ def test_augment_cases_are_the_recipes_settings() -> None:
     assert measure._augment_config("recipe") == AugmentConfig(
         auto_augment="ta_wide", random_erase=0.1
     )
-    assert measure._mix_config("recipe", 1000) == MixConfig(
-        num_classes=1000, mixup_alpha=0.2, cutmix_alpha=1.0, switch_prob=0.5, label_smoothing=0.1
+    recipe = dict(mixup_alpha=0.2, cutmix_alpha=1.0, switch_prob=0.5, label_smoothing=0.1)
+    assert measure._mix_config("recipe", 1000, "dali") == MixConfig(num_classes=1000, **recipe)
+    # torchvision's CutMix and MixUp draw per batch, DALI's per sample
+    assert measure._mix_config("cutmix", 10, "torchvision") == MixConfig(
+        num_classes=10, cutmix_alpha=1.0, mixup_alpha=0.0, mode="batch"
     )
+    assert measure._mix_config("off", 10, "torchvision") is None
 
 
 def test_a_configuration_two_sections_share_is_measured_once(tmp_path: Path) -> None:

@@ -40,7 +40,9 @@ def test_plain_loader_yields_imagefolder_labels_in_order(image_folder: Path) -> 
 
 
 def test_mixing_collate_gives_soft_targets(image_folder: Path) -> None:
-    config = MixConfig(num_classes=3, cutmix_alpha=1.0, mixup_alpha=1.0, label_smoothing=0.1)
+    config = MixConfig(
+        num_classes=3, cutmix_alpha=1.0, mixup_alpha=1.0, label_smoothing=0.1, mode="batch"
+    )
     loader = make_torchvision_loader(
         image_folder, train=True, batch_size=5, workers=0, mix=config, crop_size=32
     )
@@ -53,7 +55,7 @@ def test_mixing_collate_gives_soft_targets(image_folder: Path) -> None:
 
 
 def test_prob_zero_gives_one_hot() -> None:
-    collate = MixCollate(MixConfig(num_classes=4, prob=0.0))
+    collate = MixCollate(MixConfig(num_classes=4, prob=0.0, mode="batch"))
     batch = [(torch.full((3, 4, 4), float(i)), i) for i in range(4)]
     images, targets = collate(batch)
     torch.testing.assert_close(targets, torch.eye(4))
@@ -64,12 +66,12 @@ def test_unsupported_options_and_tiny_datasets_are_errors(
     image_folder: Path, tmp_path: Path
 ) -> None:
     with pytest.raises(ValueError, match="cutmix_minmax"):
-        MixCollate(MixConfig(num_classes=3, cutmix_minmax=(0.2, 0.4)))
+        MixCollate(MixConfig(num_classes=3, cutmix_minmax=(0.2, 0.4), mode="batch"))
     with pytest.raises(
         ValueError, match="15 images over 1 rank.s. give no batch of 64 per rank: lower"
     ):
         make_torchvision_loader(image_folder, train=True, batch_size=64, workers=0)
-    # a rank of no validation image: "lower --batch-size" could not help
+    # a rank of no validation image: "lower the batch size" could not help
     with pytest.raises(ValueError, match="over 16 rank.s. give no batch of 1 per rank: use fewer"):
         make_torchvision_loader(
             image_folder, train=False, batch_size=1, workers=0, shard_id=15, num_shards=16
@@ -195,11 +197,81 @@ def test_resuming_mid_epoch_continues_the_same_order() -> None:
         _numbers().load_state_dict({**state, "version": 2})
 
 
+@pytest.mark.parametrize(
+    ("settings", "error", "message"),
+    [
+        # torchvision's CutMix ran "elem" per batch: prob per batch, silently unlike DALI's
+        (
+            {"mix": MixConfig(num_classes=3)},
+            ValueError,
+            "the torchvision loader mixes per batch (torchvision.transforms.v2.CutMix / MixUp): "
+            "give mix.mode 'batch', got 'elem' (the DALI loader mixes per sample or pair)",
+        ),
+        (  # ran, with targets of 1000 classes for a 3-class folder
+            {"mix": MixConfig(num_classes=1000, mode="batch")},
+            ValueError,
+            "mix.num_classes is 1000 but '{root}' has 3 classes",
+        ),
+        (  # silently ignored
+            {"mix": MixConfig(num_classes=3, mode="batch"), "train": False},
+            ValueError,
+            "mix applies to training only; pass mix=None for validation",
+        ),
+        ({"mix": {"cutmix_alpha": 1.0}}, ValueError, "mix must be a MixConfig or None, got {{"),
+        # a shard that overlapped another, and the raw errors of Python
+        ({"shard_id": 3, "num_shards": 2}, ValueError, "need 0 <= shard_id < num_shards, got 3, 2"),
+        ({"batch_size": 0}, ValueError, "batch_size must be an int >= 1, got 0"),
+        ({"batch_size": "4"}, ValueError, "batch_size must be an int >= 1, got '4'"),
+        ({"workers": -1}, ValueError, "workers must be an int >= 0, got -1"),
+        ({"seed": -5}, ValueError, "seed must be an int in [0, 2**32), got -5"),
+        (  # named make_transforms(), an inner function
+            {"crop": 8},
+            TypeError,
+            "unknown keyword 'crop': neither a loader setting nor a transform option "
+            "(augment, crop_size, interpolation, resize_size)",
+        ),
+    ],
+    ids=[
+        "elem",
+        "classes",
+        "val-mix",
+        "dict",
+        "shard",
+        "batch-0",
+        "batch-str",
+        "workers",
+        "seed",
+        "keyword",
+    ],
+)
+def test_bad_settings_are_named_as_make_loader_names_them(
+    image_folder: Path, settings: dict, error: type, message: str
+) -> None:
+    call = {"train": True, "batch_size": 4, "workers": 0, **settings}
+    with pytest.raises(error) as refused:
+        make_torchvision_loader(image_folder, **call)
+    assert str(refused.value).startswith(message.format(root=image_folder))
+
+
+def test_shards_come_from_torchrun_as_make_loader_takes_them(
+    image_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # every rank read all the images
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    loader = make_torchvision_loader(image_folder, train=False, batch_size=4, workers=0)
+    assert (loader.shard_id, loader.num_shards, loader.dataset_size) == (1, 2, 7)
+    assert repr(loader) == (
+        'TorchvisionLoader("batches": 2, "batch_size": 4, "images": 7, "classes": 3, '
+        '"train": false, "shard": "1/2", "workers": 0)'
+    )
+
+
 # ----------------------------------------------------------------------------- the stream
 
 
 def _seeded(folder: Path, *, workers: int = 0, batch_size: int = 4) -> TorchvisionLoader:
-    mix = MixConfig(num_classes=3, cutmix_alpha=1.0)
+    mix = MixConfig(num_classes=3, cutmix_alpha=1.0, mode="batch")
     return make_torchvision_loader(
         folder, train=True, batch_size=batch_size, workers=workers, mix=mix, crop_size=16, seed=3
     )
@@ -521,7 +593,12 @@ def test_loader_with_the_resnet50_recipe_runs(image_folder: Path) -> None:
     """TrivialAugmentWide + RandomErasing in a worker process, then MixUp/CutMix switching."""
     augment = AugmentConfig(auto_augment="ta_wide", random_erase=0.5)
     mix = MixConfig(
-        num_classes=3, mixup_alpha=0.2, cutmix_alpha=1.0, switch_prob=0.5, label_smoothing=0.1
+        num_classes=3,
+        mixup_alpha=0.2,
+        cutmix_alpha=1.0,
+        switch_prob=0.5,
+        label_smoothing=0.1,
+        mode="batch",
     )
     loader = make_torchvision_loader(
         image_folder,

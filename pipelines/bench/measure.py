@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from dali_cutmix.config import AugmentConfig, MixConfig
+from dali_cutmix.config import AugmentConfig, MixConfig, MixMode
 from dali_cutmix.files import class_folders
 
 from .plan import (
@@ -142,9 +142,14 @@ def prepare_images(
     return images.contiguous(memory_format=memory_format)
 
 
-def _mix_config(name: str, num_classes: int) -> MixConfig | None:
+def _mix_config(name: str, num_classes: int, loader: str) -> MixConfig | None:
+    """The mixing ``name``; torchvision's CutMix and MixUp draw once per batch, DALI's
+    per sample (each loader's own way, as ``python -m train`` defaults them)."""
     params = RECIPE_MIX if name == "recipe" else MIXES[name]
-    return None if params is None else MixConfig(num_classes=num_classes, **params)
+    if params is None:
+        return None
+    mode = MixMode.BATCH if loader == "torchvision" else MixMode.ELEM
+    return MixConfig(num_classes=num_classes, **{"mode": mode, **params})
 
 
 def _augment_config(name: str) -> AugmentConfig | None:
@@ -159,7 +164,7 @@ def _build_loader(spec: dict[str, Any]):
     settings = {
         "train": True,
         "batch_size": spec["batch_size"],
-        "mix": _mix_config(spec["mix"], num_classes),
+        "mix": _mix_config(spec["mix"], num_classes, spec["loader"]),
         "augment": _augment_config(spec.get("augment", "none")),
         "crop_size": spec["crop_size"],
         "seed": 0,
