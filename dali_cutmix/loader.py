@@ -234,8 +234,14 @@ class DaliLoader:
         if self._finished:
             return
         left = self._length - self._done
-        if left:
-            logger.info("skipping the %d batches left of epoch %d", left, self._epoch)
+        if left:  # decoded in full: on ImageNet up to an epoch's work before the next batch
+            logger.warning(
+                "reading and discarding the %d of %d batches left of epoch %d (a loop broke "
+                "off early; DALI's reader cannot skip them) before the next epoch starts",
+                left,
+                self._length,
+                self._epoch,
+            )
         while True:
             try:
                 self._guard(lambda: next(self._iterator))

@@ -112,12 +112,21 @@ def test_state_before_iterating_restarts_the_stream(folder: Path) -> None:
     assert same_batches(_run(resumed, epochs=1), reference)
 
 
-def test_breaking_off_then_iterating_starts_the_next_epoch(folder: Path) -> None:
+def test_breaking_off_then_iterating_starts_the_next_epoch(folder: Path, caplog) -> None:
     reference = _run(_train_loader(folder), epochs=2)
     loader = _train_loader(folder)
     for _ in loader:
         break
-    assert same_batches(_run(loader, epochs=1), reference[3:])
+    with caplog.at_level("WARNING", logger="dali_cutmix.loader"):
+        assert same_batches(_run(loader, epochs=1), reference[3:])
+    # the rest is decoded, not skipped: said where a user sees it (an INFO line was not)
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        (
+            "WARNING",
+            "reading and discarding the 2 of 3 batches left of epoch 1 (a loop broke off "
+            "early; DALI's reader cannot skip them) before the next epoch starts",
+        )
+    ]
 
 
 def test_an_iterator_superseded_by_a_later_one_refuses_to_go_on(folder: Path) -> None:
