@@ -32,6 +32,11 @@ class Device(str, enum.Enum):
     CPU = "cpu"
     GPU = "gpu"
 
+    @classmethod
+    def _missing_(cls, value: object) -> Device | None:
+        # torch's name for it, the spelling a PyTorch user types first
+        return cls.GPU if value == "cuda" else None
+
 
 def resolve_device(device: Device | str) -> Device:
     """``device`` as the CPU or the GPU: ``auto`` resolved (and logged), ``gpu`` checked.
@@ -41,6 +46,7 @@ def resolve_device(device: Device | str) -> Device:
     Raises:
         ValueError: ``gpu`` where torch sees no CUDA device, or not a device.
     """
+    given = getattr(device, "value", device)
     device = _enum(Device, "device", device)
     if device is Device.CPU:
         return device
@@ -56,7 +62,7 @@ def resolve_device(device: Device | str) -> Device:
         )
     elif not cuda:
         raise ValueError(
-            "device must be 'cpu' or 'auto': torch sees no CUDA device here (got 'gpu')"
+            f"device must be 'cpu' or 'auto': torch sees no CUDA device here (got {given!r})"
         )
     return device
 

@@ -656,8 +656,9 @@ def make_loader(
         batch_size: samples per batch (per shard). With ``PARTIAL`` (validation's
             default) a shard smaller than it is read in one batch of its size
             (``loader.batch_size`` says which; logged).
-        device: ``"gpu"`` (decode with nvJPEG, tensors on CUDA), ``"cpu"``, or
-            ``"auto"`` (GPU when CUDA is available; logged).
+        device: ``"gpu"`` (decode with nvJPEG, tensors on CUDA; torch's ``"cuda"`` is
+            taken for it), ``"cpu"``, or ``"auto"`` (GPU when CUDA is available; logged).
+            Checked before the folder is listed.
         num_threads: DALI CPU threads; default :func:`default_num_threads`.
         seed: seeds augmentation (offset by ``shard_id``, so ranks differ) and
             the epoch shuffle (identical on every rank, so shards partition it).
@@ -700,6 +701,9 @@ def make_loader(
         LastBatch, "last_batch", last_batch or (LastBatch.DROP if train else LastBatch.PARTIAL)
     )
     shard_id, num_shards = resolve_shard(shard_id, num_shards)
+    # before the listing, which takes a while on ImageNet: "gpu" without CUDA is refused at once
+    dali_device = dali_device_id(device, device_id)
+    gpu = dali_device is not None
     images = _list_images(root, file_list)
     if options.mix is not None and options.mix.num_classes != images.num_classes:
         raise ValueError(
@@ -707,8 +711,6 @@ def make_loader(
             f"{images.num_classes} classes"
         )
     batch_size = _fitting_batch(images, batch_size, num_shards, policy)
-    dali_device = dali_device_id(device, device_id)
-    gpu = dali_device is not None
     build = functools.partial(
         _build_pipeline,
         images=images,

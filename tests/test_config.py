@@ -99,8 +99,15 @@ def test_resolve_device_checks_and_resolves_without_cuda(monkeypatch: pytest.Mon
     with pytest.raises(ValueError) as tpu:
         resolve_device("tpu")
     assert str(tpu.value) == "device must be one of 'auto', 'cpu', 'gpu', got 'tpu'"
+    # torch's name, the one a PyTorch user types: the GPU (it was refused as no device)
+    with pytest.raises(ValueError) as cuda:
+        resolve_device("cuda")
+    assert str(cuda.value).endswith("torch sees no CUDA device here (got 'cuda')")
+    with pytest.raises(ValueError, match="got 'cuda:1'"):  # an index would be dropped: refused
+        resolve_device("cuda:1")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert (resolve_device("auto"), resolve_device("gpu")) == (Device.GPU, Device.GPU)
+    assert resolve_device("cuda") is Device.GPU
 
 
 def test_numpy_scalars_are_accepted_and_stored_as_python_numbers() -> None:

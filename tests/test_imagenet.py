@@ -26,6 +26,7 @@ from pipelines.imagenet import (
     decode_random_crop,
     decode_resize,
     decoder_kwargs,
+    make_loader,
     read_headers,
     resolve_shard,
     torchvision_resize_size,
@@ -419,6 +420,15 @@ def test_auto_device_logs_its_choice(image_folder: Path, caplog) -> None:
     assert f"device auto: CUDA {cuda}, using the {expected.replace('cuda', 'gpu').upper()}\n" in (
         caplog.text
     )
+
+
+def test_the_gpu_without_cuda_is_refused_before_the_folder_is_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # it came after listing every file (minutes on ImageNet's 1.28M)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"torch sees no CUDA device here \(got 'cuda'\)"):
+        make_loader(tmp_path / "not listed", train=True, batch_size=4, device="cuda")
 
 
 def test_gpu_decoder_preallocates_for_training_only() -> None:
