@@ -686,8 +686,9 @@ def make_loader(
         ValueError: a bad setting (the message names it).
         dali_cutmix.files.DatasetError: a missing or empty root, a dataset root
             holding only ``train/`` and ``val/`` (give one of them), a class folder
-            without images, or (while iterating, as ``BadImageError``) a file that
-            does not decode; the message names the path and the fix.
+            without images, or (as ``BadImageError``) a file that does not decode,
+            while iterating or already here: DALI decodes the first batches ahead
+            as the loader is built. The message names the path and the fix.
     """
     batch_size = _check_int("batch_size", batch_size, 1)
     seed = check_seed(seed)
