@@ -495,6 +495,16 @@ def timm_auto_augment(spec: str) -> dict[str, Any]:
 # ---- what both loaders take alike ------------------------------------------------------------
 
 
+def _check_instance(name: str, value: Any, kind: type) -> None:
+    """``value`` is ``None`` or a ``kind``; a ValueError naming ``name`` and ``kind`` if not."""
+    if value is None or isinstance(value, kind):
+        return
+    article = "an" if kind.__name__[0] in "AEIOU" else "a"
+    from_dict = isinstance(value, dict) and hasattr(kind, "from_dict")
+    hint = f" ({kind.__name__}.from_dict makes one)" if from_dict else ""
+    raise ValueError(f"{name} must be {article} {kind.__name__} or None, got {value!r}{hint}")
+
+
 def resolve_shard(shard_id: int | None, num_shards: int | None) -> tuple[int, int]:
     """``(shard_id, num_shards)``: as given, else torchrun's ``RANK`` / ``WORLD_SIZE``, else (0, 1).
 

@@ -18,6 +18,10 @@ import shlex
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dali_cutmix.config import MixConfig
 
 __all__ = [
     "IMG_EXTENSIONS",
@@ -160,6 +164,14 @@ class ImageList:
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def check_mix(self, mix: MixConfig | None) -> None:
+        """A ValueError unless ``mix`` (if any) makes targets of this dataset's classes."""
+        if mix is not None and mix.num_classes != self.num_classes:
+            raise ValueError(
+                f"mix.num_classes is {mix.num_classes} but {self.source!r} has "
+                f"{self.num_classes} classes"
+            )
 
 
 def _has_image_extension(name: str) -> bool:

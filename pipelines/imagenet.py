@@ -51,6 +51,7 @@ from dali_cutmix.config import (
     Device,
     Interpolation,
     MixConfig,
+    _check_instance,
     _check_int,
     _check_interval,
     _check_range,
@@ -164,16 +165,6 @@ def decoder_kwargs(decoder: GpuDecoderOptions, *, train: bool, gpu: bool) -> dic
     if train:
         return dataclasses.asdict(decoder)
     return {"hw_decoder_load": decoder.hw_decoder_load}
-
-
-def _check_instance(name: str, value: Any, kind: type) -> None:
-    """``value`` is ``None`` or a ``kind``; a ValueError naming ``name`` and ``kind`` if not."""
-    if value is None or isinstance(value, kind):
-        return
-    article = "an" if kind.__name__[0] in "AEIOU" else "a"
-    from_dict = isinstance(value, dict) and hasattr(kind, "from_dict")
-    hint = f" ({kind.__name__}.from_dict makes one)" if from_dict else ""
-    raise ValueError(f"{name} must be {article} {kind.__name__} or None, got {value!r}{hint}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -706,11 +697,7 @@ def make_loader(
     dali_device = dali_device_id(device, device_id)
     gpu = dali_device is not None
     images = _list_images(root, file_list)
-    if options.mix is not None and options.mix.num_classes != images.num_classes:
-        raise ValueError(
-            f"mix.num_classes is {options.mix.num_classes} but {images.source!r} has "
-            f"{images.num_classes} classes"
-        )
+    images.check_mix(options.mix)
     batch_size = _fitting_batch(images, batch_size, num_shards, policy)
     build = functools.partial(
         _build_pipeline,

@@ -45,6 +45,7 @@ from dali_cutmix.config import (
     Interpolation,
     MixConfig,
     MixMode,
+    _check_instance,
     _check_int,
     _enum,
     check_seed,
@@ -85,22 +86,8 @@ class MixCollate:
     """
 
     def __init__(self, config: MixConfig) -> None:
-        self.check(config)
-        self.config = config
-        methods, weights = [], []
-        if config.cutmix_enabled:
-            methods.append(v2.CutMix(alpha=config.cutmix_alpha, num_classes=config.num_classes))
-            weights.append(config.cutmix_share)
-        if config.mixup_enabled:
-            methods.append(v2.MixUp(alpha=config.mixup_alpha, num_classes=config.num_classes))
-            weights.append(1.0 - config.cutmix_share)
-        self.transform = methods[0] if len(methods) == 1 else v2.RandomChoice(methods, p=weights)
-
-    @staticmethod
-    def check(config: MixConfig) -> None:
-        """Refuses what torchvision's CutMix and MixUp would silently do otherwise: they draw
-        once per batch (``prob`` is per batch), and know neither box limits nor lambda's
-        correction."""
+        # what torchvision's CutMix and MixUp would silently do otherwise: they draw once per
+        # batch (prob is per batch) and know neither box limits nor lambda's correction
         if config.mode is not MixMode.BATCH:
             raise ValueError(
                 f"the torchvision loader mixes per batch (torchvision.transforms.v2.CutMix / "
@@ -111,6 +98,15 @@ class MixCollate:
             raise ValueError(
                 "the torchvision loader supports neither cutmix_minmax nor correct_lam=False"
             )
+        self.config = config
+        methods, weights = [], []
+        if config.cutmix_enabled:
+            methods.append(v2.CutMix(alpha=config.cutmix_alpha, num_classes=config.num_classes))
+            weights.append(config.cutmix_share)
+        if config.mixup_enabled:
+            methods.append(v2.MixUp(alpha=config.mixup_alpha, num_classes=config.num_classes))
+            weights.append(1.0 - config.cutmix_share)
+        self.transform = methods[0] if len(methods) == 1 else v2.RandomChoice(methods, p=weights)
 
     def __call__(self, batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = default_collate(batch)
@@ -527,7 +523,7 @@ def make_torchvision_loader(
         shard_id, num_shards: see :func:`shard_indices`; default from torchrun's
             ``RANK`` / ``WORLD_SIZE``, else 0 of 1 (as ``make_loader``).
         mix: torchvision's CutMix and MixUp draw once per batch: ``mix.mode`` must
-            be ``"batch"`` (``MixCollate``); ``mix.num_classes`` the dataset's.
+            be ``"batch"`` (:class:`MixCollate`); ``mix.num_classes`` the dataset's.
         **transform_options: :func:`make_transforms`' other arguments
             (``crop_size``, ``resize_size``, ``augment``, ``interpolation``),
             documented there.
@@ -549,27 +545,20 @@ def make_torchvision_loader(
     workers = _check_int("workers", workers, 0)
     seed = check_seed(seed)
     shard_id, num_shards = resolve_shard(shard_id, num_shards)
-    if mix is not None and not isinstance(mix, MixConfig):
-        raise ValueError(f"mix must be a MixConfig or None, got {mix!r}")
+    _check_instance("mix", mix, MixConfig)
     if mix is not None and not train:
         raise ValueError("mix applies to training only; pass mix=None for validation")
-    mixing = mix is not None and mix.enabled
-    if mixing:
-        MixCollate.check(mix)
+    collate = MixCollate(mix) if mix is not None and mix.enabled else None
     transform = make_transforms(train=train, **transform_options)
     images = (
         list_image_folder(root)
         if file_list is None
         else read_file_list(file_list, root=root, must_exist=True)
     )
-    if mix is not None and mix.num_classes != images.num_classes:
-        raise ValueError(
-            f"mix.num_classes is {mix.num_classes} but {images.source!r} has "
-            f"{images.num_classes} classes"
-        )
+    images.check_mix(mix)
     loader = TorchvisionLoader(
         _ImageFiles(images, transform),
-        collate=MixCollate(mix) if mixing else None,
+        collate=collate,
         classes=list(images.classes),
         batch_size=batch_size,
         train=train,
