@@ -97,10 +97,13 @@ TRAIN_CASES = [
     dict(mix="cutmix", augment="ta_wide", interpolation=Interpolation.NEAREST),
 ]
 VAL_CASES = [
-    dict(output_layout=layout, dtype=dtype, interpolation=interp)
-    for layout, dtype in itertools.product(Layout, DType)
-    for interp in [Interpolation.BILINEAR]
-] + [dict(interpolation=Interpolation.BICUBIC), dict(resize_size=224)]
+    *(
+        dict(output_layout=layout, dtype=dtype)
+        for layout, dtype in itertools.product(Layout, DType)
+    ),
+    dict(interpolation=Interpolation.BICUBIC),
+    dict(resize_size=224),
+]
 
 
 def _case_id(case: dict[str, Any]) -> str:
