@@ -777,6 +777,28 @@ def test_weights_broken_before_a_bad_file_are_not_saved_over_the_last_checkpoint
         assert "; then run again with: python -m train --data " in line
 
 
+def test_a_run_that_fails_before_its_first_step_leaves_no_run_folder(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    # its runs/<date-time> held only config.json; the scan the line names makes its own folder
+    root = tmp_path / "all-bad"
+    shutil.copytree(tiny, root)
+    for path in (root / "train").rglob("*.JPEG"):
+        path.write_bytes(b"not a JPEG")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(train.config.time, "strftime", lambda form: "20261123-120000")
+    argv = _argv(root, tmp_path)[:-4]  # without --output-dir and --print-freq
+    assert argv[-2:] == ["-j", "1"]
+    assert main(argv) == 4
+    line = capsys.readouterr().err.splitlines()[-1]
+    scan = "--out runs/20261123-120000/scan-train; then run again with: python -m train "
+    assert scan in line
+    assert list((tmp_path / "runs").iterdir()) == []
+    scan_dir = tmp_path / "runs" / "20261123-120000" / "scan-train"
+    assert scan_main([str(root / "train"), "--out", str(scan_dir)]) == 1
+    assert (scan_dir / "files.txt").read_text() == ""
+
+
 def test_any_loader_error_checkpoints_first_and_the_resume_by_position_is_exact(
     tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

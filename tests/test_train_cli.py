@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 from conftest import build_image_folder
 
+from dali_cutmix.files import DatasetError
 from train import cli
 from train.config import TrainConfig, get_args_parser, parse_config
+from train.status import ExitStatus
 
 HEAVY = ("torch", "torchvision", "nvidia", "matplotlib")
 
@@ -305,6 +307,59 @@ def test_rank_0_makes_the_default_output_folder_as_it_parses(
     monkeypatch.setattr(train.runner, "run", started)
     assert main(["--device", "cpu"]) == 130
     assert seen == [(Path("runs/20261123-120000"), rank == 0)]
+
+
+@pytest.mark.parametrize(
+    ("flags", "rank", "writes", "error", "kept"),
+    [
+        ([], 0, [], KeyboardInterrupt, False),  # Ctrl-C while the run starts
+        ([], 0, [], DatasetError("no full batch"), False),
+        ([], 0, [], RuntimeError("an internal error"), False),  # its traceback says all
+        ([], 0, ["checkpoint.pth"], KeyboardInterrupt, True),
+        ([], 0, ["metrics.jsonl"], DatasetError("no full batch"), True),
+        ([], 0, ["scan-train/"], DatasetError("no full batch"), True),
+        (["--output-dir", "mine"], 0, [], DatasetError("no full batch"), True),  # named
+        ([], 1, [], KeyboardInterrupt, True),  # rank 0 claimed it, and removes it
+    ],
+)
+def test_only_the_folder_a_failed_run_claimed_and_left_unused_is_removed(
+    flags: list[str],
+    rank: int,
+    writes: list[str],
+    error: BaseException,
+    kept: bool,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import train.config
+    import train.runner
+    from train.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setattr(train.config.time, "strftime", lambda form: "20261123-120000")
+    folder = Path("mine" if flags else "runs/20261123-120000")
+
+    def fails(config: TrainConfig) -> None:
+        assert config.output_dir == folder
+        config.output_dir.mkdir(parents=True, exist_ok=True)  # as rank 0's train.runner._set_up
+        (config.output_dir / "config.json").write_text("{}\n")
+        for name in writes:
+            path = config.output_dir / name
+            path.mkdir() if name.endswith("/") else path.write_bytes(b"")
+        raise error
+
+    monkeypatch.setattr(train.runner, "run", fails)
+    if isinstance(error, RuntimeError):
+        with pytest.raises(RuntimeError, match="an internal error"):
+            main(["--device", "cpu", *flags])
+    else:
+        assert main(["--device", "cpu", *flags]) in (ExitStatus.USAGE, ExitStatus.ABORTED)
+    assert folder.is_dir() is kept
+    if kept:
+        written = ["config.json", *(name.rstrip("/") for name in writes)]
+        assert sorted(p.name for p in folder.iterdir()) == sorted(written)
+    assert Path("runs").is_dir() == (not flags)  # runs/ itself stays
 
 
 def test_a_second_ctrl_c_ends_with_one_line_and_status_130(

@@ -29,7 +29,13 @@ from collections.abc import Sequence
 from dali_cutmix.cli import aborted, report_user_error
 
 from .cli import get_args_parser
-from .config import CHECKPOINT_NAME, TrainConfig, parse_config
+from .config import (
+    CHECKPOINT_NAME,
+    TrainConfig,
+    claims_run_dir,
+    drop_unused_run_dir,
+    parse_config,
+)
 from .status import DataFailure, ExitStatus
 
 # the project's top-level packages, in a clone and installed (dali_cutmix.train, ...)
@@ -60,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = parse_config(argv, claim=rank == 0)
     except KeyboardInterrupt:  # --resume reads the checkpoint (and loads torch) here
         return aborted(get_args_parser(), "nothing was started")
+    claimed = rank == 0 and claims_run_dir(argv)
     try:
         status = _train(config, argv, rank)
     except KeyboardInterrupt as interrupt:  # a second Ctrl-C (the first stops at the next
@@ -74,6 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             what = "no checkpoint was written"
         return aborted(get_args_parser(), what)
+    finally:
+        if claimed:  # a run that failed before its first epoch leaves no folder behind
+            drop_unused_run_dir(config.output_dir)
     if status in _ALONE:
         from .utils import outlive_siblings
 

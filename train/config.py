@@ -61,8 +61,10 @@ __all__ = [
     "Precision",
     "Schedule",
     "TrainConfig",
+    "claims_run_dir",
     "config_from_args",
     "default_workers",
+    "drop_unused_run_dir",
     "get_args_parser",
     "name_flags",
     "parse_config",
@@ -1152,9 +1154,38 @@ def parse_config(argv: Sequence[str] | None = None, *, claim: bool = False) -> T
             _check_ema_flags(args, typed)
             config = config_from_args(args)
         _check_folders(config)
-        if claim and args.output_dir is None and args.resume is None:
+        if claim and not _names_output_dir(args):
             config = dataclasses.replace(config, output_dir=claim_run_dir(config.output_dir))
         return config
+
+
+def _names_output_dir(args: argparse.Namespace) -> bool:
+    """The command names its output folder: ``--output-dir``, or ``--resume``'s own folder."""
+    return args.output_dir is not None or args.resume is not None
+
+
+def claims_run_dir(argv: Sequence[str]) -> bool:
+    """Whether ``parse_config(argv, claim=True)`` makes a new ``runs/<date-time>`` folder
+    (``argv`` names none); ``argv`` parsed already, so it parses again without a word."""
+    return not _names_output_dir(get_args_parser().parse_args(list(argv)))
+
+
+def drop_unused_run_dir(folder: Path) -> bool:
+    """Removes ``folder``, a ``runs/<date-time>`` this command claimed, if its run wrote
+    nothing there but ``config.json``; returns whether it did.
+
+    A run that fails or is aborted before its first epoch (a missing dataset, a bad
+    file in the first batches, Ctrl-C while it starts) then leaves no folder behind
+    for each attempt; the error line's scan writes into a folder of its own making.
+    """
+    try:
+        if any(entry.name != "config.json" for entry in folder.iterdir()):
+            return False
+        (folder / "config.json").unlink(missing_ok=True)
+        folder.rmdir()
+    except OSError:  # gone already, or something written there meanwhile: keep it
+        return False
+    return True
 
 
 def _check_folders(config: TrainConfig) -> None:
