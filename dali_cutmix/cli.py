@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -210,7 +211,8 @@ def command_name(module: str) -> str:
 
 
 def check_folder(path: str | os.PathLike[str], flag: str) -> None:
-    """``path`` is a folder, or one can be made there; nothing is made yet.
+    """``path`` is a folder, or one can be made there; nothing is made yet (a probe folder is
+    made and removed in the nearest existing parent).
 
     Commands check their output folders before the long work, so that a typo
     costs nothing. Raises ``ValueError`` naming ``flag`` and the path.
@@ -225,8 +227,17 @@ def check_folder(path: str | os.PathLike[str], flag: str) -> None:
         parent = parent.parent
     if not parent.is_dir():
         raise ValueError(f"{flag} {path}: cannot be made, {parent} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag} {path}: cannot be made, {parent} is not writable")
+    # A folder made and removed at once: os.access answers yes to root, and on file systems
+    # that refuse folders anyway (read-only mounts, /proc), where the real mkdir then failed
+    # with a traceback.
+    import tempfile
+
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".check-", dir=parent))
+    except OSError as error:
+        refused = error.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+        reason = "is not writable" if refused else f"takes no folder ({error.strerror})"
+        raise ValueError(f"{flag} {path}: cannot be made, {parent} {reason}") from None
 
 
 ABORTED = 130  # the shell's status for a process ended by Ctrl-C (128 + SIGINT)

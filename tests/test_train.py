@@ -836,7 +836,7 @@ def _cli_case(case: str, tiny: Path, bad_tiny: Path, tmp_path: Path) -> tuple[li
         return _argv(tiny, out, "--mix-prob", "2"), 2, message
     if case == "missing folder":
         missing = tmp_path / "nowhere"
-        message = f"--data {missing}: no train/ folder (expected {missing / 'train'})"
+        message = f"--data {missing}: no such folder"
         return _argv(missing, out), 2, message
     if case == "empty class folder":
         root = tmp_path / "data"

@@ -186,6 +186,8 @@ def _refused(argv: list[str], capsys: pytest.CaptureFixture) -> str:
         (["--smoothing", "1"], "--smoothing must be in [0.0, 1.0), got 1.0"),  # as typed
         (["--cutmix-minmax", "0.8", "0.2"], "--cutmix-minmax must have min <= max, got (0.8, 0.2)"),
         (["--epochs", "0"], "--epochs must be an int >= 1, got 0"),
+        # not the default warmup derived from it (was: --warmup-epochs ... got -0.6)
+        (["--epochs", "-3"], "--epochs must be an int >= 1, got -3"),
         (["--batch-size", "0"], "--batch-size must be an int >= 1, got 0"),
         (["-b", "0"], "-b must be an int >= 1, got 0"),
         (["-j", "0"], "-j must be an int >= 1, got 0"),
@@ -233,7 +235,7 @@ def _refused(argv: list[str], capsys: pytest.CaptureFixture) -> str:
         ),
         (
             ["--data", "/nonexistent/imagenet"],
-            "--data /nonexistent/imagenet: no train/ folder (expected /nonexistent/imagenet/train)",
+            "--data /nonexistent/imagenet: no such folder",
         ),
         (
             ["--train-list", "/nonexistent/files.txt"],
@@ -260,6 +262,34 @@ def test_output_and_cache_folders_are_checked_before_anything_runs(tmp_path: Pat
     fresh = tmp_path / "new" / "run"
     config = parse_config(["--device", "cpu", "--output-dir", str(fresh)])
     assert config.output_dir == fresh and not fresh.exists()  # made by the run, not the parse
+    assert list(tmp_path.iterdir()) == [a_file]  # the probe folder is gone too
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="Linux's /proc")
+def test_a_folder_where_no_folder_can_be_made_is_one_line(capsys) -> None:
+    # /proc says yes to os.access as root, and the run's mkdir failed with a traceback
+    prefix = "python -m train: error: "
+    assert _refused(["--device", "cpu", "--output-dir", "/proc/out"], capsys) == (
+        f"{prefix}--output-dir /proc/out: cannot be made, /proc takes no folder "
+        "(No such file or directory)\n"
+    )
+
+
+def test_a_read_only_parent_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import errno
+    import tempfile
+
+    def read_only(**kwargs: object) -> str:  # as a read-only mount answers, even to root
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    out = tmp_path / "runs" / "a"
+    argv = ["--device", "cpu", "--cache-dir", str(tmp_path), "--output-dir", str(out)]
+    assert _refused(argv, capsys) == (
+        f"python -m train: error: --output-dir {out}: cannot be made, {tmp_path} is not writable\n"
+    )
 
 
 def test_a_new_run_refuses_a_folder_holding_another_run(tmp_path: Path, capsys) -> None:
@@ -296,6 +326,13 @@ def test_a_new_run_refuses_a_folder_holding_another_run(tmp_path: Path, capsys) 
 def test_argparse_errors_keep_argparse_usage(argv: list[str], message: str, capsys) -> None:
     err = _refused(["--device", "cpu", *argv], capsys)
     assert err.startswith("usage: python -m train") and message in err.splitlines()[-1]
+
+
+def test_data_given_as_a_file_is_told_so(tmp_path: Path, capsys) -> None:
+    a_file = tmp_path / "imagenet.tar"
+    a_file.write_bytes(b"")
+    err = _refused(["--data", str(a_file), "--device", "cpu"], capsys)
+    assert err == f"python -m train: error: --data {a_file}: not a folder\n"
 
 
 def test_data_given_as_its_train_folder_is_told_the_folder_above(tmp_path: Path, capsys) -> None:

@@ -234,7 +234,8 @@ def _add_optim_args(model: argparse._ArgumentGroup) -> None:
         "--warmup-epochs",
         type=float,
         default=None,
-        help="linear warmup (default: 5 with --data, 1 embedded; <= epochs / 5)",
+        help="linear warmup, in epochs (default: 5 with --data, 1 embedded, and at most "
+        "--epochs / 5; a value given may be up to --epochs)",
     )
     add_count(
         model,

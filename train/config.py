@@ -347,6 +347,8 @@ def _check_augment(augment: AugmentConfig, data: DataConfig) -> None:
 
 def _list_classes(root: Path) -> tuple[str, ...]:
     """Class folder names of ``root/train``, checked against ``root/val`` (listing only)."""
+    if not root.is_dir():
+        raise ValueError(f"--data {root}: {'not a folder' if root.exists() else 'no such folder'}")
     splits = {}
     for split in ("train", "val"):
         folder = root / split
@@ -443,7 +445,7 @@ def _data_config(args: argparse.Namespace, workers: int) -> DataConfig:
 
 def _default_warmup_epochs(epochs: int, *, embedded: bool) -> float:
     """``--warmup-epochs``' default: 1 epoch on the embedded set, 5 otherwise, at most 1/5."""
-    return min(1.0 if embedded else 5.0, epochs / 5)
+    return min(1.0 if embedded else 5.0, max(epochs, 0) / 5)  # a bad --epochs is named as such
 
 
 def _default_lr(batch_size: int, world_size: int, *, embedded: bool) -> float:
