@@ -91,6 +91,101 @@ def test_autocast_and_grad_scaler_steps_on_nhwc_batches(dtype: torch.dtype) -> N
     assert summary["samples"] == 12.0 and math.isfinite(summary["loss"])
 
 
+def test_the_bar_shows_each_step_its_own_loss_and_learning_rate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # it showed the next step's rate (the scheduler's, stepped already), where a divergence
+    # message names the step's own: 1.288e8 in the bar against 8.92e7 in the message
+    import train.engine
+
+    shown = []
+
+    class Bar:
+        def update(self, n: int) -> None:
+            pass
+
+        def set_postfix(self, refresh: bool, **values: str) -> None:
+            shown.append(values["lr"])
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(train.engine, "progress_bar", lambda *args, **kwargs: Bar())
+    gen = torch.Generator().manual_seed(0)
+    batches = [
+        (torch.randn(4, 3, 8, 8, generator=gen), torch.randint(0, 3, (4,), generator=gen))
+        for _ in range(3)
+    ]
+    model = _tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 10.0**-step)
+    result = train_one_epoch(
+        model,
+        nn.CrossEntropyLoss(),
+        optimizer,
+        scheduler,
+        batches,
+        epoch=0,
+        start_step=0,
+        num_steps=3,
+        options=StepOptions(device=CPU),
+        scaler=None,
+        info=DistInfo(),
+        stop=StopFlag(),
+        print_freq=1,
+    )
+    assert shown == ["0.1", "0.01", "0.001"]
+    assert result.lr == 0.001  # the last step's, which a divergence message names
+
+
+def test_a_second_ctrl_c_closes_the_bars_before_the_abort_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # left open, a bar was closed by the garbage collector after main's "aborted by Ctrl-C"
+    # line, and printed itself under it
+    import train.engine
+
+    closed = []
+    make_bar = train.engine.progress_bar
+
+    def recorded(*args, **kwargs):
+        bar = make_bar(*args, **kwargs)
+        close = bar.close
+        bar.close = lambda: (closed.append(kwargs["desc"]), close())[1]
+        return bar
+
+    monkeypatch.setattr(train.engine, "progress_bar", recorded)
+    model, options = _tiny_model(), StepOptions(device=CPU)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    with pytest.raises(KeyboardInterrupt):
+        train_one_epoch(
+            model,
+            nn.CrossEntropyLoss(),
+            optimizer,
+            scheduler,
+            _batches_then(KeyboardInterrupt(), 1),
+            epoch=0,
+            start_step=0,
+            num_steps=3,
+            options=options,
+            scaler=None,
+            info=DistInfo(),
+            stop=StopFlag(),
+            print_freq=1,
+        )
+    assert closed == ["epoch 1"]
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(
+            model,
+            _batches_then(KeyboardInterrupt(), 1),
+            options=options,
+            info=DistInfo(),
+            label="val 1",
+        )
+    assert list(dict.fromkeys(closed)) == ["epoch 1", "val 1"]  # tqdm may close twice
+
+
 def _batches_then(error: Exception, count: int):
     gen = torch.Generator().manual_seed(0)
     for _ in range(count):

@@ -276,7 +276,7 @@ def train_one_epoch(
                 first_sync = first_sync or last_sync
                 bar.set_postfix(  # shown at the bar's next refresh, at most every mininterval
                     loss=f"{last_loss:.3f}",
-                    lr=f"{scheduler.get_last_lr()[0]:.4f}",
+                    lr=f"{lr:.4g}",  # the step's own, as the loss and a divergence name it
                     img_s=f"{rate:.0f}",
                     refresh=False,
                 )
@@ -288,6 +288,9 @@ def train_one_epoch(
                 break
     except LoaderError as failed:
         error = failed.__cause__
+    except BaseException:  # a second Ctrl-C: the bar's last line now, not under the abort line
+        bar.close()
+        raise
     if error is None and not diverged and (stopped or step == num_steps) and step > start_step:
         # What is saved or validated next: the loss read last came before its step's update,
         # which may have broken the weights. (Under DDP every rank holds the same weights.)
@@ -361,32 +364,32 @@ def evaluate(
     model.eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")
     meter = SumMeter(options.device)
-    batches = iter(
-        progress_bar(
-            info,
-            iterable=_guarded(loader),
-            total=len(loader) if hasattr(loader, "__len__") else None,
-            desc=label,
-            leave=False,
-        )
+    bar = progress_bar(
+        info,
+        iterable=_guarded(loader),
+        total=len(loader) if hasattr(loader, "__len__") else None,
+        desc=label,
+        leave=False,
     )
-    # Agreed before the first forward too: a DDP model's forward may broadcast its buffers,
-    # a collective that a rank whose first batch failed would never join.
-    try:
-        first, failed = _next_or_failure(batches)
-    except StopIteration:
-        first, failed = None, None
-    settle(failed, info)
-    try:
-        for images, targets in itertools.chain([first] if first is not None else [], batches):
-            if images.shape[0] == 0:
-                continue  # a shard's empty last batch
-            images, targets = options.prepare(images, targets)
-            with options.autocast():
-                output = model(images)
-            loss = criterion(output.float(), targets) / images.shape[0]
-            meter.update(loss, images.shape[0], correct_topk(output, targets, (1, 5)))
-    except LoaderError as error:
-        failed = error
+    with bar:  # closed at once on a second Ctrl-C too, not under the abort line
+        batches = iter(bar)
+        # Agreed before the first forward too: a DDP model's forward may broadcast its
+        # buffers, a collective that a rank whose first batch failed would never join.
+        try:
+            first, failed = _next_or_failure(batches)
+        except StopIteration:
+            first, failed = None, None
+        settle(failed, info)
+        try:
+            for images, targets in itertools.chain([first] if first is not None else [], batches):
+                if images.shape[0] == 0:
+                    continue  # a shard's empty last batch
+                images, targets = options.prepare(images, targets)
+                with options.autocast():
+                    output = model(images)
+                loss = criterion(output.float(), targets) / images.shape[0]
+                meter.update(loss, images.shape[0], correct_topk(output, targets, (1, 5)))
+        except LoaderError as error:
+            failed = error
     settle(failed, info)
     return meter.summary(info)
