@@ -8,7 +8,8 @@ pasted CutMix box is outlined::
     python -m dali_cutmix.preview --data path/to/train --cutmix-alpha 1   # -> runs/preview.png
 
 Without ``--data`` it previews a small generated ImageNet-like set (cached
-under ``$DALI_CUTMIX_CACHE``, default ``./data``).
+under ``$DALI_CUTMIX_CACHE``, default ``./data``). ``--file-list FILE`` reads
+``path label`` lines (the scan's ``files.txt``) instead of listing ``--data``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -29,9 +31,17 @@ from dali_cutmix.cli import (
     exit_on_user_error,
     from_flags,
     interruptible,
+    other_command,
 )
 from dali_cutmix.config import MixConfig
-from dali_cutmix.files import ImageList, list_image_folder
+from dali_cutmix.files import (
+    BadImageError,
+    DatasetError,
+    ImageList,
+    bad_file_problem,
+    list_image_folder,
+    read_file_list,
+)
 from dali_cutmix.synthetic import SyntheticSpec, cache_dir, generate
 
 __all__ = [
@@ -290,6 +300,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--data", type=Path, help="ImageFolder root DATA/<class>/<image> (default: a generated set)"
     )
     parser.add_argument(
+        "--file-list",
+        type=Path,
+        help="read these 'path label' lines (the scan's files.txt; relative paths relative to "
+        "--data) instead of listing --data",
+    )
+    parser.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help="PNG to write (default: %(default)s)"
     )
     parser.add_argument(
@@ -328,6 +344,21 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _bad_file_advice(error: BadImageError, root: Path, file_list: Path | None) -> str:
+    """The undecodable file, and the scan and the preview that leaves it out (or, for a
+    list of the user's own, which line to delete)."""
+    problem = bad_file_problem(error)
+    if file_list is not None:
+        return f"{problem} It is listed in --file-list {file_list}: delete its line there."
+    folder = shlex.quote(str(root))
+    scan = f"{other_command('scan', 'dali_cutmix.scan')} {folder} --out DIR"
+    again = f"{command_name('dali_cutmix.preview')} --data {folder} --file-list DIR/files.txt"
+    return (
+        f"{problem} Find every bad file with: {scan} (DIR: any writable folder); "
+        f"then preview the good ones with: {again}"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point: 0 when the PNG is written.
 
@@ -340,7 +371,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def preview() -> int:
         with exit_on_user_error(parser, fields={"prob": "--mix-prob"}):
-            images = list_image_folder(args.data or default_data())
+            root = args.data or default_data()
+            if args.file_list is None:
+                images = list_image_folder(root)
+            else:
+                images = read_file_list(args.file_list, root=root, must_exist=True)
             config = from_flags(
                 MixConfig,
                 args,
@@ -348,7 +383,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 prob=args.mix_prob,
                 mode=args.mix_mode,
             )
-            write_preview(images, args.out, config, batch_size=args.batch_size, seed=args.seed)
+            try:
+                write_preview(images, args.out, config, batch_size=args.batch_size, seed=args.seed)
+            except BadImageError as error:  # this command's own way on, not the loaders'
+                raise DatasetError(_bad_file_advice(error, root, args.file_list)) from None
         return 0
 
     return interruptible(parser, f"{args.out} was not written", preview)

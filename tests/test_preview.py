@@ -147,13 +147,38 @@ def test_an_undecodable_image_is_named_in_one_line(tmp_path: Path) -> None:
     line = user_error_line(done)
     named = line.removeprefix(f"{PROG} '").partition("' is not a decodable image (DALI: ")
     assert named[0] in {str(path) for path in bad} and named[1], line
-    assert line.endswith(
-        f"Run `python -m dali_cutmix.scan {root} --out DIR` (DIR: any writable folder) to find "
-        "every bad file and write a list of the good ones, then read that list: "
-        '`make_loader(..., file_list="DIR/files.txt")`, or `python -m train ... '
-        "--train-list DIR/files.txt`."
+    assert line.endswith(  # the preview's own way on (it suggested train's --train-list)
+        f"Find every bad file with: python -m dali_cutmix.scan {root} --out DIR (DIR: any "
+        f"writable folder); then preview the good ones with: python -m dali_cutmix.preview "
+        f"--data {root} --file-list DIR/files.txt"
     )
     assert not (tmp_path / "p.png").exists()
+
+
+def test_the_scan_list_the_bad_file_line_names_previews_the_good_files(
+    tmp_path: Path, capsys
+) -> None:
+    from dali_cutmix.scan import main as scan
+
+    root = build_image_folder(tmp_path / "data", classes=2, per_class=2, extras=False)
+    bad = root / "n00000001" / "img_1_1.JPEG"
+    bad.write_bytes(b"not an image\n" * 20)
+    assert scan([str(root), "--out", str(tmp_path / "scan")]) == 1  # 1: bad files found
+    listed = tmp_path / "scan" / "files.txt"
+    assert len(listed.read_text().splitlines()) == 3
+    out = tmp_path / "p.png"
+    argv = ["--data", str(root), "--file-list", str(listed), "--batch-size", "3"]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert Image.open(out).size[0] > 0
+    # a list of the user's own that names the bad file: the line to delete
+    own = tmp_path / "mine.txt"
+    own.write_text(f"n00000000/img_0_0.JPEG 0\n{bad.relative_to(root)} 1\n")
+    with pytest.raises(SystemExit) as caught:
+        main(["--data", str(root), "--file-list", str(own), "--batch-size", "2", "--out", str(out)])
+    assert caught.value.code == 2
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert line.startswith(f"{PROG} '{bad}' is not a decodable image (DALI: "), line
+    assert line.endswith(f"It is listed in --file-list {own}: delete its line there.")
 
 
 def test_without_data_it_previews_a_generated_set(tmp_path: Path, monkeypatch) -> None:
