@@ -11,9 +11,13 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@echo "Installing DALI, PyTorch, torchvision and the dev tools into $(VENV) (about 7 GB;"
+	@echo "about 2 minutes from pip's cache, longer on a first download; pip lists each package)."
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --progress-bar on -e '.[dev]'
+	@echo "Installed. setuptools' boxed warning above about folders named like the package is"
+	@echo "expected: python -m train in this clone runs its train/ folder (README: Development)."
 	touch $(STAMP)
 
 test: $(STAMP)
