@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -116,23 +117,8 @@ def test_the_bar_shows_each_step_its_own_loss_and_learning_rate(
         (torch.randn(4, 3, 8, 8, generator=gen), torch.randint(0, 3, (4,), generator=gen))
         for _ in range(3)
     ]
-    model = _tiny_model()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 10.0**-step)
-    result = train_one_epoch(
-        model,
-        nn.CrossEntropyLoss(),
-        optimizer,
-        scheduler,
-        batches,
-        epoch=0,
-        start_step=0,
-        num_steps=3,
-        options=StepOptions(device=CPU),
-        scaler=None,
-        info=DistInfo(),
-        stop=StopFlag(),
-        print_freq=1,
+    result = _epoch(
+        _tiny_model(), batches, start_step=0, num_steps=3, schedule=lambda step: 10.0**-step
     )
     assert shown == ["0.1", "0.01", "0.001"]
     assert result.lr == 0.001  # the last step's, which a divergence message names
@@ -141,8 +127,8 @@ def test_the_bar_shows_each_step_its_own_loss_and_learning_rate(
 def test_a_second_ctrl_c_closes_the_bars_before_the_abort_line(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # left open, a bar was closed by the garbage collector after main's "aborted by Ctrl-C"
-    # line, and printed itself under it
+    # left open, a bar was closed by the garbage collector once the exception was handled,
+    # after main's "aborted by Ctrl-C" line, and printed itself under it
     import train.engine
 
     closed = []
@@ -154,36 +140,34 @@ def test_a_second_ctrl_c_closes_the_bars_before_the_abort_line(
         bar.close = lambda: (closed.append(kwargs["desc"]), close())[1]
         return bar
 
+    def closed_when_caught(interrupted: Callable[[], object]) -> list[str]:
+        try:
+            interrupted()
+        except KeyboardInterrupt:  # where main prints its line
+            return list(dict.fromkeys(closed))  # tqdm may close a bar twice
+        raise AssertionError("no KeyboardInterrupt")
+
+    class Interrupted(nn.Module):  # Ctrl-C in the forward, outside tqdm's own generator
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.zeros(1))
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            raise KeyboardInterrupt
+
     monkeypatch.setattr(train.engine, "progress_bar", recorded)
-    model, options = _tiny_model(), StepOptions(device=CPU)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    with pytest.raises(KeyboardInterrupt):
-        train_one_epoch(
-            model,
-            nn.CrossEntropyLoss(),
-            optimizer,
-            scheduler,
-            _batches_then(KeyboardInterrupt(), 1),
-            epoch=0,
-            start_step=0,
-            num_steps=3,
-            options=options,
-            scaler=None,
-            info=DistInfo(),
-            stop=StopFlag(),
-            print_freq=1,
-        )
-    assert closed == ["epoch 1"]
-    with pytest.raises(KeyboardInterrupt):
-        evaluate(
-            model,
-            _batches_then(KeyboardInterrupt(), 1),
-            options=options,
+    assert closed_when_caught(
+        lambda: _epoch(Interrupted(), _batches_then(OSError("not reached"), 2), start_step=0)
+    ) == ["epoch 1"]
+    assert closed_when_caught(
+        lambda: evaluate(
+            Interrupted(),
+            _batches_then(OSError("not reached"), 2),
+            options=StepOptions(device=CPU),
             info=DistInfo(),
             label="val 1",
         )
-    assert list(dict.fromkeys(closed)) == ["epoch 1", "val 1"]  # tqdm may close twice
+    ) == ["epoch 1", "val 1"]
 
 
 def _batches_then(error: Exception, count: int):
@@ -194,11 +178,17 @@ def _batches_then(error: Exception, count: int):
 
 
 def _epoch(
-    model: nn.Module, loader, *, start_step: int = 1, num_steps: int = 5, print_freq: int = 1
+    model: nn.Module,
+    loader,
+    *,
+    start_step: int = 1,
+    num_steps: int = 5,
+    print_freq: int = 1,
+    schedule: Callable[[int], float] = lambda step: 1.0,
 ):
-    """One epoch on the CPU: by default of 5 steps, resumed at step 1."""
+    """One epoch on the CPU: by default of 5 steps, resumed at step 1, at lr 0.1."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     return train_one_epoch(
         model,
         nn.CrossEntropyLoss(),
