@@ -39,6 +39,21 @@ def _paths(root: Path) -> dict[str, str]:
     }
 
 
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces as dashes."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_within_the_readme_reaches_a_heading() -> None:
+    prose = re.sub(r"```.*?```", "", README, flags=re.S)  # a shell comment is no heading
+    anchors = {_anchor(h) for h in re.findall(r"^#{1,6} (.+)$", prose, re.M)}
+    links = re.findall(r"\]\(#([^)]+)\)", prose)
+    assert len(links) >= 10  # the contents, at least
+    assert sorted(set(links) - anchors) == []
+    assert _anchor("torchvision's ResNet-50 recipe") == "torchvisions-resnet-50-recipe"
+    assert _anchor("The GPU run: one H100") == "the-gpu-run-one-h100"
+
+
 def test_there_are_four_examples() -> None:
     assert len(BLOCKS) == 4, "a Python example was added or removed: test it here"
 
