@@ -28,6 +28,7 @@ import concurrent.futures
 import contextlib
 import multiprocessing
 import multiprocessing.forkserver
+import multiprocessing.resource_tracker
 import signal
 import sys
 import threading
@@ -43,7 +44,9 @@ START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_met
 # torchvision (about 3 s of CPU each) every time a pool or a DataLoader starts. Importing
 # builds no pipeline. It replaces the default ["__main__"]: the server does not run the
 # user's script, which might build pipelines at import; each worker still imports it.
-_FORKSERVER_PRELOAD = ["dali_cutmix", "torchvision"]
+# dali_cutmix._forkserver comes first: it makes the server deaf to the stops it was started
+# with blocked (_start_server_deaf_to_stops), before the long imports.
+_FORKSERVER_PRELOAD = ["dali_cutmix._forkserver", "dali_cutmix", "torchvision"]
 
 
 # The stops the main process alone decides on: workers ignore them, and a worker's start
@@ -76,22 +79,34 @@ def _start_server_deaf_to_stops() -> None:
     workers forked from it took it with Python's default handler: the server died
     in its imports with a traceback, and DataLoader or pool workers died mid-task
     ("DataLoader worker exited unexpectedly", a half-removed temporary folder), while
-    the main process, which alone decides what a Ctrl-C does, was stopping cleanly. An
-    ignored SIGINT survives the server's exec and Python keeps it (it installs its
-    handler only over the default one); the server hands it to every worker it forks.
-    Workers still end with their parent: pools and DataLoaders shut them down, and a
-    DataLoader worker exits when its parent is gone.
-
+    the main process, which alone decides what a Ctrl-C does, was stopping cleanly.
     SIGTERM sent to the whole group (``timeout``, a batch scheduler's cancel) did the same:
     the server died while the main process waited for its reply to a worker's start (an
     ``EOFError`` traceback after exit 143, 2 runs of 4 of ``timeout -s TERM 2 python -m
     dali_cutmix.synthetic ...``), and DataLoader workers died under a training that stops
     at its next step on SIGTERM.
+
+    The server's first import, :mod:`dali_cutmix._forkserver`, ignores both; until then
+    they are blocked: this thread blocks them while the server starts, and the server
+    inherits the mask (as multiprocessing's resource tracker is started). The server
+    hands the ignored stops to every worker it forks. Workers still end with their
+    parent: pools and DataLoaders shut them down, and a DataLoader worker exits when its
+    parent is gone.
+
+    This process keeps its own handlers throughout. They used to be set to "ignore"
+    while the server started, for it to inherit that: a Ctrl-C then was lost, and the
+    command ran to its end (2 runs of about 30 of ``synthetic`` interrupted 2.75 s in).
     """
     if threading.current_thread() is not threading.main_thread():
-        return  # signal.signal works in the main thread only; the server starts as it would
-    with _stops_handled_by(signal.SIG_IGN):
+        return  # the stops' handlers run in the main thread; the server starts as it would
+    # The resource tracker first: the server's start starts it, and its own start unblocks
+    # the stops when it is done (not restores), which would end the block below early.
+    multiprocessing.resource_tracker.ensure_running()
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
+    try:
         multiprocessing.forkserver.ensure_running()
+    finally:  # a stop that came meanwhile is taken now
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 @contextlib.contextmanager
@@ -100,14 +115,34 @@ def worker_pool(workers: int) -> Iterator[concurrent.futures.ProcessPoolExecutor
 
     However the block ends (done, an error, Ctrl-C, SIGTERM under
     :func:`exit_on_sigterm`), tasks not started are cancelled and the pool waits
-    for the running ones (short by design) and its workers. The executor's own
+    for the running ones (short by design) and its workers; a second stop during that
+    wait kills the workers instead. The executor's own
     ``with`` waits for every task submitted, which is all of them.
     """
     pool = _Pool(workers, mp_context=process_context())
     try:
         yield pool
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        try:
+            pool.shutdown(wait=True, cancel_futures=True)
+        except BaseException:  # a second Ctrl-C (or SIGTERM) while it waits: end them now
+            _kill_workers(pool)
+            raise
+
+
+def _kill_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    """Ends ``pool``'s workers at once (SIGKILL: they ignore the stops) and waits for them.
+
+    A shutdown cut short left workers waiting for the end-of-work markers it had not
+    sent, and the process hung at exit, where multiprocessing joins its children (2
+    runs of 12 of ``timeout -s INT 8 python -m dali_cutmix.synthetic ...``, whose
+    ``timeout`` sends SIGINT twice: to the command and to its process group).
+    """
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for process in processes:
+        process.kill()
+    for process in processes:
+        process.join(timeout=10)
 
 
 class _Pool(concurrent.futures.ProcessPoolExecutor):

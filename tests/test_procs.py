@@ -132,6 +132,46 @@ def test_worker_pool_cancels_what_has_not_started_when_the_block_fails() -> None
     assert all(f.done() for f in futures)
 
 
+_TWICE = """
+import os, signal, threading, time
+from dali_cutmix.procs import worker_pool
+
+processes = []
+try:
+    with worker_pool(2) as pool:
+        futures = [pool.submit(time.sleep, 3) for _ in range(4)]
+        time.sleep(1)  # both workers run a task
+        processes = list(pool._processes.values())
+        # the second Ctrl-C comes while the shutdown waits for the running tasks
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+        raise KeyboardInterrupt
+except KeyboardInterrupt:
+    print(len(processes), [p.is_alive() for p in processes], flush=True)
+"""
+
+
+def test_a_second_ctrl_c_while_the_pool_shuts_down_ends_its_workers() -> None:
+    # a shutdown cut short left workers waiting for markers it never sent: the process hung
+    # at exit, where multiprocessing joins its children
+    process = subprocess.Popen(
+        [sys.executable, "-c", _TWICE],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    started = time.monotonic()
+    try:
+        out, err = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
+    assert process.returncode == 0, err[-2000:]
+    assert out == "2 [False, False]\n"
+    assert time.monotonic() - started < 30  # not after the 3-s tasks ran
+
+
 _DEAF = """
 import signal
 from dali_cutmix.procs import worker_pool
@@ -209,6 +249,54 @@ def test_a_sigterm_while_a_worker_starts_is_taken_once_it_has_started() -> None:
     finally:
         signal.signal(signal.SIGTERM, before)
     assert got == ["block ended", signal.SIGTERM, "KeyboardInterrupt"]  # in their order
+
+
+def test_a_ctrl_c_while_the_fork_server_starts_is_taken_once_it_has_started(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The stops are ignored while the server starts, so that it inherits them ignored; a
+    # Ctrl-C then was lost, and the command ran to its end (synthetic, 2 runs of ~30).
+    import multiprocessing.forkserver
+
+    start = multiprocessing.forkserver.ensure_running
+
+    def interrupted() -> None:  # the Ctrl-C comes while the server starts
+        os.kill(os.getpid(), signal.SIGINT)
+        start()
+
+    monkeypatch.setattr(multiprocessing.forkserver, "ensure_running", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        process_context()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == set()
+
+
+_MASKS = """
+import os
+from dali_cutmix.procs import process_context, worker_pool
+
+def masks(pid):
+    status = dict(line.split(":\t") for line in open(f"/proc/{pid}/status").read().splitlines())
+    return [int(status[name], 16) >> 1 & 1 | (int(status[name], 16) >> 14 & 1) << 1
+            for name in ("SigBlk", "SigIgn")]
+
+process_context()
+import multiprocessing.forkserver as server
+with worker_pool(1) as pool:
+    worker = pool.submit(os.getpid).result()
+    print(masks(server._forkserver._forkserver_pid), masks(worker), masks(os.getpid()))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="Linux's /proc")
+def test_the_fork_server_and_its_workers_ignore_the_stops_and_block_none() -> None:
+    # [blocked, ignored] of SIGINT (bit 0) and SIGTERM (bit 1): the server, a worker, and the
+    # main process (which handles both)
+    done = subprocess.run(
+        [sys.executable, "-c", _MASKS], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == "[0, 3] [0, 3] [0, 0]\n"
 
 
 def test_a_sigint_handler_set_outside_python_is_left_alone(
