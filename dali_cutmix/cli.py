@@ -324,14 +324,29 @@ def add_report_flag(parser: argparse.ArgumentParser, what: str) -> None:
     )
 
 
-def check_report_path(path: Path | None) -> None:
-    """``--out`` (when given) can be written: its folder is made now, so that a typo stops
-    the command before its work, not after. Raises ``ValueError`` naming the flag."""
+def check_report_path(path: Path | None, flag: str = "--out") -> None:
+    """``flag``'s file ``path`` (when given) can be written, so that a typo stops the command
+    before its work, not with a traceback after it; nothing is left (a probe file is made
+    and removed in its folder, or :func:`check_folder` probes where that folder would be
+    made). Raises ``ValueError`` naming the flag and the path."""
     if path is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_dir() or not os.access(path.parent, os.W_OK):
-        raise ValueError(f"--out {path} is a folder or not writable; give a file")
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a folder or not writable; give a file")
+    folder = path.absolute().parent
+    if not folder.is_dir():
+        check_folder(folder, f"{flag} {path}: its folder")
+        return
+    import tempfile
+
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".check-", dir=folder)
+    except OSError as error:
+        raise ValueError(
+            f"{flag} {path} cannot be written ({error.strerror}); give a file in another folder"
+        ) from None
+    os.close(handle)
+    os.unlink(probe)
 
 
 def write_json(path: Path, data: Any) -> Path:

@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw
 
 from dali_cutmix.cli import (
     add_shared_flags,
+    check_report_path,
     command_name,
     exit_on_user_error,
     from_flags,
@@ -55,6 +56,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+MAX_TILES = 256  # the command's grid: 64 rows of 4 tiles of 160 px
 BOX_COLOUR = (255, 255, 0)  # the CutMix box's outline: yellow shows on most photographs
 
 
@@ -371,6 +373,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def preview() -> int:
         with exit_on_user_error(parser, fields={"prob": "--mix-prob"}):
+            if args.batch_size > MAX_TILES:  # 100,000 ran the machine out of memory
+                raise ValueError(
+                    f"--batch-size {args.batch_size}: the grid takes at most {MAX_TILES} samples"
+                )
+            check_report_path(args.out)
+            if args.out.suffix.lower() not in Image.registered_extensions():
+                raise ValueError(f"--out {args.out}: not an image file name; give a .png")
             root = args.data or default_data()
             if args.file_list is None:
                 images = list_image_folder(root)

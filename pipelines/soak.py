@@ -31,6 +31,7 @@ from dali_cutmix.cli import (
     add_count,
     add_report_flag,
     add_shared_flags,
+    check_report_path,
     command_line,
     command_name,
     exit_on_user_error,
@@ -158,6 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def run_soak() -> int:
         with exit_on_user_error(parser):
+            check_report_path(args.out)
             root = generate(cache_dir(args.cache_dir) / "soak-embedded", SPEC) / "train"
             report = soak(root, epochs=args.epochs, resumes=args.resumes, threads=args.threads)
         report["command"] = command_line(__spec__.name, argv)

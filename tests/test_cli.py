@@ -236,6 +236,30 @@ def test_a_prefix_of_a_flag_is_refused_not_taken_for_it(command: str, capsys) ->
     )
 
 
+def test_a_report_path_is_checked_before_the_work_and_nothing_is_left(tmp_path) -> None:
+    from dali_cutmix.cli import check_report_path
+
+    check_report_path(tmp_path / "new" / "r.json")  # a folder to be made: probed, not made
+    check_report_path(tmp_path / "r.json")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError) as caught:
+        check_report_path(tmp_path)
+    assert str(caught.value) == f"--out {tmp_path} is a folder or not writable; give a file"
+    if Path("/proc/self").is_dir():  # root may write anywhere else; /proc takes no file
+        with pytest.raises(ValueError) as caught:
+            check_report_path(Path("/proc/r.json"))
+        assert str(caught.value) == (
+            "--out /proc/r.json cannot be written (No such file or directory); give a file in "
+            "another folder"
+        )
+        with pytest.raises(ValueError) as caught:
+            check_report_path(Path("/proc/x/r.json"), "--report")
+        assert str(caught.value) == (
+            "--report /proc/x/r.json: its folder /proc/x: cannot be made, /proc takes no folder "
+            "(No such file or directory)"
+        )
+
+
 # --------------------------------------------------------------------- every command's bad value
 
 BAD_VALUES = [  # module, a bad value (in a tmp folder) and the line that answers it
@@ -259,6 +283,7 @@ BAD_VALUES = [  # module, a bad value (in a tmp folder) and the line that answer
         "argument --batch-size: expected an int >= 1, got 0",
     ),
     ("pipelines.soak", ["--epochs", "0"], "argument --epochs: expected an int >= 1, got 0"),
+    ("pipelines.soak", ["--out", "{tmp}"], "--out {tmp} is a folder or not writable; give a file"),
     ("pipelines.gpu_check", ["--threads", "0"], "argument --threads: expected an int >= 1, got 0"),
     (
         "dali_cutmix.preview",
@@ -289,7 +314,9 @@ def test_a_bad_value_is_answered_before_torch_or_dali_loads(
         timeout=120,
     )
     assert done.returncode == 2, done.stderr[-2000:]
-    assert done.stderr.splitlines()[-1] == f"python -m {command}: error: {line}"
+    assert done.stderr.splitlines()[-1] == f"python -m {command}: error: " + line.format(
+        tmp=tmp_path
+    )
     imported = {row.split("|")[-1].strip() for row in done.stderr.splitlines() if "|" in row}
     assert not {m for m in imported if m.split(".")[0] in ("torch", "torchvision")}
     assert not {m for m in imported if m.startswith("nvidia.dali")}

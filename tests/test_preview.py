@@ -106,6 +106,9 @@ LAYOUT = "ROOT/<class>/<image>.JPEG, one subfolder per class (ImageFolder's layo
         (["--data", "{tmp}/train", "--mix-prob", "3"], "--mix-prob must be in [0.0, 1.0], got 3.0"),
         (["--data", "{tmp}/train", "--seed", "-1"], "--seed must be an int >= 0, got -1"),
         (["--batch-size", "0"], "argument --batch-size: expected an int >= 1, got 0"),
+        (["--batch-size", "257"], "--batch-size 257: the grid takes at most 256 samples"),
+        (["--out", "{tmp}"], "--out {tmp} is a folder or not writable; give a file"),
+        (["--out", "{tmp}/grid"], "--out {tmp}/grid: not an image file name; give a .png"),
     ],
 )
 def test_bad_inputs_end_with_one_line(
@@ -113,7 +116,7 @@ def test_bad_inputs_end_with_one_line(
 ) -> None:
     out = tmp_path / "x.png"
     with pytest.raises(SystemExit) as caught:
-        main([a.format(tmp=tmp_path) for a in args] + ["--out", str(out)])
+        main(["--out", str(out)] + [a.format(tmp=tmp_path) for a in args])  # a later --out wins
     assert caught.value.code == 2
     last = capsys.readouterr().err.splitlines()[-1]
     assert last == f"{PROG} {line.format(tmp=tmp_path, layout=LAYOUT)}"
