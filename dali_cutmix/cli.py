@@ -33,7 +33,9 @@ import json
 import logging
 import os
 import re
+import shlex
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -50,6 +52,7 @@ __all__ = [
     "add_count",
     "add_report_flag",
     "add_shared_flags",
+    "bad_file_advice",
     "check_folder",
     "command_line",
     "command_name",
@@ -221,6 +224,10 @@ def check_folder(path: str | os.PathLike[str], flag: str) -> None:
     if path.exists():
         if not path.is_dir():
             raise ValueError(f"{flag} {path}: not a folder")
+        try:  # the folder is there; can it take files (a read-only mount, /proc)?
+            os.rmdir(tempfile.mkdtemp(prefix=".check-", dir=path))
+        except OSError as error:
+            raise ValueError(f"{flag} {path}: cannot be written ({error.strerror})") from None
         return
     parent = path.absolute().parent
     while not parent.exists():
@@ -230,14 +237,33 @@ def check_folder(path: str | os.PathLike[str], flag: str) -> None:
     # A folder made and removed at once: os.access answers yes to root, and on file systems
     # that refuse folders anyway (read-only mounts, /proc), where the real mkdir then failed
     # with a traceback.
-    import tempfile
-
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".check-", dir=parent))
     except OSError as error:
         refused = error.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
         reason = "is not writable" if refused else f"takes no folder ({error.strerror})"
         raise ValueError(f"{flag} {path}: cannot be made, {parent} {reason}") from None
+
+
+def bad_file_advice(
+    error: Exception, root: Path, file_list: Path | None, module: str, verb: str
+) -> str:
+    """The undecodable file ``error`` names, then the way on for the command ``module``
+    (which reads ``--data`` and ``--file-list``): the scan, and the command again on the good
+    files only, ``verb`` saying what it does to them; or, where the file came from a list of
+    the user's own, the line to delete (scanning the folder would replace the list's subset)."""
+    from dali_cutmix.files import bad_file_problem
+
+    problem = bad_file_problem(error)
+    if file_list is not None:
+        return f"{problem} It is listed in --file-list {file_list}: delete its line there."
+    folder = shlex.quote(str(root))
+    scan = f"{other_command('scan', 'dali_cutmix.scan')} {folder} --out DIR"
+    again = f"{command_name(module)} --data {folder} --file-list DIR/files.txt"
+    return (
+        f"{problem} Find every bad file with: {scan} (DIR: any writable folder); "
+        f"then {verb} the good ones with: {again}"
+    )
 
 
 ABORTED = 130  # the shell's status for a process ended by Ctrl-C (128 + SIGINT)
@@ -250,16 +276,19 @@ def aborted(parser: argparse.ArgumentParser, what: str) -> int:
     return ABORTED
 
 
-def interruptible(parser: argparse.ArgumentParser, what: str, body: Callable[[], int]) -> int:
+def interruptible(
+    parser: argparse.ArgumentParser, what: str | Callable[[], str], body: Callable[[], int]
+) -> int:
     """``body()`` (a command's work, returning its status) with SIGTERM and Ctrl-C ending it
     cleanly: SIGTERM through every ``finally`` (status 143; the child processes that
     ``subprocess.run`` and the pools started are ended too), Ctrl-C with one line saying
-    ``what`` became of the work (:func:`aborted`) instead of a traceback."""
+    ``what`` became of the work (:func:`aborted`; a callable is asked then) instead of a
+    traceback."""
     try:
         with exit_on_sigterm():
             return body()
     except KeyboardInterrupt:
-        return aborted(parser, what)
+        return aborted(parser, what if isinstance(what, str) else what())
 
 
 def positive_int(text: str) -> int:
@@ -337,8 +366,6 @@ def check_report_path(path: Path | None, flag: str = "--out") -> None:
     if not folder.is_dir():
         check_folder(folder, f"{flag} {path}: its folder")
         return
-    import tempfile
-
     try:
         handle, probe = tempfile.mkstemp(prefix=".check-", dir=folder)
     except OSError as error:

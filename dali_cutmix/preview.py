@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -27,19 +26,18 @@ from PIL import Image, ImageDraw
 
 from dali_cutmix.cli import (
     add_shared_flags,
+    bad_file_advice,
     check_report_path,
     command_name,
     exit_on_user_error,
     from_flags,
     interruptible,
-    other_command,
 )
 from dali_cutmix.config import MixConfig
 from dali_cutmix.files import (
     BadImageError,
     DatasetError,
     ImageList,
-    bad_file_problem,
     list_image_folder,
     read_file_list,
 )
@@ -346,21 +344,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _bad_file_advice(error: BadImageError, root: Path, file_list: Path | None) -> str:
-    """The undecodable file, and the scan and the preview that leaves it out (or, for a
-    list of the user's own, which line to delete)."""
-    problem = bad_file_problem(error)
-    if file_list is not None:
-        return f"{problem} It is listed in --file-list {file_list}: delete its line there."
-    folder = shlex.quote(str(root))
-    scan = f"{other_command('scan', 'dali_cutmix.scan')} {folder} --out DIR"
-    again = f"{command_name('dali_cutmix.preview')} --data {folder} --file-list DIR/files.txt"
-    return (
-        f"{problem} Find every bad file with: {scan} (DIR: any writable folder); "
-        f"then preview the good ones with: {again}"
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point: 0 when the PNG is written.
 
@@ -395,7 +378,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 write_preview(images, args.out, config, batch_size=args.batch_size, seed=args.seed)
             except BadImageError as error:  # this command's own way on, not the loaders'
-                raise DatasetError(_bad_file_advice(error, root, args.file_list)) from None
+                raise DatasetError(
+                    bad_file_advice(error, root, args.file_list, "dali_cutmix.preview", "preview")
+                ) from None
         return 0
 
     return interruptible(parser, f"{args.out} was not written", preview)

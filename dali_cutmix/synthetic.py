@@ -494,7 +494,11 @@ def _header_size(path: Path, root: Path) -> tuple[int, int]:
 
 
 def dataset_stats(
-    root: str | os.PathLike[str], *, split: str | None = None, limit: int | None = None
+    root: str | os.PathLike[str],
+    *,
+    split: str | None = None,
+    limit: int | None = None,
+    files: Sequence[str | os.PathLike[str]] | None = None,
 ) -> DatasetStats:
     """Sizes and file sizes of the JPEGs under ``root`` (any ImageNet-style folder).
 
@@ -502,13 +506,19 @@ def dataset_stats(
         root: a folder with ``train/`` and ``val/``, or a single split folder.
         split: only ``root/<split>``.
         limit: look at most at this many files (evenly spaced), for big folders.
+        files: these files (a file list's), not every image under ``root``.
 
     Only image headers are read, so this is fast even for ImageNet itself.
     """
     base = Path(root) / split if split else Path(root)
-    files = sorted(p for p in base.rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
+    if files is None:
+        found = (p for p in base.rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
+        files = sorted(found)
+        if not files:
+            raise ValueError(f"no JPEG files under {base}")
+    files = [Path(p) for p in files]
     if not files:
-        raise ValueError(f"no JPEG files under {base}")
+        raise ValueError("no files to describe")
     if limit is not None and len(files) > limit:
         files = [files[i * len(files) // limit] for i in range(limit)]
     sizes = np.array([_header_size(p, base) for p in files], dtype=np.float64)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,17 @@ def test_results_go_to_runs_in_the_working_folder_by_default(tmp_path: Path) -> 
             "'{tmp}/imagenet' has only the subfolder val/: it looks like a dataset root, not a "
             "folder of classes; give '{tmp}/imagenet/val', whose subfolders are the classes.",
         ),
+        (
+            ["--file-list", "{tmp}/files.txt"],
+            "--file-list must come with --data (the folder whose classes its labels number, "
+            "and that its relative paths start from)",
+        ),
+        (
+            ["--data", "{tmp}/imagenet/val", "--file-list", "{tmp}/files.txt"],
+            "file list '{tmp}/files.txt' does not exist or is not a file; give a file of 'path "
+            "label' lines (`python -m dali_cutmix.scan ROOT --out DIR` writes one for the "
+            "dataset ROOT: DIR/files.txt).",
+        ),
     ]
     + (
         []
@@ -62,6 +74,34 @@ def test_bad_arguments_end_with_one_line_before_any_measurement(
     monkeypatch.setattr(cli, "run_benchmark", lambda *a: pytest.fail("the benchmark ran"))
     with pytest.raises(SystemExit) as caught:
         cli.main([a.format(tmp=tmp_path) for a in args] + ["--out", str(tmp_path / "out")])
+    assert caught.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"python -m pipelines.bench: error: {line.format(tmp=tmp_path)}"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("out", "line"),
+    [
+        ("{tmp}/a-file", "--out {tmp}/a-file: not a folder"),
+        (
+            "/proc/bench",
+            "--out /proc/bench: cannot be made, /proc takes no folder (No such file or directory)",
+        ),
+        ("/proc", "--out /proc: cannot be written (No such file or directory)"),
+    ],
+)
+def test_an_out_folder_that_cannot_be_written_ends_the_command_before_the_work(
+    tmp_path: Path, capsys, monkeypatch, out: str, line: str
+) -> None:
+    # They were a raw [Errno 17] File exists, or [Errno 2], after torch loaded.
+    if out.startswith("/proc") and not Path("/proc/self").is_dir():
+        pytest.skip("no /proc here")
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setattr(cli, "run_benchmark", lambda *a: pytest.fail("the benchmark ran"))
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["--device", "cpu", "--out", out.format(tmp=tmp_path)])
     assert caught.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"python -m pipelines.bench: error: {line.format(tmp=tmp_path)}"
@@ -91,12 +131,67 @@ def test_a_file_that_is_no_image_ends_the_command_with_one_line(
     with pytest.raises(SystemExit) as caught:
         cli.main(["--data", str(root), "--device", "cpu", "--out", str(tmp_path / "out")])
     assert caught.value.code == 2
-    assert (
-        capsys.readouterr()
-        .err.splitlines()[-1]
-        .startswith(
-            f"python -m pipelines.bench: error: {str(bad)!r} is not a readable image "
-            f"(UnidentifiedImageError). Run `python -m dali_cutmix.scan {root} --out DIR`"
-        )
+    # the benchmark's own way on: it has no --train-list, which the loaders' advice named
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"python -m pipelines.bench: error: {str(bad)!r} is not a readable image "
+        f"(UnidentifiedImageError). Find every bad file with: python -m dali_cutmix.scan {root} "
+        "--out DIR (DIR: any writable folder); then measure the good ones with: python -m "
+        f"pipelines.bench --data {root} --file-list DIR/files.txt"
     )
-    assert not (tmp_path / "out" / "results.json").exists()
+    assert not (tmp_path / "out").exists()  # nothing measured, no folder left
+
+
+def test_the_scan_list_the_bad_file_line_names_is_what_the_benchmark_measures(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    from dali_cutmix.scan import main as scan
+
+    root = build_image_folder(tmp_path / "data", classes=2, per_class=2, extras=False)
+    bad = root / "n00000001" / "img_1_1.JPEG"
+    bad.write_text("not an image\n")
+    assert scan([str(root), "--out", str(tmp_path / "scan")]) == 1  # 1: bad files found
+    measured = []
+
+    def measure_sections(sections, run, so_far):
+        measured.extend(spec for specs in sections.values() for spec in specs)
+        raise KeyboardInterrupt  # the rows are not needed; the line it ends with is
+
+    monkeypatch.setattr("pipelines.bench.measure.measure_sections", measure_sections)
+    listed = tmp_path / "scan" / "files.txt"
+    argv = ["--data", str(root), "--file-list", str(listed), "--device", "cpu"]
+    assert cli.main([*argv, "--sweeps", "loaders", "--out", str(tmp_path / "out")]) == 130
+    assert {spec["file_list"] for spec in measured} == {str(listed)}
+    assert {spec["root"] for spec in measured} == {str(root)}
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"python -m pipelines.bench: aborted by Ctrl-C; nothing was written to {tmp_path}/out"
+    )
+    assert not (tmp_path / "out").exists()
+    # a list of the user's own that names the bad file: the line to delete
+    own = tmp_path / "mine.txt"
+    own.write_text(f"n00000000/img_0_0.JPEG 0\n{bad.relative_to(root)} 1\n")
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["--data", str(root), "--file-list", str(own), "--out", str(tmp_path / "out")])
+    assert caught.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"python -m pipelines.bench: error: {str(bad)!r} is not a readable image "
+        f"(UnidentifiedImageError). It is listed in --file-list {own}: delete its line there."
+    )
+
+
+def test_a_stopped_run_says_where_its_rows_so_far_are(tmp_path: Path, capsys, monkeypatch) -> None:
+    # It said "nothing was written" beside the results.partial.json it had written.
+    root = build_image_folder(tmp_path / "data", classes=2, per_class=2, extras=False)
+
+    def measure_sections(sections, run, so_far):
+        so_far({"loaders": [{"images_per_s": 1.0}]})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("pipelines.bench.measure.measure_sections", measure_sections)
+    out = tmp_path / "out"
+    argv = ["--data", str(root), "--device", "cpu", "--sweeps", "loaders", "--out", str(out)]
+    assert cli.main(argv) == 130
+    partial = out / "results.partial.json"
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"python -m pipelines.bench: aborted by Ctrl-C; the rows measured so far are in {partial}"
+    )
+    assert json.loads(partial.read_text())["loaders"] == [{"images_per_s": 1.0}]

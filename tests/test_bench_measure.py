@@ -75,6 +75,21 @@ def test_a_measurement_on_a_tiny_folder(
     assert result["tree_peak_rss_mb"] >= result["peak_rss_mb"] + extra - 1
 
 
+@pytest.mark.parametrize("loader", ["dali", "torchvision"])
+def test_a_measurement_reads_only_the_files_its_list_names(
+    image_folder: Path, loader: str, tmp_path: Path
+) -> None:
+    # --file-list (the scan's files.txt): 8 of the folder's 15 files, 2 batches of 4, not 3
+    files = sorted(image_folder.rglob("img_*.JPEG"))[:8]
+    listed = tmp_path / "files.txt"
+    labels = {name: i for i, name in enumerate(sorted(p.name for p in image_folder.iterdir()))}
+    listed.write_text("".join(f"{p} {labels[p.parent.name]}\n" for p in files))
+    result = measure.measure(tiny_spec(image_folder, loader, file_list=str(listed), windows=1))
+    assert "error" not in result, result.get("error")
+    assert result["epoch_batches"] == 2
+    assert measure.measure(tiny_spec(image_folder, loader, windows=1))["epoch_batches"] == 3
+
+
 def test_nhwc_batches_reach_the_model_as_channels_last_nchw() -> None:
     cpu = torch.device("cpu")
     nhwc = torch.arange(2 * 4 * 5 * 3, dtype=torch.float32).reshape(2, 4, 5, 3)

@@ -19,6 +19,8 @@ from typing import Any
 from dali_cutmix.cli import (
     add_count,
     add_shared_flags,
+    bad_file_advice,
+    check_folder,
     command_line,
     command_name,
     exit_on_user_error,
@@ -27,7 +29,7 @@ from dali_cutmix.cli import (
     start_command,
     write_json,
 )
-from dali_cutmix.files import BadImageError, list_image_folder
+from dali_cutmix.files import BadImageError, list_image_folder, read_file_list
 
 from .plan import SWEEPS, BenchConfig, plan_sections
 
@@ -44,6 +46,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+PARTIAL = "results.partial.json"  # the rows so far, which a stopped run keeps; removed at the end
 
 
 def _environment() -> dict[str, Any]:
@@ -84,12 +88,23 @@ def data_root(data: Path) -> Path:
     return data / "train" if (data / "train").is_dir() else data
 
 
+def listed_files(config: BenchConfig) -> tuple[str, ...] | None:
+    """The files ``--file-list`` names (every one there), or ``None`` without it."""
+    if config.file_list is None:
+        return None
+    return read_file_list(config.file_list, root=data_root(config.data), must_exist=True).paths
+
+
 def _dataset(config: BenchConfig) -> tuple[Path, dict[str, Any]]:
     from dali_cutmix.synthetic import SyntheticSpec, cache_dir, dataset_stats, generate
 
+    files = None
     if config.data is not None:
         root = data_root(config.data)
         source = str(config.data)
+        files = listed_files(config)
+        if files is not None:
+            source += f", the files listed in {config.file_list}"
     else:
         spec = SyntheticSpec(
             num_classes=config.classes, train_per_class=config.per_class, val_per_class=1
@@ -97,7 +112,8 @@ def _dataset(config: BenchConfig) -> tuple[Path, dict[str, Any]]:
         cache = cache_dir() / f"bench-{config.classes}x{config.per_class}"
         root = generate(cache, spec) / "train"
         source = f"generated: {spec.to_dict()}"
-    return root, {"source": source, "root": str(root), **dataset_stats(root).to_dict()}
+    stats = dataset_stats(root, files=files).to_dict()
+    return root, {"source": source, "root": str(root), **stats}
 
 
 def run_benchmark(config: BenchConfig, command: str) -> dict[str, Any]:
@@ -107,7 +123,7 @@ def run_benchmark(config: BenchConfig, command: str) -> dict[str, Any]:
 
     root, dataset = _dataset(config)
     logger.info("dataset: %s", json.dumps(dataset))
-    partial = config.out / "results.partial.json"  # what a killed run keeps; removed at the end
+    partial = config.out / PARTIAL
 
     def so_far(results: dict[str, Any]) -> None:
         write_json(partial, {"command": command, "dataset": dataset, **results})
@@ -162,6 +178,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     add = parser.add_argument
     add("--data", type=Path, help="ImageNet-style folder, or its train/ (default: a generated set)")
+    add(
+        "--file-list",
+        type=Path,
+        metavar="FILE",
+        help="measure only the files this lists, 'path label' per line, labels numbering "
+        "--data's classes (e.g. the scan's files.txt: the decodable ones); relative paths "
+        "start from --data (default: every image under --data)",
+    )
     add(
         "--out",
         type=Path,
@@ -283,13 +307,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_arch(config.arch)
         if config.data is not None:  # found unusable here, not in every measurement
             list_image_folder(data_root(config.data))
-        config.out.mkdir(parents=True, exist_ok=True)  # not only after the whole run
+            listed_files(config)
+        # checked, not made: a run that ends before its first row leaves no empty folder
+        check_folder(config.out, "--out")
 
     def measure_all() -> int:
-        with exit_on_user_error(parser, catch=(BadImageError,)):  # one line, the scan to run
-            report = run_benchmark(config, command_line(__package__, argv))
+        with exit_on_user_error(parser, catch=(BadImageError,)):  # one line, the way on
+            try:
+                report = run_benchmark(config, command_line(__package__, argv))
+            except BadImageError as error:
+                root = data_root(config.data) if config.data is not None else Path(".")
+                advice = bad_file_advice(
+                    error, root, config.file_list, "pipelines.bench", "measure"
+                )
+                raise BadImageError(advice, path=error.path) from None
         failed = [r for section in SWEEPS for r in report[section] if "error" in r]
         return 1 if failed else 0
 
-    # results.json is written at the end: an interrupted run leaves only the folder
-    return interruptible(parser, f"nothing was written to {config.out}", measure_all)
+    def what_is_left() -> str:  # results.json is written at the end
+        partial = config.out / PARTIAL
+        if partial.is_file():
+            return f"the rows measured so far are in {partial}"
+        return f"nothing was written to {config.out}"
+
+    return interruptible(parser, what_is_left, measure_all)

@@ -157,10 +157,16 @@ def _augment_config(name: str) -> AugmentConfig | None:
     return None if params is None else AugmentConfig(**params)
 
 
+def spec_classes(spec: dict[str, Any]) -> int:
+    """The classes of a spec's files: its root's class folders, which also name a file
+    list's labels (:func:`dali_cutmix.files.read_file_list` with a root)."""
+    return len(class_folders(spec["root"]))
+
+
 def _build_loader(spec: dict[str, Any]):
     """The loader a measurement spec names, built in the measuring process."""
     root = Path(spec["root"])
-    num_classes = len(class_folders(root))
+    num_classes = spec_classes(spec)
     settings = {
         "train": True,
         "batch_size": spec["batch_size"],
@@ -172,14 +178,21 @@ def _build_loader(spec: dict[str, Any]):
     if spec["loader"] == "torchvision":
         from ..torchvision_ref import make_torchvision_loader
 
-        return make_torchvision_loader(root, workers=spec["workers"], **settings)
+        return make_torchvision_loader(
+            root, file_list=spec.get("file_list"), workers=spec["workers"], **settings
+        )
     from ..imagenet import GpuDecoderOptions, make_loader
 
     layout = feed_format(spec)["layout"]
     if "hw_decoder_load" in spec:
         settings["decoder"] = GpuDecoderOptions(hw_decoder_load=spec["hw_decoder_load"])
     return make_loader(
-        root, device=spec["device"], num_threads=spec["workers"], output_layout=layout, **settings
+        root,
+        file_list=spec.get("file_list"),
+        device=spec["device"],
+        num_threads=spec["workers"],
+        output_layout=layout,
+        **settings,
     )
 
 
@@ -321,7 +334,7 @@ def timing(spec: dict[str, Any]) -> dict[str, int]:
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Runs one measurement spec in this process (see :func:`run_isolated`)."""
     torch.manual_seed(0)
-    num_classes = len(class_folders(spec["root"]))
+    num_classes = spec_classes(spec)
     windows = timing(spec)
     step = _training_step(spec, num_classes) if spec["kind"] == "train" else None
     if spec["kind"] == "train" and spec["loader"] == "synthetic":

@@ -86,10 +86,12 @@ SWEEPS = ("loaders", "training", "scaling", "augment")
 
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
-    """What to measure. ``*_list`` fields are the scaling sweeps."""
+    """What to measure. ``file_list`` is the files read (``path label`` lines: every image
+    under ``data`` without it); the other ``*_list`` fields are the scaling sweeps."""
 
     out: Path
     data: Path | None = None
+    file_list: Path | None = None
     classes: int = 40
     per_class: int = 180
     batch_size: int = 32
@@ -126,6 +128,11 @@ class BenchConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+        if self.file_list is not None and self.data is None:
+            raise ValueError(
+                "file_list must come with data (the folder whose classes its labels number, "
+                "and that its relative paths start from)"
+            )
         for load in self.hw_decoder_loads:
             if not 0.0 <= load <= 1.0:
                 raise ValueError(f"hw_decoder_loads must be in [0, 1], got {load!r}")
@@ -180,6 +187,7 @@ def plan_sections(config: BenchConfig, root: Path) -> dict[str, list[dict[str, A
     """Every measurement of the run, grouped by section (empty for sweeps not asked for)."""
     base = {
         "root": str(root),
+        **({"file_list": str(config.file_list)} if config.file_list is not None else {}),
         "crop_size": config.crop_size,
         "warmup": config.warmup,
         "windows": config.windows,
