@@ -29,6 +29,7 @@ import contextlib
 import multiprocessing
 import multiprocessing.forkserver
 import multiprocessing.resource_tracker
+import os
 import signal
 import sys
 import threading
@@ -48,6 +49,10 @@ START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_met
 # with blocked (_start_server_deaf_to_stops), before the long imports.
 _FORKSERVER_PRELOAD = ["dali_cutmix._forkserver", "dali_cutmix", "torchvision"]
 
+
+# Names this process to the fork server it starts, which then ends with it; read (and
+# removed) by dali_cutmix._forkserver, which is not imported here: it ignores the stops.
+PARENT_ENV = "DALI_CUTMIX_FORKSERVER_PARENT"
 
 # The stops the main process alone decides on: workers ignore them, and a worker's start
 # holds them until the pool knows the worker.
@@ -89,9 +94,11 @@ def _start_server_deaf_to_stops() -> None:
     The server's first import, :mod:`dali_cutmix._forkserver`, ignores both; until then
     they are blocked: this thread blocks them while the server starts, and the server
     inherits the mask (as multiprocessing's resource tracker is started). The server
-    hands the ignored stops to every worker it forks. Workers still end with their
-    parent: pools and DataLoaders shut them down, and a DataLoader worker exits when its
-    parent is gone.
+    hands the ignored stops to every worker it forks. Workers still end with this
+    process: pools and DataLoaders shut them down, and where it is killed instead, the
+    kernel kills the server and its workers (``PR_SET_PDEATHSIG``, see
+    :mod:`dali_cutmix._forkserver`; a DataLoader worker's own check of its parent looks at
+    the server, which lived on, held by its workers).
 
     This process keeps its own handlers throughout. They used to be set to "ignore"
     while the server started, for it to inherit that: a Ctrl-C then was lost, and the
@@ -103,9 +110,12 @@ def _start_server_deaf_to_stops() -> None:
     # the stops when it is done (not restores), which would end the block below early.
     multiprocessing.resource_tracker.ensure_running()
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
+    # The server, started by this thread, ends with it (dali_cutmix._forkserver)
+    os.environ[PARENT_ENV] = str(os.getpid())
     try:
         multiprocessing.forkserver.ensure_running()
     finally:  # a stop that came meanwhile is taken now
+        os.environ.pop(PARENT_ENV, None)
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 

@@ -319,3 +319,60 @@ def test_a_sigint_handler_set_outside_python_is_left_alone(
     with _signals_deferred():
         ran.append(True)
     assert ran == [True] and calls == []  # the handler was never replaced
+
+
+_KILLED = """
+import os, signal, sys
+import multiprocessing.forkserver as server
+import torch
+from dali_cutmix.procs import process_context, worker_pool
+
+loader = torch.utils.data.DataLoader(
+    torch.utils.data.TensorDataset(torch.arange(64)),
+    batch_size=2,
+    num_workers=2,
+    multiprocessing_context=process_context(),
+)
+batches = iter(loader)
+next(batches)  # the DataLoader's workers wait for more indices
+with worker_pool(1) as pool:
+    pool.submit(os.getpid).result()
+    pids = [server._forkserver._forkserver_pid] + [w.pid for w in batches._workers]
+    pids += list(pool._processes)
+    print(*pids, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer does: no clean-up runs
+"""
+
+
+def _alive(pid: int) -> bool:
+    """``pid`` runs (a zombie, which no parent reaped yet, has ended)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return "\nState:\tZ" not in status.read()
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's PR_SET_PDEATHSIG")
+def test_the_fork_server_and_its_workers_end_when_the_main_process_is_killed(
+    tmp_path: Path,
+) -> None:
+    # A DataLoader worker's parent is the fork server, and it holds the pipe whose closing
+    # ends the server: they waited for each other forever after the main process was killed
+    # (2 of 4 benchmarks stopped by Ctrl-C, whose measuring process subprocess.run kills).
+    # Its output goes to a file: survivors would hold a pipe open, and the run would wait.
+    log = tmp_path / "log"
+    with log.open("w") as out:
+        code = subprocess.run(
+            [sys.executable, "-c", _KILLED], cwd=REPO, stdout=out, stderr=out, timeout=120
+        ).returncode
+    assert code == -signal.SIGKILL, log.read_text()[-2000:]
+    pids = [int(pid) for pid in log.read_text().splitlines()[-1].split()]
+    assert len(pids) == 4  # the server, two DataLoader workers, a pool worker
+    deadline = time.monotonic() + 20
+    while any(map(_alive, pids)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [pid for pid in pids if _alive(pid)]
+    for pid in left:  # not to leave them to the rest of the session
+        os.kill(pid, signal.SIGKILL)
+    assert left == []
