@@ -41,7 +41,7 @@ from dali_cutmix.files import (
     list_image_folder,
     read_file_list,
 )
-from dali_cutmix.synthetic import SyntheticSpec, cache_dir, generate
+from dali_cutmix.synthetic import SyntheticSpec, checked_cache_dir, generate
 
 __all__ = [
     "MixedBatch",
@@ -287,7 +287,7 @@ PREVIEW_SPEC = SyntheticSpec(num_classes=6, train_per_class=8, val_per_class=1, 
 
 def default_data() -> Path:
     """The generated preview set's ``train`` folder (written once, then reused)."""
-    return generate(cache_dir() / "preview", PREVIEW_SPEC, progress=False) / "train"
+    return generate(checked_cache_dir() / "preview", PREVIEW_SPEC, progress=False) / "train"
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -54,6 +54,7 @@ import numpy as np
 from PIL import Image
 
 from dali_cutmix.cli import (
+    check_folder,
     exit_on_user_error,
     from_flags,
     interruptible,
@@ -66,6 +67,7 @@ __all__ = [
     "CACHE_ENV",
     "SyntheticSpec",
     "cache_dir",
+    "checked_cache_dir",
     "DatasetStats",
     "generate",
     "dataset_stats",
@@ -86,6 +88,23 @@ def cache_dir(given: str | os.PathLike[str] | None = None) -> Path:
     if given is not None:
         return Path(given)
     return Path(os.environ.get(CACHE_ENV, "data"))
+
+
+def checked_cache_dir(
+    given: str | os.PathLike[str] | None = None, flag: str = "--cache-dir"
+) -> Path:
+    """:func:`cache_dir`, once it is a folder or one can be made there (nothing is made yet);
+    a ``ValueError`` names where it came from (``flag``, ``$DALI_CUTMIX_CACHE`` or the
+    default) where it cannot be, before any image is written."""
+    folder = cache_dir(given)
+    if given is not None:
+        source = flag
+    elif CACHE_ENV in os.environ:
+        source = f"the cache folder (${CACHE_ENV})"
+    else:
+        source = "the cache folder"
+    check_folder(folder, source)
+    return folder
 
 
 GENERATOR_VERSION = 1  # bump when the bytes for a given spec change
@@ -406,6 +425,7 @@ def generate(
     if is_complete(root, spec):
         return root
     _refuse_foreign(root, spec)  # before the lock: the folder beside it may be read-only
+    check_folder(root.parent, f"{root}: its folder")  # one line, not the lock file's Errno
     root.parent.mkdir(parents=True, exist_ok=True)
     with _generation_lock(root):  # another process writing the same folder: wait for it
         return _generate_unlocked(root, spec, workers=workers, progress=progress)

@@ -211,9 +211,9 @@ def data_folder(args: argparse.Namespace) -> Path:
     """The ImageNet-like set that the ResNet-50 epoch and the benchmark read."""
     if args.data is not None:
         return args.data
-    from dali_cutmix.synthetic import cache_dir
+    from dali_cutmix.synthetic import checked_cache_dir
 
-    return cache_dir() / f"gpu-check-{args.classes}x{args.per_class}"
+    return checked_cache_dir() / f"gpu-check-{args.classes}x{args.per_class}"
 
 
 def plan_steps(args: argparse.Namespace, python: str) -> dict[str, list[str]]:
@@ -411,6 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = start_command(parser, argv)
     with exit_on_user_error(parser):
         check_folder(args.out, "--out")
+        data_folder(args)  # the generated set's: its cache folder can be made
         machine = _machine()
         if not machine["cuda_available"]:
             raise ValueError(

@@ -40,7 +40,7 @@ from dali_cutmix.cli import (
     write_json,
 )
 from dali_cutmix.config import MixConfig
-from dali_cutmix.synthetic import CACHE_ENV, SyntheticSpec, cache_dir, generate
+from dali_cutmix.synthetic import CACHE_ENV, SyntheticSpec, checked_cache_dir, generate
 
 __all__ = ["rss_mb", "soak", "main"]
 
@@ -160,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def run_soak() -> int:
         with exit_on_user_error(parser):
             check_report_path(args.out)
-            root = generate(cache_dir(args.cache_dir) / "soak-embedded", SPEC) / "train"
+            root = generate(checked_cache_dir(args.cache_dir) / "soak-embedded", SPEC) / "train"
             report = soak(root, epochs=args.epochs, resumes=args.resumes, threads=args.threads)
         report["command"] = command_line(__spec__.name, argv)
         print(json.dumps(report, indent=2))

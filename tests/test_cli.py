@@ -296,6 +296,17 @@ BAD_VALUES = [  # module, a bad value (in a tmp folder) and the line that answer
         "argument --workers: expected an int >= 1, got 0",
     ),
     ("dali_cutmix.synthetic", ["{tmp}/s", "--classes", "0"], "--classes must be >= 1, got 0"),
+    (  # a file where a folder is needed: [Errno 17] File exists, or the lock file's Errno
+        "dali_cutmix.synthetic",
+        ["{tmp}/data/n00000000/img_0_0.JPEG/s"],
+        "{tmp}/data/n00000000/img_0_0.JPEG/s: its folder {tmp}/data/n00000000/img_0_0.JPEG: "
+        "not a folder",
+    ),
+    (
+        "pipelines.soak",
+        ["--cache-dir", "{tmp}/data/n00000000/img_0_0.JPEG"],
+        "--cache-dir {tmp}/data/n00000000/img_0_0.JPEG: not a folder",
+    ),
 ]
 
 
@@ -320,6 +331,34 @@ def test_a_bad_value_is_answered_before_torch_or_dali_loads(
     imported = {row.split("|")[-1].strip() for row in done.stderr.splitlines() if "|" in row}
     assert not {m for m in imported if m.split(".")[0] in ("torch", "torchvision")}
     assert not {m for m in imported if m.startswith("nvidia.dali")}
+
+
+@pytest.mark.parametrize(
+    ("command", "argv"),
+    [
+        ("dali_cutmix.preview", ["--out", "{tmp}/p.png"]),
+        ("pipelines.bench", ["--device", "cpu", "--out", "{tmp}/b"]),
+        ("pipelines.gpu_check", ["--out", "{tmp}/g"]),
+    ],
+)
+def test_a_cache_folder_that_is_a_file_is_named_with_where_it_came_from(
+    command: str, argv: list[str], tmp_path: Path
+) -> None:
+    # It was a raw [Errno 17] File exists (preview), a traceback (bench, gpu_check).
+    (tmp_path / "cache").write_text("")
+    done = subprocess.run(
+        [sys.executable, "-m", command, *(a.format(tmp=tmp_path) for a in argv)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "DALI_CUTMIX_CACHE": str(tmp_path / "cache")},
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.splitlines()[-1] == (
+        f"python -m {command}: error: the cache folder ($DALI_CUTMIX_CACHE) {tmp_path}/cache: "
+        "not a folder"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]  # nothing else was made
 
 
 @pytest.mark.parametrize(

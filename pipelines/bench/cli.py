@@ -96,7 +96,7 @@ def listed_files(config: BenchConfig) -> tuple[str, ...] | None:
 
 
 def _dataset(config: BenchConfig) -> tuple[Path, dict[str, Any]]:
-    from dali_cutmix.synthetic import SyntheticSpec, cache_dir, dataset_stats, generate
+    from dali_cutmix.synthetic import SyntheticSpec, checked_cache_dir, dataset_stats, generate
 
     files = None
     if config.data is not None:
@@ -109,7 +109,7 @@ def _dataset(config: BenchConfig) -> tuple[Path, dict[str, Any]]:
         spec = SyntheticSpec(
             num_classes=config.classes, train_per_class=config.per_class, val_per_class=1
         )
-        cache = cache_dir() / f"bench-{config.classes}x{config.per_class}"
+        cache = checked_cache_dir() / f"bench-{config.classes}x{config.per_class}"
         root = generate(cache, spec) / "train"
         source = f"generated: {spec.to_dict()}"
     stats = dataset_stats(root, files=files).to_dict()
@@ -308,6 +308,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if config.data is not None:  # found unusable here, not in every measurement
             list_image_folder(data_root(config.data))
             listed_files(config)
+        else:  # the generated set's folder
+            from dali_cutmix.synthetic import checked_cache_dir
+
+            checked_cache_dir()
         # checked, not made: a run that ends before its first row leaves no empty folder
         check_folder(config.out, "--out")
 
