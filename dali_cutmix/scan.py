@@ -85,6 +85,8 @@ def check_image(path: str, *, decode: bool = True) -> str | None:
         else a one-line reason.
     """
     try:
+        if os.path.getsize(path) == 0:  # PIL: "cannot identify image file"
+            return "empty file (0 bytes)"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # DecompressionBombWarning, EXIF warnings
             with Image.open(path) as img:
@@ -248,6 +250,8 @@ def _what_is_wrong(path: str) -> str:
         return "is a broken symbolic link"
     if not os.access(path, os.R_OK):
         return "cannot be read (permissions)"
+    if os.path.getsize(path) == 0:  # a copy cut off, a download never finished
+        return "is an empty file (0 bytes)"
     return "is not a decodable image"
 
 
@@ -302,11 +306,16 @@ def explain_decode_error(err: Exception, images: ImageList, *, train: bool = Tru
 
 
 def write_report(report: ScanReport, out: str | os.PathLike[str]) -> dict[str, Path]:
-    """Writes ``files.txt``, ``classes.txt`` and ``bad_files.json`` into ``out``."""
+    """Writes ``files.txt``, ``classes.txt`` and ``bad_files.json`` into ``out``; returns
+    their paths. Where no file is good there is no ``files.txt`` (one of an earlier scan is
+    removed): an empty list is no dataset any loader reads."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / name for name in ("files.txt", "classes.txt", "bad_files.json")}
-    write_file_list(paths["files.txt"], report.good)
+    if report.good:
+        write_file_list(paths["files.txt"], report.good)
+    else:
+        paths.pop("files.txt").unlink(missing_ok=True)
     paths["classes.txt"].write_text("".join(f"{c}\n" for c in report.images.classes))
     summary = {
         "root": report.images.source,
@@ -375,6 +384,14 @@ def _scan_and_report(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     )
     for path, _, error in report.bad[:20]:
         logger.info("  bad: %s (%s)", path, error)
+    if not report.good:
+        logger.error(
+            "no file of %s decodes, so there is no list of good ones; the reasons are in %s "
+            "(a folder of some other files, or a copy that failed?)",
+            args.root,
+            paths["bad_files.json"],
+        )
+        return 1
     logger.info("clean file list: %s", paths["files.txt"])
     if report.bad:
         val = _looks_like_val(args.root)

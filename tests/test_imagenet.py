@@ -290,7 +290,8 @@ def test_undecodable_file_is_named(image_folder: Path, content: str, train: bool
         list(small_loader(image_folder, train=train, batch_size=15))
     assert caught.value.path == str(bad)
     message = str(caught.value)
-    assert message.startswith(f"{str(bad)!r} is not a decodable image (DALI: ")
+    what = "is an empty file (0 bytes)" if content == "empty" else "is not a decodable image"
+    assert message.startswith(f"{str(bad)!r} {what} (DALI: ")
     # the advice names the exact command, this folder, and the argument to give its list to
     assert message.endswith(scan_hint(image_folder, train=train))
     assert f"python -m dali_cutmix.scan {image_folder} --out DIR" in message

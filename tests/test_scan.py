@@ -290,3 +290,28 @@ def test_only_a_reader_or_decoder_failure_is_a_bad_file(
     if about_a_file:
         assert isinstance(explained, BadImageError)
         assert f"(DALI: {reason})" in str(explained)
+
+
+def test_a_folder_where_no_file_decodes_gets_no_empty_list(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # It wrote an empty files.txt and advised reading it, which every loader refuses.
+    root = tmp_path / "data"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "x.JPEG").write_text("not an image\n")
+    (root / "a" / "y.JPEG").write_bytes(b"")  # PIL: "cannot identify image file"
+    out = tmp_path / "scan"
+    out.mkdir()
+    (out / "files.txt").write_text(f"{root}/a/old.JPEG 0\n")  # an earlier scan's
+    with caplog.at_level(logging.INFO, logger="dali_cutmix.scan"):
+        assert main([str(root), "--out", str(out), "--workers", "1"]) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["bad_files.json", "classes.txt"]
+    assert caplog.messages[-1] == (
+        f"no file of {root} decodes, so there is no list of good ones; the reasons are in "
+        f"{out}/bad_files.json (a folder of some other files, or a copy that failed?)"
+    )
+    report = json.loads((out / "bad_files.json").read_text())
+    assert [(Path(e["path"]).name, e["error"]) for e in report["bad"]] == [
+        ("x.JPEG", f"UnidentifiedImageError: cannot identify image file '{root}/a/x.JPEG'"),
+        ("y.JPEG", "empty file (0 bytes)"),
+    ]
