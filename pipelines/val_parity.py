@@ -155,9 +155,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--device",
-        choices=("cpu", "gpu"),
+        choices=("cpu", "gpu", "auto"),
         default="cpu",
-        help="where the DALI loader decodes and resizes (default: %(default)s)",
+        help="where the DALI loader decodes and resizes; auto: the GPU where torch sees CUDA "
+        "(default: %(default)s)",
     )
     add_report_flag(parser, "report")
     return parser

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import build_image_folder, run_command, user_error_line
 
 from pipelines import val_parity
@@ -17,6 +18,7 @@ def test_report_of_a_folder(tmp_path: Path, capsys) -> None:
     folder = build_image_folder(tmp_path / "val", extras=False)  # 12 images
     out = tmp_path / "parity.json"
     argv = ["--crop-size", "24", "--resize-size", "28", "--batch-size", "5", "--limit", "11"]
+    argv += ["--device", "auto"]  # the CPU here, the GPU where torch sees CUDA
     assert val_parity.main([str(folder), *argv, "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["images"] == 11 and (report["crop_size"], report["resize_size"]) == (24, 28)
@@ -34,7 +36,17 @@ def test_report_of_a_folder(tmp_path: Path, capsys) -> None:
             "--resize-size (16) must be >= --crop-size (32)",
         ),
         (["--limit", "0"], "argument --limit: expected an int >= 1, got 0"),
-    ],
+    ]
+    + (
+        []
+        if torch.cuda.is_available()
+        else [  # it named 'auto', which the command refused
+            (
+                ["--device", "gpu"],
+                "--device must be 'cpu' or 'auto': torch sees no CUDA device here (got 'gpu')",
+            )
+        ]
+    ),
 )
 def test_a_bad_value_ends_the_command_with_one_line(tmp_path: Path, argv, line) -> None:
     folder = build_image_folder(tmp_path / "val", extras=False)
