@@ -66,14 +66,29 @@ def _slope(values: Sequence[float]) -> float:
     return num / sum((x - mean_x) ** 2 for x in range(n))
 
 
+# Readings after the warm-up that a growth figure needs: from one or two, a slope of 0
+# (or any other) says nothing, and it was reported as if it did.
+MIN_READINGS = 3
+WARMUP = 2  # epochs left out of the growth: the allocator's pools fill in the first ones
+
+
 def _summary(readings: list[float], warmup: int) -> dict[str, Any]:
-    steady = readings[warmup:] or readings
-    return {
+    """The readings, and their growth per step after the first ``warmup`` (``None``, with
+    the reason, where fewer than :data:`MIN_READINGS` are left)."""
+    steady = readings[warmup:]
+    summary = {
         "rss_mb": [round(r, 1) for r in readings],
-        "start_mb": round(steady[0], 1),
+        "start_mb": round((steady or readings)[0], 1),
         "end_mb": round(readings[-1], 1),
-        "growth_mb_per_step": round(_slope(steady), 3),
+        "growth_mb_per_step": round(_slope(steady), 3) if len(steady) >= MIN_READINGS else None,
     }
+    if summary["growth_mb_per_step"] is None:
+        n, ahead = len(readings), len(readings) - len(steady)
+        summary["growth_note"] = (
+            f"{n} reading{'' if n == 1 else 's'} ({ahead} of them warm-up); a growth figure "
+            f"needs {MIN_READINGS} after the warm-up"
+        )
+    return summary
 
 
 def soak(
@@ -84,7 +99,7 @@ def soak(
     batch_size: int = 64,
     crop_size: int = 64,
     threads: int = 2,
-    warmup: int = 2,
+    warmup: int = WARMUP,
 ) -> dict[str, Any]:
     """Runs ``epochs`` epochs, then ``resumes`` stop-and-resume cycles; returns RSS figures."""
     from .imagenet import make_loader  # here, so that --help answers without DALI
@@ -129,7 +144,7 @@ def soak(
         "threads": threads,
         "images_per_epoch": train.dataset_size,
         "epochs": _summary(epoch_rss, warmup),
-        "resumes": _summary(resume_rss, min(warmup, max(0, resumes - 2))),
+        "resumes": _summary(resume_rss, min(warmup, max(0, resumes - MIN_READINGS))),
         "seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -164,6 +179,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             report = soak(root, epochs=args.epochs, resumes=args.resumes, threads=args.threads)
         report["command"] = command_line(__spec__.name, argv)
         print(json.dumps(report, indent=2))
+        for name, flag in (("epochs", "--epochs"), ("resumes", "--resumes")):
+            if "growth_note" in report[name]:
+                logger.warning(
+                    "no growth figure for the %s: %s (give %s %d or more)",
+                    name,
+                    report[name]["growth_note"],
+                    flag,
+                    (WARMUP if name == "epochs" else 0) + MIN_READINGS,
+                )
         if args.out:
             write_json(args.out, report)
         return 0

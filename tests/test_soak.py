@@ -16,6 +16,19 @@ def test_slope_is_least_squares() -> None:
     assert soak._slope([4.0]) == 0.0
 
 
+def test_a_growth_figure_needs_three_readings_after_the_warm_up() -> None:
+    # From one or two a slope of 0 was reported, as if it said the memory was steady.
+    assert soak._summary([9.0, 1.0, 3.0, 5.0], warmup=1)["growth_mb_per_step"] == 2.0
+    short = soak._summary([9.0, 1.0, 3.0], warmup=1)
+    assert short["growth_mb_per_step"] is None
+    assert short["growth_note"] == (
+        "3 readings (1 of them warm-up); a growth figure needs 3 after the warm-up"
+    )
+    assert soak._summary([9.0], warmup=2)["growth_note"] == (
+        "1 reading (1 of them warm-up); a growth figure needs 3 after the warm-up"
+    )
+
+
 def test_soak_reports_rss_per_epoch_and_resume(image_folder: Path, monkeypatch) -> None:
     monkeypatch.setattr(soak, "SPEC", soak.SPEC.__class__(num_classes=3, train_per_class=4))
     trims = []
@@ -24,6 +37,7 @@ def test_soak_reports_rss_per_epoch_and_resume(image_folder: Path, monkeypatch) 
     assert len(report["epochs"]["rss_mb"]) == 3 and len(report["resumes"]["rss_mb"]) == 2
     assert report["epochs"]["start_mb"] == report["epochs"]["rss_mb"][1]
     assert report["resumes"]["end_mb"] == report["resumes"]["rss_mb"][-1]
+    assert report["epochs"]["growth_mb_per_step"] is None  # 2 readings after the warm-up
     assert all(r > 10 for r in report["epochs"]["rss_mb"])  # MiB: a real reading
     # Each resume releases the loader's pipeline and hands freed memory back.
     assert len(trims) == 2
