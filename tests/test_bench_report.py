@@ -32,6 +32,29 @@ def test_derive_ratios_against_torchvision_and_mix_cost() -> None:
     assert training[1]["pct_of_ceiling"] == 80.0 and "pct_of_ceiling" not in training[2]
 
 
+def test_a_mixing_cost_within_the_windows_spread_is_marked_as_noise() -> None:
+    # A short run printed "-2.3 %", mixing that seemed to speed the loader up.
+    def row(mix: str, rate: float, low: float, high: float) -> dict:
+        return {"loader": "dali", "device": "cpu", "mix": mix, "workers": 2, "batch_size": 8} | {
+            "images_per_s": rate,
+            "min": low,
+            "max": high,
+        }
+
+    rows = [row("off", 100.0, 95.0, 104.0), row("cutmix", 102.3, 99.0, 106.0)]
+    rows.append(row("switch", 80.0, 78.0, 82.0))  # beyond the spread: a cost
+    report.derive({"loaders": rows, "training": [], "scaling": []})
+    assert rows[1]["mix_cost_pct"] == pytest.approx(-2.3)
+    assert rows[1]["mix_cost_note"] == report.NOISE_NOTE
+    assert "mix_cost_note" not in rows[2] and rows[2]["mix_cost_pct"] == pytest.approx(20.0)
+    env = {"cpu_count": 2, "dali": "x", "torch": "y"}
+    table = report.format_table(
+        {"environment": env, "loaders": rows, "training": [], "scaling": []}
+    )
+    assert "| DALI CPU (2 w) | cutmix | 102.3 | 99-106 | - | -2.3 % (within noise) |" in table
+    assert "| DALI CPU (2 w) | switch | 80.0 | 78-82 | - | 20.0 % |" in table
+
+
 def test_report_table_and_plot(tmp_path: Path) -> None:
     env = {"cpu_count": 2, "dali": "x", "torch": "y"}
     row = {

@@ -14,14 +14,17 @@ __all__ = ["ceiling_note", "derive", "derive_augment", "format_table", "plot_res
 def derive(results: dict[str, list[dict[str, Any]]]) -> None:
     """Adds ratios: vs torchvision (same mix), CutMix cost, % of the training ceiling."""
     loaders = [r for r in results["loaders"] if "error" not in r]
-    by_key = {(r["loader"], r["device"], r["mix"]): r["images_per_s"] for r in loaders}
+    by_key = {(r["loader"], r["device"], r["mix"]): r for r in loaders}
     for r in loaders:
-        baseline = by_key.get(("torchvision", "cpu", r["mix"]))
+        baseline = by_key.get(("torchvision", "cpu", r["mix"]), {}).get("images_per_s")
         if baseline:
             r["vs_torchvision"] = r["images_per_s"] / baseline
-        plain = by_key.get((r["loader"], r["device"], "off"))
+        off = by_key.get((r["loader"], r["device"], "off"), {})
+        plain = off.get("images_per_s")
         if plain and r["mix"] != "off":
             r["mix_cost_pct"] = 100.0 * (plain - r["images_per_s"]) / plain
+            if _spreads_overlap(r, off):
+                r["mix_cost_note"] = NOISE_NOTE
     training = [r for r in results["training"] if "error" not in r]
     ceiling = next((r for r in training if r["loader"] == "synthetic"), None)
     for r in training:
@@ -31,6 +34,19 @@ def derive(results: dict[str, list[dict[str, Any]]]) -> None:
             if note:
                 r["ceiling_note"] = note
     derive_augment(results.get("augment", []))
+
+
+# A mixing cost (or gain) smaller than the windows' spread: a negative cost on a short run
+# read as mixing that sped the loader up.
+NOISE_NOTE = "within the min-max spreads of the two rows: this run does not resolve it"
+
+
+def _spreads_overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether the min-max ranges of the windows of two rows overlap (either lacking one:
+    no)."""
+    if not all(key in row for row in (a, b) for key in ("min", "max")):
+        return False
+    return max(a["min"], b["min"]) <= min(a["max"], b["max"])
 
 
 def ceiling_note(row: dict[str, Any], ceiling: dict[str, Any]) -> str | None:
@@ -150,6 +166,8 @@ def _loaders_table(rows: list[dict[str, Any]]) -> list[str]:
             lines.append(f"| {spec_label(r)} | failed: {_cell(r['error'])} | | | | |")
             continue
         cost = f"{r['mix_cost_pct']:.1f} %" if "mix_cost_pct" in r else "-"
+        if "mix_cost_note" in r:
+            cost += " (within noise)"
         ratio = f"{r['vs_torchvision']:.2f}x" if "vs_torchvision" in r else "-"
         lines.append(
             f"| {_loader_name(r)} ({r['workers']} w) | {r['mix']} | {r['images_per_s']:.1f} "
