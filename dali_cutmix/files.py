@@ -31,6 +31,7 @@ __all__ = [
     "MissingFilesError",
     "UNLISTABLE",
     "bad_file_problem",
+    "counted",
     "class_folders",
     "list_image_folder",
     "listable",
@@ -54,6 +55,13 @@ SCAN_HINT = (
     '`make_loader(..., file_list="DIR/files.txt")`, or `{train} ... '
     "{list_flag} DIR/files.txt`."
 )
+
+
+def counted(n: int, noun: str) -> str:
+    """``"1 image"``, ``"2 images"``, ``"1 class"``, ``"3 classes"``: for messages."""
+    if n == 1:
+        return f"{n} {noun}"
+    return f"{n} {noun}{'es' if noun.endswith(('s', 'sh', 'ch', 'x')) else 's'}"
 
 
 def scan_commands() -> dict[str, str]:
@@ -170,7 +178,7 @@ class ImageList:
         if mix is not None and mix.num_classes != self.num_classes:
             raise ValueError(
                 f"mix.num_classes is {mix.num_classes} but {self.source!r} has "
-                f"{self.num_classes} classes"
+                f"{counted(self.num_classes, 'class')}"
             )
 
 
@@ -256,7 +264,12 @@ def list_image_folder(root: str | os.PathLike[str]) -> ImageList:
             )
         paths.extend(files)
         labels.extend([label] * len(files))
-    logger.info("listed %d images in %d classes under %s", len(paths), len(classes), root)
+    logger.info(
+        "listed %s in %s under %s",
+        counted(len(paths), "image"),
+        counted(len(classes), "class"),
+        root,
+    )
     return ImageList(tuple(classes), tuple(paths), tuple(labels), str(root))
 
 

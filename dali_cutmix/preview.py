@@ -38,6 +38,7 @@ from dali_cutmix.files import (
     BadImageError,
     DatasetError,
     ImageList,
+    counted,
     list_image_folder,
     read_file_list,
 )
@@ -263,7 +264,8 @@ def write_preview(
     listed = root if isinstance(root, ImageList) else list_image_folder(root)
     if config.num_classes != listed.num_classes:
         raise ValueError(
-            f"num_classes={config.num_classes} but {listed.source} has {listed.num_classes} classes"
+            f"num_classes={config.num_classes} but {listed.source} has "
+            f"{counted(listed.num_classes, 'class')}"
         )
     batch = mixed_batch(listed, config, batch_size=batch_size, seed=seed)
     names = [listed.classes[label] for label in batch.labels]
@@ -274,7 +276,7 @@ def write_preview(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     render_grid(batch.images, captions, boxes=batch.boxes).save(out)
-    logger.info("wrote %s (%d samples)", out, len(batch.images))
+    logger.info("wrote %s (%s)", out, counted(len(batch.images), "sample"))
     return out
 
 

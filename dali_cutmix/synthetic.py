@@ -61,6 +61,7 @@ from dali_cutmix.cli import (
     progress_bar,
     start_command,
 )
+from dali_cutmix.files import counted
 from dali_cutmix.procs import worker_pool
 
 __all__ = [
@@ -193,7 +194,7 @@ class DatasetStats:
     def summary(self) -> str:
         ref_w, ref_h = IMAGENET_MEAN_SIZE
         return (
-            f"{self.num_images} images in {self.num_classes} classes: mean "
+            f"{counted(self.num_images, 'image')} in {counted(self.num_classes, 'class')}: mean "
             f"{self.mean_width:.0f} x {self.mean_height:.0f} px (ImageNet ~{ref_w} x {ref_h}), "
             f"mean {self.mean_file_kb:.0f} KB (ImageNet ~{IMAGENET_MEAN_FILE_KB:.0f} KB), "
             f"median {self.median_file_kb:.0f} KB, {100 * self.large_fraction:.1f} % with a "

@@ -355,3 +355,11 @@ def test_missing_files_are_found_on_threads_where_a_file_system_answers_slowly(
     monkeypatch.setattr(files.os.path, "isfile", slow)
     assert files._missing(paths) == [3, 700, 999]
     assert len(threads) > 1
+
+
+def test_counts_in_messages_agree_with_their_number() -> None:
+    from dali_cutmix.files import counted
+
+    assert [counted(n, "class") for n in (0, 1, 2)] == ["0 classes", "1 class", "2 classes"]
+    assert [counted(n, "image") for n in (1, 7)] == ["1 image", "7 images"]
+    assert counted(1, "sample") == "1 sample"
