@@ -507,9 +507,11 @@ def _header_size(path: Path, root: Path) -> tuple[int, int]:
         with Image.open(path) as image:
             return image.size
     except (OSError, SyntaxError, ValueError) as error:  # UnidentifiedImageError: an OSError
+        # the loaders' and the scan's words for it
+        empty = path.is_file() and path.stat().st_size == 0
+        what = "is an empty file (0 bytes)" if empty else "is not a decodable image"
         raise BadImageError(
-            f"{str(path)!r} is not a readable image ({error.__class__.__name__}). "
-            + scan_hint(root),
+            f"{str(path)!r} {what} (its header: {error.__class__.__name__}). " + scan_hint(root),
             path=str(path),
         ) from None
 

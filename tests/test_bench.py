@@ -133,10 +133,10 @@ def test_a_file_that_is_no_image_ends_the_command_with_one_line(
     assert caught.value.code == 2
     # the benchmark's own way on: it has no --train-list, which the loaders' advice named
     assert capsys.readouterr().err.splitlines()[-1] == (
-        f"python -m pipelines.bench: error: {str(bad)!r} is not a readable image "
-        f"(UnidentifiedImageError). Find every bad file with: python -m dali_cutmix.scan {root} "
-        "--out DIR (DIR: any writable folder); then measure the good ones with: python -m "
-        f"pipelines.bench --data {root} --file-list DIR/files.txt"
+        f"python -m pipelines.bench: error: {str(bad)!r} is not a decodable image "
+        "(its header: UnidentifiedImageError). Find every bad file with: python -m "
+        f"dali_cutmix.scan {root} --out DIR (DIR: any writable folder); then measure the good "
+        f"ones with: python -m pipelines.bench --data {root} --file-list DIR/files.txt"
     )
     assert not (tmp_path / "out").exists()  # nothing measured, no folder left
 
@@ -173,8 +173,9 @@ def test_the_scan_list_the_bad_file_line_names_is_what_the_benchmark_measures(
         cli.main(["--data", str(root), "--file-list", str(own), "--out", str(tmp_path / "out")])
     assert caught.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
-        f"python -m pipelines.bench: error: {str(bad)!r} is not a readable image "
-        f"(UnidentifiedImageError). It is listed in --file-list {own}: delete its line there."
+        f"python -m pipelines.bench: error: {str(bad)!r} is not a decodable image "
+        f"(its header: UnidentifiedImageError). It is listed in --file-list {own}: delete its "
+        "line there."
     )
 
 

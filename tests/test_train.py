@@ -796,7 +796,8 @@ def test_a_run_that_fails_before_its_first_step_leaves_no_run_folder(
     assert list((tmp_path / "runs").iterdir()) == []
     scan_dir = tmp_path / "runs" / "20261123-120000" / "scan-train"
     assert scan_main([str(root / "train"), "--out", str(scan_dir)]) == 1
-    assert (scan_dir / "files.txt").read_text() == ""
+    assert not (scan_dir / "files.txt").exists()  # no file decodes: no list, the scan says so
+    assert (scan_dir / "bad_files.json").is_file()
 
 
 def test_any_loader_error_checkpoints_first_and_the_resume_by_position_is_exact(
