@@ -281,14 +281,25 @@ def test_a_read_only_parent_is_named(
     import errno
     import tempfile
 
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    writable = [cache]
+    make_folder = tempfile.mkdtemp
+
     def read_only(**kwargs: object) -> str:  # as a read-only mount answers, even to root
+        if kwargs["dir"] in writable:
+            return make_folder(**kwargs)
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
     monkeypatch.setattr(tempfile, "mkdtemp", read_only)
     out = tmp_path / "runs" / "a"
-    argv = ["--device", "cpu", "--cache-dir", str(tmp_path), "--output-dir", str(out)]
+    argv = ["--device", "cpu", "--cache-dir", str(cache), "--output-dir", str(out)]
     assert _refused(argv, capsys) == (
         f"python -m train: error: --output-dir {out}: cannot be made, {tmp_path} is not writable\n"
+    )
+    writable.clear()  # an existing folder is probed too: it was taken as writable
+    assert _refused(argv, capsys) == (
+        f"python -m train: error: --cache-dir {cache}: cannot be written (Read-only file system)\n"
     )
 
 
