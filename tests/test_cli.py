@@ -439,7 +439,7 @@ def test_interruptible_answers_ctrl_c_in_one_line_and_sigterm_through_finally(ca
 
     def terminated() -> int:
         try:
-            os.kill(os.getpid(), signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)
             time.sleep(5)  # the handler raises at once
             return 0
         finally:

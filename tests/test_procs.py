@@ -115,7 +115,7 @@ def test_sigterm_inside_exit_on_sigterm_runs_finally_clauses() -> None:
     cleaned = []
     with pytest.raises(SystemExit) as caught, exit_on_sigterm():
         try:
-            os.kill(os.getpid(), signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)
             time.sleep(5)  # the handler raises at once, interrupting the sleep
         finally:
             cleaned.append(True)
@@ -198,6 +198,12 @@ def test_workers_leave_ctrl_c_to_the_main_process() -> None:
     assert done.stdout.split() == ["True", "True"]
 
 
+# The tests' own stops are raised in this thread (signal.raise_signal): one sent to the process
+# (os.kill(os.getpid(), ...)) may be taken by any thread that does not block it, and its
+# handler can then run late, after the test (a full-suite run once ended in a
+# KeyboardInterrupt among these tests).
+
+
 def test_a_ctrl_c_while_a_worker_starts_is_taken_once_it_has_started() -> None:
     # One inside the wait for the fork server's reply left an unregistered worker that
     # printed a traceback after "aborted by Ctrl-C".
@@ -205,7 +211,7 @@ def test_a_ctrl_c_while_a_worker_starts_is_taken_once_it_has_started() -> None:
     reached = []
     try:
         with pytest.raises(KeyboardInterrupt), _signals_deferred():
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
             time.sleep(0.2)  # a signal is handled within a few bytecodes: it was held
             reached.append(True)
         assert reached == [True]
@@ -220,9 +226,9 @@ def test_every_ctrl_c_held_while_a_worker_starts_is_handled_in_order() -> None:
     before = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
     try:
         with _signals_deferred():
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
             time.sleep(0.1)
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
             time.sleep(0.1)
             assert pressed == []  # held
         assert pressed == [signal.SIGINT, signal.SIGINT]
@@ -239,8 +245,8 @@ def test_a_sigterm_while_a_worker_starts_is_taken_once_it_has_started() -> None:
     before = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
     try:
         with _signals_deferred():
-            os.kill(os.getpid(), signal.SIGTERM)
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signal.SIGINT)
             time.sleep(0.2)
             assert got == []  # held
             got.append("block ended")
@@ -261,7 +267,7 @@ def test_a_ctrl_c_while_the_fork_server_starts_is_taken_once_it_has_started(
     start = multiprocessing.forkserver.ensure_running
 
     def interrupted() -> None:  # the Ctrl-C comes while the server starts
-        os.kill(os.getpid(), signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
         start()
 
     monkeypatch.setattr(multiprocessing.forkserver, "ensure_running", interrupted)

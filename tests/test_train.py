@@ -223,7 +223,7 @@ def test_ctrl_c_stops_after_the_step_and_checkpoints(
     def interrupt_on_second_step(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
         return original(*args, **kwargs)
 
     monkeypatch.setattr(train.engine, "correct_topk", interrupt_on_second_step)
@@ -292,7 +292,7 @@ def test_ctrl_c_during_validation_stops_at_the_epoch_end(
     original = train.trainer.evaluate
 
     def interrupted(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
         return original(*args, **kwargs)
 
     monkeypatch.setattr(train.trainer, "evaluate", interrupted)
@@ -312,7 +312,7 @@ def _ctrl_c_in_first_save(monkeypatch: pytest.MonkeyPatch, presses: int) -> list
     def saving(*args, **kwargs):
         calls.append(1)
         for _ in range(presses if len(calls) == 1 else 0):
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
         return real_save(*args, **kwargs)
 
     monkeypatch.setattr(train.checkpoint.torch, "save", saving)
