@@ -213,9 +213,11 @@ def command_name(module: str) -> str:
     return os.path.basename(sys.argv[0]) if started_as_script() else f"python -m {module}"
 
 
-def check_folder(path: str | os.PathLike[str], flag: str) -> None:
-    """``path`` is a folder, or one can be made there; nothing is made yet (a probe folder is
-    made and removed in the nearest existing parent).
+def check_folder(path: str | os.PathLike[str], flag: str, *, probe_existing: bool = True) -> None:
+    """``path`` is a folder that takes files, or one can be made there; nothing is made yet (a
+    probe folder is made and removed in it, or in the nearest existing parent). With
+    ``probe_existing=False`` an existing folder is taken as it is: a cache that may be read
+    only, where what is needed is there already.
 
     Commands check their output folders before the long work, so that a typo
     costs nothing. Raises ``ValueError`` naming ``flag`` and the path.
@@ -224,6 +226,8 @@ def check_folder(path: str | os.PathLike[str], flag: str) -> None:
     if path.exists():
         if not path.is_dir():
             raise ValueError(f"{flag} {path}: not a folder")
+        if not probe_existing:
+            return
         try:  # the folder is there; can it take files (a read-only mount, /proc)?
             os.rmdir(tempfile.mkdtemp(prefix=".check-", dir=path))
         except OSError as error:

@@ -104,7 +104,8 @@ def checked_cache_dir(
         source = f"the cache folder (${CACHE_ENV})"
     else:
         source = "the cache folder"
-    check_folder(folder, source)
+    # a read-only cache holding the sets needed is fine; generate() checks where it writes
+    check_folder(folder, source, probe_existing=False)
     return folder
 
 

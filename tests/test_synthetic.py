@@ -71,6 +71,31 @@ def test_finished_folder_is_reused_without_writing(tmp_path: Path, monkeypatch) 
     assert _digest(root) == before
 
 
+def test_a_read_only_cache_serves_its_finished_sets_and_names_itself_for_a_new_one(
+    tmp_path: Path, monkeypatch
+) -> None:
+    # A shared cache may be mounted read only: the sets there are read; a new one's line
+    # names the folder (it was the lock file's Errno, or a probe refused the whole cache).
+    import errno
+    import os
+    import tempfile
+
+    root = generate(tmp_path / "ds", TINY, workers=1, progress=False)
+
+    def read_only(**kwargs: object) -> str:  # as a read-only mount answers, even to root
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    assert synthetic.checked_cache_dir(tmp_path) == tmp_path
+    assert generate(root, TINY, workers=1, progress=False) == root
+    with pytest.raises(ValueError) as caught:
+        generate(tmp_path / "other", TINY, workers=1, progress=False)
+    assert str(caught.value) == (
+        f"{tmp_path}/other: its folder {tmp_path}: cannot be written (Read-only file system)"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ds.lock", "ds"]
+
+
 def test_a_second_writer_of_the_same_folder_waits_and_then_reuses_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -1196,7 +1196,8 @@ def _check_folders(config: TrainConfig) -> None:
     and overwrite its checkpoint."""
     out = config.output_dir
     if config.data.embedded is not None:
-        check_folder(config.data.cache_dir, "--cache-dir")
+        # read only is fine where the embedded set is there already; generate() checks
+        check_folder(config.data.cache_dir, "--cache-dir", probe_existing=False)
     check_folder(out, "--output-dir")
     if config.test_only:  # writes test.json only
         return
