@@ -228,25 +228,24 @@ def check_folder(path: str | os.PathLike[str], flag: str, *, probe_existing: boo
             raise ValueError(f"{flag} {path}: not a folder")
         if not probe_existing:
             return
-        try:  # the folder is there; can it take files (a read-only mount, /proc)?
-            os.rmdir(tempfile.mkdtemp(prefix=".check-", dir=path))
-        except OSError as error:
-            raise ValueError(f"{flag} {path}: cannot be written ({error.strerror})") from None
-        return
-    parent = path.absolute().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ValueError(f"{flag} {path}: cannot be made, {parent} is not a folder")
+        probed = path  # the folder is there; can it take files (a read-only mount, /proc)?
+    else:
+        probed = path.absolute().parent
+        while not probed.exists():
+            probed = probed.parent
+        if not probed.is_dir():
+            raise ValueError(f"{flag} {path}: cannot be made, {probed} is not a folder")
     # A folder made and removed at once: os.access answers yes to root, and on file systems
     # that refuse folders anyway (read-only mounts, /proc), where the real mkdir then failed
     # with a traceback.
     try:
-        os.rmdir(tempfile.mkdtemp(prefix=".check-", dir=parent))
+        os.rmdir(tempfile.mkdtemp(prefix=".check-", dir=probed))
     except OSError as error:
+        if probed is path:
+            raise ValueError(f"{flag} {path}: cannot be written ({error.strerror})") from None
         refused = error.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
         reason = "is not writable" if refused else f"takes no folder ({error.strerror})"
-        raise ValueError(f"{flag} {path}: cannot be made, {parent} {reason}") from None
+        raise ValueError(f"{flag} {path}: cannot be made, {probed} {reason}") from None
 
 
 def bad_file_advice(

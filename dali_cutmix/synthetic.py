@@ -536,13 +536,10 @@ def dataset_stats(
     """
     base = Path(root) / split if split else Path(root)
     if files is None:
-        found = (p for p in base.rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
-        files = sorted(found)
-        if not files:
-            raise ValueError(f"no JPEG files under {base}")
+        files = sorted(p for p in base.rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
     files = [Path(p) for p in files]
     if not files:
-        raise ValueError("no files to describe")
+        raise ValueError(f"no JPEG files under {base}")
     if limit is not None and len(files) > limit:
         files = [files[i * len(files) // limit] for i in range(limit)]
     sizes = np.array([_header_size(p, base) for p in files], dtype=np.float64)
