@@ -38,6 +38,7 @@ __all__ = [
     "path_in_message",
     "read_file_list",
     "scan_hint",
+    "what_is_wrong",
     "write_file_list",
 ]
 
@@ -98,6 +99,21 @@ def bad_file_problem(error: Exception) -> str:
     message = " ".join(str(error).split())
     cut = message.find(SCAN_HINT.split("{root}")[0].format(**scan_commands()).strip())
     return message[:cut].strip() if cut > 0 else message
+
+
+def what_is_wrong(path: str | os.PathLike[str]) -> str:
+    """What is wrong with ``path``, a file that did not read as an image: gone, a broken
+    link, unreadable, empty, or not an image (a listed file gone or unreadable reads as a
+    decoding error in DALI's message, and as one in PIL's)."""
+    if not os.path.lexists(path):
+        return "does not exist (it is listed, but gone)"
+    if not os.path.exists(path):
+        return "is a broken symbolic link"
+    if not os.access(path, os.R_OK):
+        return "cannot be read (permissions)"
+    if os.path.getsize(path) == 0:  # a copy cut off, a download never finished
+        return "is an empty file (0 bytes)"
+    return "is not a decodable image"
 
 
 class DatasetError(ValueError):

@@ -53,6 +53,7 @@ from dali_cutmix.files import (
     listable,
     path_in_message,
     scan_hint,
+    what_is_wrong,
     write_file_list,
 )
 from dali_cutmix.procs import worker_pool
@@ -241,20 +242,6 @@ def _dataset_root(images: ImageList) -> str:
     return folder if 2 * count > len(dirs) else common
 
 
-def _what_is_wrong(path: str) -> str:
-    """What DALI's failure on ``path`` comes down to: a listed file gone or unreadable reads
-    as a decoding error in DALI's message."""
-    if not os.path.lexists(path):
-        return "does not exist (it is listed, but gone)"
-    if not os.path.exists(path):
-        return "is a broken symbolic link"
-    if not os.access(path, os.R_OK):
-        return "cannot be read (permissions)"
-    if os.path.getsize(path) == 0:  # a copy cut off, a download never finished
-        return "is an empty file (0 bytes)"
-    return "is not a decodable image"
-
-
 # What DALI says of memory it could not get: never a file's fault.
 _OUT_OF_MEMORY = ("bad_alloc", "out of memory", "cudaerrormemoryallocation")
 
@@ -297,7 +284,7 @@ def explain_decode_error(err: Exception, images: ImageList, *, train: bool = Tru
     if path is None:
         path = first_unreadable(images.paths)
     what = (
-        f"{path!r} {_what_is_wrong(path)}"
+        f"{path!r} {what_is_wrong(path)}"
         if path
         else f"a file of {images.source!r} is not a decodable image"
     )

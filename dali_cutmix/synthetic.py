@@ -502,17 +502,16 @@ def _generate_unlocked(
 def _header_size(path: Path, root: Path) -> tuple[int, int]:
     """``(width, height)`` from ``path``'s header; a ``BadImageError`` naming it (and the scan
     that finds every such file under ``root``) where it is no image."""
-    from dali_cutmix.files import BadImageError, scan_hint
+    from dali_cutmix.files import BadImageError, scan_hint, what_is_wrong
 
     try:
         with Image.open(path) as image:
             return image.size
     except (OSError, SyntaxError, ValueError) as error:  # UnidentifiedImageError: an OSError
         # the loaders' and the scan's words for it
-        empty = path.is_file() and path.stat().st_size == 0
-        what = "is an empty file (0 bytes)" if empty else "is not a decodable image"
         raise BadImageError(
-            f"{str(path)!r} {what} (its header: {error.__class__.__name__}). " + scan_hint(root),
+            f"{str(path)!r} {what_is_wrong(path)} (its header: {error.__class__.__name__}). "
+            + scan_hint(root),
             path=str(path),
         ) from None
 

@@ -197,6 +197,28 @@ def test_stats_name_a_file_that_is_no_image(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("breaks", "what"),
+    [
+        (lambda bad: bad.write_bytes(b""), "is an empty file (0 bytes)"),
+        (lambda bad: bad.unlink(), "does not exist (it is listed, but gone)"),
+        (
+            lambda bad: (bad.unlink(), bad.symlink_to(bad.with_name("gone.JPEG"))),
+            "is a broken symbolic link",
+        ),
+    ],
+    ids=["empty", "gone", "broken-link"],
+)
+def test_stats_say_what_is_wrong_with_a_file_as_the_scan_does(tmp_path: Path, breaks, what) -> None:
+    root = build_image_folder(tmp_path / "train", classes=2, per_class=2, extras=False)
+    files = sorted(root.rglob("*.JPEG"))
+    breaks(files[2])
+    with pytest.raises(BadImageError) as caught:
+        dataset_stats(root, files=files)  # a list's files: one may be gone
+    assert caught.value.path == str(files[2])
+    assert str(caught.value).startswith(f"{str(files[2])!r} {what} (its header: ")
+
+
 def test_full_scale_sizes_resemble_imagenet() -> None:
     rng = np.random.default_rng(0)
     sizes = np.array([image_size(rng) for _ in range(4000)])
