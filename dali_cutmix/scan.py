@@ -191,18 +191,24 @@ def scan(
     return ScanReport(images, tuple(errors), seconds)
 
 
-def first_unreadable(paths: Sequence[str], *, workers: int = 8) -> str | None:
+def first_unreadable(
+    paths: Sequence[str], *, workers: int = 8, desc: str = "looking for the bad file"
+) -> str | None:
     """The first of ``paths`` whose header does not read as an image DALI decodes.
 
-    A fast search (headers only, threads) used to name the file when DALI's
-    error message does not; truncated files need :func:`scan`.
+    A fast search (headers only, threads: 7,000 to 8,000 files/s on the 2-core CPU
+    machine, the embedded set's files in its page cache) used to name the file when
+    DALI's error message does not, and by training to check the validation files
+    before it starts;
+    truncated files need :func:`scan`. A progress bar (``desc``) shows from 10,000
+    files on.
     """
     with (
         concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool,
         progress_bar(
             total=len(paths),
             unit="img",
-            desc="looking for the bad file",
+            desc=desc,
             leave=False,
             disable=len(paths) < 10_000,
         ) as bar,

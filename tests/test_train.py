@@ -649,12 +649,39 @@ def test_a_resume_after_a_trained_epoch_without_loader_state_reads_no_epoch_for_
     assert line in caplog.text
 
 
+@pytest.mark.parametrize("loader", ["dali", "torchvision"])
+def test_a_validation_file_that_is_no_image_stops_the_run_before_training(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture, loader: str
+) -> None:
+    # It stopped the run at the first validation, an epoch of training later.
+    root, out = tmp_path / "data", tmp_path / "run"
+    shutil.copytree(tiny, root)
+    bad = root / "val" / "s0002" / "s0002_00002.JPEG"  # the last batch's: not read at build
+    bad.write_text("<html>404 Not Found</html>\n")
+    argv = _argv(root, out, "--loader", loader, "--epochs", "1", "-b", "2")
+    assert main(argv) == 4
+    scan = out / "scan-val"
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"python -m train: error: {str(bad)!r} is not a decodable image (its header, read "
+        "before training: UnidentifiedImageError). Find every bad file with: python -m "
+        f"dali_cutmix.scan {root / 'val'} --out {scan}; then run again with: python -m train "
+        f"{shlex.join(argv)} --val-list {scan / 'files.txt'}"
+    )
+    assert not (out / "checkpoint.pth").exists() and not (out / "metrics.jsonl").exists()
+    bad.write_bytes(b"")  # a copy cut off at 0 bytes: the scan's words for it
+    assert main(_argv(root, tmp_path / "run-2", "--loader", loader, "--epochs", "1")) == 4
+    assert f"{str(bad)!r} is an empty file (0 bytes) (its header, read before training)." in (
+        capsys.readouterr().err
+    )
+
+
 def test_a_bad_validation_file_keeps_the_trained_epoch_for_a_resume_with_a_val_list(
     tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     root, out = tmp_path / "data", tmp_path / "run"
     shutil.copytree(tiny, root)
-    (root / "val" / "s0001" / "s0001_00000.JPEG").write_bytes(b"not a JPEG")
+    bad = root / "val" / "s0001" / "s0001_00000.JPEG"
+    bad.write_bytes(bad.read_bytes()[:-200])  # truncated: its header reads, its pixels do not
     argv = _argv(root, out, "--loader", "torchvision", "--epochs", "1")
     assert main(argv) == 4  # found by the evaluation, after the epoch's 3 steps
     checkpoint, files = out / "checkpoint.pth", out / "scan-val" / "files.txt"

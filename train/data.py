@@ -32,7 +32,17 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from dali_cutmix.files import BadImageError, DatasetError, MissingFilesError, bad_file_problem
+from dali_cutmix.files import (
+    BadImageError,
+    DatasetError,
+    ImageList,
+    MissingFilesError,
+    bad_file_problem,
+    list_image_folder,
+    read_file_list,
+    what_is_wrong,
+)
+from dali_cutmix.scan import check_image, first_unreadable
 from dali_cutmix.synthetic import generate
 
 from . import pipelines_module
@@ -45,6 +55,7 @@ __all__ = [
     "build_criterion",
     "build_loaders",
     "build_val_loader",
+    "check_val_headers",
     "continue_at",
     "data_failure",
     "prepare_dataset",
@@ -170,6 +181,55 @@ def _build_loader(split: str, config: TrainConfig, root: Path, info: DistInfo) -
     except BadImageError as error:
         failure = data_failure(error, split, config=config, root=root, info=info, checkpoint=None)
         raise failure from error
+
+
+def _split_images(split: str, config: TrainConfig, root: Path) -> ImageList | None:
+    """The files of ``root/split`` as both loaders list them (the folder, or the split's
+    list), without the listing's log lines, which the loader's listing gives; ``None``
+    where they cannot be listed: the loader says why, and what to do, as it is built."""
+    file_list = config.data.train_list if split == "train" else config.data.val_list
+    files_log = logging.getLogger("dali_cutmix.files")
+    level = files_log.level
+    files_log.setLevel(logging.ERROR)
+    try:
+        if file_list is not None:
+            return read_file_list(file_list, root=root / split, must_exist=True)
+        return list_image_folder(root / split)
+    except DatasetError:
+        return None
+    finally:
+        files_log.setLevel(level)
+
+
+def check_val_headers(config: TrainConfig, root: Path, info: DistInfo) -> None:
+    """Reads the header of this rank's share of the validation files (every ``world_size``-th
+    one from its rank on: the ranks together read each once) before training starts.
+
+    A file that is no image (empty, text, HTML, a format DALI does not decode) would
+    otherwise stop the run at the first validation, an epoch of training later.
+    Truncated files pass (their headers read); the loader names one when it meets it.
+    Threads read them (:func:`dali_cutmix.scan.first_unreadable`, which gives the rate
+    measured), with a progress bar from 10,000 files on.
+
+    Raises:
+        DataFailure: a file's header does not read: the line names it, the scan and the
+            command to run with its clean list.
+    """
+    images = _split_images("val", config, root)
+    if images is None:
+        return
+    bad = first_unreadable(
+        images.paths[info.rank :: info.world_size], desc="reading the validation files' headers"
+    )
+    if bad is None:
+        return
+    reason = check_image(bad, decode=False) or ""  # "" if it reads now (being copied?)
+    detail = reason.split(":", 1)[0] if reason[:1].isupper() else reason  # PIL's error class
+    detail = f": {detail}" if detail and not detail.startswith("empty file") else ""
+    error = BadImageError(
+        f"{bad!r} {what_is_wrong(bad)} (its header, read before training{detail}).", path=bad
+    )
+    raise data_failure(error, "val", config=config, root=root, info=info, checkpoint=None)
 
 
 def build_val_loader(config: TrainConfig, root: Path, info: DistInfo) -> Loader:

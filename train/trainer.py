@@ -26,6 +26,7 @@ from .data import (
     Loader,
     build_criterion,
     build_loaders,
+    check_val_headers,
     continue_at,
     data_failure,
     prepare_dataset,
@@ -129,15 +130,19 @@ class _LoaderFailed(Exception):
 
 
 def _agreed_loaders(config: TrainConfig, root: Path, info: DistInfo) -> tuple[Loader, Loader]:
-    """:func:`build_loaders`, agreed over ranks: a DALI loader reads its first batches as it
-    is built, so one rank may meet a bad file here while the others go on to wrap the model
-    in DDP, a collective it never joins.
+    """:func:`build_loaders`, agreed over ranks, after :func:`check_val_headers`, agreed
+    too: a DALI loader reads its first batches as it is built, so one rank may meet a bad
+    file here while the others go on to wrap the model in DDP, a collective it never joins.
+    The header check is agreed on before any loader is built, since another rank's loader
+    (whose shard is not the share of files its check read) may hold the file it found.
 
     Raises:
-        DataFailure: this rank's loader met a bad file (it reports it).
+        DataFailure: this rank's loader met a bad file, or its header check found one (it
+            reports it).
         DatasetError: this rank's loader cannot be built (it reports it).
         PeerLoaderError: another rank's did either.
     """
+    settled(lambda: check_val_headers(config, root, info), (DataFailure,), info)
     # a shard of no image (DatasetError) is one rank's too
     return settled(lambda: build_loaders(config, root, info), (DataFailure, DatasetError), info)
 
