@@ -29,12 +29,14 @@ __all__ = [
     "DatasetError",
     "ImageList",
     "MissingFilesError",
+    "NOT_UTF8",
     "UNLISTABLE",
     "bad_file_problem",
     "counted",
     "class_folders",
     "list_image_folder",
     "listable",
+    "name_problem",
     "path_in_message",
     "read_file_list",
     "scan_hint",
@@ -188,6 +190,23 @@ class ImageList:
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def check_names(self, *, train: bool = True) -> None:
+        """A :class:`BadImageError` naming the first file whose name DALI's reader cannot
+        take (:func:`name_problem`: bytes that are not UTF-8), with the scan that lists
+        every such file and writes a list of the others; ``train``: the split, for the
+        advice (``--train-list`` or ``--val-list``)."""
+        try:
+            "\n".join(self.paths).encode("utf-8")  # at once for a million names
+            return
+        except UnicodeEncodeError:
+            bad = [p for p in self.paths if name_problem(p) == NOT_UTF8]
+        more = f" ({counted(len(bad), 'file')} of {self.source!r} have such names)"
+        raise BadImageError(
+            f"{bad[0]!r}: {NOT_UTF8}{more if len(bad) > 1 else ''}. "
+            + scan_hint(self.source, train=train),
+            path=bad[0],
+        )
 
     def check_mix(self, mix: MixConfig | None) -> None:
         """A ValueError unless ``mix`` (if any) makes targets of this dataset's classes."""
@@ -404,7 +423,11 @@ def read_file_list(
     # UTF-8 whatever the locale (write_file_list's encoding), a BOM (Windows editors)
     # dropped, and a name's bytes that are not UTF-8 kept as os.fsdecode keeps them
     text = list_path.read_text(encoding="utf-8-sig", errors="surrogateescape")
-    numbered = [(i + 1, line) for i, line in enumerate(text.splitlines()) if line.strip()]
+    # lines end as write_file_list ends them, or as Windows and old Mac editors do; not at
+    # every character str.splitlines() takes for one (\x1c, \x85, \u2028, ...), which a
+    # name may hold
+    lines = re.split(r"\r\n|\r|\n", text)
+    numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
     entries = [_parse_line(line, number=n, list_path=list_path) for n, line in numbered]
     numbers = [n for n, _ in numbered]  # each entry's line in the file
     if not entries:
@@ -478,9 +501,26 @@ UNLISTABLE = (
 )
 
 
+NOT_UTF8 = (
+    "its name is not valid UTF-8, which DALI's reader cannot take; rename the file "
+    "(convmv renames a tree of files)"
+)
+
+
 def listable(file_path: str) -> bool:
     """Whether a ``path label`` line of DALI's file list can hold ``file_path``."""
     return file_path == file_path.strip() and "\n" not in file_path and "\r" not in file_path
+
+
+def name_problem(file_path: str) -> str | None:
+    """Why DALI cannot read ``file_path`` by its name (:data:`NOT_UTF8`: its bytes are not
+    UTF-8, kept as ``os.fsdecode`` keeps them) or a file list cannot hold it
+    (:data:`UNLISTABLE`); ``None`` where neither."""
+    try:
+        file_path.encode("utf-8")
+    except UnicodeEncodeError:
+        return NOT_UTF8
+    return None if listable(file_path) else UNLISTABLE
 
 
 def write_file_list(path: str | os.PathLike[str], entries: Iterable[tuple[str, int]]) -> int:

@@ -127,6 +127,7 @@ def mixed_batch(
 
     _check_ints(batch_size=(batch_size, 1), size=(size, 1), seed=(seed, 0))
     images = root if isinstance(root, ImageList) else list_image_folder(root)
+    images.check_names()
     by_index = dataclasses.replace(config, num_classes=batch_size, label_smoothing=0.0)
 
     @pipeline_def(batch_size=batch_size, num_threads=2, device_id=None, seed=seed)

@@ -46,11 +46,10 @@ from dali_cutmix.cli import (
     write_json,
 )
 from dali_cutmix.files import (
-    UNLISTABLE,
     BadImageError,
     ImageList,
     list_image_folder,
-    listable,
+    name_problem,
     path_in_message,
     scan_hint,
     what_is_wrong,
@@ -177,10 +176,9 @@ def scan(
             errors.extend(result)
             bar.update(len(result))
     seconds = time.perf_counter() - start
-    # A name the clean list cannot hold is as unusable as a file that does not decode.
-    errors = [
-        e if e is not None or listable(p) else UNLISTABLE for p, e in zip(images.paths, errors)
-    ]
+    # A name the clean list cannot hold, or DALI's reader cannot take, is as unusable as a
+    # file that does not decode.
+    errors = [e if e is not None else name_problem(p) for p, e in zip(images.paths, errors)]
     logger.info(
         "decoded %d files in %.1f s (%.0f images/s) with %d workers",
         len(images),
@@ -309,7 +307,9 @@ def write_report(report: ScanReport, out: str | os.PathLike[str]) -> dict[str, P
         write_file_list(paths["files.txt"], report.good)
     else:
         paths.pop("files.txt").unlink(missing_ok=True)
-    paths["classes.txt"].write_text("".join(f"{c}\n" for c in report.images.classes))
+    # a folder name's bytes that are not UTF-8 kept (its files are listed as bad)
+    names = "".join(f"{c}\n" for c in report.images.classes)
+    paths["classes.txt"].write_text(names, encoding="utf-8", errors="surrogateescape")
     summary = {
         "root": report.images.source,
         "total": len(report.images),

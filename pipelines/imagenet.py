@@ -697,6 +697,7 @@ def make_loader(
     dali_device = dali_device_id(device, device_id)
     gpu = dali_device is not None
     images = _list_images(root, file_list)
+    images.check_names(train=options.train)
     images.check_mix(options.mix)
     batch_size = _fitting_batch(images, batch_size, num_shards, policy)
     build = functools.partial(

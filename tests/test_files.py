@@ -13,9 +13,12 @@ from conftest import build_image_folder, write_image
 from torchvision.datasets import ImageFolder
 
 from dali_cutmix.files import (
+    NOT_UTF8,
+    BadImageError,
     DatasetError,
     ImageList,
     list_image_folder,
+    name_problem,
     path_in_message,
     read_file_list,
     scan_hint,
@@ -159,6 +162,51 @@ def test_file_list_is_utf_8_whatever_the_locale_and_a_bom_is_dropped(tmp_path: P
     odd = os.fsdecode(b"caf\xe9.JPEG")
     write_file_list(listed, [(str(tmp_path / odd), 0)])
     assert read_file_list(listed).paths == (str(tmp_path / odd),)
+
+
+@pytest.mark.parametrize(
+    "mark", ["\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
+)
+def test_a_name_holding_a_character_splitlines_breaks_at_reads_back(
+    tmp_path: Path, mark: str
+) -> None:
+    # str.splitlines() broke the line there: the scan's own files.txt could not be read
+    # ("line 2: expected 'path label'"), and its advice was the scan that wrote it.
+    listed = tmp_path / "files.txt"
+    paths = [str(tmp_path / f"a{mark}b.JPEG"), str(tmp_path / "c.JPEG")]
+    write_file_list(listed, [(paths[0], 0), (paths[1], 1)])
+    assert read_file_list(listed).paths == tuple(paths)
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n", "\r"])
+def test_lines_end_as_any_editor_ends_them(tmp_path: Path, ending: str) -> None:
+    listed = tmp_path / "files.txt"
+    listed.write_bytes(ending.join(["a.JPEG 0", "", "b.JPEG 1", "c.JPEG 2"]).encode() + b"\n")
+    images = read_file_list(listed)
+    assert images.paths == tuple(str(tmp_path / n) for n in ("a.JPEG", "b.JPEG", "c.JPEG"))
+    assert images.labels == (0, 1, 2)
+
+
+def test_a_name_that_is_not_utf_8_is_named_as_a_bad_file_for_dali(tmp_path: Path) -> None:
+    # DALI's reader refused it with a traceback: "Unsupported argument type with name files".
+    root = build_image_folder(tmp_path / "data", classes=2, per_class=2, extras=False)
+    odd = [
+        str(root / "n00000001" / os.fsdecode(f"caf\xe9{i}.JPEG".encode("latin-1"))) for i in (1, 2)
+    ]
+    for path in odd:
+        write_image(Path(path), size=(20, 20), seed=1)
+    images = list_image_folder(root)  # the torchvision loader reads them
+    assert set(odd) <= set(images.paths)
+    with pytest.raises(BadImageError) as caught:
+        images.check_names(train=False)
+    assert caught.value.path == odd[0]
+    assert str(caught.value) == (
+        f"{odd[0]!r}: its name is not valid UTF-8, which DALI's reader cannot take; rename "
+        f"the file (convmv renames a tree of files) (2 files of {str(root)!r} have such "
+        f"names). {scan_hint(root, train=False)}"
+    )
+    assert name_problem(odd[0]) == NOT_UTF8 and name_problem(str(root / "café.JPEG")) is None
+    list_image_folder(build_image_folder(tmp_path / "clean", classes=1, per_class=2)).check_names()
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -297,6 +298,20 @@ def test_undecodable_file_is_named(image_folder: Path, content: str, train: bool
     assert f"python -m dali_cutmix.scan {image_folder} --out DIR" in message
     assert 'make_loader(..., file_list="DIR/files.txt")' in message
     assert f"python -m train ... --{'train' if train else 'val'}-list DIR/files.txt" in message
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_a_name_that_is_not_utf_8_is_named_before_the_graph_is_built(
+    image_folder: Path, train: bool
+) -> None:
+    # DALI's reader refused it with a traceback ("Unsupported argument type with name files").
+    odd = image_folder / "n00000002" / os.fsdecode(b"caf\xe9.JPEG")
+    odd.write_bytes((image_folder / "n00000001" / "img_1_0.JPEG").read_bytes())
+    with pytest.raises(BadImageError) as caught:
+        small_loader(image_folder, train=train)
+    assert caught.value.path == str(odd)
+    assert str(caught.value).startswith(f"{str(odd)!r}: its name is not valid UTF-8, ")
+    assert str(caught.value).endswith(scan_hint(image_folder, train=train))
 
 
 @pytest.mark.parametrize("content", [b"not an image\n" * 20, b"\x00" * 300], ids=["text", "zeros"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,13 @@ import pytest
 from conftest import build_image_folder, run_command, user_error_line, write_image
 from torchvision.datasets import ImageFolder
 
-from dali_cutmix.files import BadImageError, list_image_folder, read_file_list, scan_hint
+from dali_cutmix.files import (
+    NOT_UTF8,
+    BadImageError,
+    list_image_folder,
+    read_file_list,
+    scan_hint,
+)
 from dali_cutmix.scan import check_image, explain_decode_error, first_unreadable, main
 
 
@@ -97,6 +104,28 @@ def test_a_name_the_clean_list_cannot_hold_is_a_bad_file(tmp_path: Path) -> None
         }
     ]
     assert len(read_file_list(out / "files.txt").paths) == 4
+
+
+def test_names_that_are_not_utf_8_are_bad_files_and_their_folder_is_a_class(
+    tmp_path: Path,
+) -> None:
+    # They decoded, so the list kept them, and DALI's reader refused the list; a class
+    # folder so named ended the scan with "'utf-8' codec can't encode character '\\udcff'"
+    # after every file had been decoded, and no bad_files.json.
+    root = build_image_folder(tmp_path / "data", classes=2, per_class=2, extras=False)
+    odd_class = root / os.fsdecode(b"n0000000\xff")
+    odd = [odd_class / "a.JPEG", root / "n00000000" / os.fsdecode(b"caf\xe9.JPEG")]
+    for path in odd:
+        write_image(path, size=(20, 20), seed=1)
+    out = tmp_path / "scan"
+    assert main([str(root), "--out", str(out), "--workers", "1"]) == 1
+    report = json.loads((out / "bad_files.json").read_text())
+    assert sorted((bad["path"], bad["error"]) for bad in report["bad"]) == sorted(
+        (str(path), NOT_UTF8) for path in odd
+    )
+    assert os.fsencode(read_file_list(out / "files.txt", root=root).classes[2]) == b"n0000000\xff"
+    assert len(read_file_list(out / "files.txt", root=root).paths) == 4
+    assert (out / "classes.txt").read_bytes().splitlines()[2] == b"n0000000\xff"
 
 
 def test_scan_of_a_clean_folder_exits_zero(tmp_path: Path) -> None:
