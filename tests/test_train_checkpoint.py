@@ -72,6 +72,43 @@ def test_checkpoint_round_trip_is_atomic_and_safe(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "config.json")
 
 
+def test_a_checkpoint_whose_bytes_changed_is_refused_as_damaged(tmp_path: Path) -> None:
+    # torch.load does not compare the CRCs it wrote: finite bytes written over the weights
+    # resumed without a word, and NaNs were blamed on a diverged run.
+    path = save_checkpoint(_state(1.0), tmp_path / "checkpoint.pth")
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 4096] = torch.full((1024,), 2.0).numpy().tobytes()  # finite
+    (tmp_path / "finite.pth").write_bytes(bytes(data))
+    with pytest.raises(ValueError) as info:
+        load_checkpoint(tmp_path / "finite.pth")
+    assert str(info.value) == (
+        f"{tmp_path / 'finite.pth'} is not a readable checkpoint: it is damaged (the bytes of "
+        "its entry archive/data/0 do not match the checksum torch.save wrote: changed on the "
+        "disk or in a copy since); resume from an intact copy of it if there is one, else "
+        "start a new run"
+    )
+    data[middle : middle + 4] = b"\xff\xff\xff\xff"  # a NaN
+    (tmp_path / "nan.pth").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="nan.pth is not a readable checkpoint: it is damaged"):
+        load_checkpoint(tmp_path / "nan.pth")
+
+
+@pytest.mark.parametrize("length", [5_000, 20_000, 65_536])
+def test_a_checkpoint_cut_short_says_so_where_torch_says_invalid_argument(
+    tmp_path: Path, length: int
+) -> None:
+    # It read "it cannot be read (Invalid argument)": torch raised an OSError at these lengths.
+    path = save_checkpoint(_state(1.0), tmp_path / "checkpoint.pth")
+    (tmp_path / "cut.pth").write_bytes(path.read_bytes()[:length])
+    with pytest.raises(ValueError) as info:
+        load_checkpoint(tmp_path / "cut.pth")
+    assert str(info.value) == (
+        f"{tmp_path / 'cut.pth'} is not a readable checkpoint: it is not a whole file written "
+        "by torch.save (cut short, or another kind of file; a run writes RUN/checkpoint.pth)"
+    )
+
+
 # The child writes a checkpoint, then dies by SIGKILL half-way through writing the next.
 _KILLED_WHILE_WRITING = """
 import io, os, signal, sys
