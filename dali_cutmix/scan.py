@@ -72,6 +72,15 @@ logger = logging.getLogger(__name__)
 DALI_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "TIFF", "WEBP", "PPM", "JPEG2000"})
 
 
+# TIFF's BitsPerSample tag: a reader may take 1 when it is missing (PIL does, and leaves it
+# out of the 1-bit TIFFs it writes); DALI 2.4's decoder (nvImageCodec) refuses the file.
+TIFF_BITS_PER_SAMPLE = 258
+NO_BITS_PER_SAMPLE = (
+    "a TIFF without a BitsPerSample tag (as PIL writes 1-bit ones), which DALI's decoder "
+    "cannot read; convert it (to PNG, say)"
+)
+
+
 def check_image(path: str, *, decode: bool = True) -> str | None:
     """Why ``path`` is not a decodable image, or ``None`` when it is.
 
@@ -92,6 +101,8 @@ def check_image(path: str, *, decode: bool = True) -> str | None:
             with Image.open(path) as img:
                 if img.format not in DALI_FORMATS:
                     return f"format {img.format} is not one DALI decodes"
+                if img.format == "TIFF" and TIFF_BITS_PER_SAMPLE not in img.tag_v2:
+                    return NO_BITS_PER_SAMPLE
                 if decode:
                     img.load()
                 else:

@@ -300,6 +300,28 @@ def test_undecodable_file_is_named(image_folder: Path, content: str, train: bool
     assert f"python -m train ... --{'train' if train else 'val'}-list DIR/files.txt" in message
 
 
+def test_a_tiff_without_bits_per_sample_is_a_bad_file_the_scan_and_the_loader_name(
+    image_folder: Path,
+) -> None:
+    # PIL reads it (the tag defaults to 1), so the scan kept it in its clean list; DALI's
+    # decoder refuses it, and its error names no file: the loader said "a file of ...".
+    from dali_cutmix.scan import NO_BITS_PER_SAMPLE, check_image
+
+    pixels = np.random.default_rng(0).integers(0, 255, (20, 24), dtype=np.uint8)
+    bad = image_folder / "n00000001" / "bw.tif"
+    Image.fromarray(pixels).convert("1").save(bad)
+    good = image_folder / "n00000002" / "bw_group4.tif"  # its BitsPerSample is written
+    Image.fromarray(pixels).convert("1").save(good, compression="group4")
+    assert check_image(str(bad)) == check_image(str(bad), decode=False) == NO_BITS_PER_SAMPLE
+    assert check_image(str(good)) is None
+    with pytest.raises(BadImageError) as caught:
+        list(small_loader(image_folder, train=False, batch_size=17))
+    assert caught.value.path == str(bad)  # DALI refuses it: the rule is not a guess
+    assert str(caught.value).startswith(f"{str(bad)!r} is not a decodable image (DALI: ")
+    bad.unlink()
+    assert len(list(small_loader(image_folder, train=False, batch_size=16))) == 1
+
+
 @pytest.mark.parametrize("train", [True, False])
 def test_a_name_that_is_not_utf_8_is_named_before_the_graph_is_built(
     image_folder: Path, train: bool
