@@ -340,17 +340,20 @@ def _check_entries(
     paths: Sequence[str], labels: Sequence[int], numbers: Sequence[int], list_path: Path
 ) -> None:
     """A file listed with two labels is refused; one listed twice with its label is logged
-    (it is read twice an epoch, which may be meant: oversampling)."""
-    first: dict[str, tuple[int, int]] = {}
+    (it is read twice an epoch, which may be meant: oversampling). Paths are compared as
+    spelled once ``.``, ``..`` and doubled slashes are taken out (``./a.JPEG`` is
+    ``a.JPEG``); not through symbolic links, which would take a call per file."""
+    first: dict[str, tuple[int, int, str]] = {}
     repeated = []
     for path, label, number in zip(paths, labels, numbers):
-        seen = first.setdefault(path, (number, label))
+        seen = first.setdefault(os.path.normpath(path), (number, label, path))
         if seen[0] == number:
             continue
         if seen[1] != label:
+            spelled = f", as {path!r}" if path != seen[2] else ""
             raise DatasetError(
-                f"{str(list_path)!r} lists {path!r} with label {seen[1]} (line {seen[0]}) and "
-                f"label {label} (line {number}); delete the wrong line."
+                f"{str(list_path)!r} lists {seen[2]!r} with label {seen[1]} (line {seen[0]}) "
+                f"and label {label} (line {number}{spelled}); delete the wrong line."
             )
         repeated.append(number)
     if repeated:

@@ -309,6 +309,19 @@ def test_a_file_listed_with_two_labels_is_refused_naming_both_lines(tmp_path: Pa
     )
 
 
+@pytest.mark.parametrize("other", ["./a/x.JPEG", "a//x.JPEG", "b/../a/x.JPEG", "{root}/a/x.JPEG"])
+def test_a_file_spelled_two_ways_with_two_labels_is_refused(tmp_path: Path, other: str) -> None:
+    # Compared as spelled, "./a/x.JPEG 1" read one image under two labels without a word.
+    other = other.format(root=tmp_path)
+    listed = _list(tmp_path, ["a/x.JPEG 0", f"{other} 1"])
+    first, second = str(tmp_path / "a" / "x.JPEG"), os.path.join(tmp_path, other)
+    spelled = f", as {second!r}" if second != first else ""  # an absolute path: the same
+    assert _refusal(read_file_list, listed) == (
+        f"{str(listed)!r} lists {first!r} with label 0 (line 1) and label 1 (line 2{spelled}); "
+        "delete the wrong line."
+    )
+
+
 def test_a_file_listed_twice_with_its_label_is_kept_and_logged(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
