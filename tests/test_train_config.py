@@ -1006,6 +1006,51 @@ def test_a_checkpoint_from_before_the_augmentations_resumes_as_it_was(resumable)
     assert resumed == dataclasses.replace(original, resume=path, stop_after_steps=None)
 
 
+OTHER_VERSION = (
+    "it was written by another version of python -m train, or edited: resume it with the "
+    "version that wrote it"
+)
+
+
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        (lambda c: c.pop("data"), "its configuration has no data, optim and mix settings"),
+        (
+            lambda c: c["augment"].update(new_aug=1),
+            "its augment settings cannot be read (unknown AugmentConfig field(s): new_aug)",
+        ),
+        (
+            lambda c: c.update(new_top=True),
+            "its configuration has settings this version does not know (new_top)",
+        ),
+        (
+            lambda c: c["mix"].update(new_mix=0.5, other=None),
+            "its configuration has settings this version does not know (mix.new_mix, mix.other)",
+        ),
+        (
+            lambda c: c["data"].update(batch_size="64"),
+            "its configuration cannot be read (",
+        ),
+    ],
+    ids=["no-data", "augment-key", "top-key", "mix-keys", "wrong-kind"],
+)
+def test_a_checkpoint_configuration_of_another_version_is_named_as_such(
+    resumable, edit, problem: str
+) -> None:
+    # A missing section was a KeyError traceback; an unknown key read as a setting changed
+    # on resume ("new_top is on in the checkpoint but none here; on resume only --epochs...").
+    _, path = resumable
+    state = torch.load(path, weights_only=True)
+    edit(state["config"])
+    save_checkpoint(state, path)
+    with pytest.raises(ValueError) as caught:
+        resume_config(get_args_parser().parse_args(["--resume", str(path)]), typed={})
+    message = str(caught.value)
+    assert message.startswith(f"--resume {path}: {problem}")
+    assert message.endswith(f"; {OTHER_VERSION}")
+
+
 def test_a_resumed_metrics_file_numbers_its_epochs_from_1(tmp_path: Path) -> None:
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"epoch": 0, "val_acc1": 10.0}\n{"epoch": 1, "val_acc1": 20.0}\n')

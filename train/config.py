@@ -999,6 +999,12 @@ def resume_config(args: argparse.Namespace, typed: Mapping[str, str]) -> TrainCo
     saved = state.get("config")
     if not saved:
         raise ValueError(f"--resume {path}: the checkpoint holds no configuration")
+    sections = ("data", "optim", "mix")
+    if not isinstance(saved, dict) or not all(isinstance(saved.get(k), dict) for k in sections):
+        raise ValueError(
+            f"--resume {path}: its configuration has no data, optim and mix settings; "
+            + _OTHER_VERSION
+        )
     if not args.test_only:  # evaluating does not continue the epoch's shards
         check_ranks(state, path, _world_size())
     saved = _upgrade(saved)
@@ -1009,9 +1015,18 @@ def resume_config(args: argparse.Namespace, typed: Mapping[str, str]) -> TrainCo
         "output_dir": args.output_dir or path.parent,
     }
     values = _saved_args(saved, args, typed) | run_values
-    saved_augment = AugmentConfig.from_dict(saved["augment"])
+    try:
+        saved_augment = AugmentConfig.from_dict(saved["augment"])
+    except (TypeError, ValueError, AttributeError) as error:
+        raise ValueError(
+            f"--resume {path}: its augment settings cannot be read ({error}); " + _OTHER_VERSION
+        ) from None
     try:
         config = config_from_args(argparse.Namespace(**values), saved_augment=saved_augment)
+    except (TypeError, AttributeError) as error:  # a value of the wrong kind in the file
+        raise ValueError(
+            f"--resume {path}: its configuration cannot be read ({error}); " + _OTHER_VERSION
+        ) from None
     except ValueError:
         epochs = values.get("epochs")
         if isinstance(epochs, int) and 1 <= epochs < saved["epochs"]:
@@ -1024,13 +1039,34 @@ def resume_config(args: argparse.Namespace, typed: Mapping[str, str]) -> TrainCo
         # A typed flag that may not change can clash with a saved value (--crop-size 48
         # against the saved resize of 37): name the flag, not the saved setting.
         fixed = _clashing_flags(saved, args, typed, saved_augment, run_values)
-        if not fixed:
-            raise
-        raise ValueError(f"{path}: {', '.join(fixed)} cannot change; {_MAY_CHANGE}") from None
+        if fixed:
+            raise ValueError(f"{path}: {', '.join(fixed)} cannot change; {_MAY_CHANGE}") from None
+        untyped = {"stop_after_steps": None, "output_dir": path.parent}
+        as_saved = _saved_args(saved, args, {}) | run_values | untyped
+        try:  # no typed flag at all: then the saved values themselves are at fault
+            config_from_args(argparse.Namespace(**as_saved), saved_augment=saved_augment)
+        except (ValueError, TypeError, AttributeError) as error:
+            raise ValueError(
+                f"--resume {path}: its configuration cannot be read ({error}); " + _OTHER_VERSION
+            ) from None
+        raise
+    unknown = sorted(_flatten(saved).keys() - _flatten(config.to_dict()).keys())
+    if unknown:  # they would read as settings changed on resume ("x is on ... none here")
+        raise ValueError(
+            f"--resume {path}: its configuration has settings this version does not know "
+            f"({', '.join(unknown)}); " + _OTHER_VERSION
+        )
     reasons = resume_changes(saved, config.to_dict(), typed)
     if reasons:
         raise ValueError(f"{path}: {'; '.join(reasons)}; {_MAY_CHANGE}")
     return config
+
+
+# Why a checkpoint's configuration cannot be read: not a flag to change.
+_OTHER_VERSION = (
+    "it was written by another version of python -m train, or edited: resume it with the "
+    "version that wrote it"
+)
 
 
 def _read_config(path: Path) -> dict[str, Any]:
