@@ -96,7 +96,12 @@ def _is_number(value: Any) -> bool:
 def _check_range(
     name: str, value: Any, low: float, high: float, *, high_open: bool = False
 ) -> float:
-    """``value`` as a Python float, checked: finite, in ``[low, high]`` (``[low, high)``)."""
+    """``value`` as a Python float, checked: finite, in ``[low, high]`` (``[low, high)``).
+    With no upper bound (``high`` infinite) the message says ``a finite number >= low``:
+    ``[0.0, inf]`` would hold the infinity it refuses."""
+    unbounded = math.isinf(high)
+    if unbounded and not (_is_number(value) and value >= low):
+        raise ValueError(f"{name} must be a finite number >= {low}, got {value!r}")
     if not _is_number(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     if value < low or (value >= high if high_open else value > high):

@@ -181,7 +181,7 @@ def test_augment_numpy_scalars_are_stored_as_python_numbers() -> None:
             "cutmix_alpha must be 0 (off) or a positive float32, "
             "got 1e+39, which is inf in float32",
         ),
-        ({"cutmix_alpha": 10**400}, "cutmix_alpha must be a finite number, got 1000"),
+        ({"cutmix_alpha": 10**400}, "cutmix_alpha must be a finite number >= 0.0, got 1000"),
     ],
 )
 def test_bad_types_and_float32_alphas_are_named(fields: dict, message: str) -> None:

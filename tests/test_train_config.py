@@ -178,7 +178,8 @@ def _refused(argv: list[str], capsys: pytest.CaptureFixture) -> str:
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--cutmix-alpha", "-1"], "--cutmix-alpha must be in [0.0, inf], got -1.0"),
+        (["--cutmix-alpha", "-1"], "--cutmix-alpha must be a finite number >= 0.0, got -1.0"),
+        (["--cutmix-alpha", "inf"], "--cutmix-alpha must be a finite number >= 0.0, got inf"),
         (["--mix-prob", "1.5"], "--mix-prob must be in [0.0, 1.0], got 1.5"),
         (["--mix-prob", "2"], "--mix-prob must be in [0.0, 1.0], got 2.0"),
         (["--switch-prob", "-0.1"], "--switch-prob must be in [0.0, 1.0], got -0.1"),
