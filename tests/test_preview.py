@@ -18,6 +18,7 @@ from dali_cutmix.preview import (
     render_grid,
     write_preview,
 )
+from dali_cutmix.synthetic import SyntheticSpec, generate
 
 
 def test_caption_says_the_method_and_both_weights_even_for_one_class() -> None:
@@ -156,6 +157,20 @@ def test_an_undecodable_image_is_named_in_one_line(tmp_path: Path) -> None:
         f"--data {root} --file-list DIR/files.txt"
     )
     assert not (tmp_path / "p.png").exists()
+
+
+def test_a_text_file_in_a_batch_of_real_images_is_named_not_a_crash(tmp_path: Path) -> None:
+    # The preview had no header guard: DALI 2.4's CPU decoder on 2 threads crashed the
+    # process (SIGSEGV, status 139, no message) on such a batch, 3 of 3 runs.
+    spec = SyntheticSpec(num_classes=10, train_per_class=6, val_per_class=1, size_scale=0.25)
+    root = generate(tmp_path / "data", spec, workers=1, progress=False) / "train"
+    bad = root / "s0000" / "a.JPEG"
+    bad.write_text("not an image\n")
+    done = run_command(
+        "dali_cutmix.preview", "--data", root, "--out", tmp_path / "p.png", "--batch-size", "61"
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert user_error_line(done).startswith(f"{PROG} '{bad}' is not a decodable image (DALI: ")
 
 
 def test_the_scan_list_the_bad_file_line_names_previews_the_good_files(
