@@ -62,6 +62,7 @@ __all__ = [
     "check_image",
     "explain_decode_error",
     "first_unreadable",
+    "out_of_memory",
     "main",
     "scan",
 ]
@@ -261,6 +262,12 @@ def _dataset_root(images: ImageList) -> str:
 _OUT_OF_MEMORY = ("bad_alloc", "out of memory", "cudaerrormemoryallocation")
 
 
+def out_of_memory(error: BaseException) -> bool:
+    """Whether a DALI error is a failure to get memory (host or device), nobody's file."""
+    reason = str(error).split("encountered:", 1)[-1].lower()
+    return any(words in reason for words in _OUT_OF_MEMORY)
+
+
 def _about_a_file(message: str) -> bool:
     """Whether a DALI error that names no file is a reader's, header reader's or decoder's
     failure on one.
@@ -269,9 +276,9 @@ def _about_a_file(message: str) -> bool:
     whatever failed), so only the failing operator and the reason after ``encountered:``
     are read; a memory error (``std::bad_alloc`` from a resize) is nobody's file.
     """
-    reason = message.split("encountered:", 1)[-1].lower()
-    if any(words in reason for words in _OUT_OF_MEMORY):
+    if out_of_memory(RuntimeError(message)):
         return False
+    reason = message.split("encountered:", 1)[-1].lower()
     operator = re.search(r"Error in \w+ operator `([^`]+)`", message)
     if operator is not None:
         kinds = ("decoders", "readers", "image_decoder", "peek_image_shape")

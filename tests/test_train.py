@@ -649,6 +649,18 @@ def test_a_resume_after_a_trained_epoch_without_loader_state_reads_no_epoch_for_
     assert line in caplog.text
 
 
+def test_a_loader_out_of_memory_names_the_flags_to_lower(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # It was a traceback ending in DALI's "std::bad_alloc" (status 1).
+    assert main(_argv(tiny, tmp_path / "run", "--crop-size", "1000000")) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "python -m train: error: the train loader ran out of memory as it read its first "
+        "batches (batches of 8 images of 1000000 x 1000000 pixels and more, a rank): lower "
+        "-b/--batch-size or --crop-size"
+    )
+
+
 @pytest.mark.parametrize("loader", ["dali", "torchvision"])
 def test_a_validation_file_that_is_no_image_stops_the_run_before_training(
     tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture, loader: str

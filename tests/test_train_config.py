@@ -193,6 +193,13 @@ def _refused(argv: list[str], capsys: pytest.CaptureFixture) -> str:
         (["-b", "0"], "-b must be an int >= 1, got 0"),
         (["-j", "0"], "-j must be an int >= 1, got 0"),
         (
+            ["-j", "100000"],  # DALI's thread pool aborted the process (SIGABRT)
+            f"-j must be at most {max(16, 4 * (os.cpu_count() or 1))} (4 per CPU of this "
+            f"machine's {os.cpu_count() or 1}: no more threads or worker processes than that "
+            "can be busy), got 100000",
+        ),
+        (["--val-list", "/"], "--val-list /: a folder; give a file of 'path label' lines"),
+        (
             ["--crop-size", "300", "--resize-size", "256"],
             "--resize-size (256) must be >= --crop-size (300)",
         ),

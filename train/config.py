@@ -398,6 +398,11 @@ def _resolve_precision(name: str, device: Device) -> Precision:
     return Precision.BF16 if torch.cuda.is_bf16_supported() else Precision.FP16
 
 
+# -j's ceiling: WORKERS_PER_CPU per CPU, and at least MIN_WORKER_LIMIT on a small machine.
+WORKERS_PER_CPU = 4
+MIN_WORKER_LIMIT = 16
+
+
 def default_workers(loader: LoaderKind, device: Device) -> int:
     """``-j``'s default: this rank's share of the CPU cores, at most 8 for DALI on the GPU.
 
@@ -416,6 +421,8 @@ def default_workers(loader: LoaderKind, device: Device) -> int:
 def _file_list(flag: str, path: Path | None) -> Path | None:
     if path is None:
         return None
+    if path.is_dir():
+        raise ValueError(f"{flag} {path}: a folder; give a file of 'path label' lines")
     if not path.is_file():
         raise ValueError(f"{flag} {path}: no such file")
     return path.resolve()
@@ -583,6 +590,16 @@ def config_from_args(
     checked = _checked_config(args, saved_augment or AugmentConfig())
     device = resolve_device(args.device)
     workers = _given(args.workers, default_workers(checked.data.loader, device))
+    cpus = os.cpu_count() or 1
+    if workers > max(MIN_WORKER_LIMIT, WORKERS_PER_CPU * cpus):
+        # -j 100000 ended in DALI's thread pool ("terminate called without an active
+        # exception", SIGABRT), leaving runs/<time>/ behind; as many DataLoader processes
+        # would exhaust the memory
+        raise ValueError(
+            f"workers must be at most {max(MIN_WORKER_LIMIT, WORKERS_PER_CPU * cpus)} "
+            f"({WORKERS_PER_CPU} per CPU of this machine's {cpus}: no more threads or worker "
+            f"processes than that can be busy), got {workers}"
+        )
     return dataclasses.replace(
         checked,
         data=dataclasses.replace(checked.data, workers=workers),

@@ -42,7 +42,7 @@ from dali_cutmix.files import (
     read_file_list,
     what_is_wrong,
 )
-from dali_cutmix.scan import check_image, first_unreadable
+from dali_cutmix.scan import check_image, first_unreadable, out_of_memory
 from dali_cutmix.synthetic import generate
 
 from . import pipelines_module
@@ -181,6 +181,17 @@ def _build_loader(split: str, config: TrainConfig, root: Path, info: DistInfo) -
     except BadImageError as error:
         failure = data_failure(error, split, config=config, root=root, info=info, checkpoint=None)
         raise failure from error
+    except RuntimeError as error:  # DALI's, as it reads its first batches
+        if not out_of_memory(error):
+            raise
+        # --crop-size 100000 was a traceback ending in "std::bad_alloc"
+        data = config.data
+        side = data.train_crop_size if split == "train" else data.val_resize_size
+        raise DatasetError(
+            f"the {split} loader ran out of memory as it read its first batches (batches of "
+            f"{data.batch_size} images of {side} x {side} pixels and more, a rank): lower "
+            "-b/--batch-size or --crop-size"
+        ) from None
 
 
 def _split_images(split: str, config: TrainConfig, root: Path) -> ImageList | None:
