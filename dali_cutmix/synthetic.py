@@ -98,15 +98,22 @@ def checked_cache_dir(
     a ``ValueError`` names where it came from (``flag``, ``$DALI_CUTMIX_CACHE`` or the
     default) where it cannot be, before any image is written."""
     folder = cache_dir(given)
-    if given is not None:
-        source = flag
-    elif CACHE_ENV in os.environ:
-        source = f"the cache folder (${CACHE_ENV})"
-    else:
-        source = "the cache folder"
     # a read-only cache holding the sets needed is fine; generate() checks where it writes
-    check_folder(folder, source, probe_existing=False)
+    check_folder(
+        folder, cache_source(folder if given is not None else None, flag), probe_existing=False
+    )
     return folder
+
+
+def cache_source(given: str | os.PathLike[str] | None, flag: str = "--cache-dir") -> str:
+    """Where the cache folder ``given`` came from, for a message: ``flag``; or, where it is
+    the one that :func:`cache_dir` gives without a flag (``given`` ``None`` or that folder),
+    ``$DALI_CUTMIX_CACHE`` or the default."""
+    if given is not None and Path(given) != cache_dir():
+        return flag
+    if CACHE_ENV in os.environ:
+        return f"the cache folder (${CACHE_ENV})"
+    return "the cache folder"
 
 
 GENERATOR_VERSION = 1  # bump when the bytes for a given spec change

@@ -257,6 +257,25 @@ def test_bad_flags_fail_at_start_with_one_line_naming_the_flag(
     assert _refused(["--device", "cpu", *argv], capsys) == f"python -m train: error: {message}\n"
 
 
+def test_a_cache_folder_from_the_environment_is_named_as_such(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    # It read "--cache-dir ...", a flag the user never typed.
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a folder")
+    monkeypatch.setenv("DALI_CUTMIX_CACHE", str(a_file / "cache"))
+    assert _refused(["--device", "cpu"], capsys) == (
+        f"python -m train: error: the cache folder ($DALI_CUTMIX_CACHE) {a_file / 'cache'}: "
+        f"cannot be made, {a_file} is not a folder\n"
+    )
+    other = tmp_path / "other.txt"
+    other.write_text("")
+    assert _refused(["--device", "cpu", "--cache-dir", str(other / "c")], capsys) == (
+        f"python -m train: error: --cache-dir {other / 'c'}: cannot be made, {other} is not "
+        "a folder\n"
+    )
+
+
 def test_output_and_cache_folders_are_checked_before_anything_runs(tmp_path: Path, capsys) -> None:
     a_file = tmp_path / "notes.txt"
     a_file.write_text("not a folder")

@@ -40,7 +40,7 @@ from dali_cutmix.config import (
     timm_auto_augment,
 )
 from dali_cutmix.files import DatasetError, class_folders
-from dali_cutmix.synthetic import SyntheticSpec, cache_dir
+from dali_cutmix.synthetic import SyntheticSpec, cache_dir, cache_source
 
 from . import pipelines_module
 from .cli import ARCHS, Device, LoaderKind, Precision, Schedule, get_args_parser
@@ -1250,7 +1250,9 @@ def _check_folders(config: TrainConfig) -> None:
     out = config.output_dir
     if config.data.embedded is not None:
         # read only is fine where the embedded set is there already; generate() checks
-        check_folder(config.data.cache_dir, "--cache-dir", probe_existing=False)
+        # not "--cache-dir" where $DALI_CUTMIX_CACHE or the default gave it
+        source = cache_source(config.data.cache_dir)
+        check_folder(config.data.cache_dir, source, probe_existing=False)
     check_folder(out, "--output-dir")
     if config.test_only:  # writes test.json only
         return
