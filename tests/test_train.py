@@ -534,11 +534,15 @@ def test_a_stop_exits_3_and_resume_alone_finishes_then_has_nothing_to_do(
     assert _logged(caplog)[-1].startswith("finished 2 epochs (")
     assert [r["train_images"] for r in _records(tmp_path)] == [24, 24]
     caplog.clear()
+    written = (tmp_path / "config.json").read_bytes()
+    (tmp_path / "config.json").write_bytes(written + b" ")  # as the last training wrote it
     assert main(["--resume", str(checkpoint)]) == 0
     assert _logged(caplog) == [
         f"{checkpoint} already trained 2 of 2 epochs; nothing to do; give --epochs M > 2 to "
         f"train on (python -m train --resume {checkpoint} --epochs M)"
     ]
+    # a command that trained nothing leaves the run's configuration as it trained
+    assert (tmp_path / "config.json").read_bytes() == written + b" "
     assert main(["--resume", str(checkpoint), "--epochs", "3"]) == 0  # one more epoch
     assert [r["train_images"] for r in _records(tmp_path)] == [24, 24, 24]
     state = torch.load(checkpoint, weights_only=True)

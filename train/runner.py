@@ -67,9 +67,14 @@ def _set_up(config: TrainConfig, info: DistInfo) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // info.world_size))
     if info.is_main:
         config.output_dir.mkdir(parents=True, exist_ok=True)
-        if not config.test_only:  # the run's own configuration stays as it trained
-            config_json = config.to_json(world_size=info.world_size)
-            (config.output_dir / "config.json").write_text(config_json + "\n")
+
+
+def _write_config(config: TrainConfig, info: DistInfo) -> None:
+    """``config.json``, by a command that trains: ``--test-only`` and a ``--resume`` with
+    nothing left to do leave the run's own configuration as it trained."""
+    if info.is_main:
+        config_json = config.to_json(world_size=info.world_size)
+        (config.output_dir / "config.json").write_text(config_json + "\n")
 
 
 def _evaluate_models(
@@ -171,6 +176,7 @@ def _run(config: TrainConfig, info: DistInfo) -> RunResult:
         return evaluate_checkpoint(config, state, info)
     if state is not None and state["epoch"] >= config.epochs:
         return _nothing_to_do(config, state, info)
+    _write_config(config, info)
     trainer = Trainer(config, info)
     if state is not None:
         trainer.restore(state)
