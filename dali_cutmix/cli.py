@@ -61,6 +61,7 @@ __all__ = [
     "from_flags",
     "one_line",
     "other_command",
+    "non_negative_int",
     "positive_int",
     "replace_names",
     "report_user_error",
@@ -294,15 +295,24 @@ def interruptible(
         return aborted(parser, what if isinstance(what, str) else what())
 
 
-def positive_int(text: str) -> int:
-    """An argparse ``type``: an int >= 1 (argparse then names the flag in its error)."""
+def _int_from(text: str, low: int) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {value}")
+        raise argparse.ArgumentTypeError(f"expected an int >= {low}, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected an int >= {low}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type``: an int >= 1 (argparse then names the flag in its error)."""
+    return _int_from(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse ``type``: an int >= 0 (argparse then names the flag in its error)."""
+    return _int_from(text, 0)
 
 
 # The flags several commands share: name -> (flag, help). Each command gives the default.

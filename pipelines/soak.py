@@ -36,6 +36,7 @@ from dali_cutmix.cli import (
     command_name,
     exit_on_user_error,
     interruptible,
+    non_negative_int,
     start_command,
     write_json,
 )
@@ -144,7 +145,9 @@ def soak(
         "threads": threads,
         "images_per_epoch": train.dataset_size,
         "epochs": _summary(epoch_rss, warmup),
-        "resumes": _summary(resume_rss, min(warmup, max(0, resumes - MIN_READINGS))),
+        "resumes": (  # None: not asked for
+            _summary(resume_rss, min(warmup, max(0, resumes - MIN_READINGS))) if resumes else None
+        ),
         "seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -156,7 +159,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Host memory over many epochs and resumes of the DALI training loader.",
     )
     add_count(parser, "--epochs", 30, "epochs to run")
-    add_count(parser, "--resumes", 20, "stop-and-resume cycles after the epochs")
+    add_count(
+        parser,
+        "--resumes",
+        20,
+        "stop-and-resume cycles after the epochs (0: the epochs alone)",
+        type=non_negative_int,
+    )
     add_shared_flags(parser, threads=2)
     parser.add_argument(
         "--cache-dir",
@@ -180,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report["command"] = command_line(__spec__.name, argv)
         print(json.dumps(report, indent=2))
         for name, flag in (("epochs", "--epochs"), ("resumes", "--resumes")):
-            if "growth_note" in report[name]:
+            if report[name] is not None and "growth_note" in report[name]:
                 logger.warning(
                     "no growth figure for the %s: %s (give %s %d or more)",
                     name,

@@ -43,8 +43,20 @@ def test_soak_reports_rss_per_epoch_and_resume(image_folder: Path, monkeypatch) 
     assert len(trims) == 2
 
 
-def test_rejects_a_count_below_one(capsys) -> None:
-    with pytest.raises(SystemExit) as caught:
-        soak.main(["--resumes", "0"])
-    assert caught.value.code == 2
-    assert "argument --resumes: expected an int >= 1, got 0" in capsys.readouterr().err
+def test_rejects_a_count_below_its_minimum(capsys) -> None:
+    for argv, message in (
+        (["--epochs", "0"], "argument --epochs: expected an int >= 1, got 0"),
+        (["--resumes", "-1"], "argument --resumes: expected an int >= 0, got -1"),
+    ):
+        with pytest.raises(SystemExit) as caught:
+            soak.main(argv)
+        assert caught.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+def test_no_resumes_measures_the_epochs_alone(image_folder: Path, monkeypatch) -> None:
+    # --resumes 0 was refused ("expected an int >= 1"), where the epochs alone were wanted.
+    monkeypatch.setattr(soak, "SPEC", soak.SPEC.__class__(num_classes=3, train_per_class=4))
+    report = soak.soak(image_folder, epochs=3, resumes=0, batch_size=4, crop_size=16, warmup=0)
+    assert len(report["epochs"]["rss_mb"]) == 3 and report["resumes"] is None
+    assert soak.get_args_parser().parse_args(["--resumes", "0"]).resumes == 0
