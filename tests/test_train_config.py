@@ -496,9 +496,14 @@ def test_resuming_refuses_changed_settings_but_not_harmless_ones() -> None:
     more = {**saved, "print_freq": 50, "output_dir": "elsewhere", "epochs": 9}
     assert resume_changes(saved, more, {}) == []
     changed = {**saved, "arch": "resnet50", "mix": {**saved["mix"], "mixup_alpha": 0.2}}
+    # the typed flag's change alone: the others follow from it (the arch's default from
+    # --data, say), and were listed as field names the user never typed
     assert resume_changes(saved, changed, {"mixup_alpha": "--mixup-alpha"}) == [
-        "arch is resnet18 in the checkpoint but resnet50 here",
         "--mixup-alpha 0.2 differs from the checkpoint's 0.0",
+    ]
+    assert resume_changes(saved, changed, {}) == [
+        "arch is resnet18 in the checkpoint but resnet50 here",
+        "mix.mixup_alpha is 0.0 in the checkpoint but 0.2 here",
     ]
     assert resume_changes(saved, {**saved, "epochs": 5}, {"epochs": "--epochs"}) == [
         "--epochs 5 is fewer than the checkpoint's 6"
@@ -507,6 +512,18 @@ def test_resuming_refuses_changed_settings_but_not_harmless_ones() -> None:
     assert resume_changes(saved, no_nesterov, {"nesterov": "--no-nesterov"}) == [
         "--no-nesterov differs from the checkpoint's --nesterov"
     ]
+
+
+def test_resuming_the_embedded_run_with_data_names_data_alone(tmp_path: Path, capsys) -> None:
+    # It listed data.classes, six data.embedded.* fields and mix.num_classes beside
+    # "--data X differs from the checkpoint's none".
+    embedded = parse_config(["--device", "cpu", "--output-dir", str(tmp_path / "run")])
+    path = _checkpoint(tmp_path / "run" / "checkpoint.pth", embedded, step=1)
+    other = _folder(tmp_path / "other", ["a", "b", "c"], ["a", "b", "c"])
+    assert _refused(["--resume", str(path), "--data", str(other)], capsys) == (
+        f"python -m train: error: {path}: --data {other}: the checkpoint trained on the "
+        f"embedded dataset; {train.config._MAY_CHANGE}\n"
+    )
 
 
 def test_every_flag_names_one_configuration_field() -> None:

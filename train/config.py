@@ -857,6 +857,8 @@ def _refusal(field: str, old: Any, new: Any, typed: Mapping[str, str]) -> str:
         return f"{field} is {_shown(old)} in the checkpoint but {_shown(new)} here"
     if dest != FLAGS.get(field, (None,))[0]:  # set by a shorthand or with other fields
         return f"{typed[dest]} changes {field} from the checkpoint's {_shown(old)} to {_shown(new)}"
+    if field == "data.root" and old is None:
+        return f"{typed[dest]} {_shown(new)}: the checkpoint trained on the embedded dataset"
     if isinstance(new, bool):  # --flag / --no-flag
         flag = FLAGS[field][1]
         return f"{typed[dest]} differs from the checkpoint's {flag if old else '--no-' + flag[2:]}"
@@ -874,10 +876,12 @@ def resume_changes(
 
     Returns:
         One reason per setting outside :data:`RESUME_MAY_CHANGE` that differs,
-        and one if ``epochs`` shrank; empty when the run may continue.
+        and one if ``epochs`` shrank; empty when the run may continue. Where a typed
+        flag changes a setting, only the typed flags' changes: the rest follow from
+        them (another ``--data`` has other classes, no embedded set, ...).
     """
     old, new = _flatten(saved), _flatten(current)
-    reasons = []
+    reasons, derived = [], []
     if new["epochs"] < old.get("epochs", 0):
         reasons.append(
             f"{typed.get('epochs', '--epochs')} {new['epochs']} is fewer than the checkpoint's "
@@ -886,8 +890,9 @@ def resume_changes(
     for field in sorted(old.keys() | new.keys()):
         if field in RESUME_MAY_CHANGE or old.get(field) == new.get(field):
             continue
-        reasons.append(_refusal(field, old.get(field), new.get(field), typed))
-    return reasons
+        reason = _refusal(field, old.get(field), new.get(field), typed)
+        (derived if _typed_setter(field, typed) is None else reasons).append(reason)
+    return reasons or derived
 
 
 def check_ranks(state: Mapping[str, Any], path: Path, world: int) -> None:
@@ -1067,7 +1072,7 @@ def resume_config(args: argparse.Namespace, typed: Mapping[str, str]) -> TrainCo
                 f"--resume {path}: its configuration cannot be read ({error}); " + _OTHER_VERSION
             ) from None
         raise
-    unknown = sorted(_flatten(saved).keys() - _flatten(config.to_dict()).keys())
+    unknown = _unknown_settings(saved, config.to_dict())
     if unknown:  # they would read as settings changed on resume ("x is on ... none here")
         raise ValueError(
             f"--resume {path}: its configuration has settings this version does not know "
@@ -1077,6 +1082,19 @@ def resume_config(args: argparse.Namespace, typed: Mapping[str, str]) -> TrainCo
     if reasons:
         raise ValueError(f"{path}: {'; '.join(reasons)}; {_MAY_CHANGE}")
     return config
+
+
+def _unknown_settings(saved: Mapping[str, Any], known: Mapping[str, Any]) -> list[str]:
+    """The dotted names of ``saved`` that no field of ``known`` (a configuration's
+    ``to_dict()``) holds: a saved ``data.embedded.seed`` is known where ``data.embedded``
+    is ``None`` (a ``--data`` folder instead of the embedded set)."""
+    fields = _flatten(known).keys()
+
+    def held(name: str) -> bool:
+        parts = name.split(".")
+        return any(".".join(parts[:n]) in fields for n in range(1, len(parts) + 1))
+
+    return sorted(name for name in _flatten(saved) if not held(name))
 
 
 # Why a checkpoint's configuration cannot be read: not a flag to change.
