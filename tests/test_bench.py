@@ -141,6 +141,30 @@ def test_a_file_that_is_no_image_ends_the_command_with_one_line(
     assert not (tmp_path / "out").exists()  # nothing measured, no folder left
 
 
+@pytest.mark.slow
+def test_a_truncated_file_stops_the_run_at_its_first_measurement_in_one_line(
+    tmp_path: Path, capsys
+) -> None:
+    # Its header reads, so the statistics let it through: every measurement then failed
+    # with a traceback's last lines for its table cell, and the run wrote empty results.
+    root = build_image_folder(tmp_path / "data", classes=2, per_class=4, extras=False)
+    bad = sorted(root.rglob("*.JPEG"))[3]
+    bad.write_bytes(bad.read_bytes()[:-200])
+    argv = ["--data", str(root), "--device", "cpu", "--out", str(tmp_path / "out")]
+    argv += ["--sweeps", "loaders", "--batch-size", "4", "--workers", "1", "--warmup", "1"]
+    with pytest.raises(SystemExit) as caught:
+        cli.main([*argv, "--windows", "1", "--window-batches", "1"])
+    assert caught.value.code == 2
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert line.startswith(f"python -m pipelines.bench: error: {str(bad)!r} is not a decodable ")
+    assert line.endswith(
+        f"Find every bad file with: python -m dali_cutmix.scan {root} --out DIR (DIR: any "
+        f"writable folder); then measure the good ones with: python -m pipelines.bench --data "
+        f"{root} --file-list DIR/files.txt"
+    )
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
 def test_the_scan_list_the_bad_file_line_names_is_what_the_benchmark_measures(
     tmp_path: Path, capsys, monkeypatch
 ) -> None:

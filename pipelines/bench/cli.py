@@ -31,7 +31,7 @@ from dali_cutmix.cli import (
 )
 from dali_cutmix.files import BadImageError, list_image_folder, read_file_list
 
-from .plan import SWEEPS, BenchConfig, plan_sections
+from .plan import BAD_FILE, SWEEPS, BenchConfig, plan_sections
 
 __all__ = [
     "config_from_args",
@@ -300,7 +300,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.measure:
         from .measure import measure
 
-        print("RESULT " + json.dumps(measure(json.loads(args.measure))), flush=True)
+        try:
+            result = measure(json.loads(args.measure))
+        except BadImageError as error:  # the parent stops the run: every measurement meets it
+            print(BAD_FILE + json.dumps({"message": str(error), "path": error.path}), flush=True)
+            return 3
+        print("RESULT " + json.dumps(result), flush=True)
         return 0
     with exit_on_user_error(parser, fields={"devices": "--device"}):
         config = config_from_args(args)

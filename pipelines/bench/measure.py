@@ -23,10 +23,11 @@ from typing import Any
 import torch
 
 from dali_cutmix.config import AugmentConfig, MixConfig, MixMode
-from dali_cutmix.files import class_folders
+from dali_cutmix.files import BadImageError, class_folders
 
 from .plan import (
     AUGMENTS,
+    BAD_FILE,
     MIXES,
     RECIPE_MIX,
     SETTLE_STEPS,
@@ -350,10 +351,19 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_isolated(spec: dict[str, Any]) -> dict[str, Any]:
-    """Runs :func:`measure` in a fresh Python process; returns its result (or the error)."""
+    """Runs :func:`measure` in a fresh Python process; returns its result (or the error).
+
+    Raises:
+        BadImageError: the measurement met a file that does not decode (named); every
+            other measurement would meet it too.
+    """
     cmd = [sys.executable, "-m", __package__, "--measure", json.dumps(spec)]
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    bad = [ln for ln in proc.stdout.splitlines() if ln.startswith(BAD_FILE)]
+    if bad:  # a file that the header check let through (truncated): named, the run stops
+        found = json.loads(bad[-1][len(BAD_FILE) :])
+        raise BadImageError(found["message"], path=found["path"])
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]

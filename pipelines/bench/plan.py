@@ -18,6 +18,7 @@ from typing import Any
 
 __all__ = [
     "AUGMENTS",
+    "BAD_FILE",
     "AugmentCase",
     "BenchConfig",
     "MIXES",
@@ -47,6 +48,9 @@ RECIPE_MIX: dict[str, Any] = {
     "switch_prob": 0.5,
     "label_smoothing": 0.1,
 }
+
+# The line by which a measuring process reports a file that does not decode.
+BAD_FILE = "BAD_FILE "
 
 
 @dataclasses.dataclass(frozen=True)
