@@ -39,7 +39,7 @@ from train.__main__ import main
 from train.checkpoint import save_checkpoint
 from train.config import Device, TrainConfig, parse_config
 from train.data import build_loaders
-from train.runner import _set_up, run
+from train.runner import _set_up, _write_config, run
 from train.trainer import Outcome
 from train.utils import DistInfo
 
@@ -211,6 +211,7 @@ def test_gpu_run_set_up_turns_on_cudnn_autotuning(tiny: Path, tmp_path: Path, mo
     config = dataclasses.replace(_config(tiny, tmp_path), device=Device.GPU)
     _set_up(config, DistInfo())
     assert torch.backends.cudnn.benchmark is True
+    _write_config(config, DistInfo())
     assert json.loads((tmp_path / "config.json").read_text())["device"] == "gpu"
 
 
