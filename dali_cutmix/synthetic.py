@@ -28,7 +28,8 @@ writing. The folder is written next to ``root`` under a temporary name and
 renamed into place when complete, so a crash never leaves a folder that looks
 finished; a finished folder with the same specification is reused at once. A
 second process asked for the same folder while one writes it waits on the lock
-file ``.<name>.lock`` beside it, then reuses the folder.
+file ``.<name>.lock`` beside it (removed once the folder is written), then reuses
+the folder.
 """
 
 from __future__ import annotations
@@ -459,17 +460,40 @@ def _generation_lock(root: Path) -> Iterator[None]:
 
     Two processes that need the same set (two ranks, a background job and a check) would
     otherwise both write it, each at the full cost; the second now finds it finished.
+    The holder removes the file before it lets go (it was left beside every set, and
+    beside folders a refused or interrupted command never wrote): a process that waited
+    on the removed file then holds a lock no one else asks for, sees that the name is
+    gone or names another file, and locks again what the name holds now.
     """
-    with open(root.parent / f".{root.name}.lock", "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            logger.info("waiting for another process that is writing %s", root)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    path = root.parent / f".{root.name}.lock"
+    waited = False
+    while True:
+        with open(path, "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not waited:
+                    logger.info("waiting for another process that is writing %s", root)
+                    waited = True
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            if not _names(path, lock):
+                continue  # the holder before removed it: lock the file the name holds now
+            try:
+                yield
+            finally:
+                path.unlink(missing_ok=True)  # while held: a newcomer makes a new one
+                fcntl.flock(lock, fcntl.LOCK_UN)
+            return
+
+
+def _names(path: Path, file: Any) -> bool:
+    """Whether ``path`` names the open ``file`` (not removed, nor replaced by another)."""
+    try:
+        named = path.stat()
+    except FileNotFoundError:
+        return False
+    held = os.fstat(file.fileno())
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
 def _generate_unlocked(

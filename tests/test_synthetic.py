@@ -10,6 +10,7 @@ import logging
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +41,8 @@ def test_layout_and_manifest(tmp_path: Path) -> None:
     manifest = json.loads((root / "manifest.json").read_text())
     assert manifest["spec"] == TINY.to_dict()
     assert manifest["total_bytes"] == sum(p.stat().st_size for p in root.rglob("*.JPEG"))
-    # The temporary folder is gone; the lock that a second writer would wait on stays.
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".ds.lock", "ds"]
+    # The temporary folder is gone, and so is the lock file (it was left beside every set).
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
     with Image.open(root / names[0]) as img:
         assert img.format == "JPEG" and img.mode == "RGB"
 
@@ -93,7 +94,7 @@ def test_a_read_only_cache_serves_its_finished_sets_and_names_itself_for_a_new_o
     assert str(caught.value) == (
         f"{tmp_path}/other: its folder {tmp_path}: cannot be written (Read-only file system)"
     )
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".ds.lock", "ds"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
 
 
 def test_a_second_writer_of_the_same_folder_waits_and_then_reuses_it(
@@ -121,6 +122,33 @@ def test_a_second_writer_of_the_same_folder_waits_and_then_reuses_it(
     assert _digest(root) == _digest(generate(tmp_path / "again", TINY, progress=False))
 
 
+def test_writers_queued_on_a_removed_lock_file_take_turns_on_the_new_one(tmp_path: Path) -> None:
+    # The holder removes the lock file before it lets go: whoever waited on the removed
+    # file must not write beside a newcomer that locked the new one.
+    path, inside, order = tmp_path / ".ds.lock", [], []
+
+    def writer(name: str) -> None:
+        with synthetic._generation_lock(tmp_path / "ds"):
+            inside.append(name)
+            order.append(len(inside))  # writers inside at once: 1 every time
+            time.sleep(0.2)
+            inside.remove(name)
+
+    with open(path, "a") as lock:  # the first holder
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        waiting = [threading.Thread(target=writer, args=(f"w{i}",)) for i in range(3)]
+        for thread in waiting:
+            thread.start()
+        time.sleep(0.3)  # all three wait on this file
+        path.unlink()
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    newcomer = threading.Thread(target=writer, args=("new",))
+    newcomer.start()
+    for thread in [*waiting, newcomer]:
+        thread.join(timeout=30)
+    assert order == [1, 1, 1, 1] and not path.exists()
+
+
 def test_the_command_says_what_it_waits_for(tmp_path: Path) -> None:
     # gpu_check's data step waiting for the device script's background generation.
     args = ["--classes", "2", "--train-per-class", "1", "--val-per-class", "1"]
@@ -146,8 +174,8 @@ def test_half_written_or_foreign_folder_is_not_reused(tmp_path: Path, monkeypatc
     monkeypatch.setattr(synthetic, "_write_all", crash)
     with pytest.raises(KeyboardInterrupt):
         generate(tmp_path / "ds", TINY, workers=1, progress=False)
-    # Nothing that looks finished is left, only the (empty) lock file.
-    assert [p.name for p in tmp_path.iterdir()] == [".ds.lock"]
+    # Nothing is left, not even the lock file (interrupted: it was left).
+    assert list(tmp_path.iterdir()) == []
     monkeypatch.undo()
     # A folder without a manifest (or with another spec) is never overwritten.
     (tmp_path / "mine" / "train").mkdir(parents=True)
@@ -169,7 +197,7 @@ def test_a_partial_folder_left_by_a_killed_writer_is_removed_by_the_next(tmp_pat
     other = tmp_path / ".dsx.partial-abc123"  # another set's: not this writer's to remove
     other.mkdir()
     generate(tmp_path / "ds", TINY, workers=1, progress=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".ds.lock", ".dsx.partial-abc123", "ds"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".dsx.partial-abc123", "ds"]
 
 
 def test_stats_of_a_known_folder(tmp_path: Path) -> None:
