@@ -131,7 +131,10 @@ def _with_list_hint(
     scan = f"{scan_commands()['scan']} {shlex.quote(str(args.folder))} --out DIR"
     words = list(sys.argv[1:] if argv is None else argv)
     again = f"{command_name(__spec__.name)} {shlex.join(words)} --list DIR/files.txt"
-    return f"{problem} Find every bad file with: {scan}; then run again with: {again}"
+    return (  # the words of bad_file_advice, the other commands'
+        f"{problem} Find every bad file with: {scan} (DIR: any writable folder); then run "
+        f"again with: {again}"
+    )
 
 
 def get_args_parser() -> argparse.ArgumentParser:

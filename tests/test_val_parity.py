@@ -93,7 +93,8 @@ def test_a_bad_file_names_the_scan_and_this_command_with_its_list(tmp_path: Path
     line = user_error_line(done)
     assert line.startswith(f"python -m pipelines.val_parity: error: {str(bad)!r} ")
     assert line.endswith(
-        f" Find every bad file with: python -m dali_cutmix.scan {folder} --out DIR; then run "
+        f" Find every bad file with: python -m dali_cutmix.scan {folder} --out DIR (DIR: any "
+        "writable folder); then run "
         f"again with: python -m pipelines.val_parity {folder} {' '.join(argv)} --list "
         "DIR/files.txt"
     )
