@@ -29,6 +29,13 @@ def _state(value: float) -> dict:
     }
 
 
+def _refusal(path: Path) -> str:
+    """The message of the ValueError that ``load_checkpoint(path)`` must raise."""
+    with pytest.raises(ValueError) as info:
+        load_checkpoint(path)
+    return str(info.value)
+
+
 def test_checkpoint_round_trip_is_atomic_and_safe(tmp_path: Path) -> None:
     state = {
         "model": {"w": torch.arange(3.0)},
@@ -45,9 +52,7 @@ def test_checkpoint_round_trip_is_atomic_and_safe(tmp_path: Path) -> None:
     assert torch.equal(loaded["model"]["w"], state["model"]["w"])
     assert loaded["loader"] == state["loader"] and loaded["step"] == 2
     torch.save({"model": Path("x")}, tmp_path / "evil.pth")  # arbitrary pickled objects
-    with pytest.raises(ValueError) as info:
-        load_checkpoint(tmp_path / "evil.pth")
-    assert str(info.value) == (
+    assert _refusal(tmp_path / "evil.pth") == (
         f"{tmp_path / 'evil.pth'} is not a readable checkpoint: it holds objects other than "
         "tensors, numbers, strings and containers, which are not loaded "
         "(torch.load(weights_only=True)), so it was not written by this training"
@@ -56,9 +61,7 @@ def test_checkpoint_round_trip_is_atomic_and_safe(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a training checkpoint"):
         load_checkpoint(tmp_path / "other.pth")
     (tmp_path / "cut.pth").write_bytes(path.read_bytes()[:100])
-    with pytest.raises(ValueError) as info:
-        load_checkpoint(tmp_path / "cut.pth")
-    assert str(info.value) == (
+    assert _refusal(tmp_path / "cut.pth") == (
         f"{tmp_path / 'cut.pth'} is not a readable checkpoint: it is not a whole file written "
         "by torch.save (cut short, or another kind of file; a run writes RUN/checkpoint.pth)"
     )
@@ -80,9 +83,7 @@ def test_a_checkpoint_whose_bytes_changed_is_refused_as_damaged(tmp_path: Path) 
     middle = len(data) // 2
     data[middle : middle + 4096] = torch.full((1024,), 2.0).numpy().tobytes()  # finite
     (tmp_path / "finite.pth").write_bytes(bytes(data))
-    with pytest.raises(ValueError) as info:
-        load_checkpoint(tmp_path / "finite.pth")
-    assert str(info.value) == (
+    assert _refusal(tmp_path / "finite.pth") == (
         f"{tmp_path / 'finite.pth'} is not a readable checkpoint: it is damaged (the bytes of "
         "its entry archive/data/0 do not match the checksum torch.save wrote: changed on the "
         "disk or in a copy since); resume from an intact copy of it if there is one, else "
@@ -101,9 +102,7 @@ def test_a_checkpoint_cut_short_says_so_where_torch_says_invalid_argument(
     # It read "it cannot be read (Invalid argument)": torch raised an OSError at these lengths.
     path = save_checkpoint(_state(1.0), tmp_path / "checkpoint.pth")
     (tmp_path / "cut.pth").write_bytes(path.read_bytes()[:length])
-    with pytest.raises(ValueError) as info:
-        load_checkpoint(tmp_path / "cut.pth")
-    assert str(info.value) == (
+    assert _refusal(tmp_path / "cut.pth") == (
         f"{tmp_path / 'cut.pth'} is not a readable checkpoint: it is not a whole file written "
         "by torch.save (cut short, or another kind of file; a run writes RUN/checkpoint.pth)"
     )
