@@ -82,13 +82,16 @@ NO_BITS_PER_SAMPLE = (
 )
 
 
-def check_image(path: str, *, decode: bool = True) -> str | None:
+def check_image(path: str, *, decode: bool = True, dali: bool = True) -> str | None:
     """Why ``path`` is not a decodable image, or ``None`` when it is.
 
     Args:
         path: the file.
         decode: decode all pixels (catches truncated files); ``False`` reads
             only the header, which is fast and catches non-images.
+        dali: also refuse what PIL reads and DALI does not (another format, a TIFF
+            without BitsPerSample); ``False`` for a reader that is PIL itself (the
+            torchvision loader).
 
     Returns:
         ``None`` for a good image (grayscale, CMYK and PNG-named-.JPEG included),
@@ -100,9 +103,9 @@ def check_image(path: str, *, decode: bool = True) -> str | None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # DecompressionBombWarning, EXIF warnings
             with Image.open(path) as img:
-                if img.format not in DALI_FORMATS:
+                if dali and img.format not in DALI_FORMATS:
                     return f"format {img.format} is not one DALI decodes"
-                if img.format == "TIFF" and TIFF_BITS_PER_SAMPLE not in img.tag_v2:
+                if dali and img.format == "TIFF" and TIFF_BITS_PER_SAMPLE not in img.tag_v2:
                     return NO_BITS_PER_SAMPLE
                 if decode:
                     img.load()
@@ -202,7 +205,11 @@ def scan(
 
 
 def first_unreadable(
-    paths: Sequence[str], *, workers: int = 8, desc: str = "looking for the bad file"
+    paths: Sequence[str],
+    *,
+    workers: int = 8,
+    desc: str = "looking for the bad file",
+    dali: bool = True,
 ) -> str | None:
     """The first of ``paths`` whose header does not read as an image DALI decodes.
 
@@ -211,7 +218,7 @@ def first_unreadable(
     DALI's error message does not, and by training to check the validation files
     before it starts;
     truncated files need :func:`scan`. A progress bar (``desc``) shows from 10,000
-    files on.
+    files on; ``dali``: as :func:`check_image`'s.
     """
     with (
         concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool,
@@ -224,7 +231,7 @@ def first_unreadable(
         ) as bar,
     ):
         for chunk in _chunks(paths, 256):
-            results = list(pool.map(lambda p: check_image(p, decode=False), chunk))
+            results = list(pool.map(lambda p: check_image(p, decode=False, dali=dali), chunk))
             bar.update(len(chunk))
             for path, error in zip(chunk, results):
                 if error is not None:

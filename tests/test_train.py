@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 import torch
+from PIL import Image
 
 import train.checkpoint
 import train.config
@@ -690,6 +691,25 @@ def test_a_validation_file_that_is_no_image_stops_the_run_before_training(
     assert f"{str(bad)!r} is an empty file (0 bytes) (its header, read before training)." in (
         capsys.readouterr().err
     )
+
+
+def test_a_validation_file_only_dali_cannot_read_stops_the_dali_run_alone(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # A GIF named .JPEG: PIL, the torchvision loader's reader, reads it; DALI does not.
+    root = tmp_path / "data"
+    shutil.copytree(tiny, root)
+    bad = root / "val" / "s0002" / "s0002_00002.JPEG"
+    with Image.open(bad) as image:
+        image.save(bad, format="GIF")
+    argv = _argv(root, tmp_path / "dali", "--epochs", "1", "-b", "2")
+    assert main(argv) == 4
+    assert (
+        f"{str(bad)!r} is not a decodable image (its header, read before training: format GIF "
+        "is not one DALI decodes). "
+    ) in capsys.readouterr().err.splitlines()[-1]
+    assert main(_argv(root, tmp_path / "tv", "--epochs", "1", "--loader", "torchvision")) == 0
+    assert _records(tmp_path / "tv")[0]["val_images"] == 9
 
 
 def test_a_bad_validation_file_keeps_the_trained_epoch_for_a_resume_with_a_val_list(

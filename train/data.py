@@ -229,12 +229,15 @@ def check_val_headers(config: TrainConfig, root: Path, info: DistInfo) -> None:
     images = _split_images("val", config, root)
     if images is None:
         return
+    dali = config.data.loader is LoaderKind.DALI  # PIL reads more for the torchvision loader
     bad = first_unreadable(
-        images.paths[info.rank :: info.world_size], desc="reading the validation files' headers"
+        images.paths[info.rank :: info.world_size],
+        desc="reading the validation files' headers",
+        dali=dali,
     )
     if bad is None:
         return
-    reason = check_image(bad, decode=False) or ""  # "" if it reads now (being copied?)
+    reason = check_image(bad, decode=False, dali=dali) or ""  # "" if it reads now (copied?)
     detail = reason.split(":", 1)[0] if reason[:1].isupper() else reason  # PIL's error class
     detail = f": {detail}" if detail and not detail.startswith("empty file") else ""
     error = BadImageError(
