@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "IMG_EXTENSIONS",
+    "LOWER_BATCH_SIZE",
     "BadImageError",
     "DatasetError",
     "ImageList",
@@ -116,6 +117,10 @@ def what_is_wrong(path: str | os.PathLike[str]) -> str:
     if os.path.getsize(path) == 0:  # a copy cut off, a download never finished
         return "is an empty file (0 bytes)"
     return "is not a decodable image"
+
+
+# A loader's advice where its files give no batch; train names its own flag instead.
+LOWER_BATCH_SIZE = "lower the batch size"
 
 
 class DatasetError(ValueError):

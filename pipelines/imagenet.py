@@ -61,7 +61,13 @@ from dali_cutmix.config import (
     resolve_device,
     resolve_shard,
 )
-from dali_cutmix.files import DatasetError, ImageList, list_image_folder, read_file_list
+from dali_cutmix.files import (
+    LOWER_BATCH_SIZE,
+    DatasetError,
+    ImageList,
+    list_image_folder,
+    read_file_list,
+)
 from dali_cutmix.loader import DaliLoader, LastBatch
 from dali_cutmix.mixing import mix as mix_images
 from dali_cutmix.scan import explain_decode_error
@@ -610,7 +616,7 @@ def _fitting_batch(images: ImageList, batch_size: int, num_shards: int, policy: 
             smallest,
         )
         return smallest
-    fix = "lower the batch size" if smallest else "use fewer shards (ranks) than images"
+    fix = LOWER_BATCH_SIZE if smallest else "use fewer shards (ranks) than images"
     raise DatasetError(
         f"{images.source}: {len(images)} images over {num_shards} shard(s) give no batch of "
         f"{batch_size} per shard: {fix}"

@@ -53,6 +53,7 @@ from dali_cutmix.config import (
     resolve_shard,
 )
 from dali_cutmix.files import (
+    LOWER_BATCH_SIZE,
     BadImageError,
     DatasetError,
     ImageList,
@@ -385,7 +386,7 @@ class TorchvisionLoader:
         whole, partial = divmod(self.dataset_size, batch_size)
         self._length = whole if train else whole + (partial > 0)
         if self._length == 0:  # a rank of no image: no batch size helps
-            fix = "lower the batch size" if self.dataset_size else "use fewer ranks than images"
+            fix = LOWER_BATCH_SIZE if self.dataset_size else "use fewer ranks than images"
             raise DatasetError(
                 f"{len(dataset)} images over {num_shards} rank(s) give no batch of {batch_size} "
                 f"per rank: {fix}"

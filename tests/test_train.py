@@ -655,6 +655,17 @@ def test_a_resume_after_a_trained_epoch_without_loader_state_reads_no_epoch_for_
     assert line in caplog.text
 
 
+@pytest.mark.parametrize("loader", ["dali", "torchvision"])
+def test_a_batch_larger_than_the_dataset_names_the_flag(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture, loader: str
+) -> None:
+    # It said "lower the batch size", the library's words, not the flag.
+    assert main(_argv(tiny, tmp_path / "run", "-b", "100", "--loader", loader)) == 2
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert line.startswith("python -m train: error: ") and "give no batch of 100 per" in line
+    assert line.endswith(": lower -b/--batch-size")
+
+
 def test_a_loader_out_of_memory_names_the_flags_to_lower(
     tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

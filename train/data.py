@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from dali_cutmix.files import (
+    LOWER_BATCH_SIZE,
     BadImageError,
     DatasetError,
     ImageList,
@@ -181,6 +182,13 @@ def _build_loader(split: str, config: TrainConfig, root: Path, info: DistInfo) -
     except BadImageError as error:
         failure = data_failure(error, split, config=config, root=root, info=info, checkpoint=None)
         raise failure from error
+    except DatasetError as error:  # -b 100000: "... give no batch of 100000 per shard: ..."
+        message = str(error)
+        if not message.endswith(LOWER_BATCH_SIZE):
+            raise
+        raise DatasetError(
+            message.removesuffix(LOWER_BATCH_SIZE) + "lower -b/--batch-size"
+        ) from None
     except RuntimeError as error:  # DALI's, as it reads its first batches
         if not out_of_memory(error):
             raise
