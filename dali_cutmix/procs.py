@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from multiprocessing.context import BaseContext
 from typing import Any
 
-__all__ = ["START_METHOD", "exit_on_sigterm", "process_context", "worker_pool"]
+__all__ = ["START_METHOD", "exit_on_sigterm", "process_context", "signals_deferred", "worker_pool"]
 
 START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
@@ -163,12 +163,12 @@ class _Pool(concurrent.futures.ProcessPoolExecutor):
         # waits for the fork server's reply left a process the pool never registered, which
         # failed with a traceback once this process was gone (it could not rebuild the
         # pool's semaphore). The signal is taken once the submit returns.
-        with _signals_deferred():
+        with signals_deferred():
             return super().submit(fn, *args, **kwargs)
 
 
 @contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
+def signals_deferred() -> Iterator[None]:
     """Within the block SIGINT and SIGTERM are held, then handled as they would have been,
     in the order they came, at its end."""
     if threading.current_thread() is not threading.main_thread():

@@ -47,6 +47,8 @@ from dali_cutmix.cli import (
     start_command,
     write_json,
 )
+from dali_cutmix.files import list_image_folder
+from dali_cutmix.procs import signals_deferred
 
 from .bench.cli import int_list
 
@@ -124,9 +126,10 @@ def probe_other_width() -> dict[str, Any]:
 
 
 def _machine() -> dict[str, Any]:
-    import nvidia.dali
-    import torch
-    import torchvision
+    with signals_deferred():  # a Ctrl-C inside these imports aborted it (status 134)
+        import nvidia.dali
+        import torch
+        import torchvision
 
     info = {
         "host": platform.node(),
@@ -222,7 +225,7 @@ def plan_steps(args: argparse.Namespace, python: str) -> dict[str, list[str]]:
     batch = str(args.batch_size)
     package = __package__
     train_runs = args.train_dir
-    return {
+    steps = {
         # Every test that needs CUDA, across the suite.
         "pytest": [
             python,
@@ -250,7 +253,8 @@ def plan_steps(args: argparse.Namespace, python: str) -> dict[str, list[str]]:
             "--output-dir",
             str(train_runs / "embedded"),
         ],
-        # The ImageNet-like set, generated on this machine (a no-op when it is complete).
+        # The ImageNet-like set, generated on this machine (a no-op when it is complete); not
+        # with --data, a folder read as it is (the generator refused any it had not made).
         "data": [
             python,
             "-m",
@@ -347,6 +351,9 @@ def plan_steps(args: argparse.Namespace, python: str) -> dict[str, list[str]]:
             str(out / "bench"),
         ],
     }
+    if args.data is not None:
+        del steps["data"]
+    return steps
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -411,20 +418,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = start_command(parser, argv)
     with exit_on_user_error(parser):
         check_folder(args.out, "--out")
+        check_folder(args.train_dir, "--train-dir")
+        if args.data is not None:  # read as it is: found unusable here, not steps later
+            for split in ("train", "val"):
+                list_image_folder(args.data / split)
         data_folder(args)  # the generated set's: its cache folder can be made
-        machine = _machine()
-        if not machine["cuda_available"]:
-            raise ValueError(
-                "torch sees no CUDA device on this machine; the GPU check needs one "
-                "(make test runs the CPU suite, where the GPU tests skip)"
-            )
 
     def check() -> int:
+        with exit_on_user_error(parser):  # under interruptible: torch's import takes a while
+            machine = _machine()
+            if not machine["cuda_available"]:
+                raise ValueError(
+                    "torch sees no CUDA device on this machine; the GPU check needs one "
+                    "(make test runs the CPU suite, where the GPU tests skip)"
+                )
         report = run(args, machine)
         failed = [name for name, step in report["steps"].items() if step["exit"] != 0]
         return 1 if failed else 0
 
-    return interruptible(parser, f"the steps' logs so far are in {args.out}", check)
+    def what_is_left() -> str:
+        if args.out.is_dir():
+            return f"the steps' logs so far are in {args.out}"
+        return "nothing was written"
+
+    return interruptible(parser, what_is_left, check)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,9 @@ def test_the_steps_train_on_the_gpu_and_benchmark_the_generated_set(tmp_path) ->
         ["--out", str(tmp_path / "o"), "--data", str(tmp_path / "d"), "--train-dir", "t"]
     )
     steps = gpu_check.plan_steps(args, "py")
-    assert tuple(steps) == gpu_check.STEPS
+    # --data is read as it is: no step generates (the generator refused any folder it had
+    # not made, so a real dataset failed the data step)
+    assert tuple(steps) == tuple(step for step in gpu_check.STEPS if step != "data")
     assert steps["pytest"][-8:] == ["no:cacheprovider", "-m", "gpu", "--timeout", "600"] + [
         "-o",
         "faulthandler_timeout=630",  # over --timeout: pyproject's 330 s ended the whole step
@@ -81,12 +83,36 @@ def test_the_steps_train_on_the_gpu_and_benchmark_the_generated_set(tmp_path) ->
         f"py -m pipelines.val_parity {tmp_path}/d/val --device gpu --threads 16 "
         f"--out {tmp_path}/o/val_parity.json"
     )
-    assert steps["data"][3:] == [f"{tmp_path}/d", "--classes", "100", "--train-per-class"] + [
+
+
+def test_without_data_a_step_generates_the_set_in_the_cache(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("DALI_CUTMIX_CACHE", str(tmp_path))
+    steps = gpu_check.plan_steps(gpu_check.get_args_parser().parse_args([]), "py")
+    assert tuple(steps) == gpu_check.STEPS
+    assert steps["data"][3:] == [f"{tmp_path}/gpu-check-100x450", "--classes", "100"] + [
+        "--train-per-class",
         "450",
         "--val-per-class",
         "10",
         "--no-progress",
     ]
+    assert steps["bench"][steps["bench"].index("--data") + 1] == f"{tmp_path}/gpu-check-100x450"
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--data", "{tmp}/none"], "dataset root '{tmp}/none/train' does not exist"),
+        (["--train-dir", "/proc/x"], "--train-dir /proc/x: cannot be made"),
+    ],
+)
+def test_data_and_train_dir_are_checked_before_the_machine(tmp_path, flags, message) -> None:
+    # They were first used by the steps, after the 20-minute pytest step on a GPU.
+    flags = [flag.format(tmp=tmp_path) for flag in flags]
+    done = run_command("pipelines.gpu_check", *flags, "--out", tmp_path / "gc")
+    line = user_error_line(done)
+    assert line.startswith(f"python -m pipelines.gpu_check: error: {message.format(tmp=tmp_path)}")
+    assert not (tmp_path / "gc").exists()
 
 
 def test_without_data_the_set_is_generated_in_the_cache(tmp_path, monkeypatch) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from torchvision.transforms import v2
 
-from dali_cutmix.procs import _signals_deferred, exit_on_sigterm, process_context, worker_pool
+from dali_cutmix.procs import exit_on_sigterm, process_context, signals_deferred, worker_pool
 from dali_cutmix.scan import scan
 from dali_cutmix.synthetic import SyntheticSpec, generate
 from pipelines.torchvision_ref import make_torchvision_loader
@@ -210,7 +210,7 @@ def test_a_ctrl_c_while_a_worker_starts_is_taken_once_it_has_started() -> None:
     before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as at a terminal
     reached = []
     try:
-        with pytest.raises(KeyboardInterrupt), _signals_deferred():
+        with pytest.raises(KeyboardInterrupt), signals_deferred():
             signal.raise_signal(signal.SIGINT)
             time.sleep(0.2)  # a signal is handled within a few bytecodes: it was held
             reached.append(True)
@@ -225,7 +225,7 @@ def test_every_ctrl_c_held_while_a_worker_starts_is_handled_in_order() -> None:
     pressed = []
     before = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
     try:
-        with _signals_deferred():
+        with signals_deferred():
             signal.raise_signal(signal.SIGINT)
             time.sleep(0.1)
             signal.raise_signal(signal.SIGINT)
@@ -244,7 +244,7 @@ def test_a_sigterm_while_a_worker_starts_is_taken_once_it_has_started() -> None:
     got = []
     before = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
     try:
-        with _signals_deferred():
+        with signals_deferred():
             signal.raise_signal(signal.SIGTERM)
             signal.raise_signal(signal.SIGINT)
             time.sleep(0.2)
@@ -322,7 +322,7 @@ def test_a_sigint_handler_set_outside_python_is_left_alone(
     monkeypatch.setattr(signal, "getsignal", lambda signum: None)
     monkeypatch.setattr(signal, "signal", signal_of_python)
     ran = []
-    with _signals_deferred():
+    with signals_deferred():
         ran.append(True)
     assert ran == [True] and calls == []  # the handler was never replaced
 

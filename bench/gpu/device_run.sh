@@ -30,6 +30,8 @@ export PYTHONPATH=/tmp/site:$PWD DALI_CUTMIX_CACHE=/tmp/cache PYTHONUNBUFFERED=1
 # 45,000 training images: 175 batches of 256 per epoch, so that every timed window of the
 # benchmark (at most 148 batches from a loader's start) lies inside its first epoch.
 CLASSES=${CLASSES:-100} PER_CLASS=${PER_CLASS:-450}
+# gpu_check's own set (no --data: with it, gpu_check reads a folder as it is and
+# generates nothing); its data step waits for the generation that part 00 starts
 DATA=/tmp/cache/gpu-check-${CLASSES}x${PER_CLASS}
 mkdir -p "$RUN" /tmp/dali-parts
 
@@ -73,7 +75,7 @@ start)
   setsid nohup nvidia-smi --query-gpu=timestamp,memory.used,utilization.gpu,utilization.memory \
     --format=csv -l 1 >"$RUN/smi.csv" 2>&1 &
   setsid nohup bash -c "python3 -m pipelines.gpu_check --out '$RUN/out' --train-dir '$RUN/train-$(date +%H%M%S)' \
-    --data '$DATA' --classes '$CLASSES' --per-class '$PER_CLASS' ${SKIP:+--skip $SKIP} \
+    --classes '$CLASSES' --per-class '$PER_CLASS' ${SKIP:+--skip $SKIP} \
     >'$RUN/gpu_check.log' 2>&1;
     touch '$RUN/DONE'" >/dev/null 2>&1 &
   sleep "${2:-20}"
