@@ -63,6 +63,8 @@ __all__ = [
     "other_command",
     "non_negative_int",
     "positive_int",
+    "worker_count",
+    "worker_limit",
     "replace_names",
     "report_user_error",
     "start_command",
@@ -310,6 +312,29 @@ def positive_int(text: str) -> int:
     return _int_from(text, 1)
 
 
+# Threads or worker processes a command may start: WORKERS_PER_CPU per CPU, and at least
+# MIN_WORKER_LIMIT on a small machine. DALI's thread pool aborted the process (SIGABRT,
+# "terminate called without an active exception") at --threads 100000.
+WORKERS_PER_CPU = 4
+MIN_WORKER_LIMIT = 16
+
+
+def worker_limit() -> int:
+    """The most threads or worker processes a command takes on this machine."""
+    return max(MIN_WORKER_LIMIT, WORKERS_PER_CPU * (os.cpu_count() or 1))
+
+
+def worker_count(text: str) -> int:
+    """An argparse ``type``: an int in ``[1, worker_limit()]``."""
+    value, limit = _int_from(text, 1), worker_limit()
+    if value > limit:
+        raise argparse.ArgumentTypeError(
+            f"expected an int >= 1 and at most {limit} ({WORKERS_PER_CPU} per CPU of this "
+            f"machine's {os.cpu_count() or 1}), got {value}"
+        )
+    return value
+
+
 def non_negative_int(text: str) -> int:
     """An argparse ``type``: an int >= 0 (argparse then names the flag in its error)."""
     return _int_from(text, 0)
@@ -355,7 +380,7 @@ def add_shared_flags(
     """
     for name, default in defaults.items():
         flag, text = SHARED_FLAGS[name]
-        kind = int if name == "seed" else type
+        kind = int if name == "seed" else worker_count if name == "threads" else type
         add_count(parser, flag, default, (help or {}).get(name, text), type=kind)
 
 

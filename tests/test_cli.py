@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import build_image_folder
+from conftest import build_image_folder, run_command, user_error_line
 
 from dali_cutmix.cli import (
     add_count,
@@ -449,3 +449,15 @@ def test_interruptible_answers_ctrl_c_in_one_line_and_sigterm_through_finally(ca
         interruptible(parser, "nothing was written", terminated)
     assert caught.value.code == 143 and cleaned == [True]
     assert interruptible(parser, "unused", lambda: 7) == 7
+
+
+@pytest.mark.parametrize("module", ["pipelines.graph_cost", "pipelines.val_parity"])
+def test_a_thread_count_beyond_the_machine_is_refused_in_one_line(module: str, tmp_path) -> None:
+    # --threads 100000 aborted the process in DALI's thread pool (SIGABRT, status 134).
+    args = ["--threads", "100000"] + ([str(tmp_path)] if module.endswith("val_parity") else [])
+    done = run_command(module, *args)
+    limit, cpus = max(16, 4 * (os.cpu_count() or 1)), os.cpu_count() or 1
+    assert user_error_line(done) == (
+        f"python -m {module}: error: argument --threads: expected an int >= 1 and at most "
+        f"{limit} (4 per CPU of this machine's {cpus}), got 100000"
+    )

@@ -27,7 +27,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dali_cutmix.cli import check_folder, exit_on_user_error, replace_names
+from dali_cutmix.cli import (
+    WORKERS_PER_CPU,
+    check_folder,
+    exit_on_user_error,
+    replace_names,
+    worker_limit,
+)
 from dali_cutmix.config import (
     AugmentConfig,
     AutoAugment,
@@ -398,11 +404,6 @@ def _resolve_precision(name: str, device: Device) -> Precision:
     return Precision.BF16 if torch.cuda.is_bf16_supported() else Precision.FP16
 
 
-# -j's ceiling: WORKERS_PER_CPU per CPU, and at least MIN_WORKER_LIMIT on a small machine.
-WORKERS_PER_CPU = 4
-MIN_WORKER_LIMIT = 16
-
-
 def default_workers(loader: LoaderKind, device: Device) -> int:
     """``-j``'s default: this rank's share of the CPU cores, at most 8 for DALI on the GPU.
 
@@ -590,15 +591,14 @@ def config_from_args(
     checked = _checked_config(args, saved_augment or AugmentConfig())
     device = resolve_device(args.device)
     workers = _given(args.workers, default_workers(checked.data.loader, device))
-    cpus = os.cpu_count() or 1
-    if workers > max(MIN_WORKER_LIMIT, WORKERS_PER_CPU * cpus):
+    if workers > worker_limit():
         # -j 100000 ended in DALI's thread pool ("terminate called without an active
         # exception", SIGABRT), leaving runs/<time>/ behind; as many DataLoader processes
         # would exhaust the memory
         raise ValueError(
-            f"workers must be at most {max(MIN_WORKER_LIMIT, WORKERS_PER_CPU * cpus)} "
-            f"({WORKERS_PER_CPU} per CPU of this machine's {cpus}: no more threads or worker "
-            f"processes than that can be busy), got {workers}"
+            f"workers must be at most {worker_limit()} ({WORKERS_PER_CPU} per CPU of this "
+            f"machine's {os.cpu_count() or 1}: no more threads or worker processes than that "
+            f"can be busy), got {workers}"
         )
     return dataclasses.replace(
         checked,
