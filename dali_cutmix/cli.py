@@ -62,6 +62,7 @@ __all__ = [
     "one_line",
     "other_command",
     "non_negative_int",
+    "dali_memory_named",
     "positive_int",
     "worker_count",
     "worker_limit",
@@ -188,6 +189,22 @@ def exit_on_user_error(
         logger.debug("user error", exc_info=True)
         code = report_user_error(parser, error, fields=fields, name_flags=name_flags, status=status)
         raise SystemExit(code) from None
+
+
+@contextlib.contextmanager
+def dali_memory_named(flags: str) -> Iterator[None]:
+    """DALI's error for memory it could not get (``std::bad_alloc``, CUDA's) becomes a
+    ``MemoryError`` advising to lower ``flags``, for :func:`exit_on_user_error` with
+    ``catch=(MemoryError,)`` to end the command in one line: ``--batch-size 100000000``
+    was a 43-line traceback."""
+    try:
+        yield
+    except RuntimeError as error:
+        from dali_cutmix.scan import out_of_memory
+
+        if not out_of_memory(error):
+            raise
+        raise MemoryError(f"DALI ran out of memory for these sizes: lower {flags}") from None
 
 
 # The installed console scripts are named dali-cutmix-<command> (see pyproject.toml).

@@ -34,6 +34,7 @@ from dali_cutmix.cli import (
     add_shared_flags,
     check_report_path,
     command_name,
+    dali_memory_named,
     exit_on_user_error,
     interruptible,
     start_command,
@@ -231,7 +232,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_report_path(args.out)
 
     def measure() -> int:
-        report = run(args)
+        sizes = "--batch-size or --crop-size"
+        with exit_on_user_error(parser, catch=(MemoryError,)), dali_memory_named(sizes):
+            report = run(args)
         print(format_table(report))
         if args.out:
             write_json(args.out, report)

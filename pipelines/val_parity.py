@@ -31,12 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from dali_cutmix.cli import (
+    USER_ERRORS,
     add_count,
     add_report_flag,
     add_shared_flags,
     check_report_path,
     command_line,
     command_name,
+    dali_memory_named,
     exit_on_user_error,
     interruptible,
     progress_bar,
@@ -179,7 +181,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def measure() -> int:
         began = time.perf_counter()
-        with exit_on_user_error(parser):
+        sizes = "--batch-size or --crop-size and --resize-size"
+        with (
+            exit_on_user_error(parser, catch=(*USER_ERRORS, MemoryError)),
+            dali_memory_named(sizes),
+        ):
             try:
                 result = compare(
                     args.folder,

@@ -18,6 +18,7 @@ from dali_cutmix.cli import (
     add_count,
     add_shared_flags,
     command_line,
+    dali_memory_named,
     exit_on_user_error,
     from_flags,
     positive_int,
@@ -461,3 +462,16 @@ def test_a_thread_count_beyond_the_machine_is_refused_in_one_line(module: str, t
         f"python -m {module}: error: argument --threads: expected an int >= 1 and at most "
         f"{limit} (4 per CPU of this machine's {cpus}), got 100000"
     )
+
+
+def test_dali_memory_named_turns_dali_out_of_memory_alone_into_a_memory_error() -> None:
+    oom = RuntimeError(
+        "Critical error in pipeline:\nError in CPU operator ...\nencountered:\n\nstd::bad_alloc"
+    )
+    message = "^DALI ran out of memory for these sizes: lower -b$"
+    with pytest.raises(MemoryError, match=message), dali_memory_named("-b"):
+        raise oom
+    other = RuntimeError("encountered: something else")
+    with pytest.raises(RuntimeError) as caught, dali_memory_named("-b"):
+        raise other
+    assert caught.value is other

@@ -67,3 +67,12 @@ def test_an_unusable_out_stops_it_before_the_run(tmp_path, capsys, monkeypatch) 
         f"python -m pipelines.graph_cost: error: --out {tmp_path} is a folder or not writable; "
         "give a file\n"
     )
+
+
+def test_sizes_dali_finds_no_memory_for_end_in_one_line() -> None:
+    # --batch-size 100000000 was a 43-line traceback ending in std::bad_alloc.
+    done = run_command("pipelines.graph_cost", "--repeats", "1", "--batch-size", "100000000")
+    assert user_error_line(done) == (
+        "python -m pipelines.graph_cost: error: DALI ran out of memory for these sizes: lower "
+        "--batch-size or --crop-size"
+    )
