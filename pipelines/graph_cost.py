@@ -5,8 +5,8 @@
 
 On the GPU path the images never touch the CPU, but every per-sample draw and
 every box coordinate is computed by CPU operators (DALI's argument inputs live
-on the CPU), once per batch. On a CPU those operators cost about 0.1 ms each
-per batch of 256, whatever their arithmetic: the operator count, not the
+on the CPU), once per batch. On the 2-core CPU machine those operators cost about 0.15 ms
+each per batch of 256 (README), whatever their arithmetic: the operator count, not the
 arithmetic, sets the price. This tool builds, for each mixing setting, the
 CPU part of the ImageNet training graph (the labels from a stand-in reader,
 then the partners, draws, box regions and weights that ``dali_cutmix.mix``
@@ -14,9 +14,10 @@ computes for a known crop size) and times it against the same graph without
 mixing. ``--targets`` adds the soft targets on the CPU (the CPU pipeline's
 case; the GPU pipeline builds them on the GPU).
 
-Each setting is timed in ``--windows`` windows of ``--window-batches`` batches
-after ``--warmup`` batches, with DALI's usual prefetching; the median window
-is reported, with the min and max.
+Each setting is timed in 7 windows of 50 batches after 20 warm-up batches
+(:func:`measure_setting`'s defaults; no flag sets them), with DALI's usual
+prefetching; the median window is reported, with the min and max, and
+``--repeats`` interleaved passes over the settings keep each one's best.
 """
 
 from __future__ import annotations
