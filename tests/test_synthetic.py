@@ -190,6 +190,26 @@ def test_half_written_or_foreign_folder_is_not_reused(tmp_path: Path, monkeypatc
         generate(root, SyntheticSpec(**{**TINY.to_dict(), "seed": 1}), workers=1)
 
 
+@pytest.mark.parametrize("damage", ["emptied", "deleted"])
+def test_a_finished_folder_that_changed_is_refused_not_reused(tmp_path: Path, damage: str) -> None:
+    # Two images deleted: reused without a word (31 of 33 images, a class short); one
+    # emptied: the command ended in a traceback from its statistics.
+    root = generate(tmp_path / "ds", TINY, workers=1, progress=False)
+    written = json.loads((root / "manifest.json").read_text())
+    image = root / "train" / "s0001" / "s0001_00000.JPEG"
+    size = image.stat().st_size
+    image.write_bytes(b"") if damage == "emptied" else image.unlink()
+    with pytest.raises(ValueError) as caught:
+        generate(root, TINY, workers=1, progress=False)
+    images = written["num_images"] - (damage == "deleted")
+    assert str(caught.value) == (
+        f"{root} is a generated dataset that changed since it was written: it holds "
+        f"{images} images of {written['total_bytes'] - size:,} bytes, its manifest.json "
+        f"{written['num_images']} of {written['total_bytes']:,} bytes; remove the folder, and "
+        "it is generated again"
+    )
+
+
 def test_a_partial_folder_left_by_a_killed_writer_is_removed_by_the_next(tmp_path: Path) -> None:
     # A writer killed (or a second Ctrl-C in its clean-up) left ".ds.partial-*" for good.
     left = tmp_path / ".ds.partial-abc123"
