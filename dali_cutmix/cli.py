@@ -462,6 +462,9 @@ def start_command(
 ) -> argparse.Namespace:
     """``argv`` (default ``sys.argv[1:]``) parsed, with the tools' time-stamped INFO logging."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    # torch's own INFO lines stay out: "FakeTensor cache stats: ..." (an atexit log) followed
+    # the one-line message of a Ctrl-C that came before torch had set its loggers' levels
+    logging.getLogger("torch").setLevel(logging.WARNING)
     return parser.parse_args(argv)
 
 

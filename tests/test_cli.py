@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import signal
 import subprocess
@@ -24,6 +25,7 @@ from dali_cutmix.cli import (
     positive_int,
     replace_names,
     report_user_error,
+    start_command,
     write_json,
 )
 from dali_cutmix.files import DatasetError
@@ -475,3 +477,15 @@ def test_dali_memory_named_turns_dali_out_of_memory_alone_into_a_memory_error() 
     with pytest.raises(RuntimeError) as caught, dali_memory_named("-b"):
         raise other
     assert caught.value is other
+
+
+def test_torch_s_info_lines_stay_out_of_a_command_s_log(caplog) -> None:
+    # After a Ctrl-C that came before torch set its loggers' levels, torch's atexit
+    # "FakeTensor cache stats:" lines followed the command's one-line message (6 of 6).
+    from torch._subclasses.fake_tensor import dump_cache_stats
+
+    caplog.set_level(logging.INFO)
+    logging.getLogger("torch").setLevel(logging.NOTSET)
+    start_command(argparse.ArgumentParser(), [])
+    dump_cache_stats()
+    assert not [r for r in caplog.records if r.name.startswith("torch")]
