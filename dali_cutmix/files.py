@@ -36,6 +36,7 @@ __all__ = [
     "counted",
     "class_folders",
     "list_image_folder",
+    "list_images",
     "listable",
     "name_problem",
     "path_in_message",
@@ -477,6 +478,18 @@ def read_file_list(
     else:
         classes = _names_from_paths(paths, labels, numbers)
     return ImageList(classes, paths, labels, str(list_path))
+
+
+def list_images(
+    root: str | os.PathLike[str] | None, file_list: str | os.PathLike[str] | None = None
+) -> ImageList:
+    """The files a loader reads: ``file_list``'s (relative paths under ``root``; every one
+    must exist), else ``root`` listed as ``ImageFolder`` lists it."""
+    if file_list is not None:
+        return read_file_list(file_list, root=root, must_exist=True)
+    if root is None:
+        raise ValueError("give the dataset root, a file_list, or both")
+    return list_image_folder(root)
 
 
 def _names_from_paths(

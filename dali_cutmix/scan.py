@@ -269,9 +269,15 @@ def _dataset_root(images: ImageList) -> str:
 _OUT_OF_MEMORY = ("bad_alloc", "out of memory", "cudaerrormemoryallocation")
 
 
-def out_of_memory(error: BaseException) -> bool:
-    """Whether a DALI error is a failure to get memory (host or device), nobody's file."""
-    reason = str(error).split("encountered:", 1)[-1].lower()
+def _reason(message: str) -> str:
+    """DALI's reason (after ``encountered:``), lower case, for matching words in it."""
+    return message.split("encountered:", 1)[-1].lower()
+
+
+def out_of_memory(error: BaseException | str) -> bool:
+    """Whether a DALI error (or its message) is a failure to get memory (host or device),
+    nobody's file."""
+    reason = _reason(str(error))
     return any(words in reason for words in _OUT_OF_MEMORY)
 
 
@@ -283,9 +289,9 @@ def _about_a_file(message: str) -> bool:
     whatever failed), so only the failing operator and the reason after ``encountered:``
     are read; a memory error (``std::bad_alloc`` from a resize) is nobody's file.
     """
-    if out_of_memory(RuntimeError(message)):
+    if out_of_memory(message):
         return False
-    reason = message.split("encountered:", 1)[-1].lower()
+    reason = _reason(message)
     operator = re.search(r"Error in \w+ operator `([^`]+)`", message)
     if operator is not None:
         kinds = ("decoders", "readers", "image_decoder", "peek_image_shape")

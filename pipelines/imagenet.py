@@ -65,8 +65,7 @@ from dali_cutmix.files import (
     LOWER_BATCH_SIZE,
     DatasetError,
     ImageList,
-    list_image_folder,
-    read_file_list,
+    list_images,
 )
 from dali_cutmix.loader import DaliLoader, LastBatch
 from dali_cutmix.mixing import mix as mix_images
@@ -546,16 +545,6 @@ def default_num_threads(*, gpu: bool) -> int:
     return min(share, 8) if gpu else share
 
 
-def _list_images(
-    root: str | os.PathLike[str] | None, file_list: str | os.PathLike[str] | None
-) -> ImageList:
-    if file_list is not None:
-        return read_file_list(file_list, root=root, must_exist=True)
-    if root is None:
-        raise ValueError("give the dataset root, a file_list, or both")
-    return list_image_folder(root)
-
-
 def imagenet_options(options: ImageNetOptions | None = None, **fields: Any) -> ImageNetOptions:
     """``options`` with ``fields`` (:class:`ImageNetOptions`' fields) replaced in it.
 
@@ -702,7 +691,7 @@ def make_loader(
     # before the listing, which takes a while on ImageNet: "gpu" without CUDA is refused at once
     dali_device = dali_device_id(device, device_id)
     gpu = dali_device is not None
-    images = _list_images(root, file_list)
+    images = list_images(root, file_list)
     images.check_names(train=options.train)
     images.check_mix(options.mix)
     batch_size = _fitting_batch(images, batch_size, num_shards, policy)

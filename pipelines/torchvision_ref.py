@@ -57,8 +57,7 @@ from dali_cutmix.files import (
     BadImageError,
     DatasetError,
     ImageList,
-    list_image_folder,
-    read_file_list,
+    list_images,
 )
 from dali_cutmix.procs import process_context
 
@@ -551,11 +550,7 @@ def make_torchvision_loader(
         raise ValueError("mix applies to training only; pass mix=None for validation")
     collate = MixCollate(mix) if mix is not None and mix.enabled else None
     transform = make_transforms(train=train, **transform_options)
-    images = (
-        list_image_folder(root)
-        if file_list is None
-        else read_file_list(file_list, root=root, must_exist=True)
-    )
+    images = list_images(root, file_list)
     images.check_mix(mix)
     loader = TorchvisionLoader(
         _ImageFiles(images, transform),

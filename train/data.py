@@ -39,8 +39,7 @@ from dali_cutmix.files import (
     ImageList,
     MissingFilesError,
     bad_file_problem,
-    list_image_folder,
-    read_file_list,
+    list_images,
     what_is_wrong,
 )
 from dali_cutmix.scan import check_image, first_unreadable, out_of_memory
@@ -211,9 +210,7 @@ def _split_images(split: str, config: TrainConfig, root: Path) -> ImageList | No
     level = files_log.level
     files_log.setLevel(logging.ERROR)
     try:
-        if file_list is not None:
-            return read_file_list(file_list, root=root / split, must_exist=True)
-        return list_image_folder(root / split)
+        return list_images(root / split, file_list)
     except DatasetError:
         return None
     finally:
