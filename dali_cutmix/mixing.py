@@ -58,11 +58,11 @@ class _Draws:
     cut: Weight
     blend: Weight
     # (y, x) of the box: float32 [2] U[0, 1) fractions of the extent, or int32 [2]
-    # pixels U{0..H-1} of a known square canvas (the paper's box only)
+    # pixels U{0..H-1} of a tabled canvas (the paper's box only)
     position: DataNode | None
     size: DataNode | None  # float32 [2] U[0, 1): box sides, cutmix_minmax only
     cutmix_share: DataNode | None  # Beta(a, a) = the law of 1 - lambda: the partner's share
-    half: DataNode | None  # int32 half side of the paper's box, drawn directly (square canvas)
+    half: DataNode | None  # int32 half side of the paper's box, drawn directly (tabled canvas)
     mixup_share: DataNode | None
 
 
@@ -163,8 +163,9 @@ def _draw(config: MixConfig, canvas: _Canvas) -> _Draws:
 
     Only what the configuration needs is drawn: a probability of 0 or 1 costs
     no coin, as Beta(a, a) is symmetric the partner's share ``1 - lambda`` is
-    drawn directly, and on a known square canvas the paper's box centre is
-    drawn as integers ``U{0..H-1}`` (the law of ``floor(U[0, 1) * H)``).
+    drawn directly, and on a tabled canvas (known, square, at most :data:`TABLE_MAX_SIDE`)
+    the paper's box centre is drawn as integers ``U{0..H-1}`` (the law of
+    ``floor(U[0, 1) * H)``).
     """
     minmax = config.cutmix_minmax is not None
     share: DataNode | list[int] | None = None
@@ -193,7 +194,7 @@ def _draw(config: MixConfig, canvas: _Canvas) -> _Draws:
         return shared(fn.random.uniform(range=[0.0, 1.0], shape=[2]))
 
     def centre() -> DataNode:
-        if minmax or not canvas.square:
+        if minmax or not canvas.tabled:
             return uniform()
         pixels = list(range(canvas.size[0]))
         return shared(fn.random.uniform(values=pixels, shape=[2], dtype=types.INT32))
@@ -203,9 +204,9 @@ def _draw(config: MixConfig, canvas: _Canvas) -> _Draws:
     blend = _minus(mixed, cut)
     cutmix = config.cutmix_enabled and not _never(cut)
     paper = cutmix and not minmax
-    # On a known square canvas the paper's half side floor(sqrt(1 - lambda) * H / 2)
+    # On a tabled canvas the paper's half side floor(sqrt(1 - lambda) * H / 2)
     # is drawn from its exact law: one operator instead of five.
-    direct = paper and canvas.square and config.correct_lam
+    direct = paper and canvas.tabled and config.correct_lam
     half = None
     if direct:
         law = _half_side_law(config.cutmix_alpha, canvas.size[0])
@@ -224,6 +225,15 @@ def _draw(config: MixConfig, canvas: _Canvas) -> _Draws:
     )
 
 
+# The largest known square side whose box is drawn in whole pixels from tables: the
+# centre from H values, the paper's half side from H / 2 + 1 probabilities (six
+# operators fewer than drawing fractions and scaling them). A table costs Python time
+# while the graph is built and DALI time on every draw, both growing with H; beyond
+# this side fractions are drawn (the same law), so that a huge size cannot stall the
+# build (a side of 10**8 took minutes) nor slow every batch (bench/box_tables.py).
+TABLE_MAX_SIDE = 1024
+
+
 @dataclasses.dataclass(frozen=True)
 class _Canvas:
     """The images' ``(H, W)`` in the forms the graph needs: constants where known.
@@ -240,8 +250,9 @@ class _Canvas:
     fixed: bool  # one size, known while building, for every sample
 
     @property
-    def square(self) -> bool:
-        return isinstance(self.extent, int)
+    def tabled(self) -> bool:
+        """Draws the box in whole pixels from tables (see :data:`TABLE_MAX_SIDE`)."""
+        return isinstance(self.extent, int) and self.extent <= TABLE_MAX_SIDE
 
     @classmethod
     def known(cls, size: tuple[int, int]) -> _Canvas:
@@ -319,8 +330,8 @@ def _cutmix_box(
     if half is None:
         half = _int(dmath.floor(dmath.sqrt(draws.cutmix_share) * (extent * 0.5)))
     half = _times(half, draws.cut)
-    centre = draws.position  # int32 pixels on a known square canvas, else fractions
-    if not canvas.square:
+    centre = draws.position  # int32 pixels on a tabled canvas, else fractions
+    if not canvas.tabled:
         centre = _int(dmath.floor(centre * extent))
     if canvas.fixed:
         # lower bound 0, or the far edge where the box is empty: one clamp places it.

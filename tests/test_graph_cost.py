@@ -7,6 +7,7 @@ import json
 import pytest
 from conftest import run_command, user_error_line
 
+from dali_cutmix import mixing
 from pipelines import graph_cost
 
 # Operators in the CPU part of the training graph at a known crop size (labels included).
@@ -31,6 +32,26 @@ def test_operator_counts(name: str) -> None:
         )
         assert result["operators"] == expected
         assert result["ms_per_batch"] > 0
+
+
+def test_a_side_beyond_the_tables_draws_fractions_and_builds_at_once() -> None:
+    # Above mixing.TABLE_MAX_SIDE the box is drawn as fractions: four operators more than
+    # with tables, and a side of 10**8 builds at once (its tables took minutes to build).
+    for side, expected in (
+        (mixing.TABLE_MAX_SIDE, 21),
+        (mixing.TABLE_MAX_SIDE + 1, 27),
+        (10**8, 27),
+    ):
+        result = graph_cost.measure_setting(
+            "cutmix",
+            batch_size=4,
+            threads=1,
+            crop_size=side,
+            warmup=1,
+            windows=1,
+            window_batches=1,
+        )
+        assert result["operators"] == expected, side
 
 
 def test_command_writes_table_and_json(tmp_path, capsys, monkeypatch) -> None:

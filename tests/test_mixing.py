@@ -12,7 +12,7 @@ from conftest import requires_cuda
 from nvidia.dali import fn, pipeline_def, types
 from scipy import stats
 
-from dali_cutmix import MixConfig, cutmix, cutout, mix, mixup, soft_targets
+from dali_cutmix import MixConfig, cutmix, cutout, mix, mixing, mixup, soft_targets
 
 K = 10  # classes in these tests
 
@@ -808,6 +808,17 @@ def test_known_size_switching_and_smoothing_stay_exact(size) -> None:
                         share = np.float32(counts[j]) / np.float32(area)
                         expected = off + share * (np.float32(1 - s + s / K) - off)
                         assert abs(t[j] - expected) <= 1e-6
+
+
+@pytest.mark.parametrize("mode", ["elem", "pair"])
+def test_known_size_beyond_the_tables_is_exact(mode: str, monkeypatch) -> None:
+    # A known square side above mixing.TABLE_MAX_SIDE draws fractions, as an unknown size.
+    monkeypatch.setattr(mixing, "TABLE_MAX_SIDE", 15)
+    n, size = 7, (16, 16)
+    images, labels = numbered(n, sizes=[size] * n)
+    config = MixConfig(num_classes=K, cutmix_alpha=1.0, mode=mode)
+    runs = run_graph(lambda x, y: mix(x, y, config, size=size), images, labels, iterations=5)
+    assert count_exact_cutmix(runs, [size] * n) >= 5
 
 
 def test_known_size_draws_follow_the_same_box_law() -> None:
