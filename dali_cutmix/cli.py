@@ -66,6 +66,7 @@ __all__ = [
     "positive_int",
     "worker_count",
     "worker_limit",
+    "worker_limit_rule",
     "replace_names",
     "report_user_error",
     "start_command",
@@ -341,13 +342,20 @@ def worker_limit() -> int:
     return max(MIN_WORKER_LIMIT, WORKERS_PER_CPU * (os.cpu_count() or 1))
 
 
+def worker_limit_rule() -> str:
+    """How :func:`worker_limit` is set, for an error: "the larger of 16 and 4 per CPU of ..."."""
+    return (
+        f"the larger of {MIN_WORKER_LIMIT} and {WORKERS_PER_CPU} per CPU of this machine's "
+        f"{os.cpu_count() or 1}"
+    )
+
+
 def worker_count(text: str) -> int:
     """An argparse ``type``: an int in ``[1, worker_limit()]``."""
     value, limit = _int_from(text, 1), worker_limit()
     if value > limit:
         raise argparse.ArgumentTypeError(
-            f"expected an int >= 1 and at most {limit} ({WORKERS_PER_CPU} per CPU of this "
-            f"machine's {os.cpu_count() or 1}), got {value}"
+            f"expected an int >= 1 and at most {limit} ({worker_limit_rule()}), got {value}"
         )
     return value
 

@@ -41,8 +41,8 @@ from dali_cutmix.cli import (
     exit_on_user_error,
     interruptible,
     other_command,
-    positive_int,
     progress_bar,
+    worker_count,
     write_json,
 )
 from dali_cutmix.files import (
@@ -367,7 +367,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--workers",
-        type=positive_int,
+        type=worker_count,
         default=None,
         help="decoding processes (default: the number of CPUs)",
     )

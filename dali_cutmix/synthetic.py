@@ -61,6 +61,7 @@ from dali_cutmix.cli import (
     interruptible,
     progress_bar,
     start_command,
+    worker_count,
 )
 from dali_cutmix.files import counted
 from dali_cutmix.procs import worker_pool
@@ -637,7 +638,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         value = getattr(default, field)
         parser.add_argument(flag, type=kind, default=value, help=f"{text} (default: {value})")
     parser.add_argument(
-        "--workers", type=int, default=None, help="processes (default: the number of CPUs)"
+        "--workers",
+        type=worker_count,
+        default=None,
+        help="processes (default: the number of CPUs)",
     )
     parser.add_argument(
         "--no-progress", action="store_true", help="no progress bar (for logs and CI)"

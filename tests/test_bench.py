@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,8 @@ def test_results_go_to_runs_in_the_working_folder_by_default(tmp_path: Path) -> 
         ),
         (
             ["--threads-list", "0,2"],
-            "argument --threads-list: expected comma-separated integers >= 1, got '0,2'",
+            "argument --threads-list: expected comma-separated integers in "
+            f"[1, {max(16, 4 * (os.cpu_count() or 1))}], got '0,2'",
         ),
         (
             ["--hw-decoder-loads", "0,1.2"],
@@ -59,6 +61,43 @@ def test_results_go_to_runs_in_the_working_folder_by_default(tmp_path: Path) -> 
             "file list '{tmp}/files.txt' does not exist or is not a file; give a file of 'path "
             "label' lines (`python -m dali_cutmix.scan ROOT --out DIR` writes one for the "
             "dataset ROOT: DIR/files.txt).",
+        ),
+        # Each loader refused the batch in every row: a table of traceback lines, status 1.
+        (
+            ["--data", "{tmp}/imagenet/val", "--batch-size", "3"],
+            "--batch-size 3: the 2 images measured give no batch of 3; lower --batch-size",
+        ),
+        (
+            [
+                "--data",
+                "{tmp}/imagenet/val",
+                "--batch-size",
+                "2",
+                "--sweeps",
+                "scaling",
+                "--batch-size-list",
+                "1,3",
+            ],
+            "--batch-size-list 3: the 2 images measured give no batch of 3; lower "
+            "--batch-size-list",
+        ),
+        (
+            [
+                "--data",
+                "{tmp}/imagenet/val",
+                "--batch-size",
+                "9",
+                "--sweeps",
+                "training",
+                "--train-batch-size",
+                "3",
+            ],
+            "--train-batch-size 3: the 2 images measured give no batch of 3; lower "
+            "--train-batch-size",
+        ),
+        (
+            ["--classes", "2", "--per-class", "3", "--batch-size", "7"],
+            "--batch-size 7: the 6 images measured give no batch of 7; lower --batch-size",
         ),
     ]
     + (

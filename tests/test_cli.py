@@ -462,8 +462,29 @@ def test_a_thread_count_beyond_the_machine_is_refused_in_one_line(module: str, t
     limit, cpus = max(16, 4 * (os.cpu_count() or 1)), os.cpu_count() or 1
     assert user_error_line(done) == (
         f"python -m {module}: error: argument --threads: expected an int >= 1 and at most "
-        f"{limit} (4 per CPU of this machine's {cpus}), got 100000"
+        f"{limit} (the larger of 16 and 4 per CPU of this machine's {cpus}), got 100000"
     )
+
+
+@pytest.mark.parametrize(
+    ("module", "args"),
+    [
+        ("dali_cutmix.scan", ["{tmp}", "--out", "{tmp}/scan"]),
+        ("dali_cutmix.synthetic", ["{tmp}/set"]),
+        ("pipelines.bench", ["--out", "{tmp}/bench"]),
+    ],
+)
+def test_a_worker_count_beyond_the_machine_is_refused_in_one_line(
+    module: str, args: list[str], tmp_path
+) -> None:
+    # They took any count: a scan started 100000000 workers (as many as it had files).
+    done = run_command(module, *[a.format(tmp=tmp_path) for a in args], "--workers", "100000")
+    limit, cpus = max(16, 4 * (os.cpu_count() or 1)), os.cpu_count() or 1
+    assert user_error_line(done) == (
+        f"python -m {module}: error: argument --workers: expected an int >= 1 and at most "
+        f"{limit} (the larger of 16 and 4 per CPU of this machine's {cpus}), got 100000"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_dali_memory_named_turns_dali_out_of_memory_alone_into_a_memory_error() -> None:

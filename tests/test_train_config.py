@@ -194,9 +194,9 @@ def _refused(argv: list[str], capsys: pytest.CaptureFixture) -> str:
         (["-j", "0"], "-j must be an int >= 1, got 0"),
         (
             ["-j", "100000"],  # DALI's thread pool aborted the process (SIGABRT)
-            f"-j must be at most {max(16, 4 * (os.cpu_count() or 1))} (4 per CPU of this "
-            f"machine's {os.cpu_count() or 1}: no more threads or worker processes than that "
-            "can be busy), got 100000",
+            f"-j must be at most {max(16, 4 * (os.cpu_count() or 1))} (the larger of 16 and 4 "
+            f"per CPU of this machine's {os.cpu_count() or 1}: no more threads or worker "
+            "processes than that can be busy), got 100000",
         ),
         (["--val-list", "/"], "--val-list /: a folder; give a file of 'path label' lines"),
         (

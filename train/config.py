@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from dali_cutmix.cli import (
-    WORKERS_PER_CPU,
     check_folder,
     exit_on_user_error,
     replace_names,
     worker_limit,
+    worker_limit_rule,
 )
 from dali_cutmix.config import (
     AugmentConfig,
@@ -596,9 +596,8 @@ def config_from_args(
         # exception", SIGABRT), leaving runs/<time>/ behind; as many DataLoader processes
         # would exhaust the memory
         raise ValueError(
-            f"workers must be at most {worker_limit()} ({WORKERS_PER_CPU} per CPU of this "
-            f"machine's {os.cpu_count() or 1}: no more threads or worker processes than that "
-            f"can be busy), got {workers}"
+            f"workers must be at most {worker_limit()} ({worker_limit_rule()}: no more "
+            f"threads or worker processes than that can be busy), got {workers}"
         )
     return dataclasses.replace(
         checked,

@@ -27,6 +27,8 @@ from dali_cutmix.cli import (
     from_flags,
     interruptible,
     start_command,
+    worker_count,
+    worker_limit,
     write_json,
 )
 from dali_cutmix.files import BadImageError, list_image_folder, read_file_list
@@ -93,6 +95,28 @@ def listed_files(config: BenchConfig) -> tuple[str, ...] | None:
     if config.file_list is None:
         return None
     return read_file_list(config.file_list, root=data_root(config.data), must_exist=True).paths
+
+
+def check_batch_sizes(config: BenchConfig, images: int) -> None:
+    """Every batch size the asked sections use fits in the ``images`` measured.
+
+    Each loader refuses a batch larger than its files, so without this check every
+    row failed and the table held traceback lines. Raises ``ValueError`` naming the flag.
+    """
+    asked = set(config.sweeps) - ({"training"} if config.skip_training else set())
+    used: list[tuple[str, tuple[int, ...]]] = []
+    if asked & {"loaders", "augment", "scaling"}:
+        used.append(("--batch-size", (config.batch_size,)))
+    if "scaling" in asked:
+        used.append(("--batch-size-list", config.batch_size_list))
+    if "training" in asked:
+        used.append(("--train-batch-size", (config.train_batch_size,)))
+    for flag, sizes in used:
+        if max(sizes) > images:
+            raise ValueError(
+                f"{flag} {max(sizes)}: the {images} images measured give no batch of "
+                f"{max(sizes)}; lower {flag}"
+            )
 
 
 def _dataset(config: BenchConfig) -> tuple[Path, dict[str, Any]]:
@@ -199,14 +223,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_shared_flags(parser, batch_size=32, help={"batch_size": "loader batch size"}, type=int)
     add(
         "--workers",
-        type=int,
+        type=worker_count,
         default=os.cpu_count() or 1,
         help="DataLoader workers and DALI threads for the side-by-side figures "
         "(default: the CPU count, %(default)s)",
     )
     add(
         "--threads-list",
-        type=int_list,
+        type=number_list(
+            int, lambda v: 1 <= v <= worker_limit(), f"integers in [1, {worker_limit()}]"
+        ),
         help="the scaling sweep's worker/thread counts, e.g. 1,2,4,8 "
         "(default: powers of 2 up to the CPU count)",
     )
@@ -311,12 +337,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config_from_args(args)
         check_arch(config.arch)
         if config.data is not None:  # found unusable here, not in every measurement
-            list_image_folder(data_root(config.data))
-            listed_files(config)
+            folder = list_image_folder(data_root(config.data))
+            files = listed_files(config)
+            check_batch_sizes(config, len(folder if files is None else files))
         else:  # the generated set's folder
             from dali_cutmix.synthetic import checked_cache_dir
 
             checked_cache_dir()
+            check_batch_sizes(config, config.classes * config.per_class)
         # checked, not made: a run that ends before its first row leaves no empty folder
         check_folder(config.out, "--out")
 
