@@ -33,7 +33,7 @@ from dali_cutmix.cli import (
     from_flags,
     interruptible,
 )
-from dali_cutmix.config import MixConfig
+from dali_cutmix.config import MixConfig, check_seed
 from dali_cutmix.files import (
     BadImageError,
     DatasetError,
@@ -113,7 +113,7 @@ def mixed_batch(
         root: the dataset folder (listed by :func:`dali_cutmix.files.list_image_folder`,
             so labels follow ``ImageFolder``), or its listing.
         config: the mixing; ``config.num_classes`` is the width of the targets.
-        batch_size, size, seed: samples, their side in pixels, DALI's seed (>= 0).
+        batch_size, size, seed: samples, their side in pixels, DALI's seed (in [0, 2**32)).
 
     Raises:
         ValueError: a bad ``batch_size``, ``size`` or ``seed``.
@@ -125,7 +125,8 @@ def mixed_batch(
     from dali_cutmix.mixing import mix
     from dali_cutmix.scan import explain_decode_error
 
-    _check_ints(batch_size=(batch_size, 1), size=(size, 1), seed=(seed, 0))
+    _check_ints(batch_size=(batch_size, 1), size=(size, 1))
+    check_seed(seed)  # DALI's own refusal of 2**63 was a traceback
     images = root if isinstance(root, ImageList) else list_image_folder(root)
     images.check_names()
     by_index = dataclasses.replace(config, num_classes=batch_size, label_smoothing=0.0)
@@ -373,18 +374,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_report_path(args.out)
             if args.out.suffix.lower() not in Image.registered_extensions():
                 raise ValueError(f"--out {args.out}: not an image file name; give a .png")
+            # The flags are checked before the data is generated or listed (minutes on
+            # ImageNet); the classes are the folder's, known once it is listed.
+            config = from_flags(
+                MixConfig, args, num_classes=2, prob=args.mix_prob, mode=args.mix_mode
+            )
+            check_seed(args.seed)
             root = args.data or default_data()
             if args.file_list is None:
                 images = list_image_folder(root)
             else:
                 images = read_file_list(args.file_list, root=root, must_exist=True)
-            config = from_flags(
-                MixConfig,
-                args,
-                num_classes=images.num_classes,
-                prob=args.mix_prob,
-                mode=args.mix_mode,
-            )
+            config = dataclasses.replace(config, num_classes=images.num_classes)
             try:
                 write_preview(images, args.out, config, batch_size=args.batch_size, seed=args.seed)
             except BadImageError as error:  # this command's own way on, not the loaders'

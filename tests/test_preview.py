@@ -105,7 +105,15 @@ LAYOUT = "ROOT/<class>/<image>.JPEG, one subfolder per class (ImageFolder's layo
             "dataset root '{tmp}/missing' does not exist. Give a folder laid out as {layout}.",
         ),
         (["--data", "{tmp}/train", "--mix-prob", "3"], "--mix-prob must be in [0.0, 1.0], got 3.0"),
-        (["--data", "{tmp}/train", "--seed", "-1"], "--seed must be an int >= 0, got -1"),
+        (["--data", "{tmp}/train", "--seed", "-1"], "--seed must be an int in [0, 2**32), got -1"),
+        (  # DALI's refusal was a traceback
+            ["--data", "{tmp}/train", "--seed", str(2**63)],
+            f"--seed must be an int in [0, 2**32), got {2**63}",
+        ),
+        (  # the flags before the folder (listing ImageNet takes a while)
+            ["--data", "{tmp}/missing", "--cutmix-alpha", "-1"],
+            "--cutmix-alpha must be a finite number >= 0.0, got -1.0",
+        ),
         (["--batch-size", "0"], "argument --batch-size: expected an int >= 1, got 0"),
         (["--batch-size", "257"], "--batch-size 257: the grid takes at most 256 samples"),
         (["--out", "{tmp}"], "--out {tmp} is a folder or not writable; give a file"),
@@ -197,6 +205,14 @@ def test_the_scan_list_the_bad_file_line_names_previews_the_good_files(
     line = capsys.readouterr().err.splitlines()[-1]
     assert line.startswith(f"{PROG} '{bad}' is not a decodable image (DALI: "), line
     assert line.endswith(f"It is listed in --file-list {own}: delete its line there.")
+
+
+def test_a_bad_flag_ends_it_before_a_set_is_generated(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("DALI_CUTMIX_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(SystemExit) as caught:
+        main(["--out", str(tmp_path / "p.png"), "--mix-prob", "2"])
+    assert caught.value.code == 2
+    assert not (tmp_path / "cache").exists()
 
 
 def test_without_data_it_previews_a_generated_set(tmp_path: Path, monkeypatch) -> None:
