@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 # 2: DALI's iterator runs PARTIAL (see LastBatch). A version-1 state of DROP over several
 # shards carries DALI's DROP epoch size, which would bring its padded-batch leak back.
 _STATE_VERSION = 2
+# What load_state_dict reads of a state (version 1 has no "settings").
+_STATE_KEYS = ("dali_checkpoint", "epoch", "batches_done", "num_batches", "batch_size")
 # DALI's words when a checkpoint does not fit the pipeline's graph (executor and operators)
 _FOREIGN_CHECKPOINT = (
     "might come from another pipeline",
@@ -233,6 +235,8 @@ class DaliLoader:
         """Consumes what is left of DALI's epoch (a loop broke off early) and resets it."""
         if self._finished:
             return
+        if self._failure is not None:  # nothing can be read: no warning that it will be
+            raise self._failure
         left = self._length - self._done
         if left:  # decoded in full: on ImageNet up to an epoch's work before the next batch
             logger.warning(
@@ -293,12 +297,19 @@ class DaliLoader:
         """Restores a :meth:`state_dict`; the next ``iter()`` continues that epoch.
 
         Raises:
-            ValueError: the state is from another version, or from a loader with
-                a different batch size, number of batches or ``settings``.
+            ValueError: the state is no dict, lacks keys, is from another version, or
+                from a loader with a different batch size, number of batches or ``settings``.
         """
+        if not isinstance(state, Mapping):  # None was an AttributeError
+            raise ValueError(
+                f"a loader state is the dict state_dict() returns, got {type(state).__name__}"
+            )
         version = state.get("version")
         if version not in (1, _STATE_VERSION):
             raise ValueError(f"unsupported loader state version {version!r}")
+        missing = [key for key in _STATE_KEYS if key not in state]
+        if missing:  # a KeyError before
+            raise ValueError(f"the loader state lacks {', '.join(missing)}: it is damaged")
         sharded = state.get("settings", {}).get("num_shards", 1) > 1
         if version == 1 and sharded and self.last_batch is LastBatch.DROP:
             raise ValueError(

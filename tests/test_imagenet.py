@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 import os
 import subprocess
 import sys
@@ -298,6 +299,21 @@ def test_undecodable_file_is_named(image_folder: Path, content: str, train: bool
     assert f"python -m dali_cutmix.scan {image_folder} --out DIR" in message
     assert 'make_loader(..., file_list="DIR/files.txt")' in message
     assert f"python -m train ... --{'train' if train else 'val'}-list DIR/files.txt" in message
+
+
+def test_after_a_bad_file_a_new_epoch_raises_it_again_without_a_false_warning(
+    image_folder: Path, caplog
+) -> None:
+    # It logged "reading and discarding the 1 of 3 batches left ... (a loop broke off
+    # early ...)": no loop broke off, and nothing was read.
+    bad = _break_file(image_folder, "text")
+    loader = small_loader(image_folder, train=False, batch_size=5)
+    with pytest.raises(BadImageError):
+        list(loader)
+    with caplog.at_level(logging.WARNING), pytest.raises(BadImageError) as caught:
+        iter(loader)
+    assert caught.value.path == str(bad)
+    assert caplog.records == []
 
 
 def test_a_tiff_without_bits_per_sample_is_a_bad_file_the_scan_and_the_loader_name(

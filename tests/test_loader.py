@@ -192,6 +192,16 @@ def test_state_from_another_setting_is_refused(folder: Path) -> None:
         _train_loader(folder, seed=99).load_state_dict(state)
     with pytest.raises(ValueError, match="version"):
         _train_loader(folder).load_state_dict(state | {"version": 0})
+    # not a state at all, or one that lost keys: a ValueError, not AttributeError or KeyError
+    with pytest.raises(
+        ValueError, match="^a loader state is the dict state_dict\\(\\) returns, got NoneType$"
+    ):
+        _train_loader(folder).load_state_dict(None)
+    damaged = {k: v for k, v in state.items() if k not in ("epoch", "batch_size")}
+    with pytest.raises(
+        ValueError, match="^the loader state lacks epoch, batch_size: it is damaged$"
+    ):
+        _train_loader(folder).load_state_dict(damaged)
 
 
 def test_old_states_load_unless_they_carry_the_sharded_drop_leak(folder: Path) -> None:
