@@ -41,6 +41,7 @@ import dataclasses
 import fcntl
 import glob
 import io
+import itertools
 import json
 import logging
 import math
@@ -384,14 +385,69 @@ def is_complete(root: str | os.PathLike[str], spec: SyntheticSpec) -> bool:
     )
 
 
+def _job_at(spec: SyntheticSpec, i: int) -> tuple[str, int, int]:
+    """The ``i``-th of :func:`_jobs`, without listing those before it."""
+    for split in SPLITS:
+        count = spec.num_classes * spec.per_class(split)
+        if i < count:
+            return split, i // spec.per_class(split), i % spec.per_class(split)
+        i -= count
+    raise IndexError(i)
+
+
+# Jobs whose sizes are drawn, and of those the ones encoded, to estimate a set's bytes;
+# the free space asked for, over the estimate.
+_SIZED, _ENCODED = 256, 4
+_DISK_MARGIN = 1.2
+
+
+def estimated_bytes(spec: SyntheticSpec) -> int:
+    """About how many bytes the set's JPEGs take: images' pixels x JPEG bytes per pixel.
+
+    The sides of up to 256 images spread over the set are drawn (as the writer draws
+    them) for the mean pixel count, and 4 of them are rendered and encoded for the bytes
+    per pixel: well under a second, so that a set too large for its disk is refused
+    before anything is written (a million images per class held 10 GB of memory at
+    once, before the first file). On seven sets of 12 to 4,200 images, scales 0.1 to 1
+    and qualities 60 and 94, it was 0.94 to 1.10 times the bytes written.
+    """
+    n = spec.num_images
+    picked = [_job_at(spec, k * n // min(n, _SIZED)) for k in range(min(n, _SIZED))]
+    pixels = [
+        math.prod(image_size(_rng(spec.seed, SPLITS.index(split), label, index), spec.size_scale))
+        for split, label, index in picked
+    ]
+    step = max(1, len(picked) // _ENCODED)
+    encoded = [
+        (j, encode_jpeg(render_image(spec, *picked[j]), spec.quality))
+        for j in range(0, len(picked), step)
+    ][:_ENCODED]
+    per_pixel = sum(len(data) for _, data in encoded) / sum(pixels[j] for j, _ in encoded)
+    return round(n * per_pixel * sum(pixels) / len(pixels))
+
+
+def _free_bytes(path: Path) -> int:
+    """Free bytes on the disk of ``path``, or of its nearest existing folder."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def _chunks(spec: SyntheticSpec, size: int) -> Iterator[list[tuple[str, int, int]]]:
+    jobs = _jobs(spec)
+    while part := list(itertools.islice(jobs, size)):
+        yield part
+
+
 def _write_all(spec: SyntheticSpec, tmp: Path, workers: int, progress: bool) -> int:
+    """Writes every image under ``tmp``; returns their bytes. The jobs are made as they are
+    handed out, at most ``4 x workers`` chunks ahead, so memory stays flat in the set's size."""
     for split in SPLITS:
         for name in spec.classes:
             (tmp / split / name).mkdir(parents=True)
-    jobs = list(_jobs(spec))
-    chunk = max(1, min(64, len(jobs) // (4 * workers) or 1))
-    chunks = [jobs[i : i + chunk] for i in range(0, len(jobs), chunk)]
-    bar = progress_bar(total=len(jobs), desc="generating JPEGs", unit="img", disable=not progress)
+    n = spec.num_images
+    chunks = _chunks(spec, max(1, min(64, n // (4 * workers) or 1)))
+    bar = progress_bar(total=n, desc="generating JPEGs", unit="img", disable=not progress)
     total = 0
     with bar:
         if workers == 1:
@@ -400,12 +456,17 @@ def _write_all(spec: SyntheticSpec, tmp: Path, workers: int, progress: bool) -> 
                 bar.update(len(part))
             return total
         with worker_pool(workers) as pool:
-            futures = {
-                pool.submit(_write_chunk, spec, str(tmp), part): len(part) for part in chunks
-            }
-            for future in concurrent.futures.as_completed(futures):
-                total += future.result()
-                bar.update(futures[future])
+            pending: dict[concurrent.futures.Future[int], int] = {}
+            for part in itertools.chain(chunks, [None]):
+                while pending and (part is None or len(pending) >= 4 * workers):
+                    done, _ = concurrent.futures.wait(
+                        pending, return_when=concurrent.futures.FIRST_COMPLETED
+                    )
+                    for future in done:
+                        total += future.result()
+                        bar.update(pending.pop(future))
+                if part is not None:
+                    pending[pool.submit(_write_chunk, spec, str(tmp), part)] = len(part)
     return total
 
 
@@ -470,6 +531,8 @@ def _check_intact(root: Path) -> None:
 def _refuse_foreign(root: Path, spec: SyntheticSpec) -> None:
     """A folder at ``root`` that is not a finished one of ``spec`` is never written over
     (a generated folder appears whole, by a rename: any other is someone's)."""
+    if root.is_dir() and not any(root.iterdir()):  # made empty for it (mkdir): filled by rename
+        return
     if root.exists():
         found = _read_manifest(root)
         what = (
@@ -536,6 +599,17 @@ def _generate_unlocked(
     for stale in root.parent.glob(f".{glob.escape(root.name)}.partial-*"):
         logger.info("removing %s, left by an interrupted run", stale)
         shutil.rmtree(stale, ignore_errors=True)
+    needed, free = estimated_bytes(spec), _free_bytes(root.parent)
+    if needed * _DISK_MARGIN > free:
+        raise ValueError(
+            f"{root}: {counted(spec.num_images, 'image')} need about {needed / 1e9:,.1f} GB, "
+            f"and its disk has {free / 1e9:,.1f} GB free (the check asks for {_DISK_MARGIN} x "
+            "the estimate); generate fewer or smaller images (--classes, "
+            "--train-per-class, --val-per-class, --size-scale) or free space"
+        )
+    logger.info(
+        "generating %s (about %.1f MB) in %s", counted(spec.num_images, "image"), needed / 1e6, root
+    )
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
     try:
         total = _write_all(spec, tmp, min(workers, spec.num_images), progress)

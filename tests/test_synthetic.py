@@ -60,6 +60,46 @@ def test_same_seed_same_bytes_whatever_the_workers(tmp_path: Path) -> None:
     assert set(_digest(other).values()).isdisjoint(_digest(one).values())
 
 
+def test_the_jobs_are_handed_out_in_order_without_a_list() -> None:
+    spec = SyntheticSpec(num_classes=3, train_per_class=4, val_per_class=2)
+    jobs = list(synthetic._jobs(spec))
+    assert [synthetic._job_at(spec, i) for i in range(len(jobs))] == jobs
+    assert [job for part in synthetic._chunks(spec, 5) for job in part] == jobs
+    assert [len(part) for part in synthetic._chunks(spec, 5)] == [5, 5, 5, 3]
+
+
+def test_the_estimate_of_the_bytes_is_close_to_what_is_written(tmp_path: Path) -> None:
+    spec = SyntheticSpec(num_classes=4, train_per_class=12, val_per_class=2, size_scale=0.3)
+    root = generate(tmp_path / "ds", spec, workers=1, progress=False)
+    written = json.loads((root / "manifest.json").read_text())["total_bytes"]
+    assert 0.85 <= synthetic.estimated_bytes(spec) / written <= 1.15
+
+
+def test_a_set_its_disk_cannot_hold_is_refused_before_a_file_is_written(
+    tmp_path: Path, monkeypatch
+) -> None:
+    # A million images per class held 10 GB of memory before the first file was written.
+    monkeypatch.setattr(synthetic, "_free_bytes", lambda path: 10**6)
+    monkeypatch.setattr(synthetic, "estimated_bytes", lambda spec: 900_000)
+    with pytest.raises(ValueError) as caught:
+        generate(tmp_path / "ds", TINY, workers=1, progress=False)
+    assert str(caught.value) == (
+        f"{tmp_path / 'ds'}: 15 images need about 0.0 GB, and its disk has 0.0 GB free (the "
+        "check asks for 1.2 x the estimate); generate fewer or smaller images (--classes, "
+        "--train-per-class, --val-per-class, --size-scale) or free space"
+    )
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(synthetic, "estimated_bytes", lambda spec: 800_000)  # 1.2 x fits
+    assert generate(tmp_path / "ds", TINY, workers=1, progress=False) == tmp_path / "ds"
+
+
+def test_an_empty_folder_made_for_the_set_is_filled(tmp_path: Path) -> None:
+    # "exists and is no dataset this command generated": a mkdir first was refused.
+    (tmp_path / "ds").mkdir()
+    root = generate(tmp_path / "ds", TINY, workers=1, progress=False)
+    assert len(list(root.rglob("*.JPEG"))) == 15 and synthetic.is_complete(root, TINY)
+
+
 def test_finished_folder_is_reused_without_writing(tmp_path: Path, monkeypatch) -> None:
     root = generate(tmp_path / "ds", TINY, workers=1, progress=False)
     before = _digest(root)
@@ -356,7 +396,7 @@ def test_cli(tmp_path: Path, capsys) -> None:
             "--train-per-class and --val-per-class must be >= 1, got 0 and 20",
         ),
         (["--size-scale", "9"], "--size-scale must be in (0, 4], got 9.0"),
-        (["--workers", "0"], "--workers must be >= 1, got 0"),
+        (["--workers", "0"], "argument --workers: expected an int >= 1, got 0"),
     ],
 )
 def test_bad_values_name_the_flag(tmp_path: Path, capsys, args: list[str], line: str) -> None:
