@@ -327,13 +327,17 @@ def explain_decode_error(err: Exception, images: ImageList, *, train: bool = Tru
     return BadImageError(f"{what} (DALI: {_dali_reason(message)}). {hint}", path=path)
 
 
+# What a scan writes into its --out folder.
+REPORT_FILES = ("files.txt", "classes.txt", "bad_files.json")
+
+
 def write_report(report: ScanReport, out: str | os.PathLike[str]) -> dict[str, Path]:
     """Writes ``files.txt``, ``classes.txt`` and ``bad_files.json`` into ``out``; returns
     their paths. Where no file is good there is no ``files.txt`` (one of an earlier scan is
     removed): an empty list is no dataset any loader reads."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {name: out / name for name in ("files.txt", "classes.txt", "bad_files.json")}
+    paths = {name: out / name for name in REPORT_FILES}
     if report.good:
         write_file_list(paths["files.txt"], report.good)
     else:
@@ -396,6 +400,11 @@ def _scan_and_report(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     with exit_on_user_error(parser):
         # The folder first: a scan of ImageNet takes long, and its report must have a place.
         check_folder(args.out, "--out")
+        for name in REPORT_FILES:  # found after the whole scan, as an [Errno 21]
+            if (Path(args.out) / name).is_dir():
+                raise ValueError(
+                    f"--out {args.out}: its {name} is a folder; remove it or give another --out"
+                )
         report = scan(args.root, workers=args.workers)
         paths = write_report(report, args.out)
     rate = len(report.images) / max(report.seconds, 1e-9)

@@ -166,6 +166,25 @@ def test_bad_input_ends_the_command_with_one_line(
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("name", ["files.txt", "classes.txt", "bad_files.json"])
+def test_a_report_file_that_is_a_folder_is_refused_before_the_scan(
+    tmp_path: Path, capsys, name: str
+) -> None:
+    # It ended the scan after its work: "[Errno 21] Is a directory: '.../.files.txt.partial'".
+    root = build_image_folder(tmp_path / "data", classes=2, per_class=1, extras=False)
+    (tmp_path / "o" / name).mkdir(parents=True)
+    with (
+        pytest.raises(SystemExit) as caught,
+        mock.patch("dali_cutmix.scan.scan", side_effect=AssertionError("scanned")),
+    ):
+        main([str(root), "--out", str(tmp_path / "o")])
+    assert caught.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"python -m dali_cutmix.scan: error: --out {tmp_path / 'o'}: its {name} is a folder; "
+        "remove it or give another --out"
+    )
+
+
 def test_a_dataset_root_is_refused_on_the_command_line(tmp_path: Path) -> None:
     root = tmp_path / "imagenet"
     for split in ("train", "val"):
