@@ -315,6 +315,11 @@ def _check_interval(name: str, value: Any, low: float, high: float) -> tuple[flo
     return float(pair[0]), float(pair[1])
 
 
+# RandAugment's most ops per image. Each is a branch over 14 ops in the graph: 16 took
+# 5.5 s to build on the 2-core machine, 1,000,000 would take days (the recipes use 2 or 3).
+MAX_RA_NUM_OPS = 16
+
+
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
     """Per-sample augmentations between the random-resized crop and the mixing.
@@ -366,6 +371,11 @@ class AugmentConfig:
             num_magnitude_bins=_check_int("num_magnitude_bins", self.num_magnitude_bins, 2),
             ra_magnitude=_check_int("ra_magnitude", self.ra_magnitude, 0),
         )
+        if self.ra_num_ops > MAX_RA_NUM_OPS:
+            raise ValueError(
+                f"ra_num_ops must be at most {MAX_RA_NUM_OPS} (each op adds about 0.35 s to "
+                f"the graph's build), got {self.ra_num_ops}"
+            )
         if self.ra_magnitude >= self.num_magnitude_bins:
             raise ValueError(
                 f"ra_magnitude must be < num_magnitude_bins ({self.num_magnitude_bins}), "
@@ -489,6 +499,11 @@ def timm_auto_augment(spec: str) -> dict[str, Any]:
         elif name == "rand" and key == "m" and value.isdigit() and int(value) <= 10:
             fields["ra_magnitude"] = int(value)
         elif name == "rand" and key == "n" and value.isdigit():
+            if int(value) > MAX_RA_NUM_OPS:
+                raise ValueError(
+                    f"--aa {spec}: at most {MAX_RA_NUM_OPS} ops (n{MAX_RA_NUM_OPS}; each adds "
+                    "about 0.35 s to the graph's build)"
+                )
             fields["ra_num_ops"] = int(value)
         elif name == "rand" and key == "inc" and value in ("0", "1"):
             fields["ra_increasing"] = value == "1"

@@ -763,8 +763,10 @@ def cutout(
 ) -> DataNode:
     """Cutout (DeVries and Taylor, 2017): fill a random square-ish box; labels unchanged.
 
-    The box has sides ``floor(size * H)`` and ``floor(size * W)`` around a
-    uniform centre and is clipped at the border, as in the reference code.
+    The box spans ``floor(floor(size * H) / 2)`` rows (and likewise columns) on each
+    side of a uniform centre pixel and is clipped at the border, as in the reference
+    code (``length // 2`` around the centre): an odd ``floor(size * H)`` gives one row
+    fewer (H = 11, size 0.5: at most 4 rows).
 
     Args:
         images: uint8 or float batch, CPU or GPU, of any layout that names H and W
@@ -772,6 +774,8 @@ def cutout(
         size: box side as a fraction of each image side, in (0, 1].
         prob: probability that a sample gets a box.
         fill_value: value written into the box, or a list of one value per channel.
+            It is converted to the images' dtype as DALI's ``erase`` does, without
+            clamping: on uint8 images give values in [0, 255] (300 is written as 44).
 
     Returns:
         Images of the input dtype, layout, size and device.

@@ -392,6 +392,8 @@ def test_timm_auto_augment_strings(spec: str, fields: dict) -> None:
         ("v0", "unknown or unsupported policy 'v0'"),
         ("rand-m12", "'m12' cannot be honoured"),
         ("rand-m9-w0", "'w0' cannot be honoured"),
+        # a graph of 1,000,000 ops took days to build
+        ("rand-m9-n17", "^--aa rand-m9-n17: at most 16 ops \\(n16; each adds about 0.35 s"),
     ],
 )
 def test_timm_strings_dali_cannot_honour_are_refused(spec: str, message: str) -> None:

@@ -220,6 +220,11 @@ def test_the_smallest_float32_alphas_are_kept() -> None:
             "erase_ratio must be (min, max) with 0 < min <= max < inf, got (True, 2)",
         ),
         ({"ra_num_ops": np.float32(2)}, "ra_num_ops must be an int >= 0, got np.float32(2.0)"),
+        (
+            {"ra_num_ops": 17},
+            "ra_num_ops must be at most 16 (each op adds about 0.35 s to the graph's build), "
+            "got 17",
+        ),
     ],
 )
 def test_augment_bad_intervals_and_types_are_named(fields: dict, message: str) -> None:
