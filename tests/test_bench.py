@@ -168,7 +168,10 @@ def test_a_file_that_is_no_image_ends_the_command_with_one_line(
         "pipelines.bench.measure.measure_sections", lambda *a, **k: pytest.fail("it measured")
     )
     with pytest.raises(SystemExit) as caught:
-        cli.main(["--data", str(root), "--device", "cpu", "--out", str(tmp_path / "out")])
+        cli.main(
+            ["--data", str(root), "--device", "cpu", "--out", str(tmp_path / "out")]
+            + ["--batch-size", "2", "--sweeps", "loaders"]
+        )
     assert caught.value.code == 2
     # the benchmark's own way on: it has no --train-list, which the loaders' advice named
     assert capsys.readouterr().err.splitlines()[-1] == (
@@ -222,6 +225,7 @@ def test_the_scan_list_the_bad_file_line_names_is_what_the_benchmark_measures(
     monkeypatch.setattr("pipelines.bench.measure.measure_sections", measure_sections)
     listed = tmp_path / "scan" / "files.txt"
     argv = ["--data", str(root), "--file-list", str(listed), "--device", "cpu"]
+    argv += ["--batch-size", "2"]
     assert cli.main([*argv, "--sweeps", "loaders", "--out", str(tmp_path / "out")]) == 130
     assert {spec["file_list"] for spec in measured} == {str(listed)}
     assert {spec["root"] for spec in measured} == {str(root)}
@@ -233,7 +237,10 @@ def test_the_scan_list_the_bad_file_line_names_is_what_the_benchmark_measures(
     own = tmp_path / "mine.txt"
     own.write_text(f"n00000000/img_0_0.JPEG 0\n{bad.relative_to(root)} 1\n")
     with pytest.raises(SystemExit) as caught:
-        cli.main(["--data", str(root), "--file-list", str(own), "--out", str(tmp_path / "out")])
+        cli.main(
+            ["--data", str(root), "--file-list", str(own), "--out", str(tmp_path / "out")]
+            + ["--batch-size", "2", "--sweeps", "loaders"]
+        )
     assert caught.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"python -m pipelines.bench: error: {str(bad)!r} is not a decodable image "
@@ -253,7 +260,7 @@ def test_a_stopped_run_says_where_its_rows_so_far_are(tmp_path: Path, capsys, mo
     monkeypatch.setattr("pipelines.bench.measure.measure_sections", measure_sections)
     out = tmp_path / "out"
     argv = ["--data", str(root), "--device", "cpu", "--sweeps", "loaders", "--out", str(out)]
-    assert cli.main(argv) == 130
+    assert cli.main([*argv, "--batch-size", "2"]) == 130
     partial = out / "results.partial.json"
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"python -m pipelines.bench: aborted by Ctrl-C; the rows measured so far are in {partial}"
