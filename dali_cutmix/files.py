@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import shlex
+import stat
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -227,12 +228,78 @@ def _has_image_extension(name: str) -> bool:
     return name.lower().endswith(IMG_EXTENSIONS)
 
 
+_SPECIAL_FILES = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _special_file(entry: os.DirEntry[str]) -> str | None:
+    """What ``entry`` is when it is no regular file (``None`` for one, or for a link to one
+    or to nothing: a dangling link is left to the readers, which name it). A regular file
+    costs no system call (the folder's listing says what it is)."""
+    try:
+        if entry.is_file(follow_symlinks=False):
+            return None
+        mode = entry.stat(follow_symlinks=True).st_mode
+    except OSError:
+        return None
+    return next((what for test, what in _SPECIAL_FILES if test(mode)), None)
+
+
 def _class_files(class_dir: str) -> list[str]:
-    """Image files under one class folder, in ``ImageFolder``'s order."""
-    found = []
-    for dirpath, _, names in sorted(os.walk(class_dir, followlinks=True)):
-        found.extend(os.path.join(dirpath, n) for n in sorted(names) if _has_image_extension(n))
-    return found
+    """Image files under one class folder, in ``ImageFolder``'s order.
+
+    The walk is ``os.walk(class_dir, followlinks=True)``'s, as ``ImageFolder``
+    lists. Where that would list wrongly without a word, this refuses by name
+    (``DatasetError``): a folder it cannot read (its images were left out, or the class
+    said to hold none), a link to a folder above it (each image listed some 40 times
+    over, as deep as paths go), and a FIFO, socket or device with an image's name (a
+    reader opening a FIFO waited for ever, deaf to Ctrl-C).
+    """
+    found: list[tuple[str, list[str]]] = []
+
+    def walk(folder: str, chain: tuple[str, ...]) -> None:
+        try:
+            with os.scandir(folder) as listing:
+                entries = list(listing)
+        except OSError as error:
+            raise DatasetError(
+                f"{folder!r} cannot be read ({error.strerror}): its images would be left "
+                "out; make it readable, or move it out of the dataset."
+            ) from None
+        files, folders = [], []
+        for entry in entries:
+            try:
+                is_folder = entry.is_dir()  # through links, as os.walk(followlinks=True)
+            except OSError:
+                is_folder = False
+            (folders if is_folder else files).append(entry)
+        names = []
+        for entry in sorted(files, key=lambda e: e.name):
+            if not _has_image_extension(entry.name):
+                continue
+            what = _special_file(entry)
+            if what is not None:
+                raise DatasetError(
+                    f"{entry.path!r} is {what}, not a file: a reader would wait on it for "
+                    "ever; remove it, or move it out of the dataset."
+                )
+            names.append(entry.path)
+        found.append((folder, names))
+        for entry in folders:
+            real = os.path.realpath(entry.path)
+            if real in chain:
+                raise DatasetError(
+                    f"{entry.path!r} links to a folder it is in ({real!r}), a loop: its "
+                    "images would be listed over and over; remove the link."
+                )
+            walk(entry.path, (*chain, real))
+
+    walk(class_dir, (os.path.realpath(class_dir),))
+    return [path for _, names in sorted(found) for path in names]
 
 
 def _check_root(root: Path) -> None:
@@ -300,8 +367,9 @@ def list_image_folder(root: str | os.PathLike[str]) -> ImageList:
         if not files:
             raise DatasetError(
                 f"class folder {str(root / name)!r} holds no image (extensions "
-                f"{', '.join(IMG_EXTENSIONS)}); add images or remove the folder, since class "
-                f"indices follow the sorted folder names."
+                f"{', '.join(IMG_EXTENSIONS)}); add images or remove the folder (with the "
+                "class's folder in any other split: train/ and val/ must have the same "
+                "classes), since class indices follow the sorted folder names."
             )
         paths.extend(files)
         labels.extend([label] * len(files))

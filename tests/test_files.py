@@ -49,6 +49,11 @@ def _awkward_folder(root: Path) -> Path:
         (root / "n00000000" / "gray.JPEG").read_bytes()
     )
     (root / "README").write_text("a file at the top level is not a class")
+    # links: to another class's folder (listed again under this class, as ImageFolder
+    # does), to a file, and to nothing (listed; the readers name it)
+    (root / "n00000002" / "linked").symlink_to(root / "n00000000")
+    (root / "n00000000" / "link.jpg").symlink_to(root / "n00000000" / "gray.JPEG")
+    (root / "n00000001" / "gone.jpg").symlink_to(root / "nowhere.jpg")
     return root
 
 
@@ -60,7 +65,54 @@ def test_listing_matches_imagefolder_file_by_file(tmp_path: Path) -> None:
     assert list(zip(images.paths, images.labels)) == [
         (str(Path(p)), t) for p, t in reference.samples
     ]
-    assert len(images) == 2 * 3 + 3 + 3 and images.num_classes == 3
+    # 12 files, the two links to files, and n00000000's 6 again under n00000002/linked
+    assert len(images) == 12 + 2 + 6 and images.num_classes == 3
+    assert images.labels.count(0) == 6
+
+
+def test_a_link_to_a_folder_above_is_refused_not_listed_forty_times(tmp_path: Path) -> None:
+    # ImageFolder (and this listing) took n00000001/loop/loop/.../img: 41 copies of each.
+    root = build_image_folder(tmp_path / "data", classes=2, per_class=1, extras=False)
+    (root / "n00000001" / "sub").mkdir()
+    (root / "n00000001" / "sub" / "loop").symlink_to(root / "n00000001")
+    assert _refusal(list_image_folder, root) == (
+        f"{str(root / 'n00000001' / 'sub' / 'loop')!r} links to a folder it is in "
+        f"({str(root / 'n00000001')!r}), a loop: its images would be listed over and over; "
+        "remove the link."
+    )
+
+
+def test_a_fifo_named_as_an_image_is_refused_not_read_for_ever(tmp_path: Path) -> None:
+    # The DALI reader opened it and waited for a writer, deaf to Ctrl-C and SIGTERM.
+    root = build_image_folder(tmp_path / "data", classes=2, per_class=1, extras=False)
+    fifo = root / "n00000001" / "pipe.JPEG"
+    os.mkfifo(fifo)
+    (root / "n00000001" / "to-pipe.jpg").symlink_to(fifo)  # through a link too
+    assert _refusal(list_image_folder, root) == (
+        f"{str(fifo)!r} is a FIFO (named pipe), not a file: a reader would wait on it for "
+        "ever; remove it, or move it out of the dataset."
+    )
+    fifo.rename(root / "pipe.txt")  # the link now points at nothing: listed, as ImageFolder
+    assert len(list_image_folder(root)) == 3
+
+
+def test_a_folder_that_cannot_be_read_is_named_not_left_out(tmp_path: Path, monkeypatch) -> None:
+    # Its images were left out without a word (or its class said to hold none).
+    root = build_image_folder(tmp_path / "data", classes=2, per_class=1, extras=False)
+    (root / "n00000001" / "sub").mkdir()
+    locked = str(root / "n00000001" / "sub")
+    scandir = os.scandir
+
+    def refusing(path):  # chmod 000 does not stop root, who runs CI
+        if str(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    assert _refusal(list_image_folder, root) == (
+        f"{locked!r} cannot be read (Permission denied): its images would be left out; make "
+        "it readable, or move it out of the dataset."
+    )
 
 
 @pytest.mark.parametrize(
@@ -127,7 +179,8 @@ def test_class_folder_without_images_names_the_folder(tmp_path: Path) -> None:
     (empty / "labels.csv").write_text("a,b\n")
     assert _refusal(list_image_folder, root) == (
         f"class folder {str(empty)!r} holds no image (extensions {EXTENSIONS}); add images or "
-        f"remove the folder, since class indices follow the sorted folder names."
+        "remove the folder (with the class's folder in any other split: train/ and val/ must "
+        "have the same classes), since class indices follow the sorted folder names."
     )
 
 
