@@ -291,13 +291,19 @@ def bad_file_advice(
 
 
 ABORTED = 130  # the shell's status for a process ended by Ctrl-C (128 + SIGINT)
+TERMINATED = 143  # 128 + SIGTERM
 
 
-def aborted(parser: argparse.ArgumentParser, what: str) -> int:
-    """Says on one line that Ctrl-C ended the command and ``what`` became of its work (no
-    traceback); returns :data:`ABORTED`, to exit with."""
-    print(f"{parser.prog}: aborted by Ctrl-C; {what}", file=sys.stderr, flush=True)
-    return ABORTED
+def aborted(parser: argparse.ArgumentParser, what: str, sigterm: bool = False) -> int:
+    """Says on one line that Ctrl-C (or ``sigterm``: SIGTERM) ended the command and ``what``
+    became of its work (no traceback); returns :data:`ABORTED` (143 for SIGTERM), to exit
+    with."""
+    print(
+        f"{parser.prog}: aborted by {'SIGTERM' if sigterm else 'Ctrl-C'}; {what}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return TERMINATED if sigterm else ABORTED
 
 
 def interruptible(

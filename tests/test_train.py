@@ -538,7 +538,9 @@ def test_a_stop_exits_3_and_resume_alone_finishes_then_has_nothing_to_do(
     caplog.clear()
     written = (tmp_path / "config.json").read_bytes()
     (tmp_path / "config.json").write_bytes(written + b" ")  # as the last training wrote it
+    (tmp_path / "curves.png").unlink()  # a run aborted as it plotted them: plotted now
     assert main(["--resume", str(checkpoint)]) == 0
+    assert (tmp_path / "curves.png").stat().st_size > 0
     assert _logged(caplog) == [
         f"{checkpoint} already trained 2 of 2 epochs; nothing to do; give --epochs M > 2 to "
         f"train on (python -m train --resume {checkpoint} --epochs M)"
@@ -553,6 +555,42 @@ def test_a_stop_exits_3_and_resume_alone_finishes_then_has_nothing_to_do(
         9,
         3,
     )
+
+
+def test_a_full_disk_at_the_second_checkpoint_ends_in_one_line_and_the_run_continues(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    # It was a traceback (OSError [Errno 28], then torch.save's RuntimeError), status 1.
+    import errno
+
+    import train.trainer
+
+    checkpoint = tmp_path / "checkpoint.pth"
+    saves = []
+    real_save = train.trainer.save_checkpoint
+
+    def disk_fills(state, path):
+        saves.append(path)
+        if len(saves) == 2:  # the metrics record of epoch 2 was cut short too
+            with (tmp_path / "metrics.jsonl").open("a") as file:
+                file.write('{"epoch": 2, "train_lo')
+            try:
+                raise OSError(errno.ENOSPC, "No space left on device", str(path) + ".tmp")
+            except OSError as error:
+                raise RuntimeError("[enforce fail at inline_container.cc:672]") from error
+        real_save(state, path)
+
+    monkeypatch.setattr(train.trainer, "save_checkpoint", disk_fills)
+    assert main(_argv(tiny, tmp_path)) == 6
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"python -m train: error: cannot write {checkpoint}.tmp (No space left on device); "
+        f"the last checkpoint written, {checkpoint}, is intact: free space there, then "
+        f"continue with: python -m train --resume {checkpoint}"
+    )
+    monkeypatch.undo()
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 1
+    assert main(["--resume", str(checkpoint)]) == 0  # the record cut short is left out
+    assert [r["epoch"] for r in _records(tmp_path)] == [1, 2]
 
 
 @pytest.mark.parametrize("loader", ["dali", "torchvision"])

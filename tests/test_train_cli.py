@@ -7,8 +7,10 @@ import dataclasses
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -403,6 +405,30 @@ def test_a_second_ctrl_c_ends_with_one_line_and_status_130(
         f"python -m train: aborted by Ctrl-C; the last checkpoint written is intact: "
         f"{out / 'checkpoint.pth'}"
     )
+
+
+def test_sigterm_while_the_run_starts_ends_it_as_ctrl_c_does_with_status_143(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    # Python's default ended the process at once, without a word, leaving an empty run
+    # folder (timeout and batch schedulers send SIGTERM).
+    import train.runner
+    from train.__main__ import main
+
+    def terminated(config: TrainConfig) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+        pytest.fail("SIGTERM went unhandled")
+
+    monkeypatch.setattr(train.runner, "run", terminated)
+    monkeypatch.chdir(tmp_path)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["--device", "cpu"]) == 143
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "python -m train: aborted by SIGTERM; no checkpoint was written"
+    )
+    assert list((tmp_path / "runs").iterdir()) == []  # the run's folder is gone
+    assert signal.getsignal(signal.SIGTERM) == before
 
 
 def test_an_unusable_checkpoint_ends_with_one_line_and_status_2(

@@ -21,10 +21,15 @@ This module only parses and runs: the run is :func:`train.runner.run`, the epoch
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 from dali_cutmix.cli import aborted, report_user_error
 
@@ -36,10 +41,71 @@ from .config import (
     drop_unused_run_dir,
     parse_config,
 )
-from .status import DataFailure, ExitStatus
+from .status import DataFailure, ExitStatus, resume_command
 
 # the project's top-level packages, in a clone and installed (dali_cutmix.train, ...)
 _OUR_LOGGERS = ("train", "pipelines", "dali_cutmix")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM while no step is running (the run starting, its end): taken as Ctrl-C is
+    there, with status 143. Python's default ended the process at once, without a word,
+    leaving an empty run folder behind."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block SIGTERM raises :class:`Terminated` (training's steps handle it as
+    a stop, :func:`train.utils.stop_on_signals`). One process only: under torchrun a
+    rank's SIGTERM is torchrun's own, sent to end it at once."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        yield
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _terminated(interrupt: BaseException) -> bool:
+    return isinstance(interrupt, Terminated) or isinstance(interrupt.__cause__, Terminated)
+
+
+# What stops a write to the output folder that the user can fix there.
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
+_NOT_ALLOWED = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _write_failure(error: BaseException, config: TrainConfig) -> str | None:
+    """The line for a write to the run's folder that failed (a full disk, a folder made
+    read-only mid-run), from ``error`` or the errors it came from; ``None`` for any other
+    error. It ended in a traceback (torch.save's own RuntimeError after the OSError)."""
+    seen: BaseException | None = error
+    while seen is not None and not (
+        isinstance(seen, OSError) and seen.errno in _NO_ROOM + _NOT_ALLOWED
+    ):
+        seen = seen.__cause__ or seen.__context__
+    if seen is None:
+        return None
+    name = seen.filename or config.output_dir
+    folder = config.output_dir
+    if not str(Path(name).absolute()).startswith(str(folder.absolute())):
+        return None
+    fix = "free space there" if seen.errno in _NO_ROOM else f"make {folder} writable"
+    checkpoint = folder / CHECKPOINT_NAME
+    if checkpoint.exists():
+        ranks = int(os.environ.get("WORLD_SIZE", "1"))
+        return (
+            f"cannot write {name} ({seen.strerror}); the last checkpoint written, "
+            f"{checkpoint}, is intact: {fix}, then continue with: "
+            f"{resume_command(checkpoint, ranks)}"
+        )
+    return f"cannot write {name} ({seen.strerror}); no checkpoint was written: {fix}, and run again"
 
 
 def log_level(rank: int) -> int:
@@ -61,11 +127,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in _OUR_LOGGERS:
         logging.getLogger(name).setLevel(log_level(rank))
     argv = sys.argv[1:] if argv is None else list(argv)
+    with _sigterm_as_interrupt():
+        return _main(argv, rank)
+
+
+def _main(argv: list[str], rank: int) -> int:
     try:
         # a bad flag ends the process here, status 2; rank 0 makes the default output folder
         config = parse_config(argv, claim=rank == 0)
-    except KeyboardInterrupt:  # --resume reads the checkpoint (and loads torch) here
-        return aborted(get_args_parser(), "nothing was started")
+    except KeyboardInterrupt as interrupt:  # --resume reads the checkpoint (and loads torch)
+        return aborted(get_args_parser(), "nothing was started", _terminated(interrupt))
     claimed = rank == 0 and claims_run_dir(argv)
     try:
         status = _train(config, argv, rank)
@@ -80,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             what = f"this run wrote no checkpoint; the one it resumed is intact: {config.resume}"
         else:
             what = "no checkpoint was written"
-        return aborted(get_args_parser(), what)
+        return aborted(get_args_parser(), what, _terminated(interrupt))
     finally:
         if claimed:  # a run that failed before its first epoch leaves no folder behind
             drop_unused_run_dir(config.output_dir)
@@ -94,7 +165,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 # The statuses a rank may exit with while the others exit 0 (rank 0's stop or divergence,
 # the rank whose data failed or whose shard could not be read); not a second Ctrl-C,
 # which every rank gets and which should end the run at once.
-_ALONE = (ExitStatus.USAGE, ExitStatus.STOPPED, ExitStatus.DIVERGED, ExitStatus.DATA)
+_ALONE = (
+    ExitStatus.USAGE,
+    ExitStatus.STOPPED,
+    ExitStatus.DIVERGED,
+    ExitStatus.DATA,
+    ExitStatus.OUTPUT,
+)
 
 
 def _train(config: TrainConfig, argv: list[str], rank: int) -> int:
@@ -117,6 +194,11 @@ def _train(config: TrainConfig, argv: list[str], rank: int) -> int:
             "rank %d stops: another rank's data loader failed; that rank says how to go on", rank
         )
         return ExitStatus.FINISHED
+    except Exception as error:  # a write to the run's folder: one line, else the traceback
+        failed = _write_failure(error, config)
+        if failed is None:
+            raise
+        return report_user_error(get_args_parser(), failed, status=ExitStatus.OUTPUT)
     # torchrun stops every rank as soon as one exits with a non-zero status: only rank 0,
     # which writes the checkpoint and says how to continue, reports a stop.
     return status if rank == 0 else ExitStatus.FINISHED

@@ -27,7 +27,14 @@ from .engine import LoaderError, evaluate, settled
 from .model import build_model, build_model_ema, step_options, unwrapped
 from .status import DataFailure, ExitStatus, resume_command
 from .trainer import Outcome, Trainer, accuracy_line, val_metrics
-from .utils import DistInfo, MetricsFile, cleanup_distributed, init_distributed, rank_0s
+from .utils import (
+    DistInfo,
+    MetricsFile,
+    cleanup_distributed,
+    init_distributed,
+    plot_curves,
+    rank_0s,
+)
 
 __all__ = ["EXIT_STATUS", "TEST_NAME", "RunInterrupted", "RunResult", "evaluate_checkpoint", "run"]
 
@@ -137,6 +144,9 @@ def _nothing_to_do(config: TrainConfig, state: dict[str, Any], info: DistInfo) -
             resume_command(config.resume, info.world_size, "--epochs", "M"),
         )
     records = MetricsFile(config.output_dir / METRICS_NAME, info.is_main).read()
+    curves = config.output_dir / "curves.png"
+    if info.is_main and records and not curves.exists():  # a run aborted as it plotted them
+        plot_curves(records, curves)
     return RunResult(records, Outcome.NOTHING_TO_DO)
 
 

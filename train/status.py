@@ -19,8 +19,13 @@ A script can tell the outcomes apart by the status alone:
       (float16 overflowing every step); nothing of that epoch was saved,
       the last checkpoint is kept (the line names it) and a new run with a lower
       ``--lr`` is the way on
+6     the run's folder could not be written (a full disk, a folder made read-only):
+      the line names the file and the cause; the last checkpoint is intact, and the
+      command that continues from it is printed
 130   aborted by a second Ctrl-C, or by one before the first step (the last checkpoint
       written, if any, is intact; the line says which)
+143   aborted by SIGTERM before the first step (as 130; during training SIGTERM
+      stops as the first Ctrl-C does, status 3)
 ====  =======================================================================
 
 Under ``torchrun``, torchrun stops all ranks as soon as one exits with a
@@ -50,7 +55,9 @@ class ExitStatus(enum.IntEnum):
     STOPPED = 3
     DATA = 4
     DIVERGED = 5
+    OUTPUT = 6
     ABORTED = 130
+    TERMINATED = 143
 
 
 EXIT_STATUS_HELP = """\
@@ -67,8 +74,12 @@ exit status:
        step done if training had started
   5    training diverged (the weights, or the loss for 3 progress updates, became NaN or
        inf): nothing of that epoch was saved; start a new run with a lower --lr
+  6    the run's folder could not be written (disk full, read-only): the line names the
+       file; the last checkpoint is intact and the command that continues is printed
   130  aborted by a second Ctrl-C, or one before the first step; the last checkpoint
        written, if any, is intact
+  143  aborted by SIGTERM before the first step (as 130; during training SIGTERM stops
+       as Ctrl-C does: 3)
 """
 
 

@@ -464,8 +464,8 @@ class Trainer:
                 # alone into the next epoch died in its first collective, with a traceback)
                 if result.stopped or agreed(stop.requested, self.info):
                     break
-        if self.info.is_main:
-            plot_curves(self.metrics.read(), self.config.output_dir / "curves.png")
+            if self.info.is_main:  # a Ctrl-C here (about 1 s) asks a stop that has come
+                plot_curves(self.metrics.read(), self.config.output_dir / "curves.png")
         if diverged is not None:
             if self.info.is_main:
                 logger.error("%s", self._divergence(diverged))

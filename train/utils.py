@@ -253,9 +253,17 @@ class MetricsFile:
                 file.write(json.dumps(record, sort_keys=True) + "\n")
 
     def read(self) -> list[dict[str, Any]]:
+        """The records; a last line cut short (a write that met a full disk) is left out."""
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        text = self.path.read_text()
+        lines = [line for line in text.splitlines() if line.strip()]
+        if lines and not text.endswith("\n"):
+            try:
+                json.loads(lines[-1])
+            except ValueError:
+                lines.pop()
+        return [json.loads(line) for line in lines]
 
     def resume_at(self, epochs_done: int) -> None:
         """Makes the file agree with a checkpoint after ``epochs_done`` epochs, before appending.
@@ -266,14 +274,16 @@ class MetricsFile:
         not hold; it is dropped, as that epoch is trained again.
         """
         records = self.read()
-        if not self.enabled or not records:
+        text = self.path.read_text() if self.path.exists() else ""
+        torn = bool(text) and not text.endswith("\n")  # a record cut short: left out
+        if not self.enabled or not (records or torn):
             return
-        renumbered = records[0].get("epoch") == 0
+        renumbered = bool(records) and records[0].get("epoch") == 0
         if renumbered:
             records = [r | {"epoch": r["epoch"] + 1} for r in records]
         kept = [r for r in records if r.get("epoch", 0) <= epochs_done]
         dropped = [str(r.get("epoch")) for r in records if r.get("epoch", 0) > epochs_done]
-        if not renumbered and not dropped:
+        if not renumbered and not dropped and not torn:
             return  # already in agreement: nothing to rewrite
         if dropped:
             logger.warning(
