@@ -712,7 +712,15 @@ def test_a_loader_out_of_memory_names_the_flags_to_lower(
     assert capsys.readouterr().err.splitlines()[-1] == (
         "python -m train: error: the train loader ran out of memory as it read its first "
         "batches (batches of 8 images of 1000000 x 1000000 pixels and more, a rank): lower "
-        "-b/--batch-size or --crop-size"
+        "-b/--batch-size or --crop-size/--train-crop-size"
+    )
+    # the validation loader's: it named --crop-size for --val-resize-size 1000000
+    assert main(_argv(tiny, tmp_path / "run2", "--val-resize-size", "1000000")) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "python -m train: error: the val loader ran out of memory as it read its first "
+        "batches (batches of 8 images of 1000000 x 1000000 pixels and more, a rank): lower "
+        "-b/--batch-size or the validation sizes (--val-resize-size, --val-crop-size, "
+        "--crop-size)"
     )
 
 

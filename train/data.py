@@ -194,10 +194,16 @@ def _build_loader(split: str, config: TrainConfig, root: Path, info: DistInfo) -
         # --crop-size 100000 was a traceback ending in "std::bad_alloc"
         data = config.data
         side = data.train_crop_size if split == "train" else data.val_resize_size
+        # the flags that set that side (--val-resize-size 100000 was told to lower --crop-size)
+        sizes = (
+            "--crop-size/--train-crop-size"
+            if split == "train"
+            else "the validation sizes (--val-resize-size, --val-crop-size, --crop-size)"
+        )
         raise DatasetError(
             f"the {split} loader ran out of memory as it read its first batches (batches of "
             f"{data.batch_size} images of {side} x {side} pixels and more, a rank): lower "
-            "-b/--batch-size or --crop-size"
+            f"-b/--batch-size or {sizes}"
         ) from None
 
 
