@@ -213,6 +213,11 @@ def test_config_gives_the_defaults_of_settings_the_file_lacks(tmp_path: Path) ->
         (None, "--config {path}: no such file"),
         ("not json", "--config {path}: not a run's config.json (Expecting value: line 1"),
         ('{"epochs": 3}', "--config {path}: not a run's config.json (it has no data, optim"),
+        # a value of the wrong kind is named (it said "... ('>' not supported between ...)")
+        (
+            '{"data": {}, "optim": {}, "mix": {}, "epochs": "x"}',
+            "--config {path}: --epochs must be an int, got 'x'\n",
+        ),
     ],
 )
 def test_config_names_a_file_it_cannot_use_in_one_line(

@@ -1188,9 +1188,47 @@ def replay_config(args: argparse.Namespace, typed: Mapping[str, str]) -> TrainCo
         saved_augment = AugmentConfig.from_dict(saved["augment"])
         return config_from_args(argparse.Namespace(**values), saved_augment=saved_augment)
     except (TypeError, AttributeError) as error:  # a value of the wrong kind in the file
-        raise ValueError(f"--config {path}: not a run's config.json ({error})") from None
+        # it said "not a run's config.json ('>' not supported between 'int' and 'str')"
+        wrong = _wrong_kind(saved, json.loads(parse_config([], claim=False).to_json()))
+        what = wrong or f"not a run's config.json ({error})"
+        raise ValueError(f"--config {path}: {what}") from None
     except ValueError as error:
         raise ValueError(f"--config {path}: {error}") from None
+
+
+_KINDS = (
+    (bool, "true or false"),
+    (int, "an int"),
+    (float, "a number"),
+    (str, "a string"),
+    (list, "a list"),
+)
+
+
+def _wrong_kind(saved: Mapping[str, Any], reference: Mapping[str, Any], at: str = "") -> str | None:
+    """``"<setting> must be <kind>, got <value>"`` for the first of ``saved``'s values whose
+    JSON kind differs from ``reference``'s (a default configuration's), ``None`` if none."""
+    for key, value in saved.items():
+        ref = reference.get(key)
+        if isinstance(ref, dict) and isinstance(value, dict):
+            found = _wrong_kind(value, ref, f"{at}{key}.")
+            if found:
+                return found
+            continue
+        if ref is None or value is None:
+            continue
+        kind, name = next((k, n) for k, n in _KINDS if isinstance(ref, k))
+        fits = (
+            isinstance(value, bool)
+            if kind is bool
+            else (
+                isinstance(value, (int, float) if kind is float else kind)
+                and not isinstance(value, bool)
+            )
+        )
+        if not fits:
+            return f"{at}{key} must be {name}, got {value!r}"
+    return None
 
 
 def _check_ema_flags(args: argparse.Namespace, typed: Mapping[str, str]) -> None:
