@@ -75,6 +75,17 @@ def test_a_measurement_on_a_tiny_folder(
     assert result["tree_peak_rss_mb"] >= result["peak_rss_mb"] + extra - 1
 
 
+def test_a_failed_measurement_gives_its_error_not_its_tracebacks_last_lines(
+    image_folder: Path,
+) -> None:
+    # The table's cell read "failed:     batch_size = _fitting_batch(images, batch_size, ...".
+    result = measure.run_isolated(tiny_spec(image_folder, "dali", batch_size=100))
+    assert result["error"] == (
+        f"DatasetError: {image_folder}: 15 images over 1 shard(s) give no batch of 100 per "
+        "shard: lower the batch size"
+    )
+
+
 @pytest.mark.parametrize("loader", ["dali", "torchvision"])
 def test_a_measurement_reads_only_the_files_its_list_names(
     image_folder: Path, loader: str, tmp_path: Path

@@ -33,7 +33,7 @@ from dali_cutmix.cli import (
 )
 from dali_cutmix.files import BadImageError, list_image_folder, read_file_list
 
-from .plan import BAD_FILE, SWEEPS, BenchConfig, plan_sections
+from .plan import BAD_FILE, FAILED, SWEEPS, BenchConfig, plan_sections
 
 __all__ = [
     "config_from_args",
@@ -331,6 +331,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BadImageError as error:  # the parent stops the run: every measurement meets it
             print(BAD_FILE + json.dumps({"message": str(error), "path": error.path}), flush=True)
             return 3
+        except Exception as error:  # the row's cell says it; the traceback goes to the log
+            print(FAILED + json.dumps(f"{type(error).__name__}: {error}"), flush=True)
+            raise
         print("RESULT " + json.dumps(result), flush=True)
         return 0
     with exit_on_user_error(parser, fields={"devices": "--device"}):

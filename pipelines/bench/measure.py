@@ -28,6 +28,7 @@ from dali_cutmix.files import BadImageError, class_folders
 from .plan import (
     AUGMENTS,
     BAD_FILE,
+    FAILED,
     MIXES,
     RECIPE_MIX,
     SETTLE_STEPS,
@@ -368,7 +369,9 @@ def run_isolated(spec: dict[str, Any]) -> dict[str, Any]:
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
         logger.error("%s failed: %s", spec_label(spec), " | ".join(tail))
-        return {**spec, "error": " | ".join(tail)}
+        said = [ln for ln in proc.stdout.splitlines() if ln.startswith(FAILED)]
+        error = json.loads(said[-1][len(FAILED) :]) if said else " | ".join(tail)
+        return {**spec, "error": error}
     result = {**spec, **json.loads(lines[-1][len("RESULT ") :])}
     logger.info(
         "%-44s %8.1f img/s  [%.1f .. %.1f]  (%.0fs)",

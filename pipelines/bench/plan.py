@@ -51,6 +51,9 @@ RECIPE_MIX: dict[str, Any] = {
 
 # The line by which a measuring process reports a file that does not decode.
 BAD_FILE = "BAD_FILE "
+# The line by which it reports any other error: its type and message, for the table
+# (the last lines of its traceback were a line of code, not the error).
+FAILED = "FAILED "
 
 
 @dataclasses.dataclass(frozen=True)
