@@ -436,6 +436,24 @@ def test_sigterm_while_the_run_starts_ends_it_as_ctrl_c_does_with_status_143(
     assert signal.getsignal(signal.SIGTERM) == before
 
 
+def test_an_embedded_set_that_cannot_be_used_ends_in_one_line_before_training(
+    tmp_path: Path, capsys
+) -> None:
+    # generate's refusal was a traceback (status 1), and under torchrun the other ranks'
+    # too, from the barrier they waited in.
+    from train.__main__ import main
+
+    argv = ["--device", "cpu", "--cache-dir", str(tmp_path / "c"), "--output-dir"]
+    folder = parse_config([*argv, str(tmp_path / "probe")], claim=False).data.dataset_dir
+    folder.mkdir(parents=True)
+    (folder / "notes.txt").write_text("someone's\n")
+    assert main([*argv, str(tmp_path / "run")]) == ExitStatus.USAGE
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"python -m train: error: {folder} exists and is no dataset this command generated "
+        "(no readable manifest.json); remove it or choose another path"
+    )
+
+
 def test_an_unusable_checkpoint_ends_with_one_line_and_status_2(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys
 ) -> None:

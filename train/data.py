@@ -47,8 +47,9 @@ from dali_cutmix.synthetic import generate
 
 from . import pipelines_module
 from .config import Device, LoaderKind, TrainConfig
+from .engine import settle
 from .status import DataFailure
-from .utils import DistInfo, barrier
+from .utils import DistInfo
 
 __all__ = [
     "Loader",
@@ -82,9 +83,13 @@ def prepare_dataset(config: TrainConfig, info: DistInfo) -> Path:
     """The folder to read; generates the embedded dataset on first use (rank 0 only)."""
     root = config.data.dataset_dir
     if config.data.root is None:
+        failure = None
         if info.is_main:
-            generate(root, config.data.embedded, workers=config.data.workers)
-        barrier(info)
+            try:
+                generate(root, config.data.embedded, workers=config.data.workers)
+            except ValueError as error:  # changed since written, someone's folder, no room
+                failure = DatasetError(str(error))  # it was a traceback, on every rank
+        settle(failure, info)  # the others wait here, and leave where rank 0 failed
     return root
 
 
