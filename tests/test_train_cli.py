@@ -483,3 +483,7 @@ def test_ctrl_c_while_the_flags_are_read_is_one_line(
     monkeypatch.setattr(entry, "parse_config", interrupted)
     assert entry.main(["--resume", "x.pth"]) == 130
     assert capsys.readouterr().err == "python -m train: aborted by Ctrl-C; nothing was started\n"
+    # torchrun forwards a Ctrl-C to every rank: rank 0 alone says it (each rank printed it)
+    monkeypatch.setenv("RANK", "1")
+    assert entry.main(["--resume", "x.pth"]) == 130
+    assert capsys.readouterr().err == ""

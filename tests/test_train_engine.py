@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import logging
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -394,3 +396,17 @@ def test_a_sibling_that_also_leaves_non_zero_is_not_waited_for(monkeypatch) -> N
         busy.kill()
         busy.wait()
     assert not train.utils._leaving(os.getpid()).exists()  # its own marker was removed
+
+
+def test_the_first_ctrl_c_is_said_by_rank_0_alone(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # torchrun forwards a Ctrl-C to every rank, and each said "stopping after this step".
+    caplog.set_level(logging.WARNING, logger="train")
+    for rank, lines in (("1", 0), ("0", 1)):
+        monkeypatch.setenv("RANK", rank)
+        flag = StopFlag()
+        flag.request(signal.SIGINT, None)
+        assert flag.requested
+        said = [r for r in caplog.records if "stopping after this step" in r.getMessage()]
+        assert len(said) == lines

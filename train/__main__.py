@@ -31,7 +31,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from dali_cutmix.cli import aborted, report_user_error
+from dali_cutmix.cli import ABORTED, TERMINATED, aborted, report_user_error
 
 from .cli import get_args_parser
 from .config import (
@@ -70,6 +70,14 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _aborted(rank: int, what: str, sigterm: bool) -> int:
+    """:func:`dali_cutmix.cli.aborted`'s line from rank 0 alone: torchrun forwards a Ctrl-C
+    to every rank, and each printed it."""
+    if rank != 0:
+        return TERMINATED if sigterm else ABORTED
+    return aborted(get_args_parser(), what, sigterm)
 
 
 def _terminated(interrupt: BaseException) -> bool:
@@ -136,7 +144,7 @@ def _main(argv: list[str], rank: int) -> int:
         # a bad flag ends the process here, status 2; rank 0 makes the default output folder
         config = parse_config(argv, claim=rank == 0)
     except KeyboardInterrupt as interrupt:  # --resume reads the checkpoint (and loads torch)
-        return aborted(get_args_parser(), "nothing was started", _terminated(interrupt))
+        return _aborted(rank, "nothing was started", _terminated(interrupt))
     claimed = rank == 0 and claims_run_dir(argv)
     try:
         status = _train(config, argv, rank)
@@ -151,7 +159,7 @@ def _main(argv: list[str], rank: int) -> int:
             what = f"this run wrote no checkpoint; the one it resumed is intact: {config.resume}"
         else:
             what = "no checkpoint was written"
-        return aborted(get_args_parser(), what, _terminated(interrupt))
+        return _aborted(rank, what, _terminated(interrupt))
     finally:
         if claimed:  # a run that failed before its first epoch leaves no folder behind
             drop_unused_run_dir(config.output_dir)

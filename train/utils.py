@@ -354,7 +354,10 @@ class StopFlag:
                 return
             raise KeyboardInterrupt
         self.requested = True
-        logger.warning("stopping after this step and writing a checkpoint (Ctrl-C again to abort)")
+        if int(os.environ.get("RANK", "0")) == 0:  # torchrun forwards it to every rank: one line
+            logger.warning(
+                "stopping after this step and writing a checkpoint (Ctrl-C again to abort)"
+            )
 
     @contextlib.contextmanager
     def holding(self) -> Iterator[None]:
