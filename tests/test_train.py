@@ -555,6 +555,11 @@ def test_a_stop_exits_3_and_resume_alone_finishes_then_has_nothing_to_do(
         9,
         3,
     )
+    # on into another folder: the model's epochs (it said "finished 1 epoch", that folder's)
+    caplog.clear()
+    more = ["--epochs", "4", "--output-dir", str(tmp_path / "more")]
+    assert main(["--resume", str(checkpoint), *more]) == 0
+    assert _logged(caplog)[-1].startswith("finished 4 epochs (")
 
 
 def test_a_full_disk_at_the_second_checkpoint_ends_in_one_line_and_the_run_continues(

@@ -197,8 +197,8 @@ def _run(config: TrainConfig, info: DistInfo) -> RunResult:
         logger.info(
             "finished %d epoch%s (%.0f s in this command): val top-1 %.2f %% (chance %.1f %%), "
             "outputs in %s",
-            len(records),
-            "s" * (len(records) != 1),
+            trainer.epoch,  # the model's, not this folder's records (a resume elsewhere)
+            "s" * (trainer.epoch != 1),
             time.perf_counter() - start,
             records[-1]["val_acc1"],
             100 / config.data.num_classes,
