@@ -661,6 +661,25 @@ def test_a_bad_file_met_while_resuming_is_reported_with_the_resumed_checkpoint(
     assert checkpoint.read_bytes() == saved
 
 
+def test_a_resume_at_an_epoch_start_without_loader_state_skips_nothing(
+    tiny: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As from a checkpoint of another rank count at an epoch's end: the warning said "its
+    # first 0 batches skipped".
+    out = tmp_path / "run"
+    assert main(_argv(tiny, out, "--epochs", "2", "--stop-after-steps", "3")) == 3
+    checkpoint = out / "checkpoint.pth"
+    state = torch.load(checkpoint, weights_only=True)
+    assert (state["epoch"], state["step"]) == (1, 0)
+    torch.save(state | {"loader": [None]}, checkpoint)
+    caplog.set_level(logging.WARNING, logger="train")
+    assert main(["--resume", str(checkpoint)]) == 0
+    assert (
+        "the checkpoint holds no data-stream state for this rank: epoch 2, step 0 of 3 goes on "
+        "in a new data stream of the current files; the model, optimizer and steps done are kept"
+    ) in caplog.text
+
+
 @pytest.mark.parametrize(
     ("loader", "streams", "line"),
     [

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dali_cutmix.files import BadImageError, DatasetError
+from dali_cutmix.files import BadImageError, DatasetError, counted
 
 from .checkpoint import CHECKPOINT_NAME, load_weights, save_checkpoint
 from .config import METRICS_NAME, Precision, Schedule, TrainConfig, check_ranks
@@ -217,9 +217,9 @@ class Trainer:
         where = f"epoch {self.epoch + 1}, step {self.step} of {steps}"
         logger.info("resumed from %s at %s", self.config.resume, where)
         if why is not None:
-            goes_on = (
-                f"{where} goes on in a new data stream of the current files (its first "
-                f"{self.step} batches skipped)"
+            skipped = f" (its first {counted(self.step, 'batch')} skipped)" if self.step else ""
+            goes_on = (  # at step 0 nothing is skipped ("its first 0 batches skipped")
+                f"{where} goes on in a new data stream of the current files{skipped}"
                 if self.step < steps
                 else "the next epoch starts at its place in the seeded order"
                 if seekable(self.train_loader)
