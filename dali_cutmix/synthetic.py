@@ -417,20 +417,15 @@ def estimated_bytes(spec: SyntheticSpec) -> int:
         math.prod(image_size(_rng(spec.seed, SPLITS.index(split), label, index), spec.size_scale))
         for split, label, index in picked
     ]
-    step = max(1, len(picked) // _ENCODED)
-    encoded = [
-        (j, encode_jpeg(render_image(spec, *picked[j]), spec.quality))
-        for j in range(0, len(picked), step)
-    ][:_ENCODED]
-    per_pixel = sum(len(data) for _, data in encoded) / sum(pixels[j] for j, _ in encoded)
+    encoded = range(0, len(picked), max(1, len(picked) // _ENCODED))[:_ENCODED]
+    size = sum(len(encode_jpeg(render_image(spec, *picked[j]), spec.quality)) for j in encoded)
+    per_pixel = size / sum(pixels[j] for j in encoded)
     return round(n * per_pixel * sum(pixels) / len(pixels))
 
 
-def _free_bytes(path: Path) -> int:
-    """Free bytes on the disk of ``path``, or of its nearest existing folder."""
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return shutil.disk_usage(path).free
+def _free_bytes(folder: Path) -> int:
+    """Free bytes on the disk of ``folder`` (:func:`generate` has made it)."""
+    return shutil.disk_usage(folder).free
 
 
 def _chunks(spec: SyntheticSpec, size: int) -> Iterator[list[tuple[str, int, int]]]:

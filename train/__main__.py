@@ -102,7 +102,7 @@ def _write_failure(error: BaseException, config: TrainConfig) -> str | None:
         return None
     name = seen.filename or config.output_dir
     folder = config.output_dir
-    if not str(Path(name).absolute()).startswith(str(folder.absolute())):
+    if not Path(name).absolute().is_relative_to(folder.absolute()):
         return None
     fix = "free space there" if seen.errno in _NO_ROOM else f"make {folder} writable"
     checkpoint = folder / CHECKPOINT_NAME

@@ -79,10 +79,11 @@ __all__ = [
     "typed_flags",
 ]
 
-# The files of a run in its output folder (with config.json and curves.png).
+# The files of a run in its output folder (with config.json).
 CHECKPOINT_NAME = "checkpoint.pth"
 RANKS_KEY = "world_size"  # config.json's rank count, beside the configuration's fields
 METRICS_NAME = "metrics.jsonl"
+CURVES_NAME = "curves.png"
 
 # The embedded default dataset: 10 learnable classes of small ImageNet-like JPEGs.
 EMBEDDED_SPEC = SyntheticSpec(
@@ -1218,15 +1219,9 @@ def _wrong_kind(saved: Mapping[str, Any], reference: Mapping[str, Any], at: str 
         if ref is None or value is None:
             continue
         kind, name = next((k, n) for k, n in _KINDS if isinstance(ref, k))
-        fits = (
-            isinstance(value, bool)
-            if kind is bool
-            else (
-                isinstance(value, (int, float) if kind is float else kind)
-                and not isinstance(value, bool)
-            )
-        )
-        if not fits:
+        accepted = (int, float) if kind is float else kind  # an int is a number too
+        # a bool is an int to isinstance: it fits where, and only where, one is expected
+        if not isinstance(value, accepted) or isinstance(value, bool) != (kind is bool):
             return f"{at}{key} must be {name}, got {value!r}"
     return None
 

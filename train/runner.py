@@ -21,7 +21,7 @@ from dali_cutmix.cli import write_json
 from dali_cutmix.files import DatasetError
 
 from .checkpoint import load_checkpoint, load_weights
-from .config import METRICS_NAME, Device, TrainConfig
+from .config import CURVES_NAME, METRICS_NAME, Device, TrainConfig
 from .data import build_val_loader, data_failure, prepare_dataset
 from .engine import LoaderError, evaluate, settled
 from .model import build_model, build_model_ema, step_options, unwrapped
@@ -144,7 +144,7 @@ def _nothing_to_do(config: TrainConfig, state: dict[str, Any], info: DistInfo) -
             resume_command(config.resume, info.world_size, "--epochs", "M"),
         )
     records = MetricsFile(config.output_dir / METRICS_NAME, info.is_main).read()
-    curves = config.output_dir / "curves.png"
+    curves = config.output_dir / CURVES_NAME
     if info.is_main and records and not curves.exists():  # a run aborted as it plotted them
         plot_curves(records, curves)
     return RunResult(records, Outcome.NOTHING_TO_DO)

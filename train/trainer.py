@@ -21,7 +21,7 @@ from torch import nn
 from dali_cutmix.files import BadImageError, DatasetError, counted
 
 from .checkpoint import CHECKPOINT_NAME, load_weights, save_checkpoint
-from .config import METRICS_NAME, Precision, Schedule, TrainConfig, check_ranks
+from .config import CURVES_NAME, METRICS_NAME, Precision, Schedule, TrainConfig, check_ranks
 from .data import (
     Loader,
     build_criterion,
@@ -465,7 +465,7 @@ class Trainer:
                 if result.stopped or agreed(stop.requested, self.info):
                     break
             if self.info.is_main:  # a Ctrl-C here (about 1 s) asks a stop that has come
-                plot_curves(self.metrics.read(), self.config.output_dir / "curves.png")
+                plot_curves(self.metrics.read(), self.config.output_dir / CURVES_NAME)
         if diverged is not None:
             if self.info.is_main:
                 logger.error("%s", self._divergence(diverged))

@@ -103,7 +103,7 @@ def check_batch_sizes(config: BenchConfig, images: int) -> None:
     Each loader refuses a batch larger than its files, so without this check every
     row failed and the table held traceback lines. Raises ``ValueError`` naming the flag.
     """
-    asked = set(config.sweeps) - ({"training"} if config.skip_training else set())
+    asked = config.asked_sections
     used: list[tuple[str, tuple[int, ...]]] = []
     if asked & {"loaders", "augment", "scaling"}:
         used.append(("--batch-size", (config.batch_size,)))

@@ -118,6 +118,11 @@ class BenchConfig:
     skip_training: bool = False
     sweeps: tuple[str, ...] = ("loaders", "training", "scaling")
 
+    @property
+    def asked_sections(self) -> set[str]:
+        """The sections to run: ``sweeps``, less training with ``skip_training``."""
+        return set(self.sweeps) - ({"training"} if self.skip_training else set())
+
     def __post_init__(self) -> None:
         for name in (
             "classes",
@@ -205,7 +210,7 @@ def plan_sections(config: BenchConfig, root: Path) -> dict[str, list[dict[str, A
         "augment": "none",
     }
     feeds = [("torchvision", "cpu")] + [("dali", device) for device in config.devices]
-    asked = set(config.sweeps) - ({"training"} if config.skip_training else set())
+    asked = config.asked_sections
     sections = {
         "loaders": [
             {**base, "loader": loader, "device": device, "mix": mix}
