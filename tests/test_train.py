@@ -1395,3 +1395,23 @@ def test_a_non_finite_loss_is_counted_across_epochs_shorter_than_the_rule(
     assert _logged(caplog)[-1].startswith("training diverged (found at epoch 2, step 2 of 3, ")
     assert "the loss was not finite at 3 progress updates in a row" in _logged(caplog)[-1]
     assert torch.load(tmp_path / "checkpoint.pth", weights_only=False)["epoch"] == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["flags", "loaders"])
+def test_a_usage_error_under_torchrun_is_said_once(tiny: Path, tmp_path: Path, where: str) -> None:
+    """Each rank printed it (8 lines on an 8-GPU node); a rank tearing down when torchrun
+    ended it was listed as killed (-15). Parsing the flags, the host's first rank says it;
+    building the loaders, which the ranks agree on, the first rank that failed."""
+    if where == "flags":
+        argv, message = ["--epochs", "-3"], "--epochs must be an int >= 1, got -3"
+    else:  # 24 training images over 2 shards, and a batch of 5000
+        argv = [*_argv(tiny, tmp_path / "run", "--epochs", "1"), "-b", "5000"]
+        message = "24 images over 2 shard(s) give no batch of 5000 per shard"
+    done = _torchrun_2(argv)
+    text = done.stderr
+    assert done.returncode == 1, text[-3000:]  # torchrun's status for a rank's non-zero
+    # once: the other rank was ended by torchrun's SIGTERM as it waited (after its wait's
+    # timeout, it would have said its own), and exited 2 then, not -15
+    assert text.count("python -m train: error: ") == 1 and message in text, text[-3000:]
+    assert text.count("exitcode  : 2 (pid") == 2, text[-3000:]

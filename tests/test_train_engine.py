@@ -11,19 +11,23 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+import train.status
 import train.utils
 from dali_cutmix.cli import LOG_INTERVAL
 from train.engine import (
+    FIRST_FAILED,
     NONFINITE_SYNCS,
     LoaderError,
     StepOptions,
     evaluate,
     progress_bar,
+    settle,
     train_one_epoch,
 )
 from train.trainer import SCHEDULER_BEFORE_OPTIMIZER
@@ -372,7 +376,7 @@ def test_a_rank_leaving_non_zero_waits_for_its_siblings(monkeypatch) -> None:
     slow = _sibling(1.0)
     monkeypatch.setattr(train.utils, "_siblings", (slow.pid,))
     began = time.monotonic()
-    train.utils.outlive_siblings(timeout=30)
+    train.utils.outlive_siblings(3, timeout=30)
     waited = time.monotonic() - began
     # the sibling exited (torchrun, its parent, reaps it: here a zombie until wait())
     assert slow.poll() == 0 and 0.5 < waited < 20, waited
@@ -383,19 +387,131 @@ def test_a_sibling_that_also_leaves_non_zero_is_not_waited_for(monkeypatch) -> N
     busy = _sibling(60)
     try:
         monkeypatch.setattr(train.utils, "_siblings", (busy.pid,))
-        marker = train.utils._leaving(busy.pid)
+        marker = train.status.leaving_marker(busy.pid)
         marker.touch()  # as the sibling's own outlive_siblings does while it waits
         began = time.monotonic()
-        train.utils.outlive_siblings(timeout=30)
+        train.utils.outlive_siblings(3, timeout=30)
         assert time.monotonic() - began < 5 and busy.poll() is None
         marker.unlink()
         began = time.monotonic()
-        train.utils.outlive_siblings(timeout=1)  # without the marker: waited for, to the end
+        train.utils.outlive_siblings(3, timeout=1)  # without the marker: waited for, to the end
         assert 0.9 < time.monotonic() - began < 10
     finally:
         busy.kill()
         busy.wait()
-    assert not train.utils._leaving(os.getpid()).exists()  # its own marker was removed
+    assert not train.status.leaving_marker(os.getpid()).exists()  # its own marker was removed
+
+
+def _rank(script: str, **env: str) -> subprocess.Popen:
+    """``python -c script`` in the repository, as a torchrun rank of ``env`` (spawned)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, **env},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _when_leaving(process: subprocess.Popen) -> None:
+    """Waits until ``process`` has left its marker (it waits to exit), at most 60 s."""
+    marker = train.status.leaving_marker(process.pid)
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+        time.sleep(0.05)
+
+
+def test_torchrun_ending_a_leaving_rank_leaves_its_status_and_no_marker() -> None:
+    """torchrun's SIGTERM to a rank waiting for its siblings: listed as killed (-15), and
+    its marker left behind in the temporary folder. Now: its own status, marker gone."""
+    script = (
+        "import os, train.utils\n"
+        "train.utils._siblings = (os.getppid(),)  # never exits while it waits\n"
+        "train.utils.outlive_siblings(3, timeout=60)\n"
+    )
+    rank = _rank(script)
+    try:
+        _when_leaving(rank)
+        rank.send_signal(signal.SIGTERM)
+        assert rank.wait(timeout=30) == 3
+    finally:
+        rank.kill()
+    assert not train.status.leaving_marker(rank.pid).exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["--epochs", "-3"], "python -m train: error: --epochs must be an int >= 1, got -3\n"),
+        (["--bogus"], "python -m train: error: unrecognized arguments: --bogus\n"),
+    ],
+)
+def test_a_rank_but_its_host_s_first_keeps_a_flag_error_to_itself(
+    argv: list[str], line: str
+) -> None:
+    """torchrun's second rank of a bad flag: ended by torchrun (once the first rank, which
+    says it, has exited), it exits 2 without a word; not ended, it says its own."""
+    script = f"import sys; from train.__main__ import main; sys.exit(main({argv!r}))"
+    quiet = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}
+    rank = _rank(script, **quiet)
+    try:
+        _when_leaving(rank)
+        rank.send_signal(signal.SIGTERM)
+        assert rank.wait(timeout=30) == 2
+        assert rank.stderr.read() == ""
+    finally:
+        rank.kill()
+    assert not train.status.leaving_marker(rank.pid).exists()
+    # not ended in QUIET_WAIT: the error was its own (here, by a wait of 0.5 s)
+    script = f"import train.__main__ as m; m.QUIET_WAIT = 0.5\n{script}"
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, **quiet},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.endswith(line) and done.stderr.count("error:") == 1
+    # the host's first rank says it at once
+    first = {**quiet, "LOCAL_RANK": "0"}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, **first},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and done.stderr.endswith(line)
+
+
+def test_said_once_says_the_first_failed_rank_s_error_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import train.__main__ as entry
+
+    said: list[str] = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    began = time.monotonic()
+    assert entry._said_once(lambda: said.append("it"), first=True) == 2
+    assert said == ["it"] and time.monotonic() - began < 1  # not its host's first: no matter
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert entry._said_once(lambda: said.append("late"), first=False, timeout=0.3) == 2
+    assert said == ["it", "late"] and time.monotonic() - began > 0.3  # after the wait
+    assert not train.status.leaving_marker(os.getpid()).exists()
+
+
+def test_settle_names_the_first_rank_that_failed() -> None:
+    error = ValueError("a shard of no image")
+    with pytest.raises(ValueError) as raised:
+        settle(error, DistInfo())
+    assert raised.value is error and getattr(error, FIRST_FAILED) == 0
+    settle(None, DistInfo())  # none failed: returns
+    assert train.utils.lowest_rank_with(False, DistInfo()) is None
 
 
 def test_the_first_ctrl_c_is_said_by_rank_0_alone(

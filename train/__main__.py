@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
+import io
 import logging
 import os
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +44,7 @@ from .config import (
     drop_unused_run_dir,
     parse_config,
 )
-from .status import DataFailure, ExitStatus, resume_command
+from .status import DataFailure, ExitStatus, leaving, resume_command
 
 # the project's top-level packages, in a clone and installed (dali_cutmix.train, ...)
 _OUR_LOGGERS = ("train", "pipelines", "dali_cutmix")
@@ -78,6 +81,68 @@ def _aborted(rank: int, what: str, sigterm: bool) -> int:
     if rank != 0:
         return TERMINATED if sigterm else ABORTED
     return aborted(get_args_parser(), what, sigterm)
+
+
+# How long a rank other than its host's first waits, after a usage error, for torchrun to
+# end it (:func:`_said_once`); torchrun ends the other ranks within 0.1 s (its
+# --monitor-interval) of the first's exit.
+QUIET_WAIT = 10.0
+
+
+def _first_on_host() -> bool:
+    """Whether this process says a usage error at once: outside torchrun, or its host's
+    first rank (``LOCAL_RANK`` 0)."""
+    alone = int(os.environ.get("WORLD_SIZE", "1")) <= 1
+    return alone or int(os.environ.get("LOCAL_RANK", "0")) == 0
+
+
+def _said_once(
+    say: Callable[[], object], *, first: bool | None = None, timeout: float | None = None
+) -> int:
+    """A usage error, said once under torchrun instead of by every rank; returns status 2.
+
+    The ranks parse the same flags and list the same folders, so each meets the same
+    error, and each printed it: 8 identical lines on an 8-GPU node, and a rank still
+    tearing down when torchrun ended it was listed as killed (-15). The first rank
+    that failed says it (``say()``): ``first`` where the ranks agreed on the failure
+    (:func:`train.engine.settle`), else each host's first rank. The others wait without
+    a word for torchrun's SIGTERM, which comes once the first has exited, and then exit
+    with status 2 at once; one that waits ``timeout`` seconds (:data:`QUIET_WAIT`) in
+    vain (the error was its own) says its own. While it waits it leaves the marker of a
+    leaving rank, so that the first does not wait for it
+    (:func:`train.utils.outlive_siblings`).
+    """
+    if _first_on_host() if first is None else first:
+        say()
+        return ExitStatus.USAGE
+    with leaving(ExitStatus.USAGE):
+        time.sleep(QUIET_WAIT if timeout is None else timeout)
+    say()
+    return ExitStatus.USAGE
+
+
+def _parse(argv: list[str], rank: int) -> TrainConfig:
+    """:func:`train.config.parse_config`, whose error line (and argparse's usage) a rank
+    other than its host's first keeps to itself (:func:`_said_once`); its ``--help``
+    too, which the first rank shows."""
+    if _first_on_host():
+        return parse_config(argv, claim=rank == 0)
+    out, err = io.StringIO(), io.StringIO()
+
+    def replay() -> None:
+        sys.stdout.write(out.getvalue())
+        sys.stderr.write(err.getvalue())
+        sys.stderr.flush()
+
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            config = parse_config(argv, claim=rank == 0)
+    except SystemExit as exit:
+        if exit.code:  # not --help
+            _said_once(replay)
+        raise
+    replay()  # a warning given while parsing
+    return config
 
 
 def _terminated(interrupt: BaseException) -> bool:
@@ -142,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: list[str], rank: int) -> int:
     try:
         # a bad flag ends the process here, status 2; rank 0 makes the default output folder
-        config = parse_config(argv, claim=rank == 0)
+        config = _parse(argv, rank)
     except KeyboardInterrupt as interrupt:  # --resume reads the checkpoint (and loads torch)
         return _aborted(rank, "nothing was started", _terminated(interrupt))
     claimed = rank == 0 and claims_run_dir(argv)
@@ -166,7 +231,7 @@ def _main(argv: list[str], rank: int) -> int:
     if status in _ALONE:
         from .utils import outlive_siblings
 
-        outlive_siblings()  # torchrun would kill the ranks that exit 0 a moment later
+        outlive_siblings(status)  # torchrun would kill the ranks that exit 0 a moment later
     return status
 
 
@@ -188,7 +253,7 @@ def _train(config: TrainConfig, argv: list[str], rank: int) -> int:
     from dali_cutmix.files import DatasetError
 
     from .checkpoint import CheckpointError
-    from .engine import PeerLoaderError
+    from .engine import FIRST_FAILED, PeerLoaderError
     from .runner import EXIT_STATUS, run
 
     try:
@@ -196,7 +261,9 @@ def _train(config: TrainConfig, argv: list[str], rank: int) -> int:
     except DataFailure as failure:  # a bad file: the scan to run, then how to go on
         return report_user_error(get_args_parser(), failure.message(argv), status=ExitStatus.DATA)
     except (DatasetError, CheckpointError) as error:
-        return report_user_error(get_args_parser(), error, status=ExitStatus.USAGE)
+        say = functools.partial(report_user_error, get_args_parser(), error)
+        failed = getattr(error, FIRST_FAILED, None)  # where the ranks agreed on it
+        return _said_once(say, first=None if failed is None else failed == rank)
     except PeerLoaderError:  # while building the loaders, or --test-only's evaluation
         logging.getLogger("train").warning(
             "rank %d stops: another rank's data loader failed; that rank says how to go on", rank

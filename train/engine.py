@@ -28,7 +28,15 @@ from tqdm import tqdm
 from dali_cutmix.cli import progress_bar as log_friendly_bar
 
 from .ema import ModelEma
-from .utils import DistInfo, EpochSums, StopFlag, SumMeter, agreed, correct_topk
+from .utils import (
+    DistInfo,
+    EpochSums,
+    StopFlag,
+    SumMeter,
+    agreed,
+    correct_topk,
+    lowest_rank_with,
+)
 
 __all__ = [
     "StepOptions",
@@ -116,13 +124,23 @@ class PeerLoaderError(Exception):
         super().__init__("another rank's data loader failed; that rank reports it")
 
 
+# The attribute :func:`settle` sets on the failure it raises: the lowest rank that failed
+# there, which says the error once for all (``python -m train``'s usage errors).
+FIRST_FAILED = "first_failed_rank"
+
+
 def settle(failure: Exception | None, info: DistInfo) -> None:
     """Raises ``failure`` (this rank's), or :class:`PeerLoaderError` where another rank has
-    one; returns where none has. Every rank calls it at the same point (:func:`agreed`)."""
-    if agreed(failure is not None, info):
-        if failure is None:
-            raise PeerLoaderError()
-        raise failure
+    one; returns where none has. Every rank calls it at the same point
+    (:func:`train.utils.lowest_rank_with`). The failure raised holds the lowest rank that
+    failed, as its ``first_failed_rank`` (:data:`FIRST_FAILED`)."""
+    first = lowest_rank_with(failure is not None, info)
+    if first is None:
+        return
+    if failure is None:
+        raise PeerLoaderError()
+    setattr(failure, FIRST_FAILED, first)
+    raise failure
 
 
 _T = TypeVar("_T")

@@ -32,18 +32,35 @@ Under ``torchrun``, torchrun stops all ranks as soon as one exits with a
 non-zero status, reports it as a failure (its own exit status is 1) and lists
 each rank's status. A stop is therefore reported by rank 0 alone (the others
 exit 0 once the checkpoint is written); a data failure by the rank that met the
-bad file, once rank 0 has written the checkpoint that every rank took part in.
+bad file, once rank 0 has written the checkpoint that every rank took part in; a
+usage error that every rank meets by the first rank that met it, once
+(``train.__main__._said_once``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import os
 import shlex
+import signal
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from dali_cutmix.cli import command_name, other_command
 
-__all__ = ["EXIT_STATUS_HELP", "DataFailure", "ExitStatus", "launcher", "resume_command"]
+__all__ = [
+    "EXIT_STATUS_HELP",
+    "DataFailure",
+    "ExitStatus",
+    "launcher",
+    "leaving",
+    "leaving_marker",
+    "resume_command",
+]
 
 
 class ExitStatus(enum.IntEnum):
@@ -94,6 +111,37 @@ def launcher(world_size: int) -> str:
 def resume_command(checkpoint: Path, world_size: int, *extra: str) -> str:
     """The command that continues from ``checkpoint`` (its configuration is in it)."""
     return " ".join([launcher(world_size), "--resume", shlex.quote(str(checkpoint)), *extra])
+
+
+def leaving_marker(pid: int) -> Path:
+    """The file a rank about to exit with a non-zero status leaves while it waits for the
+    others (:func:`train.utils.outlive_siblings`): a rank that is leaving too is not waited for."""
+    return Path(tempfile.gettempdir()) / f"dali-cutmix-leaving-{pid}"
+
+
+@contextlib.contextmanager
+def leaving(status: int) -> Iterator[None]:
+    """Within the block this process is a rank about to exit with ``status``: it leaves its
+    :func:`leaving_marker`, and SIGTERM (torchrun ending it, once another rank has
+    exited non-zero) exits with ``status`` at once, the marker removed. Python's default
+    ended it as killed, which torchrun listed as ``exitcode: -15``, and left the marker
+    in the temporary folder. Main thread only (a signal handler)."""
+    marker = leaving_marker(os.getpid())
+
+    def ended(signum: int, frame: Any) -> None:
+        marker.unlink(missing_ok=True)
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(status)  # torchrun ends the rank: nothing of its teardown is waited for
+
+    previous = signal.signal(signal.SIGTERM, ended)
+    try:
+        marker.touch()
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        marker.unlink(missing_ok=True)
 
 
 class DataFailure(Exception):

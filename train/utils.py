@@ -9,7 +9,6 @@ import logging
 import os
 import signal
 import socket
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
+
+from .status import leaving, leaving_marker
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def _note_siblings(control: Any) -> None:
     _siblings = tuple(pid for where, pid in places if where == host and pid != os.getpid())
 
 
-def outlive_siblings(timeout: float = 10.0) -> None:
+def outlive_siblings(status: int, timeout: float = 10.0) -> None:
     """Waits until this host's other ranks have exited, at most ``timeout`` seconds.
 
     torchrun ends every rank still running (SIGTERM) as soon as one exits with a
@@ -99,24 +100,16 @@ def outlive_siblings(timeout: float = 10.0) -> None:
     exit with one (rank 0 after a stop, the rank whose file failed) calls this
     first: the others, which exit 0 once they agreed, are then gone instead of
     killed in their teardown (a second or more for DALI and CUDA, under load).
-    Ranks that call it too (every rank of a usage error) are not waited for: each
-    leaves a marker file while it waits. Ranks on other hosts are not waited for.
+    Ranks that call it too are not waited for: each leaves a marker file while it
+    waits (:func:`train.status.leaving`), and exits with ``status`` if torchrun ends
+    it meanwhile. Ranks on other hosts are not waited for.
     """
-    marker = _leaving(os.getpid())
-    try:
-        marker.touch()
+    with leaving(status):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not [pid for pid in _siblings if _running(pid) and not _leaving(pid).exists()]:
+            if not [pid for pid in _siblings if _running(pid) and not leaving_marker(pid).exists()]:
                 return
             time.sleep(0.05)
-    finally:
-        marker.unlink(missing_ok=True)
-
-
-def _leaving(pid: int) -> Path:
-    """The marker of a rank that waits in :func:`outlive_siblings` to exit."""
-    return Path(tempfile.gettempdir()) / f"dali-cutmix-leaving-{pid}"
 
 
 def _running(pid: int) -> bool:
@@ -137,6 +130,17 @@ def agreed(flag: bool, info: DistInfo) -> bool:
     value = torch.tensor([float(flag)])
     dist.all_reduce(value, op=dist.ReduceOp.MAX, group=info.control)
     return bool(value.item())
+
+
+def lowest_rank_with(flag: bool, info: DistInfo) -> int | None:
+    """The lowest rank whose ``flag`` is set, ``None`` where no rank's is (every rank must
+    call it at the same point): as :func:`agreed`, a host-side all-reduce."""
+    if not info.distributed:
+        return 0 if flag else None
+    value = torch.tensor([float(info.rank if flag else info.world_size)])
+    dist.all_reduce(value, op=dist.ReduceOp.MIN, group=info.control)
+    lowest = int(value.item())
+    return None if lowest == info.world_size else lowest
 
 
 def barrier(info: DistInfo) -> None:
