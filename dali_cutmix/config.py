@@ -110,16 +110,32 @@ def _check_range(
     return float(value)
 
 
-def _check_int(name: str, value: Any, low: int) -> int:
-    """``value`` as a Python int, checked to be an integer (Python's or NumPy's) ``>= low``."""
+# The largest side of an image this project makes (crop and resize sizes, mix's size):
+# its area, 2**30 pixels, still fits the int32 that DALI's shapes and boxes take. A side
+# of 2**31 wrapped round in DALI's resize, which gave images of 1 x 1 without a word.
+MAX_SIDE = 2**15
+
+
+def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
+    """``value`` as a Python int, checked to be an integer (Python's or NumPy's) ``>= low``
+    (and ``<= high``, where given)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
         raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be an int from {low} to {high}, got {value!r}")
     return int(value)
 
 
+# The largest Beta parameter: DALI's ``random.beta(a, a)`` adds the two in float32, and
+# from half of float32's largest number on the sum was inf and every draw 0 (no mixing,
+# without a word).
+MAX_ALPHA = float(np.finfo(np.float32).max) / 2
+
+
 def _check_alpha(name: str, value: Any) -> float:
-    """A Beta parameter: 0 (off) or a positive number that stays positive and finite in
-    float32, which DALI's ``random.beta`` takes (1e-50 would reach it as 0 and fail it)."""
+    """A Beta parameter: 0 (off) or a positive number that stays positive in float32, which
+    DALI's ``random.beta`` takes (1e-50 would reach it as 0 and fail it), and at most
+    :data:`MAX_ALPHA`."""
     alpha = _check_range(name, value, 0.0, math.inf)
     with np.errstate(over="ignore"):
         single = np.float32(alpha)
@@ -127,6 +143,10 @@ def _check_alpha(name: str, value: Any) -> float:
         raise ValueError(
             f"{name} must be 0 (off) or a positive float32, got {value!r}, "
             f"which is {single} in float32"
+        )
+    if alpha > MAX_ALPHA:
+        raise ValueError(
+            f"{name} must be at most {MAX_ALPHA:.4g} (float32's largest / 2), got {value!r}"
         )
     return alpha
 

@@ -37,7 +37,14 @@ import nvidia.dali.types as types
 from nvidia.dali.data_node import DataNode
 from nvidia.dali.pipeline import Pipeline, do_not_convert
 
-from dali_cutmix.config import MixConfig, MixMode, _check_int, _check_range, _is_number
+from dali_cutmix.config import (
+    MAX_SIDE,
+    MixConfig,
+    MixMode,
+    _check_int,
+    _check_range,
+    _is_number,
+)
 
 __all__ = ["cutmix", "mixup", "cutout", "mix", "soft_targets"]
 
@@ -269,7 +276,9 @@ class _Canvas:
     @classmethod
     def of(cls, images: DataNode) -> _Canvas:
         extent = images.shape(dtype=types.INT32)[0:2]
-        area = fn.cast(_area(extent), dtype=types.FLOAT)
+        # at least 1: an empty image's weights are 0 / 1 (nothing of its partner), not NaN;
+        # for any other, the area itself
+        area = dmath.max(fn.cast(_area(extent), dtype=types.FLOAT), 1.0)
         return cls(extent=extent, sides=extent, area=area, size=extent, fixed=False)
 
 
@@ -640,9 +649,12 @@ def _known_size(size: Any) -> tuple[int, int]:
     if (
         not isinstance(size, (tuple, list))
         or len(size) != 2
-        or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in size)
+        or any(
+            isinstance(s, bool) or not isinstance(s, numbers.Integral) or not 1 <= s <= MAX_SIDE
+            for s in size
+        )
     ):
-        raise ValueError(f"size must be (H, W) with two ints >= 1, got {size!r}")
+        raise ValueError(f"size must be (H, W) with two ints from 1 to {MAX_SIDE}, got {size!r}")
     return int(size[0]), int(size[1])
 
 

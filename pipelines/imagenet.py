@@ -47,6 +47,7 @@ from dali_cutmix.augment import (
     warp_interp,
 )
 from dali_cutmix.config import (
+    MAX_SIDE,
     AugmentConfig,
     Device,
     Interpolation,
@@ -204,8 +205,8 @@ class ImageNetOptions:
             raise ValueError(f"train must be True or False, got {self.train!r}")
         _store(
             self,
-            crop_size=_check_int("crop_size", self.crop_size, 1),
-            resize_size=_check_int("resize_size", self.resize_size, 1),
+            crop_size=_check_int("crop_size", self.crop_size, 1, MAX_SIDE),
+            resize_size=_check_int("resize_size", self.resize_size, 1, MAX_SIDE),
         )
         _check_instance("mix", self.mix, MixConfig)
         _check_instance("augment", self.augment, AugmentConfig)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 
 import numpy as np
 import pytest
 
 from dali_cutmix import MixConfig, MixMode
+from dali_cutmix.config import MAX_ALPHA
 
 
 def test_defaults_are_cutmix_per_sample_without_smoothing() -> None:
@@ -182,6 +184,10 @@ def test_augment_numpy_scalars_are_stored_as_python_numbers() -> None:
             "got 1e+39, which is inf in float32",
         ),
         ({"cutmix_alpha": 10**400}, "cutmix_alpha must be a finite number >= 0.0, got 1000"),
+        (  # DALI's random.beta(a, a) sums a + a in float32: inf, and no mixing, without a word
+            {"mixup_alpha": 1.71e38},
+            "mixup_alpha must be at most 1.701e+38 (float32's largest / 2), got 1.71e+38",
+        ),
     ],
 )
 def test_bad_types_and_float32_alphas_are_named(fields: dict, message: str) -> None:
@@ -192,7 +198,9 @@ def test_bad_types_and_float32_alphas_are_named(fields: dict, message: str) -> N
 def test_the_smallest_float32_alphas_are_kept() -> None:
     tiny = float(np.finfo(np.float32).smallest_subnormal)
     assert MixConfig(num_classes=3, mixup_alpha=tiny).mixup_alpha == tiny
-    assert MixConfig(num_classes=3, cutmix_alpha=3e38).cutmix_alpha == 3e38
+    assert MixConfig(num_classes=3, cutmix_alpha=MAX_ALPHA).cutmix_alpha == MAX_ALPHA
+    with pytest.raises(ValueError, match="cutmix_alpha must be at most 1.701e"):
+        MixConfig(num_classes=3, cutmix_alpha=float(np.nextafter(MAX_ALPHA, math.inf)))
 
 
 @pytest.mark.parametrize(

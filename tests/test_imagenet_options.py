@@ -78,6 +78,9 @@ def test_options_given_whole_or_as_fields_make_the_same_loader(image_folder: Pat
         ({"train": "no"}, "train must be True or False, got 'no'"),
         ({"train": 1}, "train must be True or False, got 1"),
         ({"crop_size": 8.0}, "crop_size must be an int >= 1, got 8.0"),
+        # DALI's resize wrapped 2**31 round: images of 1 x 1, without a word
+        ({"crop_size": 2**31}, "crop_size must be an int from 1 to 32768, got 2147483648"),
+        ({"resize_size": 2**15 + 1}, "resize_size must be an int from 1 to 32768, got 32769"),
         (
             {"random_area": 5},
             "random_area must be (min, max) with 0 < min <= max <= 1, got 5",

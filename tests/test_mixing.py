@@ -13,6 +13,7 @@ from nvidia.dali import fn, pipeline_def, types
 from scipy import stats
 
 from dali_cutmix import MixConfig, cutmix, cutout, mix, mixing, mixup, soft_targets
+from dali_cutmix.config import MAX_ALPHA
 
 K = 10  # classes in these tests
 
@@ -394,6 +395,37 @@ def test_mixup_of_other_sizes_blends_the_common_extent_and_weighs_the_label_by_i
             assert targets[i][i] == np.float32(1) - targets[i][j]
             mixed += int((ch, cw) != (h, w))
     assert mixed > 0  # some MixUp partners were smaller than their sample
+
+
+def test_the_largest_alpha_still_mixes_at_one_half() -> None:
+    # Beyond it, DALI's random.beta(a, a) summed a + a to inf in float32 and drew 0: no mixing.
+    n = 4
+    images, labels = numbered(n)
+    config = MixConfig(num_classes=K, cutmix_alpha=0.0, mixup_alpha=MAX_ALPHA)
+    ((_, targets),) = run_graph(lambda x, y: mix(x, y, config), images, labels)
+    for i in range(n):
+        (j,) = [k for k in range(n) if k != i and targets[i][k] > 0]
+        np.testing.assert_allclose(targets[i][[i, j]], [0.5, 0.5], atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("cutmix_alpha", "mixup_alpha"), [(1.0, 0.0), (0.0, 1.0), (1.0, 1.0)], ids=["cut", "up", "both"]
+)
+def test_an_empty_image_keeps_its_own_label_and_gives_none_of_nan(
+    cutmix_alpha: float, mixup_alpha: float
+) -> None:
+    # Its partner weight was its box's area over its own, 0 / 0: NaN targets, without a word.
+    sizes = [(0, 6), (6, 0), (6, 6), (5, 7), (6, 6), (4, 4)]
+    images, labels = numbered(len(sizes), sizes=sizes)
+    config = MixConfig(num_classes=K, cutmix_alpha=cutmix_alpha, mixup_alpha=mixup_alpha)
+    graph = lambda x, y: mix(x, y, config)  # noqa: E731
+    for outs, targets in run_graph(graph, images, labels, iterations=6):
+        assert all(np.isfinite(t).all() for t in targets)
+        for i in (0, 1):  # nothing of a partner in it: its own label alone
+            assert outs[i].shape == (*sizes[i], 3)
+            np.testing.assert_array_equal(targets[i], np.eye(K, dtype=np.float32)[i])
+        for i in range(2, len(sizes)):  # an empty partner gives nothing either
+            assert targets[i].sum() == pytest.approx(1.0, abs=1e-6)
 
 
 def test_switch_prob_is_honoured_statistically() -> None:
@@ -873,7 +905,11 @@ def test_known_size_must_be_two_positive_ints() -> None:
         ),
         (
             lambda x, y: mix(x, y, MixConfig(num_classes=K), size=224),
-            "size must be (H, W) with two ints >= 1, got 224",
+            "size must be (H, W) with two ints from 1 to 32768, got 224",
+        ),
+        (  # was numpy's OverflowError for int32, naming nothing
+            lambda x, y: mix(x, y, MixConfig(num_classes=K), size=(2**40, 2**40)),
+            "size must be (H, W) with two ints from 1 to 32768, got (1099511627776, 1099511627776)",
         ),
         (
             lambda x, y: cutmix(x, y, num_classes=K, alpha="1"),

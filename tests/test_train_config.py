@@ -191,6 +191,12 @@ def _refused(argv: list[str], capsys: pytest.CaptureFixture) -> str:
         (["--epochs", "-3"], "--epochs must be an int >= 1, got -3"),
         (["--batch-size", "0"], "--batch-size must be an int >= 1, got 0"),
         (["-b", "0"], "-b must be an int >= 1, got 0"),
+        # it was the library's ValueError, a traceback, once the loaders were built
+        (["--crop-size", "100000"], "--crop-size must be an int from 1 to 32768, got 100000"),
+        (
+            ["--val-resize-size", "40000"],
+            "--val-resize-size must be an int from 1 to 32768, got 40000",
+        ),
         (["-j", "0"], "-j must be an int >= 1, got 0"),
         (
             ["-j", "100000"],  # DALI's thread pool aborted the process (SIGABRT)

@@ -35,11 +35,13 @@ from dali_cutmix.cli import (
     worker_limit_rule,
 )
 from dali_cutmix.config import (
+    MAX_SIDE,
     AugmentConfig,
     AutoAugment,
     Interpolation,
     MixConfig,
     MixMode,
+    _check_int,
     _enum,
     check_warp_interpolation,
     resolve_device,
@@ -147,11 +149,10 @@ class DataConfig:
         object.__setattr__(
             self, "interpolation", _enum(Interpolation, "interpolation", self.interpolation)
         )
-        sizes = ("batch_size", "train_crop_size", "val_crop_size", "val_resize_size", "workers")
-        for name in sizes:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        for name in ("batch_size", "workers"):
+            _check_int(name, getattr(self, name), 1)
+        for name in ("train_crop_size", "val_crop_size", "val_resize_size"):
+            _check_int(name, getattr(self, name), 1, MAX_SIDE)
         if self.val_resize_size < self.val_crop_size:
             raise ValueError(
                 f"val_resize_size ({self.val_resize_size}) must be >= val_crop_size "
