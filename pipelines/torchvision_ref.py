@@ -38,6 +38,7 @@ from torchvision.datasets.folder import default_loader
 from torchvision.transforms import v2
 
 from dali_cutmix.config import (
+    MAX_SIDE,
     TORCHVISION_TRANSLATE,
     AugmentConfig,
     AutoAugment,
@@ -215,13 +216,16 @@ def make_transforms(
     tensor); out: float32 ``[3, crop_size, crop_size]``.
 
     Raises:
-        ValueError: an unknown ``interpolation``; an enabled ``augment`` for
-            validation; bicubic with an automatic augmentation (torchvision warps
-            tensors with nearest or bilinear only); an ``augment`` setting that
-            torchvision's transforms cannot honour and the DALI loader can
-            (``erase_mode="rand"``, ``ra_increasing=False``, a ``max_translate_rel``
-            other than 150/331 for RandAugment and AutoAugment).
+        ValueError: ``crop_size`` or ``resize_size`` not an int from 1 to
+            :data:`dali_cutmix.config.MAX_SIDE`; an unknown ``interpolation``; an
+            enabled ``augment`` for validation; bicubic with an automatic
+            augmentation (torchvision warps tensors with nearest or bilinear only);
+            an ``augment`` setting that torchvision's transforms cannot honour and
+            the DALI loader can (``erase_mode="rand"``, ``ra_increasing=False``, a
+            ``max_translate_rel`` other than 150/331 for RandAugment and AutoAugment).
     """
+    crop_size = _check_int("crop_size", crop_size, 1, MAX_SIDE)  # 0, -1 and 2.5 were taken
+    resize_size = _check_int("resize_size", resize_size, 1, MAX_SIDE)
     mode = _interpolation(interpolation)
     if not train:
         head = [

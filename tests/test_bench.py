@@ -25,6 +25,8 @@ def test_results_go_to_runs_in_the_working_folder_by_default(tmp_path: Path) -> 
     ("args", "line"),
     [
         (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+        # each loader's row failed on it, once the dataset was made
+        (["--crop-size", "100000"], "--crop-size must be at most 32768, got 100000"),
         (["--warmup", "-1"], "--warmup must be >= 0, got -1"),
         (
             ["--sweeps", "augment,aug"],

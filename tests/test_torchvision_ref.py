@@ -526,6 +526,23 @@ def test_what_torchvision_cannot_honour_is_refused(
         )
 
 
+@pytest.mark.parametrize(
+    ("sizes", "message"),
+    [
+        ({"crop_size": 0}, "crop_size must be an int >= 1, got 0"),
+        ({"crop_size": 2.5}, "crop_size must be an int >= 1, got 2.5"),
+        ({"crop_size": 2**31}, "crop_size must be an int from 1 to 32768, got 2147483648"),
+        ({"resize_size": -1}, "resize_size must be an int >= 1, got -1"),
+    ],
+)
+def test_bad_transform_sizes_are_named(sizes: dict, message: str) -> None:
+    # taken before: a crop of 0 failed on the first image (a RuntimeError, in a worker), and
+    # one of 2.5 gave images of 2 x 2 without a word
+    for train in (True, False):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            make_transforms(train=train, **sizes)
+
+
 def test_augmenting_validation_is_refused(image_folder: Path) -> None:
     with pytest.raises(ValueError, match="augment applies to training only"):
         make_torchvision_loader(

@@ -16,6 +16,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dali_cutmix.config import MAX_SIDE
+
 __all__ = [
     "AUGMENTS",
     "BAD_FILE",
@@ -138,6 +140,8 @@ class BenchConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.crop_size > MAX_SIDE:  # each loader's row failed on it, after the dataset
+            raise ValueError(f"crop_size must be at most {MAX_SIDE}, got {self.crop_size}")
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
         if self.file_list is not None and self.data is None:
