@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dali_cutmix.files import DatasetError
+from dali_cutmix.files import DatasetError, write_whole
 from dali_cutmix.procs import exit_on_sigterm
 
 __all__ = [
@@ -447,10 +447,11 @@ def check_report_path(path: Path | None, flag: str = "--out") -> None:
 
 def write_json(path: Path, data: Any) -> Path:
     """Writes ``data`` as indented JSON and a newline into ``path``, making its folder; returns
-    ``path`` (every command's report, and the scan's)."""
+    ``path`` (every command's report, and the scan's). The file is replaced whole
+    (:func:`dali_cutmix.files.write_whole`): a full disk left an empty one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
-    return path
+    text = json.dumps(data, indent=2) + "\n"
+    return write_whole(path, lambda part: part.write_text(text))
 
 
 # Seconds between two updates of a progress bar written to a file or a pipe (a log).

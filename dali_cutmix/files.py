@@ -10,6 +10,7 @@ is absolute.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -17,7 +18,7 @@ import re
 import shlex
 import stat
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -612,6 +613,35 @@ def name_problem(file_path: str) -> str | None:
     return None if listable(file_path) else UNLISTABLE
 
 
+def write_whole(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
+    """``write(partial)`` on a file beside ``path`` (``.NAME.partial.SUFFIX``, the suffix
+    kept for writers that read the format from it), then renamed to ``path``; returns
+    ``path``.
+
+    A write that fails (a full disk, a quota) leaves neither an empty nor a half-written
+    ``path``, and an earlier file there whole; the partial file is removed.
+
+    Raises:
+        OSError: the write's, naming ``path`` (not the partial file), for
+            :func:`dali_cutmix.cli.exit_on_user_error` to end the command in one line: a
+            full disk's error named no file, and ended in a traceback.
+    """
+    path = Path(path)
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        write(partial)
+        os.replace(partial, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        raise OSError(error.errno, error.strerror or str(error), str(path)) from error
+    except BaseException:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def write_file_list(path: str | os.PathLike[str], entries: Iterable[tuple[str, int]]) -> int:
     """Writes ``path label`` lines (DALI's file-list format); returns the line count.
 
@@ -626,11 +656,10 @@ def write_file_list(path: str | os.PathLike[str], entries: Iterable[tuple[str, i
     for file_path, _ in entries:
         if not listable(file_path):
             raise DatasetError(f"{file_path!r}: {UNLISTABLE}.")
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.partial")
     lines = "".join(f"{p} {label}\n" for p, label in entries)
-    partial.write_text(lines, encoding="utf-8", errors="surrogateescape")
-    os.replace(partial, path)
+    write_whole(
+        path, lambda part: part.write_text(lines, encoding="utf-8", errors="surrogateescape")
+    )
     return len(entries)
 
 

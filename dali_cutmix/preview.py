@@ -41,6 +41,7 @@ from dali_cutmix.files import (
     counted,
     list_image_folder,
     read_file_list,
+    write_whole,
 )
 from dali_cutmix.synthetic import SyntheticSpec, checked_cache_dir, generate
 
@@ -284,7 +285,8 @@ def write_preview(
     ]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    render_grid(batch.images, captions, boxes=batch.boxes).save(out)
+    grid = render_grid(batch.images, captions, boxes=batch.boxes)
+    write_whole(out, lambda part: grid.save(part, format="PNG"))
     logger.info("wrote %s (%s)", out, counted(len(batch.images), "sample"))
     return out
 

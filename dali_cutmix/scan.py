@@ -27,6 +27,7 @@ import dataclasses
 import logging
 import os
 import re
+import shlex
 import sys
 import time
 import warnings
@@ -54,6 +55,7 @@ from dali_cutmix.files import (
     scan_hint,
     what_is_wrong,
     write_file_list,
+    write_whole,
 )
 from dali_cutmix.procs import worker_pool
 
@@ -344,7 +346,10 @@ def write_report(report: ScanReport, out: str | os.PathLike[str]) -> dict[str, P
         paths.pop("files.txt").unlink(missing_ok=True)
     # a folder name's bytes that are not UTF-8 kept (its files are listed as bad)
     names = "".join(f"{c}\n" for c in report.images.classes)
-    paths["classes.txt"].write_text(names, encoding="utf-8", errors="surrogateescape")
+    write_whole(
+        paths["classes.txt"],
+        lambda part: part.write_text(names, encoding="utf-8", errors="surrogateescape"),
+    )
     summary = {
         "root": report.images.source,
         "total": len(report.images),
@@ -391,6 +396,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     return interruptible(parser, "no report was written", lambda: _scan_and_report(parser, args))
 
 
+# The bad files a scan lists on stderr; bad_files.json holds every one.
+SHOWN_BAD = 20
+
+
+def _log_findings(report: ScanReport, *, shown: int) -> None:
+    """The counts, the rate and the first ``shown`` bad files, each with its error."""
+    rate = len(report.images) / max(report.seconds, 1e-9)
+    logger.info(
+        "%d files, %d good, %d bad (%.0f images/s)",
+        len(report.images),
+        len(report.good),
+        len(report.bad),
+        rate,
+    )
+    for path, _, error in report.bad[:shown]:
+        logger.info("  bad: %s (%s)", path, error)
+    if len(report.bad) > shown:
+        logger.info("  and %d more bad files (in bad_files.json)", len(report.bad) - shown)
+
+
 def _looks_like_val(root: str | os.PathLike[str]) -> bool:
     """Whether ``root`` is named as a validation split (``val``, ``validation``, ...)."""
     return Path(os.path.abspath(root)).name.lower() in {"val", "valid", "validation"}
@@ -406,17 +431,12 @@ def _scan_and_report(parser: argparse.ArgumentParser, args: argparse.Namespace) 
                     f"--out {args.out}: its {name} is a folder; remove it or give another --out"
                 )
         report = scan(args.root, workers=args.workers)
-        paths = write_report(report, args.out)
-    rate = len(report.images) / max(report.seconds, 1e-9)
-    logger.info(
-        "%d files, %d good, %d bad (%.0f images/s)",
-        len(report.images),
-        len(report.good),
-        len(report.bad),
-        rate,
-    )
-    for path, _, error in report.bad[:20]:
-        logger.info("  bad: %s (%s)", path, error)
+        try:
+            paths = write_report(report, args.out)
+        except OSError:  # a full disk: the findings of a long scan said here, not lost
+            _log_findings(report, shown=len(report.bad))
+            raise
+    _log_findings(report, shown=SHOWN_BAD)
     if not report.good:
         logger.error(
             "no file of %s decodes, so there is no list of good ones; the reasons are in %s "
@@ -436,7 +456,7 @@ def _scan_and_report(parser: argparse.ArgumentParser, args: argparse.Namespace) 
             str(paths["files.txt"]),
             other_command("train", "train"),
             flags[0],
-            paths["files.txt"],
+            shlex.quote(str(paths["files.txt"])),
             flags[1],
             "training" if val else "validation",
         )

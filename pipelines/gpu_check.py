@@ -432,7 +432,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "torch sees no CUDA device on this machine; the GPU check needs one "
                     "(make test runs the CPU suite, where the GPU tests skip)"
                 )
-        report = run(args, machine)
+        with exit_on_user_error(parser, catch=(OSError,)):  # a full disk: the file named
+            report = run(args, machine)
         failed = [name for name, step in report["steps"].items() if step["exit"] != 0]
         return 1 if failed else 0
 

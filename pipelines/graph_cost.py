@@ -238,7 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             report = run(args)
         print(format_table(report))
         if args.out:
-            write_json(args.out, report)
+            with exit_on_user_error(parser, catch=(OSError,)):  # a full disk: the file named
+                write_json(args.out, report)
         return 0
 
     return interruptible(parser, "no report was written", measure)

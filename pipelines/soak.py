@@ -198,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     (WARMUP if name == "epochs" else 0) + MIN_READINGS,
                 )
         if args.out:
-            write_json(args.out, report)
+            with exit_on_user_error(parser, catch=(OSError,)):  # a full disk: the file named
+                write_json(args.out, report)
         return 0
 
     return interruptible(parser, "no report was written", run_soak)

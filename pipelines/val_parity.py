@@ -219,7 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{100 * report['share_more_than_one_level']:.4f} % of values more than one level"
         )
         if args.out:
-            write_json(args.out, report)
+            with exit_on_user_error(parser, catch=(OSError,)):  # a full disk: the file named
+                write_json(args.out, report)
         return 0
 
     return interruptible(parser, "no report was written", measure)

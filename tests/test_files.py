@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -23,6 +24,7 @@ from dali_cutmix.files import (
     read_file_list,
     scan_hint,
     write_file_list,
+    write_whole,
 )
 
 LAYOUT = "ROOT/<class>/<image>.JPEG, one subfolder per class (ImageFolder's layout)"
@@ -477,3 +479,27 @@ def test_counts_in_messages_agree_with_their_number() -> None:
     assert [counted(n, "class") for n in (0, 1, 2)] == ["0 classes", "1 class", "2 classes"]
     assert [counted(n, "image") for n in (1, 7)] == ["1 image", "7 images"]
     assert counted(1, "sample") == "1 sample"
+
+
+@pytest.mark.parametrize("earlier", [None, "an earlier report\n"])
+def test_a_failed_write_leaves_no_file_nor_a_half_one(tmp_path: Path, earlier: str | None) -> None:
+    # A full disk left an empty report (a JSON file that did not parse, a PNG of 0 bytes)
+    # and ended in a traceback naming no file.
+    path = tmp_path / "results.json"
+    if earlier is not None:
+        path.write_text(earlier)
+
+    def full(part: Path) -> None:
+        assert part.name == ".results.partial.json"  # the suffix kept, for PIL and matplotlib
+        part.write_text('{"half": ')
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(OSError) as raised:
+        write_whole(path, full)
+    assert (raised.value.errno, raised.value.filename) == (errno.ENOSPC, str(path))
+    assert str(raised.value) == f"[Errno 28] No space left on device: '{path}'"
+    assert [p.name for p in tmp_path.iterdir()] == ([] if earlier is None else ["results.json"])
+    assert earlier is None or path.read_text() == earlier
+    assert write_whole(path, lambda part: part.write_text("whole\n")) == path
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+    assert path.read_text() == "whole\n"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import numpy as np
@@ -222,3 +224,22 @@ def test_without_data_it_previews_a_generated_set(tmp_path: Path, monkeypatch) -
     with Image.open(out) as png:
         assert png.size == (4 * 160, 160 + 28)
     assert (tmp_path / "cache" / "preview" / "train").is_dir()
+
+
+def test_a_full_disk_ends_the_preview_in_one_line_and_leaves_no_empty_png(
+    image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    # It was a traceback, and a PNG of 0 bytes was left behind.
+    def full(image: Image.Image, fp, *args, **kwargs) -> None:
+        Path(fp).write_bytes(b"\x89PNG")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Image.Image, "save", full)
+    out = tmp_path / "o" / "p.png"
+    with pytest.raises(SystemExit) as caught:
+        main(["--data", str(image_folder), "--out", str(out), "--batch-size", "4"])
+    assert caught.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"python -m dali_cutmix.preview: error: [Errno 28] No space left on device: '{out}'"
+    )
+    assert list(out.parent.iterdir()) == []

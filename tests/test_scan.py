@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -84,6 +85,52 @@ def test_the_advice_names_the_flag_of_the_scanned_split(
         f"make_loader(..., file_list='{out}/files.txt') or python -m train ... "
         f"--{flags[0]}-list {out}/files.txt (--{flags[1]}-list for a {other} folder)"
     )
+
+
+def _full_disk(self: Path, *args, **kwargs):
+    """``Path.write_text`` on a disk that is full: ENOSPC, after a partial write."""
+    with open(self, "w") as out:
+        out.write("half")
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_full_disk_ends_the_scan_in_one_line_and_its_findings_are_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys
+) -> None:
+    # It was a traceback after the whole scan, with nothing written but a .partial file and
+    # the bad files it had found lost.
+    root, bad = _dirty_folder(tmp_path / "data")
+    out = tmp_path / "scan"
+    out.mkdir()
+    (out / "files.txt").write_text("an earlier scan's list\n")
+    with (
+        caplog.at_level(logging.INFO, logger="dali_cutmix.scan"),
+        mock.patch.object(Path, "write_text", _full_disk),
+        pytest.raises(SystemExit) as caught,
+    ):
+        main([str(root), "--out", str(out), "--workers", "1"])
+    assert caught.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "python -m dali_cutmix.scan: error: [Errno 28] No space left on device: "
+        f"'{out / 'files.txt'}'"
+    )
+    said = [m.removeprefix("  bad: ").split(" (")[0] for m in caplog.messages if "bad: " in m]
+    assert "13 files, 9 good, 4 bad" in caplog.text and set(said) == bad
+    assert (out / "files.txt").read_text() == "an earlier scan's list\n"  # whole, not half
+    assert sorted(p.name for p in out.iterdir()) == ["files.txt"]  # no partial file left
+
+
+def test_the_advice_quotes_paths_and_counts_the_bad_files_not_shown(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a path with a space broke the pasted command; the 21st bad file on were not mentioned
+    monkeypatch.setattr("dali_cutmix.scan.SHOWN_BAD", 2)
+    root, _ = _dirty_folder(tmp_path / "data")
+    out = tmp_path / "my scan"
+    with caplog.at_level(logging.INFO, logger="dali_cutmix.scan"):
+        assert main([str(root), "--out", str(out), "--workers", "1"]) == 1
+    assert "  and 2 more bad files (in bad_files.json)" in caplog.messages
+    assert f"--train-list '{out}/files.txt' (--val-list" in caplog.messages[-1]
 
 
 def test_a_name_the_clean_list_cannot_hold_is_a_bad_file(tmp_path: Path) -> None:

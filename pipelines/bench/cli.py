@@ -352,7 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_folder(config.out, "--out")
 
     def measure_all() -> int:
-        with exit_on_user_error(parser, catch=(BadImageError,)):  # one line, the way on
+        # one line: a bad file's, with the way on; a report's write that failed (a full disk)
+        with exit_on_user_error(parser, catch=(BadImageError, OSError)):
             try:
                 report = run_benchmark(config, command_line(__package__, argv))
             except BadImageError as error:

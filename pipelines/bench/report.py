@@ -6,6 +6,8 @@ import functools
 from pathlib import Path
 from typing import Any
 
+from dali_cutmix.files import write_whole
+
 from .plan import AUGMENTS, MIXES, short_epochs, spec_label
 
 __all__ = ["ceiling_note", "derive", "derive_augment", "format_table", "plot_results"]
@@ -231,8 +233,10 @@ def plot_results(report: dict[str, Any], path: Path) -> None:
     env = report["environment"]
     fig.suptitle(f"{env.get('gpu', 'CPU only')}, {env['cpu_count']} CPU cores, DALI {env['dali']}")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        write_whole(path, lambda part: fig.savefig(part, dpi=100))
+    finally:
+        plt.close(fig)
 
 
 def _feeds(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
