@@ -382,6 +382,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 MixConfig, args, num_classes=2, prob=args.mix_prob, mode=args.mix_mode
             )
             check_seed(args.seed)
+            if args.file_list is not None and args.data is None:  # it read the list against
+                # the generated set's folder: its classes, not the list's (as bench refuses)
+                raise ValueError(
+                    "--file-list must come with --data (the folder whose classes its labels "
+                    "number, and that its relative paths start from)"
+                )
             root = args.data or default_data()
             if args.file_list is None:
                 images = list_image_folder(root)

@@ -88,10 +88,11 @@ CACHE_ENV = "DALI_CUTMIX_CACHE"
 
 
 def cache_dir(given: str | os.PathLike[str] | None = None) -> Path:
-    """``given``, else ``$DALI_CUTMIX_CACHE``, else ``./data``: where generated sets are kept."""
+    """``given``, else ``$DALI_CUTMIX_CACHE``, else ``./data``: where generated sets are kept.
+    An empty ``$DALI_CUTMIX_CACHE`` counts as unset (it put the sets in the working folder)."""
     if given is not None:
         return Path(given)
-    return Path(os.environ.get(CACHE_ENV, "data"))
+    return Path(os.environ.get(CACHE_ENV) or "data")
 
 
 def checked_cache_dir(
@@ -114,7 +115,7 @@ def cache_source(given: str | os.PathLike[str] | None, flag: str = "--cache-dir"
     ``$DALI_CUTMIX_CACHE`` or the default."""
     if given is not None and Path(given) != cache_dir():
         return flag
-    if CACHE_ENV in os.environ:
+    if os.environ.get(CACHE_ENV):
         return f"the cache folder (${CACHE_ENV})"
     return "the cache folder"
 

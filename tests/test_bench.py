@@ -25,6 +25,10 @@ def test_results_go_to_runs_in_the_working_folder_by_default(tmp_path: Path) -> 
     ("args", "line"),
     [
         (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+        (  # it measured nothing, wrote empty results and a blank chart, and exited 0
+            ["--sweeps", "training", "--skip-training"],
+            "--sweeps (training) with --skip-training leaves nothing to measure; drop one of them",
+        ),
         # each loader's row failed on it, once the dataset was made
         (["--crop-size", "100000"], "--crop-size must be at most 32768, got 100000"),
         (["--warmup", "-1"], "--warmup must be >= 0, got -1"),
@@ -105,7 +109,11 @@ def test_results_go_to_runs_in_the_working_folder_by_default(tmp_path: Path) -> 
     + (
         []
         if torch.cuda.is_available()
-        else [(["--device", "gpu"], "--device gpu needs CUDA, which this machine does not have")]
+        else [
+            (["--device", "gpu"], "--device gpu needs CUDA, which this machine does not have"),
+            # every GPU row failed, and the run exited 1
+            (["--device", "both"], "--device both needs CUDA, which this machine does not have"),
+        ]
     ),
 )
 def test_bad_arguments_end_with_one_line_before_any_measurement(

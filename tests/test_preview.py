@@ -120,6 +120,11 @@ LAYOUT = "ROOT/<class>/<image>.JPEG, one subfolder per class (ImageFolder's layo
         (["--batch-size", "257"], "--batch-size 257: the grid takes at most 256 samples"),
         (["--out", "{tmp}"], "--out {tmp} is a folder or not writable; give a file"),
         (["--out", "{tmp}/grid"], "--out {tmp}/grid: not an image file name; give a .png"),
+        (  # it read the list against the generated set's folder, and showed its classes
+            ["--file-list", "{tmp}/files.txt"],
+            "--file-list must come with --data (the folder whose classes its labels number, "
+            "and that its relative paths start from)",
+        ),
     ],
 )
 def test_bad_inputs_end_with_one_line(

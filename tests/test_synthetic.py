@@ -425,3 +425,13 @@ def test_the_progress_bar_into_a_log_does_not_flood_it(
     spec = SyntheticSpec(**{**TINY.to_dict(), "train_per_class": 40})
     generate(tmp_path / "ds", spec, workers=1, progress=True)
     assert sys.stderr.getvalue().count("generating JPEGs") == 2  # the first state and the last
+
+
+def test_an_empty_cache_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    # DALI_CUTMIX_CACHE= put the generated sets in the working folder itself
+    monkeypatch.setenv("DALI_CUTMIX_CACHE", "")
+    assert synthetic.cache_dir() == Path("data")
+    assert synthetic.cache_source(None) == "the cache folder"
+    monkeypatch.setenv("DALI_CUTMIX_CACHE", "/somewhere")
+    assert synthetic.cache_dir() == Path("/somewhere")
+    assert synthetic.cache_source(None) == "the cache folder ($DALI_CUTMIX_CACHE)"

@@ -269,7 +269,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--device",
         choices=["auto", "cpu", "gpu", "both"],
         default="auto",
-        help="where DALI runs: auto = GPU and CPU when CUDA is there, else CPU (default: auto)",
+        help="where DALI runs: gpu, cpu, both (GPU and CPU; gpu and both need CUDA), or "
+        "auto = both when CUDA is there, else CPU (default: auto)",
     )
     add("--skip-training", action="store_true", help="leave out the training section")
     add(
@@ -290,16 +291,16 @@ def default_out() -> Path:
 
 def _devices(device: str) -> tuple[str, ...]:
     """Where DALI runs for ``--device``; torch is asked about CUDA only where it decides."""
-    if device in ("cpu", "both"):
-        return {"cpu": ("cpu",), "both": ("gpu", "cpu")}[device]
+    if device == "cpu":
+        return ("cpu",)
     import torch
 
     cuda = torch.cuda.is_available()
-    if device == "gpu" and not cuda:
-        raise ValueError("--device gpu needs CUDA, which this machine does not have")
-    if device == "gpu":
-        return ("gpu",)
-    return ("gpu", "cpu") if cuda else ("cpu",)  # auto
+    if device in ("gpu", "both") and not cuda:  # both: every GPU row failed, and exit 1
+        raise ValueError(f"--device {device} needs CUDA, which this machine does not have")
+    return {"gpu": ("gpu",), "both": ("gpu", "cpu")}.get(device) or (
+        ("gpu", "cpu") if cuda else ("cpu",)  # auto
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:

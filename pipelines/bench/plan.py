@@ -160,6 +160,10 @@ class BenchConfig:
             raise ValueError(
                 f"sweeps must be one or more of {', '.join(SWEEPS)}, got {','.join(self.sweeps)!r}"
             )
+        if not self.asked_sections:  # it measured nothing, wrote empty results, and exited 0
+            raise ValueError(
+                "sweeps (training) with skip_training leaves nothing to measure; drop one of them"
+            )
 
 
 def feed_format(spec: dict[str, Any]) -> dict[str, Any]:
