@@ -29,6 +29,7 @@ import os
 import re
 import shlex
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -83,6 +84,41 @@ NO_BITS_PER_SAMPLE = (
     "cannot read; convert it (to PNG, say)"
 )
 
+# TIFF's SampleFormat tag: 2 (signed integers) and 3 (floats) DALI 2.4's decoder refuses
+# (int32: "Invalid sample_type: 8197", naming no file) or misreads (float32: every pixel
+# 255), where the scan called them good; unsigned samples (1, the default) it reads.
+TIFF_SAMPLE_FORMAT = 339
+SIGNED_OR_FLOAT_SAMPLES = (2, 3)
+NOT_UNSIGNED_SAMPLES = (
+    "a TIFF of signed-integer or floating-point samples, which DALI's decoder refuses or "
+    "misreads; convert it to 8-bit (to PNG, say)"
+)
+
+# PIL refuses an image of over twice Image.MAX_IMAGE_PIXELS (about 179 million pixels) as
+# a decompression bomb; DALI decodes it, and the scan called it bad. Lifted while it checks
+# one for DALI (the torchvision loader reads with PIL, and meets PIL's limit).
+_pixel_limit_lock = threading.Lock()
+
+
+def _open_image(path: str, dali: bool) -> Image.Image:
+    if not dali:
+        return Image.open(path)
+    try:
+        return Image.open(path)
+    except Image.DecompressionBombError:
+        with _pixel_limit_lock:
+            limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                return Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = limit
+
+
+def _samples_signed_or_float(img: Image.Image) -> bool:
+    formats = img.tag_v2.get(TIFF_SAMPLE_FORMAT, 1)
+    formats = formats if isinstance(formats, tuple) else (formats,)
+    return any(f in SIGNED_OR_FLOAT_SAMPLES for f in formats)
+
 
 def check_image(path: str, *, decode: bool = True, dali: bool = True) -> str | None:
     """Why ``path`` is not a decodable image, or ``None`` when it is.
@@ -92,8 +128,9 @@ def check_image(path: str, *, decode: bool = True, dali: bool = True) -> str | N
         decode: decode all pixels (catches truncated files); ``False`` reads
             only the header, which is fast and catches non-images.
         dali: also refuse what PIL reads and DALI does not (another format, a TIFF
-            without BitsPerSample); ``False`` for a reader that is PIL itself (the
-            torchvision loader).
+            without BitsPerSample or of signed or float samples), and take what DALI
+            reads and PIL's pixel limit does not (over 179 million pixels); ``False``
+            for a reader that is PIL itself (the torchvision loader).
 
     Returns:
         ``None`` for a good image (grayscale, CMYK and PNG-named-.JPEG included),
@@ -104,11 +141,13 @@ def check_image(path: str, *, decode: bool = True, dali: bool = True) -> str | N
             return "empty file (0 bytes)"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # DecompressionBombWarning, EXIF warnings
-            with Image.open(path) as img:
+            with _open_image(path, dali) as img:
                 if dali and img.format not in DALI_FORMATS:
                     return f"format {img.format} is not one DALI decodes"
                 if dali and img.format == "TIFF" and TIFF_BITS_PER_SAMPLE not in img.tag_v2:
                     return NO_BITS_PER_SAMPLE
+                if dali and img.format == "TIFF" and _samples_signed_or_float(img):
+                    return NOT_UNSIGNED_SAMPLES
                 if decode:
                     img.load()
                 else:

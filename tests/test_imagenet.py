@@ -16,6 +16,7 @@ import nvidia.dali.types as types
 import pytest
 import torch
 from conftest import build_image_folder, requires_cuda, small_loader
+from nvidia.dali import pipeline_def
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
@@ -336,6 +337,56 @@ def test_a_tiff_without_bits_per_sample_is_a_bad_file_the_scan_and_the_loader_na
     assert str(caught.value).startswith(f"{str(bad)!r} is not a decodable image (DALI: ")
     bad.unlink()
     assert len(list(small_loader(image_folder, train=False, batch_size=16))) == 1
+
+
+def _dali_cpu_decode(path: Path) -> np.ndarray:
+    @pipeline_def(batch_size=1, num_threads=1, device_id=None)
+    def decode():
+        data, _ = fn.readers.file(files=[str(path)])
+        return fn.decoders.image(data, device="cpu", output_type=types.RGB)
+
+    pipe = decode()
+    pipe.build()
+    (out,) = pipe.run()
+    return np.array(out[0])
+
+
+def test_tiffs_of_signed_or_float_samples_are_bad_files_and_16_bit_ones_good(
+    image_folder: Path,
+) -> None:
+    # The scan called them good; DALI's decoder refuses int32 samples ("Invalid sample_type:
+    # 8197", naming no file) and reads float32 ones as 255 everywhere.
+    from dali_cutmix.scan import NOT_UNSIGNED_SAMPLES, check_image
+
+    pixels = np.random.default_rng(0).integers(0, 255, (20, 24), dtype=np.uint8)
+    folder = image_folder / "n00000001"
+    int32, float32, uint16 = folder / "i32.tif", folder / "f32.tif", folder / "u16.tif"
+    Image.fromarray(pixels).convert("I").save(int32)
+    Image.fromarray(pixels.astype(np.float32)).save(float32)
+    Image.fromarray(pixels.astype(np.uint16) * 257).save(uint16)
+    for bad in (int32, float32):
+        assert check_image(str(bad)) == check_image(str(bad), decode=False) == NOT_UNSIGNED_SAMPLES
+        assert check_image(str(bad), dali=False) is None  # PIL, the torchvision loader, reads it
+    assert check_image(str(uint16)) is None
+    # the rule is DALI's, not a guess
+    with pytest.raises(RuntimeError, match="Invalid sample_type"):
+        _dali_cpu_decode(int32)
+    assert not np.array_equal(_dali_cpu_decode(float32)[..., 0], pixels)
+    np.testing.assert_array_equal(_dali_cpu_decode(uint16)[..., 0], pixels)
+
+
+def test_an_image_over_pil_s_pixel_limit_is_good_for_dali_not_for_pil(
+    image_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The scan called a valid JPEG of over 179 million pixels bad (PIL's decompression-bomb
+    # limit); DALI decodes it. The limit is lowered here in place of a 0.5 GB image.
+    from dali_cutmix.scan import check_image
+
+    path = str(image_folder / "n00000000" / "img_0_0.JPEG")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)
+    assert check_image(path) is None and check_image(path, decode=False) is None
+    assert check_image(path, dali=False).startswith("DecompressionBombError: ")
+    assert Image.MAX_IMAGE_PIXELS == 10  # set back
 
 
 @pytest.mark.parametrize("train", [True, False])
