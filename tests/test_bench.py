@@ -276,3 +276,22 @@ def test_a_stopped_run_says_where_its_rows_so_far_are(tmp_path: Path, capsys, mo
         f"python -m pipelines.bench: aborted by Ctrl-C; the rows measured so far are in {partial}"
     )
     assert json.loads(partial.read_text())["loaders"] == [{"images_per_s": 1.0}]
+
+
+def test_a_failed_measurement_is_said_by_its_cause_on_one_line() -> None:
+    # A DataLoader worker's error: the cell read "RuntimeError: Caught RuntimeError in
+    # DataLoader worker proce", cut before the cause
+    from torch._utils import ExceptionWrapper
+
+    try:
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: 30000000000 bytes")
+    except RuntimeError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(RuntimeError) as raised:
+        wrapped.reraise()
+    assert cli.failure_line(raised.value) == (
+        "RuntimeError: DefaultCPUAllocator: can't allocate memory: 30000000000 bytes"
+    )
+    assert cli.failure_line(ValueError("Critical error in pipeline:\n  Error in CPU op")) == (
+        "ValueError: Critical error in pipeline: Error in CPU op"
+    )

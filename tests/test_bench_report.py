@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -253,3 +254,29 @@ def test_a_failed_row_keeps_the_table_s_columns() -> None:
     cells = line.split(" | ")
     assert cells[1] == "failed: exit 1: Traceback / RuntimeError: out of memory"
     assert line.count("|") == 7  # the table's 6 columns
+
+
+def test_a_failed_row_s_error_of_many_lines_stays_on_its_row() -> None:
+    # DALI's "Critical error in pipeline:\n..." broke the row, and the table, in two
+    failed = {"loader": "dali", "device": "cpu", "mix": "off", "workers": 2, "batch_size": 8}
+    failed |= {"kind": "loader", "sweep": "workers"}
+    error = "RuntimeError: Critical error in pipeline:\nError in CPU operator "
+    failed["error"] = error + "x" * 200
+    env = {"cpu_count": 2, "dali": "x", "torch": "y"}
+    summary = {"environment": env, "loaders": [failed], "training": [], "scaling": []}
+    (line,) = [x for x in report.format_table(summary).splitlines() if "failed:" in x]
+    cell = line.split(" | ")[1]
+    assert cell.startswith(f"failed: {' '.join(error.split())} x")
+    assert len(cell) == len("failed: ") + report.CELL_CHARS and cell.endswith("...")
+
+
+def test_a_report_whose_rows_all_failed_plots_without_a_warning(tmp_path: Path) -> None:
+    # matplotlib warned "No artists with labels found to put in legend" under the table
+    failed = {"loader": "dali", "device": "cpu", "mix": "off", "workers": 2, "batch_size": 8}
+    failed |= {"kind": "loader", "sweep": "workers", "error": "ValueError: no"}
+    env = {"cpu_count": 2, "dali": "x", "torch": "y"}
+    summary = {"environment": env, "loaders": [failed], "training": [], "scaling": []}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report.plot_results(summary, tmp_path / "results.png")
+    assert (tmp_path / "results.png").stat().st_size > 0

@@ -26,6 +26,7 @@ from dali_cutmix.cli import (
     exit_on_user_error,
     from_flags,
     interruptible,
+    one_line,
     start_command,
     worker_count,
     worker_limit,
@@ -138,6 +139,17 @@ def _dataset(config: BenchConfig) -> tuple[Path, dict[str, Any]]:
         source = f"generated: {spec.to_dict()}"
     stats = dataset_stats(root, files=files).to_dict()
     return root, {"source": source, "root": str(root), **stats}
+
+
+def failure_line(error: BaseException) -> str:
+    """``Type: message`` of a failed measurement, on one line. A DataLoader worker's error
+    is the worker's own, its message's last line (the cell read "RuntimeError: Caught
+    RuntimeError in DataLoader worker proce", cut before the cause); DALI's many lines are
+    joined (one broke the Markdown table in two)."""
+    text = str(error)
+    if "Original Traceback" in text:  # torch's ExceptionWrapper: the worker's error is last
+        return [line.strip() for line in text.splitlines() if line.strip()][-1]
+    return f"{type(error).__name__}: {one_line(text)}"
 
 
 def run_benchmark(config: BenchConfig, command: str) -> dict[str, Any]:
@@ -332,8 +344,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BadImageError as error:  # the parent stops the run: every measurement meets it
             print(BAD_FILE + json.dumps({"message": str(error), "path": error.path}), flush=True)
             return 3
-        except Exception as error:  # the row's cell says it; the traceback goes to the log
-            print(FAILED + json.dumps(f"{type(error).__name__}: {error}"), flush=True)
+        except Exception as error:  # the row's cell says it; the traceback goes to stderr
+            print(FAILED + json.dumps(failure_line(error)), flush=True)
             raise
         print("RESULT " + json.dumps(result), flush=True)
         return 0

@@ -367,10 +367,13 @@ def run_isolated(spec: dict[str, Any]) -> dict[str, Any]:
         raise BadImageError(found["message"], path=found["path"])
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        logger.error("%s failed: %s", spec_label(spec), " | ".join(tail))
         said = [ln for ln in proc.stdout.splitlines() if ln.startswith(FAILED)]
-        error = json.loads(said[-1][len(FAILED) :]) if said else " | ".join(tail)
+        if said:  # the child's error, on one line (its traceback is on its stderr)
+            error = json.loads(said[-1][len(FAILED) :])
+        else:  # it died without a word (a signal, the kernel's OOM killer): its last lines
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+            error = " | ".join(tail) or f"exit status {proc.returncode}, without a word"
+        logger.error("%s failed: %s", spec_label(spec), error)
         return {**spec, "error": error}
     result = {**spec, **json.loads(lines[-1][len("RESULT ") :])}
     logger.info(

@@ -152,9 +152,15 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# The characters of an error a table cell shows (results.json holds it whole).
+CELL_CHARS = 100
+
+
 def _cell(error: str) -> str:
-    """An error's start, as one Markdown table cell (its own "|" would open new columns)."""
-    return error[:60].replace("|", "/")
+    """An error's start, as one Markdown table cell: on one line, and its own "|" would
+    open new columns."""
+    text = " ".join(error.split()).replace("|", "/")
+    return text if len(text) <= CELL_CHARS else text[: CELL_CHARS - 3] + "..."
 
 
 def _loaders_table(rows: list[dict[str, Any]]) -> list[str]:
@@ -271,7 +277,8 @@ def _grouped_bars(ax, rows: list[dict[str, Any]], field: str, groups: list[str])
         )
     ax.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(groups))], groups)
     ax.set_ylabel(f"images/s ({_figure(rows)}, min-max)")
-    ax.legend(fontsize=8)
+    if names:  # every row failed: no bar, and matplotlib warned of a legend of nothing
+        ax.legend(fontsize=8)
 
 
 def _plot_loaders(ax, report: dict[str, Any]) -> None:
