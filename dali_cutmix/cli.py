@@ -270,20 +270,34 @@ def check_folder(path: str | os.PathLike[str], flag: str, *, probe_existing: boo
 
 
 def bad_file_advice(
-    error: Exception, root: Path, file_list: Path | None, module: str, verb: str
+    error: Exception,
+    root: Path,
+    file_list: Path | None,
+    module: str,
+    verb: str,
+    argv: Sequence[str] | None,
 ) -> str:
     """The undecodable file ``error`` names, then the way on for the command ``module``
     (which reads ``--data`` and ``--file-list``): the scan, and the command again on the good
     files only, ``verb`` saying what it does to them; or, where the file came from a list of
-    the user's own, the line to delete (scanning the folder would replace the list's subset)."""
+    the user's own, the line to delete (scanning the folder would replace the list's subset).
+
+    The command again is the user's own, ``argv`` (default ``sys.argv[1:]``), with the
+    list added (and ``--data``, where the folder was the default one): it was ``--data`` and
+    ``--file-list`` alone, which lost every other flag (a batch size, ``--out``), and
+    failed where the default batch was larger than the good files."""
     from dali_cutmix.files import bad_file_problem
 
     problem = bad_file_problem(error)
     if file_list is not None:
-        return f"{problem} It is listed in --file-list {file_list}: delete its line there."
+        listed = shlex.quote(str(file_list))
+        return f"{problem} It is listed in --file-list {listed}: delete its line there."
     folder = shlex.quote(str(root))
     scan = f"{other_command('scan', 'dali_cutmix.scan')} {folder} --out DIR"
-    again = f"{command_name(module)} --data {folder} --file-list DIR/files.txt"
+    words = list(sys.argv[1:] if argv is None else argv)
+    if not any(w == "--data" or w.startswith("--data=") for w in words):
+        words += ["--data", str(root)]
+    again = f"{command_name(module)} {shlex.join(words)} --file-list DIR/files.txt"
     return (
         f"{problem} Find every bad file with: {scan} (DIR: any writable folder); "
         f"then {verb} the good ones with: {again}"

@@ -398,7 +398,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 write_preview(images, args.out, config, batch_size=args.batch_size, seed=args.seed)
             except BadImageError as error:  # this command's own way on, not the loaders'
                 raise DatasetError(
-                    bad_file_advice(error, root, args.file_list, "dali_cutmix.preview", "preview")
+                    bad_file_advice(
+                        error, root, args.file_list, "dali_cutmix.preview", "preview", argv
+                    )
                 ) from None
         return 0
 

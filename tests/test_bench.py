@@ -183,12 +183,15 @@ def test_a_file_that_is_no_image_ends_the_command_with_one_line(
             + ["--batch-size", "2", "--sweeps", "loaders"]
         )
     assert caught.value.code == 2
-    # the benchmark's own way on: it has no --train-list, which the loaders' advice named
+    # the benchmark's own way on: it has no --train-list, which the loaders' advice named;
+    # the command's own flags kept (it was --data and --file-list alone: the default batch
+    # of 32 was then larger than the good files, and --out went back to its default)
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"python -m pipelines.bench: error: {str(bad)!r} is not a decodable image "
         "(its header: UnidentifiedImageError). Find every bad file with: python -m "
         f"dali_cutmix.scan {root} --out DIR (DIR: any writable folder); then measure the good "
-        f"ones with: python -m pipelines.bench --data {root} --file-list DIR/files.txt"
+        f"ones with: python -m pipelines.bench --data {root} --device cpu --out "
+        f"{tmp_path / 'out'} --batch-size 2 --sweeps loaders --file-list DIR/files.txt"
     )
     assert not (tmp_path / "out").exists()  # nothing measured, no folder left
 
@@ -211,8 +214,8 @@ def test_a_truncated_file_stops_the_run_at_its_first_measurement_in_one_line(
     assert line.startswith(f"python -m pipelines.bench: error: {str(bad)!r} is not a decodable ")
     assert line.endswith(
         f"Find every bad file with: python -m dali_cutmix.scan {root} --out DIR (DIR: any "
-        f"writable folder); then measure the good ones with: python -m pipelines.bench --data "
-        f"{root} --file-list DIR/files.txt"
+        f"writable folder); then measure the good ones with: python -m pipelines.bench "
+        f"{' '.join(argv)} --windows 1 --window-batches 1 --file-list DIR/files.txt"
     )
     assert not (tmp_path / "out" / "results.json").exists()
 

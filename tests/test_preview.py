@@ -169,7 +169,7 @@ def test_an_undecodable_image_is_named_in_one_line(tmp_path: Path) -> None:
     assert line.endswith(  # the preview's own way on (it suggested train's --train-list)
         f"Find every bad file with: python -m dali_cutmix.scan {root} --out DIR (DIR: any "
         f"writable folder); then preview the good ones with: python -m dali_cutmix.preview "
-        f"--data {root} --file-list DIR/files.txt"
+        f"--data {root} --out {tmp_path / 'p.png'} --batch-size 2 --file-list DIR/files.txt"
     )
     assert not (tmp_path / "p.png").exists()
 
@@ -248,3 +248,19 @@ def test_a_full_disk_ends_the_preview_in_one_line_and_leaves_no_empty_png(
         f"python -m dali_cutmix.preview: error: [Errno 28] No space left on device: '{out}'"
     )
     assert list(out.parent.iterdir()) == []
+
+
+def test_the_advice_for_a_bad_file_of_the_generated_set_names_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dali_cutmix.cli import bad_file_advice
+    from dali_cutmix.files import BadImageError
+
+    error = BadImageError("'x.JPEG' is not a decodable image", path="x.JPEG")
+    advice = bad_file_advice(
+        error, tmp_path / "a b", None, "dali_cutmix.preview", "preview", ["--batch-size", "4"]
+    )
+    assert advice.endswith(
+        "then preview the good ones with: python -m dali_cutmix.preview --batch-size 4 "
+        f"--data '{tmp_path}/a b' --file-list DIR/files.txt"
+    )

@@ -372,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             except BadImageError as error:
                 root = data_root(config.data) if config.data is not None else Path(".")
                 advice = bad_file_advice(
-                    error, root, config.file_list, "pipelines.bench", "measure"
+                    error, root, config.file_list, "pipelines.bench", "measure", argv
                 )
                 raise BadImageError(advice, path=error.path) from None
         failed = [r for section in SWEEPS for r in report[section] if "error" in r]
