@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dali_cutmix.files import DatasetError, write_whole
-from dali_cutmix.procs import exit_on_sigterm
+from dali_cutmix.procs import Terminated, exit_on_sigterm
 
 __all__ = [
     "ABORTED",
@@ -325,14 +325,16 @@ def interruptible(
 ) -> int:
     """``body()`` (a command's work, returning its status) with SIGTERM and Ctrl-C ending it
     cleanly: SIGTERM through every ``finally`` (status 143; the child processes that
-    ``subprocess.run`` and the pools started are ended too), Ctrl-C with one line saying
+    ``subprocess.run`` and the pools started are ended too), each with one line saying
     ``what`` became of the work (:func:`aborted`; a callable is asked then) instead of a
-    traceback."""
+    traceback (SIGTERM's was no word at all)."""
     try:
         with exit_on_sigterm():
             return body()
     except KeyboardInterrupt:
         return aborted(parser, what if isinstance(what, str) else what())
+    except Terminated:
+        return aborted(parser, what if isinstance(what, str) else what(), sigterm=True)
 
 
 def _int_from(text: str, low: int) -> int:

@@ -31,13 +31,19 @@ import multiprocessing.forkserver
 import multiprocessing.resource_tracker
 import os
 import signal
-import sys
 import threading
 from collections.abc import Iterator
 from multiprocessing.context import BaseContext
 from typing import Any
 
-__all__ = ["START_METHOD", "exit_on_sigterm", "process_context", "signals_deferred", "worker_pool"]
+__all__ = [
+    "START_METHOD",
+    "Terminated",
+    "exit_on_sigterm",
+    "process_context",
+    "signals_deferred",
+    "worker_pool",
+]
 
 START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
@@ -202,14 +208,18 @@ def _stops_handled_by(handler: Any) -> Iterator[dict[int, Any]]:
             signal.signal(signum, before)
 
 
+class Terminated(SystemExit):
+    """The ``SystemExit(143)`` of :func:`exit_on_sigterm`: SIGTERM, told from other exits."""
+
+
 @contextlib.contextmanager
 def exit_on_sigterm() -> Iterator[None]:
-    """Within the block, SIGTERM ends the process by ``SystemExit(143)`` (128 + 15), so that
-    ``finally`` clauses and pools shut down; by default it killed the process at once and
-    left its worker processes and temporary files behind."""
+    """Within the block, SIGTERM ends the process by ``SystemExit(143)`` (128 + 15; a
+    :class:`Terminated`), so that ``finally`` clauses and pools shut down; by default it
+    killed the process at once and left its worker processes and temporary files behind."""
 
     def leave(signum: int, frame: Any) -> None:
-        sys.exit(128 + signum)
+        raise Terminated(128 + signum)
 
     previous = signal.signal(signal.SIGTERM, leave)
     try:

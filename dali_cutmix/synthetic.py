@@ -402,6 +402,11 @@ _SIZED, _ENCODED = 256, 4
 _DISK_MARGIN = 1.2
 
 
+def _bytes(count: float) -> str:
+    """``count`` bytes in GB, or MB below 1 GB (a small disk's read "0.0 GB")."""
+    return f"{count / 1e9:,.1f} GB" if count >= 1e9 else f"{count / 1e6:,.1f} MB"
+
+
 def estimated_bytes(spec: SyntheticSpec) -> int:
     """About how many bytes the set's JPEGs take: images' pixels x JPEG bytes per pixel.
 
@@ -598,8 +603,8 @@ def _generate_unlocked(
     needed, free = estimated_bytes(spec), _free_bytes(root.parent)
     if needed * _DISK_MARGIN > free:
         raise ValueError(
-            f"{root}: {counted(spec.num_images, 'image')} need about {needed / 1e9:,.1f} GB, "
-            f"and its disk has {free / 1e9:,.1f} GB free (the check asks for {_DISK_MARGIN} x "
+            f"{root}: {counted(spec.num_images, 'image')} need about {_bytes(needed)}, "
+            f"and its disk has {_bytes(free)} free (the check asks for {_DISK_MARGIN} x "
             "the estimate); generate fewer or smaller images (--classes, "
             "--train-per-class, --val-per-class, --size-scale) or free space"
         )

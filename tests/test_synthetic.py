@@ -84,11 +84,12 @@ def test_a_set_its_disk_cannot_hold_is_refused_before_a_file_is_written(
     with pytest.raises(ValueError) as caught:
         generate(tmp_path / "ds", TINY, workers=1, progress=False)
     assert str(caught.value) == (
-        f"{tmp_path / 'ds'}: 15 images need about 0.0 GB, and its disk has 0.0 GB free (the "
+        f"{tmp_path / 'ds'}: 15 images need about 0.9 MB, and its disk has 1.0 MB free (the "
         "check asks for 1.2 x the estimate); generate fewer or smaller images (--classes, "
         "--train-per-class, --val-per-class, --size-scale) or free space"
     )
     assert list(tmp_path.iterdir()) == []
+    assert synthetic._bytes(2.5e12) == "2,500.0 GB"  # "0.0 GB" on a small disk: MB below 1 GB
     monkeypatch.setattr(synthetic, "estimated_bytes", lambda spec: 800_000)  # 1.2 x fits
     assert generate(tmp_path / "ds", TINY, workers=1, progress=False) == tmp_path / "ds"
 
