@@ -220,11 +220,15 @@ def data_folder(args: argparse.Namespace) -> Path:
 
 
 def plan_steps(args: argparse.Namespace, python: str) -> dict[str, list[str]]:
-    """Each step's command, in the order they run; every one is a child process."""
-    out, data, threads = args.out, data_folder(args), str(args.threads)
+    """Each step's command, in the order they run; every one is a child process.
+
+    The steps run in the clone's root (:data:`REPO`): the folders given, or their
+    defaults, are the working folder's, made absolute here (from another folder they
+    were the clone's)."""
+    out, data, threads = args.out.absolute(), data_folder(args).absolute(), str(args.threads)
     batch = str(args.batch_size)
     package = __package__
-    train_runs = args.train_dir
+    train_runs = args.train_dir.absolute()
     steps = {
         # Every test that needs CUDA, across the suite.
         "pytest": [
@@ -417,6 +421,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = get_args_parser()
     args = start_command(parser, argv)
     with exit_on_user_error(parser):
+        if not (REPO / "tests").is_dir():  # installed: no suite to run, no `-m train`
+            raise ValueError(
+                f"the GPU check runs the project's test suite and python -m train from a "
+                f"clone, and {REPO} is an installed copy without them: run python -m "
+                "pipelines.gpu_check in the root of a clone"
+            )
         check_folder(args.out, "--out")
         check_folder(args.train_dir, "--train-dir")
         if args.data is not None:  # read as it is: found unusable here, not steps later

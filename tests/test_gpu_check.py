@@ -49,7 +49,10 @@ def test_a_bad_value_ends_the_command_with_one_line(tmp_path) -> None:
     assert not (tmp_path / "gc").exists()
 
 
-def test_the_steps_train_on_the_gpu_and_benchmark_the_generated_set(tmp_path) -> None:
+def test_the_steps_train_on_the_gpu_and_benchmark_the_generated_set(tmp_path, monkeypatch) -> None:
+    # the steps run in the clone's root: a relative folder is the working folder's, made
+    # absolute (from another folder the runs went into the clone)
+    monkeypatch.chdir(tmp_path)
     args = gpu_check.get_args_parser().parse_args(
         ["--out", str(tmp_path / "o"), "--data", str(tmp_path / "d"), "--train-dir", "t"]
     )
@@ -64,13 +67,13 @@ def test_the_steps_train_on_the_gpu_and_benchmark_the_generated_set(tmp_path) ->
     ]
     assert steps["train_embedded"] == ["py", "-m", "train", "--device", "gpu"] + [
         "--output-dir",
-        "t/embedded",
+        f"{tmp_path}/t/embedded",
     ]
     resnet = " ".join(steps["train_resnet50"])
     assert resnet == (
         f"py -m train --data {tmp_path}/d --arch resnet50 --epochs 1 --warmup-epochs 0 "
         "--crop-size 224 -b 256 -j 16 --amp bf16 --channels-last --device gpu --print-freq 10 "
-        "--output-dir t/resnet50"
+        f"--output-dir {tmp_path}/t/resnet50"
     )
     bench = " ".join(steps["bench"])
     assert bench == (
@@ -127,3 +130,16 @@ def test_each_check_trains_into_a_new_folder() -> None:
     args = gpu_check.get_args_parser().parse_args([])
     assert args.train_dir.parent == Path("runs")
     assert re.fullmatch(r"gpu-check-train-\d{8}-\d{6}", args.train_dir.name)
+
+
+def test_an_installed_copy_is_told_to_run_it_from_a_clone(tmp_path, monkeypatch, capsys) -> None:
+    # Installed, its pytest step had no tests to run and its training steps no `-m train`.
+    monkeypatch.setattr(gpu_check, "REPO", tmp_path / "site-packages" / "dali_cutmix")
+    with pytest.raises(SystemExit) as caught:
+        gpu_check.main(["--out", str(tmp_path / "gc")])
+    assert caught.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "python -m pipelines.gpu_check: error: the GPU check runs the project's test suite "
+        f"and python -m train from a clone, and {tmp_path}/site-packages/dali_cutmix is an "
+        "installed copy without them: run python -m pipelines.gpu_check in the root of a clone"
+    )
