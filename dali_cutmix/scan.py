@@ -50,6 +50,7 @@ from dali_cutmix.cli import (
 from dali_cutmix.files import (
     BadImageError,
     ImageList,
+    counted,
     list_image_folder,
     name_problem,
     path_in_message,
@@ -228,9 +229,13 @@ def scan(
         progress_bar(total=len(images), unit="img", desc="scan", disable=not progress) as bar,
         worker_pool(workers) as pool,
     ):
-        for result in pool.map(_check_chunk, _chunks(images.paths, chunk_size)):
-            errors.extend(result)
-            bar.update(len(result))
+        try:
+            for result in pool.map(_check_chunk, _chunks(images.paths, chunk_size)):
+                errors.extend(result)
+                bar.update(len(result))
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM: what was found is said
+            _log_found_so_far(images, errors)
+            raise
     seconds = time.perf_counter() - start
     # A name the clean list cannot hold, or DALI's reader cannot take, is as unusable as a
     # file that does not decode.
@@ -243,6 +248,20 @@ def scan(
         workers,
     )
     return ScanReport(images, tuple(errors), seconds)
+
+
+def _log_found_so_far(images: ImageList, errors: Sequence[str | None]) -> None:
+    """The bad files among the first ``len(errors)`` of ``images``, for a scan that stops
+    before its end: they were lost with the rest of its work."""
+    found = [(p, e) for p, e in zip(images.paths, errors) if e is not None]
+    logger.info(
+        "stopped after %d of %d files, %s among them",
+        len(errors),
+        len(images),
+        counted(len(found), "bad file"),
+    )
+    for path, error in found:
+        logger.info("  bad: %s (%s)", path, error)
 
 
 def first_unreadable(

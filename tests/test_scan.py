@@ -23,7 +23,7 @@ from dali_cutmix.files import (
     read_file_list,
     scan_hint,
 )
-from dali_cutmix.scan import check_image, explain_decode_error, first_unreadable, main
+from dali_cutmix.scan import check_image, explain_decode_error, first_unreadable, main, scan
 
 
 def _dirty_folder(root: Path) -> tuple[Path, set[str]]:
@@ -409,4 +409,38 @@ def test_a_folder_where_no_file_decodes_gets_no_empty_list(
     assert [(Path(e["path"]).name, e["error"]) for e in report["bad"]] == [
         ("x.JPEG", f"UnidentifiedImageError: cannot identify image file '{root}/a/x.JPEG'"),
         ("y.JPEG", "empty file (0 bytes)"),
+    ]
+
+
+def test_a_scan_stopped_by_ctrl_c_says_the_bad_files_it_had_found(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # They were lost with the rest of its work ("no report was written").
+    root, bad = _dirty_folder(tmp_path / "data")
+
+    class _Stopped:
+        """A pool whose third task is met by Ctrl-C."""
+
+        def map(self, check, chunks):
+            for number, chunk in enumerate(chunks):
+                if number == 2:
+                    raise KeyboardInterrupt
+                yield check(chunk)
+
+    @contextlib.contextmanager
+    def pool(workers):
+        yield _Stopped()
+
+    with (
+        mock.patch("dali_cutmix.scan.worker_pool", pool),
+        caplog.at_level(logging.INFO, logger="dali_cutmix.scan"),
+        pytest.raises(KeyboardInterrupt),
+    ):
+        scan(root, workers=1, chunk_size=4, progress=False)
+    images = list_image_folder(root)
+    first = [p for p in images.paths[:8] if p in bad]
+    assert first and len(first) < len(bad)  # some found, some not yet
+    assert f"stopped after 8 of {len(images)} files, {len(first)} bad file" in caplog.text
+    assert [m.split(" (")[0] for m in caplog.messages if "  bad: " in m] == [
+        f"  bad: {p}" for p in first
     ]
