@@ -76,7 +76,9 @@ def test_the_graph_example_builds_and_mixes(root: Path) -> None:
 
 def test_the_loader_examples_run(root: Path, tmp_path: Path) -> None:
     scope = {"epochs": 1, "torch": torch, "model": lambda images: images.mean(dim=(2, 3))}
-    loop = _swapped(BLOCKS[1], {**_paths(root), "num_classes=1000": "num_classes=3"})
+    placeholder = "model, epochs = ..., 90  # your model (on the loader's device) and epoch count"
+    swaps = {**_paths(root), "num_classes=1000": "num_classes=3", placeholder: ""}
+    loop = _swapped(BLOCKS[1], swaps)
     exec(_swapped(loop, {"batch_size=256": "batch_size=8"}), scope)
     assert len(scope["train"]) == 3 and len(scope["val"]) == 2
     assert torch.isfinite(scope["loss"])
