@@ -505,6 +505,34 @@ def test_settle_names_the_first_rank_that_failed() -> None:
     assert train.utils.lowest_rank_with(False, DistInfo()) is None
 
 
+def test_a_rank_finds_its_host_siblings_before_any_process_group() -> None:
+    # The first rank of a flag error waits for them to wait too: torchrun ended one still
+    # parsing on a loaded machine, which it listed as killed (-15).
+    rank = (
+        "import time; from train.status import host_siblings\n"
+        "print(sorted(host_siblings()), flush=True); time.sleep(1)"
+    )
+    # a parent of its own, as torchrun's agent is (the test process has other children)
+    launcher = (
+        "import subprocess, sys\n"
+        f"ranks = [subprocess.Popen([sys.executable, '-c', {rank!r}], stdout=subprocess.PIPE,"
+        " text=True) for _ in range(3)]\n"
+        "for r in ranks: print(r.pid, r.communicate()[0].strip())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", launcher],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    seen = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+    pids = sorted(int(pid) for pid in seen)
+    assert len(pids) == 3, done.stderr
+    for pid, siblings in seen.items():
+        assert siblings == str([other for other in pids if other != int(pid)])
+
+
 def test_the_first_ctrl_c_is_said_by_rank_0_alone(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -44,7 +44,14 @@ from .config import (
     drop_unused_run_dir,
     parse_config,
 )
-from .status import DataFailure, ExitStatus, leaving, resume_command
+from .status import (
+    DataFailure,
+    ExitStatus,
+    host_siblings,
+    leaving,
+    resume_command,
+    wait_until_left,
+)
 
 # the project's top-level packages, in a clone and installed (dali_cutmix.train, ...)
 _OUR_LOGGERS = ("train", "pipelines", "dali_cutmix")
@@ -126,7 +133,15 @@ def _parse(argv: list[str], rank: int) -> TrainConfig:
     other than its host's first keeps to itself (:func:`_said_once`); its ``--help``
     too, which the first rank shows."""
     if _first_on_host():
-        return parse_config(argv, claim=rank == 0)
+        try:
+            return parse_config(argv, claim=rank == 0)
+        except SystemExit as exit:
+            if exit.code and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                # the others meet it too, some later (a loaded machine): torchrun ended one
+                # still parsing, which it listed as killed (-15); it waits for them to be
+                # waiting themselves (their markers), at most QUIET_WAIT
+                wait_until_left(host_siblings(), QUIET_WAIT)
+            raise
     out, err = io.StringIO(), io.StringIO()
 
     def replay() -> None:

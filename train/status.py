@@ -46,7 +46,8 @@ import shlex
 import signal
 import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,45 @@ def leaving_marker(pid: int) -> Path:
     """The file a rank about to exit with a non-zero status leaves while it waits for the
     others (:func:`train.utils.outlive_siblings`): a rank that is leaving too is not waited for."""
     return Path(tempfile.gettempdir()) / f"dali-cutmix-leaving-{pid}"
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` runs (exited and not yet reaped by torchrun counts as not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:  # Linux; elsewhere nothing is waited for
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def wait_until_left(pids: Iterable[int], timeout: float) -> None:
+    """Waits until each of ``pids`` has exited or leaves its :func:`leaving_marker`, at most
+    ``timeout`` seconds."""
+    pids = tuple(pids)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not [pid for pid in pids if running(pid) and not leaving_marker(pid).exists()]:
+            return
+        time.sleep(0.05)
+
+
+def host_siblings() -> tuple[int, ...]:
+    """The other children of this process's parent (torchrun's ranks on this host, before
+    the process group can tell them); none off Linux."""
+    parent, mine, found = os.getppid(), os.getpid(), []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit() or int(entry.name) == mine:
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if len(fields) > 1 and fields[1] == str(parent):
+                found.append(int(entry.name))
+    return tuple(found)
 
 
 @contextlib.contextmanager

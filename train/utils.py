@@ -9,7 +9,6 @@ import logging
 import os
 import signal
 import socket
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -17,7 +16,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.distributed as dist
 
-from .status import leaving, leaving_marker
+from .status import leaving, wait_until_left
 
 logger = logging.getLogger(__name__)
 
@@ -105,21 +104,7 @@ def outlive_siblings(status: int, timeout: float = 10.0) -> None:
     it meanwhile. Ranks on other hosts are not waited for.
     """
     with leaving(status):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not [pid for pid in _siblings if _running(pid) and not leaving_marker(pid).exists()]:
-                return
-            time.sleep(0.05)
-
-
-def _running(pid: int) -> bool:
-    """Whether process ``pid`` runs (exited and not yet reaped by torchrun counts as not)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:  # Linux; elsewhere nothing is waited for
-            state = stat.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
+        wait_until_left(_siblings, timeout)
 
 
 def agreed(flag: bool, info: DistInfo) -> bool:
