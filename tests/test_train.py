@@ -146,20 +146,33 @@ def test_a_few_steps_with_each_loader_and_mixing_mode(
     assert all(torch.isfinite(v).all() for v in initial.values() if v.is_floating_point())
 
 
-@pytest.mark.parametrize("loader", ["dali", "torchvision"])
-def test_resumed_run_equals_uninterrupted_run(tiny: Path, tmp_path: Path, loader: str) -> None:
+@pytest.mark.parametrize("loader, moved", [("dali", False), ("torchvision", False), ("dali", True)])
+def test_resumed_run_equals_uninterrupted_run(
+    tiny: Path, tmp_path: Path, loader: str, moved: bool, caplog
+) -> None:
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     run(_config(tiny, whole, "--loader", loader))
-    run(_config(tiny, parts, "--loader", loader, "--stop-after-steps", "4"))
+    root = tmp_path / "data"  # moved (to local disk, say) after the stop, when `moved`
+    shutil.copytree(tiny, root)
+    run(_config(root, parts, "--loader", loader, "--stop-after-steps", "4"))
     state = torch.load(parts / "checkpoint.pth", weights_only=True)
     assert (state["epoch"], state["step"]) == (1, 1)  # stopped inside the second epoch
     assert not torch.equal(state["model"]["fc.weight"], _weights(whole)["fc.weight"])
     checkpoint = str(parts / "checkpoint.pth")
     with pytest.raises(SystemExit):  # other settings would not continue the same run
         parse_config(["--resume", checkpoint, "--mixup-alpha", "0.3"])
-    resumed = parse_config(["--resume", checkpoint])  # the checkpoint holds the configuration
+    place = []
+    if moved:  # the same classes elsewhere: the run goes on there, with the same next batch
+        root = root.rename(tmp_path / "moved")
+        place = ["--data", str(root)]
+    resumed = parse_config(["--resume", checkpoint, *place])  # the checkpoint's configuration
     assert resumed.stop_after_steps is None and resumed.data.loader.value == loader
-    assert run(resumed).outcome is Outcome.FINISHED
+    assert resumed.data.root == root.resolve()
+    with caplog.at_level(logging.INFO, logger="train.trainer"):
+        assert run(resumed).outcome is Outcome.FINISHED
+    said = f"the dataset's folder moved: {(tmp_path / 'data').resolve()}, now {root.resolve()}"
+    assert (said in caplog.text) is moved
+    assert "does not fit" not in caplog.text  # the saved data stream goes on
     a, b = _weights(whole), _weights(parts)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "weights differ after resuming"

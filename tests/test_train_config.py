@@ -668,12 +668,78 @@ def test_resume_refuses_other_changes_in_one_line_naming_the_typed_flags(
 ) -> None:
     _, path = resumable
     err = _refused(["--resume", str(path), *argv], capsys)
-    may_change = (
-        "on resume only --epochs (upward), --train-list, --val-list, -j/--workers, "
-        "--print-freq, --output-dir, --stop-after-steps, --cache-dir, --deterministic and "
-        "--test-only may change"
+    assert err == f"python -m train: error: {path}: {reasons}; {MAY_CHANGE}\n"
+
+
+MAY_CHANGE = (
+    "on resume only --data (a folder of the same classes elsewhere), --epochs (upward), "
+    "--train-list, --val-list, -j/--workers, --print-freq, --output-dir, --stop-after-steps, "
+    "--cache-dir, --deterministic and --test-only may change"
+)
+
+
+def test_resume_goes_on_in_a_moved_dataset_of_the_same_classes_only(
+    resumable, tmp_path: Path, capsys
+) -> None:
+    original, path = resumable
+    moved = original.data.root.rename(tmp_path / "moved")  # to a local disk, say
+    resumed = parse_config(["--resume", str(path), "--data", str(moved)])
+    data = dataclasses.replace(original.data, root=moved)
+    assert resumed == dataclasses.replace(original, data=data, resume=path, stop_after_steps=None)
+    other = _folder(tmp_path / "other", ["a", "c", "d"], ["a", "c", "d"])
+    assert _refused(["--resume", str(path), "--data", str(other)], capsys) == (
+        f"python -m train: error: {path}: --data {other} has other classes than the "
+        f"checkpoint's {original.data.root} (3 against 2; in one only: b, c, d); a run goes on "
+        f"in another folder of the same classes only; {MAY_CHANGE}\n"
     )
-    assert err == f"python -m train: error: {path}: {reasons}; {may_change}\n"
+    # A run on the embedded set has no folder to move.
+    embedded = parse_config(["--device", "cpu", "--output-dir", str(tmp_path / "e")])
+    saved = _checkpoint(tmp_path / "e" / "checkpoint.pth", embedded)
+    assert _refused(["--resume", str(saved), "--data", str(moved)], capsys).startswith(
+        f"python -m train: error: {saved}: --data {moved}: the checkpoint trained on the "
+        "embedded dataset; "
+    )
+
+
+def test_resume_names_a_saved_folder_or_list_that_is_gone_and_how_to_give_its_place(
+    resumable, tmp_path: Path, capsys
+) -> None:
+    original, path = resumable
+    moved = original.data.root.rename(tmp_path / "moved")
+    assert _refused(["--resume", str(path)], capsys) == (
+        f"python -m train: error: --resume {path}: the run's --data {original.data.root} is "
+        "gone (no such folder); restore it, or give its new place of the same classes: "
+        f"python -m train --resume {path} --data NEW_PLACE\n"
+    )
+    gone = tmp_path / "gone"  # a typed folder is named as typed, without blaming the checkpoint
+    assert _refused(["--resume", str(path), "--data", str(gone)], capsys) == (
+        f"python -m train: error: --data {gone}: no such folder\n"
+    )
+    (moved / "val").rename(tmp_path / "val")  # there, but no dataset any more
+    moved.rename(original.data.root)
+    assert _refused(["--resume", str(path)], capsys) == (
+        f"python -m train: error: --resume {path}: the run's --data {original.data.root}: no "
+        f"val/ folder (expected {original.data.root / 'val'})\n"
+    )
+    (tmp_path / "val").rename(original.data.root / "val")
+    moved = original.data.root.rename(moved)
+    files = tmp_path / "scan" / "files.txt"
+    files.parent.mkdir()
+    files.write_text("a/x.JPEG 0\n")
+    argv = ["--resume", str(path), "--data", str(moved), "--val-list", str(files)]
+    listed = parse_config(argv)
+    checkpoint = _checkpoint(tmp_path / "listed" / "checkpoint.pth", listed, step=2)
+    files.unlink()
+    assert _refused(["--resume", str(checkpoint)], capsys) == (
+        f"python -m train: error: --resume {checkpoint}: the run's --val-list {files} is gone "
+        f"(no such file); restore it, or give its new place: python -m train --resume "
+        f"{checkpoint} --val-list NEW_PLACE\n"
+    )
+    again = tmp_path / "files.txt"
+    again.write_text("a/x.JPEG 0\n")
+    assert parse_config(["--resume", str(checkpoint), "--val-list", str(again)]).data.val_list == (
+        again
+    )
 
 
 @pytest.mark.parametrize(

@@ -761,8 +761,9 @@ RESUME_MAY_CHANGE = frozenset(
     }
 )
 _MAY_CHANGE = (
-    "on resume only --epochs (upward), --train-list, --val-list, -j/--workers, --print-freq, "
-    "--output-dir, --stop-after-steps, --cache-dir, --deterministic and --test-only may change"
+    "on resume only --data (a folder of the same classes elsewhere), --epochs (upward), "
+    "--train-list, --val-list, -j/--workers, --print-freq, --output-dir, --stop-after-steps, "
+    "--cache-dir, --deterministic and --test-only may change"
 )
 _PATH_DESTS = frozenset({"data", "cache_dir", "train_list", "val_list", "output_dir", "resume"})
 
@@ -888,12 +889,36 @@ def resume_changes(
             f"{typed.get('epochs', '--epochs')} {new['epochs']} is fewer than the checkpoint's "
             f"{old['epochs']}"
         )
+    moved = _moved_data(old, new, typed)
+    if moved:  # another place of the dataset with other classes: that alone is the reason
+        return [moved]
+    may_change = RESUME_MAY_CHANGE | ({"data.root"} if moved == "" else set())
     for field in sorted(old.keys() | new.keys()):
-        if field in RESUME_MAY_CHANGE or old.get(field) == new.get(field):
+        if field in may_change or old.get(field) == new.get(field):
             continue
         reason = _refusal(field, old.get(field), new.get(field), typed)
         (derived if _typed_setter(field, typed) is None else reasons).append(reason)
     return reasons or derived
+
+
+def _moved_data(
+    old: Mapping[str, Any], new: Mapping[str, Any], typed: Mapping[str, str]
+) -> str | None:
+    """A typed ``--data`` that moves a folder-trained run to another folder: ``""`` when it
+    holds the checkpoint's classes (the run goes on there), else why not; ``None`` when
+    ``--data`` is not such a move (untyped, unchanged, or to or from the embedded set)."""
+    before, after = old.get("data.root"), new.get("data.root")
+    if "data" not in typed or before is None or after is None or before == after:
+        return None
+    saved, here = tuple(old.get("data.classes") or ()), tuple(new.get("data.classes") or ())
+    if saved == here:
+        return ""
+    only = sorted(set(saved) ^ set(here))  # class names are sorted: sets differ too
+    return (
+        f"{typed['data']} {after} has other classes than the checkpoint's {before} "
+        f"({len(here)} against {len(saved)}; in one only: {', '.join(only[:5])}"
+        f"{', ...' * (len(only) > 5)}); a run goes on in another folder of the same classes only"
+    )
 
 
 def check_ranks(state: Mapping[str, Any], path: Path, world: int) -> None:
@@ -1038,6 +1063,7 @@ def resume_config(args: argparse.Namespace, typed: Mapping[str, str]) -> TrainCo
         "output_dir": args.output_dir or path.parent,
     }
     values = _saved_args(saved, args, typed) | run_values
+    _check_saved_paths(values, typed, path)
     try:
         saved_augment = AugmentConfig.from_dict(saved["augment"])
     except (TypeError, ValueError, AttributeError) as error:
@@ -1083,6 +1109,39 @@ def resume_config(args: argparse.Namespace, typed: Mapping[str, str]) -> TrainCo
     if reasons:
         raise ValueError(f"{path}: {'; '.join(reasons)}; {_MAY_CHANGE}")
     return config
+
+
+def _check_saved_paths(values: Mapping[str, Any], typed: Mapping[str, str], path: Path) -> None:
+    """The dataset folder and file lists of a resume, checked before the configuration is
+    rebuilt (whose fallback would blame the checkpoint): a saved one that is gone (moved,
+    unmounted) is named with the flag that gives its new place.
+
+    Raises:
+        ValueError: the ``--data`` folder (saved or typed) is missing or not a dataset, or a
+            saved ``--train-list``/``--val-list`` is missing.
+    """
+    for dest, flag, what in (
+        ("data", "--data", "folder"),
+        ("train_list", "--train-list", "file"),
+        ("val_list", "--val-list", "file"),
+    ):
+        place = values.get(dest)
+        if not isinstance(place, Path):
+            continue
+        if dest not in typed and not (place.is_dir() if dest == "data" else place.is_file()):
+            same = " of the same classes" if dest == "data" else ""
+            again = resume_command(path, _world_size(), flag, "NEW_PLACE")
+            raise ValueError(
+                f"--resume {path}: the run's {flag} {place} is gone (no such {what}); restore "
+                f"it, or give its new place{same}: {again}"
+            )
+        if dest == "data":
+            try:
+                _list_classes(place)
+            except ValueError as error:  # "--data ROOT: no val/ folder (expected ...)"
+                raise ValueError(
+                    str(error) if dest in typed else f"--resume {path}: the run's {error}"
+                ) from None
 
 
 def _unknown_settings(saved: Mapping[str, Any], known: Mapping[str, Any]) -> list[str]:

@@ -216,6 +216,9 @@ class Trainer:
             return
         where = f"epoch {self.epoch + 1}, step {self.step} of {steps}"
         logger.info("resumed from %s at %s", self.config.resume, where)
+        before = state.get("config", {}).get("data", {}).get("root")
+        if before is not None and Path(before) != self.config.data.root:
+            logger.info("the dataset's folder moved: %s, now %s", before, self.config.data.root)
         if why is not None:
             skipped = f" (its first {counted(self.step, 'batch')} skipped)" if self.step else ""
             goes_on = (  # at step 0 nothing is skipped ("its first 0 batches skipped")
