@@ -318,6 +318,34 @@ def test_ctrl_c_during_validation_stops_at_the_epoch_end(
     assert (state["epoch"], state["step"]) == (1, 0)
 
 
+@pytest.mark.parametrize(
+    "signals, status, by",
+    [
+        ((signal.SIGTERM, signal.SIGTERM), 143, "SIGTERM"),  # said Ctrl-C, status 130
+        ((signal.SIGTERM, signal.SIGINT), 130, "Ctrl-C"),
+        ((signal.SIGINT, signal.SIGTERM), 143, "SIGTERM"),
+    ],
+)
+def test_a_second_signal_aborts_in_its_own_name_and_status(
+    tiny: Path, tmp_path: Path, monkeypatch, capsys, signals: tuple, status: int, by: str
+) -> None:
+    # the first stops at the next step (here: the epoch's end); the second aborts at once
+    original = train.trainer.evaluate
+
+    def interrupted(*args, **kwargs):
+        for signum in signals:
+            signal.raise_signal(signum)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train.trainer, "evaluate", interrupted)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(_argv(tiny, tmp_path, "--loader", "torchvision", "--cutmix-alpha", "0")) == status
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"python -m train: aborted by {by}; no checkpoint was written"
+    )
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
 def _ctrl_c_in_first_save(monkeypatch: pytest.MonkeyPatch, presses: int) -> list[int]:
     """Makes the run's first ``torch.save`` receive ``presses`` SIGINTs as it starts; returns
     the list that counts the saves."""

@@ -47,6 +47,7 @@ from .config import (
 from .status import (
     DataFailure,
     ExitStatus,
+    Terminated,
     host_siblings,
     leaving,
     resume_command,
@@ -55,12 +56,6 @@ from .status import (
 
 # the project's top-level packages, in a clone and installed (dali_cutmix.train, ...)
 _OUR_LOGGERS = ("train", "pipelines", "dali_cutmix")
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM while no step is running (the run starting, its end): taken as Ctrl-C is
-    there, with status 143. Python's default ended the process at once, without a word,
-    leaving an empty run folder behind."""
 
 
 @contextlib.contextmanager

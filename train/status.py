@@ -109,6 +109,12 @@ def launcher(world_size: int) -> str:
     return f"torchrun --nproc_per_node {world_size} -m {__package__}"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM while no step is running (the run starting, its end), or a second one while a
+    step runs: taken as Ctrl-C is there, with status 143. Python's default ended the process
+    at once, without a word, leaving an empty run folder behind."""
+
+
 def resume_command(checkpoint: Path, world_size: int, *extra: str) -> str:
     """The command that continues from ``checkpoint`` (its configuration is in it)."""
     return " ".join([launcher(world_size), "--resume", shlex.quote(str(checkpoint)), *extra])

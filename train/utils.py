@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.distributed as dist
 
-from .status import leaving, wait_until_left
+from .status import Terminated, leaving, wait_until_left
 
 logger = logging.getLogger(__name__)
 
@@ -333,15 +333,15 @@ class StopFlag:
     def __init__(self) -> None:
         self.requested = False
         self._held = False
-        self._abort = False
+        self._abort: int | None = None  # the signal of an abort held back
 
     def request(self, signum: int, frame: Any) -> None:
         if self.requested:
             if self._held:
-                self._abort = True
+                self._abort = signum
                 logger.warning("aborting once the checkpoint being written is complete")
                 return
-            raise KeyboardInterrupt
+            raise _interrupt(signum)
         self.requested = True
         if int(os.environ.get("RANK", "0")) == 0:  # torchrun forwards it to every rank: one line
             logger.warning(
@@ -356,8 +356,13 @@ class StopFlag:
             yield
         finally:
             self._held = False
-        if self._abort:
-            raise KeyboardInterrupt
+        if self._abort is not None:
+            raise _interrupt(self._abort)
+
+
+def _interrupt(signum: int) -> KeyboardInterrupt:
+    """The abort of a second signal: SIGTERM's says so (exit status 143, not Ctrl-C's 130)."""
+    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 @contextlib.contextmanager
