@@ -383,3 +383,47 @@ def test_the_fork_server_and_its_workers_end_when_the_main_process_is_killed(
     for pid in left:  # not to leave them to the rest of the session
         os.kill(pid, signal.SIGKILL)
     assert left == []
+
+
+_EXIT_WITH = """
+import atexit, concurrent.futures, signal, sys, time
+from dali_cutmix.procs import exit_with
+WHERE = sys.argv[1]
+class Dropped:  # a cycle, collected by exit_with's gc.collect (as pipelines are)
+    def __init__(self):
+        self.me = self
+    def __del__(self):
+        if WHERE == "gc":
+            signal.raise_signal(signal.SIGTERM)
+            time.sleep(30)
+def stop():
+    if WHERE == "atexit":
+        signal.raise_signal(signal.SIGINT)
+        time.sleep(30)
+    print("atexit ran", flush=True)
+atexit.register(stop)
+Dropped()
+pool = concurrent.futures.ThreadPoolExecutor(1)  # its idle worker is not waited for forever
+pool.submit(time.sleep, 0.1)
+print("unflushed", end=" ")
+exit_with(3)
+"""
+
+
+@pytest.mark.parametrize("where", ["nothing", "atexit", "gc"])
+def test_exit_with_ends_with_the_status_on_a_signal_during_the_teardown(where: str) -> None:
+    # After a run, a Ctrl-C in the interpreter's teardown ended the process by SIGINT (-2)
+    # without a word, or printed "Exception ignored in atexit callback ... KeyboardInterrupt".
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", _EXIT_WITH, where],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 3, done.stderr
+    assert time.monotonic() - start < 25  # the signal ended the 30 s sleep
+    assert done.stderr == ""
+    # the teardown goes on to its end, or ends at the signal; what was printed is kept
+    assert done.stdout == ("unflushed atexit ran\n" if where == "nothing" else "unflushed ")

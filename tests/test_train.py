@@ -279,6 +279,25 @@ def _wait_for(log: Path, text: str, seconds: float = 180) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
+def test_a_signal_after_the_run_finished_keeps_its_status_and_says_nothing(
+    tiny: Path, tmp_path: Path, signum: int
+) -> None:
+    # In the ~1.5 s of teardown after "finished", a Ctrl-C killed the process by SIGINT
+    # (status -2, no word) or printed "Exception ignored ... KeyboardInterrupt".
+    log = tmp_path / "log.txt"
+    with _started(["-m", "train", *_argv(tiny, tmp_path / "run", "--epochs", "1")], log) as process:
+        _wait_for(log, "finished 1 epoch")
+        os.killpg(process.pid, signum)
+        with contextlib.suppress(ProcessLookupError):  # gone already: nothing to test twice
+            time.sleep(0.05)
+            os.killpg(process.pid, signum)
+        assert process.wait(timeout=60) == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "Traceback" not in text and "Exception ignored" not in text, text[-3000:]
+    assert "finished 1 epoch" in text.splitlines()[-1]
+
+
 @pytest.mark.slow
 def test_a_terminal_ctrl_c_during_torchvision_validation_stops_cleanly(tmp_path: Path) -> None:
     # One SIGINT to the process group, as a terminal sends it: the DataLoader's workers died

@@ -32,9 +32,10 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from dali_cutmix.cli import ABORTED, TERMINATED, aborted, report_user_error
+from dali_cutmix.procs import exit_with
 
 from .cli import get_args_parser
 from .config import (
@@ -289,5 +290,12 @@ def _train(config: TrainConfig, argv: list[str], rank: int) -> int:
     return status if rank == 0 else ExitStatus.FINISHED
 
 
+def entry() -> NoReturn:
+    """The command (``python -m train``, ``dali-cutmix-train``): :func:`main`, then the
+    process ends with its status, also on a Ctrl-C or SIGTERM during the interpreter's
+    teardown (:func:`dali_cutmix.procs.exit_with`)."""
+    exit_with(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
