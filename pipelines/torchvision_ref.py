@@ -58,9 +58,10 @@ from dali_cutmix.files import (
     BadImageError,
     DatasetError,
     ImageList,
+    counted,
     list_images,
 )
-from dali_cutmix.procs import process_context
+from dali_cutmix.procs import process_context, signals_deferred
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -439,8 +440,13 @@ class TorchvisionLoader:
         self._resuming = False
         self._pending.batches = batches = self._batches(self._epoch)[self._done :]
         first = self._done
+        # The first iter() starts the workers: a Ctrl-C while one waited for the fork
+        # server's reply left a process the loader never registered, which failed with a
+        # traceback (FileNotFoundError rebuilding a semaphore) once this process was gone.
+        with signals_deferred():
+            stream = iter(self.loader)
         try:
-            for images, targets in self.loader:
+            for images, targets in stream:
                 self._done += 1
                 yield images, targets
         except Exception as error:
@@ -568,10 +574,10 @@ def make_torchvision_loader(
         num_shards=num_shards,
     )
     logger.info(
-        "torchvision loader: %d images, %d batches of %d, %d workers",
-        loader.dataset_size,
-        len(loader),
+        "torchvision loader: %s, %s of %d, %s",
+        counted(loader.dataset_size, "image"),
+        counted(len(loader), "batch"),
         batch_size,
-        workers,
+        counted(workers, "worker"),
     )
     return loader

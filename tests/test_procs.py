@@ -427,3 +427,35 @@ def test_exit_with_ends_with_the_status_on_a_signal_during_the_teardown(where: s
     assert done.stderr == ""
     # the teardown goes on to its end, or ends at the signal; what was printed is kept
     assert done.stdout == ("unflushed atexit ran\n" if where == "nothing" else "unflushed ")
+
+
+def test_a_ctrl_c_while_the_torchvision_loaders_workers_start_is_taken_once_they_have(
+    image_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One inside the wait for the fork server's reply left a worker the DataLoader never
+    # registered, which printed a FileNotFoundError traceback after "aborted by Ctrl-C".
+    import torch.utils.data
+
+    loader = make_torchvision_loader(
+        image_folder, train=False, batch_size=5, workers=1, crop_size=8, resize_size=8
+    )
+    starting = torch.utils.data.DataLoader.__iter__
+    events = []
+
+    def pressed_while_starting(self):
+        signal.raise_signal(signal.SIGINT)
+        time.sleep(0.2)  # a signal is handled within a few bytecodes: it was held
+        stream = starting(self)
+        events.append(len(stream._workers))
+        return stream
+
+    monkeypatch.setattr(torch.utils.data.DataLoader, "__iter__", pressed_while_starting)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as at a terminal
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            next(iter(loader))
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert events == [1]  # the worker had started, registered, when the Ctrl-C was taken
+    monkeypatch.undo()
+    assert sum(len(images) for images, _ in loader) == 15  # and the loader still reads
