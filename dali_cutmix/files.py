@@ -31,6 +31,7 @@ __all__ = [
     "BadImageError",
     "DatasetError",
     "ImageList",
+    "LabelBeyondClassesError",
     "MissingFilesError",
     "NOT_UTF8",
     "UNLISTABLE",
@@ -168,6 +169,30 @@ class MissingFilesError(DatasetError):
             f"{self.found}; delete those lines, or {root_advice} (they resolve against "
             f"{self.base!r})."
         )
+
+
+class LabelBeyondClassesError(DatasetError):
+    """A file list's label beyond the root's class folders (``read_file_list(root=...)``).
+
+    The list was written for another dataset folder. A program whose root comes from
+    its own flag words the fix with :meth:`advising` (``python -m train``: ``--data``).
+
+    Attributes:
+        found: the list, the line, the label and the root's class count.
+    """
+
+    def __init__(self, found: str) -> None:
+        self.found = found
+        super().__init__(
+            self.advising(
+                "give the dataset folder the list was written for as the root, or no root "
+                "(its class names then come from the files' folders)"
+            )
+        )
+
+    def advising(self, root_advice: str) -> str:
+        """The message, with ``root_advice`` as the way to the right root."""
+        return f"{self.found}; {root_advice}."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -538,11 +563,11 @@ def read_file_list(
     if root is not None:
         classes = tuple(class_folders(base))
         if max(labels) >= len(classes):
-            raise DatasetError(
-                f"file list {str(list_path)!r} has label {max(labels)} but {str(base)!r} "
-                f"has only {len(classes)} class folders; give the dataset folder the list "
-                f"was written for as the root, or no root (its class names then come from "
-                f"the files' folders)."
+            line = numbers[labels.index(max(labels))]
+            raise LabelBeyondClassesError(
+                f"file list {str(list_path)!r} line {line} has label {max(labels)} but "
+                f"{str(base)!r} has only {counted(len(classes), 'class folder')} (labels 0 to "
+                f"{len(classes) - 1})"
             )
     else:
         classes = _names_from_paths(paths, labels, numbers)

@@ -48,6 +48,7 @@ from dali_cutmix.cli import (
 from dali_cutmix.files import (
     BadImageError,
     DatasetError,
+    LabelBeyondClassesError,
     MissingFilesError,
     bad_file_problem,
     scan_commands,
@@ -201,6 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise BadImageError(_with_list_hint(error, args, argv), path=error.path) from None
             except MissingFilesError as error:  # the root is this command's folder argument
                 advice = "give the folder the paths are relative to as the folder argument"
+                raise DatasetError(error.advising(advice)) from None
+            except LabelBeyondClassesError as error:
+                advice = "give the folder the list was written for as the folder argument"
                 raise DatasetError(error.advising(advice)) from None
         report = {
             "command": command_line(__spec__.name, argv),

@@ -316,11 +316,11 @@ def test_file_list_paths_with_outer_whitespace_are_refused(tmp_path: Path) -> No
 def test_label_beyond_class_folders_is_an_error(tmp_path: Path) -> None:
     root = build_image_folder(tmp_path / "data", classes=2, per_class=1, extras=False)
     listed = tmp_path / "files.txt"
-    listed.write_text("n00000000/img_0_0.JPEG 5\n")
+    listed.write_text("n00000000/img_0_0.JPEG 1\n\nn00000001/img_1_0.JPEG 5\n")
     assert _refusal(read_file_list, listed, root=root) == (
-        f"file list {str(listed)!r} has label 5 but {str(root)!r} has only 2 class folders; "
-        f"give the dataset folder the list was written for as the root, or no root (its class "
-        f"names then come from the files' folders)."
+        f"file list {str(listed)!r} line 3 has label 5 but {str(root)!r} has only 2 class "
+        f"folders (labels 0 to 1); give the dataset folder the list was written for as the "
+        f"root, or no root (its class names then come from the files' folders)."
     )
 
 

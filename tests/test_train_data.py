@@ -101,3 +101,24 @@ def test_a_listed_file_that_does_not_exist_is_named_with_the_data_flag(tiny, loa
         f"--data the folder whose train/ the paths are relative to (they resolve against "
         f"{str(tiny / 'train')!r})."
     )
+
+
+@pytest.mark.parametrize("loader", ["dali", "torchvision"])
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_a_label_beyond_the_classes_is_named_with_the_list_and_data_flags(
+    tiny, loader, split
+) -> None:
+    # it said "give the dataset folder the list was written for as the root, or no root"
+    listed = tiny / "out" / f"{split}-labels.txt"
+    listed.parent.mkdir(exist_ok=True)
+    kept = sorted(p.relative_to(tiny / split) for p in (tiny / split).rglob("*.JPEG"))
+    listed.write_text(f"{kept[0]} 0\n{kept[-1]} 7\n")
+    config = _config(tiny, loader, f"--{split}-list", str(listed))
+    with pytest.raises(DatasetError) as refused:
+        build_loaders(config, tiny, DistInfo())
+    classes = len(config.data.classes)
+    assert str(refused.value) == (
+        f"file list {str(listed)!r} line 2 has label 7 but {str(tiny / split)!r} has only "
+        f"{classes} class folders (labels 0 to {classes - 1}); give as --data the dataset the "
+        f"--{split}-list was written for."
+    )

@@ -80,6 +80,15 @@ def test_a_list_is_read_instead_of_the_folder(tmp_path: Path) -> None:
         f"give the folder the paths are relative to as the folder argument (they resolve against "
         f"{str(folder)!r})."
     )
+    # a label beyond the folder's classes: the list was written for another folder
+    listed.write_text(f"{files[0].relative_to(folder)} 99\n")
+    classes = len([p for p in folder.iterdir() if p.is_dir()])
+    done = run_command("pipelines.val_parity", folder, *argv)
+    assert user_error_line(done) == (
+        f"python -m pipelines.val_parity: error: file list {str(listed)!r} line 1 has label 99 "
+        f"but {str(folder)!r} has only {classes} class folders (labels 0 to {classes - 1}); give "
+        f"the folder the list was written for as the folder argument."
+    )
 
 
 def test_a_bad_file_names_the_scan_and_this_command_with_its_list(tmp_path: Path) -> None:

@@ -37,6 +37,7 @@ from dali_cutmix.files import (
     BadImageError,
     DatasetError,
     ImageList,
+    LabelBeyondClassesError,
     MissingFilesError,
     bad_file_problem,
     list_images,
@@ -182,6 +183,10 @@ def _build_loader(split: str, config: TrainConfig, root: Path, info: DistInfo) -
         return build(root / split, config, settings)
     except MissingFilesError as error:  # the root is --data's split folder, not a flag of its own
         advice = f"give as --data the folder whose {split}/ the paths are relative to"
+        raise DatasetError(error.advising(advice)) from None
+    except LabelBeyondClassesError as error:
+        flag = "--train-list" if split == "train" else "--val-list"
+        advice = f"give as --data the dataset the {flag} was written for"
         raise DatasetError(error.advising(advice)) from None
     except BadImageError as error:
         failure = data_failure(error, split, config=config, root=root, info=info, checkpoint=None)
