@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -60,6 +61,7 @@ from dali_cutmix.files import (
     ImageList,
     counted,
     list_images,
+    what_is_wrong,
 )
 from dali_cutmix.procs import process_context, signals_deferred
 
@@ -273,12 +275,18 @@ class _ImageFiles(Dataset):
 
 
 def _unreadable(path: str) -> str | None:
-    """Why ``ImageFolder``'s loader cannot read ``path``, or ``None`` when it can."""
+    """Why ``ImageFolder``'s loader cannot read ``path`` (``"PIL: cannot identify image
+    file"``), or ``None`` when it can."""
     try:
         default_loader(path)
     except Exception as error:  # PIL raises many types for bad files
-        return f"{type(error).__name__}: {error}".splitlines()[0]
+        # PIL names the file as "<_io.BufferedReader name='...'>": the message names it
+        said = _OPEN_FILE.sub("", str(error)).strip().split("\n")[0].rstrip(":")
+        return f"PIL: {said or type(error).__name__}"
     return None
+
+
+_OPEN_FILE = re.compile(r"\s*<_io\.\w+ name=(?:'[^']*'|\"[^\"]*\"|\S*)>")
 
 
 class _SeededSamples(Dataset):
@@ -469,7 +477,7 @@ class TorchvisionLoader:
             path = samples[index][0]
             reason = _unreadable(path)
             if reason is not None:
-                return BadImageError(f"{path!r} is not a decodable image ({reason}).", path=path)
+                return BadImageError(f"{path!r} {what_is_wrong(path)} ({reason}).", path=path)
         return None
 
     def __repr__(self) -> str:

@@ -638,3 +638,33 @@ def test_loader_with_the_resnet50_recipe_runs(image_folder: Path) -> None:
         "TrivialAugmentWide",
         "RandomErasing",
     ]
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (b"", "is an empty file (0 bytes) (PIL: cannot identify image file)"),
+        (b"<html>not found</html>", "is not a decodable image (PIL: cannot identify image file)"),
+    ],
+    ids=["empty", "text"],
+)
+def test_a_bad_file_is_named_with_what_is_wrong_and_pils_words(
+    image_folder: Path, tmp_path: Path, content: bytes, problem: str
+) -> None:
+    # it said "is not a decodable image (UnidentifiedImageError: cannot identify image file
+    # <_io.BufferedReader name='...'>)" for an empty file too
+    import shutil
+
+    from dali_cutmix.files import BadImageError
+
+    root = tmp_path / "data"
+    shutil.copytree(image_folder, root)
+    bad = sorted(root.rglob("*.JPEG"))[0]
+    bad.write_bytes(content)
+    loader = make_torchvision_loader(
+        root, train=False, batch_size=len(list(root.rglob("*.JPEG"))), crop_size=8, workers=0
+    )
+    with pytest.raises(BadImageError) as caught:
+        next(iter(loader))
+    assert str(caught.value) == f"{str(bad)!r} {problem}."
+    assert caught.value.path == str(bad)
