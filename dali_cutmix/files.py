@@ -66,10 +66,12 @@ SCAN_HINT = (
 
 
 def counted(n: int, noun: str) -> str:
-    """``"1 image"``, ``"2 images"``, ``"1 class"``, ``"3 classes"``: for messages."""
+    """``"1 image"``, ``"2 images"``, ``"1 class"``, ``"3 classes"``, ``"2 epochs"``: for
+    messages."""
     if n == 1:
         return f"{n} {noun}"
-    return f"{n} {noun}{'es' if noun.endswith(('s', 'sh', 'ch', 'x')) else 's'}"
+    hissing = noun.endswith(("s", "sh", "ch", "x")) and not noun.endswith("och")  # epochs
+    return f"{n} {noun}{'es' if hissing else 's'}"
 
 
 def scan_commands() -> dict[str, str]:

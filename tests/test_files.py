@@ -479,6 +479,7 @@ def test_counts_in_messages_agree_with_their_number() -> None:
     assert [counted(n, "class") for n in (0, 1, 2)] == ["0 classes", "1 class", "2 classes"]
     assert [counted(n, "image") for n in (1, 7)] == ["1 image", "7 images"]
     assert counted(1, "sample") == "1 sample"
+    assert [counted(2, noun) for noun in ("batch", "epoch")] == ["2 batches", "2 epochs"]
 
 
 @pytest.mark.parametrize("earlier", [None, "an earlier report\n"])

@@ -543,6 +543,22 @@ def test_model_ema_follows_torchvisions_rule_and_resumes_bit_exactly(
     assert [r["ema_val_images"] for r in strip] == [9, 9]
 
 
+def test_test_only_of_a_mid_epoch_checkpoint_counts_its_steps_in_words(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # it said "(trained 0 epochs and 1 steps)"
+    out = tmp_path / "run"
+    assert main(_argv(tiny, out, "--stop-after-steps", "1")) == 3
+    capsys.readouterr()
+    checkpoint = out / "checkpoint.pth"
+    assert main(["--resume", str(checkpoint), "--test-only"]) == 0
+    assert capsys.readouterr().out.startswith(f"{checkpoint} (trained 1 step): val top-1 ")
+    assert main(["--resume", str(checkpoint), "--stop-after-steps", "3"]) == 3  # epoch 2, step 1
+    capsys.readouterr()
+    assert main(["--resume", str(checkpoint), "--test-only"]) == 0
+    assert capsys.readouterr().out.startswith(f"{checkpoint} (trained 1 epoch and 1 step): ")
+
+
 def test_test_only_evaluates_the_checkpoint_and_its_average_and_changes_nothing(
     ema_run: tuple[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

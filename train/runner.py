@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from dali_cutmix.cli import write_json
-from dali_cutmix.files import DatasetError
+from dali_cutmix.files import DatasetError, counted
 
 from .checkpoint import load_checkpoint, load_weights
 from .config import CURVES_NAME, METRICS_NAME, Device, TrainConfig
@@ -127,7 +127,9 @@ def evaluate_checkpoint(config: TrainConfig, state: dict[str, Any], info: DistIn
     record = {"checkpoint": str(config.resume), "epoch": epoch, "step": step, **val_metrics(val)}
     if info.is_main:
         write_json(config.output_dir / TEST_NAME, record)
-        trained = f"{epoch} epochs" + (f" and {step} steps" if step else "")
+        # "1 epoch", "2 epochs and 1 step", "1 step" (not "0 epochs and 1 steps")
+        done = [counted(n, noun) for n, noun in ((epoch, "epoch"), (step, "step")) if n]
+        trained = " and ".join(done) or "0 epochs"
         print(f"{config.resume} (trained {trained}): {accuracy_line(record)}", flush=True)
     return RunResult([], Outcome.TESTED, evaluation=record)
 
