@@ -660,7 +660,11 @@ def test_resume_takes_the_flags_that_may_change(resumable, tmp_path: Path) -> No
         ),
         (["--mix-prob", "0.5"], "--mix-prob 0.5 differs from the checkpoint's 1.0"),
         # clashes with the saved resize of 256: named as typed, not as --val-resize-size
-        (["--crop-size", "300"], "--crop-size cannot change"),
+        (
+            ["--crop-size", "300"],
+            "--crop-size 300 differs from the checkpoint's --train-crop-size 224, "
+            "--val-crop-size 224",
+        ),
     ],
 )
 def test_resume_refuses_other_changes_in_one_line_naming_the_typed_flags(

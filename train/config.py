@@ -1021,6 +1021,26 @@ def _clashing_flags(
     return sorted(typed[dest] for dest in fixed)
 
 
+def _clash(
+    flag: str, saved: Mapping[str, Any], args: argparse.Namespace, typed: Mapping[str, str]
+) -> str:
+    """``"--crop-size 300 differs from the checkpoint's --train-crop-size 224,
+    --val-crop-size 224"``: a typed fixed flag, its value and the saved values it sets."""
+    dest = next(dest for dest, spelt in typed.items() if spelt == flag)
+    flat = _flatten(saved)
+    fields = sorted(
+        field
+        for field in FLAGS.keys() | ALIASES.keys()
+        if field in flat and any(d == dest for d, _ in _setters(field))
+    )
+    held = ", ".join(f"{FLAGS[f][1] if f in FLAGS else f} {_shown(flat[f])}" for f in fields)
+    value = getattr(args, dest)
+    typed_as = flag if isinstance(value, bool) else f"{flag} {_shown(value)}"
+    return (
+        f"{typed_as} differs from the checkpoint's {held}" if held else f"{typed_as} cannot change"
+    )
+
+
 def resume_config(args: argparse.Namespace, typed: Mapping[str, str]) -> TrainConfig:
     """The configuration of ``--resume``: the checkpoint's, with the flags that may change.
 
@@ -1089,7 +1109,8 @@ def resume_config(args: argparse.Namespace, typed: Mapping[str, str]) -> TrainCo
         # against the saved resize of 37): name the flag, not the saved setting.
         fixed = _clashing_flags(saved, args, typed, saved_augment, run_values)
         if fixed:
-            raise ValueError(f"{path}: {', '.join(fixed)} cannot change; {_MAY_CHANGE}") from None
+            clashes = "; ".join(_clash(flag, saved, args, typed) for flag in fixed)
+            raise ValueError(f"{path}: {clashes}; {_MAY_CHANGE}") from None
         untyped = {"stop_after_steps": None, "output_dir": path.parent}
         as_saved = _saved_args(saved, args, {}) | run_values | untyped
         try:  # no typed flag at all: then the saved values themselves are at fault
