@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from dali_cutmix.cli import (
+    aborted,
     add_count,
     add_report_flag,
     add_shared_flags,
@@ -41,9 +42,10 @@ from dali_cutmix.cli import (
     write_json,
 )
 from dali_cutmix.config import MixConfig
+from dali_cutmix.procs import Terminated
 from dali_cutmix.synthetic import CACHE_ENV, SyntheticSpec, checked_cache_dir, generate
 
-__all__ = ["rss_mb", "soak", "main"]
+__all__ = ["SoakStopped", "rss_mb", "soak", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +104,12 @@ def soak(
     threads: int = 2,
     warmup: int = WARMUP,
 ) -> dict[str, Any]:
-    """Runs ``epochs`` epochs, then ``resumes`` stop-and-resume cycles; returns RSS figures."""
+    """Runs ``epochs`` epochs, then ``resumes`` stop-and-resume cycles; returns RSS figures.
+
+    Raises:
+        SoakStopped: Ctrl-C or SIGTERM (under :func:`dali_cutmix.procs.exit_on_sigterm`)
+            stopped it; the exception holds the readings taken until then.
+    """
     from .imagenet import make_loader  # here, so that --help answers without DALI
 
     def loader():
@@ -119,37 +126,60 @@ def soak(
 
     started = time.perf_counter()
     train = loader()
-    epoch_rss = []
-    for epoch in range(epochs):
-        batches = sum(1 for _ in train)
-        gc.collect()
-        epoch_rss.append(rss_mb())
-        logger.info("epoch %d: %d batches, RSS %.1f MiB", epoch + 1, batches, epoch_rss[-1])
-    resume_rss = []
-    half = max(1, len(train) // 2)
-    for k in range(resumes):
-        stream = iter(train)
-        for _ in range(half):  # stop mid-epoch, as a Ctrl-C would
-            next(stream)
-        state = train.state_dict()
-        del stream
-        train = loader()
-        train.load_state_dict(state)
-        sum(1 for _ in train)  # the rest of the epoch
-        gc.collect()
-        resume_rss.append(rss_mb())
-        logger.info("resume %d: RSS %.1f MiB", k + 1, resume_rss[-1])
-    return {
+    epoch_rss: list[float] = []
+    resume_rss: list[float] = []
+    stop = None
+    try:
+        for epoch in range(epochs):
+            batches = sum(1 for _ in train)
+            gc.collect()
+            epoch_rss.append(rss_mb())
+            logger.info("epoch %d: %d batches, RSS %.1f MiB", epoch + 1, batches, epoch_rss[-1])
+        half = max(1, len(train) // 2)
+        for k in range(resumes):
+            stream = iter(train)
+            for _ in range(half):  # stop mid-epoch, as a Ctrl-C would
+                next(stream)
+            state = train.state_dict()
+            del stream
+            train = loader()
+            train.load_state_dict(state)
+            sum(1 for _ in train)  # the rest of the epoch
+            gc.collect()
+            resume_rss.append(rss_mb())
+            logger.info("resume %d: RSS %.1f MiB", k + 1, resume_rss[-1])
+    except (KeyboardInterrupt, Terminated) as stopped:  # the readings so far are reported
+        stop = stopped
+    report = {
         "batch_size": batch_size,
         "crop_size": crop_size,
         "threads": threads,
         "images_per_epoch": train.dataset_size,
-        "epochs": _summary(epoch_rss, warmup),
-        "resumes": (  # None: not asked for
-            _summary(resume_rss, min(warmup, max(0, resumes - MIN_READINGS))) if resumes else None
+        "epochs": _summary(epoch_rss, warmup) if epoch_rss else None,
+        "resumes": (  # None: not asked for (or stopped before the first)
+            _summary(resume_rss, min(warmup, max(0, resumes - MIN_READINGS)))
+            if resume_rss
+            else None
         ),
         "seconds": round(time.perf_counter() - started, 1),
     }
+    if stop is not None:
+        sigterm = isinstance(stop, Terminated)
+        report["stopped"] = (
+            f"by {'SIGTERM' if sigterm else 'Ctrl-C'} after {len(epoch_rss)} of {epochs} "
+            f"epochs and {len(resume_rss)} of {resumes} resumes"
+        )
+        raise SoakStopped(report, sigterm=sigterm) from stop
+    return report
+
+
+class SoakStopped(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped :func:`soak`: ``report`` has the readings taken so far
+    (its ``"stopped"`` says when); ``sigterm`` tells the two apart."""
+
+    def __init__(self, report: dict[str, Any], *, sigterm: bool) -> None:
+        super().__init__(report["stopped"])
+        self.report, self.sigterm = report, sigterm
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -182,12 +212,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = start_command(parser, argv)
 
     def run_soak() -> int:
+        stopped = None
         with exit_on_user_error(parser):
             check_report_path(args.out)
             root = generate(checked_cache_dir(args.cache_dir) / "soak-embedded", SPEC) / "train"
-            report = soak(root, epochs=args.epochs, resumes=args.resumes, threads=args.threads)
+            try:
+                report = soak(root, epochs=args.epochs, resumes=args.resumes, threads=args.threads)
+            except SoakStopped as stop:  # the readings so far: printed and written
+                stopped, report = stop, stop.report
         report["command"] = command_line(__spec__.name, argv)
         print(json.dumps(report, indent=2))
+        if stopped is not None:
+            if args.out:
+                with exit_on_user_error(parser, catch=(OSError,)):
+                    write_json(args.out, report)
+            kept = f"in {args.out} and above" if args.out else "above"
+            return aborted(parser, f"the readings taken so far are {kept}", stopped.sigterm)
         for name, flag in (("epochs", "--epochs"), ("resumes", "--resumes")):
             if report[name] is not None and "growth_note" in report[name]:
                 logger.warning(

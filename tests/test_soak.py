@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,48 @@ def test_no_resumes_measures_the_epochs_alone(image_folder: Path, monkeypatch) -
     report = soak.soak(image_folder, epochs=3, resumes=0, batch_size=4, crop_size=16, warmup=0)
     assert len(report["epochs"]["rss_mb"]) == 3 and report["resumes"] is None
     assert soak.get_args_parser().parse_args(["--resumes", "0"]).resumes == 0
+
+
+def test_a_ctrl_c_keeps_the_readings_taken_so_far(image_folder: Path, monkeypatch) -> None:
+    # They were lost: "aborted by Ctrl-C; no report was written" after an hour of soak.
+    monkeypatch.setattr(soak, "SPEC", soak.SPEC.__class__(num_classes=3, train_per_class=4))
+    readings = iter([100.0, 101.0, 102.0])
+
+    def reading() -> float:
+        value = next(readings, None)
+        if value is None:
+            raise KeyboardInterrupt
+        return value
+
+    monkeypatch.setattr(soak, "rss_mb", reading)
+    with pytest.raises(soak.SoakStopped) as caught:
+        soak.soak(image_folder, epochs=2, resumes=5, batch_size=4, crop_size=16, warmup=0)
+    report = caught.value.report
+    assert report["stopped"] == "by Ctrl-C after 2 of 2 epochs and 1 of 5 resumes"
+    assert report["epochs"]["rss_mb"] == [100.0, 101.0]
+    assert report["resumes"]["rss_mb"] == [102.0]
+    assert not caught.value.sigterm and isinstance(caught.value, KeyboardInterrupt)
+
+
+@pytest.mark.parametrize("sigterm, status", [(False, 130), (True, 143)])
+def test_a_stopped_soak_prints_and_writes_its_readings_and_says_so(
+    tmp_path: Path, monkeypatch, capsys, sigterm: bool, status: int
+) -> None:
+    partial = {"epochs": {"rss_mb": [100.0]}, "resumes": None, "stopped": "by ... after 1"}
+
+    def stopped(*args, **kwargs):
+        raise soak.SoakStopped(dict(partial), sigterm=sigterm)
+
+    monkeypatch.setattr(soak, "generate", lambda folder, spec: tmp_path)
+    monkeypatch.setattr(soak, "soak", stopped)
+    out = tmp_path / "soak.json"
+    argv = ["--cache-dir", str(tmp_path), "--out", str(out)]
+    assert soak.main(argv) == status
+    captured = capsys.readouterr()
+    written = json.loads(out.read_text())
+    assert written == partial | {"command": f"python -m pipelines.soak {' '.join(argv)}"}
+    assert json.loads(captured.out) == written
+    assert captured.err.splitlines()[-1] == (
+        f"python -m pipelines.soak: aborted by {'SIGTERM' if sigterm else 'Ctrl-C'}; the "
+        f"readings taken so far are in {out} and above"
+    )
