@@ -55,10 +55,10 @@ class Schedule(str, enum.Enum):
 RESUME_HELP = """\
 resuming:
   --resume RUN/checkpoint.pth (or RUN) alone continues a run: the configuration is the
-  one saved in the checkpoint. Beside it may be given: --data (the dataset moved: a folder
-  of the same classes), --epochs (more than before; the
-  schedule is recomputed for the new length), --train-list / --val-list (e.g. a scan's
-  clean list), -j/--workers, --print-freq, --output-dir, --stop-after-steps, --cache-dir,
+  one saved in the checkpoint. Beside it may be given: --data (the dataset moved: a
+  folder of the same classes), --epochs (more than before; the schedule is recomputed
+  for the new length), --train-list / --val-list (e.g. a scan's clean list),
+  -j/--workers, --print-freq, --output-dir, --stop-after-steps, --cache-dir,
   --deterministic and --test-only. Any other flag must repeat the checkpoint's value. A
   run stopped mid-epoch resumes with the same number of ranks. --resume CHECKPOINT
   --test-only evaluates the checkpoint's model (and its --model-ema average) on the
