@@ -543,6 +543,41 @@ def test_model_ema_follows_torchvisions_rule_and_resumes_bit_exactly(
     assert [r["ema_val_images"] for r in strip] == [9, 9]
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-only machine's answer")
+def test_a_gpu_runs_checkpoint_is_evaluated_on_the_cpu_with_device_cpu(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # It was refused ("resume it on a machine with a GPU"), where a run trained on a GPU
+    # node is often evaluated on a laptop. Here a CPU run's checkpoint, marked as a bf16 GPU
+    # run's: its model evaluated in fp32 gives the CPU run's own figures, to the digit.
+    out = tmp_path / "run"
+    assert main(_argv(tiny, out, "--epochs", "1")) == 0
+    checkpoint = out / "checkpoint.pth"
+    capsys.readouterr()
+    assert main(["--resume", str(checkpoint), "--test-only"]) == 0
+    on_cpu = capsys.readouterr().out
+    state = torch.load(checkpoint, weights_only=True)
+    state["config"] |= {"device": "gpu", "precision": "bf16"}
+    gpu = save_checkpoint(state, tmp_path / "gpu" / "checkpoint.pth")
+    with pytest.raises(SystemExit) as refused:  # no CUDA: the command to use instead
+        main(["--resume", str(gpu), "--test-only"])
+    assert refused.value.code == 2
+    assert (
+        capsys.readouterr()
+        .err.splitlines()[-1]
+        .endswith(
+            f"or evaluate its model here on the CPU: python -m train --resume {gpu} --test-only "
+            "--device cpu"
+        )
+    )
+    assert main(["--resume", str(gpu), "--test-only", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out == on_cpu.replace(str(checkpoint), str(gpu))
+    assert (
+        json.loads((gpu.parent / "test.json").read_text())["val_acc1"]
+        == (json.loads((out / "test.json").read_text())["val_acc1"])
+    )
+
+
 def test_test_only_of_a_mid_epoch_checkpoint_counts_its_steps_in_words(
     tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -705,6 +705,25 @@ def test_resume_goes_on_in_a_moved_dataset_of_the_same_classes_only(
     )
 
 
+def test_resume_of_a_run_with_more_workers_than_this_machine_allows_asks_for_j(
+    resumable, tmp_path: Path, capsys
+) -> None:
+    # a run from a larger machine: it said "its configuration cannot be read (...); it was
+    # written by another version of python -m train"
+    from dali_cutmix.cli import worker_limit, worker_limit_rule
+
+    original, _ = resumable
+    many = worker_limit() + 1
+    big = dataclasses.replace(original, data=dataclasses.replace(original.data, workers=many))
+    path = _checkpoint(tmp_path / "big" / "checkpoint.pth", big)
+    assert _refused(["--resume", str(path)], capsys) == (
+        f"python -m train: error: --resume {path}: the run's -j {many} is more than this "
+        f"machine allows ({worker_limit()}, {worker_limit_rule()}); give -j/--workers, which "
+        "may change on resume\n"
+    )
+    assert parse_config(["--resume", str(path), "-j", "2"]).data.workers == 2
+
+
 def test_resume_names_a_saved_folder_or_list_that_is_gone_and_how_to_give_its_place(
     resumable, tmp_path: Path, capsys
 ) -> None:
@@ -788,13 +807,28 @@ def test_a_mid_epoch_checkpoint_of_2_ranks_asks_for_2_ranks_at_once(
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
 def test_resuming_a_gpu_run_without_cuda_says_so(resumable, tmp_path: Path, capsys) -> None:
     original, _ = resumable
-    gpu = dataclasses.replace(original, device=Device.GPU)
+    gpu = dataclasses.replace(original, device=Device.GPU, precision=Precision.FP16)
     path = _checkpoint(tmp_path / "gpu" / "checkpoint.pth", gpu)
     with pytest.raises(SystemExit):
         parse_config(["--resume", str(path)])
     assert capsys.readouterr().err == (
         f"python -m train: error: --resume {path}: the run trained on the GPU and CUDA is not "
-        "available here; resume it on a machine with a GPU\n"
+        "available here; resume it on a machine with a GPU, or evaluate its model here on the "
+        f"CPU: python -m train --resume {path} --test-only --device cpu\n"
+    )
+    # that command: the run's configuration, on the CPU in fp32 (fp16 needs a GPU)
+    here = parse_config(["--resume", str(path), "--test-only", "--device", "cpu"])
+    assert here == dataclasses.replace(
+        original,
+        resume=path,
+        stop_after_steps=None,
+        test_only=True,
+        precision=Precision.FP32,
+        output_dir=path.parent,
+    )
+    # training on goes on where it trained: a GPU run on the CPU is refused as above
+    assert _refused(["--resume", str(path), "--device", "cpu"], capsys).startswith(
+        f"python -m train: error: --resume {path}: the run trained on the GPU and CUDA is not "
     )
 
 

@@ -62,7 +62,8 @@ resuming:
   --deterministic and --test-only. Any other flag must repeat the checkpoint's value. A
   run stopped mid-epoch resumes with the same number of ranks. --resume CHECKPOINT
   --test-only evaluates the checkpoint's model (and its --model-ema average) on the
-  validation set, prints top-1 / top-5 and writes them to OUTPUT_DIR/test.json.
+  validation set, prints top-1 / top-5 and writes them to OUTPUT_DIR/test.json (with
+  --device cpu: a GPU run's model, on the CPU in fp32).
 """
 
 

@@ -868,13 +868,19 @@ def _refusal(field: str, old: Any, new: Any, typed: Mapping[str, str]) -> str:
 
 
 def resume_changes(
-    saved: Mapping[str, Any], current: Mapping[str, Any], typed: Mapping[str, str]
+    saved: Mapping[str, Any],
+    current: Mapping[str, Any],
+    typed: Mapping[str, str],
+    *,
+    may_change: frozenset[str] = frozenset(),
 ) -> list[str]:
     """Why a run configured as ``current`` cannot continue the checkpoint's ``saved`` one.
 
     Args:
         saved, current: ``TrainConfig.to_dict()`` of the checkpoint and of this command.
         typed: the flags the user typed (:func:`typed_flags`), named in the reasons.
+        may_change: fields that may change besides :data:`RESUME_MAY_CHANGE` (``device``
+            and ``precision`` for ``--test-only --device cpu``).
 
     Returns:
         One reason per setting outside :data:`RESUME_MAY_CHANGE` that differs,
@@ -892,7 +898,7 @@ def resume_changes(
     moved = _moved_data(old, new, typed)
     if moved:  # another place of the dataset with other classes: that alone is the reason
         return [moved]
-    may_change = RESUME_MAY_CHANGE | ({"data.root"} if moved == "" else set())
+    may_change = RESUME_MAY_CHANGE | may_change | ({"data.root"} if moved == "" else set())
     for field in sorted(old.keys() | new.keys()):
         if field in may_change or old.get(field) == new.get(field):
             continue
@@ -991,7 +997,8 @@ def _check_gpu(saved: Mapping[str, Any], path: Path) -> None:
         if not torch.cuda.is_available():
             raise ValueError(
                 f"--resume {path}: the run trained on the GPU and CUDA is not available here; "
-                "resume it on a machine with a GPU"
+                "resume it on a machine with a GPU, or evaluate its model here on the CPU: "
+                f"{resume_command(path, 1, '--test-only', '--device', 'cpu')}"
             )
 
 
@@ -1076,14 +1083,27 @@ def resume_config(args: argparse.Namespace, typed: Mapping[str, str]) -> TrainCo
     if not args.test_only:  # evaluating does not continue the epoch's shards
         check_ranks(state, path, _world_size())
     saved = _upgrade(saved)
-    _check_gpu(saved, path)
+    # --test-only --device cpu: a GPU run's model evaluated here, on the CPU, in fp32
+    on_cpu = bool(args.test_only and "device" in typed and args.device == Device.CPU.value)
+    if not on_cpu:
+        _check_gpu(saved, path)
     run_values = {
         "resume": path,
         "stop_after_steps": args.stop_after_steps,
         "output_dir": args.output_dir or path.parent,
     }
     values = _saved_args(saved, args, typed) | run_values
+    if on_cpu and "amp" not in typed:
+        values["amp"] = Precision.FP32.value  # fp16 needs a GPU; bf16 would round the figures
     _check_saved_paths(values, typed, path)
+    workers = values.get("workers")
+    if "workers" not in typed and isinstance(workers, int) and workers > worker_limit():
+        # a run from a larger machine: it was blamed on "another version" of train
+        raise ValueError(
+            f"--resume {path}: the run's -j {workers} is more than this machine allows "
+            f"({worker_limit()}, {worker_limit_rule()}); give -j/--workers, which may change "
+            "on resume"
+        )
     try:
         saved_augment = AugmentConfig.from_dict(saved["augment"])
     except (TypeError, ValueError, AttributeError) as error:
@@ -1126,7 +1146,8 @@ def resume_config(args: argparse.Namespace, typed: Mapping[str, str]) -> TrainCo
             f"--resume {path}: its configuration has settings this version does not know "
             f"({', '.join(unknown)}); " + _OTHER_VERSION
         )
-    reasons = resume_changes(saved, config.to_dict(), typed)
+    also = frozenset({"device", "precision"}) if on_cpu else frozenset()
+    reasons = resume_changes(saved, config.to_dict(), typed, may_change=also)
     if reasons:
         raise ValueError(f"{path}: {'; '.join(reasons)}; {_MAY_CHANGE}")
     return config
