@@ -1056,7 +1056,10 @@ def resume_config(args: argparse.Namespace, typed: Mapping[str, str]) -> TrainCo
 
     Raises:
         ValueError: no such checkpoint; it stopped mid-epoch on another number of
-            ranks; or a typed flag changes a setting that cannot change (each named).
+            ranks; its dataset folder or file list is gone (the flag that gives the new
+            place named); its ``-j`` is above this machine's limit; or a typed flag changes
+            a setting that cannot change (each named; ``--data`` may name a folder of the
+            same classes, ``--device cpu`` with ``--test-only``).
     """
     path = args.resume
     if path.is_dir():  # a run's folder: the checkpoint it holds
