@@ -401,6 +401,25 @@ def test_a_second_ctrl_c_ends_with_one_line_and_status_130(
         f"python -m train: aborted by Ctrl-C; the last checkpoint written is intact: "
         f"{out / 'checkpoint.pth'}"
     )
+    # --test-only of that checkpoint: an evaluation writes nothing, and it said "the last
+    # checkpoint written" of the one it read
+    import train.__main__
+
+    monkeypatch.setattr(train.runner, "run", interrupted)
+    parse = train.__main__._parse
+    monkeypatch.setattr(
+        train.__main__,
+        "_parse",
+        lambda argv, rank: dataclasses.replace(
+            parse(argv, rank), test_only=True, resume=out / "checkpoint.pth", output_dir=out
+        ),
+    )
+    assert main(["--device", "cpu", "--output-dir", str(tmp_path / "run4")]) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "python -m train: aborted by Ctrl-C; the evaluation wrote nothing; the checkpoint is "
+        f"intact: {out / 'checkpoint.pth'}"
+    )
+    monkeypatch.setattr(train.__main__, "_parse", parse)
     # under torchrun, rank 0's folder, where this rank's flags named another
     monkeypatch.setattr(train.runner, "run", run)
     monkeypatch.setattr(train.runner, "rank_0s", lambda path, info: out)

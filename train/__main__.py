@@ -229,7 +229,9 @@ def _main(argv: list[str], rank: int) -> int:
         # loaders); the run's folder: rank 0's under torchrun (train.runner.RunInterrupted)
         folder = getattr(interrupt, "output_dir", config.output_dir)
         checkpoint = folder / CHECKPOINT_NAME
-        if checkpoint.exists():
+        if config.test_only:  # an evaluation writes nothing: not "the last one written"
+            what = f"the evaluation wrote nothing; the checkpoint is intact: {config.resume}"
+        elif checkpoint.exists():
             what = f"the last checkpoint written is intact: {checkpoint}"
         elif config.resume is not None:
             what = f"this run wrote no checkpoint; the one it resumed is intact: {config.resume}"
