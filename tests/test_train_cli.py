@@ -184,6 +184,37 @@ def test_config_on_other_ranks_derives_a_default_lr_again_and_keeps_a_chosen_one
     assert parse_config(["--config", str(path), "-b", "32"]).optim.lr == 0.1 * 32 / 256
 
 
+def test_config_names_a_saved_folder_or_list_that_is_gone_and_the_flag_for_its_place(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # it said "--config RUN/config.json: --data X: no such folder", as if --data was typed
+    data = build_image_folder(tmp_path / "data" / "train", classes=2, per_class=1).parent
+    (data / "val").symlink_to("train")  # relative: it moves with the folder
+    files = tmp_path / "files.txt"
+    files.write_text("class_000/img_0000.jpg 0\n")
+    _, path = _saved_run(tmp_path, "--data", str(data), "--train-list", str(files))
+    files.unlink()
+    with pytest.raises(SystemExit):
+        parse_config(["--config", str(path)])
+    assert capsys.readouterr().err == (
+        f"python -m train: error: --config {path}: the run's --train-list {files} is gone (no "
+        "such file); give --train-list with its new place\n"
+    )
+    moved = data.rename(tmp_path / "moved")
+    again = tmp_path / "again.txt"
+    again.write_text("class_000/img_0000.jpg 0\n")
+    with pytest.raises(SystemExit):
+        parse_config(["--config", str(path), "--train-list", str(again)])
+    assert capsys.readouterr().err == (
+        f"python -m train: error: --config {path}: the run's --data {data} is gone (no such "
+        "folder); give --data with its new place\n"
+    )
+    replayed = parse_config(
+        ["--config", str(path), "--data", str(moved), "--train-list", str(again)]
+    )
+    assert (replayed.data.root, replayed.data.train_list) == (moved, again)
+
+
 def test_config_gives_the_defaults_of_settings_the_file_lacks(tmp_path: Path) -> None:
     # A file without some keys (timm's -c files are partial) failed with "--device must be
     # one of ..., got None" or "'<=' not supported between instances of 'float' and 'NoneType'".

@@ -1284,6 +1284,18 @@ def replay_config(args: argparse.Namespace, typed: Mapping[str, str]) -> TrainCo
     for dest, derived_from in _DERIVED.items():
         if derived_from & changed and dest not in typed and _saved_default(saved, dest):
             values[dest] = None
+    for dest, flag in (
+        ("data", "--data"),
+        ("train_list", "--train-list"),
+        ("val_list", "--val-list"),
+    ):
+        place = values.get(dest)
+        if dest not in typed and isinstance(place, Path) and not place.exists():
+            # it said "--config RUN/config.json: --data X: no such folder", as if typed
+            raise ValueError(
+                f"--config {path}: the run's {flag} {place} is gone (no such "
+                f"{'folder' if dest == 'data' else 'file'}); give {flag} with its new place"
+            )
     values |= {
         "resume": None,
         "test_only": args.test_only,
