@@ -354,6 +354,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_shared_flags(
         parser, batch_size=16, seed=0, help={"batch_size": "samples in the grid, four per row"}
     )
+    parser.epilog = (
+        "exit status: 0 the grid is written, 2 bad usage or a file that is no image (named), "
+        "130 Ctrl-C, 143 SIGTERM"
+    )
     return parser
 
 

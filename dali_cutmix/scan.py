@@ -438,7 +438,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=None,
         help="decoding processes (default: the number of CPUs)",
     )
-    parser.epilog = "exit status: 0 every file decodes, 1 some do not (listed), 2 bad usage"
+    parser.epilog = (
+        "exit status: 0 every file decodes, 1 some do not (listed), 2 bad usage, 130 Ctrl-C, "
+        "143 SIGTERM"
+    )
     return parser
 
 

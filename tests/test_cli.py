@@ -198,6 +198,23 @@ def test_every_flag_has_one_line_of_help_and_its_default_once(command: str) -> N
     assert text.count("(default:") == sum(a.help.count("(default:") for a in flags)
 
 
+@pytest.mark.parametrize(
+    ("command", "statuses"),
+    [
+        ("dali_cutmix.scan", "0 every file decodes, 1 some do not (listed), 2 bad usage"),
+        ("dali_cutmix.preview", "0 the grid is written, 2 bad usage or a file that is no image"),
+        ("pipelines.bench", "0 every row measured, 1 some rows failed (their cells say why), 2"),
+    ],
+)
+def test_the_installed_commands_help_ends_with_their_exit_statuses(
+    command: str, statuses: str
+) -> None:
+    # bench's --help said nothing of them (the README did); scan's left out 130 and 143
+    epilog = importlib.import_module(COMMANDS[command]).get_args_parser().epilog
+    assert epilog.startswith(f"exit status: {statuses}"), epilog
+    assert "130 Ctrl-C, 143 SIGTERM" in epilog
+
+
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_help_loads_neither_torch_nor_dali_beyond_the_package(command: str) -> None:
     """``--help`` and a bad flag answer before the heavy libraries load: building the

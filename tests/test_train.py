@@ -1043,7 +1043,8 @@ def test_weights_broken_before_a_bad_file_are_not_saved_over_the_last_checkpoint
 def test_a_run_that_fails_before_its_first_step_leaves_no_run_folder(
     tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
-    # its runs/<date-time> held only config.json; the scan the line names makes its own folder
+    # its runs/<date-time> held only config.json; the scan the line names writes beside it
+    # (into it, it left a run-named folder that held no run)
     root = tmp_path / "all-bad"
     shutil.copytree(tiny, root)
     for path in (root / "train").rglob("*.JPEG"):
@@ -1054,10 +1055,11 @@ def test_a_run_that_fails_before_its_first_step_leaves_no_run_folder(
     assert argv[-2:] == ["-j", "1"]
     assert main(argv) == 4
     line = capsys.readouterr().err.splitlines()[-1]
-    scan = "--out runs/20261123-120000/scan-train; then run again with: python -m train "
+    scan = "--out runs/20261123-120000-scan-train; then run again with: python -m train "
     assert scan in line
+    assert line.endswith(" --train-list runs/20261123-120000-scan-train/files.txt"), line
     assert list((tmp_path / "runs").iterdir()) == []
-    scan_dir = tmp_path / "runs" / "20261123-120000" / "scan-train"
+    scan_dir = tmp_path / "runs" / "20261123-120000-scan-train"
     assert scan_main([str(root / "train"), "--out", str(scan_dir)]) == 1
     assert not (scan_dir / "files.txt").exists()  # no file decodes: no list, the scan says so
     assert (scan_dir / "bad_files.json").is_file()

@@ -272,6 +272,11 @@ def _train(config: TrainConfig, argv: list[str], rank: int) -> int:
     try:
         status = EXIT_STATUS[run(config).outcome]
     except DataFailure as failure:  # a bad file: the scan to run, then how to go on
+        if failure.checkpoint is None and claims_run_dir(argv):
+            # the runs/<date-time> of a run that failed before training goes (nothing in
+            # it): a scan into it left a run-named folder with no run; beside it instead
+            run_dir = config.output_dir
+            failure.scan_dir = run_dir.with_name(f"{run_dir.name}-{failure.scan_dir.name}")
         return report_user_error(get_args_parser(), failure.message(argv), status=ExitStatus.DATA)
     except (DatasetError, CheckpointError) as error:
         say = functools.partial(report_user_error, get_args_parser(), error)

@@ -293,6 +293,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         "augmentation's cost on each loader (default: loaders,training,scaling)",
     )
     add("--measure", help=argparse.SUPPRESS)  # internal: one isolated measurement
+    parser.epilog = (
+        "exit status: 0 every row measured, 1 some rows failed (their cells say why), 2 bad "
+        "usage or a file that is no image (named), 130 Ctrl-C, 143 SIGTERM (the rows so far "
+        "are kept in --out's results.partial.json)"
+    )
     return parser
 
 
