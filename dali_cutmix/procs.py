@@ -177,6 +177,12 @@ class _Pool(concurrent.futures.ProcessPoolExecutor):
         with signals_deferred():
             return super().submit(fn, *args, **kwargs)
 
+    @property
+    def started(self) -> int:
+        """The workers started so far: a pool that does not fork starts one as a task finds
+        none idle, up to ``max_workers`` (9 files in one task start one)."""
+        return len(self._processes or ())  # type: ignore[attr-defined]
+
 
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:

@@ -233,6 +233,7 @@ def scan(
             for result in pool.map(_check_chunk, _chunks(images.paths, chunk_size)):
                 errors.extend(result)
                 bar.update(len(result))
+            started = pool.started
         except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM: what was found is said
             _log_found_so_far(images, errors)
             raise
@@ -241,11 +242,11 @@ def scan(
     # file that does not decode.
     errors = [e if e is not None else name_problem(p) for p, e in zip(images.paths, errors)]
     logger.info(
-        "decoded %d files in %.1f s (%.0f images/s) with %d workers",
-        len(images),
+        "decoded %s in %.1f s (%.0f images/s) with %s",
+        counted(len(images), "file"),
         seconds,
         len(images) / max(seconds, 1e-9),
-        workers,
+        counted(started, "worker") + (f" (of {workers} allowed)" if started < workers else ""),
     )
     return ScanReport(images, tuple(errors), seconds)
 

@@ -41,6 +41,19 @@ def _dirty_folder(root: Path) -> tuple[Path, set[str]]:
     return root, {str(p) for p in bad} | {str(gif)}
 
 
+def test_scan_logs_the_workers_that_started(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 13 files in one task of 64 start one worker of the 2 allowed; it said "with 2 workers"
+    root, _ = _dirty_folder(tmp_path / "data")
+    with caplog.at_level(logging.INFO, logger="dali_cutmix.scan"):
+        scan(root, workers=2, progress=False)
+        scan(root, workers=2, chunk_size=1, progress=False)  # 13 tasks: both start
+    done = [r.getMessage() for r in caplog.records if r.getMessage().startswith("decoded")]
+    assert [line.split(" with ")[1] for line in done] == ["1 worker (of 2 allowed)", "2 workers"]
+    assert done[0].startswith("decoded 13 files in ")
+
+
 def test_check_image_keeps_odd_but_valid_files(image_folder: Path) -> None:
     first = image_folder / "n00000000"
     for name in ("gray.JPEG", "cmyk.JPEG", "png_named.JPEG", "img_0_0.JPEG"):
