@@ -226,7 +226,17 @@ def caption(method: str, own: str, partner: str, share: float) -> str:
     """
     if not method:
         return f"unmixed: {own} 1.00"
-    return f"{method}: {own} {1.0 - share:.2f}\n+ {partner} {share:.2f}"
+    return f"{method}: {own} {_weight(1.0 - share)}\n+ {partner} {_weight(share)}"
+
+
+def _weight(value: float) -> str:
+    """A label weight with two decimals, or as many more as it takes (up to 6) not to read
+    0 or 1 where it is neither: a pasted box of 9 pixels of 224 x 224 read ``0.00``."""
+    for decimals in range(2, 7):
+        text = f"{value:.{decimals}f}"
+        if not 0.0 < value < 1.0 or float(text) not in (0.0, 1.0):
+            return text
+    return text
 
 
 def render_grid(

@@ -28,6 +28,10 @@ def test_caption_says_the_method_and_both_weights_even_for_one_class() -> None:
     assert caption("CutMix", "cat", "cat", 0.3) == "CutMix: cat 0.70\n+ cat 0.30"
     assert caption("MixUp", "dog", "dog", 0.5) == "MixUp: dog 0.50\n+ dog 0.50"
     assert caption("", "dog", "dog", 0.0) == "unmixed: dog 1.00"
+    # a box too small for two decimals: it read "+ fox 0.00" under a visible box
+    assert caption("CutMix", "cat", "fox", 9 / 224**2) == "CutMix: cat 0.9998\n+ fox 0.0002"
+    assert caption("CutMix", "cat", "fox", 0.004) == "CutMix: cat 0.996\n+ fox 0.004"
+    assert caption("CutMix", "cat", "fox", 1.0) == "CutMix: cat 0.00\n+ fox 1.00"
 
 
 def test_render_grid_size_and_box_outline() -> None:
