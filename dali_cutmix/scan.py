@@ -385,7 +385,23 @@ def explain_decode_error(err: Exception, images: ImageList, *, train: bool = Tru
         else f"a file of {images.source!r} is not a decodable image"
     )
     hint = scan_hint(_dataset_root(images), train=train)
-    return BadImageError(f"{what} (DALI: {_dali_reason(message)}). {hint}", path=path)
+    cause = _dali_reason(message)
+    header = header_problem(path) if path else ""
+    if header:  # DALI's own words can be opaque: "nvImageCodec failure: '#4'" for a text file
+        cause += f"; its header: {header}"
+    return BadImageError(f"{what} (DALI: {cause}). {hint}", path=path)
+
+
+def header_problem(path: str, *, dali: bool = True) -> str:
+    """What reading ``path``'s header found wrong, in a few words (PIL's error class, or
+    ``"format GIF is not one DALI decodes"``); ``""`` where it reads (a truncated file) or
+    :func:`dali_cutmix.files.what_is_wrong` says it all (gone, unreadable, empty)."""
+    if not os.path.isfile(path) or not os.access(path, os.R_OK) or os.path.getsize(path) == 0:
+        return ""
+    reason = check_image(path, decode=False, dali=dali) or ""
+    if reason.startswith("UnidentifiedImageError"):  # text, HTML, another format's bytes
+        return "not an image format PIL knows"
+    return reason.split(":", 1)[0] if reason[:1].isupper() else reason  # PIL's error class
 
 
 # What a scan writes into its --out folder.

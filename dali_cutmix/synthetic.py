@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from dali_cutmix.cli import (
     check_folder,
@@ -640,10 +640,12 @@ def _header_size(path: Path, root: Path) -> tuple[int, int]:
         with Image.open(path) as image:
             return image.size
     except (OSError, SyntaxError, ValueError) as error:  # UnidentifiedImageError: an OSError
-        # the loaders' and the scan's words for it
+        # the loaders' and the scan's words for it (dali_cutmix.scan.header_problem)
+        header = error.__class__.__name__
+        if isinstance(error, UnidentifiedImageError):
+            header = "not an image format PIL knows"
         raise BadImageError(
-            f"{str(path)!r} {what_is_wrong(path)} (its header: {error.__class__.__name__}). "
-            + scan_hint(root),
+            f"{str(path)!r} {what_is_wrong(path)} (its header: {header}). " + scan_hint(root),
             path=str(path),
         ) from None
 

@@ -188,7 +188,7 @@ def test_a_file_that_is_no_image_ends_the_command_with_one_line(
     # of 32 was then larger than the good files, and --out went back to its default)
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"python -m pipelines.bench: error: {str(bad)!r} is not a decodable image "
-        "(its header: UnidentifiedImageError). Find every bad file with: python -m "
+        "(its header: not an image format PIL knows). Find every bad file with: python -m "
         f"dali_cutmix.scan {root} --out DIR (DIR: any writable folder); then measure the good "
         f"ones with: python -m pipelines.bench --data {root} --device cpu --out "
         f"{tmp_path / 'out'} --batch-size 2 --sweeps loaders --file-list DIR/files.txt"
@@ -257,8 +257,8 @@ def test_the_scan_list_the_bad_file_line_names_is_what_the_benchmark_measures(
     assert caught.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"python -m pipelines.bench: error: {str(bad)!r} is not a decodable image "
-        f"(its header: UnidentifiedImageError). It is listed in --file-list {own}: delete its "
-        "line there."
+        f"(its header: not an image format PIL knows). It is listed in --file-list {own}: "
+        "delete its line there."
     )
 
 

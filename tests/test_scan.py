@@ -400,6 +400,25 @@ def test_only_a_reader_or_decoder_failure_is_a_bad_file(
         assert f"(DALI: {reason})" in str(explained)
 
 
+def test_a_bad_files_dali_error_gets_what_its_header_says(tmp_path: Path) -> None:
+    # DALI's reason alone ("nvImageCodec failure: '#4'") did not say what the file is
+    root, _ = _dirty_folder(tmp_path / "data")
+    images = list_image_folder(root)
+    for name, what, header in [
+        ("n00000000/text.JPEG", "is not", "; its header: not an image format PIL knows"),
+        ("n00000001/gif_named.JPEG", "is not", "; its header: format GIF is not one DALI decodes"),
+        ("n00000001/truncated.JPEG", "is not", ""),  # its header reads
+        ("n00000001/empty.jpg", "is an empty file (0 bytes)", ""),  # that says it
+    ]:
+        bad = str(root / name)
+        explained = explain_decode_error(RuntimeError(DALI_DECODE_ERROR.format(path=bad)), images)
+        assert isinstance(explained, BadImageError) and explained.path == bad
+        assert str(explained).startswith(
+            f"{bad!r} {what}{' a decodable image' * (what == 'is not')} (DALI: Failed to decode "
+            f"sample #1 : {bad}{header}). "
+        ), str(explained)
+
+
 def test_a_folder_where_no_file_decodes_gets_no_empty_list(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -281,7 +281,7 @@ def test_stats_name_a_file_that_is_no_image(tmp_path: Path) -> None:
         dataset_stats(root)
     assert caught.value.path == str(bad)
     assert str(caught.value).startswith(
-        f"{str(bad)!r} is not a decodable image (its header: UnidentifiedImageError). "
+        f"{str(bad)!r} is not a decodable image (its header: not an image format PIL knows). "
         f"Run `python -m dali_cutmix.scan {root} --out DIR`"
     )
 

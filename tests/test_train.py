@@ -723,6 +723,8 @@ def test_a_bad_file_keeps_the_steps_done_and_the_printed_commands_continue(
     )
     assert line.startswith(f"python -m train: error: '{bad}' is not a decodable image (")
     assert line.endswith(f". Find every bad file with: {scan}; then continue with: {resume}")
+    if loader == "dali":  # DALI's own words ("nvImageCodec failure: '#4'") say little
+        assert "; its header: not an image format PIL knows). Find every" in line, line
     state = torch.load(out / "checkpoint.pth", weights_only=True)
     assert (state["epoch"], state["step"], state["scheduler"]["last_epoch"]) == (0, 1, 1)
     assert state["meter"][0][1] == 8.0 and state["optimizer"]["state"]  # the step done is kept
@@ -880,7 +882,7 @@ def test_a_validation_file_that_is_no_image_stops_the_run_before_training(
     scan = out / "scan-val"
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"python -m train: error: {str(bad)!r} is not a decodable image (its header, read "
-        "before training: UnidentifiedImageError). Find every bad file with: python -m "
+        "before training: not an image format PIL knows). Find every bad file with: python -m "
         f"dali_cutmix.scan {root / 'val'} --out {scan}; then run again with: python -m train "
         f"{shlex.join(argv)} --val-list {scan / 'files.txt'}"
     )

@@ -43,7 +43,7 @@ from dali_cutmix.files import (
     list_images,
     what_is_wrong,
 )
-from dali_cutmix.scan import check_image, first_unreadable, out_of_memory
+from dali_cutmix.scan import first_unreadable, header_problem, out_of_memory
 from dali_cutmix.synthetic import generate
 
 from . import pipelines_module
@@ -258,9 +258,8 @@ def check_val_headers(config: TrainConfig, root: Path, info: DistInfo) -> None:
     )
     if bad is None:
         return
-    reason = check_image(bad, decode=False, dali=dali) or ""  # "" if it reads now (copied?)
-    detail = reason.split(":", 1)[0] if reason[:1].isupper() else reason  # PIL's error class
-    detail = f": {detail}" if detail and not detail.startswith("empty file") else ""
+    detail = header_problem(bad, dali=dali)  # "" if it reads now (copied?), or is empty
+    detail = f": {detail}" if detail else ""
     error = BadImageError(
         f"{bad!r} {what_is_wrong(bad)} (its header, read before training{detail}).", path=bad
     )
