@@ -38,6 +38,7 @@ __all__ = [
     "bad_file_problem",
     "counted",
     "class_folders",
+    "header_words",
     "list_image_folder",
     "list_images",
     "listable",
@@ -123,6 +124,14 @@ def what_is_wrong(path: str | os.PathLike[str]) -> str:
     if os.path.getsize(path) == 0:  # a copy cut off, a download never finished
         return "is an empty file (0 bytes)"
     return "is not a decodable image"
+
+
+def header_words(error_class: str) -> str:
+    """A file's header problem as messages give it: PIL's error class, but ``"not an image
+    format PIL knows"`` for its ``UnidentifiedImageError`` (text, HTML, another format)."""
+    if error_class == "UnidentifiedImageError":
+        return "not an image format PIL knows"
+    return error_class
 
 
 # A loader's advice where its files give no batch; train names its own flag instead.

@@ -51,6 +51,7 @@ from dali_cutmix.files import (
     BadImageError,
     ImageList,
     counted,
+    header_words,
     list_image_folder,
     name_problem,
     path_in_message,
@@ -399,9 +400,7 @@ def header_problem(path: str, *, dali: bool = True) -> str:
     if not os.path.isfile(path) or not os.access(path, os.R_OK) or os.path.getsize(path) == 0:
         return ""
     reason = check_image(path, decode=False, dali=dali) or ""
-    if reason.startswith("UnidentifiedImageError"):  # text, HTML, another format's bytes
-        return "not an image format PIL knows"
-    return reason.split(":", 1)[0] if reason[:1].isupper() else reason  # PIL's error class
+    return header_words(reason.split(":", 1)[0]) if reason[:1].isupper() else reason
 
 
 # What a scan writes into its --out folder.

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from dali_cutmix.cli import (
     check_folder,
@@ -634,16 +634,14 @@ def _generate_unlocked(
 def _header_size(path: Path, root: Path) -> tuple[int, int]:
     """``(width, height)`` from ``path``'s header; a ``BadImageError`` naming it (and the scan
     that finds every such file under ``root``) where it is no image."""
-    from dali_cutmix.files import BadImageError, scan_hint, what_is_wrong
+    from dali_cutmix.files import BadImageError, header_words, scan_hint, what_is_wrong
 
     try:
         with Image.open(path) as image:
             return image.size
     except (OSError, SyntaxError, ValueError) as error:  # UnidentifiedImageError: an OSError
-        # the loaders' and the scan's words for it (dali_cutmix.scan.header_problem)
-        header = error.__class__.__name__
-        if isinstance(error, UnidentifiedImageError):
-            header = "not an image format PIL knows"
+        # the loaders' and the scan's words for it
+        header = header_words(error.__class__.__name__)
         raise BadImageError(
             f"{str(path)!r} {what_is_wrong(path)} (its header: {header}). " + scan_hint(root),
             path=str(path),

@@ -221,9 +221,10 @@ def _main(argv: list[str], rank: int) -> int:
         config = _parse(argv, rank)
     except KeyboardInterrupt as interrupt:  # --resume reads the checkpoint (and loads torch)
         return _aborted(rank, "nothing was started", _terminated(interrupt))
-    claimed = rank == 0 and claims_run_dir(argv)
+    claims = claims_run_dir(argv)  # a new runs/<date-time>, made by rank 0
+    claimed = rank == 0 and claims
     try:
-        status = _train(config, argv, rank)
+        status = _train(config, argv, rank, new_run_dir=claims)
     except KeyboardInterrupt as interrupt:  # a second Ctrl-C (the first stops at the next
         # step), or one while the run was starting (generating or listing data, building the
         # loaders); the run's folder: rank 0's under torchrun (train.runner.RunInterrupted)
@@ -260,7 +261,7 @@ _ALONE = (
 )
 
 
-def _train(config: TrainConfig, argv: list[str], rank: int) -> int:
+def _train(config: TrainConfig, argv: list[str], rank: int, *, new_run_dir: bool) -> int:
     # Imported once the flags are good: torch and DALI take seconds to load, and --help
     # or a bad flag answers without them.
     from dali_cutmix.files import DatasetError
@@ -272,7 +273,7 @@ def _train(config: TrainConfig, argv: list[str], rank: int) -> int:
     try:
         status = EXIT_STATUS[run(config).outcome]
     except DataFailure as failure:  # a bad file: the scan to run, then how to go on
-        if failure.checkpoint is None and claims_run_dir(argv):
+        if failure.checkpoint is None and new_run_dir:
             # the runs/<date-time> of a run that failed before training goes (nothing in
             # it): a scan into it left a run-named folder with no run; beside it instead
             run_dir = config.output_dir

@@ -1156,6 +1156,29 @@ def resume_config(args: argparse.Namespace, typed: Mapping[str, str]) -> TrainCo
     return config
 
 
+# The saved places a run reads its files from: (argparse dest, flag, what it is).
+_SAVED_PLACES = (
+    ("data", "--data", "folder"),
+    ("train_list", "--train-list", "file"),
+    ("val_list", "--val-list", "file"),
+)
+
+
+def _gone_saved_place(
+    values: Mapping[str, Any], typed: Mapping[str, str]
+) -> tuple[str, str] | None:
+    """``("--data", "--data X is gone (no such folder)")`` for the first saved (untyped)
+    dataset folder or file list of ``values`` that is not there (moved, unmounted); ``None``
+    if none is."""
+    for dest, flag, what in _SAVED_PLACES:
+        place = values.get(dest)
+        if dest in typed or not isinstance(place, Path):
+            continue
+        if not (place.is_dir() if what == "folder" else place.is_file()):
+            return flag, f"{flag} {place} is gone (no such {what})"
+    return None
+
+
 def _check_saved_paths(values: Mapping[str, Any], typed: Mapping[str, str], path: Path) -> None:
     """The dataset folder and file lists of a resume, checked before the configuration is
     rebuilt (whose fallback would blame the checkpoint): a saved one that is gone (moved,
@@ -1165,28 +1188,22 @@ def _check_saved_paths(values: Mapping[str, Any], typed: Mapping[str, str], path
         ValueError: the ``--data`` folder (saved or typed) is missing or not a dataset, or a
             saved ``--train-list``/``--val-list`` is missing.
     """
-    for dest, flag, what in (
-        ("data", "--data", "folder"),
-        ("train_list", "--train-list", "file"),
-        ("val_list", "--val-list", "file"),
-    ):
-        place = values.get(dest)
-        if not isinstance(place, Path):
-            continue
-        if dest not in typed and not (place.is_dir() if dest == "data" else place.is_file()):
-            same = " of the same classes" if dest == "data" else ""
-            again = resume_command(path, _world_size(), flag, "NEW_PLACE")
+    gone = _gone_saved_place(values, typed)
+    if gone is not None:
+        flag, gone_text = gone
+        same = " of the same classes" if flag == "--data" else ""
+        again = resume_command(path, _world_size(), flag, "NEW_PLACE")
+        raise ValueError(
+            f"--resume {path}: the run's {gone_text}; restore it, or give its new place"
+            f"{same}: {again}"
+        )
+    if isinstance(values.get("data"), Path):
+        try:
+            _list_classes(values["data"])
+        except ValueError as error:  # "--data ROOT: no val/ folder (expected ...)"
             raise ValueError(
-                f"--resume {path}: the run's {flag} {place} is gone (no such {what}); restore "
-                f"it, or give its new place{same}: {again}"
-            )
-        if dest == "data":
-            try:
-                _list_classes(place)
-            except ValueError as error:  # "--data ROOT: no val/ folder (expected ...)"
-                raise ValueError(
-                    str(error) if dest in typed else f"--resume {path}: the run's {error}"
-                ) from None
+                str(error) if "data" in typed else f"--resume {path}: the run's {error}"
+            ) from None
 
 
 def _unknown_settings(saved: Mapping[str, Any], known: Mapping[str, Any]) -> list[str]:
@@ -1284,18 +1301,10 @@ def replay_config(args: argparse.Namespace, typed: Mapping[str, str]) -> TrainCo
     for dest, derived_from in _DERIVED.items():
         if derived_from & changed and dest not in typed and _saved_default(saved, dest):
             values[dest] = None
-    for dest, flag in (
-        ("data", "--data"),
-        ("train_list", "--train-list"),
-        ("val_list", "--val-list"),
-    ):
-        place = values.get(dest)
-        if dest not in typed and isinstance(place, Path) and not place.exists():
-            # it said "--config RUN/config.json: --data X: no such folder", as if typed
-            raise ValueError(
-                f"--config {path}: the run's {flag} {place} is gone (no such "
-                f"{'folder' if dest == 'data' else 'file'}); give {flag} with its new place"
-            )
+    gone = _gone_saved_place(values, typed)
+    if gone is not None:  # it said "--config RUN/config.json: --data X: no such folder"
+        flag, gone_text = gone
+        raise ValueError(f"--config {path}: the run's {gone_text}; give {flag} with its new place")
     values |= {
         "resume": None,
         "test_only": args.test_only,
