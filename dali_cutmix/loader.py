@@ -351,7 +351,9 @@ class DaliLoader:
             ) from None
         self._epoch = int(state["epoch"])
         self._done = int(state["batches_done"])
-        self._finished = self._done >= self._length
+        # Epoch 0: saved before the first iter(), at the start of the stream, whose next
+        # iter() starts epoch 1 as it would have for the loader that saved it.
+        self._finished = self._epoch == 0 or self._done >= self._length
         # A state saved at an epoch's end: the next iter() is the next epoch, as it is for
         # the loader that saved it (it yielded the empty rest of the saved epoch first).
         self._resuming = not self._finished

@@ -104,12 +104,17 @@ def test_resume_releases_the_old_pipeline_before_building_the_new(
 
 
 def test_state_before_iterating_restarts_the_stream(folder: Path) -> None:
-    reference = _run(_train_loader(folder), epochs=1)
+    reference = _run(_train_loader(folder), epochs=2)
     fresh = _train_loader(folder)
     state = fresh.state_dict()
+    assert (state["epoch"], state["batches_done"]) == (0, 0)
     resumed = _train_loader(folder)
     resumed.load_state_dict(state)
-    assert same_batches(_run(resumed, epochs=1), reference)
+    assert same_batches(_run(resumed, epochs=2), reference)
+    # counted as the loader that saved it counts: the restored one said epoch 1 (one behind)
+    assert [loader.state_dict()["epoch"] for loader in (resumed, fresh)] == [2, 0]
+    assert same_batches(_run(fresh, epochs=2), reference)
+    assert fresh.state_dict()["epoch"] == 2
 
 
 def test_breaking_off_then_iterating_starts_the_next_epoch(folder: Path, caplog) -> None:
