@@ -415,12 +415,17 @@ def _plan(config: MixConfig, canvas: _Canvas) -> _Plan:
 
 
 def _with_zero(plan: _Plan, zero: DataNode) -> _Plan:
-    """``plan`` with an int32 zero (a check) added to its label weight and paste anchors,
-    so that the targets and the paste wait for the check and fail with it."""
-    regions = plan.regions
+    """``plan`` with an int32 zero (a check) added to its label weight, paste anchors and
+    blend weight, so that the targets, the paste and the blend wait for the check and fail
+    with it (a MixUp-only blend of two sizes failed first, with DALI's broadcast error)."""
+    regions, blend = plan.regions, plan.blend
     if regions is not None:
         regions = (regions[0] + zero, regions[1])
-    return dataclasses.replace(plan, partner_weight=plan.partner_weight + zero, regions=regions)
+    if blend is not None:
+        blend = blend + zero  # float32 + int32 zero: float32, the same values
+    return dataclasses.replace(
+        plan, partner_weight=plan.partner_weight + zero, regions=regions, blend=blend
+    )
 
 
 @do_not_convert

@@ -587,6 +587,24 @@ def test_images_not_of_mix_size_fail_naming_their_sides(shape, alphas) -> None:
         assert outs[0].shape == (32, 48, 3)
 
 
+@pytest.mark.parametrize("shape", [(40, 48), (24, 32)], ids=["taller", "smaller"])
+@pytest.mark.parametrize(
+    "alphas", [(1.0, 0.0), (0.0, 1.0), (1.0, 1.0)], ids=["cutmix", "mixup", "switch"]
+)
+def test_one_image_not_of_mix_size_fails_naming_its_sides(shape, alphas) -> None:
+    # MixUp alone blended the odd image with a partner of mix's size first, and failed with
+    # DALI's "Can't broadcast shapes" instead of the check's line.
+    images = [np.full((32, 48, 3), 100, np.uint8) for _ in range(4)]
+    images[1] = np.full((*shape, 3), 100, np.uint8)
+    config = MixConfig(num_classes=K, cutmix_alpha=alphas[0], mixup_alpha=alphas[1])
+    for seed in range(3):
+        with pytest.raises(RuntimeError) as info:
+            run_graph(lambda x, y: mix(x, y, config, size=(32, 48)), images, seed=seed)
+        height, width = (side if side != want else 0 for side, want in zip(shape, (32, 48)))
+        assert f"slice_anchor={{{height} x {width}}}" in str(info.value)
+        assert "# image's (H, W) not mix's size" in str(info.value)
+
+
 def test_mixup_of_a_known_size_reads_the_size_through_the_layout() -> None:
     images, labels = noise_images([(12, 20)] * 4, seed=3), own_labels(4)
     chw = [np.ascontiguousarray(image.transpose(2, 0, 1)) for image in images]
