@@ -559,8 +559,9 @@ def mix(
 
     Returns:
         ``(images, targets)``. Images keep the input layout, size and device;
-        they keep the input dtype when only CutMix can happen and are float32
-        when MixUp is on. Samples of different sizes are mixed within their
+        they keep the input dtype when MixUp is off and are float32 (from uint8)
+        when it is on (``mixup_alpha > 0``), even at ``prob=0`` or
+        ``switch_prob=1``, where it never blends. Samples of different sizes are mixed within their
         common extent (top-left aligned), and the partner's label weight is
         its share of the sample's pixels: a MixUp weight ``m`` becomes
         ``m * common_area / area``. Targets are float32 ``[num_classes]`` per
@@ -583,7 +584,7 @@ def mix(
     if size is not None:
         size = _known_size(size)
     if not config.enabled:
-        return images, soft_targets(
+        return _blend_type(images, config), soft_targets(
             labels,
             num_classes=config.num_classes,
             label_smoothing=config.label_smoothing,
@@ -638,6 +639,8 @@ def mix(
         # unmixed samples) or where the partner is the sample itself.
         # (DALI's arithmetic moves the CPU per-sample weight to the GPU by itself.)
         out = out + (partner_images * plan.blend - out * plan.blend)
+    else:
+        out = _blend_type(out, config)
     targets = soft_targets(
         labels,
         num_classes=config.num_classes,
@@ -647,6 +650,14 @@ def mix(
         check_labels=check_labels,
     )
     return out, targets
+
+
+def _blend_type(images: DataNode, config: MixConfig) -> DataNode:
+    """``images`` in the type a blend gives them (float32 for uint8), where MixUp is on
+    (``mixup_alpha > 0``) but ``prob`` or ``switch_prob`` keep it from ever blending: the
+    output type then depends on the methods configured, not on their probabilities."""
+    # Times a float32 1.0: the blend's own type promotion, and the same values.
+    return images * 1.0 if config.mixup_enabled else images
 
 
 def _known_size(size: Any) -> tuple[int, int]:

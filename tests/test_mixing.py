@@ -210,6 +210,32 @@ def test_prob_zero_returns_images_unchanged_and_one_hot() -> None:
         np.testing.assert_array_equal(targets[i], np.eye(K, dtype=np.float32)[i])
 
 
+@pytest.mark.parametrize(
+    ("alphas", "options", "dtype"),
+    [
+        ((1.0, 0.0), {"prob": 0.0}, np.uint8),
+        ((1.0, 0.0), {}, np.uint8),
+        ((0.0, 1.0), {"prob": 0.0}, np.float32),
+        ((1.0, 1.0), {"prob": 0.0}, np.float32),
+        ((1.0, 1.0), {"switch_prob": 1.0}, np.float32),  # CutMix always: MixUp never blends
+        ((1.0, 1.0), {"switch_prob": 0.5}, np.float32),
+    ],
+    ids=["cutmix-prob0", "cutmix", "mixup-prob0", "both-prob0", "switch1", "switch"],
+)
+def test_image_type_follows_the_methods_not_their_probabilities(alphas, options, dtype) -> None:
+    # mixup(prob=0) and switch_prob=1 gave uint8 where any other prob gives float32
+    images = noise_images([(10, 14)] * 4, seed=2)
+    config = MixConfig(num_classes=K, cutmix_alpha=alphas[0], mixup_alpha=alphas[1], **options)
+    for graph in (lambda x, y: mix(x, y, config), lambda x, y: mix(x, y, config, size=(10, 14))):
+        [[outs, _]] = run_graph(graph, images)
+        assert [out.dtype for out in outs] == [dtype] * 4
+        if options.get("prob") == 0.0:
+            for out, image in zip(outs, images):
+                np.testing.assert_array_equal(out, image.astype(dtype))
+    [[outs, _]] = run_graph(lambda x, y: mixup(x, y, num_classes=K, prob=0.0), images)
+    assert [out.dtype for out in outs] == [np.float32] * 4
+
+
 def test_mixing_off_keeps_dtype_and_gives_smoothed_one_hot() -> None:
     images = flat_images(3)
     config = MixConfig(num_classes=K, cutmix_alpha=0.0, mixup_alpha=0.0, label_smoothing=0.1)
