@@ -250,6 +250,12 @@ class MixConfig:
         return self.prob > 0 and (self.cutmix_enabled or self.mixup_enabled)
 
     @property
+    def soft(self) -> bool:
+        """True when targets are soft vectors: mixing can happen, or labels are smoothed
+        (``mix`` smooths a disabled configuration's one-hot targets too)."""
+        return self.enabled or self.label_smoothing > 0
+
+    @property
     def cutmix_share(self) -> float:
         """Probability that a mixed sample uses CutMix rather than MixUp."""
         if not self.cutmix_enabled:

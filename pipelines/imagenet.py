@@ -70,6 +70,7 @@ from dali_cutmix.files import (
 )
 from dali_cutmix.loader import DaliLoader, LastBatch
 from dali_cutmix.mixing import mix as mix_images
+from dali_cutmix.mixing import soft_targets
 from dali_cutmix.scan import explain_decode_error
 
 __all__ = [
@@ -181,7 +182,8 @@ class ImageNetOptions:
         train: the training recipe (random crop, flip, mixing) or validation.
         crop_size: side of the square output image.
         resize_size: validation only: shorter side before the centre crop.
-        mix: mixing for training; ``None`` or disabled gives int64 targets.
+        mix: mixing for training; ``None``, or disabled without ``label_smoothing``,
+            gives int64 targets; disabled with it, smoothed one-hot float32 targets.
         output_layout, dtype: see :class:`Layout`, :class:`DType`.
         random_area, random_aspect_ratio: the random-resized crop's ranges.
         augment: training only: automatic augmentation and RandomErasing, see
@@ -417,6 +419,21 @@ def class_indices(labels: DataNode) -> DataNode:
     return fn.cast(fn.squeeze(labels, axes=[0]), dtype=types.INT64)
 
 
+def unmixed_targets(labels: DataNode, options: ImageNetOptions) -> DataNode:
+    """Targets of samples no mixing touches: int64 class indices, or, where ``options.mix``
+    smooths labels (a disabled configuration's ``label_smoothing``), float32 smoothed
+    one-hot ``[num_classes]`` vectors, as :func:`dali_cutmix.mix` gives them."""
+    if options.mix is None or not options.mix.soft:
+        return class_indices(labels)
+    mix = options.mix
+    return soft_targets(
+        labels,
+        num_classes=mix.num_classes,
+        label_smoothing=mix.label_smoothing,
+        check_labels=False,  # file lists are checked when read
+    )
+
+
 def augment_and_mix(
     images: DataNode, labels: DataNode, *, options: ImageNetOptions
 ) -> tuple[DataNode, DataNode]:
@@ -443,7 +460,7 @@ def augment_and_mix(
         if options.augment.erasing:
             return _erase_and_mix(images, labels, options=options, flip=flip)
     if not options.mixing:
-        return normalize(images, options=options, mirror=flip), class_indices(labels)
+        return normalize(images, options=options, mirror=flip), unmixed_targets(labels, options)
     # The crops' size is known: the box math runs on constants and, on the GPU, the
     # CPU part of the graph does not wait for the resize's output shapes.
     # labels of a file list are checked when it is read (dali_cutmix.files), and the
@@ -468,7 +485,7 @@ def _erase_and_mix(
     size = (options.crop_size, options.crop_size)
     hwc = dataclasses.replace(options, output_layout=Layout.NHWC, dtype=DType.FLOAT32)
     out = random_erase(normalize(images, options=hwc, mirror=flip), options.augment, size=size)
-    targets = class_indices(labels)
+    targets = unmixed_targets(labels, options)
     if options.mixing:
         out, targets = mix_images(out, labels, options.mix, size=size, **_CHECKED)
     if options.output_layout is Layout.NCHW:
@@ -666,7 +683,8 @@ def make_loader(
         A :class:`DaliLoader` yielding ``(images, targets)``: images
         ``[B, 3, crop, crop]`` (NCHW) or ``[B, crop, crop, 3]`` (NHWC) of ``dtype``,
         normalized with ImageNet mean/std; targets int64 ``[B]``, or float32
-        ``[B, num_classes]`` when mixing. CUDA tensors on the GPU path.
+        ``[B, num_classes]`` when mixing or smoothing labels (``mix.label_smoothing``,
+        also where ``mix`` is disabled). CUDA tensors on the GPU path.
 
     Raises:
         TypeError: a keyword that is neither an argument nor a field (named).

@@ -90,6 +90,13 @@ class MixCollate:
     """
 
     def __init__(self, config: MixConfig) -> None:
+        self.config = config
+        self.transform = None  # a disabled configuration only smooths the one-hot targets
+        if config.enabled:
+            self.transform = self._methods(config)
+
+    @staticmethod
+    def _methods(config: MixConfig) -> v2.Transform:
         # what torchvision's CutMix and MixUp would silently do otherwise: they draw once per
         # batch (prob is per batch) and know neither box limits nor lambda's correction
         if config.mode is not MixMode.BATCH:
@@ -102,7 +109,6 @@ class MixCollate:
             raise ValueError(
                 "the torchvision loader supports neither cutmix_minmax nor correct_lam=False"
             )
-        self.config = config
         methods, weights = [], []
         if config.cutmix_enabled:
             methods.append(v2.CutMix(alpha=config.cutmix_alpha, num_classes=config.num_classes))
@@ -110,11 +116,11 @@ class MixCollate:
         if config.mixup_enabled:
             methods.append(v2.MixUp(alpha=config.mixup_alpha, num_classes=config.num_classes))
             weights.append(1.0 - config.cutmix_share)
-        self.transform = methods[0] if len(methods) == 1 else v2.RandomChoice(methods, p=weights)
+        return methods[0] if len(methods) == 1 else v2.RandomChoice(methods, p=weights)
 
     def __call__(self, batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = default_collate(batch)
-        if self.config.enabled and torch.rand(()) < self.config.prob:
+        if self.transform is not None and torch.rand(()) < self.config.prob:
             images, targets = self.transform(images, labels)
         else:
             targets = torch.nn.functional.one_hot(labels, self.config.num_classes).float()
@@ -533,15 +539,16 @@ def make_torchvision_loader(
     ``ImageFolder`` lists it, or ``file_list``'s ``path label`` lines (relative
     paths against ``root``). Images go
     through :func:`make_transforms` in ``workers`` worker processes (0: in
-    this one); ``mix`` (training only, ``None`` or disabled: int64 targets)
-    through :class:`MixCollate`.
+    this one); ``mix`` (training only; ``None``, or disabled without
+    ``label_smoothing``: int64 targets) through :class:`MixCollate`.
 
     Args:
         train, batch_size, seed: see :class:`TorchvisionLoader`.
         shard_id, num_shards: see :func:`shard_indices`; default from torchrun's
             ``RANK`` / ``WORLD_SIZE``, else 0 of 1 (as ``make_loader``).
         mix: torchvision's CutMix and MixUp draw once per batch: ``mix.mode`` must
-            be ``"batch"`` (:class:`MixCollate`); ``mix.num_classes`` the dataset's.
+            be ``"batch"`` (:class:`MixCollate`) where it mixes; ``mix.num_classes``
+            the dataset's. Disabled with ``label_smoothing``: smoothed one-hot targets.
         **transform_options: :func:`make_transforms`' other arguments
             (``crop_size``, ``resize_size``, ``augment``, ``interpolation``),
             documented there.
@@ -566,7 +573,7 @@ def make_torchvision_loader(
     _check_instance("mix", mix, MixConfig)
     if mix is not None and not train:
         raise ValueError("mix applies to training only; pass mix=None for validation")
-    collate = MixCollate(mix) if mix is not None and mix.enabled else None
+    collate = MixCollate(mix) if mix is not None and mix.soft else None
     transform = make_transforms(train=train, **transform_options)
     images = list_images(root, file_list)
     images.check_mix(mix)

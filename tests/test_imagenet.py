@@ -177,6 +177,28 @@ def test_training_outputs(
         assert torch.allclose(targets.sum(dim=1), torch.ones(4))
 
 
+def smoothed_one_hot(labels: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
+    """timm's smoothed one-hot targets, in float32 as DALI's ``one_hot`` writes them."""
+    off = np.float32(smoothing / num_classes)
+    on = np.float32(1.0 - smoothing + smoothing / num_classes)
+    want = torch.full((len(labels), num_classes), float(off))
+    want[torch.arange(len(labels)), labels] = float(on)
+    return want
+
+
+@pytest.mark.parametrize("erase", [0.0, 0.5], ids=["plain", "random-erase"])
+def test_disabled_mixing_still_smooths_labels(image_folder: Path, erase: float) -> None:
+    # a disabled mix's label_smoothing was dropped: int64 labels, no word (mix() smooths)
+    augment = AugmentConfig(random_erase=erase)
+    plain = small_loader(image_folder, mix=None, augment=augment)
+    off = MixConfig(num_classes=3, cutmix_alpha=1.0, prob=0.0, label_smoothing=0.1)
+    smoothed = small_loader(image_folder, mix=off, augment=augment)
+    for (images, labels), (same_images, targets) in zip(plain, smoothed):
+        assert targets.dtype == torch.float32 and targets.shape == (4, 3)
+        assert torch.equal(targets, smoothed_one_hot(labels, 3, 0.1))
+        assert torch.equal(same_images, images)
+
+
 @pytest.mark.parametrize(("layout", "shape"), LAYOUTS)
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_validation_outputs(image_folder: Path, layout: str, shape: tuple, dtype: str) -> None:

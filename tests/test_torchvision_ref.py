@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,23 @@ def test_prob_zero_gives_one_hot() -> None:
     images, targets = collate(batch)
     torch.testing.assert_close(targets, torch.eye(4))
     torch.testing.assert_close(images[2], torch.full((3, 4, 4), 2.0))
+
+
+def test_a_disabled_mix_still_smooths_labels(image_folder: Path) -> None:
+    # it was left out (int64 labels), and MixCollate refused its mode, though nothing mixes
+    def loader(mix: MixConfig | None):
+        return make_torchvision_loader(
+            image_folder, train=True, batch_size=5, workers=0, crop_size=8, seed=2, mix=mix
+        )
+
+    off = MixConfig(num_classes=3, mixup_alpha=0.2, prob=0.0, label_smoothing=0.1, mode="elem")
+    for (images, labels), (same_images, targets) in zip(loader(None), loader(off)):
+        want = torch.full((5, 3), 0.1 / 3)
+        want[torch.arange(5), labels] = 1.0 - 0.1 + 0.1 / 3
+        assert targets.dtype == torch.float32 and torch.equal(targets, want)
+        assert torch.equal(same_images, images)
+    _, labels = next(iter(loader(dataclasses.replace(off, label_smoothing=0.0))))
+    assert labels.dtype == torch.int64
 
 
 def test_unsupported_options_and_tiny_datasets_are_errors(
