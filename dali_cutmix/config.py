@@ -116,6 +116,19 @@ def _check_range(
 MAX_SIDE = 2**15
 
 
+# The most classes: a float32 label (DALI's one_hot takes them) names each class exactly
+# only up to 2**24, and past it a target row alone is 64 MiB per sample. 2**40 classes
+# failed while the graph was built, with NumPy's "Unable to allocate 4.00 TiB".
+MAX_CLASSES = 2**24
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    """``value``, checked to be True or False (None or "no" read as a choice before)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
     """``value`` as a Python int, checked to be an integer (Python's or NumPy's) ``>= low``
     (and ``<= high``, where given)."""
@@ -211,7 +224,7 @@ class MixConfig:
     def __post_init__(self) -> None:
         _store(
             self,
-            num_classes=_check_int("num_classes", self.num_classes, 1),
+            num_classes=_check_int("num_classes", self.num_classes, 1, MAX_CLASSES),
             mixup_alpha=_check_alpha("mixup_alpha", self.mixup_alpha),
             cutmix_alpha=_check_alpha("cutmix_alpha", self.cutmix_alpha),
             prob=_check_range("prob", self.prob, 0.0, 1.0),

@@ -38,9 +38,11 @@ from nvidia.dali.data_node import DataNode
 from nvidia.dali.pipeline import Pipeline, do_not_convert
 
 from dali_cutmix.config import (
+    MAX_CLASSES,
     MAX_SIDE,
     MixConfig,
     MixMode,
+    _check_bool,
     _check_int,
     _check_range,
     _is_number,
@@ -513,7 +515,8 @@ def soft_targets(
         vector exactly.
     """
     _graph_input("soft_targets", "labels", labels)
-    num_classes = _check_int("num_classes", num_classes, 1)
+    num_classes = _check_int("num_classes", num_classes, 1, MAX_CLASSES)
+    check_labels = _check_bool("check_labels", check_labels)
     label_smoothing = _check_range("label_smoothing", label_smoothing, 0.0, 1.0, high_open=True)
     off = label_smoothing / num_classes
     on = 1.0 - label_smoothing + off
@@ -581,6 +584,8 @@ def mix(
     if not isinstance(config, MixConfig):
         hint = " (MixConfig.from_dict makes one)" if isinstance(config, dict) else ""
         raise ValueError(f"config must be a MixConfig, got {config!r}{hint}")
+    check_labels = _check_bool("check_labels", check_labels)
+    check_size = _check_bool("check_size", check_size)
     if size is not None:
         size = _known_size(size)
     if not config.enabled:

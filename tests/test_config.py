@@ -164,6 +164,10 @@ def test_augment_numpy_scalars_are_stored_as_python_numbers() -> None:
             "num_classes must be an int >= 1, got np.float64(10.0)",
         ),
         ({"num_classes": np.bool_(True)}, "num_classes must be an int >= 1, got np.True_"),
+        (
+            {"num_classes": 2**40},
+            "num_classes must be an int from 1 to 16777216, got 1099511627776",
+        ),
         ({"prob": np.float32("nan")}, "prob must be a finite number, got np.float32(nan)"),
         ({"prob": np.float64(1.5)}, "prob must be in [0.0, 1.0], got np.float64(1.5)"),
         ({"cutmix_minmax": 5}, "cutmix_minmax must be (min, max), got 5"),

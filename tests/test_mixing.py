@@ -651,6 +651,26 @@ def test_mixup_of_a_known_size_reads_the_size_through_the_layout() -> None:
         (lambda x, y: mixup(x, y, num_classes=K, alpha=-1.0), "alpha"),
         (lambda x, y: cutout(x, size=1.5), "size"),
         (lambda x, y: cutmix(x, y, num_classes=0), "num_classes"),
+        (
+            lambda x, y: cutmix(x, y, num_classes=2**40),
+            re.escape("num_classes must be an int from 1 to 16777216, got 1099511627776"),
+        ),
+        (
+            lambda x, y: soft_targets(y, num_classes=2**24 + 1),
+            "num_classes must be an int from 1 to 16777216, got 16777217",
+        ),
+        (
+            lambda x, y: mix(x, y, MixConfig(num_classes=K), check_size=None),
+            "check_size must be True or False, got None",
+        ),
+        (
+            lambda x, y: mix(x, y, MixConfig(num_classes=K), check_labels="no"),
+            "check_labels must be True or False, got 'no'",
+        ),
+        (
+            lambda x, y: soft_targets(y, num_classes=K, check_labels=0),
+            "check_labels must be True or False, got 0",
+        ),
     ],
 )
 def test_bad_arguments_raise_value_error(call: Callable, message: str) -> None:
