@@ -32,6 +32,7 @@ import train.checkpoint
 import train.config
 import train.engine
 import train.trainer
+import train.utils
 from dali_cutmix import synthetic
 from dali_cutmix.files import BadImageError
 from dali_cutmix.scan import main as scan_main
@@ -707,6 +708,75 @@ def test_a_full_disk_at_the_second_checkpoint_ends_in_one_line_and_the_run_conti
     assert torch.load(checkpoint, weights_only=True)["epoch"] == 1
     assert main(["--resume", str(checkpoint)]) == 0  # the record cut short is left out
     assert [r["epoch"] for r in _records(tmp_path)] == [1, 2]
+
+
+def _first_save_fails(monkeypatch: pytest.MonkeyPatch, errno_: int, strerror: str) -> None:
+    """``save_checkpoint`` meets ``errno_`` at the run's first checkpoint, as torch.save does
+    (its RuntimeError after the OSError), and works from then on."""
+
+    real_save = train.trainer.save_checkpoint
+
+    def fails(state, path):
+        monkeypatch.setattr(train.trainer, "save_checkpoint", real_save)
+        try:
+            raise OSError(errno_, strerror, str(path) + ".tmp")
+        except OSError as error:
+            raise RuntimeError("[enforce fail at inline_container.cc:672]") from error
+
+    monkeypatch.setattr(train.trainer, "save_checkpoint", fails)
+
+
+def test_a_full_disk_at_the_first_checkpoint_leaves_nothing_that_blocks_running_again(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    # epoch 1's record stayed in metrics.jsonl: the same command again said "--output-dir
+    # ... already holds a run (metrics.jsonl); give another folder"
+    import errno
+
+    out = tmp_path / "run"
+    argv = _argv(tiny, out, "--epochs", "1")
+    _first_save_fails(monkeypatch, errno.ENOSPC, "No space left on device")
+    assert main(argv) == 6
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"python -m train: error: cannot write {out / 'checkpoint.pth'}.tmp (No space left on "
+        "device); no checkpoint was written: free space there, and run again"
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["config.json"]
+    assert main(argv) == 0  # the advice holds
+    assert [r["epoch"] for r in _records(out)] == [1]
+
+
+def test_a_full_disk_at_the_first_checkpoint_leaves_no_run_folder(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    # runs/<date-time> was left holding config.json and metrics.jsonl
+    import errno
+
+    monkeypatch.chdir(tmp_path)
+    argv = _argv(tiny, tmp_path, "--epochs", "1")
+    at = argv.index("--output-dir")
+    del argv[at : at + 2]
+    _first_save_fails(monkeypatch, errno.ENOSPC, "No space left on device")
+    assert main(argv) == 6
+    assert "no checkpoint was written: free space there, and run again" in capsys.readouterr().err
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
+def test_records_that_cannot_be_removed_after_a_failed_first_checkpoint_are_named(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    # a folder made read-only: the line names the file that blocks running again
+    import errno
+
+    out = tmp_path / "run"
+    _first_save_fails(monkeypatch, errno.EROFS, "Read-only file system")
+    monkeypatch.setattr(train.utils.MetricsFile, "discard", lambda self: False)
+    assert main(_argv(tiny, out, "--epochs", "1")) == 6
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"python -m train: error: cannot write {out / 'checkpoint.pth'}.tmp (Read-only file "
+        f"system); no checkpoint was written: make {out} writable, remove "
+        f"{out / 'metrics.jsonl'}, and run again"
+    )
 
 
 @pytest.mark.parametrize("loader", ["dali", "torchvision"])

@@ -40,6 +40,7 @@ from dali_cutmix.procs import exit_with
 from .cli import get_args_parser
 from .config import (
     CHECKPOINT_NAME,
+    METRICS_NAME,
     TrainConfig,
     claims_run_dir,
     drop_unused_run_dir,
@@ -189,6 +190,9 @@ def _write_failure(error: BaseException, config: TrainConfig) -> str | None:
             f"{checkpoint}, is intact: {fix}, then continue with: "
             f"{resume_command(checkpoint, ranks)}"
         )
+    metrics = folder / METRICS_NAME  # this run's records, left where it could not remove them
+    if metrics.exists():
+        fix += f", remove {metrics}"
     return f"cannot write {name} ({seen.strerror}); no checkpoint was written: {fix}, and run again"
 
 

@@ -193,7 +193,14 @@ def _run(config: TrainConfig, info: DistInfo) -> RunResult:
     if state is not None:
         trainer.restore(state)
     start = time.perf_counter()
-    outcome = trainer.fit()
+    try:
+        outcome = trainer.fit()
+    except BaseException:
+        # A run that wrote no checkpoint (a full disk at the first one, a second Ctrl-C)
+        # leaves no records either: they made "run again" fail on "already holds a run".
+        if trainer.saved_at is None:
+            trainer.metrics.discard()
+        raise
     records = trainer.metrics.read()
     if info.is_main and outcome is Outcome.FINISHED and records:
         logger.info(

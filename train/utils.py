@@ -235,11 +235,26 @@ class MetricsFile:
     def __init__(self, path: Path, enabled: bool) -> None:
         self.path = path
         self.enabled = enabled
+        self.created = False  # by this object's first write: no earlier run's records in it
 
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:
+            self.created = self.created or not self.path.exists()
             with self.path.open("a") as file:
                 file.write(json.dumps(record, sort_keys=True) + "\n")
+
+    def discard(self) -> bool:
+        """Removes the file if this object created it (a run that then wrote no checkpoint:
+        its records would block the same command run again); returns whether none of its
+        records is left."""
+        if not self.created:
+            return True
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError:  # a folder made read-only: the caller names the file
+            return False
+        self.created = False
+        return True
 
     def read(self) -> list[dict[str, Any]]:
         """The records; a last line cut short (a write that met a full disk) is left out."""
