@@ -145,18 +145,24 @@ def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
 MAX_ALPHA = float(np.finfo(np.float32).max) / 2
 
 
+def _check_float32(name: str, value: float, *, off: bool = True) -> None:
+    """A finite number ``>= 0`` that DALI or torch takes as float32 stays what it is there: a
+    positive one neither 0 (1e-50) nor inf (1e39, which torch refused with a traceback,
+    "value cannot be converted to type float without overflow"). ``off``: 0 is allowed
+    and means off (the message says so)."""
+    with np.errstate(over="ignore", under="ignore"):
+        single = np.float32(value)
+    if value > 0 and not 0 < single < math.inf:
+        kind = "0 (off) or a positive float32" if off else "a positive float32"
+        raise ValueError(f"{name} must be {kind}, got {value!r}, which is {single} in float32")
+
+
 def _check_alpha(name: str, value: Any) -> float:
     """A Beta parameter: 0 (off) or a positive number that stays positive in float32, which
     DALI's ``random.beta`` takes (1e-50 would reach it as 0 and fail it), and at most
     :data:`MAX_ALPHA`."""
     alpha = _check_range(name, value, 0.0, math.inf)
-    with np.errstate(over="ignore"):
-        single = np.float32(alpha)
-    if alpha > 0 and not 0 < single < math.inf:
-        raise ValueError(
-            f"{name} must be 0 (off) or a positive float32, got {value!r}, "
-            f"which is {single} in float32"
-        )
+    _check_float32(name, alpha)
     if alpha > MAX_ALPHA:
         raise ValueError(
             f"{name} must be at most {MAX_ALPHA:.4g} (float32's largest / 2), got {value!r}"

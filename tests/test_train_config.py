@@ -211,6 +211,19 @@ def _refused(argv: list[str], capsys: pytest.CaptureFixture) -> str:
         ),
         (["--lr", "0"], "--lr must be a finite number > 0, got 0.0"),
         (["--lr", "inf"], "--lr must be a finite number > 0, got inf"),
+        # torch's SGD takes them as float32: a traceback ("value cannot be converted to type
+        # float without overflow"), status 1, once the first step ran
+        (["--lr", "1e39"], "--lr must be a positive float32, got 1e+39, which is inf in float32"),
+        (["--lr", "1e-50"], "--lr must be a positive float32, got 1e-50, which is 0.0 in float32"),
+        (
+            ["--wd", "1e39"],
+            "--wd must be 0 (off) or a positive float32, got 1e+39, which is inf in float32",
+        ),
+        (
+            ["--weight-decay", "1e-50"],
+            "--weight-decay must be 0 (off) or a positive float32, got 1e-50, which is 0.0 in "
+            "float32",
+        ),
         (["--wd", "-1"], "--wd must be a finite number >= 0, got -1.0"),
         (["--wd", "nan"], "--wd must be a finite number >= 0, got nan"),
         (["--seed", str(2**64)], f"--seed must be in [0, 2**32), got {2**64}"),

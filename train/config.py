@@ -41,6 +41,7 @@ from dali_cutmix.config import (
     Interpolation,
     MixConfig,
     MixMode,
+    _check_float32,
     _check_int,
     _enum,
     check_warp_interpolation,
@@ -198,6 +199,9 @@ class OptimConfig:
         object.__setattr__(self, "schedule", _enum(Schedule, "schedule", self.schedule))
         _positive("lr", self.lr)
         _positive("weight_decay", self.weight_decay, zero=True)
+        # torch's SGD takes both as float32 (1e39 ended in a traceback)
+        _check_float32("lr", self.lr, off=False)
+        _check_float32("weight_decay", self.weight_decay)
         _positive("warmup_epochs", self.warmup_epochs, zero=True)
         _count("step_size", self.step_size)
         if not 0.0 <= self.momentum < 1.0:
