@@ -779,6 +779,26 @@ def test_records_that_cannot_be_removed_after_a_failed_first_checkpoint_are_name
     )
 
 
+def test_a_damaged_metrics_line_on_resume_is_one_line_naming_it(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # It was a traceback (json.JSONDecodeError in MetricsFile.read), status 1.
+    checkpoint, metrics = tmp_path / "checkpoint.pth", tmp_path / "metrics.jsonl"
+    assert main(_argv(tiny, tmp_path, "--stop-after-steps", "4")) == 3  # epoch 2, step 1
+    good = metrics.read_bytes()
+    metrics.write_bytes(b"\x00\x00garbage\n" + good)
+    capsys.readouterr()
+    assert main(["--resume", str(checkpoint)]) == 2
+    assert capsys.readouterr().err == (
+        f"python -m train: error: {metrics} line 1 is not a JSON record (Expecting value at "
+        "column 1); the file is only the run's history of epochs (the checkpoint holds the "
+        "run): repair or delete that line, then run the command again\n"
+    )
+    metrics.write_bytes(good)  # the line deleted
+    assert main(["--resume", str(checkpoint)]) == 0
+    assert [r["epoch"] for r in _records(tmp_path)] == [1, 2]
+
+
 @pytest.mark.parametrize("loader", ["dali", "torchvision"])
 def test_a_bad_file_keeps_the_steps_done_and_the_printed_commands_continue(
     bad_tiny: Path, tmp_path: Path, loader: str, capsys: pytest.CaptureFixture

@@ -32,7 +32,14 @@ from train.config import (
 from train.data import build_criterion
 from train.ema import ema_decay
 from train.trainer import _saved_meter, lr_factor
-from train.utils import DistInfo, EpochSums, MetricsFile, SumMeter, correct_topk
+from train.utils import (
+    DistInfo,
+    EpochSums,
+    MetricsError,
+    MetricsFile,
+    SumMeter,
+    correct_topk,
+)
 
 
 def _folder(root: Path, train: list[str], val: list[str]) -> Path:
@@ -1241,6 +1248,33 @@ def test_a_resumed_metrics_file_drops_epochs_the_checkpoint_does_not_hold(
     MetricsFile(path, enabled=True).resume_at(1)
     assert MetricsFile(path, enabled=True).read() == [{"epoch": 1, "val_acc1": 10.0}]
     assert f"{path}: dropped the record of epoch(s) 2, which the checkpoint" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "line, why",
+    [
+        (b'{"epoch": 1, "val_a', "Unterminated string starting at column 14"),
+        (
+            b"\xe9t\xe9",
+            "'utf-8' codec can't decode byte 0xe9 in position 0: invalid continuation byte",
+        ),
+        (b"[1, 2]", "a JSON list"),
+    ],
+)
+def test_a_damaged_line_inside_the_metrics_file_is_named_with_its_number(
+    tmp_path: Path, line: bytes, why: str
+) -> None:
+    # It was json.loads' traceback (JSONDecodeError) on --resume; skipped, the rewrite on
+    # resume would lose the line without a word. Only a last line cut short is left out.
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b'{"epoch": 1}\n' + line + b'\n{"epoch": 2}\n{"epoch": 3, "val')
+    with pytest.raises(MetricsError) as caught:
+        MetricsFile(path, enabled=True).resume_at(2)
+    assert str(caught.value) == (
+        f"{path} line 2 is not a JSON record ({why}); the file is only the run's history of "
+        "epochs (the checkpoint holds the run): repair or delete that line, then run the "
+        "command again"
+    )
 
 
 def test_the_default_output_folder_is_one_no_run_made_yet(

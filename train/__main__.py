@@ -273,6 +273,7 @@ def _train(config: TrainConfig, argv: list[str], rank: int, *, new_run_dir: bool
     from .checkpoint import CheckpointError
     from .engine import FIRST_FAILED, PeerLoaderError
     from .runner import EXIT_STATUS, run
+    from .utils import MetricsError
 
     try:
         status = EXIT_STATUS[run(config).outcome]
@@ -283,7 +284,7 @@ def _train(config: TrainConfig, argv: list[str], rank: int, *, new_run_dir: bool
             run_dir = config.output_dir
             failure.scan_dir = run_dir.with_name(f"{run_dir.name}-{failure.scan_dir.name}")
         return report_user_error(get_args_parser(), failure.message(argv), status=ExitStatus.DATA)
-    except (DatasetError, CheckpointError) as error:
+    except (DatasetError, CheckpointError, MetricsError) as error:
         say = functools.partial(report_user_error, get_args_parser(), error)
         failed = getattr(error, FIRST_FAILED, None)  # where the ranks agreed on it
         return _said_once(say, first=None if failed is None else failed == rank)

@@ -226,6 +226,10 @@ class SumMeter:
         }
 
 
+class MetricsError(Exception):
+    """A line of ``metrics.jsonl`` that is not a record: the user's to repair (status 2)."""
+
+
 class MetricsFile:
     """One JSON object per line; only rank 0 writes. Appends, so a resumed run continues it.
 
@@ -257,17 +261,39 @@ class MetricsFile:
         return True
 
     def read(self) -> list[dict[str, Any]]:
-        """The records; a last line cut short (a write that met a full disk) is left out."""
+        """The records; a last line cut short (a write that met a full disk) is left out.
+
+        Raises:
+            MetricsError: another line is not a JSON object (damaged on a disk, edited).
+                It is not skipped: a resume rewrites the file, which would lose the line
+                without a word.
+        """
         if not self.path.exists():
             return []
-        text = self.path.read_text()
-        lines = [line for line in text.splitlines() if line.strip()]
-        if lines and not text.endswith("\n"):
+        data = self.path.read_bytes()
+        lines = [(n, line) for n, line in enumerate(data.splitlines(), 1) if line.strip()]
+        if lines and not data.endswith(b"\n"):
             try:
-                json.loads(lines[-1])
+                json.loads(lines[-1][1])
             except ValueError:
                 lines.pop()
-        return [json.loads(line) for line in lines]
+        records = []
+        for number, line in lines:
+            try:  # a byte that is not UTF-8 is a ValueError too
+                record = json.loads(line.decode())
+                why = None if isinstance(record, dict) else f"a JSON {type(record).__name__}"
+            except json.JSONDecodeError as error:  # its "line 1" is of the line alone
+                why = f"{error.msg.removesuffix(' at')} at column {error.colno}"
+            except ValueError as error:
+                why = str(error)
+            if why is not None:
+                raise MetricsError(
+                    f"{self.path} line {number} is not a JSON record ({why}); the file is only "
+                    "the run's history of epochs (the checkpoint holds the run): repair or "
+                    "delete that line, then run the command again"
+                )
+            records.append(record)
+        return records
 
     def resume_at(self, epochs_done: int) -> None:
         """Makes the file agree with a checkpoint after ``epochs_done`` epochs, before appending.
@@ -278,8 +304,8 @@ class MetricsFile:
         not hold; it is dropped, as that epoch is trained again.
         """
         records = self.read()
-        text = self.path.read_text() if self.path.exists() else ""
-        torn = bool(text) and not text.endswith("\n")  # a record cut short: left out
+        data = self.path.read_bytes() if self.path.exists() else b""
+        torn = bool(data) and not data.endswith(b"\n")  # a record cut short: left out
         if not self.enabled or not (records or torn):
             return
         renumbered = bool(records) and records[0].get("epoch") == 0
