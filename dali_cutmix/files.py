@@ -126,12 +126,16 @@ def what_is_wrong(path: str | os.PathLike[str]) -> str:
     return "is not a decodable image"
 
 
-def header_words(error_class: str) -> str:
-    """A file's header problem as messages give it: PIL's error class, but ``"not an image
-    format PIL knows"`` for its ``UnidentifiedImageError`` (text, HTML, another format)."""
+def header_words(reason: str) -> str:
+    """A file's header problem as messages give it, from PIL's error as ``"Class: message"``
+    (:func:`dali_cutmix.scan.check_image`'s reason): its message (``"Truncated File
+    Read"``; the class alone, ``"OSError"``, said nothing), the class where the message is
+    empty, and ``"not an image format PIL knows"`` for ``UnidentifiedImageError`` (text,
+    HTML, another format), whose message only repeats the path."""
+    error_class, _, message = reason.partition(":")
     if error_class == "UnidentifiedImageError":
         return "not an image format PIL knows"
-    return error_class
+    return message.strip() or error_class
 
 
 # A loader's advice where its files give no batch; train names its own flag instead.

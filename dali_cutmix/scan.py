@@ -400,7 +400,7 @@ def header_problem(path: str, *, dali: bool = True) -> str:
     if not os.path.isfile(path) or not os.access(path, os.R_OK) or os.path.getsize(path) == 0:
         return ""
     reason = check_image(path, decode=False, dali=dali) or ""
-    return header_words(reason.split(":", 1)[0]) if reason[:1].isupper() else reason
+    return header_words(reason) if reason[:1].isupper() else reason
 
 
 # What a scan writes into its --out folder.

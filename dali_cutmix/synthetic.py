@@ -641,7 +641,7 @@ def _header_size(path: Path, root: Path) -> tuple[int, int]:
             return image.size
     except (OSError, SyntaxError, ValueError) as error:  # UnidentifiedImageError: an OSError
         # the loaders' and the scan's words for it
-        header = header_words(error.__class__.__name__)
+        header = header_words(f"{type(error).__name__}: {error}".splitlines()[0])
         raise BadImageError(
             f"{str(path)!r} {what_is_wrong(path)} (its header: {header}). " + scan_hint(root),
             path=str(path),

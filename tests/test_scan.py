@@ -403,11 +403,15 @@ def test_only_a_reader_or_decoder_failure_is_a_bad_file(
 def test_a_bad_files_dali_error_gets_what_its_header_says(tmp_path: Path) -> None:
     # DALI's reason alone ("nvImageCodec failure: '#4'") did not say what the file is
     root, _ = _dirty_folder(tmp_path / "data")
+    good = (root / "n00000000" / "img_0_0.JPEG").read_bytes()
+    (root / "n00000001" / "headless.JPEG").write_bytes(good[:100])
     images = list_image_folder(root)
     for name, what, header in [
         ("n00000000/text.JPEG", "is not", "; its header: not an image format PIL knows"),
         ("n00000001/gif_named.JPEG", "is not", "; its header: format GIF is not one DALI decodes"),
         ("n00000001/truncated.JPEG", "is not", ""),  # its header reads
+        # cut inside its header: PIL's words (it said "its header: OSError")
+        ("n00000001/headless.JPEG", "is not", "; its header: Truncated File Read"),
         ("n00000001/empty.jpg", "is an empty file (0 bytes)", ""),  # that says it
     ]:
         bad = str(root / name)
