@@ -721,6 +721,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-progress", action="store_true", help="no progress bar (for logs and CI)"
     )
+    parser.epilog = (
+        "exit status: 0 the folder is written (or reused), 2 bad usage, an unusable OUT or a "
+        "set its disk cannot hold (named), 130 Ctrl-C, 143 SIGTERM (no part of the set is left)"
+    )
     return parser
 
 

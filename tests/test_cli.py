@@ -204,12 +204,14 @@ def test_every_flag_has_one_line_of_help_and_its_default_once(command: str) -> N
         ("dali_cutmix.scan", "0 every file decodes, 1 some do not (listed), 2 bad usage"),
         ("dali_cutmix.preview", "0 the grid is written, 2 bad usage or a file that is no image"),
         ("pipelines.bench", "0 every row measured, 1 some rows failed (their cells say why), 2"),
+        ("dali_cutmix.synthetic", "0 the folder is written (or reused), 2 bad usage"),
     ],
 )
 def test_the_installed_commands_help_ends_with_their_exit_statuses(
     command: str, statuses: str
 ) -> None:
-    # bench's --help said nothing of them (the README did); scan's left out 130 and 143
+    # bench's --help said nothing of them (the README did); scan's left out 130 and 143;
+    # synthetic's had no epilog
     epilog = importlib.import_module(COMMANDS[command]).get_args_parser().epilog
     assert epilog.startswith(f"exit status: {statuses}"), epilog
     assert "130 Ctrl-C, 143 SIGTERM" in epilog
