@@ -62,6 +62,7 @@ __all__ = [
     "one_line",
     "other_command",
     "non_negative_int",
+    "path_arg",
     "dali_memory_named",
     "positive_int",
     "worker_count",
@@ -387,6 +388,15 @@ def non_negative_int(text: str) -> int:
     return _int_from(text, 0)
 
 
+def path_arg(text: str) -> Path:
+    """An argparse ``type``: a path that is not empty (argparse then names the flag in its
+    error). ``Path("")`` is the working folder, so ``--out ""`` (a script's unset variable)
+    wrote into it and ``--data ""`` read it, without a word."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path; give a path (. for the working folder)")
+    return Path(text)
+
+
 # The flags several commands share: name -> (flag, help). Each command gives the default.
 SHARED_FLAGS: dict[str, tuple[str, str]] = {
     "batch_size": ("--batch-size", "samples per batch"),
@@ -434,7 +444,7 @@ def add_shared_flags(
 def add_report_flag(parser: argparse.ArgumentParser, what: str) -> None:
     """Adds ``--out``: the file where the command also writes ``what`` (:func:`write_json`)."""
     parser.add_argument(
-        "--out", type=Path, help=f"also write the {what} as JSON here (default: stdout only)"
+        "--out", type=path_arg, help=f"also write the {what} as JSON here (default: stdout only)"
     )
 
 

@@ -32,6 +32,7 @@ from dali_cutmix.cli import (
     exit_on_user_error,
     from_flags,
     interruptible,
+    path_arg,
 )
 from dali_cutmix.config import MixConfig, check_seed
 from dali_cutmix.files import (
@@ -320,16 +321,18 @@ def get_args_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
     )
     parser.add_argument(
-        "--data", type=Path, help="ImageFolder root DATA/<class>/<image> (default: a generated set)"
+        "--data",
+        type=path_arg,
+        help="ImageFolder root DATA/<class>/<image> (default: a generated set)",
     )
     parser.add_argument(
         "--file-list",
-        type=Path,
+        type=path_arg,
         help="read these 'path label' lines (the scan's files.txt; relative paths relative to "
         "--data) instead of listing --data",
     )
     parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help="PNG to write (default: %(default)s)"
+        "--out", type=path_arg, default=DEFAULT_OUT, help="PNG to write (default: %(default)s)"
     )
     parser.add_argument(
         "--cutmix-alpha",

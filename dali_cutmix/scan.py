@@ -43,6 +43,7 @@ from dali_cutmix.cli import (
     exit_on_user_error,
     interruptible,
     other_command,
+    path_arg,
     progress_bar,
     worker_count,
     write_json,
@@ -441,9 +442,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Decode every image of an ImageFolder dataset; write a clean DALI file "
         "list and a report of the bad files.",
     )
-    parser.add_argument("root", help="dataset folder: ROOT/<class>/<image>")
+    parser.add_argument("root", type=path_arg, help="dataset folder: ROOT/<class>/<image>")
     parser.add_argument(
         "--out",
+        type=path_arg,
         required=True,
         help="folder for files.txt (the decodable files), classes.txt and bad_files.json; "
         "made if missing",

@@ -60,6 +60,7 @@ from dali_cutmix.cli import (
     exit_on_user_error,
     from_flags,
     interruptible,
+    path_arg,
     progress_bar,
     start_command,
     worker_count,
@@ -697,7 +698,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     default = SyntheticSpec()
     parser.add_argument(
         "out",
-        type=Path,
+        type=path_arg,
         help="dataset folder to create: OUT/train/<class>/*.JPEG and OUT/val/<class>/*.JPEG; "
         "a folder made earlier with the same settings is reused, with others refused",
     )

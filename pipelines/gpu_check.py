@@ -44,6 +44,7 @@ from dali_cutmix.cli import (
     command_name,
     exit_on_user_error,
     interruptible,
+    path_arg,
     start_command,
     write_json,
 )
@@ -368,7 +369,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--out",
-        type=Path,
+        type=path_arg,
         default=Path("runs/gpu-check"),
         help="output folder (default: %(default)s)",
     )
@@ -383,7 +384,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--data",
-        type=Path,
+        type=path_arg,
         help="ImageNet-style folder for the ResNet-50 epoch and the benchmark (default: one "
         "generated on this machine in the cache folder, gpu-check-<classes>x<per-class>)",
     )
@@ -400,7 +401,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_count(parser, "--window-batches", 20, "batches per timed loader window")
     parser.add_argument(
         "--train-dir",
-        type=Path,
+        type=path_arg,
         # A new folder per check: python -m train refuses a folder holding another run.
         default=Path("runs") / time.strftime("gpu-check-train-%Y%m%d-%H%M%S"),
         help="output folder of the two training runs, new for each check "

@@ -38,6 +38,7 @@ from dali_cutmix.cli import (
     exit_on_user_error,
     interruptible,
     non_negative_int,
+    path_arg,
     start_command,
     write_json,
 )
@@ -199,7 +200,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_shared_flags(parser, threads=2)
     parser.add_argument(
         "--cache-dir",
-        type=Path,
+        type=path_arg,
         default=None,
         help=f"where the generated set is kept (default: ${CACHE_ENV}, else ./data)",
     )

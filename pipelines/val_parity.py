@@ -41,6 +41,7 @@ from dali_cutmix.cli import (
     dali_memory_named,
     exit_on_user_error,
     interruptible,
+    path_arg,
     progress_bar,
     start_command,
     write_json,
@@ -147,13 +148,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Per-pixel difference between the DALI loader's validation images and "
         "torchvision's (Resize + CenterCrop), in levels of 0..255.",
     )
-    parser.add_argument("folder", type=Path, help="a folder of class folders (ImageFolder)")
+    parser.add_argument("folder", type=path_arg, help="a folder of class folders (ImageFolder)")
     add_shared_flags(parser, crop_size=224, batch_size=64, threads=2)
     add_count(parser, "--resize-size", 256, "shorter side before the centre crop, pixels")
     add_count(parser, "--limit", 1000, "compare at most this many images, in ImageFolder order")
     parser.add_argument(
         "--list",
-        type=Path,
+        type=path_arg,
         default=None,
         metavar="FILE",
         help="read these 'path label' lines (a scan's files.txt; relative paths against "

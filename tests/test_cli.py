@@ -22,6 +22,7 @@ from dali_cutmix.cli import (
     dali_memory_named,
     exit_on_user_error,
     from_flags,
+    path_arg,
     positive_int,
     replace_names,
     report_user_error,
@@ -256,6 +257,38 @@ def test_a_prefix_of_a_flag_is_refused_not_taken_for_it(command: str, capsys) ->
         .err.splitlines()[-1]
         .endswith(f"error: unrecognized arguments: {flag[:-1]} 1")
     )
+
+
+def _path_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [a for a in parser._actions if a.type in (Path, path_arg)]
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_an_empty_path_is_refused_naming_its_flag(command: str, capsys) -> None:
+    # Path("") is the working folder: scan ROOT --out "" wrote its report there, and
+    # --data "" measured or previewed whatever the working folder held
+    parser = importlib.import_module(COMMANDS[command]).get_args_parser()
+    paths = _path_actions(parser)
+    assert paths and all(a.type is path_arg for a in paths), [a.dest for a in paths]
+    for action in paths:
+        argv = [
+            arg
+            for a in parser._actions
+            if a.required or a is action
+            for arg in (
+                [a.option_strings[0], "" if a is action else "x"]
+                if a.option_strings
+                else ["" if a is action else "x"]
+            )
+        ]
+        with pytest.raises(SystemExit) as caught:
+            parser.parse_args(argv)
+        assert caught.value.code == 2
+        name = action.option_strings[0] if action.option_strings else action.dest
+        assert capsys.readouterr().err.splitlines()[-1] == (
+            f"{parser.prog}: error: argument {name}: an empty path; give a path "
+            "(. for the working folder)"
+        )
 
 
 def test_a_report_path_is_checked_before_the_work_and_nothing_is_left(tmp_path) -> None:

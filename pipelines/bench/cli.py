@@ -27,6 +27,7 @@ from dali_cutmix.cli import (
     from_flags,
     interruptible,
     one_line,
+    path_arg,
     start_command,
     worker_count,
     worker_limit,
@@ -213,10 +214,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Benchmark DALI and torchvision loaders and training on the same files.",
     )
     add = parser.add_argument
-    add("--data", type=Path, help="ImageNet-style folder, or its train/ (default: a generated set)")
+    add(
+        "--data",
+        type=path_arg,
+        help="ImageNet-style folder, or its train/ (default: a generated set)",
+    )
     add(
         "--file-list",
-        type=Path,
+        type=path_arg,
         metavar="FILE",
         help="measure only the files this lists, 'path label' per line, labels numbering "
         "--data's classes (e.g. the scan's files.txt: the decodable ones); relative paths "
@@ -224,7 +229,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     add(
         "--out",
-        type=Path,
+        type=path_arg,
         help="folder for results.json and results.png (default: runs/bench-<date>-<time>)",
     )
     add_count(parser, "--classes", 40, "classes of the generated set", type=int)
