@@ -263,11 +263,13 @@ def _path_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
     return [a for a in parser._actions if a.type in (Path, path_arg)]
 
 
-@pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.parametrize("command", sorted(COMMANDS) + ["train"])
 def test_an_empty_path_is_refused_naming_its_flag(command: str, capsys) -> None:
     # Path("") is the working folder: scan ROOT --out "" wrote its report there, and
-    # --data "" measured or previewed whatever the working folder held
-    parser = importlib.import_module(COMMANDS[command]).get_args_parser()
+    # --data "" measured or previewed whatever the working folder held (train's
+    # --output-dir "" and --cache-dir "" wrote there too)
+    module = "train.cli" if command == "train" else COMMANDS[command]
+    parser = importlib.import_module(module).get_args_parser()
     paths = _path_actions(parser)
     assert paths and all(a.type is path_arg for a in paths), [a.dest for a in paths]
     for action in paths:

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import argparse
 import enum
-from pathlib import Path
 
-from dali_cutmix.cli import add_count, command_name
+from dali_cutmix.cli import add_count, command_name, path_arg
 from dali_cutmix.config import AutoAugment, Device, EraseMode, Interpolation, MixMode
 from dali_cutmix.synthetic import CACHE_ENV
 
@@ -111,14 +110,14 @@ def get_args_parser() -> argparse.ArgumentParser:
 def _add_data_args(data: argparse._ArgumentGroup) -> None:
     data.add_argument(
         "--data",
-        type=Path,
+        type=path_arg,
         default=None,
         metavar="FOLDER",
         help="ImageNet-style folder with train/ and val/ (default: the embedded dataset)",
     )
     data.add_argument(
         "--cache-dir",
-        type=Path,
+        type=path_arg,
         default=None,
         metavar="FOLDER",
         help=f"where the embedded dataset is generated (default: ${CACHE_ENV} or ./data)",
@@ -126,7 +125,7 @@ def _add_data_args(data: argparse._ArgumentGroup) -> None:
     for split in ("train", "val"):
         data.add_argument(
             f"--{split}-list",
-            type=Path,
+            type=path_arg,
             default=None,
             metavar="FILE",
             help=f"'path label' lines to read instead of listing {split}/ (e.g. the files.txt "
@@ -401,7 +400,7 @@ def _add_run_args(run: argparse._ArgumentGroup) -> None:
     )
     run.add_argument(
         "--output-dir",
-        type=Path,
+        type=path_arg,
         default=None,
         metavar="FOLDER",
         help="where the checkpoint, metrics, config.json and curves go "
@@ -409,7 +408,7 @@ def _add_run_args(run: argparse._ArgumentGroup) -> None:
     )
     run.add_argument(
         "--config",
-        type=Path,
+        type=path_arg,
         default=None,
         metavar="RUN/config.json",
         help="start a new run with a saved run's configuration; typed flags override it, "
@@ -417,7 +416,7 @@ def _add_run_args(run: argparse._ArgumentGroup) -> None:
     )
     run.add_argument(
         "--resume",
-        type=Path,
+        type=path_arg,
         default=None,
         metavar="CHECKPOINT",
         help="continue the run saved in CHECKPOINT (a checkpoint.pth, or the run's folder "
