@@ -38,6 +38,7 @@ import argparse
 import concurrent.futures
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import glob
 import io
@@ -70,6 +71,7 @@ from dali_cutmix.procs import worker_pool
 
 __all__ = [
     "CACHE_ENV",
+    "NO_ROOM",
     "SyntheticSpec",
     "cache_dir",
     "checked_cache_dir",
@@ -118,7 +120,8 @@ def cache_source(given: str | os.PathLike[str] | None, flag: str = "--cache-dir"
         return flag
     if os.environ.get(CACHE_ENV):
         return f"the cache folder (${CACHE_ENV})"
-    return "the cache folder"
+    # the way to move it, where no flag gave it: "the cache folder data" left that untold
+    return f"the cache folder (the default; ${CACHE_ENV} gives another)"
 
 
 GENERATOR_VERSION = 1  # bump when the bytes for a given spec change
@@ -397,6 +400,15 @@ def _job_at(spec: SyntheticSpec, i: int) -> tuple[str, int, int]:
     raise IndexError(i)
 
 
+# What :func:`generate`'s error advises where the disk cannot hold the set, unless its
+# caller gives its own words (its flags: this module's command line, train's --cache-dir).
+NO_ROOM = "free space there, or generate fewer or smaller images"
+# This module's command line: its flags that make the set smaller.
+_CLI_NO_ROOM = (
+    "generate fewer or smaller images (--classes, --train-per-class, --val-per-class, "
+    "--size-scale) or free space"
+)
+
 # Jobs whose sizes are drawn, and of those the ones encoded, to estimate a set's bytes;
 # the free space asked for, over the estimate.
 _SIZED, _ENCODED = 256, 4
@@ -478,6 +490,7 @@ def generate(
     *,
     workers: int | None = None,
     progress: bool = True,
+    no_room: str = NO_ROOM,
 ) -> Path:
     """Writes the folder for ``spec`` at ``root`` unless it is already there.
 
@@ -487,13 +500,19 @@ def generate(
         workers: processes writing in parallel (default: the CPU count).
             The bytes do not depend on it.
         progress: show a tqdm progress bar.
+        no_room: what the error advises where the disk cannot hold the set, in the
+            caller's words: the flags of its command that give another folder or a
+            smaller set (``python -m train``: ``"free space there, or give --cache-dir
+            a folder on a larger disk"``). Default :data:`NO_ROOM`.
 
     Returns:
         ``root`` as a ``Path``.
 
     Raises:
         ValueError: ``root`` exists but is not a finished folder of this spec
-            (it is never deleted: it may be someone's data).
+            (it is never deleted: it may be someone's data); or its disk cannot hold
+            the set (estimated before a file is written, or filled while it was
+            written), ending with ``no_room``.
     """
     root = Path(root)
     if is_complete(root, spec):
@@ -503,7 +522,7 @@ def generate(
     check_folder(root.parent, f"{root}: its folder")  # one line, not the lock file's Errno
     root.parent.mkdir(parents=True, exist_ok=True)
     with _generation_lock(root):  # another process writing the same folder: wait for it
-        return _generate_unlocked(root, spec, workers=workers, progress=progress)
+        return _generate_unlocked(root, spec, workers=workers, progress=progress, no_room=no_room)
 
 
 def _check_intact(root: Path) -> None:
@@ -588,11 +607,16 @@ def _names(path: Path, file: Any) -> bool:
 
 
 def _generate_unlocked(
-    root: Path, spec: SyntheticSpec, *, workers: int | None, progress: bool
+    root: Path, spec: SyntheticSpec, *, workers: int | None, progress: bool, no_room: str
 ) -> Path:
     if is_complete(root, spec):  # written by the process this one waited for
         return root
     _refuse_foreign(root, spec)
+    if os.path.ismount(root):  # the rename below fails there (EBUSY), after all the work
+        raise ValueError(
+            f"{root} is a mount point: a set is written beside its folder and renamed into "
+            f"place, which a mount point refuses; give a folder inside it ({root / root.name})"
+        )
     if workers is not None and (isinstance(workers, bool) or workers < 1):
         raise ValueError(f"workers must be >= 1, got {workers!r}")
     workers = workers or os.cpu_count() or 1
@@ -606,16 +630,23 @@ def _generate_unlocked(
         raise ValueError(
             f"{root}: {counted(spec.num_images, 'image')} need about {_bytes(needed)}, "
             f"and its disk has {_bytes(free)} free (the check asks for {_DISK_MARGIN} x "
-            "the estimate); generate fewer or smaller images (--classes, "
-            "--train-per-class, --val-per-class, --size-scale) or free space"
+            f"the estimate); {no_room}"
         )
     logger.info(
         "generating %s (about %.1f MB) in %s", counted(spec.num_images, "image"), needed / 1e6, root
     )
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
     try:
-        total = _write_all(spec, tmp, min(workers, spec.num_images), progress)
-        (tmp / MANIFEST).write_text(json.dumps(_manifest(spec, total), indent=2))
+        try:
+            total = _write_all(spec, tmp, min(workers, spec.num_images), progress)
+            (tmp / MANIFEST).write_text(json.dumps(_manifest(spec, total), indent=2))
+        except OSError as error:  # the estimate fell short, or another writer took the room
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise ValueError(
+                f"{root}: its disk filled while {counted(spec.num_images, 'image')} were "
+                f"written ({error.strerror}); nothing of the set is left; {no_room}"
+            ) from None
         tmp.chmod(0o755)  # mkdtemp makes it private
         try:
             os.rename(tmp, root)
@@ -745,7 +776,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     with exit_on_user_error(parser, fields={"num_classes": "--classes"}):
         spec = from_flags(SyntheticSpec, args, num_classes=args.classes)
-        root = generate(args.out, spec, workers=args.workers, progress=not args.no_progress)
+        progress = not args.no_progress
+        root = generate(
+            args.out, spec, workers=args.workers, progress=progress, no_room=_CLI_NO_ROOM
+        )
         stats = dataset_stats(root)  # a file changed in the meantime: one line, not a traceback
     print(stats.summary())
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -279,6 +280,36 @@ def test_a_stopped_run_says_where_its_rows_so_far_are(tmp_path: Path, capsys, mo
         f"python -m pipelines.bench: aborted by Ctrl-C; the rows measured so far are in {partial}"
     )
     assert json.loads(partial.read_text())["loaders"] == [{"images_per_s": 1.0}]
+
+
+@pytest.mark.parametrize(
+    ("stop", "status", "line"),
+    [
+        (lambda: signal.raise_signal(signal.SIGINT), 130, "aborted by Ctrl-C"),
+        (lambda: signal.raise_signal(signal.SIGTERM), 143, "aborted by SIGTERM"),
+    ],
+)
+def test_a_signal_during_the_checks_ends_it_in_one_line(
+    tmp_path: Path, capsys, monkeypatch, stop, status: int, line: str
+) -> None:
+    # Before the measurements the checks take seconds (torchvision's import, listing --data):
+    # a Ctrl-C there was a KeyboardInterrupt's traceback, a SIGTERM status 143 without a word.
+    def unhandled(signum, frame):
+        raise AssertionError("SIGTERM reached the default handler: the process died silently")
+
+    before = signal.signal(signal.SIGTERM, unhandled)
+    monkeypatch.setattr(cli, "check_arch", lambda arch: stop())
+    monkeypatch.setattr(cli, "run_benchmark", lambda *a: pytest.fail("the benchmark ran"))
+    try:
+        assert cli.main(["--device", "cpu", "--out", str(tmp_path / "out")]) == status
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped as a KeyboardInterrupt (a traceback)")
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"python -m pipelines.bench: {line}; nothing was written"
+    )
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_failed_measurement_is_said_by_its_cause_on_one_line() -> None:

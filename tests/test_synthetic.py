@@ -81,17 +81,75 @@ def test_a_set_its_disk_cannot_hold_is_refused_before_a_file_is_written(
     # A million images per class held 10 GB of memory before the first file was written.
     monkeypatch.setattr(synthetic, "_free_bytes", lambda path: 10**6)
     monkeypatch.setattr(synthetic, "estimated_bytes", lambda spec: 900_000)
+    refused = (
+        f"{tmp_path / 'ds'}: 15 images need about 0.9 MB, and its disk has 1.0 MB free (the "
+        "check asks for 1.2 x the estimate); "
+    )
     with pytest.raises(ValueError) as caught:
         generate(tmp_path / "ds", TINY, workers=1, progress=False)
-    assert str(caught.value) == (
-        f"{tmp_path / 'ds'}: 15 images need about 0.9 MB, and its disk has 1.0 MB free (the "
-        "check asks for 1.2 x the estimate); generate fewer or smaller images (--classes, "
-        "--train-per-class, --val-per-class, --size-scale) or free space"
-    )
+    assert str(caught.value) == refused + "free space there, or generate fewer or smaller images"
+    # the caller's own advice (its flags): train's --cache-dir, bench's --classes
+    with pytest.raises(ValueError) as caught:
+        generate(tmp_path / "ds", TINY, workers=1, progress=False, no_room="use --elsewhere")
+    assert str(caught.value) == refused + "use --elsewhere"
     assert list(tmp_path.iterdir()) == []
     assert synthetic._bytes(2.5e12) == "2,500.0 GB"  # "0.0 GB" on a small disk: MB below 1 GB
     monkeypatch.setattr(synthetic, "estimated_bytes", lambda spec: 800_000)  # 1.2 x fits
     assert generate(tmp_path / "ds", TINY, workers=1, progress=False) == tmp_path / "ds"
+
+
+def test_the_command_line_advises_its_own_flags_where_the_disk_is_too_small(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setattr(synthetic, "_free_bytes", lambda path: 10**6)
+    monkeypatch.setattr(synthetic, "estimated_bytes", lambda spec: 900_000)
+    with pytest.raises(SystemExit) as caught:
+        synthetic.main([str(tmp_path / "ds"), "--classes", "2", "--no-progress"])
+    assert caught.value.code == 2
+    assert (
+        capsys.readouterr()
+        .err.splitlines()[-1]
+        .endswith(
+            "(the check asks for 1.2 x the estimate); generate fewer or smaller images (--classes, "
+            "--train-per-class, --val-per-class, --size-scale) or free space"
+        )
+    )
+
+
+def test_a_disk_that_fills_while_the_set_is_written_is_one_line_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the estimate fell short, or another writer took the room: it was an OSError traceback
+    import errno
+
+    def full(spec, folder, part):
+        raise OSError(errno.ENOSPC, "No space left on device", f"{folder}/x.JPEG")
+
+    monkeypatch.setattr(synthetic, "_write_chunk", full)
+    with pytest.raises(ValueError) as caught:
+        generate(tmp_path / "ds", TINY, workers=1, progress=False, no_room="free it")
+    assert str(caught.value) == (
+        f"{tmp_path / 'ds'}: its disk filled while 15 images were written (No space left on "
+        "device); nothing of the set is left; free it"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_empty_mount_point_is_refused_before_a_file_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The set was written beside it, then the rename into a mount point failed (EBUSY).
+    (tmp_path / "disk").mkdir()
+    monkeypatch.setattr(synthetic.os.path, "ismount", lambda path: Path(path).name == "disk")
+    monkeypatch.setattr(synthetic, "_write_all", lambda *a: pytest.fail("the set was written"))
+    with pytest.raises(ValueError) as caught:
+        generate(tmp_path / "disk", TINY, workers=1, progress=False)
+    assert str(caught.value) == (
+        f"{tmp_path / 'disk'} is a mount point: a set is written beside its folder and renamed "
+        f"into place, which a mount point refuses; give a folder inside it "
+        f"({tmp_path / 'disk' / 'disk'})"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["disk"]
 
 
 def test_an_empty_folder_made_for_the_set_is_filled(tmp_path: Path) -> None:
@@ -432,7 +490,9 @@ def test_an_empty_cache_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch
     # DALI_CUTMIX_CACHE= put the generated sets in the working folder itself
     monkeypatch.setenv("DALI_CUTMIX_CACHE", "")
     assert synthetic.cache_dir() == Path("data")
-    assert synthetic.cache_source(None) == "the cache folder"
+    assert synthetic.cache_source(None) == (
+        "the cache folder (the default; $DALI_CUTMIX_CACHE gives another)"
+    )
     monkeypatch.setenv("DALI_CUTMIX_CACHE", "/somewhere")
     assert synthetic.cache_dir() == Path("/somewhere")
     assert synthetic.cache_source(None) == "the cache folder ($DALI_CUTMIX_CACHE)"

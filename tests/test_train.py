@@ -779,6 +779,22 @@ def test_records_that_cannot_be_removed_after_a_failed_first_checkpoint_are_name
     )
 
 
+def test_an_embedded_set_its_cache_disk_cannot_hold_advises_trains_own_flag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    # It advised the generator's flags (--classes, --size-scale, ...), which train lacks.
+    monkeypatch.setattr(synthetic, "_free_bytes", lambda path: 10**6)
+    monkeypatch.setattr(synthetic, "estimated_bytes", lambda spec: 900_000)
+    argv = ["--device", "cpu", "--cache-dir", str(tmp_path / "c"), "--output-dir", str(tmp_path)]
+    root = parse_config(argv).data.dataset_dir
+    assert main(argv) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"python -m train: error: {root}: 2,000 images need about 0.9 MB, and its disk has "
+        "1.0 MB free (the check asks for 1.2 x the estimate); free space there, or give "
+        "--cache-dir a folder on a disk with more room"
+    )
+
+
 def test_a_damaged_metrics_line_on_resume_is_one_line_naming_it(
     tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -80,6 +80,11 @@ class Loader(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+# The embedded set's disk is too small: train's words (the generator's named its own flags,
+# --classes, --size-scale, ..., which train does not have).
+CACHE_NO_ROOM = "free space there, or give --cache-dir a folder on a disk with more room"
+
+
 def prepare_dataset(config: TrainConfig, info: DistInfo) -> Path:
     """The folder to read; generates the embedded dataset on first use (rank 0 only)."""
     root = config.data.dataset_dir
@@ -87,7 +92,9 @@ def prepare_dataset(config: TrainConfig, info: DistInfo) -> Path:
         failure = None
         if info.is_main:
             try:
-                generate(root, config.data.embedded, workers=config.data.workers)
+                generate(
+                    root, config.data.embedded, workers=config.data.workers, no_room=CACHE_NO_ROOM
+                )
             except ValueError as error:  # changed since written, someone's folder, no room
                 failure = DatasetError(str(error))  # it was a traceback, on every rank
         settle(failure, info)  # the others wait here, and leave where rank 0 failed

@@ -337,28 +337,26 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     return dataclasses.replace(config, devices=_devices(args.device))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point: 0 when every measurement ran, 1 when some failed.
+def _measure_one(spec: str) -> int:
+    """``--measure``: one isolated measurement (:func:`~pipelines.bench.measure.run_isolated`
+    reads its lines); 0 measured, 3 a bad file, else the error's traceback."""
+    from .measure import measure
 
-    A bad value or an unusable ``--data`` or ``--out`` ends it before any
-    measurement with one line on stderr and status 2
-    (:func:`dali_cutmix.cli.exit_on_user_error`).
-    """
-    parser = get_args_parser()
-    args = start_command(parser, argv)
-    if args.measure:
-        from .measure import measure
+    try:
+        result = measure(json.loads(spec))
+    except BadImageError as error:  # the parent stops the run: every measurement meets it
+        print(BAD_FILE + json.dumps({"message": str(error), "path": error.path}), flush=True)
+        return 3
+    except Exception as error:  # the row's cell says it; the traceback goes to stderr
+        print(FAILED + json.dumps(failure_line(error)), flush=True)
+        raise
+    print("RESULT " + json.dumps(result), flush=True)
+    return 0
 
-        try:
-            result = measure(json.loads(args.measure))
-        except BadImageError as error:  # the parent stops the run: every measurement meets it
-            print(BAD_FILE + json.dumps({"message": str(error), "path": error.path}), flush=True)
-            return 3
-        except Exception as error:  # the row's cell says it; the traceback goes to stderr
-            print(FAILED + json.dumps(failure_line(error)), flush=True)
-            raise
-        print("RESULT " + json.dumps(result), flush=True)
-        return 0
+
+def _checked_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> BenchConfig:
+    """The run's configuration, every flag, ``--data`` and ``--out`` checked before any
+    measurement (a bad one ends the command in one line, status 2)."""
     with exit_on_user_error(parser, fields={"devices": "--device"}):
         config = config_from_args(args)
         check_arch(config.arch)
@@ -373,25 +371,53 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_batch_sizes(config, config.classes * config.per_class)
         # checked, not made: a run that ends before its first row leaves no empty folder
         check_folder(config.out, "--out")
+    return config
 
-    def measure_all() -> int:
-        # one line: a bad file's, with the way on; a report's write that failed (a full disk)
-        with exit_on_user_error(parser, catch=(BadImageError, OSError)):
-            try:
-                report = run_benchmark(config, command_line(__package__, argv))
-            except BadImageError as error:
-                root = data_root(config.data) if config.data is not None else Path(".")
-                advice = bad_file_advice(
-                    error, root, config.file_list, "pipelines.bench", "measure", argv
-                )
-                raise BadImageError(advice, path=error.path) from None
-        failed = [r for section in SWEEPS for r in report[section] if "error" in r]
-        return 1 if failed else 0
 
-    def what_is_left() -> str:  # results.json is written at the end
-        partial = config.out / PARTIAL
-        if partial.is_file():
-            return f"the rows measured so far are in {partial}"
-        return f"nothing was written to {config.out}"
+def _measure_all(
+    parser: argparse.ArgumentParser, config: BenchConfig, argv: Sequence[str] | None
+) -> int:
+    """The run: 0 every row measured, 1 some failed; a bad file (with the way on) or a
+    report's write that failed (a full disk) ends it in one line."""
+    with exit_on_user_error(parser, catch=(BadImageError, OSError)):
+        try:
+            report = run_benchmark(config, command_line(__package__, argv))
+        except BadImageError as error:
+            root = data_root(config.data) if config.data is not None else Path(".")
+            advice = bad_file_advice(
+                error, root, config.file_list, "pipelines.bench", "measure", argv
+            )
+            raise BadImageError(advice, path=error.path) from None
+    failed = [r for section in SWEEPS for r in report[section] if "error" in r]
+    return 1 if failed else 0
 
-    return interruptible(parser, what_is_left, measure_all)
+
+def _what_is_left(config: BenchConfig | None) -> str:
+    """What a run stopped by a signal leaves (``config`` ``None``: stopped while checking)."""
+    if config is None:
+        return "nothing was written"
+    partial = config.out / PARTIAL  # results.json is written at the end
+    if partial.is_file():
+        return f"the rows measured so far are in {partial}"
+    return f"nothing was written to {config.out}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point: 0 when every measurement ran, 1 when some failed.
+
+    A bad value or an unusable ``--data`` or ``--out`` ends it before any
+    measurement with one line on stderr and status 2
+    (:func:`dali_cutmix.cli.exit_on_user_error`). Ctrl-C and SIGTERM end it in one
+    line from the checks on (importing torchvision, listing ``--data``: seconds).
+    """
+    parser = get_args_parser()
+    args = start_command(parser, argv)
+    if args.measure:
+        return _measure_one(args.measure)
+    checked: list[BenchConfig] = []  # the configuration, once checked
+
+    def run() -> int:
+        checked.append(_checked_config(parser, args))
+        return _measure_all(parser, checked[0], argv)
+
+    return interruptible(parser, lambda: _what_is_left(next(iter(checked), None)), run)
