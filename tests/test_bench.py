@@ -263,6 +263,39 @@ def test_the_scan_list_the_bad_file_line_names_is_what_the_benchmark_measures(
     )
 
 
+def test_a_generated_set_its_disk_cannot_hold_is_one_line_with_benchs_own_advice(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    # generate()'s ValueError was a traceback (status 1) advising synthetic's flags.
+    from dali_cutmix import synthetic
+
+    monkeypatch.setenv("DALI_CUTMIX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(synthetic, "_free_bytes", lambda path: 10**6)
+    monkeypatch.setattr(synthetic, "estimated_bytes", lambda spec: 900_000)
+    monkeypatch.setattr("pipelines.bench.measure.measure_sections", lambda *a: pytest.fail())
+    argv = ["--device", "cpu", "--classes", "2", "--per-class", "4", "--batch-size", "2"]
+    with pytest.raises(SystemExit) as caught:
+        cli.main([*argv, "--sweeps", "loaders", "--out", str(tmp_path / "out")])
+    assert caught.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"python -m pipelines.bench: error: {tmp_path}/cache/bench-2x4: 10 images need about "
+        "0.9 MB, and its disk has 1.0 MB free (the check asks for 1.2 x the estimate); free "
+        "space there, give $DALI_CUTMIX_CACHE a folder on a disk with more room, or lower "
+        "--classes or --per-class"
+    )
+    assert not (tmp_path / "out").exists()
+    # a cache folder that is a file: its source named, not a traceback
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("DALI_CUTMIX_CACHE", str(tmp_path / "a-file"))
+    with pytest.raises(SystemExit) as caught:
+        cli.main([*argv, "--sweeps", "loaders", "--out", str(tmp_path / "out")])
+    assert caught.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "python -m pipelines.bench: error: the cache folder ($DALI_CUTMIX_CACHE) "
+        f"{tmp_path}/a-file: not a folder"
+    )
+
+
 def test_a_stopped_run_says_where_its_rows_so_far_are(tmp_path: Path, capsys, monkeypatch) -> None:
     # It said "nothing was written" beside the results.partial.json it had written.
     root = build_image_folder(tmp_path / "data", classes=2, per_class=2, extras=False)

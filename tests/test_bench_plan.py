@@ -84,3 +84,27 @@ def test_the_scaling_sweep_plans_hw_decoder_loads_for_dali_on_the_gpu_only(tmp_p
     assert {s["mix"] for s in scaling} == {"cutmix"}
     with pytest.raises(ValueError, match=r"hw_decoder_loads must be in \[0, 1\], got 1.5"):
         plan.BenchConfig(out=tmp_path, hw_decoder_loads=(0.5, 1.5))
+
+
+@pytest.mark.parametrize(
+    ("workers", "per_class", "warned"),
+    [(5, 180, []), (6, 180, [("scaling", 64)]), (11, 200, []), (12, 200, [("scaling", 64)])],
+)
+def test_the_default_set_warns_of_short_epochs_as_the_readme_says(
+    workers: int, per_class: int, warned: list
+) -> None:
+    # The README said the default batch sizes "never warn"; from 6 workers the DataLoader's
+    # prefetch (2 x workers + 2 batches of warm-up) made the batch-64 scaling row warn.
+    from pipelines.bench.measure import timing
+
+    config = plan.BenchConfig(out=Path("out"), workers=workers, per_class=per_class)
+    images = config.classes * per_class
+    short = [
+        (section, spec["batch_size"])
+        for section, specs in plan.plan_sections(config, Path("root")).items()
+        for spec in specs
+        if plan.short_epochs(
+            {"timing": timing(spec), "epoch_batches": images // spec["batch_size"]}
+        )
+    ]
+    assert short == warned

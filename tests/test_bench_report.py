@@ -56,6 +56,35 @@ def test_a_mixing_cost_within_the_windows_spread_is_marked_as_noise() -> None:
     assert "| DALI CPU (2 w) | switch | 80.0 | 78-82 | - | 20.0 % |" in table
 
 
+def test_a_mixing_cost_of_one_window_rows_is_marked_unresolved() -> None:
+    # --windows 1: min == max, no spread, and "-3.1 %" printed unmarked, a gain of mixing.
+    def row(mix: str, rate: float) -> dict:
+        return {"loader": "dali", "device": "cpu", "mix": mix, "workers": 2, "batch_size": 8} | {
+            "images_per_s": rate,
+            "min": rate,
+            "max": rate,
+            "windows": [rate],
+        }
+
+    rows = [row("off", 100.0), row("cutmix", 103.1)]
+    report.derive({"loaders": rows, "training": [], "scaling": []})
+    assert rows[1]["mix_cost_pct"] == pytest.approx(-3.1)
+    assert rows[1]["mix_cost_note"] == report.ONE_WINDOW_NOTE
+    env = {"cpu_count": 2, "dali": "x", "torch": "y"}
+    table = report.format_table(
+        {"environment": env, "loaders": rows, "training": [], "scaling": []}
+    )
+    cell = "-3.1 % (one window: unresolved)"
+    assert f"| DALI CPU (2 w) | cutmix | 103.1 | 103-103 | - | {cell} |" in table
+    # a training feed above its one-window ceiling
+    fed = {"loader": "dali", "images_per_s": 110.0, "min": 110.0, "max": 110.0, "windows": [110.0]}
+    ceiling = {"loader": "synthetic", "images_per_s": 100.0, "min": 100.0, "max": 100.0}
+    assert report.ceiling_note(fed, ceiling) == (
+        "ceiling measured in another window; one window each: no spread to judge it by; "
+        "re-run with more --train-windows"
+    )
+
+
 def test_report_table_and_plot(tmp_path: Path) -> None:
     env = {"cpu_count": 2, "dali": "x", "torch": "y"}
     row = {

@@ -21,6 +21,7 @@ from dali_cutmix.cli import (
     add_shared_flags,
     bad_file_advice,
     check_folder,
+    check_outside,
     command_line,
     command_name,
     exit_on_user_error,
@@ -121,6 +122,19 @@ def check_batch_sizes(config: BenchConfig, images: int) -> None:
             )
 
 
+class DatasetUnusable(ValueError):
+    """The set to measure cannot be had (the generated one's cache or disk): the command
+    ends in one line, status 2, before any measurement."""
+
+
+# Where the generated set's disk is too small: this command's ways to a smaller set or
+# another disk.
+_NO_ROOM = (
+    "free space there, give $DALI_CUTMIX_CACHE a folder on a disk with more room, or "
+    "lower --classes or --per-class"
+)
+
+
 def _dataset(config: BenchConfig) -> tuple[Path, dict[str, Any]]:
     from dali_cutmix.synthetic import SyntheticSpec, checked_cache_dir, dataset_stats, generate
 
@@ -135,10 +149,18 @@ def _dataset(config: BenchConfig) -> tuple[Path, dict[str, Any]]:
         spec = SyntheticSpec(
             num_classes=config.classes, train_per_class=config.per_class, val_per_class=1
         )
-        cache = checked_cache_dir() / f"bench-{config.classes}x{config.per_class}"
-        root = generate(cache, spec) / "train"
+        try:
+            cache = checked_cache_dir() / f"bench-{config.classes}x{config.per_class}"
+            root = generate(cache, spec, no_room=_NO_ROOM) / "train"
+        except ValueError as error:  # a cache it cannot use, a disk too small: a traceback
+            raise DatasetUnusable(str(error)) from None
         source = f"generated: {spec.to_dict()}"
-    stats = dataset_stats(root, files=files).to_dict()
+    try:
+        stats = dataset_stats(root, files=files).to_dict()
+    except BadImageError:  # said with the way on, by the caller
+        raise
+    except ValueError as error:  # a file changed since it was checked
+        raise DatasetUnusable(str(error)) from None
     return root, {"source": source, "root": str(root), **stats}
 
 
@@ -360,6 +382,11 @@ def _checked_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     with exit_on_user_error(parser, fields={"devices": "--device"}):
         config = config_from_args(args)
         check_arch(config.arch)
+        # checked, not made: a run that ends before its first row leaves no empty folder;
+        # before --data is listed (minutes on ImageNet)
+        check_folder(config.out, "--out")
+        if config.data is not None:
+            check_outside(config.out, "--out", data_root(config.data), "the folder measured")
         if config.data is not None:  # found unusable here, not in every measurement
             folder = list_image_folder(data_root(config.data))
             files = listed_files(config)
@@ -369,17 +396,16 @@ def _checked_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -
 
             checked_cache_dir()
             check_batch_sizes(config, config.classes * config.per_class)
-        # checked, not made: a run that ends before its first row leaves no empty folder
-        check_folder(config.out, "--out")
     return config
 
 
 def _measure_all(
     parser: argparse.ArgumentParser, config: BenchConfig, argv: Sequence[str] | None
 ) -> int:
-    """The run: 0 every row measured, 1 some failed; a bad file (with the way on) or a
-    report's write that failed (a full disk) ends it in one line."""
-    with exit_on_user_error(parser, catch=(BadImageError, OSError)):
+    """The run: 0 every row measured, 1 some failed; a bad file (with the way on), a
+    generated set it cannot have (its cache folder, its disk) or a report's write that
+    failed (a full disk) ends it in one line."""
+    with exit_on_user_error(parser, catch=(BadImageError, DatasetUnusable, OSError)):
         try:
             report = run_benchmark(config, command_line(__package__, argv))
         except BadImageError as error:

@@ -25,7 +25,9 @@ def derive(results: dict[str, list[dict[str, Any]]]) -> None:
         plain = off.get("images_per_s")
         if plain and r["mix"] != "off":
             r["mix_cost_pct"] = 100.0 * (plain - r["images_per_s"]) / plain
-            if _spreads_overlap(r, off):
+            if _no_spread(r) or _no_spread(off):
+                r["mix_cost_note"] = ONE_WINDOW_NOTE
+            elif _spreads_overlap(r, off):
                 r["mix_cost_note"] = NOISE_NOTE
     training = [r for r in results["training"] if "error" not in r]
     ceiling = next((r for r in training if r["loader"] == "synthetic"), None)
@@ -41,6 +43,19 @@ def derive(results: dict[str, list[dict[str, Any]]]) -> None:
 # A mixing cost (or gain) smaller than the windows' spread: a negative cost on a short run
 # read as mixing that sped the loader up.
 NOISE_NOTE = "within the min-max spreads of the two rows: this run does not resolve it"
+
+
+# A row of one window has no spread to judge a cost by (--windows 1 printed "-3.1 %" as a
+# gain of mixing, unmarked).
+ONE_WINDOW_NOTE = "one window per row: no spread to judge it by; this run does not resolve it"
+
+
+def _no_spread(row: dict[str, Any]) -> bool:
+    """Whether a row was timed in fewer than two windows (``--windows 1``)."""
+    windows = row.get("windows")
+    if isinstance(windows, list):
+        return len(windows) < 2
+    return "min" in row and row["min"] == row.get("max")
 
 
 def _spreads_overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -61,7 +76,12 @@ def ceiling_note(row: dict[str, Any], ceiling: dict[str, Any]) -> str | None:
     if row is ceiling or row["images_per_s"] <= ceiling["images_per_s"]:
         return None
     low, high = row.get("min", row["images_per_s"]), ceiling.get("max", ceiling["images_per_s"])
-    spread = "within noise" if low <= high else "beyond the min-max spread; re-run to confirm"
+    if _no_spread(row) or _no_spread(ceiling):
+        spread = "one window each: no spread to judge it by; re-run with more --train-windows"
+    elif low <= high:
+        spread = "within noise"
+    else:
+        spread = "beyond the min-max spread; re-run to confirm"
     return f"ceiling measured in another window; {spread}"
 
 
@@ -174,7 +194,9 @@ def _loaders_table(rows: list[dict[str, Any]]) -> list[str]:
             lines.append(f"| {spec_label(r)} | failed: {_cell(r['error'])} | | | | |")
             continue
         cost = f"{r['mix_cost_pct']:.1f} %" if "mix_cost_pct" in r else "-"
-        if "mix_cost_note" in r:
+        if r.get("mix_cost_note") == ONE_WINDOW_NOTE:
+            cost += " (one window: unresolved)"
+        elif "mix_cost_note" in r:
             cost += " (within noise)"
         ratio = f"{r['vs_torchvision']:.2f}x" if "vs_torchvision" in r else "-"
         lines.append(
