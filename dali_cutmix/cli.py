@@ -54,6 +54,7 @@ __all__ = [
     "add_shared_flags",
     "bad_file_advice",
     "check_folder",
+    "check_outside",
     "command_line",
     "command_name",
     "exit_on_user_error",
@@ -469,6 +470,20 @@ def check_report_path(path: Path | None, flag: str = "--out") -> None:
         ) from None
     os.close(handle)
     os.unlink(probe)
+
+
+def check_outside(out: Path, out_flag: str, data: Path, data_words: str) -> None:
+    """``out`` (``out_flag``'s file or folder) is not ``data`` nor inside it, the folder of
+    class folders a command reads: what it wrote there was read back as data (``scan
+    train --out train/scan`` made a class of its report, ``preview --out`` in a class
+    folder a training image). Links are followed. Raises ``ValueError`` naming both."""
+    written, read = Path(out).resolve(), Path(data).resolve()
+    if written == read or written.is_relative_to(read):
+        raise ValueError(
+            f"{out_flag} {out} is inside {data_words} {data}, where what it writes would be "
+            "read as part of the set (a folder as a class, an image as a sample); "
+            "give a place outside it"
+        )
 
 
 def write_json(path: Path, data: Any) -> Path:

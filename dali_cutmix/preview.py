@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw
 from dali_cutmix.cli import (
     add_shared_flags,
     bad_file_advice,
+    check_outside,
     check_report_path,
     command_name,
     exit_on_user_error,
@@ -52,6 +53,7 @@ __all__ = [
     "caption",
     "render_grid",
     "write_preview",
+    "image_format",
     "main",
 ]
 
@@ -268,6 +270,23 @@ def render_grid(
     return grid
 
 
+def image_format(out: str | Path, flag: str = "") -> str:
+    """PIL's format for the grid's file name, by its extension (``grid.jpg``: JPEG; it
+    wrote PNG bytes under any name).
+
+    Raises:
+        ValueError: the name's extension is no image format PIL writes (``flag`` and
+            the name begin the message).
+    """
+    suffix = Path(out).suffix.lower()
+    known = Image.registered_extensions().get(suffix)
+    if known is None:
+        raise ValueError(f"{flag}{out}: not an image file name; give a .png")
+    if known not in Image.SAVE:
+        raise ValueError(f"{flag}{out}: PIL reads {known} files but cannot write one; give a .png")
+    return known
+
+
 def write_preview(
     root: str | Path | ImageList,
     out: str | Path,
@@ -276,12 +295,15 @@ def write_preview(
     batch_size: int = 16,
     seed: int = 0,
 ) -> Path:
-    """Writes the grid PNG for one mixed batch of ``root`` (a folder or its listing); returns it.
+    """Writes the grid for one mixed batch of ``root`` (a folder or its listing) in the
+    format of ``out``'s extension (PNG for ``.png``, JPEG for ``.jpg`` ...); returns it.
 
     Raises:
-        ValueError: ``config.num_classes`` is not the folder's number of classes.
+        ValueError: ``config.num_classes`` is not the folder's number of classes, or
+            ``out``'s extension is no image format PIL writes (:func:`image_format`).
         dali_cutmix.files.DatasetError: see :func:`mixed_batch`.
     """
+    kind = image_format(out)
     listed = root if isinstance(root, ImageList) else list_image_folder(root)
     if config.num_classes != listed.num_classes:
         raise ValueError(
@@ -297,7 +319,7 @@ def write_preview(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     grid = render_grid(batch.images, captions, boxes=batch.boxes)
-    write_whole(out, lambda part: grid.save(part, format="PNG"))
+    write_whole(out, lambda part: grid.save(part, format=kind))
     logger.info("wrote %s (%s)", out, counted(len(batch.images), "sample"))
     return out
 
@@ -391,8 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"--batch-size {args.batch_size}: the grid takes at most {MAX_TILES} samples"
                 )
             check_report_path(args.out)
-            if args.out.suffix.lower() not in Image.registered_extensions():
-                raise ValueError(f"--out {args.out}: not an image file name; give a .png")
+            image_format(args.out, "--out ")
             # The flags are checked before the data is generated or listed (minutes on
             # ImageNet); the classes are the folder's, known once it is listed.
             config = from_flags(
@@ -406,6 +427,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "number, and that its relative paths start from)"
                 )
             root = args.data or default_data()
+            if args.data is not None:  # the grid, an image, would be read as a sample
+                check_outside(args.out, "--out", args.data, "--data")
             if args.file_list is None:
                 images = list_image_folder(root)
             else:

@@ -39,6 +39,7 @@ from PIL import Image
 
 from dali_cutmix.cli import (
     check_folder,
+    check_outside,
     command_name,
     exit_on_user_error,
     interruptible,
@@ -504,6 +505,7 @@ def _scan_and_report(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     with exit_on_user_error(parser):
         # The folder first: a scan of ImageNet takes long, and its report must have a place.
         check_folder(args.out, "--out")
+        check_outside(args.out, "--out", args.root, "the folder scanned")
         for name in REPORT_FILES:  # found after the whole scan, as an [Errno 21]
             if (Path(args.out) / name).is_dir():
                 raise ValueError(

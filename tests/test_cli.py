@@ -565,3 +565,51 @@ def test_torch_s_info_lines_stay_out_of_a_command_s_log(caplog) -> None:
     start_command(argparse.ArgumentParser(), [])
     dump_cache_stats()
     assert not [r for r in caplog.records if r.name.startswith("torch")]
+
+
+@pytest.mark.parametrize(
+    ("module", "argv", "out", "words"),
+    [
+        ("dali_cutmix.scan", ["{data}"], "{data}/scan", "the folder scanned"),
+        ("dali_cutmix.scan", ["{data}"], "{data}", "the folder scanned"),
+        ("dali_cutmix.preview", ["--data", "{data}"], "{data}/c0/grid.png", "--data"),
+        (
+            "pipelines.bench",
+            ["--data", "{data}", "--batch-size", "2"],
+            "{data}/b",
+            "the folder measured",
+        ),
+    ],
+)
+def test_an_output_inside_the_data_read_is_refused(
+    tmp_path: Path, capsys, module: str, argv: list[str], out: str, words: str
+) -> None:
+    # scan train --out train/scan made its report folder a class of the set it scanned; a
+    # preview grid in a class folder became a training image.
+    data = build_image_folder(tmp_path / "data", classes=2, per_class=2, extras=False)
+    before = sorted(data.rglob("*"))
+    out = out.format(data=data)
+    main = importlib.import_module(module if module != "pipelines.bench" else "pipelines.bench.cli")
+    with pytest.raises(SystemExit) as caught:
+        main.main([a.format(data=data) for a in argv] + ["--out", out])
+    assert caught.value.code == 2
+    assert (
+        capsys.readouterr()
+        .err.splitlines()[-1]
+        .endswith(
+            f"error: --out {out} is inside {words} {data}, where what it writes would be read as "
+            "part of the set (a folder as a class, an image as a sample); give a place outside it"
+        )
+    )
+    assert sorted(data.rglob("*")) == before
+
+
+def test_check_outside_follows_links_and_passes_a_sibling(tmp_path: Path) -> None:
+    from dali_cutmix.cli import check_outside
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "data")
+    with pytest.raises(ValueError, match=r"^--out .*/link/x is inside --data .*/data, "):
+        check_outside(tmp_path / "link" / "x", "--out", tmp_path / "data", "--data")
+    check_outside(tmp_path / "data-scan", "--out", tmp_path / "data", "--data")  # a prefix only
+    check_outside(tmp_path / "scan", "--out", tmp_path / "data", "--data")

@@ -90,6 +90,21 @@ def test_write_preview_png_matches_the_batch(image_folder: Path, tmp_path: Path)
     assert set(labels.tolist()) <= {0, 1, 2}
 
 
+def test_the_grid_is_written_in_the_format_its_name_gives(
+    image_folder: Path, tmp_path: Path
+) -> None:
+    # --out grid.jpg wrote PNG bytes under a .jpg name
+    config = MixConfig(num_classes=3, cutmix_alpha=1.0)
+    for name, kind in (("g.jpg", "JPEG"), ("g.JPEG", "JPEG"), ("g.png", "PNG"), ("g.webp", "WEBP")):
+        out = write_preview(image_folder, tmp_path / name, config, batch_size=4)
+        with Image.open(out) as grid:
+            assert (grid.format, grid.size) == (kind, (4 * 160, 160 + 28))
+    with pytest.raises(ValueError) as caught:
+        write_preview(image_folder, tmp_path / "g.txt", config, batch_size=4)
+    assert str(caught.value) == f"{tmp_path / 'g.txt'}: not an image file name; give a .png"
+    assert not (tmp_path / "g.txt").exists()
+
+
 def test_the_png_goes_to_runs_in_the_working_folder_by_default(
     image_folder: Path, tmp_path: Path, monkeypatch
 ) -> None:
@@ -124,6 +139,10 @@ LAYOUT = "ROOT/<class>/<image>.JPEG, one subfolder per class (ImageFolder's layo
         (["--batch-size", "257"], "--batch-size 257: the grid takes at most 256 samples"),
         (["--out", "{tmp}"], "--out {tmp} is a folder or not writable; give a file"),
         (["--out", "{tmp}/grid"], "--out {tmp}/grid: not an image file name; give a .png"),
+        (
+            ["--out", "{tmp}/grid.psd"],
+            "--out {tmp}/grid.psd: PIL reads PSD files but cannot write one; give a .png",
+        ),
         (  # it read the list against the generated set's folder, and showed its classes
             ["--file-list", "{tmp}/files.txt"],
             "--file-list must come with --data (the folder whose classes its labels number, "

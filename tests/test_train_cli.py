@@ -18,7 +18,7 @@ from conftest import build_image_folder
 
 from dali_cutmix.files import DatasetError
 from train import cli
-from train.config import TrainConfig, get_args_parser, parse_config
+from train.config import Device, Precision, TrainConfig, get_args_parser, parse_config
 from train.status import ExitStatus
 
 HEAVY = ("torch", "torchvision", "nvidia", "matplotlib")
@@ -123,7 +123,8 @@ def _saved_run(
 def test_config_replays_a_run_with_typed_flags_over_it(tmp_path: Path) -> None:
     flags = ["--epochs", "3", "--mix-prob", "0.5", "--aa", "rand-m9-n2", "--reprob", "0.25"]
     saved, path = _saved_run(tmp_path, *flags, "--crop-size", "48", resume=Path("x.pth"))
-    replayed = parse_config(["--config", str(path)])
+    # --device typed, as saved: the machine's settings follow the machine (a GPU node here)
+    replayed = parse_config(["--config", str(path), "--device", "cpu"])
     # a new run: its own output folder, nothing resumed
     assert (replayed.resume, replayed.output_dir.parent) == (None, Path("runs"))
     expected = dataclasses.replace(saved, resume=None, output_dir=replayed.output_dir)
@@ -135,6 +136,41 @@ def test_config_replays_a_run_with_typed_flags_over_it(tmp_path: Path) -> None:
     # the default warmup (at most epochs / 5) follows the typed --epochs: 0.6 of 3, 1 of 5
     assert saved.optim.warmup_epochs == 0.6
     assert changed.optim == dataclasses.replace(saved.optim, warmup_epochs=1.0)
+
+
+def test_config_leaves_the_machines_settings_to_this_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A GPU run's config.json replayed on a CPU node: "--device must be 'cpu' or 'auto'",
+    # then with --device cpu bf16 and NHWC on the CPU, and its 16 workers refused.
+    saved, path = _saved_run(tmp_path, "--epochs", "3", "--mix-prob", "0.5", world_size=1)
+    on_gpu = json.loads(path.read_text())
+    on_gpu |= {"device": "gpu", "precision": "bf16", "channels_last": True}
+    on_gpu["data"]["workers"] = 16
+    path.write_text(json.dumps(on_gpu))
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # a CPU node
+    replayed = parse_config(["--config", str(path), "--output-dir", str(saved.output_dir)])
+    here = parse_config(["--output-dir", str(saved.output_dir)])  # a first run on this node
+    assert (here.device, here.precision, here.channels_last) == (
+        Device.CPU,
+        Precision.FP32,
+        False,
+    )
+    assert replayed == dataclasses.replace(
+        saved,
+        device=here.device,
+        precision=here.precision,
+        channels_last=here.channels_last,
+        data=dataclasses.replace(saved.data, workers=here.data.workers),
+    )
+    # typed, they are the typed values
+    typed = ["--config", str(path), "--amp", "bf16", "--channels-last", "-j", "1"]
+    replayed = parse_config(typed)
+    assert (replayed.precision, replayed.channels_last, replayed.data.workers) == (
+        Precision.BF16,
+        True,
+        1,
+    )
 
 
 def test_config_derives_default_warmup_and_lr_again_and_keeps_chosen_ones(

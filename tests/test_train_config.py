@@ -382,6 +382,22 @@ def test_a_new_run_refuses_a_folder_holding_another_run(tmp_path: Path, capsys) 
     assert parse_config(["--device", "cpu", "--output-dir", str(run)]).output_dir == run
 
 
+def test_an_output_dir_inside_a_split_folder_is_refused(tmp_path: Path, capsys) -> None:
+    # Its curves.png would be read as a training image, its folder as a class.
+    root = _folder(tmp_path / "data", ["a", "b"], ["a", "b"])
+    for out in (root / "train" / "runs", root / "val", root / "train" / "a" / "r"):
+        split = root / out.relative_to(root).parts[0]
+        err = _refused(["--device", "cpu", "--data", str(root), "--output-dir", str(out)], capsys)
+        assert err == (
+            f"python -m train: error: --output-dir {out} is inside the split folder {split}, "
+            "where what it writes would be read as part of the set (a folder as a class, an "
+            "image as a sample); give a place outside it\n"
+        )
+    beside = root / "runs"  # beside the splits: nothing reads it
+    argv = ["--device", "cpu", "--data", str(root), "--output-dir", str(beside)]
+    assert parse_config(argv).output_dir == beside
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

@@ -412,7 +412,8 @@ def _add_run_args(run: argparse._ArgumentGroup) -> None:
         default=None,
         metavar="RUN/config.json",
         help="start a new run with a saved run's configuration; typed flags override it, "
-        "and a default --lr follows this run's batch and ranks (not with --resume)",
+        "a default --lr follows this run's batch and ranks, and --device, --amp, "
+        "--channels-last and -j follow this machine unless typed (not with --resume)",
     )
     run.add_argument(
         "--resume",

@@ -29,6 +29,7 @@ from typing import Any
 
 from dali_cutmix.cli import (
     check_folder,
+    check_outside,
     exit_on_user_error,
     replace_names,
     worker_limit,
@@ -1274,11 +1275,17 @@ def _saved_default(saved: Mapping[str, Any], dest: str) -> bool:
         return False  # not a run's config.json: config_from_args names what is wrong
 
 
+# --device, --amp, --channels-last and -j: resolved for the machine (auto), not replayed.
+_MACHINE_DESTS = frozenset({"device", "amp", "channels_last", "workers"})
+
+
 def replay_config(args: argparse.Namespace, typed: Mapping[str, str]) -> TrainConfig:
     """``--config RUN/config.json``: that run's configuration, with the typed flags' values.
 
     A new run starts (timm's ``-c``): not replayed are ``resume``, ``test_only``,
-    ``stop_after_steps`` and ``output_dir`` (a new ``runs/<time>`` unless given).
+    ``stop_after_steps`` and ``output_dir`` (a new ``runs/<time>`` unless given), nor
+    the machine's settings (``device``, ``precision``, ``channels_last``, ``workers``),
+    which follow this machine as on a first run unless typed.
 
     Raises:
         ValueError: ``--resume`` given too; the file cannot be read as a run's
@@ -1292,6 +1299,11 @@ def replay_config(args: argparse.Namespace, typed: Mapping[str, str]) -> TrainCo
         )
     saved = _read_config(path)
     values = _saved_args(saved, args, typed)
+    # The machine's settings are this machine's, as on a first run, unless typed: a GPU
+    # run's file replayed on a CPU node refused its saved --device gpu, then ran bf16 and
+    # NHWC on the CPU, or refused its 16 workers; a CPU run's ran on the CPU of a GPU node.
+    for dest in _MACHINE_DESTS - typed.keys():
+        values[dest] = getattr(args, dest)
     # The saved values are kept as they are, except the validation resize: a typed crop
     # derives it again (crop * 8 / 7) unless it is typed too, as on a first run.
     if {"crop_size", "val_crop_size"} & typed.keys() and "val_resize_size" not in typed:
@@ -1434,6 +1446,8 @@ def _check_folders(config: TrainConfig) -> None:
         source = cache_source(config.data.cache_dir)
         check_folder(config.data.cache_dir, source, probe_existing=False)
     check_folder(out, "--output-dir")
+    for split in ("train", "val"):  # its plot, a .png, would be read as an image there
+        check_outside(out, "--output-dir", config.data.dataset_dir / split, "the split folder")
     if config.test_only:  # writes test.json only
         return
     held = [name for name in (METRICS_NAME, CHECKPOINT_NAME) if (out / name).exists()]
