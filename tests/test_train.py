@@ -789,7 +789,7 @@ def test_an_embedded_set_its_cache_disk_cannot_hold_advises_trains_own_flag(
     root = parse_config(argv).data.dataset_dir
     assert main(argv) == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
-        f"python -m train: error: {root}: 2,000 images need about 0.9 MB, and its disk has "
+        f"python -m train: error: {root}: 2000 images need about 0.9 MB, and its disk has "
         "1.0 MB free (the check asks for 1.2 x the estimate); free space there, or give "
         "--cache-dir a folder on a disk with more room"
     )
