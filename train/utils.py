@@ -247,18 +247,16 @@ class MetricsFile:
             with self.path.open("a") as file:
                 file.write(json.dumps(record, sort_keys=True) + "\n")
 
-    def discard(self) -> bool:
+    def discard(self) -> None:
         """Removes the file if this object created it (a run that then wrote no checkpoint:
-        its records would block the same command run again); returns whether none of its
-        records is left."""
+        its records would block the same command run again)."""
         if not self.created:
-            return True
+            return
         try:
             self.path.unlink(missing_ok=True)
-        except OSError:  # a folder made read-only: the caller names the file
-            return False
+        except OSError:  # a folder made read-only: the failure's line names the file
+            return
         self.created = False
-        return True
 
     def read(self) -> list[dict[str, Any]]:
         """The records; a last line cut short (a write that met a full disk) is left out.

@@ -385,10 +385,10 @@ def _checked_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         # checked, not made: a run that ends before its first row leaves no empty folder;
         # before --data is listed (minutes on ImageNet)
         check_folder(config.out, "--out")
-        if config.data is not None:
-            check_outside(config.out, "--out", data_root(config.data), "the folder measured")
         if config.data is not None:  # found unusable here, not in every measurement
-            folder = list_image_folder(data_root(config.data))
+            root = data_root(config.data)
+            check_outside(config.out, "--out", root, "the folder measured")
+            folder = list_image_folder(root)
             files = listed_files(config)
             check_batch_sizes(config, len(folder if files is None else files))
         else:  # the generated set's folder
