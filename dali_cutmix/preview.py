@@ -19,7 +19,7 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -45,6 +45,7 @@ from dali_cutmix.files import (
     read_file_list,
     write_whole,
 )
+from dali_cutmix.procs import exit_with
 from dali_cutmix.synthetic import SyntheticSpec, checked_cache_dir, generate
 
 __all__ = [
@@ -447,5 +448,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return interruptible(parser, f"{args.out} was not written", preview)
 
 
+def entry() -> NoReturn:
+    """The command: :func:`main`, then the process ends with its status, also on a Ctrl-C or
+    SIGTERM during the interpreter's teardown (:func:`dali_cutmix.procs.exit_with`)."""
+    exit_with(main())
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

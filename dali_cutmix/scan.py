@@ -28,12 +28,12 @@ import logging
 import os
 import re
 import shlex
-import sys
 import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from PIL import Image
 
@@ -62,7 +62,7 @@ from dali_cutmix.files import (
     write_file_list,
     write_whole,
 )
-from dali_cutmix.procs import worker_pool
+from dali_cutmix.procs import exit_with, worker_pool
 
 __all__ = [
     "ScanReport",
@@ -545,5 +545,11 @@ def _scan_and_report(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     return 0
 
 
+def entry() -> NoReturn:
+    """The command: :func:`main`, then the process ends with its status, also on a Ctrl-C or
+    SIGTERM during the interpreter's teardown (:func:`dali_cutmix.procs.exit_with`)."""
+    exit_with(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -51,7 +51,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 from PIL import Image
@@ -67,7 +67,7 @@ from dali_cutmix.cli import (
     worker_count,
 )
 from dali_cutmix.files import counted
-from dali_cutmix.procs import worker_pool
+from dali_cutmix.procs import exit_with, worker_pool
 
 __all__ = [
     "CACHE_ENV",
@@ -785,5 +785,11 @@ def _generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     return 0
 
 
+def entry() -> NoReturn:
+    """The command: :func:`main`, then the process ends with its status, also on a Ctrl-C or
+    SIGTERM during the interpreter's teardown (:func:`dali_cutmix.procs.exit_with`)."""
+    exit_with(main())
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

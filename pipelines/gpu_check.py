@@ -35,7 +35,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from dali_cutmix.cli import (
     add_count,
@@ -49,7 +49,7 @@ from dali_cutmix.cli import (
     write_json,
 )
 from dali_cutmix.files import list_image_folder
-from dali_cutmix.procs import signals_deferred
+from dali_cutmix.procs import exit_with, signals_deferred
 
 from .bench.cli import int_list
 
@@ -456,5 +456,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return interruptible(parser, what_is_left, check)
 
 
+def entry() -> NoReturn:
+    """The command: :func:`main`, then the process ends with its status, also on a Ctrl-C or
+    SIGTERM during the interpreter's teardown (:func:`dali_cutmix.procs.exit_with`)."""
+    exit_with(main())
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

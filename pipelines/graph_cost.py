@@ -27,7 +27,7 @@ import logging
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from dali_cutmix.cli import (
     add_count,
@@ -42,6 +42,7 @@ from dali_cutmix.cli import (
     write_json,
 )
 from dali_cutmix.config import MixConfig
+from dali_cutmix.procs import exit_with
 
 if TYPE_CHECKING:
     from nvidia.dali.data_node import DataNode
@@ -245,5 +246,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return interruptible(parser, "no report was written", measure)
 
 
+def entry() -> NoReturn:
+    """The command: :func:`main`, then the process ends with its status, also on a Ctrl-C or
+    SIGTERM during the interpreter's teardown (:func:`dali_cutmix.procs.exit_with`)."""
+    exit_with(main())
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

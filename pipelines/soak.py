@@ -25,7 +25,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from dali_cutmix.cli import (
     aborted,
@@ -43,7 +43,7 @@ from dali_cutmix.cli import (
     write_json,
 )
 from dali_cutmix.config import MixConfig
-from dali_cutmix.procs import Terminated
+from dali_cutmix.procs import Terminated, exit_with
 from dali_cutmix.synthetic import CACHE_ENV, SyntheticSpec, checked_cache_dir, generate
 
 __all__ = ["SoakStopped", "rss_mb", "soak", "main"]
@@ -246,5 +246,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return interruptible(parser, "no report was written", run_soak)
 
 
+def entry() -> NoReturn:
+    """The command: :func:`main`, then the process ends with its status, also on a Ctrl-C or
+    SIGTERM during the interpreter's teardown (:func:`dali_cutmix.procs.exit_with`)."""
+    exit_with(main())
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

@@ -28,7 +28,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from dali_cutmix.cli import (
     USER_ERRORS,
@@ -54,6 +54,7 @@ from dali_cutmix.files import (
     bad_file_problem,
     scan_commands,
 )
+from dali_cutmix.procs import exit_with
 
 logger = logging.getLogger(__name__)
 
@@ -231,5 +232,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return interruptible(parser, "no report was written", measure)
 
 
+def entry() -> NoReturn:
+    """The command: :func:`main`, then the process ends with its status, also on a Ctrl-C or
+    SIGTERM during the interpreter's teardown (:func:`dali_cutmix.procs.exit_with`)."""
+    exit_with(main())
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -115,3 +119,48 @@ def user_error_line(done: subprocess.CompletedProcess, *, status: int = 2) -> st
     assert done.returncode == status, done.stderr[-3000:]
     assert "Traceback" not in done.stderr and "C++ context" not in done.stderr, done.stderr
     return done.stderr.splitlines()[-1]
+
+
+@contextlib.contextmanager
+def started_command(
+    command: list[str], log: Path, *, ctrl_c: bool = True
+) -> Iterator[subprocess.Popen]:
+    """``python command`` from the repository in a session of its own (one thread a process),
+    its output into ``log``; Ctrl-C as at a terminal unless ``ctrl_c`` is False (then SIGINT
+    stays as the suite has it). Killed with its group at the end of the block."""
+    with open(log, "w") as stream:
+        process = subprocess.Popen(
+            [sys.executable, *command],
+            cwd=Path(__file__).resolve().parents[1],
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            start_new_session=True,
+            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) if ctrl_c else None,
+        )
+        try:
+            yield process
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+def wait_for_text(log: Path, text: str, seconds: float = 180) -> None:
+    """Until ``text`` appears in ``log`` (or ``seconds`` pass)."""
+    deadline = time.monotonic() + seconds
+    while text not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def signalled_after(command: list[str], log: Path, text: str, signum: int) -> tuple[int, str]:
+    """Runs ``python command`` (:func:`started_command`), sends ``signum`` to its group as soon
+    as ``text`` is in its output, and again 50 ms later (a terminal's Ctrl-C pressed twice);
+    returns its exit status and its output."""
+    with started_command(command, log) as process:
+        wait_for_text(log, text)
+        os.killpg(process.pid, signum)
+        with contextlib.suppress(ProcessLookupError):  # gone already: nothing to test twice
+            time.sleep(0.05)
+            os.killpg(process.pid, signum)
+        status = process.wait(timeout=60)
+    return status, log.read_text()

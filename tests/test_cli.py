@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
+import inspect
 import logging
 import os
 import signal
@@ -13,7 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import build_image_folder, run_command, user_error_line
+import tomllib
+from conftest import build_image_folder, run_command, signalled_after, user_error_line
 
 from dali_cutmix.cli import (
     add_count,
@@ -31,6 +34,8 @@ from dali_cutmix.cli import (
 )
 from dali_cutmix.files import DatasetError
 from dali_cutmix.synthetic import SyntheticSpec
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -613,3 +618,57 @@ def test_check_outside_follows_links_and_passes_a_sibling(tmp_path: Path) -> Non
         check_outside(tmp_path / "link" / "x", "--out", tmp_path / "data", "--data")
     check_outside(tmp_path / "data-scan", "--out", tmp_path / "data", "--data")  # a prefix only
     check_outside(tmp_path / "scan", "--out", tmp_path / "data", "--data")
+
+
+# ------------------------------------------------------------- the status kept through teardown
+
+
+def _main_block_calls(path: Path) -> list[str]:
+    """The source of each statement under ``path``'s ``if __name__ == "__main__":``."""
+    tree = ast.parse(path.read_text())
+    blocks = [
+        node
+        for node in tree.body
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "__name__ == '__main__'"
+    ]
+    return [ast.unparse(statement) for block in blocks for statement in block.body]
+
+
+@pytest.mark.parametrize(
+    "module", sorted({*COMMANDS.values(), "pipelines.val_parity", "train.__main__"})
+)
+def test_every_command_ends_through_exit_with(module: str) -> None:
+    # Only train did: every other command, run from a shell, died of a Ctrl-C or SIGTERM that
+    # came in the ~1.5 s of teardown after it had finished (status -2 or -15, its output kept)
+    entry = importlib.import_module(module).entry
+    assert "exit_with(main())" in inspect.getsource(entry)
+    main_file = REPO / (module.replace(".", "/") + ".py")
+    if module == "pipelines.bench.cli":  # python -m pipelines.bench runs its __main__
+        main_file = REPO / "pipelines" / "bench" / "__main__.py"
+    assert _main_block_calls(main_file) == ["entry()"]
+
+
+def test_every_installed_command_is_an_entry() -> None:
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert len(scripts) == 4
+    assert all(target.endswith(":entry") for target in scripts.values()), scripts
+
+
+@pytest.mark.parametrize(
+    ("command", "last", "signum"),
+    [
+        (["-m", "dali_cutmix.preview", "--batch-size", "4", "--out"], "wrote", signal.SIGTERM),
+        (["-m", "dali_cutmix.scan", "--workers", "1", "--out"], "clean file list", signal.SIGINT),
+    ],
+    ids=["preview-TERM", "scan-INT"],
+)
+def test_a_signal_after_the_command_finished_keeps_its_status_and_says_nothing(
+    tmp_path: Path, command: list[str], last: str, signum: int
+) -> None:
+    root = build_image_folder(tmp_path / "train", classes=2, per_class=2, extras=False)
+    out = tmp_path / ("grid.png" if "preview" in command[1] else "scan")
+    where = ["--data", str(root)] if "preview" in command[1] else [str(root)]
+    status, text = signalled_after([*command, str(out), *where], tmp_path / "log.txt", last, signum)
+    assert status == 0, text[-3000:]
+    assert "Traceback" not in text and "Exception ignored" not in text, text[-3000:]
+    assert last in text.splitlines()[-1]

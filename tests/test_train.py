@@ -7,7 +7,6 @@ bit for bit.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import json
@@ -20,12 +19,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from conftest import signalled_after, started_command, wait_for_text
 from PIL import Image
 
 import train.checkpoint
@@ -251,50 +251,19 @@ def test_ctrl_c_stops_after_the_step_and_checkpoints(
     assert signal.getsignal(signal.SIGINT) is before  # handler restored
 
 
-@contextlib.contextmanager
-def _started(command: list[str], log: Path, *, ctrl_c: bool = True) -> Iterator[subprocess.Popen]:
-    """``python command`` from the repository in a session of its own (one thread a process),
-    its output into ``log``; Ctrl-C as at a terminal unless ``ctrl_c`` is False (then SIGINT
-    stays as the suite has it). Killed with its group at the end of the block."""
-    with open(log, "w") as stream:
-        process = subprocess.Popen(
-            [sys.executable, *command],
-            cwd=REPO,
-            stdout=stream,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-            start_new_session=True,
-            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) if ctrl_c else None,
-        )
-        try:
-            yield process
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-
-
-def _wait_for(log: Path, text: str, seconds: float = 180) -> None:
-    """Until ``text`` appears in ``log`` (or ``seconds`` pass)."""
-    deadline = time.monotonic() + seconds
-    while text not in log.read_text() and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
 def test_a_signal_after_the_run_finished_keeps_its_status_and_says_nothing(
     tiny: Path, tmp_path: Path, signum: int
 ) -> None:
     # In the ~1.5 s of teardown after "finished", a Ctrl-C killed the process by SIGINT
     # (status -2, no word) or printed "Exception ignored ... KeyboardInterrupt".
-    log = tmp_path / "log.txt"
-    with _started(["-m", "train", *_argv(tiny, tmp_path / "run", "--epochs", "1")], log) as process:
-        _wait_for(log, "finished 1 epoch")
-        os.killpg(process.pid, signum)
-        with contextlib.suppress(ProcessLookupError):  # gone already: nothing to test twice
-            time.sleep(0.05)
-            os.killpg(process.pid, signum)
-        assert process.wait(timeout=60) == 0, log.read_text()[-3000:]
-    text = log.read_text()
+    status, text = signalled_after(
+        ["-m", "train", *_argv(tiny, tmp_path / "run", "--epochs", "1")],
+        tmp_path / "log.txt",
+        "finished 1 epoch",
+        signum,
+    )
+    assert status == 0, text[-3000:]
     assert "Traceback" not in text and "Exception ignored" not in text, text[-3000:]
     assert "finished 1 epoch" in text.splitlines()[-1]
 
@@ -307,8 +276,8 @@ def test_a_terminal_ctrl_c_during_torchvision_validation_stops_cleanly(tmp_path:
     root = generate(tmp_path / "data", spec, workers=1, progress=False)
     argv = _argv(root, tmp_path / "run", "--loader", "torchvision", "-j", "2")
     log = tmp_path / "log.txt"
-    with _started(["-m", "train", *argv], log) as process:
-        _wait_for(log, "val 1:")
+    with started_command(["-m", "train", *argv], log) as process:
+        wait_for_text(log, "val 1:")
         time.sleep(0.5)  # inside the validation, its workers running
         os.killpg(process.pid, signal.SIGINT)
         assert process.wait(timeout=120) == 3, log.read_text()[-3000:]
@@ -1293,8 +1262,8 @@ def test_a_ctrl_c_under_torchrun_stops_every_rank_at_the_next_step(tmp_path: Pat
     out = tmp_path / "run"
     argv = [*_argv(root, out, "--epochs", "1", "--print-freq", "1000"), "-b", "2"]
     log = tmp_path / "log.txt"
-    with _started([*TORCHRUN_2, "-m", "train", *argv], log) as process:
-        _wait_for(log, "epoch 1:")
+    with started_command([*TORCHRUN_2, "-m", "train", *argv], log) as process:
+        wait_for_text(log, "epoch 1:")
         time.sleep(0.5)
         os.killpg(process.pid, signal.SIGINT)  # torchrun's group: torchrun forwards it
         process.wait(timeout=120)  # torchrun ends in its own SignalException traceback
@@ -1330,8 +1299,8 @@ def test_a_stop_one_rank_got_during_validation_stops_every_rank(tmp_path: Path) 
     out = tmp_path / "run"
     argv = [*_argv(root, out, "--epochs", "3"), "-b", "4"]
     log = tmp_path / "log.txt"
-    with _started([*TORCHRUN_2, "-m", "train", *argv], log, ctrl_c=False) as process:
-        _wait_for(log, "val 1:")
+    with started_command([*TORCHRUN_2, "-m", "train", *argv], log, ctrl_c=False) as process:
+        wait_for_text(log, "val 1:")
         os.kill(_rank_pid(process.pid, 1), signal.SIGTERM)  # rank 1 alone
         assert process.wait(timeout=120) == 1, log.read_text()[-3000:]
     text = log.read_text()

@@ -14,7 +14,7 @@ import platform
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from dali_cutmix.cli import (
     add_count,
@@ -35,6 +35,7 @@ from dali_cutmix.cli import (
     write_json,
 )
 from dali_cutmix.files import BadImageError, list_image_folder, read_file_list
+from dali_cutmix.procs import exit_with
 
 from .plan import BAD_FILE, FAILED, SWEEPS, BenchConfig, plan_sections
 
@@ -447,3 +448,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _measure_all(parser, checked[0], argv)
 
     return interruptible(parser, lambda: _what_is_left(next(iter(checked), None)), run)
+
+
+def entry() -> NoReturn:
+    """The command: :func:`main`, then the process ends with its status, also on a Ctrl-C or
+    SIGTERM during the interpreter's teardown (:func:`dali_cutmix.procs.exit_with`)."""
+    exit_with(main())
