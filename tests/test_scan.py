@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from unittest import mock
 
@@ -47,11 +50,23 @@ def test_scan_logs_the_workers_that_started(
     # 13 files in one task of 64 start one worker of the 2 allowed; it said "with 2 workers"
     root, _ = _dirty_folder(tmp_path / "data")
     with caplog.at_level(logging.INFO, logger="dali_cutmix.scan"):
-        scan(root, workers=2, progress=False)
+        began = time.perf_counter()
+        report = scan(root, workers=2, progress=False)
+        wall = time.perf_counter() - began
         scan(root, workers=2, chunk_size=1, progress=False)  # 13 tasks: both start
     done = [r.getMessage() for r in caplog.records if r.getMessage().startswith("decoded")]
-    assert [line.split(" with ")[1] for line in done] == ["1 worker (of 2 allowed)", "2 workers"]
-    assert done[0].startswith("decoded 13 files in ")
+    pattern = (
+        r"decoded 13 files in ([0-9.]+) s \((\d+) images/s\) with (.+); "
+        r"starting the first took ([0-9.]+) s \(not counted\)"
+    )
+    found = [re.fullmatch(pattern, line) for line in done]
+    assert all(found), done
+    assert [m.group(3) for m in found] == ["1 worker (of 2 allowed)", "2 workers"]
+    # the rate leaves out the first worker's start (the fork server's, about 3 s, counted in
+    # the rate: "(4 images/s)"), which the line gives apart
+    seconds, rate, starting = float(found[0].group(1)), int(found[0].group(2)), found[0].group(4)
+    assert seconds == round(report.seconds, 2) and rate == round(13 / report.seconds)
+    assert report.seconds + float(starting) <= wall + 0.1
 
 
 def test_check_image_keeps_odd_but_valid_files(image_folder: Path) -> None:
@@ -456,6 +471,11 @@ def test_a_scan_stopped_by_ctrl_c_says_the_bad_files_it_had_found(
 
     class _Stopped:
         """A pool whose third task is met by Ctrl-C."""
+
+        def submit(self, task):  # the first worker's start
+            done = concurrent.futures.Future()
+            done.set_result(task())
+            return done
 
         def map(self, check, chunks):
             for number, chunk in enumerate(chunks):
