@@ -377,10 +377,14 @@ def test_one_ctrl_c_while_the_checkpoint_is_written_is_a_stop_not_an_abort(
 
 
 def test_full_run_writes_metrics_config_plot_and_checkpoint(tiny: Path, tmp_path: Path) -> None:
-    result = run(_config(tiny, tmp_path, "--lr-schedule", "step", "--lr-step-size", "1"))
+    schedule = ("--lr-schedule", "step", "--lr-step-size", "1", "--warmup-epochs", "0")
+    result = run(_config(tiny, tmp_path, *schedule, "--lr", "0.1"))
     records = result.records
     assert result.outcome is Outcome.FINISHED
     assert [r["epoch"] for r in records] == [1, 2] and records == _records(tmp_path)
+    # each epoch's own rate (its last step's), as its progress bar showed it: the record
+    # held the next epoch's, 0.01 and 0.001
+    assert [r["lr"] for r in records] == [0.1, 0.1 * 0.1]
     for record in records:
         assert record["val_images"] == 9  # every validation image exactly once
         assert 0 <= record["val_acc1"] <= record["val_acc5"] <= 100
@@ -1017,6 +1021,12 @@ def test_a_bad_validation_file_keeps_the_trained_epoch_for_a_resume_with_a_val_l
     # this command trained none of it: no time or pace to report (they read 0.0)
     assert record["epoch_seconds"] is record["train_images_per_s"] is None
     assert record["resumed_at_step"] == 3  # all three of its steps were trained before
+    # the rate of the epoch's last step, which this command did not take (cosine: it read 0.0)
+    config = parse_config([*argv, "--output-dir", str(tmp_path / "same-settings")])
+    assert record["lr"] == config.optim.lr * train.trainer.lr_factor(
+        2, config=config, steps_per_epoch=3
+    )
+    assert record["lr"] > 0
 
 
 class _FailingLoader:

@@ -395,6 +395,11 @@ class Trainer:
         label = f"val {self.epoch + 1}"
         return evaluate(model, self.val_loader, options=self.options, info=self.info, label=label)
 
+    def _last_step_lr(self) -> float:
+        """The learning rate of the last step done, as ``LambdaLR`` set it for that step."""
+        (base,), (factor,) = self.scheduler.base_lrs, self.scheduler.lr_lambdas
+        return base * factor(self.scheduler.last_epoch - 1)
+
     def _log_epoch(self, result: EpochResult, val: dict[str, float], began_at: int) -> None:
         sums = result.meter.reduced(self.info)
         count = max(sums.count, 1.0)
@@ -404,7 +409,9 @@ class Trainer:
             "train_acc1": 100 * sums.correct1 / count,
             "train_images": int(count),
             **val_metrics(val),
-            "lr": self.optimizer.param_groups[0]["lr"],
+            # the epoch's last step's (the optimizer holds the next step's: it recorded the
+            # next epoch's rate, and 0.0 for a cosine schedule's last epoch)
+            "lr": result.lr if result.lr is not None else self._last_step_lr(),
             # the step this command began the epoch at (0 unless resumed inside it): the
             # time and pace below are of the steps from there on
             "resumed_at_step": began_at,
