@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dali_cutmix.files import DatasetError, write_whole
+from dali_cutmix.files import NOT_A_FILE, DatasetError, write_whole
 from dali_cutmix.procs import Terminated, exit_on_sigterm
 
 __all__ = [
@@ -458,7 +458,9 @@ def check_report_path(path: Path | None, flag: str = "--out") -> None:
         return
     if path.is_dir():
         raise ValueError(f"{flag} {path} is a folder or not writable; give a file")
-    folder = path.absolute().parent
+    if path.exists() and not path.is_file():  # a FIFO, a device: it was replaced by a file
+        raise ValueError(f"{flag} {path} is {NOT_A_FILE}; give a file")
+    folder = Path(os.path.realpath(path)).parent  # a link's target is written
     if not folder.is_dir():
         check_folder(folder, f"{flag} {path}: its folder")
         return

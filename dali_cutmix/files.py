@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import re
@@ -653,10 +654,14 @@ def name_problem(file_path: str) -> str | None:
     return None if listable(file_path) else UNLISTABLE
 
 
+# What a path to write names when it is no file: os.replace would put a file in its place.
+NOT_A_FILE = "not a regular file (a folder, a FIFO, a device or a socket)"
+
+
 def write_whole(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
     """``write(partial)`` on a file beside ``path`` (``.NAME.partial.SUFFIX``, the suffix
     kept for writers that read the format from it), then renamed to ``path``; returns
-    ``path``.
+    ``path``. Where ``path`` is a link, its target is written and the link kept.
 
     A write that fails (a full disk, a quota) leaves neither an empty nor a half-written
     ``path``, and an earlier file there whole; the partial file is removed.
@@ -664,13 +669,19 @@ def write_whole(path: str | os.PathLike[str], write: Callable[[Path], object]) -
     Raises:
         OSError: the write's, naming ``path`` (not the partial file), for
             :func:`dali_cutmix.cli.exit_on_user_error` to end the command in one line: a
-            full disk's error named no file, and ended in a traceback.
+            full disk's error named no file, and ended in a traceback; ``EINVAL`` where
+            ``path`` names something other than a file (:data:`NOT_A_FILE`).
     """
     path = Path(path)
-    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+    # A link is written through (the rename replaced the link by a file, and left its target
+    # as it was); anything but a file there (a FIFO, a device) is refused, not replaced.
+    target = Path(os.path.realpath(path))
+    if target.exists() and not target.is_file():
+        raise OSError(errno.EINVAL, f"{NOT_A_FILE}; give a file", str(path))
+    partial = target.with_name(f".{target.stem}.partial{target.suffix}")
     try:
         write(partial)
-        os.replace(partial, path)
+        os.replace(partial, target)
     except OSError as error:
         with contextlib.suppress(OSError):
             partial.unlink(missing_ok=True)

@@ -307,6 +307,14 @@ def test_a_report_path_is_checked_before_the_work_and_nothing_is_left(tmp_path) 
     with pytest.raises(ValueError) as caught:
         check_report_path(tmp_path)
     assert str(caught.value) == f"--out {tmp_path} is a folder or not writable; give a file"
+    fifo = tmp_path / "fifo.json"  # graph_cost --out FIFO replaced the FIFO by its report
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError) as caught:
+        check_report_path(fifo)
+    assert str(caught.value) == (
+        f"--out {fifo} is not a regular file (a folder, a FIFO, a device or a socket); give a file"
+    )
+    fifo.unlink()
     if Path("/proc/self").is_dir():  # root may write anywhere else; /proc takes no file
         with pytest.raises(ValueError) as caught:
             check_report_path(Path("/proc/r.json"))

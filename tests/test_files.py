@@ -504,3 +504,28 @@ def test_a_failed_write_leaves_no_file_nor_a_half_one(tmp_path: Path, earlier: s
     assert write_whole(path, lambda part: part.write_text("whole\n")) == path
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
     assert path.read_text() == "whole\n"
+
+
+def test_a_link_is_written_through_and_what_is_no_file_is_refused(tmp_path: Path) -> None:
+    # The rename replaced a link by a file (its target kept the old report) and a FIFO or a
+    # device node by a file (as root, --out /dev/stdout replaced the link /dev/stdout).
+    target = tmp_path / "kept" / "results.json"
+    target.parent.mkdir()
+    target.write_text("old\n")
+    link = tmp_path / "results.json"
+    link.symlink_to(target)
+    assert write_whole(link, lambda part: part.write_text("new\n")) == link
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert target.read_text() == "new\n"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["results.json"]
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    for path in (fifo, tmp_path / "kept"):
+        with pytest.raises(OSError) as raised:
+            write_whole(path, lambda part: part.write_text("new\n"))
+        assert str(raised.value) == (
+            f"[Errno 22] not a regular file (a folder, a FIFO, a device or a socket); give a "
+            f"file: '{path}'"
+        )
+    assert fifo.exists() and not fifo.is_file() and (tmp_path / "kept").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo.json", "kept", "results.json"]
