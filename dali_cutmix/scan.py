@@ -466,7 +466,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="decoding processes (default: the number of CPUs)",
     )
     parser.epilog = (
-        "exit status: 0 every file decodes, 1 some do not (listed), 2 bad usage, 130 Ctrl-C, "
+        "exit status: 0 every file decodes, 1 some do not (listed), 2 bad usage or a "
+        "report that cannot be written (a full disk; the bad files are listed first), 130 Ctrl-C, "
         "143 SIGTERM"
     )
     return parser

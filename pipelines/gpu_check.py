@@ -415,6 +415,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="steps to leave out (default: none)",
     )
     add_count(parser, "--timeout", 1200, "seconds per step")
+    parser.epilog = (
+        "exit status: 0 every step passed, 1 some steps failed (gpu_check.json says which), 2"
+        " bad usage or no CUDA device, 130 Ctrl-C, 143 SIGTERM"
+    )
     return parser
 
 

@@ -224,6 +224,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     add_count(parser, "--repeats", 2, "interleaved passes over the settings")
     add_report_flag(parser, "results")
+    parser.epilog = (
+        "exit status: 0 measured, 2 bad usage (or the batch does not fit in memory), 130 "
+        "Ctrl-C, 143 SIGTERM"
+    )
     return parser
 
 

@@ -205,6 +205,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         help=f"where the generated set is kept (default: ${CACHE_ENV}, else ./data)",
     )
     add_report_flag(parser, "figures")
+    parser.epilog = (
+        "exit status: 0 the soak ran to its end, 2 bad usage, 130 Ctrl-C, 143 SIGTERM (both "
+        "print, and write with --out, the readings taken so far)"
+    )
     return parser
 
 

@@ -169,6 +169,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     add_report_flag(parser, "report")
+    parser.epilog = (
+        "exit status: 0 measured (the report is printed, and written with --out), 2 bad usage"
+        " or a file that is no image (named), 130 Ctrl-C, 143 SIGTERM"
+    )
     return parser
 
 

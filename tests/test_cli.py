@@ -211,14 +211,17 @@ def test_every_flag_has_one_line_of_help_and_its_default_once(command: str) -> N
         ("dali_cutmix.preview", "0 the grid is written, 2 bad usage or a file that is no image"),
         ("pipelines.bench", "0 every row measured, 1 some rows failed (their cells say why), 2"),
         ("dali_cutmix.synthetic", "0 the folder is written (or reused), 2 bad usage"),
+        ("pipelines.val_parity", "0 measured (the report is printed, and written with --out), 2"),
+        ("pipelines.soak", "0 the soak ran to its end, 2 bad usage, 130 Ctrl-C, 143 SIGTERM"),
+        ("pipelines.graph_cost", "0 measured, 2 bad usage (or the batch does not fit in memory)"),
+        ("pipelines.gpu_check", "0 every step passed, 1 some steps failed (gpu_check.json says"),
     ],
 )
-def test_the_installed_commands_help_ends_with_their_exit_statuses(
-    command: str, statuses: str
-) -> None:
+def test_every_commands_help_ends_with_its_exit_statuses(command: str, statuses: str) -> None:
     # bench's --help said nothing of them (the README did); scan's left out 130 and 143;
-    # synthetic's had no epilog
-    epilog = importlib.import_module(COMMANDS[command]).get_args_parser().epilog
+    # synthetic's, val_parity's, soak's, graph_cost's and gpu_check's had no epilog
+    module = COMMANDS.get(command, command)
+    epilog = importlib.import_module(module).get_args_parser().epilog
     assert epilog.startswith(f"exit status: {statuses}"), epilog
     assert "130 Ctrl-C, 143 SIGTERM" in epilog
 
