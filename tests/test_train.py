@@ -618,7 +618,10 @@ def test_a_stop_exits_3_and_resume_alone_finishes_then_has_nothing_to_do(
     )
     caplog.clear()
     assert main(["--resume", str(checkpoint)]) == 0
-    assert _logged(caplog)[-1].startswith("finished 2 epochs (")
+    assert re.match(
+        r"finished 2 epochs \(training and validation took \d+ s in this command\): val top-1 ",
+        _logged(caplog)[-1],
+    )
     assert [r["train_images"] for r in _records(tmp_path)] == [24, 24]
     caplog.clear()
     written = (tmp_path / "config.json").read_bytes()

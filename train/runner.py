@@ -204,7 +204,10 @@ def _run(config: TrainConfig, info: DistInfo) -> RunResult:
     records = trainer.metrics.read()
     if info.is_main and outcome is Outcome.FINISHED and records:
         logger.info(
-            "finished %d epoch%s (%.0f s in this command): val top-1 %.2f %% (chance %.1f %%), "
+            # the training and validation alone: "(6 s in this command)" read as the whole
+            # command, which its imports and the loaders' start made 20 s
+            "finished %d epoch%s (training and validation took %.0f s in this command): val "
+            "top-1 %.2f %% (chance %.1f %%), "
             "outputs in %s",
             trainer.epoch,  # the model's, not this folder's records (a resume elsewhere)
             "s" * (trainer.epoch != 1),
