@@ -133,6 +133,12 @@ def test_epochs_shorter_than_the_timed_batches_are_flagged() -> None:
         "figures include several epoch starts, which a full-size set hides (give a larger "
         "--data, or fewer --windows/--window-batches)."
     )
+    summary["config"] = {"data": None}  # the generated set: its size is --per-class's
+    assert (
+        report.format_table(summary)
+        .splitlines()[-1]
+        .endswith("(give a larger --per-class, or fewer --windows/--window-batches).")
+    )
     summary["loaders"] = [long]
     assert "Warning" not in report.format_table(summary)
 

@@ -163,11 +163,14 @@ def format_table(report: dict[str, Any]) -> str:
         }
     )
     if short:
+        # the generated set grows with --per-class; "a larger --data" advised a flag not given
+        generated = "config" in report and report["config"].get("data") is None
+        larger = "a larger --per-class" if generated else "a larger --data"
         lines += [
             "",
             f"Warning: epochs of {', '.join(map(str, short))} batches, fewer than the warm-up "
             "and windows together: the figures include several epoch starts, which a "
-            "full-size set hides (give a larger --data, or fewer --windows/--window-batches).",
+            f"full-size set hides (give {larger}, or fewer --windows/--window-batches).",
         ]
     return "\n".join(lines)
 
