@@ -19,7 +19,7 @@ import re
 import shlex
 import stat
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,6 +42,7 @@ __all__ = [
     "header_words",
     "list_image_folder",
     "list_images",
+    "list_root_named",
     "listable",
     "name_problem",
     "path_in_message",
@@ -503,6 +504,25 @@ def _missing(paths: Sequence[str]) -> list[int]:
     with ThreadPoolExecutor(16) as pool:
         found = pool.map(lambda chunk: [i for i in chunk if not os.path.isfile(paths[i])], chunks)
         return missing + [i for part in found for i in part]
+
+
+@contextlib.contextmanager
+def list_root_named(flag: str) -> Iterator[None]:
+    """Within the block, :func:`read_file_list`'s errors about the root name the command's
+    own ``flag`` for it (``--data``): the library's words ("give ... as the root, or no
+    root") advised what ``preview --file-list`` refuses (a list without ``--data``).
+
+    Raises:
+        DatasetError: for a :class:`MissingFilesError` or :class:`LabelBeyondClassesError`.
+    """
+    try:
+        yield
+    except MissingFilesError as error:
+        advice = f"give as {flag} the folder the paths are relative to"
+        raise DatasetError(error.advising(advice)) from None
+    except LabelBeyondClassesError as error:
+        advice = f"give as {flag} the dataset folder the list was written for"
+        raise DatasetError(error.advising(advice)) from None
 
 
 def read_file_list(

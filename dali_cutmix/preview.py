@@ -42,6 +42,7 @@ from dali_cutmix.files import (
     ImageList,
     counted,
     list_image_folder,
+    list_root_named,
     read_file_list,
     write_whole,
 )
@@ -433,7 +434,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.file_list is None:
                 images = list_image_folder(root)
             else:
-                images = read_file_list(args.file_list, root=root, must_exist=True)
+                with list_root_named("--data"):
+                    images = read_file_list(args.file_list, root=root, must_exist=True)
             config = dataclasses.replace(config, num_classes=images.num_classes)
             try:
                 write_preview(images, args.out, config, batch_size=args.batch_size, seed=args.seed)

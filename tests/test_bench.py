@@ -362,3 +362,31 @@ def test_a_failed_measurement_is_said_by_its_cause_on_one_line() -> None:
     assert cli.failure_line(ValueError("Critical error in pipeline:\n  Error in CPU op")) == (
         "ValueError: Critical error in pipeline: Error in CPU op"
     )
+
+
+@pytest.mark.parametrize(
+    ("entry", "advice"),
+    [
+        ("n00000000/img_0_0.JPEG 9", "give as --data the dataset folder the list was written for"),
+        (
+            "n00000000/gone.JPEG 0",
+            "delete those lines, or give as --data the folder the paths are relative to "
+            "(they resolve against '{root}')",
+        ),
+    ],
+    ids=["label-beyond", "missing"],
+)
+def test_a_list_for_another_folder_is_answered_with_the_data_flag(
+    tmp_path: Path, capsys, entry: str, advice: str
+) -> None:
+    # The library's advice said "as the root, or no root"; bench refuses --file-list alone
+    root = build_image_folder(tmp_path / "train", classes=2, per_class=2, extras=False)
+    listed = tmp_path / "files.txt"
+    listed.write_text(f"{entry}\n")
+    argv = ["--data", str(root), "--file-list", str(listed), "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as caught:
+        cli.main([*argv, "--device", "cpu", "--batch-size", "1", "--sweeps", "loaders"])
+    assert caught.value.code == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.endswith(f"; {advice.format(root=root)}.") and f"file list '{listed}'" in last
+    assert "as the root" not in last and "no root" not in last

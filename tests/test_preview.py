@@ -287,3 +287,32 @@ def test_the_advice_for_a_bad_file_of_the_generated_set_names_its_folder(
         "then preview the good ones with: python -m dali_cutmix.preview --batch-size 4 "
         f"--data '{tmp_path}/a b' --file-list DIR/files.txt"
     )
+
+
+@pytest.mark.parametrize(
+    ("entry", "advice"),
+    [
+        ("n00000000/img_0_0.JPEG 9", "give as --data the dataset folder the list was written for"),
+        (
+            "n00000000/gone.JPEG 0",
+            "delete those lines, or give as --data the folder the paths are relative to "
+            "(they resolve against '{root}')",
+        ),
+    ],
+    ids=["label-beyond", "missing"],
+)
+def test_a_list_for_another_folder_is_answered_with_the_data_flag(
+    tmp_path: Path, image_folder: Path, capsys, entry: str, advice: str
+) -> None:
+    # The library's advice said "as the root, or no root", and --file-list without --data
+    # is refused: the way on names --data
+    listed = tmp_path / "files.txt"
+    listed.write_text(f"{entry}\n")
+    out = tmp_path / "p.png"
+    with pytest.raises(SystemExit) as caught:
+        main(["--data", str(image_folder), "--file-list", str(listed), "--out", str(out)])
+    assert caught.value.code == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith(f"{PROG} file list '{listed}'")
+    assert last.endswith(f"; {advice.format(root=image_folder)}.")
+    assert "as the root" not in last and "no root" not in last and not out.exists()

@@ -34,7 +34,7 @@ from dali_cutmix.cli import (
     worker_limit,
     write_json,
 )
-from dali_cutmix.files import BadImageError, list_image_folder, read_file_list
+from dali_cutmix.files import BadImageError, list_image_folder, list_root_named, read_file_list
 from dali_cutmix.procs import exit_with
 
 from .plan import BAD_FILE, FAILED, SWEEPS, BenchConfig, plan_sections
@@ -98,7 +98,8 @@ def listed_files(config: BenchConfig) -> tuple[str, ...] | None:
     """The files ``--file-list`` names (every one there), or ``None`` without it."""
     if config.file_list is None:
         return None
-    return read_file_list(config.file_list, root=data_root(config.data), must_exist=True).paths
+    with list_root_named("--data"):
+        return read_file_list(config.file_list, root=data_root(config.data), must_exist=True).paths
 
 
 def check_batch_sizes(config: BenchConfig, images: int) -> None:
