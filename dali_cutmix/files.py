@@ -538,8 +538,9 @@ def read_file_list(
     ``root``'s class folders when given; otherwise label ``i`` is named after
     the folder holding its first file, and there are ``max(label) + 1`` classes
     (a folder whose files carry several labels is logged as a warning: in an
-    ImageFolder layout it is a wrong label). A file listed twice with one label
-    is kept twice (logged); with two labels, refused.
+    ImageFolder layout it is a wrong label); with ``root``, files in its class folders
+    whose label is not their folder's are logged as a warning. A file listed twice with
+    one label is kept twice (logged); with two labels, refused.
 
     Args:
         must_exist: every listed file must exist (the loaders' check, before any
@@ -605,9 +606,52 @@ def read_file_list(
                 f"{str(base)!r} has only {counted(len(classes), 'class folder')} (labels 0 to "
                 f"{len(classes) - 1})"
             )
+        _warn_of_other_labels(entries, numbers, base, classes, list_path)
     else:
         classes = _names_from_paths(paths, labels, numbers)
     return ImageList(classes, paths, labels, str(list_path))
+
+
+def _warn_of_other_labels(
+    entries: Sequence[tuple[str, int]],
+    numbers: Sequence[int],
+    base: Path,
+    classes: Sequence[str],
+    list_path: Path,
+) -> None:
+    """Logs a warning where listed files inside ``base``'s class folders carry a label
+    other than their folder's: a list written for another folder (labels shifted by one
+    trained silently to 0 % validation accuracy). Files elsewhere are not judged."""
+    index = {name: label for label, name in enumerate(classes)}
+    prefix = str(base) + os.sep
+    other: list[tuple[int, str, int, str]] = []  # line, path, label, folder
+    for (path, label), number in zip(entries, numbers):
+        if os.path.isabs(path):
+            if not path.startswith(prefix):
+                continue
+            path = path[len(prefix) :]
+        folder = path.split(os.sep, 1)[0]
+        if folder in (".", ".."):  # ./n01440764/x.JPEG
+            folder = os.path.normpath(path).split(os.sep, 1)[0]
+        if index.get(folder, label) != label:
+            other.append((number, path, label, folder))
+    if other:
+        number, path, label, folder = other[0]
+        logger.warning(
+            "%s of file list %r %s a label other than %s class folder's in %r, e.g. line "
+            "%d: %r has label %d, and %r is label %d; check that the list was written for "
+            "this folder",
+            counted(len(other), "file"),
+            str(list_path),
+            "carries" if len(other) == 1 else "carry",
+            "its" if len(other) == 1 else "their",
+            str(base),
+            number,
+            path,
+            label,
+            folder,
+            index[folder],
+        )
 
 
 def list_images(

@@ -410,6 +410,34 @@ def test_a_folder_of_several_labels_is_logged_in_a_list_without_root(
     assert caplog.messages == []
 
 
+def test_labels_other_than_their_class_folders_are_logged_in_a_list_with_root(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A list written for another folder, its labels shifted by one (the class folders here
+    # are in another order), trained silently to 0 % validation top-1.
+    root = build_image_folder(tmp_path / "data", classes=3, per_class=2, extras=False)
+    images = list_image_folder(root)
+    rows = [(str(Path(p).relative_to(root)), x) for p, x in zip(images.paths, images.labels)]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "abs").mkdir()
+    good = _list(tmp_path, [f"{p} {label}" for p, label in rows])
+    shifted = _list(tmp_path / "other", [f"{p} {(label + 1) % 3}" for p, label in rows])
+    absolute = _list(tmp_path / "abs", [f"{root / rows[0][0]} 2", f"{tmp_path}/elsewhere.JPEG 1"])
+    with caplog.at_level("WARNING", logger="dali_cutmix.files"):
+        read_file_list(good, root=root)
+        assert caplog.messages == []  # a scan's files.txt, a list written for this folder
+        assert read_file_list(shifted, root=root).labels == tuple((x + 1) % 3 for _, x in rows)
+        read_file_list(absolute, root=root)  # a file outside the folder is not judged
+    assert caplog.messages == [
+        f"6 files of file list {str(shifted)!r} carry a label other than their class folder's "
+        f"in {str(root)!r}, e.g. line 1: 'n00000000/img_0_0.JPEG' has label 1, and "
+        "'n00000000' is label 0; check that the list was written for this folder",
+        f"1 file of file list {str(absolute)!r} carries a label other than its class folder's "
+        f"in {str(root)!r}, e.g. line 1: 'n00000000/img_0_0.JPEG' has label 2, and "
+        "'n00000000' is label 0; check that the list was written for this folder",
+    ]
+
+
 def test_labels_beyond_int32_or_a_million_classes_without_root_are_refused(
     tmp_path: Path,
 ) -> None:
