@@ -172,14 +172,23 @@ class MissingFilesError(DatasetError):
         found: what the list names that does not exist (the list, the count, the first three).
         base: the folder the list's relative paths resolved against.
         relative: some missing path was relative, so another base may find it.
+        every: not one listed file exists: a dataset that moved, not lines to delete.
     """
 
-    def __init__(self, found: str, *, base: str, relative: bool) -> None:
-        self.found, self.base, self.relative = found, base, relative
+    def __init__(self, found: str, *, base: str, relative: bool, every: bool = False) -> None:
+        self.found, self.base, self.relative, self.every = found, base, relative, every
         super().__init__(self.advising("give the folder the paths are relative to as the root"))
 
-    def advising(self, root_advice: str) -> str:
-        """The message, with ``root_advice`` as the way to another base."""
+    def advising(self, root_advice: str, new_list: str = "read that one instead") -> str:
+        """The message, with ``root_advice`` as the way to another base, and ``new_list``
+        as the way to a list written anew (where no listed file exists, by absolute paths:
+        a scan's files.txt of a dataset that moved since, where "delete those lines"
+        meant every line)."""
+        if self.every and not self.relative:
+            return (
+                f"{self.found}; not one of them exists: if the dataset moved, write the list "
+                f"anew where it is now ({_WRITE_LIST}) and {new_list}."
+            )
         if not self.relative:
             return f"{self.found}; delete those lines."
         return (
@@ -589,6 +598,7 @@ def read_file_list(
                 f"not exist: {shown}{more}",
                 base=str(base),
                 relative=any(not os.path.isabs(entries[i][0]) for i in missing),
+                every=len(missing) == len(paths),
             )
     if root is None and max(labels) > MAX_LABEL_WITHOUT_ROOT:
         line = numbers[labels.index(max(labels))]

@@ -477,6 +477,14 @@ def test_listed_files_that_do_not_exist_are_named_when_they_must(tmp_path: Path)
         f"file list {str(absolute)!r} names 1 file that does not exist: "
         f"{str(root / 'n00000001' / 'gone.JPEG')!r} (line 2); delete those lines."
     )
+    # not one listed file exists: a dataset that moved, where every line would be deleted
+    moved = _list(tmp_path, [f"{tmp_path / 'old' / 'n0' / 'a.JPEG'} 0"])
+    assert _refusal(read_file_list, moved, root=root, must_exist=True) == (
+        f"file list {str(moved)!r} names 1 file that does not exist: "
+        f"{str(tmp_path / 'old' / 'n0' / 'a.JPEG')!r} (line 1); not one of them exists: if the "
+        "dataset moved, write the list anew where it is now (`python -m dali_cutmix.scan ROOT "
+        "--out DIR` writes one for the dataset ROOT: DIR/files.txt) and read that one instead."
+    )
 
 
 def test_missing_files_are_found_on_threads_where_a_file_system_answers_slowly(

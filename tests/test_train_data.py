@@ -103,6 +103,25 @@ def test_a_listed_file_that_does_not_exist_is_named_with_the_data_flag(tiny, loa
     )
 
 
+def test_a_list_none_of_whose_files_exists_is_written_anew_not_emptied(tiny) -> None:
+    """A scan's files.txt holds absolute paths: after the dataset moved, "--resume RUN --data
+    NEW" said to delete every line of it."""
+    listed = tiny / "out" / "moved-files.txt"
+    listed.parent.mkdir(exist_ok=True)
+    old = tiny.parent / "moved-away" / "val"
+    listed.write_text(f"{old / 'n0' / 'a.JPEG'} 0\n{old / 'n1' / 'b.JPEG'} 1\n")
+    config = _config(tiny, "dali", "--val-list", str(listed))
+    with pytest.raises(DatasetError) as refused:
+        build_loaders(config, tiny, DistInfo())
+    assert str(refused.value) == (
+        f"file list {str(listed)!r} names 2 files that do not exist: "
+        f"{str(old / 'n0' / 'a.JPEG')!r} (line 1), {str(old / 'n1' / 'b.JPEG')!r} (line 2); "
+        "not one of them exists: if the dataset moved, write the list anew where it is now "
+        "(`python -m dali_cutmix.scan ROOT --out DIR` writes one for the dataset ROOT: "
+        "DIR/files.txt) and give it as --val-list."
+    )
+
+
 @pytest.mark.parametrize("loader", ["dali", "torchvision"])
 @pytest.mark.parametrize("split", ["train", "val"])
 def test_a_label_beyond_the_classes_is_named_with_the_list_and_data_flags(

@@ -190,7 +190,8 @@ def _build_loader(split: str, config: TrainConfig, root: Path, info: DistInfo) -
         return build(root / split, config, settings)
     except MissingFilesError as error:  # the root is --data's split folder, not a flag of its own
         advice = f"give as --data the folder whose {split}/ the paths are relative to"
-        raise DatasetError(error.advising(advice)) from None
+        flag = "--train-list" if split == "train" else "--val-list"
+        raise DatasetError(error.advising(advice, f"give it as {flag}")) from None
     except LabelBeyondClassesError as error:
         flag = "--train-list" if split == "train" else "--val-list"
         advice = f"give as --data the dataset the {flag} was written for"
