@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import subprocess
 import sys
@@ -155,7 +156,9 @@ def test_augment_cases_are_the_recipes_settings() -> None:
     assert measure._mix_config("off", 10, "torchvision") is None
 
 
-def test_a_configuration_two_sections_share_is_measured_once(tmp_path: Path) -> None:
+def test_a_configuration_two_sections_share_is_measured_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     config = plan.BenchConfig(out=tmp_path, sweeps=("loaders", "scaling", "augment"), workers=2)
     specs = plan.plan_sections(config, tmp_path)
     runs = []
@@ -164,9 +167,14 @@ def test_a_configuration_two_sections_share_is_measured_once(tmp_path: Path) -> 
         runs.append(spec)
         return {**spec, "images_per_s": float(len(runs))}
 
-    results = measure.measure_sections(specs, run)
+    with caplog.at_level(logging.INFO, logger="pipelines.bench.measure"):
+        results = measure.measure_sections(specs, run)
     keys = [plan.measurement_key(s) for s in runs]
     assert len(keys) == len(set(keys))  # nothing measured twice
+    # each said as it starts, numbered among the measurements (a row was silent for minutes)
+    assert caplog.messages == [
+        f"measuring {i} of {len(runs)}: {plan.spec_label(spec)}" for i, spec in enumerate(runs, 1)
+    ]
     # Each loader's "none" is the loaders section's mix="off"; the scaling sweep's
     # 2 workers and batch 32 are its "cutmix": 2 + 2 * 2 reused of 12 + 10 + 6.
     assert len(runs) == 6 + 10 + 12 - 2 - 4

@@ -402,6 +402,9 @@ def measure_sections(
     """
     done: dict[str, tuple[str, dict[str, Any]]] = {}
     results: dict[str, list[dict[str, Any]]] = {}
+    # Each measurement is said as it starts: a row was logged only at its end, and a CPU
+    # training row is minutes of silence.
+    total = len({measurement_key(spec) for specs in sections.values() for spec in specs})
     for section, specs in sections.items():
         rows = []
         for spec in specs:
@@ -410,6 +413,7 @@ def measure_sections(
                 first, result = done[key]
                 rows.append({**result, **spec, "measured_in": first})
             else:
+                logger.info("measuring %d of %d: %s", len(done) + 1, total, spec_label(spec))
                 result = run(spec)
                 done[key] = (section, result)
                 rows.append(result)
