@@ -333,10 +333,30 @@ def interruptible(
     try:
         with exit_on_sigterm():
             return body()
-    except KeyboardInterrupt:
-        return aborted(parser, what if isinstance(what, str) else what())
-    except Terminated:
-        return aborted(parser, what if isinstance(what, str) else what(), sigterm=True)
+    except (KeyboardInterrupt, Terminated, ImportError) as error:
+        stop = stop_behind(error)
+        if stop is None:
+            raise
+        sigterm = isinstance(stop, Terminated)
+        return aborted(parser, what if isinstance(what, str) else what(), sigterm=sigterm)
+
+
+def stop_behind(error: BaseException) -> BaseException | None:
+    """The Ctrl-C or SIGTERM (a ``KeyboardInterrupt``, a ``SystemExit`` such as
+    :class:`~dali_cutmix.procs.Terminated`) that ``error`` is or was caused by; ``None``
+    where there is none.
+
+    A stop that lands while an extension module initialises (DALI's ``backend_impl``,
+    loaded a second or so into a command) reaches the command as that import's
+    ``ImportError: initialization failed``, caused by the stop: a traceback and status 1
+    instead of the one line of a stop.
+    """
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt | SystemExit):
+            return seen
+        seen = seen.__cause__ if isinstance(seen, ImportError) else None
+    return None
 
 
 def _int_from(text: str, low: int) -> int:

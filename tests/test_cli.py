@@ -33,6 +33,7 @@ from dali_cutmix.cli import (
     write_json,
 )
 from dali_cutmix.files import DatasetError
+from dali_cutmix.procs import Terminated
 from dali_cutmix.synthetic import SyntheticSpec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -523,6 +524,35 @@ def test_interruptible_answers_ctrl_c_in_one_line_and_sigterm_through_finally(ca
     assert cleaned == [True]
     assert capsys.readouterr().err == "python -m tool: aborted by SIGTERM; nothing was written\n"
     assert interruptible(parser, "unused", lambda: 7) == 7
+
+
+@pytest.mark.parametrize(
+    ("stop", "status", "said"), [(KeyboardInterrupt, 130, "Ctrl-C"), (Terminated, 143, "SIGTERM")]
+)
+def test_a_stop_inside_an_extension_modules_import_is_a_stop(
+    capsys, stop: type, status: int, said: str
+) -> None:
+    # DALI's backend_impl, interrupted as it loaded, raised "ImportError: initialization
+    # failed" from the stop: two tracebacks and status 1 (timeout -s TERM 1.3 python -m train)
+    from dali_cutmix.cli import interruptible, stop_behind
+
+    def importing() -> int:
+        try:
+            raise stop(143) if stop is Terminated else stop()
+        except BaseException as cause:
+            raise ImportError("initialization failed") from cause
+
+    parser = argparse.ArgumentParser(prog="python -m tool")
+    assert interruptible(parser, "nothing was written", importing) == status
+    assert capsys.readouterr().err == f"python -m tool: aborted by {said}; nothing was written\n"
+    other = ImportError("no module named x")
+    assert stop_behind(other) is None
+    with pytest.raises(ImportError, match="no module named x"):  # not a stop: its traceback
+
+        def failing() -> int:
+            raise other
+
+        interruptible(parser, "unused", failing)
 
 
 @pytest.mark.parametrize("module", ["pipelines.graph_cost", "pipelines.val_parity"])

@@ -573,3 +573,43 @@ def test_ctrl_c_while_the_flags_are_read_is_one_line(
     monkeypatch.setenv("RANK", "1")
     assert entry.main(["--resume", "x.pth"]) == 130
     assert capsys.readouterr().err == ""
+
+
+def test_sigterm_raises_terminated_once_and_a_second_one_is_ignored(monkeypatch) -> None:
+    # timeout sends SIGTERM to the command and to its group: the second, raised while the
+    # first was being answered, ended the run in two tracebacks and status 1.
+    from train.__main__ import _sigterm_as_interrupt
+    from train.status import Terminated
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    before = signal.getsignal(signal.SIGTERM)
+    with _sigterm_as_interrupt():
+        with pytest.raises(Terminated):
+            signal.raise_signal(signal.SIGTERM)
+        try:  # while the first is answered: nothing raised
+            signal.raise_signal(signal.SIGTERM)
+        except Terminated:  # a KeyboardInterrupt: uncaught, it would end the whole session
+            pytest.fail("a second SIGTERM raised Terminated again")
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_sigterm_inside_dalis_import_while_the_flags_are_read_is_a_stop(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    # -j's default loads DALI: a SIGTERM as its backend initialised came out as "ImportError:
+    # initialization failed" (from Terminated), two tracebacks and status 1
+    import train.__main__ as entry
+    from train.status import Terminated
+
+    def parse(argv, rank):
+        try:
+            raise Terminated
+        except Terminated as stop:
+            raise ImportError("initialization failed") from stop
+
+    monkeypatch.setattr(entry, "_parse", parse)
+    assert entry.main(["--output-dir", str(tmp_path / "run")]) == 143
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "python -m train: aborted by SIGTERM; nothing was started"
+    )

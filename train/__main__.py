@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from dali_cutmix.cli import ABORTED, TERMINATED, aborted, report_user_error
+from dali_cutmix.cli import ABORTED, TERMINATED, aborted, report_user_error, stop_behind
 from dali_cutmix.procs import exit_with
 
 from .cli import get_args_parser
@@ -63,13 +63,18 @@ _OUR_LOGGERS = ("train", "pipelines", "dali_cutmix")
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     """Within the block SIGTERM raises :class:`Terminated` (training's steps handle it as
-    a stop, :func:`train.utils.stop_on_signals`). One process only: under torchrun a
+    a stop, :func:`train.utils.stop_on_signals`), once: the process is then leaving with
+    status 143, and a SIGTERM after it is ignored. ``timeout`` sends it twice, to the
+    command and to its group: the second, raised while the first was being answered (in
+    the abort line's parsing of the flags), ended the run in two tracebacks and status 1
+    (3 tries of about 45 at 1 s, in ``import torch``). One process only: under torchrun a
     rank's SIGTERM is torchrun's own, sent to end it at once."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         yield
         return
 
     def terminate(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise Terminated
 
     previous = signal.signal(signal.SIGTERM, terminate)
@@ -223,16 +228,23 @@ def _main(argv: list[str], rank: int) -> int:
     try:
         # a bad flag ends the process here, status 2; rank 0 makes the default output folder
         config = _parse(argv, rank)
-    except KeyboardInterrupt as interrupt:  # --resume reads the checkpoint (and loads torch)
+    except (KeyboardInterrupt, ImportError) as error:  # --resume loads torch, -j DALI
+        interrupt = stop_behind(error)  # a stop inside DALI's import is its ImportError
+        if not isinstance(interrupt, KeyboardInterrupt):
+            raise
         return _aborted(rank, "nothing was started", _terminated(interrupt))
     claims = claims_run_dir(argv)  # a new runs/<date-time>, made by rank 0
     claimed = rank == 0 and claims
     try:
         status = _train(config, argv, rank, new_run_dir=claims)
-    except KeyboardInterrupt as interrupt:  # a second Ctrl-C (the first stops at the next
-        # step), or one while the run was starting (generating or listing data, building the
-        # loaders); the run's folder: rank 0's under torchrun (train.runner.RunInterrupted)
-        folder = getattr(interrupt, "output_dir", config.output_dir)
+    except (KeyboardInterrupt, ImportError) as error:  # a second Ctrl-C (the first stops at
+        # the next step), or one while the run was starting (generating or listing data,
+        # building the loaders, importing them); the run's folder: rank 0's under torchrun
+        # (train.runner.RunInterrupted)
+        interrupt = stop_behind(error)
+        if not isinstance(interrupt, KeyboardInterrupt):
+            raise
+        folder = getattr(error, "output_dir", config.output_dir)
         checkpoint = folder / CHECKPOINT_NAME
         if config.test_only:  # an evaluation writes nothing: not "the last one written"
             what = f"the evaluation wrote nothing; the checkpoint is intact: {config.resume}"
