@@ -356,7 +356,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--data) instead of listing --data",
     )
     parser.add_argument(
-        "--out", type=path_arg, default=DEFAULT_OUT, help="PNG to write (default: %(default)s)"
+        "--out",
+        type=path_arg,
+        default=DEFAULT_OUT,
+        help="image to write, in the format its extension names: .png, .jpg, ... (default: "
+        "%(default)s)",
     )
     parser.add_argument(
         "--cutmix-alpha",

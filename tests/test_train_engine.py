@@ -545,3 +545,22 @@ def test_the_first_ctrl_c_is_said_by_rank_0_alone(
         assert flag.requested
         said = [r for r in caplog.records if "stopping after this step" in r.getMessage()]
         assert len(said) == lines
+
+
+def test_the_curves_tick_whole_epochs(tmp_path: Path, monkeypatch) -> None:
+    # Two epochs were ticked at 1.00, 1.25, 1.50, ...
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    record = {"train_loss": 2.0, "val_loss": 1.5, "train_acc1": 10.0}
+    record |= {"val_acc1": 20.0, "val_acc5": 50.0}
+    path = train.utils.plot_curves(
+        [{**record, "epoch": 1}, {**record, "epoch": 2}], tmp_path / "c.png"
+    )
+    assert path == tmp_path / "c.png" and path.read_bytes()[:4] == b"\x89PNG"
+    (figure,) = figures
+    for ax in figure.axes:
+        low, high = ax.get_xlim()
+        shown = [t for t in ax.get_xticks() if low <= t <= high]
+        assert shown == [1.0, 2.0], shown

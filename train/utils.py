@@ -333,6 +333,7 @@ def plot_curves(records: list[dict[str, Any]], path: Path) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in records]  # 1-based
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
@@ -349,6 +350,7 @@ def plot_curves(records: list[dict[str, Any]], path: Path) -> Path | None:
         ax_acc.plot(epochs, [r["ema_val_acc1"] for r in records], "o-", label="val top-1, EMA")
     ax_acc.set(xlabel="epoch", ylabel="%", title="accuracy", ylim=(0, 100))
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs: no tick at 1.25
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
