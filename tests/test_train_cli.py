@@ -279,7 +279,7 @@ def test_config_gives_the_defaults_of_settings_the_file_lacks(tmp_path: Path) ->
     [
         (None, "--config {path}: no such file"),
         ("not json", "--config {path}: not a run's config.json (Expecting value: line 1"),
-        ('{"epochs": 3}', "--config {path}: not a run's config.json (it has no data, optim"),
+        ('{"epochs": 3}', "--config {path}: not a run's config.json (it has no data or optim"),
         # a value of the wrong kind is named (it said "... ('>' not supported between ...)")
         (
             '{"data": {}, "optim": {}, "mix": {}, "epochs": "x"}',
@@ -612,4 +612,42 @@ def test_a_sigterm_inside_dalis_import_while_the_flags_are_read_is_a_stop(
     assert entry.main(["--output-dir", str(tmp_path / "run")]) == 143
     assert capsys.readouterr().err.splitlines()[-1] == (
         "python -m train: aborted by SIGTERM; nothing was started"
+    )
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        # a misspelt key inside a section was dropped without a word: the run took 0.0
+        ({"mix": {"mixup_alpah": 0.3}}, "unknown setting(s) mix.mixup_alpah"),
+        ({"optim": {"learning_rate": 5}}, "unknown setting(s) optim.learning_rate"),
+        # any non-empty string was true: "no" turned the average on
+        ({"model_ema": "no"}, "--model-ema must be true or false, got 'no'"),
+        ({"deterministic": 0}, "--deterministic must be true or false, got 0"),
+    ],
+)
+def test_a_partial_config_refuses_misspelt_keys_and_switches_that_are_no_bool(
+    tmp_path: Path, change: dict, message: str, capsys: pytest.CaptureFixture
+) -> None:
+    path = tmp_path / "partial.json"
+    partial = {"data": {"root": str(tmp_path), "batch_size": 8}, "optim": {}, "mix": {}}
+    for key, value in change.items():
+        partial[key] = partial[key] | value if isinstance(value, dict) else value
+    path.write_text(json.dumps(partial))
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(["--config", str(path)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"python -m train: error: --config {path}: {message}\n"
+
+
+def test_a_partial_config_without_a_section_is_told_which(tmp_path: Path, capsys) -> None:
+    # it said "it has no data, optim and mix settings" of a file that had two of them
+    path = tmp_path / "partial.json"
+    path.write_text(json.dumps({"data": {"root": str(tmp_path)}, "mix": {}}))
+    with pytest.raises(SystemExit):
+        parse_config(["--config", str(path)])
+    assert capsys.readouterr().err == (
+        f"python -m train: error: --config {path}: not a run's config.json (it has no optim "
+        "section); a partial file has all three of data, optim and mix, empty ones included "
+        '("optim": {})\n'
     )

@@ -1214,12 +1214,15 @@ def _check_saved_paths(values: Mapping[str, Any], typed: Mapping[str, str], path
 def _unknown_settings(saved: Mapping[str, Any], known: Mapping[str, Any]) -> list[str]:
     """The dotted names of ``saved`` that no field of ``known`` (a configuration's
     ``to_dict()``) holds: a saved ``data.embedded.seed`` is known where ``data.embedded``
-    is ``None`` (a ``--data`` folder instead of the embedded set)."""
+    is ``None`` (a ``--data`` folder instead of the embedded set), and a saved
+    ``data.embedded`` of ``None`` where ``known`` has its fields."""
     fields = _flatten(known).keys()
+    sections = {name.rsplit(".", n)[0] for name in fields for n in range(1, name.count(".") + 1)}
 
     def held(name: str) -> bool:
         parts = name.split(".")
-        return any(".".join(parts[:n]) in fields for n in range(1, len(parts) + 1))
+        within = any(".".join(parts[:n]) in fields for n in range(1, len(parts) + 1))
+        return within or name in sections
 
     return sorted(name for name in _flatten(saved) if not held(name))
 
@@ -1241,9 +1244,14 @@ def _read_config(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"--config {path}: not a run's config.json ({error})") from None
     sections = ("data", "optim", "mix")
-    if not isinstance(saved, dict) or not all(isinstance(saved.get(k), dict) for k in sections):
+    if not isinstance(saved, dict):
+        raise ValueError(f"--config {path}: not a run's config.json (no JSON object of settings)")
+    missing = [k for k in sections if not isinstance(saved.get(k), dict)]
+    if missing:  # it said "no data, optim and mix settings" of a file lacking one of them
         raise ValueError(
-            f"--config {path}: not a run's config.json (it has no data, optim and mix settings)"
+            f"--config {path}: not a run's config.json (it has no {' or '.join(missing)} "
+            f"section); a partial file has all three of data, optim and mix, empty ones "
+            f'included ("optim": {{}})'
         )
     ranks = saved.get(RANKS_KEY, 1)
     if isinstance(ranks, bool) or not isinstance(ranks, int) or ranks < 1:
@@ -1298,6 +1306,17 @@ def replay_config(args: argparse.Namespace, typed: Mapping[str, str]) -> TrainCo
             "a run, --config starts a new one with a run's configuration"
         )
     saved = _read_config(path)
+    # a switch's value that is no bool: "model_ema": "no" turned the average on, as any
+    # non-empty string is true (the other kinds are checked with the values)
+    default = json.loads(parse_config([], claim=False).to_json())
+    wrong = _wrong_kind(saved, default, only=bool)
+    if wrong:
+        raise ValueError(f"--config {path}: {wrong}")
+    # a misspelt key inside a section ("mixup_alpah") was dropped without a word, and the
+    # run took the default
+    unknown = _unknown_settings({k: v for k, v in saved.items() if k != RANKS_KEY}, default)
+    if unknown:
+        raise ValueError(f"--config {path}: unknown setting(s) {', '.join(unknown)}")
     values = _saved_args(saved, args, typed)
     # The machine's settings are this machine's, as on a first run, unless typed: a GPU
     # run's file replayed on a CPU node refused its saved --device gpu, then ran bf16 and
@@ -1329,14 +1348,14 @@ def replay_config(args: argparse.Namespace, typed: Mapping[str, str]) -> TrainCo
     }
     try:
         saved_augment = AugmentConfig.from_dict(saved["augment"])
-        return config_from_args(argparse.Namespace(**values), saved_augment=saved_augment)
+        config = config_from_args(argparse.Namespace(**values), saved_augment=saved_augment)
     except (TypeError, AttributeError) as error:  # a value of the wrong kind in the file
         # it said "not a run's config.json ('>' not supported between 'int' and 'str')"
-        wrong = _wrong_kind(saved, json.loads(parse_config([], claim=False).to_json()))
-        what = wrong or f"not a run's config.json ({error})"
+        what = _wrong_kind(saved, default) or f"not a run's config.json ({error})"
         raise ValueError(f"--config {path}: {what}") from None
     except ValueError as error:
         raise ValueError(f"--config {path}: {error}") from None
+    return config
 
 
 _KINDS = (
@@ -1348,19 +1367,28 @@ _KINDS = (
 )
 
 
-def _wrong_kind(saved: Mapping[str, Any], reference: Mapping[str, Any], at: str = "") -> str | None:
+def _wrong_kind(
+    saved: Mapping[str, Any],
+    reference: Mapping[str, Any],
+    at: str = "",
+    *,
+    only: type | None = None,
+) -> str | None:
     """``"<setting> must be <kind>, got <value>"`` for the first of ``saved``'s values whose
-    JSON kind differs from ``reference``'s (a default configuration's), ``None`` if none."""
+    JSON kind differs from ``reference``'s (a default configuration's), ``None`` if none;
+    with ``only``, of the settings of that kind alone."""
     for key, value in saved.items():
         ref = reference.get(key)
         if isinstance(ref, dict) and isinstance(value, dict):
-            found = _wrong_kind(value, ref, f"{at}{key}.")
+            found = _wrong_kind(value, ref, f"{at}{key}.", only=only)
             if found:
                 return found
             continue
         if ref is None or value is None:
             continue
         kind, name = next((k, n) for k, n in _KINDS if isinstance(ref, k))
+        if only is not None and kind is not only:
+            continue
         accepted = (int, float) if kind is float else kind  # an int is a number too
         # a bool is an int to isinstance: it fits where, and only where, one is expected
         if not isinstance(value, accepted) or isinstance(value, bool) != (kind is bool):
