@@ -77,6 +77,8 @@ __all__ = [
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# What a state must hold (a state's "seed" may be missing: saved before it was kept).
+_STATE_KEYS = ("epoch", "batches_done", "num_batches", "batch_size")
 _STATE_VERSION = 1
 
 logger = logging.getLogger(__name__)
@@ -226,7 +228,8 @@ def make_transforms(
 
     Raises:
         ValueError: ``crop_size`` or ``resize_size`` not an int from 1 to
-            :data:`dali_cutmix.config.MAX_SIDE`; an unknown ``interpolation``; an
+            :data:`dali_cutmix.config.MAX_SIDE`, or for validation a ``resize_size``
+            below ``crop_size``; an unknown ``interpolation``; an
             enabled ``augment`` for validation; bicubic with an automatic
             augmentation (torchvision warps tensors with nearest or bilinear only);
             an ``augment`` setting that torchvision's transforms cannot honour and
@@ -236,6 +239,8 @@ def make_transforms(
     crop_size = _check_int("crop_size", crop_size, 1, MAX_SIDE)  # 0, -1 and 2.5 were taken
     resize_size = _check_int("resize_size", resize_size, 1, MAX_SIDE)
     mode = _interpolation(interpolation)
+    if not train and resize_size < crop_size:  # CenterCrop padded the image: make_loader's
+        raise ValueError(f"resize_size ({resize_size}) must be >= crop_size ({crop_size})")
     if not train:
         head = [
             v2.Resize(resize_size, interpolation=mode, antialias=True),
@@ -509,13 +514,33 @@ class TorchvisionLoader:
             "batches_done": self._done,
             "num_batches": self._length,
             "batch_size": self.batch_size,
+            "seed": self.seed,  # the order follows it: another seed is another stream
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continues at ``state``'s position (:meth:`state_dict`'s).
+
+        Raises:
+            ValueError: the state is no dict, lacks keys, is from another version, or from
+                a loader with another batch size, number of batches or seed (a state saved
+                before the seed was kept is taken without that check), as ``DaliLoader``'s.
+        """
+        if not isinstance(state, dict):  # an AttributeError or KeyError before, as DaliLoader
+            raise ValueError(
+                f"a loader state is the dict state_dict() returns, got {type(state).__name__}"
+            )
         if state.get("version") != _STATE_VERSION:
             raise ValueError(f"unsupported loader state version {state.get('version')!r}")
+        missing = [key for key in _STATE_KEYS if key not in state]
+        if missing:
+            raise ValueError(f"the loader state lacks {', '.join(missing)}: it is damaged")
         if (state["num_batches"], state["batch_size"]) != (self._length, self.batch_size):
             raise ValueError("the loader state comes from a run with another batch size or data")
+        if state.get("seed", self.seed) != self.seed:  # it went on in another order silently
+            raise ValueError(
+                f"loader state has seed={state['seed']!r} but this loader has {self.seed!r}; "
+                "build the loader with the settings of the saved run"
+            )
         self._epoch, self._done = int(state["epoch"]), int(state["batches_done"])
         self._resuming = True
 
@@ -571,6 +596,8 @@ def make_torchvision_loader(
     seed = check_seed(seed)
     shard_id, num_shards = resolve_shard(shard_id, num_shards)
     _check_instance("mix", mix, MixConfig)
+    if not isinstance(train, bool):  # "yes" was taken as training, as make_loader refuses
+        raise ValueError(f"train must be True or False, got {train!r}")
     if mix is not None and not train:
         raise ValueError("mix applies to training only; pass mix=None for validation")
     collate = MixCollate(mix) if mix is not None and mix.soft else None

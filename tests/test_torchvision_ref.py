@@ -202,7 +202,14 @@ def test_resuming_mid_epoch_continues_the_same_order() -> None:
     stream = iter(interrupted)
     got = [i for _ in range(3) for i in next(stream)[1].tolist()]
     state = interrupted.state_dict()
-    assert state == {"version": 1, "epoch": 0, "batches_done": 3, "num_batches": 7, "batch_size": 2}
+    assert state == {
+        "version": 1,
+        "epoch": 0,
+        "batches_done": 3,
+        "num_batches": 7,
+        "batch_size": 2,
+        "seed": 3,
+    }
     resumed = _numbers()
     resumed.load_state_dict(state)
     assert got + _read(resumed) + _read(resumed) == expected
@@ -312,6 +319,41 @@ def test_state_restarts_mid_epoch_exactly(image_folder: Path) -> None:
     expected = list(reference) + list(reference)
     resumed = resumed_after(lambda: _seeded(image_folder), 2)
     assert same_batches(expected[:2] + list(resumed) + list(resumed), expected)
+
+
+def test_a_state_of_another_seed_or_damaged_is_refused_as_by_the_dali_loader(
+    image_folder: Path,
+) -> None:
+    # Another seed went on silently in another order; a state without keys was a bare
+    # KeyError, and no dict an AttributeError
+    state = _seeded(image_folder).state_dict()
+    assert state["seed"] == 3
+    other = make_torchvision_loader(image_folder, train=True, batch_size=4, workers=0, seed=4)
+    with pytest.raises(ValueError) as refused:
+        other.load_state_dict(state)
+    assert str(refused.value) == (
+        "loader state has seed=3 but this loader has 4; build the loader with the settings "
+        "of the saved run"
+    )
+    damaged = {k: v for k, v in state.items() if k not in ("epoch", "num_batches")}
+    with pytest.raises(ValueError, match="^the loader state lacks epoch, num_batches: it is"):
+        _seeded(image_folder).load_state_dict(damaged)
+    with pytest.raises(ValueError, match="^a loader state is the dict state_dict\\(\\) returns"):
+        _seeded(image_folder).load_state_dict(None)
+    older = {k: v for k, v in state.items() if k != "seed"}  # saved before the seed was kept
+    _seeded(image_folder).load_state_dict(older)
+
+
+def test_train_and_the_validation_sizes_are_checked_as_make_loader_checks_them(
+    image_folder: Path,
+) -> None:
+    # "yes" was taken as training, and a resize below the crop padded the centre crop
+    with pytest.raises(ValueError, match="^train must be True or False, got 'yes'$"):
+        make_torchvision_loader(image_folder, train="yes", batch_size=4, workers=0)
+    with pytest.raises(ValueError, match="^resize_size \\(32\\) must be >= crop_size \\(64\\)$"):
+        make_torchvision_loader(
+            image_folder, train=False, batch_size=4, workers=0, crop_size=64, resize_size=32
+        )
 
 
 def test_an_epoch_broken_off_is_over_as_for_a_dataloader(image_folder: Path) -> None:
