@@ -296,10 +296,21 @@ class MixConfig:
 
 
 def _from_dict(cls: type, data: dict[str, Any]) -> Any:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
+    if not isinstance(data, dict):  # None was "'NoneType' object is not iterable"
+        raise ValueError(f"a {cls.__name__} is the dict to_dict() returns, got {data!r}")
+    fields = dataclasses.fields(cls)
+    unknown = sorted(set(data) - {f.name for f in fields})
     if unknown:
         raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
+    required = [
+        f.name
+        for f in fields
+        if f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+        and f.name not in data
+    ]
+    if required:  # a TypeError of __init__ ("missing 1 required positional argument")
+        raise ValueError(f"the {cls.__name__} lacks {', '.join(required)}")
     return cls(**data)
 
 

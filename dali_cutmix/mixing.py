@@ -504,7 +504,8 @@ def soft_targets(
         num_classes: length of each target.
         label_smoothing: off = s / num_classes, on = 1 - s + off (timm's ``mixup_target``).
         partner: index of each sample's partner (``permute_batch`` indices).
-        partner_weight: float32 scalar per sample, the partner's share ``w``.
+        partner_weight: float32 scalar per sample, the partner's share ``w``; ``partner``
+            and ``partner_weight`` come together (one alone raises ValueError).
         check_labels: fail the pipeline on a label outside ``[0, num_classes)`` or of more
             than one element (see :func:`checked_labels`; CPU labels only), where DALI's
             ``one_hot`` would silently give that sample a row of zeros.
@@ -515,6 +516,16 @@ def soft_targets(
         vector exactly.
     """
     _graph_input("soft_targets", "labels", labels)
+    if (partner is None) != (partner_weight is None):  # one alone gave unmixed targets
+        given, lacking = (
+            ("partner", "partner_weight")
+            if partner_weight is None
+            else (
+                "partner_weight",
+                "partner",
+            )
+        )
+        raise ValueError(f"soft_targets got {given} without {lacking}; give both or neither")
     num_classes = _check_int("num_classes", num_classes, 1, MAX_CLASSES)
     check_labels = _check_bool("check_labels", check_labels)
     label_smoothing = _check_range("label_smoothing", label_smoothing, 0.0, 1.0, high_open=True)

@@ -83,6 +83,11 @@ def test_json_round_trip_and_unknown_fields() -> None:
     assert again == config
     with pytest.raises(ValueError, match="unknown MixConfig field"):
         MixConfig.from_dict({"num_classes": 5, "alpha": 1.0})
+    # a TypeError of __init__, and of iterating None, before
+    with pytest.raises(ValueError, match="^the MixConfig lacks num_classes$"):
+        MixConfig.from_dict({"cutmix_alpha": 1.0})
+    with pytest.raises(ValueError, match=r"^a MixConfig is the dict to_dict\(\) returns, got None"):
+        MixConfig.from_dict(None)
 
 
 def test_resolve_device_checks_and_resolves_without_cuda(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -962,6 +962,14 @@ def test_known_size_must_be_two_positive_ints() -> None:
             "label_smoothing must be a finite number, got nan",
         ),
         (lambda x, y: soft_targets(y, num_classes=0), "num_classes must be an int >= 1, got 0"),
+        (  # a partner alone gave the unmixed targets without a word
+            lambda x, y: soft_targets(y, num_classes=K, partner=fn.random.uniform(shape=[1])),
+            "soft_targets got partner without partner_weight; give both or neither",
+        ),
+        (
+            lambda x, y: soft_targets(y, num_classes=K, partner_weight=fn.random.uniform()),
+            "soft_targets got partner_weight without partner; give both or neither",
+        ),
         (lambda x, y: soft_targets(y, num_classes=3.0), "num_classes must be an int >= 1, got 3.0"),
         (
             lambda x, y: mix(x, y, {"num_classes": 3}),
