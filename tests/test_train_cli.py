@@ -651,3 +651,20 @@ def test_a_partial_config_without_a_section_is_told_which(tmp_path: Path, capsys
         "section); a partial file has all three of data, optim and mix, empty ones included "
         '("optim": {})\n'
     )
+
+
+def test_a_replay_with_the_other_loader_takes_that_loaders_mix_mode_unless_one_was_chosen(
+    tmp_path: Path, capsys
+) -> None:
+    # A DALI run's file with --loader torchvision was refused for the "elem" it never typed;
+    # a torchvision run's with --loader dali kept "batch"
+    _, dali_run = _saved_run(tmp_path / "a")
+    config = parse_config(["--config", str(dali_run), "--loader", "torchvision"])
+    assert config.mix.mode.value == "batch"
+    _, tv_run = _saved_run(tmp_path / "b", "--loader", "torchvision")
+    assert parse_config(["--config", str(tv_run), "--loader", "dali"]).mix.mode.value == "elem"
+    _, pair_run = _saved_run(tmp_path / "c", "--mix-mode", "pair")  # chosen: kept, and refused
+    assert parse_config(["--config", str(pair_run)]).mix.mode.value == "pair"
+    with pytest.raises(SystemExit):
+        parse_config(["--config", str(pair_run), "--loader", "torchvision"])
+    assert "--mix-mode pair needs --loader dali" in capsys.readouterr().err

@@ -1265,18 +1265,27 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 # Defaults derived from other flags (argparse dests): a replay derives them again when one
 # of those is typed.
-_DERIVED = {"warmup_epochs": {"epochs"}, "lr": {"data", "batch_size", RANKS_KEY}}
+_DERIVED = {
+    "warmup_epochs": {"epochs"},
+    "lr": {"data", "batch_size", RANKS_KEY},
+    # each loader's own (DALI's per sample, torchvision's per batch): a DALI run's file
+    # replayed with --loader torchvision was refused for the saved "elem" it never typed
+    "mix_mode": {"loader"},
+}
 
 
 def _saved_default(saved: Mapping[str, Any], dest: str) -> bool:
-    """Whether a saved configuration's ``dest`` (``warmup_epochs`` or ``lr``) is the default
-    that its other values derive."""
+    """Whether a saved configuration's ``dest`` (``warmup_epochs``, ``lr`` or ``mix_mode``)
+    is the default that its other values derive."""
     try:
         data, optim = saved["data"], saved["optim"]
         embedded = data["root"] is None
         if dest == "warmup_epochs":
             default = _default_warmup_epochs(int(saved["epochs"]), embedded=embedded)
             return float(optim["warmup_epochs"]) == default
+        if dest == "mix_mode":
+            dali = data.get("loader", LoaderKind.DALI.value) == LoaderKind.DALI.value
+            return saved["mix"]["mode"] == (MixMode.ELEM if dali else MixMode.BATCH).value
         ranks = int(saved[RANKS_KEY])
         return float(optim["lr"]) == _default_lr(int(data["batch_size"]), ranks, embedded=embedded)
     except (KeyError, TypeError, ValueError, AttributeError):
