@@ -581,7 +581,7 @@ def test_test_only_evaluates_the_checkpoint_and_its_average_and_changes_nothing(
     last = _records(folder)[-1]  # the evaluation after the last epoch, of the same weights
     names = [f"{ema}val_{m}" for ema in ("", "ema_") for m in ("loss", "acc1", "acc5", "images")]
     tested = json.loads((folder / "test.json").read_text())
-    assert tested == {"checkpoint": str(checkpoint), "epoch": 2, "step": 0} | {
+    assert tested == {"checkpoint": str(checkpoint), "epochs_done": 2, "steps_done": 0} | {
         name: last[name] for name in names
     }
     assert capsys.readouterr().out == (
@@ -598,7 +598,7 @@ def test_test_only_evaluates_the_checkpoint_and_its_average_and_changes_nothing(
     other = tmp_path / "elsewhere"
     assert main(["--resume", str(plain), "--test-only", "--output-dir", str(other)]) == 0
     alone = json.loads((other / "test.json").read_text())
-    assert alone == {"checkpoint": str(plain), "epoch": 2, "step": 0} | {
+    assert alone == {"checkpoint": str(plain), "epochs_done": 2, "steps_done": 0} | {
         name: last[name] for name in names[:4]
     }
     assert sorted(p.name for p in plain.parent.iterdir()) == ["checkpoint.pth"]

@@ -118,13 +118,17 @@ def evaluate_checkpoint(config: TrainConfig, state: dict[str, Any], info: DistIn
     """``--test-only``: evaluates the checkpoint ``state`` and writes ``OUTPUT_DIR/test.json``.
 
     The record has the metrics' names (``val_acc1``, ``ema_val_acc1``, ...) and the
-    checkpoint's position; the line printed on stdout gives the accuracies. Nothing
-    is trained and the checkpoint, metrics and configuration are left as they are.
+    checkpoint's position (``epochs_done``, and ``steps_done`` of the next); the line
+    printed on stdout gives the accuracies. Nothing is trained and the checkpoint,
+    metrics and configuration are left as they are.
     """
     root = prepare_dataset(config, info)
     val = _evaluate_models(config, state, root, info)
     epoch, step = state["epoch"], state["step"]
-    record = {"checkpoint": str(config.resume), "epoch": epoch, "step": step, **val_metrics(val)}
+    # what the checkpoint has trained, counted: "epoch" read as metrics.jsonl's (numbered
+    # from 1), where 0 meant the first epoch, 3 of its steps done
+    position = {"epochs_done": epoch, "steps_done": step}
+    record = {"checkpoint": str(config.resume), **position, **val_metrics(val)}
     if info.is_main:
         write_json(config.output_dir / TEST_NAME, record)
         # "1 epoch", "2 epochs and 1 step", "1 step" (not "0 epochs and 1 steps")
