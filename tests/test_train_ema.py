@@ -100,3 +100,23 @@ def test_the_state_round_trips_exactly() -> None:
         average.after_step(model, epoch=0, step=3)
     assert all(torch.equal(a, b) for a, b in zip(_state(ema).values(), _state(restored).values()))
     assert "n_averaged" in ema.state_dict()  # torchvision's checkpoint key layout
+
+
+def test_a_fractional_warmup_ends_with_the_learning_rates_warmup_steps() -> None:
+    # --epochs 2 on the embedded set: a warmup of 0.4 epochs; the average copied the weights
+    # for all of the first epoch (epoch 0 < 0.4), not its first 4 steps of 10
+    model = _tiny_model()
+    ema = ModelEma(model, decay=0.5, every=1, warmup_epochs=0.4, steps_per_epoch=10)
+    for step in range(1, 5):  # round(0.4 * 10) = 4 warmup steps: each update copies
+        _set(model, float(step))
+        ema.after_step(model, epoch=0, step=step)
+        assert int(ema.average.n_averaged) == 0
+    _set(model, 8.0)
+    ema.after_step(model, epoch=0, step=5)  # the first update after it: the count was reset
+    _set(model, 0.0)
+    ema.after_step(model, epoch=0, step=6)
+    assert torch.equal(ema.module[0].weight, torch.full((2, 3), 4.0))  # 0.5 * 8 + 0.5 * 0
+    assert int(ema.average.n_averaged) == 2
+    # a whole number of warmup epochs: torchvision's rule, epoch < warmup_epochs, exactly
+    whole = ModelEma(model, decay=0.5, every=1, warmup_epochs=2, steps_per_epoch=10)
+    assert [whole._in_warmup(e, s) for e, s in ((1, 10), (2, 1))] == [True, False]

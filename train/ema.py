@@ -58,8 +58,11 @@ class ModelEma:
 
     After the optimizer step with index ``i`` of an epoch (0-based, as torchvision's
     ``enumerate`` of the loader), the average is updated when ``i % every == 0``;
-    during the warmup epochs (``epoch < warmup_epochs``) its count is reset after
-    each update, so that it keeps copying the weights until the warmup is over.
+    during the warmup its count is reset after each update, so that it keeps copying
+    the weights until the warmup is over: the learning rate's warmup steps
+    (``round(warmup_epochs * steps_per_epoch)``) where ``steps_per_epoch`` is given,
+    else the whole epochs ``epoch < warmup_epochs`` (torchvision's rule, the same for a
+    whole number of warmup epochs; with 0.4 it copied for all of the first epoch).
     """
 
     def __init__(
@@ -69,10 +72,12 @@ class ModelEma:
         decay: float,
         every: int,
         warmup_epochs: float,
+        steps_per_epoch: int | None = None,
         device: torch.device | str = "cpu",
     ) -> None:
         self.average = ExponentialMovingAverage(_plain(model), decay, device)
         self.decay, self.every, self.warmup_epochs = decay, every, warmup_epochs
+        self.steps_per_epoch = steps_per_epoch
 
     @property
     def module(self) -> nn.Module:
@@ -88,9 +93,16 @@ class ModelEma:
         if (step - 1) % self.every:
             return False
         self.average.update_parameters(_plain(model))
-        if epoch < self.warmup_epochs:
+        if self._in_warmup(epoch, step):
             self.average.n_averaged.fill_(0)
         return True
+
+    def _in_warmup(self, epoch: int, step: int) -> bool:
+        """Whether the step ``step`` (from 1) of ``epoch`` (from 0) is one of the warmup's."""
+        if self.steps_per_epoch is None:
+            return epoch < self.warmup_epochs
+        warmup = round(self.warmup_epochs * self.steps_per_epoch)  # as the learning rate's
+        return epoch * self.steps_per_epoch + step <= warmup
 
     def state_dict(self) -> dict[str, Any]:
         """The averaged weights and ``n_averaged`` (``AveragedModel``'s state, as torchvision)."""

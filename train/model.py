@@ -47,8 +47,11 @@ def step_options(config: TrainConfig, info: DistInfo) -> StepOptions:
     )
 
 
-def build_model_ema(model: nn.Module, config: TrainConfig, info: DistInfo) -> ModelEma:
-    """``--model-ema``'s average of ``model``, with torchvision's adjusted decay."""
+def build_model_ema(
+    model: nn.Module, config: TrainConfig, info: DistInfo, *, steps_per_epoch: int | None = None
+) -> ModelEma:
+    """``--model-ema``'s average of ``model``, with torchvision's adjusted decay; its warmup
+    is the learning rate's steps given ``steps_per_epoch`` (training), else whole epochs."""
     decay = ema_decay(
         decay=config.model_ema_decay,
         steps=config.model_ema_steps,
@@ -61,5 +64,6 @@ def build_model_ema(model: nn.Module, config: TrainConfig, info: DistInfo) -> Mo
         decay=decay,
         every=config.model_ema_steps,
         warmup_epochs=config.optim.warmup_epochs,
+        steps_per_epoch=steps_per_epoch,
         device=info.device,
     )

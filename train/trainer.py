@@ -174,7 +174,11 @@ class Trainer:
         if fp16:  # a step the scaler skips still counts in the schedule, as it should
             warnings.filterwarnings("ignore", SCHEDULER_BEFORE_OPTIMIZER, UserWarning)
         self.options = step_options(config, info)
-        self.ema = build_model_ema(self.model, config, info) if config.model_ema else None
+        self.ema = (
+            build_model_ema(self.model, config, info, steps_per_epoch=steps)
+            if config.model_ema
+            else None
+        )
         self.metrics = MetricsFile(config.output_dir / METRICS_NAME, info.is_main)
         self.checkpoint = config.output_dir / CHECKPOINT_NAME
         self.epoch, self.step = 0, 0
