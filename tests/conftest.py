@@ -164,3 +164,15 @@ def signalled_after(command: list[str], log: Path, text: str, signum: int) -> tu
             os.killpg(process.pid, signum)
         status = process.wait(timeout=60)
     return status, log.read_text()
+
+
+# A --file-list line written for another folder, and the end of the line that answers it in
+# a command whose folder flag is --data ({root}: the folder the paths resolve against).
+LISTS_FOR_ANOTHER_FOLDER = [
+    ("n00000000/img_0_0.JPEG 9", "give as --data the dataset folder the list was written for"),
+    (
+        "n00000000/gone.JPEG 0",
+        "delete those lines, or give as --data the folder the paths are relative to "
+        "(they resolve against '{root}')",
+    ),
+]

@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_image_folder, run_command, user_error_line
+from conftest import (
+    LISTS_FOR_ANOTHER_FOLDER,
+    build_image_folder,
+    run_command,
+    user_error_line,
+)
 
 from pipelines.bench import cli
 
@@ -364,18 +369,7 @@ def test_a_failed_measurement_is_said_by_its_cause_on_one_line() -> None:
     )
 
 
-@pytest.mark.parametrize(
-    ("entry", "advice"),
-    [
-        ("n00000000/img_0_0.JPEG 9", "give as --data the dataset folder the list was written for"),
-        (
-            "n00000000/gone.JPEG 0",
-            "delete those lines, or give as --data the folder the paths are relative to "
-            "(they resolve against '{root}')",
-        ),
-    ],
-    ids=["label-beyond", "missing"],
-)
+@pytest.mark.parametrize(("entry", "advice"), LISTS_FOR_ANOTHER_FOLDER, ids=["beyond", "missing"])
 def test_a_list_for_another_folder_is_answered_with_the_data_flag(
     tmp_path: Path, capsys, entry: str, advice: str
 ) -> None:

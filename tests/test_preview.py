@@ -8,7 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import build_image_folder, run_command, user_error_line
+from conftest import (
+    LISTS_FOR_ANOTHER_FOLDER,
+    build_image_folder,
+    run_command,
+    user_error_line,
+)
 from PIL import Image
 
 from dali_cutmix import MixConfig
@@ -289,18 +294,7 @@ def test_the_advice_for_a_bad_file_of_the_generated_set_names_its_folder(
     )
 
 
-@pytest.mark.parametrize(
-    ("entry", "advice"),
-    [
-        ("n00000000/img_0_0.JPEG 9", "give as --data the dataset folder the list was written for"),
-        (
-            "n00000000/gone.JPEG 0",
-            "delete those lines, or give as --data the folder the paths are relative to "
-            "(they resolve against '{root}')",
-        ),
-    ],
-    ids=["label-beyond", "missing"],
-)
+@pytest.mark.parametrize(("entry", "advice"), LISTS_FOR_ANOTHER_FOLDER, ids=["beyond", "missing"])
 def test_a_list_for_another_folder_is_answered_with_the_data_flag(
     tmp_path: Path, image_folder: Path, capsys, entry: str, advice: str
 ) -> None:
