@@ -490,11 +490,22 @@ def test_model_ema_follows_torchvisions_rule_and_resumes_bit_exactly(
     flags = ["--loader", loader, *EMA, *AUGMENTED[loader]]
     run(_config(tiny, parts, *flags, "--stop-after-steps", "4"))
     stopped = torch.load(parts / "checkpoint.pth", weights_only=True)
-    # Epoch 1 is warmup (0.4 epochs): every update copies. Epoch 2's first step (index 0)
-    # updated the average once more: a copy of the weights, since warmup reset the count.
-    assert (stopped["epoch"], stopped["step"], int(stopped["model_ema"]["n_averaged"])) == (1, 1, 1)
-    first = stopped["model"]
-    assert all(torch.equal(stopped["model_ema"][f"module.{k}"], v) for k, v in first.items())
+    run(_config(tiny, tmp_path / "three", *flags, "--stop-after-steps", "3"))
+    three = torch.load(tmp_path / "three" / "checkpoint.pth", weights_only=True)
+    decay = 1 - min(1.0, (1 - 0.9) * (1 * 8 * 2 / 2))
+    assert decay == pytest.approx(0.2)
+    # The warmup is 0.4 epochs of 3 steps: round(1.2) = 1 step, the learning rate's. The
+    # update after step 1 copies the weights; the one after step 3 (index 2) copies them
+    # too, since the warmup reset the count, and counts. (Each epoch below 0.4, all of
+    # epoch 1, used to copy: n_averaged was 1 after step 4.)
+    assert int(three["model_ema"]["n_averaged"]) == 1
+    assert all(torch.equal(three["model_ema"][f"module.{k}"], v) for k, v in three["model"].items())
+    # Epoch 2's first step (index 0) averaged: ema = decay * ema + (1 - decay) * weights.
+    assert (stopped["epoch"], stopped["step"], int(stopped["model_ema"]["n_averaged"])) == (1, 1, 2)
+    for name, weights in stopped["model"].items():
+        if weights.is_floating_point():  # parameters and BatchNorm statistics
+            expected = decay * three["model"][name] + (1 - decay) * weights
+            assert torch.equal(stopped["model_ema"][f"module.{name}"], expected), name
     assert (
         run(parse_config(["--resume", str(parts / "checkpoint.pth")])).outcome is Outcome.FINISHED
     )
@@ -502,12 +513,11 @@ def test_model_ema_follows_torchvisions_rule_and_resumes_bit_exactly(
     assert a["model_ema"].keys() == b["model_ema"].keys()
     assert all(torch.equal(a["model_ema"][k], b["model_ema"][k]) for k in a["model_ema"])
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    # Then the step with index 2 averaged: ema = decay * ema + (1 - decay) * weights.
-    decay = 1 - min(1.0, (1 - 0.9) * (1 * 8 * 2 / 2))
-    assert int(a["model_ema"]["n_averaged"]) == 2 and decay == pytest.approx(0.2)
+    # Then the step with index 2 averaged again.
+    assert int(a["model_ema"]["n_averaged"]) == 3
     for name, last in a["model"].items():
-        if last.is_floating_point():  # parameters and BatchNorm statistics
-            expected = decay * first[name] + (1 - decay) * last
+        if last.is_floating_point():
+            expected = decay * stopped["model_ema"][f"module.{name}"] + (1 - decay) * last
             assert torch.equal(a["model_ema"][f"module.{name}"], expected), name
     timing = {"time", "epoch_seconds", "train_images_per_s", "train_images_per_s_steady"}
     timing.add("resumed_at_step")
