@@ -517,14 +517,9 @@ def soft_targets(
     """
     _graph_input("soft_targets", "labels", labels)
     if (partner is None) != (partner_weight is None):  # one alone gave unmixed targets
-        given, lacking = (
-            ("partner", "partner_weight")
-            if partner_weight is None
-            else (
-                "partner_weight",
-                "partner",
-            )
-        )
+        given, lacking = "partner", "partner_weight"
+        if partner is None:
+            given, lacking = lacking, given
         raise ValueError(f"soft_targets got {given} without {lacking}; give both or neither")
     num_classes = _check_int("num_classes", num_classes, 1, MAX_CLASSES)
     check_labels = _check_bool("check_labels", check_labels)

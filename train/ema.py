@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from .utils import warmup_steps
+
 __all__ = ["ExponentialMovingAverage", "ModelEma", "ema_decay"]
 
 
@@ -60,7 +62,7 @@ class ModelEma:
     ``enumerate`` of the loader), the average is updated when ``i % every == 0``;
     during the warmup its count is reset after each update, so that it keeps copying
     the weights until the warmup is over: the learning rate's warmup steps
-    (``round(warmup_epochs * steps_per_epoch)``) where ``steps_per_epoch`` is given,
+    (:func:`train.utils.warmup_steps`) where ``steps_per_epoch`` is given,
     else the whole epochs ``epoch < warmup_epochs`` (torchvision's rule, the same for a
     whole number of warmup epochs; with 0.4 it copied for all of the first epoch).
     """
@@ -101,7 +103,7 @@ class ModelEma:
         """Whether the step ``step`` (from 1) of ``epoch`` (from 0) is one of the warmup's."""
         if self.steps_per_epoch is None:
             return epoch < self.warmup_epochs
-        warmup = round(self.warmup_epochs * self.steps_per_epoch)  # as the learning rate's
+        warmup = warmup_steps(self.warmup_epochs, self.steps_per_epoch)
         return epoch * self.steps_per_epoch + step <= warmup
 
     def state_dict(self) -> dict[str, Any]:

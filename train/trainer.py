@@ -53,6 +53,7 @@ from .utils import (
     agreed,
     plot_curves,
     stop_on_signals,
+    warmup_steps,
 )
 
 __all__ = ["Outcome", "Trainer", "accuracy_line", "lr_factor", "val_metrics"]
@@ -67,7 +68,7 @@ def lr_factor(step: int, *, config: TrainConfig, steps_per_epoch: int) -> float:
     remaining epochs, or ``gamma ** (epoch // step_size)`` for the step schedule.
     """
     optim = config.optim
-    warmup = round(optim.warmup_epochs * steps_per_epoch)
+    warmup = warmup_steps(optim.warmup_epochs, steps_per_epoch)
     if step < warmup:
         return 0.01 + 0.99 * step / warmup
     if optim.schedule is Schedule.STEP:

@@ -325,6 +325,12 @@ class MetricsFile:
         os.replace(partial, self.path)
 
 
+def warmup_steps(warmup_epochs: float, steps_per_epoch: int) -> int:
+    """The warmup's length in optimizer steps: the learning rate's linear warmup and the
+    ``--model-ema`` average's copying both end there."""
+    return round(warmup_epochs * steps_per_epoch)
+
+
 def plot_curves(records: list[dict[str, Any]], path: Path) -> Path | None:
     """Loss and accuracy against epoch, as a PNG; ``None`` without records."""
     if not records:
