@@ -23,7 +23,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -853,9 +853,56 @@ def _shown(value: Any) -> str:
         return "on" if value else "off"
     if value is None:
         return "none"
+    if isinstance(value, float) and len(repr(value)) > 10:  # 1 / 0.3, not 3.3333333333333335
+        return f"{value:.6g}"
     if isinstance(value, (list, tuple)):
-        return " ".join(map(str, value)) if len(value) <= 4 else f"{len(value)} entries"
+        return " ".join(map(_shown, value)) if len(value) <= 4 else f"{len(value)} entries"
     return str(value)
+
+
+# Flags whose value only counts beside another setting: --ra-magnitude with --auto-augment
+# ra, --remode with random erasing (as config_from_args refuses them alone).
+_APPLIES = {
+    "augment.ra_magnitude": lambda flat: flat.get("augment.auto_augment") == "ra",
+    "augment.erase_mode": lambda flat: bool(flat.get("augment.random_erase")),
+}
+
+
+def _named_fields(fields: Iterable[str], flat: Mapping[str, Any], own: str = "") -> list[str]:
+    """The ``fields`` that have a flag of their own and count in the configuration ``flat``
+    (or are set by the flag of dest ``own``): those a message names (``augment.fill_value``,
+    which ``--aa`` sets, has no flag)."""
+    return [
+        f
+        for f in fields
+        if f in FLAGS and (FLAGS[f][0] == own or _APPLIES.get(f, lambda _: True)(flat))
+    ]
+
+
+def _group_refusal(
+    dest: str,
+    fields: Sequence[str],
+    old: Mapping[str, Any],
+    new: Mapping[str, Any],
+    typed: Mapping[str, str],
+    value: Any,
+) -> str:
+    """One reason for a typed flag that sets several fields (``--crop-size``, ``--aa``,
+    ``--reprob``) and changed ``fields``: the checkpoint's values named by their flags."""
+    said = (
+        typed[dest]
+        if value is None or isinstance(value, bool)
+        else f"{typed[dest]} {_shown(value)}"
+    )
+    named = _named_fields(fields, old) or _named_fields(fields, new)
+    if named:
+        held = ", ".join(f"{FLAGS[f][1]} {_shown(old.get(f))}" for f in named)
+        return f"{said} differs from the checkpoint's {held}"
+    # only settings without a flag of their own changed (timm's erasing box, say)
+    changes = ", ".join(
+        f"{f.rsplit('.', 1)[-1]} from {_shown(old.get(f))} to {_shown(new.get(f))}" for f in fields
+    )
+    return f"{said} changes settings of the checkpoint that have no flag of their own: {changes}"
 
 
 def _refusal(field: str, old: Any, new: Any, typed: Mapping[str, str]) -> str:
@@ -878,6 +925,7 @@ def resume_changes(
     typed: Mapping[str, str],
     *,
     may_change: frozenset[str] = frozenset(),
+    values: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Why a run configured as ``current`` cannot continue the checkpoint's ``saved`` one.
 
@@ -886,6 +934,9 @@ def resume_changes(
         typed: the flags the user typed (:func:`typed_flags`), named in the reasons.
         may_change: fields that may change besides :data:`RESUME_MAY_CHANGE` (``device``
             and ``precision`` for ``--test-only --device cpu``).
+        values: the typed flags' values by dest, shown beside a flag that sets several
+            fields (``--crop-size 72 differs from the checkpoint's --train-crop-size 64,
+            --val-crop-size 64``; fields without a flag of their own are not named).
 
     Returns:
         One reason per setting outside :data:`RESUME_MAY_CHANGE` that differs,
@@ -904,11 +955,26 @@ def resume_changes(
     if moved:  # another place of the dataset with other classes: that alone is the reason
         return [moved]
     may_change = RESUME_MAY_CHANGE | may_change | ({"data.root"} if moved == "" else set())
+    grouped: dict[str, list[str]] = {}  # a typed shorthand's dest -> the fields it changed
+    said: set[str | None] = set()  # the dests whose own field changed
     for field in sorted(old.keys() | new.keys()):
         if field in may_change or old.get(field) == new.get(field):
             continue
+        dest = _typed_setter(field, typed)
+        if dest is not None and dest != FLAGS.get(field, (None,))[0]:  # --crop-size, --aa
+            if dest not in grouped:
+                reasons.append(dest)  # its place, filled below
+            grouped.setdefault(dest, []).append(field)
+            continue
         reason = _refusal(field, old.get(field), new.get(field), typed)
-        (derived if _typed_setter(field, typed) is None else reasons).append(reason)
+        (derived if dest is None else reasons).append(reason)
+        said.add(dest)
+    values = values or {}
+    reasons = [  # a flag whose own setting changed says it once (--auto-augment ta_wide)
+        _group_refusal(r, grouped[r], old, new, typed, values.get(r)) if r in grouped else r
+        for r in reasons
+        if r not in grouped or r not in said
+    ]
     return reasons or derived
 
 
@@ -1037,7 +1103,8 @@ def _clash(
     flag: str, saved: Mapping[str, Any], args: argparse.Namespace, typed: Mapping[str, str]
 ) -> str:
     """``"--crop-size 300 differs from the checkpoint's --train-crop-size 224,
-    --val-crop-size 224"``: a typed fixed flag, its value and the saved values it sets."""
+    --val-crop-size 224"``: a typed fixed flag, its value and the saved values it sets;
+    ``""`` where it gives the saved values again."""
     dest = next(dest for dest, spelt in typed.items() if spelt == flag)
     flat = _flatten(saved)
     fields = sorted(
@@ -1045,8 +1112,11 @@ def _clash(
         for field in FLAGS.keys() | ALIASES.keys()
         if field in flat and any(d == dest for d, _ in _setters(field))
     )
-    held = ", ".join(f"{FLAGS[f][1] if f in FLAGS else f} {_shown(flat[f])}" for f in fields)
+    named = _named_fields(fields, flat, own=dest)
+    held = ", ".join(f"{FLAGS[f][1]} {_shown(flat[f])}" for f in named)
     value = getattr(args, dest)
+    if named and all(_shown(flat[f]) == _shown(value) for f in named):
+        return ""  # the checkpoint's own value: not a change (--remode const alone)
     typed_as = flag if isinstance(value, bool) else f"{flag} {_shown(value)}"
     return (
         f"{typed_as} differs from the checkpoint's {held}" if held else f"{typed_as} cannot change"
@@ -1136,9 +1206,9 @@ def resume_config(args: argparse.Namespace, typed: Mapping[str, str]) -> TrainCo
         # A typed flag that may not change can clash with a saved value (--crop-size 48
         # against the saved resize of 37): name the flag, not the saved setting.
         fixed = _clashing_flags(saved, args, typed, saved_augment, run_values)
-        if fixed:
-            clashes = "; ".join(_clash(flag, saved, args, typed) for flag in fixed)
-            raise ValueError(f"{path}: {clashes}; {_MAY_CHANGE}") from None
+        clashes = [c for c in (_clash(flag, saved, args, typed) for flag in fixed) if c]
+        if clashes:
+            raise ValueError(f"{path}: {'; '.join(clashes)}; {_MAY_CHANGE}") from None
         untyped = {"stop_after_steps": None, "output_dir": path.parent}
         as_saved = _saved_args(saved, args, {}) | run_values | untyped
         try:  # no typed flag at all: then the saved values themselves are at fault
@@ -1155,7 +1225,8 @@ def resume_config(args: argparse.Namespace, typed: Mapping[str, str]) -> TrainCo
             f"({', '.join(unknown)}); " + _OTHER_VERSION
         )
     also = frozenset({"device", "precision"}) if on_cpu else frozenset()
-    reasons = resume_changes(saved, config.to_dict(), typed, may_change=also)
+    values_typed = {dest: getattr(args, dest, None) for dest in typed}
+    reasons = resume_changes(saved, config.to_dict(), typed, may_change=also, values=values_typed)
     if reasons:
         raise ValueError(f"{path}: {'; '.join(reasons)}; {_MAY_CHANGE}")
     return config
