@@ -33,8 +33,9 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import BinaryIO, NoReturn
 
+import numpy as np
 from PIL import Image
 
 from dali_cutmix.cli import (
@@ -65,10 +66,14 @@ from dali_cutmix.files import (
 from dali_cutmix.procs import exit_with, worker_pool
 
 __all__ = [
+    "MAX_PIXELS",
     "ScanReport",
+    "TooManyPixelsError",
     "check_image",
     "explain_decode_error",
     "first_unreadable",
+    "load_rgb",
+    "open_image",
     "out_of_memory",
     "main",
     "scan",
@@ -98,24 +103,72 @@ NOT_UNSIGNED_SAMPLES = (
     "misreads; convert it to 8-bit (to PNG, say)"
 )
 
+# The most pixels DALI 2.4's CPU decoder takes: libjpeg-turbo stops short of 2**30
+# ("Image too large: 1073709056") and its OpenCV fallback takes up to CV_IO_MAX_IMAGE_PIXELS,
+# 2**30 (a 32768 x 32768 JPEG decoded, with 12.7 GB resident, in 25 s on the 2-core CPU
+# machine; one pixel more was refused). The scan refuses more from the header, before a
+# decode whose memory it cannot afford (a 4 KB JPEG whose header said 60000 x 60000 took
+# 14 GB and 33 s to be called good), and the torchvision loader reads up to it.
+MAX_PIXELS = 2**30
+
 # PIL refuses an image of over twice Image.MAX_IMAGE_PIXELS (about 179 million pixels) as
-# a decompression bomb; DALI decodes it, and the scan called it bad. Lifted while it checks
-# one for DALI (the torchvision loader reads with PIL, and meets PIL's limit).
+# a decompression bomb; DALI decodes it, and the scan called it bad, the torchvision loader
+# refused it. Lifted while one is opened, to MAX_PIXELS.
 _pixel_limit_lock = threading.Lock()
 
 
-def _open_image(path: str, dali: bool) -> Image.Image:
-    if not dali:
-        return Image.open(path)
+class TooManyPixelsError(ValueError):
+    """An image of more than :data:`MAX_PIXELS` pixels (from its header)."""
+
+
+def open_image(path: str | os.PathLike[str] | BinaryIO) -> Image.Image:
+    """``PIL.Image.open(path)`` with PIL's decompression-bomb limit at DALI's (``path``
+    may be a file opened for reading bytes).
+
+    Raises:
+        TooManyPixelsError: the header gives more than :data:`MAX_PIXELS` pixels.
+        OSError and PIL's errors: as ``Image.open``'s.
+    """
     try:
-        return Image.open(path)
+        img = Image.open(path)
     except Image.DecompressionBombError:
+        if hasattr(path, "seek"):
+            path.seek(0)
         with _pixel_limit_lock:
             limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
             try:
-                return Image.open(path)
+                img = Image.open(path)
             finally:
                 Image.MAX_IMAGE_PIXELS = limit
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        img.close()
+        raise TooManyPixelsError(
+            f"{width} x {height} pixels, more than the {MAX_PIXELS:,} (2**30) DALI's decoder takes"
+        )
+    return img
+
+
+# 16-bit grayscale (PNG, TIFF): PIL's convert("RGB") clips it at 255, DALI scales it.
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+
+
+def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
+    """An image as ``ImageFolder``'s loader reads it (RGB), and as DALI decodes it where the
+    two differed: up to :data:`MAX_PIXELS` pixels (PIL's limit is about 179 million), and
+    16-bit grayscale scaled to 8 bits as DALI rounds it, ``round(v / 257)`` (PIL's convert
+    clipped it at 255: a spread 16-bit PNG came out nearly white).
+
+    Raises:
+        TooManyPixelsError, OSError and PIL's errors: as :func:`open_image` and ``load``.
+    """
+    # a file object, as ImageFolder's loader opens it: PIL's errors name it as
+    # "<_io.BufferedReader name=...>", which the torchvision loader's messages leave out
+    with open(path, "rb") as file, open_image(file) as img:
+        if img.mode in _SIXTEEN_BIT_MODES:
+            values = np.asarray(img, dtype=np.uint32)
+            return Image.fromarray(((values + 128) // 257).astype(np.uint8), "L").convert("RGB")
+        return img.convert("RGB")
 
 
 def _samples_signed_or_float(img: Image.Image) -> bool:
@@ -132,9 +185,10 @@ def check_image(path: str, *, decode: bool = True, dali: bool = True) -> str | N
         decode: decode all pixels (catches truncated files); ``False`` reads
             only the header, which is fast and catches non-images.
         dali: also refuse what PIL reads and DALI does not (another format, a TIFF
-            without BitsPerSample or of signed or float samples), and take what DALI
-            reads and PIL's pixel limit does not (over 179 million pixels); ``False``
-            for a reader that is PIL itself (the torchvision loader).
+            without BitsPerSample or of signed or float samples); ``False`` for a reader
+            that is PIL itself (the torchvision loader, :func:`load_rgb`). Both take
+            images of up to :data:`MAX_PIXELS` pixels, over PIL's limit (179 million),
+            and refuse larger ones from the header, without decoding them.
 
     Returns:
         ``None`` for a good image (grayscale, CMYK and PNG-named-.JPEG included),
@@ -145,7 +199,7 @@ def check_image(path: str, *, decode: bool = True, dali: bool = True) -> str | N
             return "empty file (0 bytes)"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # DecompressionBombWarning, EXIF warnings
-            with _open_image(path, dali) as img:
+            with open_image(path) as img:
                 if dali and img.format not in DALI_FORMATS:
                     return f"format {img.format} is not one DALI decodes"
                 if dali and img.format == "TIFF" and TIFF_BITS_PER_SAMPLE not in img.tag_v2:
@@ -156,6 +210,8 @@ def check_image(path: str, *, decode: bool = True, dali: bool = True) -> str | N
                     img.load()
                 else:
                     img.verify()
+    except TooManyPixelsError as err:
+        return str(err)
     except Exception as err:  # PIL raises many types for bad files
         return f"{type(err).__name__}: {err}".splitlines()[0]
     return None

@@ -35,7 +35,6 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
-from torchvision.datasets.folder import default_loader
 from torchvision.transforms import v2
 
 from dali_cutmix.config import (
@@ -64,6 +63,7 @@ from dali_cutmix.files import (
     what_is_wrong,
 )
 from dali_cutmix.procs import process_context, signals_deferred
+from dali_cutmix.scan import load_rgb
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -282,14 +282,14 @@ class _ImageFiles(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         path, label = self.samples[index]
-        return self.transform(default_loader(path)), label
+        return self.transform(load_rgb(path)), label
 
 
 def _unreadable(path: str) -> str | None:
     """Why ``ImageFolder``'s loader cannot read ``path`` (``"PIL: cannot identify image
     file"``), or ``None`` when it can."""
     try:
-        default_loader(path)
+        load_rgb(path)
     except Exception as error:  # PIL raises many types for bad files
         # PIL names the file as "<_io.BufferedReader name='...'>": the message names it
         said = _OPEN_FILE.sub("", str(error)).strip().split("\n")[0].rstrip(":")

@@ -397,18 +397,68 @@ def test_tiffs_of_signed_or_float_samples_are_bad_files_and_16_bit_ones_good(
     np.testing.assert_array_equal(_dali_cpu_decode(uint16)[..., 0], pixels)
 
 
-def test_an_image_over_pil_s_pixel_limit_is_good_for_dali_not_for_pil(
+def test_an_image_over_pil_s_pixel_limit_is_good_for_both_loaders(
     image_folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The scan called a valid JPEG of over 179 million pixels bad (PIL's decompression-bomb
-    # limit); DALI decodes it. The limit is lowered here in place of a 0.5 GB image.
-    from dali_cutmix.scan import check_image
+    # limit), then good for DALI while the torchvision loader refused it and told the user
+    # to run the scan, whose list kept it. The limit is lowered here in place of a 0.5 GB
+    # image.
+    from dali_cutmix.scan import check_image, load_rgb
+    from pipelines.torchvision_ref import _unreadable
 
-    path = str(image_folder / "n00000000" / "img_0_0.JPEG")
+    path = image_folder / "n00000000" / "img_0_0.JPEG"
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)
-    assert check_image(path) is None and check_image(path, decode=False) is None
-    assert check_image(path, dali=False).startswith("DecompressionBombError: ")
+    for dali in (True, False):
+        assert check_image(str(path), dali=dali) is None
+        assert check_image(str(path), decode=False, dali=dali) is None
+    assert _unreadable(str(path)) is None
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10**9)
+    with Image.open(path) as img:
+        expected = np.asarray(img.convert("RGB"))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)
+    np.testing.assert_array_equal(np.asarray(load_rgb(path)), expected)
     assert Image.MAX_IMAGE_PIXELS == 10  # set back
+
+
+def test_an_image_over_dali_s_pixel_limit_is_bad_from_its_header(
+    image_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A 4 KB JPEG whose header said 60000 x 60000 was decoded by the scan (14 GB, 33 s) and
+    # called good; both loaders refused it. Over DALI's 2**30 pixels (measured: a 32768 x
+    # 32768 JPEG decodes, one pixel more does not), the header alone decides. The limit is
+    # lowered here in place of a 1 G pixel image: 48 x 40 is over 1,000.
+    import dali_cutmix.scan as scan_module
+    from dali_cutmix.scan import MAX_PIXELS, TooManyPixelsError, check_image, load_rgb
+
+    assert MAX_PIXELS == 2**30
+    path = image_folder / "n00000000" / "img_0_0.JPEG"
+    with Image.open(path) as img:
+        width, height = img.size
+    monkeypatch.setattr(scan_module, "MAX_PIXELS", 1000)
+    said = f"{width} x {height} pixels, more than the 1,000 (2**30) DALI's decoder takes"
+    for dali in (True, False):
+        assert check_image(str(path), dali=dali) == said
+        assert check_image(str(path), decode=False, dali=dali) == said
+    with pytest.raises(TooManyPixelsError, match=f"{width} x {height} pixels"):
+        load_rgb(path)
+
+
+def test_a_16_bit_grayscale_png_reads_as_dali_decodes_it_in_the_torchvision_loader(
+    tmp_path: Path,
+) -> None:
+    # PIL's convert("RGB") clipped 16-bit values at 255: a spread image came out nearly
+    # white (mean 254.5 against DALI's 127.5), without a word.
+    from dali_cutmix.scan import check_image, load_rgb
+
+    path = tmp_path / "g16.png"
+    Image.fromarray(np.arange(65536, dtype=np.uint16).reshape(256, 256)).save(path)
+    with Image.open(path) as img:
+        assert img.mode == "I;16"
+    assert check_image(str(path)) is None
+    decoded = _dali_cpu_decode(path)
+    assert decoded.mean() == 127.5
+    np.testing.assert_array_equal(np.asarray(load_rgb(path)), decoded)
 
 
 @pytest.mark.parametrize("train", [True, False])
