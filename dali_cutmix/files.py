@@ -38,6 +38,7 @@ __all__ = [
     "UNLISTABLE",
     "bad_file_problem",
     "counted",
+    "empty_classes",
     "class_folders",
     "header_words",
     "list_image_folder",
@@ -619,7 +620,27 @@ def read_file_list(
         _warn_of_other_labels(entries, numbers, base, classes, list_path)
     else:
         classes = _names_from_paths(paths, labels, numbers)
+    count, unlisted = empty_classes(classes, labels)
+    if count:  # a scan that found every image of a class bad, a list cut short
+        logger.warning(
+            "file list %r has no file of %s: %s; a model trained on it never sees %s",
+            str(list_path),
+            counted(count, "class"),
+            unlisted,
+            "that class" if count == 1 else "those classes",
+        )
     return ImageList(classes, paths, labels, str(list_path))
+
+
+def empty_classes(
+    classes: Sequence[str], labels: Iterable[int], *, shown: int = 5
+) -> tuple[int, str]:
+    """How many classes no label names, and the first ``shown`` of them as
+    ``"0 'ant', 3 'eel'"`` (then ``" and N more"``); ``(0, "")`` where each has one."""
+    missing = sorted(set(range(len(classes))) - set(labels))
+    said = ", ".join(f"{i} {classes[i]!r}" for i in missing[:shown])
+    more = f" and {len(missing) - shown} more" if len(missing) > shown else ""
+    return len(missing), said + more
 
 
 def _warn_of_other_labels(

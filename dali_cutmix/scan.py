@@ -54,6 +54,7 @@ from dali_cutmix.files import (
     BadImageError,
     ImageList,
     counted,
+    empty_classes,
     header_words,
     list_image_folder,
     name_problem,
@@ -559,6 +560,19 @@ def _log_findings(report: ScanReport, *, shown: int) -> None:
         logger.info("  bad: %s (%s)", path, error)
     if len(report.bad) > shown:
         logger.info("  and %d more bad files (in bad_files.json)", len(report.bad) - shown)
+    count, lost = empty_classes(report.images.classes, [label for _, label in report.good])
+    if count and report.good:
+        one = count == 1
+        logger.warning(
+            "%s kept no good image (%s): files.txt lists none of %s images, so a run on "
+            "that list never trains %s (replace %s bad files, or remove the class folder "
+            "from every split)",
+            counted(count, "class folder"),
+            lost,
+            "its" if one else "their",
+            "it" if one else "them",
+            "its" if one else "their",
+        )
 
 
 def _looks_like_val(root: str | os.PathLike[str]) -> bool:

@@ -401,13 +401,15 @@ def test_a_folder_of_several_labels_is_logged_in_a_list_without_root(
     assert caplog.messages == [
         f"1 folder of the list holds files of several labels, e.g. {str(tmp_path / 's2')!r}: "
         "labels 2 (line 5), 7 (line 7); in an ImageFolder layout that is a wrong label (class "
-        "names here come from folders)"
+        "names here come from folders)",
+        f"file list {str(tmp_path / 'files.txt')!r} has no file of 4 classes: 3 'class_3', "
+        "4 'class_4', 5 'class_5', 6 'class_6'; a model trained on it never sees those classes",
     ]
     caplog.clear()
     flat = _list(tmp_path, ["images/1.JPEG 4", "images/2.JPEG 0"])  # labels by line alone
     with caplog.at_level("WARNING", logger="dali_cutmix.files"):
         assert read_file_list(flat).num_classes == 5
-    assert caplog.messages == []
+    assert [m for m in caplog.messages if "several labels" in m] == []
 
 
 def test_labels_other_than_their_class_folders_are_logged_in_a_list_with_root(
@@ -435,6 +437,8 @@ def test_labels_other_than_their_class_folders_are_logged_in_a_list_with_root(
         f"1 file of file list {str(absolute)!r} carries a label other than its class folder's "
         f"in {str(root)!r}, e.g. line 1: 'n00000000/img_0_0.JPEG' has label 2, and "
         "'n00000000' is label 0; check that the list was written for this folder",
+        f"file list {str(absolute)!r} has no file of 1 class: 0 'n00000000'; a model "
+        "trained on it never sees that class",
     ]
 
 
@@ -565,3 +569,27 @@ def test_a_link_is_written_through_and_what_is_no_file_is_refused(tmp_path: Path
         )
     assert fifo.exists() and not fifo.is_file() and (tmp_path / "kept").is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo.json", "kept", "results.json"]
+
+
+def test_a_class_a_list_leaves_out_is_logged_with_or_without_root(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A scan that found every image of a class bad wrote a files.txt without it; training on
+    # that list left the class untrained (and still evaluated) without a word.
+    root = build_image_folder(tmp_path / "data", classes=7, per_class=1, extras=False)
+    images = list_image_folder(root)
+    kept = [(p, x) for p, x in zip(images.paths, images.labels) if x not in (0, 2, 3, 4, 5, 6)]
+    listed = _list(tmp_path, [f"{p} {x}" for p, x in kept])
+    with caplog.at_level("WARNING", logger="dali_cutmix.files"):
+        assert read_file_list(listed, root=root).num_classes == 7
+    assert caplog.messages == [
+        f"file list {str(listed)!r} has no file of 6 classes: 0 'n00000000', 2 'n00000002', "
+        "3 'n00000003', 4 'n00000004', 5 'n00000005' and 1 more; a model trained on it never "
+        "sees those classes"
+    ]
+    caplog.clear()
+    every = _list(tmp_path, [f"{p} {x}" for p, x in zip(images.paths, images.labels)])
+    with caplog.at_level("WARNING", logger="dali_cutmix.files"):
+        read_file_list(every, root=root)
+        read_file_list(every)
+    assert caplog.messages == []

@@ -500,3 +500,21 @@ def test_a_scan_stopped_by_ctrl_c_says_the_bad_files_it_had_found(
     assert [m.split(" (")[0] for m in caplog.messages if "  bad: " in m] == [
         f"  bad: {p}" for p in first
     ]
+
+
+def test_a_class_whose_every_image_is_bad_is_named_as_missing_from_the_list(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its files.txt had no line of the class, and neither the scan nor training said so.
+    root = build_image_folder(tmp_path / "data", classes=3, per_class=2, extras=False)
+    for path in (root / "n00000001").iterdir():
+        path.write_bytes(b"")
+    with caplog.at_level(logging.INFO, logger="dali_cutmix.scan"):
+        assert main([str(root), "--out", str(tmp_path / "scan"), "--workers", "1"]) == 1
+    assert (
+        "1 class folder kept no good image (1 'n00000001'): files.txt lists none of its "
+        "images, so a run on that list never trains it (replace its bad files, or remove the "
+        "class folder from every split)"
+    ) in caplog.messages
+    listed = (tmp_path / "scan" / "files.txt").read_text().splitlines()
+    assert sorted({int(line.rsplit(" ", 1)[1]) for line in listed}) == [0, 2]
