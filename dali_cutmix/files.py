@@ -302,8 +302,9 @@ def _special_file(entry: os.DirEntry[str]) -> str | None:
     return next((what for test, what in _SPECIAL_FILES if test(mode)), None)
 
 
-def _class_files(class_dir: str) -> list[str]:
-    """Image files under one class folder, in ``ImageFolder``'s order.
+def _class_files(class_dir: str, skipped: list[str] | None = None) -> list[str]:
+    """Image files under one class folder, in ``ImageFolder``'s order; the other files
+    (no image extension) are appended to ``skipped``.
 
     The walk is ``os.walk(class_dir, followlinks=True)``'s, as ``ImageFolder``
     lists. Where that would list wrongly without a word, this refuses by name
@@ -333,6 +334,8 @@ def _class_files(class_dir: str) -> list[str]:
         names = []
         for entry in sorted(files, key=lambda e: e.name):
             if not _has_image_extension(entry.name):
+                if skipped is not None:
+                    skipped.append(entry.path)
                 continue
             what = _special_file(entry)
             if what is not None:
@@ -413,10 +416,12 @@ def list_image_folder(root: str | os.PathLike[str]) -> ImageList:
     """
     root = Path(root).expanduser().resolve()
     classes = class_folders(root)
+    _warn_of_hidden_classes(root, classes)
     paths: list[str] = []
     labels: list[int] = []
+    skipped: list[str] = []
     for label, name in enumerate(classes):
-        files = _class_files(str(root / name))
+        files = _class_files(str(root / name), skipped)
         if not files:
             raise DatasetError(
                 f"class folder {str(root / name)!r} holds no image (extensions "
@@ -432,7 +437,52 @@ def list_image_folder(root: str | os.PathLike[str]) -> ImageList:
         counted(len(classes), "class"),
         root,
     )
+    _tell_of_unlisted_files(root, skipped)
     return ImageList(tuple(classes), tuple(paths), tuple(labels), str(root))
+
+
+def _warn_of_hidden_classes(root: Path, classes: Sequence[str]) -> None:
+    """A class folder whose name starts with a dot (``.cache``, ``.ipynb_checkpoints``) is
+    a class to ``ImageFolder`` too, sorted first: every real label moves up by one."""
+    hidden = [name for name in classes if name.startswith(".")]
+    if hidden:
+        one = len(hidden) == 1
+        logger.warning(
+            "%s %s under %s %s hidden (a name starting with a dot) and %s a class here, as "
+            "in ImageFolder, sorted before the others (label %d): move %s out of the dataset "
+            "if %s not a class",
+            "class folder" if one else "class folders",
+            ", ".join(repr(name) for name in hidden),
+            root,
+            "is" if one else "are",
+            "is" if one else "each",
+            classes.index(hidden[0]),
+            "it" if one else "them",
+            "it is" if one else "they are",
+        )
+
+
+def _tell_of_unlisted_files(root: Path, skipped: Sequence[str]) -> None:
+    """Logs the files a listing left out, as ``ImageFolder`` leaves them out: those in class
+    folders without an image extension (``.gif``, ``.heic``, ``.part``) and those beside the
+    class folders, in none."""
+    try:
+        loose = sorted(entry.path for entry in os.scandir(root) if entry.is_file())
+    except OSError:
+        loose = []
+    for files, where in (
+        (skipped, "without an image extension"),
+        (loose, f"directly in {root}, outside every class folder"),
+    ):
+        if files:
+            shown = ", ".join(repr(os.path.relpath(f, root)) for f in files[:3])
+            logger.info(
+                "left out %s %s, as ImageFolder does: %s%s",
+                counted(len(files), "file"),
+                where,
+                shown,
+                f" and {len(files) - 3} more" if len(files) > 3 else "",
+            )
 
 
 # "path label": the label after the last run of spaces or tabs. ASCII digits only:
@@ -610,6 +660,7 @@ def read_file_list(
         )
     if root is not None:
         classes = tuple(class_folders(base))
+        _warn_of_hidden_classes(base, classes)
         if max(labels) >= len(classes):
             line = numbers[labels.index(max(labels))]
             raise LabelBeyondClassesError(

@@ -593,3 +593,55 @@ def test_a_class_a_list_leaves_out_is_logged_with_or_without_root(
         read_file_list(every, root=root)
         read_file_list(every)
     assert caplog.messages == []
+
+
+def test_files_a_listing_leaves_out_are_counted_and_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A .gif, a .heic, a download's .part and a JPEG beside the class folders were left out
+    # as ImageFolder leaves them out, but without a word: "listed 4 images" and nothing more.
+    root = build_image_folder(tmp_path / "data", classes=2, per_class=2, extras=False)
+    for name in ("photo.gif", "photo.heic", "x.JPEG.part", "notes.txt"):
+        (root / "n00000001" / name).write_bytes(b"not listed")
+    write_image(root / "stray.JPEG", size=(8, 8), seed=1)
+    with caplog.at_level("INFO", logger="dali_cutmix.files"):
+        images = list_image_folder(root)
+    assert images.labels == tuple(ImageFolder(str(root)).targets) == (0, 0, 1, 1)
+    assert caplog.messages[1:] == [
+        "left out 4 files without an image extension, as ImageFolder does: "
+        "'n00000001/notes.txt', 'n00000001/photo.gif', 'n00000001/photo.heic' and 1 more",
+        f"left out 1 file directly in {root}, outside every class folder, as ImageFolder "
+        "does: 'stray.JPEG'",
+    ]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="dali_cutmix.files"):
+        list_image_folder(build_image_folder(tmp_path / "clean", classes=2, extras=False))
+    assert [m for m in caplog.messages if "left out" in m] == []
+
+
+def test_a_hidden_class_folder_is_warned_of_as_the_label_it_takes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # train/.cache/x.jpg became class 0 (as in ImageFolder) and moved every real label up
+    # by one, without a word.
+    root = build_image_folder(tmp_path / "data", classes=2, per_class=1, extras=False)
+    write_image(root / ".cache" / "x.JPEG", size=(8, 8), seed=1)
+    with caplog.at_level("WARNING", logger="dali_cutmix.files"):
+        images = list_image_folder(root)
+        listed = _list(tmp_path, ["n00000000/img_0_0.JPEG 1", "n00000001/img_1_0.JPEG 2"])
+        read_file_list(listed, root=root)
+    assert (
+        images.classes
+        == tuple(ImageFolder(str(root)).classes)
+        == (
+            ".cache",
+            "n00000000",
+            "n00000001",
+        )
+    )
+    said = (
+        f"class folder '.cache' under {root} is hidden (a name starting with a dot) and is a "
+        "class here, as in ImageFolder, sorted before the others (label 0): move it out of "
+        "the dataset if it is not a class"
+    )
+    assert caplog.messages[:2] == [said, said]
