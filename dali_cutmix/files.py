@@ -622,7 +622,13 @@ def read_file_list(
     base = Path(root).expanduser().resolve() if root is not None else list_path.parent
     # UTF-8 whatever the locale (write_file_list's encoding), a BOM (Windows editors)
     # dropped, and a name's bytes that are not UTF-8 kept as os.fsdecode keeps them
-    text = list_path.read_text(encoding="utf-8-sig", errors="surrogateescape")
+    raw = list_path.read_bytes()
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in raw[:4096]:  # Notepad's "Unicode"
+        raise DatasetError(
+            f"file list {str(list_path)!r} is UTF-16 (or holds NUL bytes), not text of "
+            "UTF-8 lines; save it as UTF-8"
+        )
+    text = raw.decode("utf-8-sig", errors="surrogateescape")
     # lines end as write_file_list ends them, or as Windows and old Mac editors do; not at
     # every character str.splitlines() takes for one (\x1c, \x85, \u2028, ...), which a
     # name may hold

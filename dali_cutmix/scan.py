@@ -556,8 +556,8 @@ def _log_findings(report: ScanReport, *, shown: int) -> None:
         len(report.bad),
         rate,
     )
-    for path, _, error in report.bad[:shown]:
-        logger.info("  bad: %s (%s)", path, error)
+    for path, _, error in report.bad[:shown]:  # a newline in a name: quoted, one line each
+        logger.info("  bad: %s (%s)", path if path.isprintable() else repr(path), error)
     if len(report.bad) > shown:
         logger.info("  and %d more bad files (in bad_files.json)", len(report.bad) - shown)
     count, lost = empty_classes(report.images.classes, [label for _, label in report.good])

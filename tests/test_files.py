@@ -645,3 +645,15 @@ def test_a_hidden_class_folder_is_warned_of_as_the_label_it_takes(
         "the dataset if it is not a class"
     )
     assert caplog.messages[:2] == [said, said]
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-16-le"])
+def test_a_utf_16_file_list_is_refused_as_one(tmp_path: Path, encoding: str) -> None:
+    # Windows Notepad's "Unicode" list was refused as "line 1: expected 'path label' ...
+    # got '\udcff\udcfec\x00a\x00t...'", which named no encoding.
+    listed = tmp_path / "files.txt"
+    listed.write_text("cat/a.jpg 0\ndog/b.jpg 1\n", encoding=encoding)
+    assert _refusal(read_file_list, listed) == (
+        f"file list {str(listed)!r} is UTF-16 (or holds NUL bytes), not text of UTF-8 lines; "
+        "save it as UTF-8"
+    )

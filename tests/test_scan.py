@@ -518,3 +518,19 @@ def test_a_class_whose_every_image_is_bad_is_named_as_missing_from_the_list(
     ) in caplog.messages
     listed = (tmp_path / "scan" / "files.txt").read_text().splitlines()
     assert sorted({int(line.rsplit(" ", 1)[1]) for line in listed}) == [0, 2]
+
+
+def test_a_name_with_a_newline_is_shown_quoted_on_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The summary's line broke in two at the name's newline.
+    root = build_image_folder(tmp_path / "data", classes=2, per_class=2, extras=False)
+    odd = root / "n00000000" / "new\nline.JPEG"
+    odd.write_bytes((root / "n00000000" / "img_0_0.JPEG").read_bytes())
+    with caplog.at_level(logging.INFO, logger="dali_cutmix.scan"):
+        assert main([str(root), "--out", str(tmp_path / "scan"), "--workers", "1"]) == 1
+    said = [m for m in caplog.messages if m.startswith("  bad: ")]
+    assert said == [
+        f"  bad: {str(odd)!r} (its name has leading/trailing whitespace or a newline, which "
+        "DALI's file list cannot hold; rename the file)"
+    ]
