@@ -427,6 +427,16 @@ def test_data_given_as_its_train_folder_is_told_the_folder_above(tmp_path: Path,
     )
 
 
+def test_a_dataset_of_one_class_is_refused(tmp_path: Path, capsys) -> None:
+    # It trained to 100 % top-1 (chance) at a loss of 0, without a word.
+    root = _folder(tmp_path, ["a"], ["a"])
+    err = _refused(["--data", str(root), "--device", "cpu"], capsys)
+    assert err == (
+        f"python -m train: error: --data {root}: one class folder ('a') in train/ and val/; a "
+        "classifier needs at least 2 classes (with one, the loss is 0 from the first step)\n"
+    )
+
+
 def test_mismatched_class_folders_fail_at_start(tmp_path: Path, capsys) -> None:
     root = _folder(tmp_path, ["a", "b"], ["a"])
     (root / "train" / "b" / "x.JPEG").write_bytes(b"")  # a class with images, not in val/

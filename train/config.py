@@ -390,6 +390,11 @@ def _list_classes(root: Path) -> tuple[str, ...]:
         raise ValueError(
             f"--data {root}: train/ and val/ have different classes, e.g. {missing[:5]}"
         )
+    if len(splits["train"]) < 2:  # trained to 100 % top-1 at a loss of 0, learning nothing
+        raise ValueError(
+            f"--data {root}: one class folder ({splits['train'][0]!r}) in train/ and val/; a "
+            "classifier needs at least 2 classes (with one, the loss is 0 from the first step)"
+        )
     return splits["train"]
 
 
