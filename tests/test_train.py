@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -727,7 +728,7 @@ def test_a_full_disk_at_the_first_checkpoint_leaves_nothing_that_blocks_running_
         f"python -m train: error: cannot write {out / 'checkpoint.pth'}.tmp (No space left on "
         "device); no checkpoint was written: free space there, and run again"
     )
-    assert sorted(p.name for p in out.iterdir()) == ["config.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "config.json"]  # lock released
     assert main(argv) == 0  # the advice holds
     assert [r["epoch"] for r in _records(out)] == [1]
 
@@ -1635,3 +1636,53 @@ def test_a_usage_error_under_torchrun_is_said_once(tiny: Path, tmp_path: Path, w
     # timeout, it would have said its own), and exited 2 then, not -15
     assert text.count("python -m train: error: ") == 1 and message in text, text[-3000:]
     assert text.count("exitcode  : 2 (pid") == 2, text[-3000:]
+
+
+def test_a_run_started_in_a_folder_another_run_writes_to_now_is_refused(
+    tiny: Path, tmp_path: Path, capsys
+) -> None:
+    # Two runs started together with one --output-dir both passed the check for a run there
+    # (neither had written yet): their epochs went into one metrics.jsonl (1, 1, 2, 2) and
+    # the checkpoint was the last writer's, without a word.
+    out = tmp_path / "run"
+    argv = _argv(tiny, out, "--epochs", "1")
+    with train.utils.folder_lock(out):  # as the first run holds it while it trains
+        assert main(argv) == 2
+        assert capsys.readouterr().err.splitlines()[-1] == (
+            f"python -m train: error: --output-dir {out}: another run is writing there now "
+            f"(process {os.getpid()}); give another folder, or wait until that run ends"
+        )
+        assert not (out / "metrics.jsonl").exists() and not (out / "checkpoint.pth").exists()
+    assert main(argv) == 0  # released: the run goes on, and releases it in turn
+    assert main([*argv[:-2], "--epochs", "2", "--resume", str(out)]) == 0
+    assert [r["epoch"] for r in _records(out)] == [1, 2]
+
+
+def test_a_rank_left_by_a_killed_rank_says_so_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A rank killed outright (SIGKILL: the out-of-memory killer) left the other rank with
+    # gloo's 40-line traceback ("... Read error [127.0.0.1]:218: Connection reset by peer.
+    # ... GLHF!") and no line of the run's. Measured with torchrun on 2 CPU ranks.
+    from train.__main__ import peer_gone
+
+    config = types.SimpleNamespace(output_dir=tmp_path)
+    gloo = RuntimeError(
+        "[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error "
+        "[127.0.0.1]:218: Connection reset by peer. This is typically caused by a remote "
+        "worker hanging or bugs in the application."
+    )
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert peer_gone(gloo, config, 1) == (
+        "rank 1: another rank of the job is gone (Connection reset by peer): it was killed or "
+        "it failed (its own output, or torchrun's list of the ranks' statuses, says which); "
+        "no checkpoint was written"
+    )
+    (tmp_path / "checkpoint.pth").write_bytes(b"")
+    assert peer_gone(gloo, config, 1).endswith(
+        f"; the last checkpoint written, {tmp_path / 'checkpoint.pth'}, is intact: continue "
+        f"with: torchrun --nproc_per_node 2 -m train --resume {tmp_path / 'checkpoint.pth'}"
+    )
+    assert peer_gone(RuntimeError("CUDA out of memory"), config, 1) is None  # its traceback
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process has no peer
+    assert peer_gone(gloo, config, 0) is None

@@ -841,6 +841,30 @@ def test_resume_names_the_flag_at_fault_beside_unchanged_fixed_flags(
     assert err.startswith(f"python -m train: error: {message}"), err
 
 
+def test_a_resume_on_another_number_of_ranks_says_the_learning_rate_stays(
+    tmp_path: Path, monkeypatch, caplog
+) -> None:
+    # Between epochs a 2-rank run may go on on 1 rank; its default --lr, derived from a
+    # global batch of 512, stayed for one of 256 without a word.
+    root = _folder(tmp_path / "data", ["a", "b"], ["a", "b"])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    two_ranks = parse_config(["--data", str(root), "--device", "cpu"])
+    path = _checkpoint(tmp_path / "start" / "checkpoint.pth", two_ranks, step=0, ranks=2)
+    monkeypatch.delenv("WORLD_SIZE")
+    with caplog.at_level("WARNING", logger="train.config"):
+        assert parse_config(["--resume", str(path)]).optim.lr == 0.2
+    assert caplog.messages == [
+        f"--resume {path}: the run trained on 2 ranks (global batch 512) and goes on on 1 "
+        "(global batch 256) with its learning rate 0.2 (the default for a global batch of "
+        "512; 0.1 for 256, but --lr cannot change on resume)"
+    ]
+    caplog.clear()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with caplog.at_level("WARNING", logger="train.config"):
+        parse_config(["--resume", str(path)])  # as many ranks: nothing to say
+    assert caplog.messages == []
+
+
 def test_a_mid_epoch_checkpoint_of_2_ranks_asks_for_2_ranks_at_once(
     tmp_path: Path, monkeypatch, capsys
 ) -> None:

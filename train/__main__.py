@@ -201,6 +201,39 @@ def _write_failure(error: BaseException, config: TrainConfig) -> str | None:
     return f"cannot write {name} ({seen.strerror}); no checkpoint was written: {fix}, and run again"
 
 
+# What gloo (and NCCL) say in the ranks left when another rank of the job is gone.
+_PEER_GONE = (
+    "Connection reset by peer",
+    "Connection closed by peer",
+    "Broken pipe",
+    "remote process exited or there was a network error",
+)
+
+
+def peer_gone(error: BaseException, config: TrainConfig, rank: int) -> str | None:
+    """The line for a collective that failed because another rank of the job is gone
+    (killed outright, as by the out-of-memory killer, or crashed), ``None`` for any other
+    error. The ranks left printed a 40-line traceback of the backend's
+    (``... Connection reset by peer. ... GLHF!``) and nothing of the run's."""
+    ranks = int(os.environ.get("WORLD_SIZE", "1"))
+    said = str(error)
+    why = next((words for words in _PEER_GONE if words in said), None)
+    if ranks < 2 or not isinstance(error, RuntimeError) or why is None:
+        return None
+    checkpoint = config.output_dir / CHECKPOINT_NAME
+    if checkpoint.exists():
+        then = (
+            f"the last checkpoint written, {checkpoint}, is intact: continue with: "
+            f"{resume_command(checkpoint, ranks)}"
+        )
+    else:
+        then = "no checkpoint was written"
+    return (
+        f"rank {rank}: another rank of the job is gone ({why}): it was killed or it failed "
+        f"(its own output, or torchrun's list of the ranks' statuses, says which); {then}"
+    )
+
+
 def log_level(rank: int) -> int:
     """Rank 0 logs the run; under torchrun the other ranks only warnings and errors."""
     return logging.INFO if rank == 0 else logging.WARNING
@@ -285,7 +318,7 @@ def _train(config: TrainConfig, argv: list[str], rank: int, *, new_run_dir: bool
     from .checkpoint import CheckpointError
     from .engine import FIRST_FAILED, PeerLoaderError
     from .runner import EXIT_STATUS, run
-    from .utils import MetricsError
+    from .utils import BusyFolderError, MetricsError
 
     try:
         status = EXIT_STATUS[run(config).outcome]
@@ -296,7 +329,7 @@ def _train(config: TrainConfig, argv: list[str], rank: int, *, new_run_dir: bool
             run_dir = config.output_dir
             failure.scan_dir = run_dir.with_name(f"{run_dir.name}-{failure.scan_dir.name}")
         return report_user_error(get_args_parser(), failure.message(argv), status=ExitStatus.DATA)
-    except (DatasetError, CheckpointError, MetricsError) as error:
+    except (DatasetError, CheckpointError, MetricsError, BusyFolderError) as error:
         say = functools.partial(report_user_error, get_args_parser(), error)
         failed = getattr(error, FIRST_FAILED, None)  # where the ranks agreed on it
         return _said_once(say, first=None if failed is None else failed == rank)
@@ -307,9 +340,12 @@ def _train(config: TrainConfig, argv: list[str], rank: int, *, new_run_dir: bool
         return ExitStatus.FINISHED
     except Exception as error:  # a write to the run's folder: one line, else the traceback
         failed = _write_failure(error, config)
-        if failed is None:
+        if failed is not None:
+            return report_user_error(get_args_parser(), failed, status=ExitStatus.OUTPUT)
+        gone = peer_gone(error, config, rank)
+        if gone is None:
             raise
-        return report_user_error(get_args_parser(), failed, status=ExitStatus.OUTPUT)
+        return report_user_error(get_args_parser(), gone, status=ExitStatus.ERROR)
     # torchrun stops every rank as soon as one exits with a non-zero status: only rank 0,
     # which writes the checkpoint and says how to continue, reports a stop.
     return status if rank == 0 else ExitStatus.FINISHED

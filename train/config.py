@@ -19,6 +19,7 @@ import enum
 import functools
 import hashlib
 import json
+import logging
 import math
 import os
 import sys
@@ -82,6 +83,8 @@ __all__ = [
     "resume_config",
     "typed_flags",
 ]
+
+logger = logging.getLogger(__name__)
 
 # The files of a run in its output folder (with config.json).
 CHECKPOINT_NAME = "checkpoint.pth"
@@ -1019,6 +1022,38 @@ def check_ranks(state: Mapping[str, Any], path: Path, world: int) -> None:
         )
 
 
+def _tell_of_other_ranks(state: Mapping[str, Any], saved: Mapping[str, Any], path: Path) -> None:
+    """Logs (rank 0) that a run resumed between epochs on another number of ranks keeps its
+    learning rate, which the default derived from the old global batch: the flag that sets
+    it cannot change on resume, and nothing said the batch had changed under it."""
+    ranks, world = int(state.get("world_size", len(state["loader"]) or 1)), _world_size()
+    data, optim = saved.get("data") or {}, saved.get("optim") or {}
+    batch, lr = data.get("batch_size"), optim.get("lr")
+    if ranks == world or not isinstance(batch, int) or not isinstance(lr, (int, float)):
+        return
+    if os.environ.get("RANK", "0") != "0":
+        return
+    note = ""
+    if data.get("root") is not None and lr == _default_lr(batch, ranks, embedded=False):
+        now = _default_lr(batch, world, embedded=False)
+        note = (
+            f" (the default for a global batch of {batch * ranks}; {now:g} for "
+            f"{batch * world}, but --lr cannot change on resume)"
+        )
+    logger.warning(
+        "--resume %s: the run trained on %d rank%s (global batch %d) and goes on on %d "
+        "(global batch %d) with its learning rate %g%s",
+        path,
+        ranks,
+        "s" * (ranks > 1),
+        batch * ranks,
+        world,
+        batch * world,
+        lr,
+        note,
+    )
+
+
 def _upgrade(saved: Mapping[str, Any]) -> dict[str, Any]:
     """A checkpoint's configuration in today's fields; older ones lack some.
 
@@ -1165,6 +1200,7 @@ def resume_config(args: argparse.Namespace, typed: Mapping[str, str]) -> TrainCo
         )
     if not args.test_only:  # evaluating does not continue the epoch's shards
         check_ranks(state, path, _world_size())
+        _tell_of_other_ranks(state, saved, path)
     saved = _upgrade(saved)
     # --test-only --device cpu: a GPU run's model evaluated here, on the CPU, in fp32
     on_cpu = bool(args.test_only and "device" in typed and args.device == Device.CPU.value)
@@ -1539,9 +1575,10 @@ def drop_unused_run_dir(folder: Path) -> bool:
     for each attempt; the error line's scan writes into a folder of its own making.
     """
     try:
-        if any(entry.name != "config.json" for entry in folder.iterdir()):
+        if any(entry.name not in ("config.json", ".lock") for entry in folder.iterdir()):
             return False
         (folder / "config.json").unlink(missing_ok=True)
+        (folder / ".lock").unlink(missing_ok=True)  # train.utils.LOCK_NAME, released
         folder.rmdir()
     except OSError:  # gone already, or something written there meanwhile: keep it
         return False

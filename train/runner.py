@@ -8,6 +8,7 @@ Sets the process up (distributed group, determinism, the output folder and its
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -31,6 +32,7 @@ from .utils import (
     DistInfo,
     MetricsFile,
     cleanup_distributed,
+    folder_lock,
     init_distributed,
     plot_curves,
     rank_0s,
@@ -178,11 +180,20 @@ def run(config: TrainConfig) -> RunResult:
     try:
         config = dataclasses.replace(config, output_dir=rank_0s(config.output_dir, info))
         try:
-            return _run(config, info)
+            with _locked(config, info):
+                return _run(config, info)
         except KeyboardInterrupt as interrupt:
             raise RunInterrupted(config.output_dir) from interrupt
     finally:
         cleanup_distributed(info)
+
+
+def _locked(config: TrainConfig, info: DistInfo) -> contextlib.AbstractContextManager[None]:
+    """Rank 0's lock on the output folder while it trains (:func:`train.utils.folder_lock`);
+    ``--test-only`` writes its test.json alone and takes none."""
+    if info.is_main and not config.test_only:
+        return folder_lock(config.output_dir)
+    return contextlib.nullcontext()
 
 
 def _run(config: TrainConfig, info: DistInfo) -> RunResult:

@@ -82,7 +82,8 @@ EXIT_STATUS_HELP = """\
 exit status:
   0    trained to the last epoch, or --resume of a run with nothing left to do, or
        --test-only evaluated the checkpoint
-  1    unexpected internal error (with a traceback)
+  1    unexpected internal error (with a traceback); or, under torchrun, another rank
+       of the job is gone (killed or failed): one line, with the command that continues
   2    invalid flag, dataset, file list (--train-list/--val-list) or checkpoint: one line
        on stderr says what; nothing trained
   3    stopped by Ctrl-C, SIGTERM or --stop-after-steps; checkpoint written, the last

@@ -230,6 +230,52 @@ class MetricsError(Exception):
     """A line of ``metrics.jsonl`` that is not a record: the user's to repair (status 2)."""
 
 
+class BusyFolderError(Exception):
+    """Another run writes to the output folder now (status 2)."""
+
+
+# The lock a training run holds on its output folder while it runs (rank 0 only).
+LOCK_NAME = ".lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Holds an exclusive lock on ``folder`` (made if missing) while the block runs.
+
+    Two runs started together with the same ``--output-dir`` both passed the check for a
+    run there (neither had written yet), then appended their epochs to one
+    ``metrics.jsonl`` and overwrote each other's checkpoint, without a word. The lock is
+    ``flock`` on ``folder/.lock``, which holds the holder's pid; the system releases it
+    when the process ends, however it ends. Where the file system takes no locks (some
+    network ones), the block runs unlocked.
+
+    Raises:
+        BusyFolderError: another process holds the lock.
+    """
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise BusyFolderError(
+                f"--output-dir {folder}: another run is writing there now (process "
+                f"{holder}); give another folder, or wait until that run ends"
+            ) from None
+        except OSError as error:  # ENOLCK: no locks on this file system
+            logger.debug("no lock on %s (%s); the run goes on unlocked", folder, error)
+        else:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 class MetricsFile:
     """One JSON object per line; only rank 0 writes. Appends, so a resumed run continues it.
 
