@@ -564,3 +564,17 @@ def test_the_curves_tick_whole_epochs(tmp_path: Path, monkeypatch) -> None:
         low, high = ax.get_xlim()
         shown = [t for t in ax.get_xticks() if low <= t <= high]
         assert shown == [1.0, 2.0], shown
+
+
+@pytest.mark.parametrize("signum, again", [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")])
+def test_the_first_stop_names_the_signal_that_aborts_as_the_one_received(
+    signum: int, again: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A SIGTERM (a batch scheduler's, torchrun's) was answered "(Ctrl-C again to abort)".
+    monkeypatch.delenv("RANK", raising=False)
+    flag = StopFlag()
+    with caplog.at_level("WARNING", logger="train.utils"):
+        flag.request(signum, None)
+    assert flag.requested and caplog.messages == [
+        f"stopping after this step and writing a checkpoint ({again} again to abort)"
+    ]

@@ -437,8 +437,9 @@ class StopFlag:
             raise _interrupt(signum)
         self.requested = True
         if int(os.environ.get("RANK", "0")) == 0:  # torchrun forwards it to every rank: one line
+            again = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"  # as the one received
             logger.warning(
-                "stopping after this step and writing a checkpoint (Ctrl-C again to abort)"
+                "stopping after this step and writing a checkpoint (%s again to abort)", again
             )
 
     @contextlib.contextmanager
