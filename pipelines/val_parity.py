@@ -73,9 +73,9 @@ def compare(
     """The differences, in levels of 0..255, over the first ``limit`` images of ``folder``
     (of ``file_list``'s, relative paths against ``folder``, where given)."""
     import torch
-    from PIL import Image
 
     from dali_cutmix.files import list_image_folder, read_file_list
+    from dali_cutmix.scan import load_rgb  # as the torchvision loader reads (16-bit, large)
     from pipelines.imagenet import IMAGENET_MEAN, IMAGENET_STD, make_loader
     from pipelines.torchvision_ref import make_transforms
 
@@ -104,9 +104,7 @@ def compare(
             start = len(per_image)
             take = min(images.shape[0], count - start)
             ours = images[:take].cpu().double() * std + mean
-            theirs = torch.stack(
-                [transform(Image.open(p).convert("RGB")) for p in paths[start : start + take]]
-            )
+            theirs = torch.stack([transform(load_rgb(p)) for p in paths[start : start + take]])
             levels = (ours - (theirs.double() * std + mean)).abs()
             per_image += levels.mean(dim=(1, 2, 3)).tolist()
             largest = max(largest, levels.max().item())
@@ -119,6 +117,7 @@ def compare(
         "images": count,
         "mean_levels": sum(per_image) / count,
         "max_image_mean_levels": max(per_image),
+        "max_image_mean_path": paths[per_image.index(max(per_image))],
         "max_levels": largest,
         "share_more_than_one_level": above_one / values,
     }
@@ -225,7 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"{report['images']} images at {args.crop_size} of {args.resize_size}: "
             f"mean {report['mean_levels']:.3f} levels of 0..255, largest image mean "
-            f"{report['max_image_mean_levels']:.3f}, largest pixel {report['max_levels']:.2f}, "
+            f"{report['max_image_mean_levels']:.3f} ({report['max_image_mean_path']}), largest "
+            f"pixel {report['max_levels']:.2f}, "
             f"{100 * report['share_more_than_one_level']:.4f} % of values more than one level"
         )
         if args.out:

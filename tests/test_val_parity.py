@@ -25,7 +25,12 @@ def test_report_of_a_folder(tmp_path: Path, capsys) -> None:
     assert 0 < report["mean_levels"] < 0.5 and report["max_levels"] < 1.001
     assert report["share_more_than_one_level"] == 0.0
     assert report["command"].startswith("python -m pipelines.val_parity ")
-    assert capsys.readouterr().out.startswith("11 images at 24 of 28: mean ")
+    said = capsys.readouterr().out
+    assert said.startswith("11 images at 24 of 28: mean ")
+    # the image of the largest mean is named (the report said which mean, not which file)
+    assert report["max_image_mean_path"].startswith(str(folder))
+    assert f"largest image mean {report['max_image_mean_levels']:.3f} " in said
+    assert f"({report['max_image_mean_path']})" in said
 
 
 @pytest.mark.parametrize(
