@@ -680,11 +680,12 @@ def read_file_list(
     count, unlisted = empty_classes(classes, labels)
     if count:  # a scan that found every image of a class bad, a list cut short
         logger.warning(
-            "file list %r has no file of %s: %s; a model trained on it never sees %s",
+            "file list %r has no file of %s: %s; %s the model's outputs but in none of "
+            "the list's images",
             str(list_path),
             counted(count, "class"),
             unlisted,
-            "that class" if count == 1 else "those classes",
+            "it is among" if count == 1 else "they are among",
         )
     return ImageList(classes, paths, labels, str(list_path))
 

@@ -403,7 +403,8 @@ def test_a_folder_of_several_labels_is_logged_in_a_list_without_root(
         "labels 2 (line 5), 7 (line 7); in an ImageFolder layout that is a wrong label (class "
         "names here come from folders)",
         f"file list {str(tmp_path / 'files.txt')!r} has no file of 4 classes: 3 'class_3', "
-        "4 'class_4', 5 'class_5', 6 'class_6'; a model trained on it never sees those classes",
+        "4 'class_4', 5 'class_5', 6 'class_6'; they are among the model's outputs but in none "
+        "of the list's images",
     ]
     caplog.clear()
     flat = _list(tmp_path, ["images/1.JPEG 4", "images/2.JPEG 0"])  # labels by line alone
@@ -437,8 +438,8 @@ def test_labels_other_than_their_class_folders_are_logged_in_a_list_with_root(
         f"1 file of file list {str(absolute)!r} carries a label other than its class folder's "
         f"in {str(root)!r}, e.g. line 1: 'n00000000/img_0_0.JPEG' has label 2, and "
         "'n00000000' is label 0; check that the list was written for this folder",
-        f"file list {str(absolute)!r} has no file of 1 class: 0 'n00000000'; a model "
-        "trained on it never sees that class",
+        f"file list {str(absolute)!r} has no file of 1 class: 0 'n00000000'; it is "
+        "among the model's outputs but in none of the list's images",
     ]
 
 
@@ -584,8 +585,8 @@ def test_a_class_a_list_leaves_out_is_logged_with_or_without_root(
         assert read_file_list(listed, root=root).num_classes == 7
     assert caplog.messages == [
         f"file list {str(listed)!r} has no file of 6 classes: 0 'n00000000', 2 'n00000002', "
-        "3 'n00000003', 4 'n00000004', 5 'n00000005' and 1 more; a model trained on it never "
-        "sees those classes"
+        "3 'n00000003', 4 'n00000004', 5 'n00000005' and 1 more; they are among the model's "
+        "outputs but in none of the list's images"
     ]
     caplog.clear()
     every = _list(tmp_path, [f"{p} {x}" for p, x in zip(images.paths, images.labels)])
