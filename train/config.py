@@ -91,6 +91,7 @@ CHECKPOINT_NAME = "checkpoint.pth"
 RANKS_KEY = "world_size"  # config.json's rank count, beside the configuration's fields
 METRICS_NAME = "metrics.jsonl"
 CURVES_NAME = "curves.png"
+LOCK_NAME = ".lock"  # held by rank 0 while the run trains (train.utils.folder_lock)
 
 # The embedded default dataset: 10 learnable classes of small ImageNet-like JPEGs.
 EMBEDDED_SPEC = SyntheticSpec(
@@ -1006,6 +1007,11 @@ def _moved_data(
     )
 
 
+def _saved_ranks(state: Mapping[str, Any]) -> int:
+    """The number of ranks a checkpoint ``state`` trained on (older ones: its loader states)."""
+    return int(state.get("world_size", len(state["loader"]) or 1))
+
+
 def check_ranks(state: Mapping[str, Any], path: Path, world: int) -> None:
     """A run stopped mid-epoch continues on as many ranks: each rank's shard depends on them.
 
@@ -1013,7 +1019,7 @@ def check_ranks(state: Mapping[str, Any], path: Path, world: int) -> None:
         ValueError: the checkpoint ``state`` stopped mid-epoch on another number
             of ranks than ``world``; the message gives the command to use.
     """
-    ranks = int(state.get("world_size", len(state["loader"]) or 1))
+    ranks = _saved_ranks(state)
     if state["step"] and ranks != world:
         raise ValueError(
             f"--resume {path} stopped mid-epoch (epoch {state['epoch'] + 1}, step "
@@ -1026,7 +1032,7 @@ def _tell_of_other_ranks(state: Mapping[str, Any], saved: Mapping[str, Any], pat
     """Logs (rank 0) that a run resumed between epochs on another number of ranks keeps its
     learning rate, which the default derived from the old global batch: the flag that sets
     it cannot change on resume, and nothing said the batch had changed under it."""
-    ranks, world = int(state.get("world_size", len(state["loader"]) or 1)), _world_size()
+    ranks, world = _saved_ranks(state), _world_size()
     data, optim = saved.get("data") or {}, saved.get("optim") or {}
     batch, lr = data.get("batch_size"), optim.get("lr")
     if ranks == world or not isinstance(batch, int) or not isinstance(lr, (int, float)):
@@ -1575,10 +1581,10 @@ def drop_unused_run_dir(folder: Path) -> bool:
     for each attempt; the error line's scan writes into a folder of its own making.
     """
     try:
-        if any(entry.name not in ("config.json", ".lock") for entry in folder.iterdir()):
+        if any(entry.name not in ("config.json", LOCK_NAME) for entry in folder.iterdir()):
             return False
         (folder / "config.json").unlink(missing_ok=True)
-        (folder / ".lock").unlink(missing_ok=True)  # train.utils.LOCK_NAME, released
+        (folder / LOCK_NAME).unlink(missing_ok=True)  # released once the run ended
         folder.rmdir()
     except OSError:  # gone already, or something written there meanwhile: keep it
         return False

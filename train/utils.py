@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.distributed as dist
 
+from .config import LOCK_NAME
 from .status import Terminated, leaving, wait_until_left
 
 logger = logging.getLogger(__name__)
@@ -232,10 +233,6 @@ class MetricsError(Exception):
 
 class BusyFolderError(Exception):
     """Another run writes to the output folder now (status 2)."""
-
-
-# The lock a training run holds on its output folder while it runs (rank 0 only).
-LOCK_NAME = ".lock"
 
 
 @contextlib.contextmanager
