@@ -178,6 +178,19 @@ def _samples_signed_or_float(img: Image.Image) -> bool:
     return any(f in SIGNED_OR_FLOAT_SAMPLES for f in formats)
 
 
+def dali_refusal(img: Image.Image) -> str | None:
+    """Why DALI's decoder refuses an image that PIL opened (its header read): another
+    format, a TIFF without BitsPerSample or of signed or float samples; ``None`` where
+    DALI takes it."""
+    if img.format not in DALI_FORMATS:
+        return f"format {img.format} is not one DALI decodes"
+    if img.format == "TIFF" and TIFF_BITS_PER_SAMPLE not in img.tag_v2:
+        return NO_BITS_PER_SAMPLE
+    if img.format == "TIFF" and _samples_signed_or_float(img):
+        return NOT_UNSIGNED_SAMPLES
+    return None
+
+
 def check_image(path: str, *, decode: bool = True, dali: bool = True) -> str | None:
     """Why ``path`` is not a decodable image, or ``None`` when it is.
 
@@ -201,12 +214,9 @@ def check_image(path: str, *, decode: bool = True, dali: bool = True) -> str | N
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # DecompressionBombWarning, EXIF warnings
             with open_image(path) as img:
-                if dali and img.format not in DALI_FORMATS:
-                    return f"format {img.format} is not one DALI decodes"
-                if dali and img.format == "TIFF" and TIFF_BITS_PER_SAMPLE not in img.tag_v2:
-                    return NO_BITS_PER_SAMPLE
-                if dali and img.format == "TIFF" and _samples_signed_or_float(img):
-                    return NOT_UNSIGNED_SAMPLES
+                refused = dali_refusal(img) if dali else None
+                if refused:
+                    return refused
                 if decode:
                     img.load()
                 else:

@@ -665,19 +665,26 @@ def _generate_unlocked(
 
 def _header_size(path: Path, root: Path) -> tuple[int, int]:
     """``(width, height)`` from ``path``'s header; a ``BadImageError`` naming it (and the scan
-    that finds every such file under ``root``) where it is no image."""
+    that finds every such file under ``root``) where it is no image, or one DALI's decoder
+    refuses (a GIF named .JPEG, more than ``MAX_PIXELS`` pixels), which the loaders would
+    meet only in the middle of a measurement."""
     from dali_cutmix.files import BadImageError, header_words, scan_hint, what_is_wrong
+    from dali_cutmix.scan import TooManyPixelsError, dali_refusal, open_image
 
     try:
-        with Image.open(path) as image:
-            return image.size
+        with open_image(path) as image:
+            header = dali_refusal(image)
+            if header is None:
+                return image.size
+    except TooManyPixelsError as error:
+        header = str(error)
     except (OSError, SyntaxError, ValueError) as error:  # UnidentifiedImageError: an OSError
         # the loaders' and the scan's words for it
         header = header_words(f"{type(error).__name__}: {error}".splitlines()[0])
-        raise BadImageError(
-            f"{str(path)!r} {what_is_wrong(path)} (its header: {header}). " + scan_hint(root),
-            path=str(path),
-        ) from None
+    raise BadImageError(
+        f"{str(path)!r} {what_is_wrong(path)} (its header: {header}). " + scan_hint(root),
+        path=str(path),
+    ) from None
 
 
 def dataset_stats(

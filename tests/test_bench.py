@@ -202,6 +202,34 @@ def test_a_file_that_is_no_image_ends_the_command_with_one_line(
     assert not (tmp_path / "out").exists()  # nothing measured, no folder left
 
 
+def test_a_file_dali_does_not_decode_ends_the_command_before_any_measurement(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    # A GIF named .JPEG, and a .bmp that holds one (ImageFolder lists it, the statistics
+    # looked only at .jpg/.jpeg/.png): PIL read their headers, so the run went through the
+    # torchvision rows and stopped at its first DALI measurement, minutes later.
+    from PIL import Image
+
+    root = build_image_folder(tmp_path / "data", classes=2, per_class=2, extras=False)
+    monkeypatch.setattr(
+        "pipelines.bench.measure.measure_sections", lambda *a, **k: pytest.fail("it measured")
+    )
+    argv = ["--data", str(root), "--device", "cpu", "--out", str(tmp_path / "out")]
+    argv += ["--batch-size", "2", "--sweeps", "loaders"]
+    for bad in (root / "n00000000" / "a.JPEG", root / "n00000001" / "b.bmp"):
+        Image.new("RGB", (8, 8)).save(bad, format="GIF")
+        with pytest.raises(SystemExit) as caught:
+            cli.main(argv)
+        assert caught.value.code == 2
+        line = capsys.readouterr().err.splitlines()[-1]
+        assert line.startswith(
+            f"python -m pipelines.bench: error: {str(bad)!r} is not a decodable image "
+            "(its header: format GIF is not one DALI decodes). Find every bad file with: "
+        )
+        assert not (tmp_path / "out").exists()
+        bad.unlink()
+
+
 @pytest.mark.slow
 def test_a_truncated_file_stops_the_run_at_its_first_measurement_in_one_line(
     tmp_path: Path, capsys

@@ -344,6 +344,35 @@ def test_stats_name_a_file_that_is_no_image(tmp_path: Path) -> None:
     )
 
 
+def test_stats_name_a_file_dali_refuses_from_its_header(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PIL opens a GIF named .JPEG and a header over DALI's pixel limit: the statistics,
+    # the benchmark's header pass, called them good, and its DALI rows met them later.
+    import dali_cutmix.scan as scan_module
+
+    root = build_image_folder(tmp_path / "train", classes=2, per_class=2, extras=False)
+    files = sorted(root.rglob("*.JPEG"))
+    Image.new("RGB", (8, 8)).save(files[1], format="GIF")
+    with pytest.raises(BadImageError) as caught:
+        dataset_stats(root)
+    assert caught.value.path == str(files[1])
+    assert str(caught.value).startswith(
+        f"{str(files[1])!r} is not a decodable image (its header: format GIF is not one DALI "
+        f"decodes). Run `python -m dali_cutmix.scan {root} --out DIR`"
+    )
+    files[1].unlink()
+    monkeypatch.setattr(scan_module, "MAX_PIXELS", 1000)  # in place of a 1 G pixel image
+    with Image.open(files[0]) as img:
+        width, height = img.size
+    with pytest.raises(BadImageError) as caught:
+        dataset_stats(root)
+    assert str(caught.value).startswith(
+        f"{str(files[0])!r} is not a decodable image (its header: {width} x {height} pixels, "
+        "more than the 1,000 (2**30) DALI's decoder takes). Run"
+    )
+
+
 @pytest.mark.parametrize(
     ("breaks", "what"),
     [

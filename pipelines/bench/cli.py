@@ -158,6 +158,9 @@ def _dataset(config: BenchConfig) -> tuple[Path, dict[str, Any]]:
             raise DatasetUnusable(str(error)) from None
         source = f"generated: {spec.to_dict()}"
     try:
+        # every header the loaders will read (ImageFolder's listing where no list names the
+        # files): a file DALI refuses ends the run here, not after the torchvision rows
+        files = files if files is not None else list_image_folder(root).paths
         stats = dataset_stats(root, files=files).to_dict()
     except BadImageError:  # said with the way on, by the caller
         raise
