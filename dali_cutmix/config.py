@@ -380,8 +380,10 @@ MAX_RA_NUM_OPS = 16
 class AugmentConfig:
     """Per-sample augmentations between the random-resized crop and the mixing.
 
-    The order is torchvision's: crop, flip, ``auto_augment`` (uint8 pixels),
-    normalize, RandomErasing (normalized pixels), then CutMix/MixUp on the batch.
+    The order is torchvision's: crop, ``auto_augment`` (uint8 pixels), normalize,
+    RandomErasing (normalized pixels), then CutMix/MixUp on the batch. The flip is
+    fused into the normalization, after ``auto_augment`` (whose warps take either sign
+    alike, so that changes no distribution; README: the recipe).
 
     Attributes:
         auto_augment: a policy, or ``None`` for none.
@@ -524,6 +526,8 @@ def timm_auto_augment(spec: str) -> dict[str, Any]:
             (``mstd`` > 0), ``mmax``, op weights (``w``) or probability (``p``),
             timm's own policies (``v0``, ``v0r``, ``originalr``) and AugMix.
     """
+    if not isinstance(spec, str):  # None, 5: an AttributeError on strip
+        raise ValueError(f"--aa must be a string such as 'rand-m9-n2-inc1', got {spec!r}")
     parts = spec.strip().split("-")
     name, options = parts[0], parts[1:]
     if name == "augmix":
@@ -543,11 +547,10 @@ def timm_auto_augment(spec: str) -> dict[str, Any]:
             "ra_increasing": False,
         }
     for option in options:
-        key, value = (
-            re.fullmatch(r"([a-z]+)(.*)", option).groups() if option[:1].isalpha() else ("", option)
-        )
+        # "M9" (a capital: no match for [a-z], an AttributeError) is refused as timm does
+        key, value = re.fullmatch(r"([A-Za-z]*)(.*)", option, flags=re.DOTALL).groups()
         if key == "mstd":
-            if float(value or "nan") != 0:
+            if not re.fullmatch(r"0*\.?0*", value) or not value.strip("."):
                 raise ValueError(
                     f"--aa {spec}: magnitude noise ({option}) cannot be honoured, DALI's "
                     f"RandAugment uses one fixed magnitude; drop it or write mstd0"

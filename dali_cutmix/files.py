@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import errno
 import logging
+import numbers
 import os
 import re
 import shlex
@@ -854,12 +855,22 @@ def write_file_list(path: str | os.PathLike[str], entries: Iterable[tuple[str, i
     half-overwritten.
 
     Raises:
-        DatasetError: a path that such a line cannot hold (named).
+        DatasetError: a path that such a line cannot hold, or a label that is no int
+            from 0 to :data:`MAX_LABEL` (named): :func:`read_file_list` would refuse it.
     """
     entries = list(entries)
-    for file_path, _ in entries:
+    for file_path, label in entries:
         if not listable(file_path):
             raise DatasetError(f"{file_path!r}: {UNLISTABLE}.")
+        if (
+            isinstance(label, bool)
+            or not isinstance(label, numbers.Integral)
+            or not 0 <= label <= MAX_LABEL
+        ):
+            raise DatasetError(
+                f"{file_path!r}: label {label!r} is no int from 0 to {MAX_LABEL}, which a file "
+                "list's line holds."
+            )
     lines = "".join(f"{p} {label}\n" for p, label in entries)
     write_whole(
         path, lambda part: part.write_text(lines, encoding="utf-8", errors="surrogateescape")

@@ -107,6 +107,13 @@ class DaliLoader:
         settings: JSON-able values that fix the data stream besides the
             checkpoint (seed, sharding, dataset size); saved in
             :meth:`state_dict` and required to match in :meth:`load_state_dict`.
+        recipe: JSON-able values of what the pipeline computes that a state may be
+            restored under when they differ (crop size, mixing strength): saved in
+            :meth:`state_dict`; :meth:`load_state_dict` warns of each one that differs.
+
+    Raises:
+        ValueError: the pipeline lacks ``enable_checkpointing=True``, ``pad_last_batch``
+            on its reader, or has not two outputs.
 
     Attributes:
         batch_size: samples per full batch.
@@ -124,6 +131,7 @@ class DaliLoader:
         classes: list[str],
         explain: Callable[[Exception], Exception] | None = None,
         settings: dict[str, Any] | None = None,
+        recipe: dict[str, Any] | None = None,
     ) -> None:
         self._build = build
         self._reader_name = reader_name
@@ -132,6 +140,7 @@ class DaliLoader:
         self.num_classes = len(self.classes)
         self._explain = explain
         self._settings = dict(settings or {})
+        self._recipe = dict(recipe or {})
         self._failure: Exception | None = None
         self._pipe: Pipeline | None = None
         self._iterator = self._guard(lambda: self._new_iterator(None))
@@ -153,6 +162,8 @@ class DaliLoader:
     def _new_iterator(self, checkpoint: str | None) -> DALIGenericIterator:
         self._release()
         self._pipe = self._build(checkpoint)
+        self._pipe.build()
+        self._check_pipeline(self._pipe)
         return DALIGenericIterator(
             self._pipe,
             list(_OUTPUTS),
@@ -160,6 +171,21 @@ class DaliLoader:
             last_batch_policy=LastBatchPolicy.PARTIAL,  # see LastBatch
             auto_reset=False,
         )
+
+    def _check_pipeline(self, pipe: Pipeline) -> None:
+        """What the loader needs of ``build``'s pipeline, refused at once: without it an
+        epoch repeated some images and left out others (no ``pad_last_batch``), the first
+        ``state_dict()``, hours in, failed (no checkpointing), or a batch failed with an
+        ``IndexError`` (other outputs)."""
+        wanted = []
+        if not getattr(pipe, "_enable_checkpointing", True):  # DALI keeps it private
+            wanted.append("enable_checkpointing=True (for state_dict)")
+        if not pipe.reader_meta(self._reader_name).get("pad_last_batch", 1):
+            wanted.append(f"pad_last_batch=True on its reader {self._reader_name!r}")
+        if pipe.num_outputs != len(_OUTPUTS):
+            wanted.append(f"two outputs, images and targets (it has {pipe.num_outputs})")
+        if wanted:
+            raise ValueError(f"a DaliLoader's pipeline needs {'; '.join(wanted)}")
 
     def _release(self) -> None:
         """Shuts the current pipeline down before another one is built.
@@ -271,7 +297,15 @@ class DaliLoader:
                     f"DALI ended the epoch after {self._done} of {self._length} batches"
                 ) from None
             self._done += 1
-            yield batch["images"], batch["targets"]
+            targets = batch["targets"]
+            soft = targets.ndim == 2 and targets.is_floating_point()  # not [B, 1] labels
+            if soft and targets.shape[1] != self.num_classes:
+                raise ValueError(
+                    f"the pipeline's targets have {targets.shape[1]} columns but the loader "
+                    f"was given {self.num_classes} classes; give the classes of the "
+                    "pipeline's mixing (num_classes)"
+                )
+            yield batch["images"], targets
         self._finish_epoch()
 
     def state_dict(self) -> dict[str, Any]:
@@ -291,6 +325,7 @@ class DaliLoader:
             "num_batches": self._length,
             "batch_size": self.batch_size,
             "settings": self._settings,
+            "recipe": self._recipe,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -349,6 +384,7 @@ class DaliLoader:
                 f"DALI cannot restore ({first}); build the loader with the settings of the "
                 "saved run"
             ) from None
+        self._tell_of_other_recipe(state.get("recipe"))
         self._epoch = int(state["epoch"])
         self._done = int(state["batches_done"])
         # Epoch 0: saved before the first iter(), at the start of the stream, whose next
@@ -358,6 +394,26 @@ class DaliLoader:
         # the loader that saved it (it yielded the empty rest of the saved epoch first).
         self._resuming = not self._finished
         self._iterators += 1  # an iterator from before the load reads another stream now
+
+    def _tell_of_other_recipe(self, saved: Any) -> None:
+        """Warns of each recipe value (crop size, mixing strength) that the state was saved
+        under and this loader does not have: DALI restores the reader's position and random
+        streams into the same graph, and the batches follow this loader's values, as a
+        change on purpose wants; by mistake, it would go unseen."""
+        if not isinstance(saved, Mapping) or not self._recipe:  # a state from before recipes
+            return
+        was, now = _flat(saved), _flat(self._recipe)
+        differ = [
+            f"{key}={was.get(key)!r} (this loader: {now.get(key)!r})"
+            for key in sorted(was.keys() | now.keys())
+            if was.get(key) != now.get(key)
+        ]
+        if differ:
+            logger.warning(
+                "the loader state was saved with %s; the batches from here follow this "
+                "loader's settings",
+                ", ".join(differ),
+            )
 
     def __repr__(self) -> str:
         info = {
@@ -369,3 +425,14 @@ class DaliLoader:
             "last_batch": self.last_batch.value,
         }
         return f"DaliLoader({json.dumps(info)[1:-1]})"
+
+
+def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"mix": {"cutmix_alpha": 1.0}}`` as ``{"mix.cutmix_alpha": 1.0}``."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            flat |= _flat(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -46,6 +46,7 @@ import itertools
 import json
 import logging
 import math
+import numbers
 import os
 import shutil
 import tempfile
@@ -157,8 +158,9 @@ class SyntheticSpec:
     def __post_init__(self) -> None:
         for name in ("num_classes", "train_per_class", "val_per_class", "seed", "quality"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise ValueError(f"{name} must be an int, got {value!r}")
+            object.__setattr__(self, name, int(value))  # NumPy's: JSON's in the manifest
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
         if self.train_per_class < 1 or self.val_per_class < 1:
@@ -171,8 +173,10 @@ class SyntheticSpec:
         if not 1 <= self.quality <= 100:
             raise ValueError(f"quality must be in [1, 100], got {self.quality}")
         scale = self.size_scale
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
             raise ValueError(f"size_scale must be a number in (0, 4], got {scale!r}")
+        if not isinstance(scale, (int, float)):  # NumPy's
+            object.__setattr__(self, "size_scale", scale := float(scale))
         if not 0.0 < scale <= 4.0:
             raise ValueError(f"size_scale must be in (0, 4], got {scale!r}")
 
@@ -512,8 +516,10 @@ def generate(
         ValueError: ``root`` exists but is not a finished folder of this spec
             (it is never deleted: it may be someone's data); or its disk cannot hold
             the set (estimated before a file is written, or filled while it was
-            written), ending with ``no_room``.
+            written), ending with ``no_room``; ``spec`` is no :class:`SyntheticSpec`.
     """
+    if not isinstance(spec, SyntheticSpec):  # an AttributeError on num_images
+        raise ValueError(f"spec must be a SyntheticSpec, got {spec!r}")
     root = Path(root)
     if is_complete(root, spec):
         _check_intact(root)
@@ -694,16 +700,21 @@ def dataset_stats(
     limit: int | None = None,
     files: Sequence[str | os.PathLike[str]] | None = None,
 ) -> DatasetStats:
-    """Sizes and file sizes of the JPEGs under ``root`` (any ImageNet-style folder).
+    """Sizes and file sizes of the images under ``root`` (any ImageNet-style folder).
 
     Args:
         root: a folder with ``train/`` and ``val/``, or a single split folder.
         split: only ``root/<split>``.
-        limit: look at most at this many files (evenly spaced), for big folders.
+        limit: look at most at this many files (evenly spaced, at least 1), for big
+            folders.
         files: these files (a file list's), not every image under ``root``.
 
     Only image headers are read, so this is fast even for ImageNet itself.
     """
+    if limit is not None and (
+        isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 1
+    ):  # 0 was numpy's AxisError
+        raise ValueError(f"limit must be an int >= 1 or None, got {limit!r}")
     base = Path(root) / split if split else Path(root)
     if files is None:
         files = sorted(p for p in base.rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import json
 import logging
 import math
 import os
@@ -630,6 +631,14 @@ def _fitting_batch(images: ImageList, batch_size: int, num_shards: int, policy: 
     )
 
 
+def _recipe(options: ImageNetOptions) -> dict[str, Any]:
+    """What ``options`` compute besides ``train`` (crop size, mixing, augmentation), JSON's
+    values as a saved state holds them: a loader warns when a state was saved under others."""
+    recipe = json.loads(json.dumps(dataclasses.asdict(options)))
+    del recipe["train"]  # a setting, which must match
+    return recipe
+
+
 def make_loader(
     root: str | os.PathLike[str] | None = None,
     options: ImageNetOptions | None = None,
@@ -703,9 +712,9 @@ def make_loader(
     _check_instance("decoder", decoder, GpuDecoderOptions)
     options = imagenet_options(options, **fields)
     train = options.train
-    policy = _enum(
-        LastBatch, "last_batch", last_batch or (LastBatch.DROP if train else LastBatch.PARTIAL)
-    )
+    if last_batch is None:  # "" is refused as a value, not taken for the default
+        last_batch = LastBatch.DROP if train else LastBatch.PARTIAL
+    policy = _enum(LastBatch, "last_batch", last_batch)
     shard_id, num_shards = resolve_shard(shard_id, num_shards)
     # before the listing, which takes a while on ImageNet: "gpu" without CUDA is refused at once
     dali_device = dali_device_id(device, device_id)
@@ -744,6 +753,7 @@ def make_loader(
             "num_images": len(images),
             "num_classes": images.num_classes,
         },
+        recipe=_recipe(options),
     )
     logger.info(
         "%s loader, shard %d/%d: %r",

@@ -394,6 +394,12 @@ def test_timm_auto_augment_strings(spec: str, fields: dict) -> None:
         ("rand-m9-w0", "'w0' cannot be honoured"),
         # a graph of 1,000,000 ops took days to build
         ("rand-m9-n17", "^--aa rand-m9-n17: at most 16 ops \\(n16; each adds about 0.35 s"),
+        # a capital letter (timm refuses it too) was an AttributeError, also from train's --aa
+        ("rand-M9", "^--aa rand-M9: 'M9' cannot be honoured; supported: rand-m<M>"),
+        ("rand-m9-Inc1", "^--aa rand-m9-Inc1: 'Inc1' cannot be honoured"),
+        ("rand-mstd", "magnitude noise \\(mstd\\) cannot be honoured"),
+        (5, "^--aa must be a string such as 'rand-m9-n2-inc1', got 5$"),
+        (None, "^--aa must be a string such as 'rand-m9-n2-inc1', got None$"),
     ],
 )
 def test_timm_strings_dali_cannot_honour_are_refused(spec: str, message: str) -> None:

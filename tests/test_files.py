@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import build_image_folder, write_image
 from torchvision.datasets import ImageFolder
@@ -217,6 +218,21 @@ def test_file_list_is_utf_8_whatever_the_locale_and_a_bom_is_dropped(tmp_path: P
     odd = os.fsdecode(b"caf\xe9.JPEG")
     write_file_list(listed, [(str(tmp_path / odd), 0)])
     assert read_file_list(listed).paths == (str(tmp_path / odd),)
+
+
+@pytest.mark.parametrize("label", [1.5, "cat", True, -1, 2**31, None])
+def test_a_label_no_list_line_holds_is_refused_before_writing(tmp_path: Path, label) -> None:
+    # 1.5, "cat", True and -1 were written as they came: read_file_list refused the list
+    listed = tmp_path / "files.txt"
+    listed.write_text("kept 0\n")
+    with pytest.raises(DatasetError) as caught:
+        write_file_list(listed, [("a.JPEG", 0), ("b.JPEG", label)])
+    assert str(caught.value) == (
+        f"'b.JPEG': label {label!r} is no int from 0 to 2147483647, which a file list's line holds."
+    )
+    assert listed.read_text() == "kept 0\n"
+    write_file_list(listed, [("a.JPEG", np.int64(3)), ("b.JPEG", 2**31 - 1)])
+    assert listed.read_text() == f"a.JPEG 3\nb.JPEG {2**31 - 1}\n"
 
 
 @pytest.mark.parametrize(

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import weakref
 from pathlib import Path
+from typing import Any
 
+import nvidia.dali.fn as fn
 import pytest
 import torch
 from conftest import Batch, build_image_folder, same_batches, small_loader
+from nvidia.dali import pipeline_def
 
 from dali_cutmix import MixConfig
 from dali_cutmix.files import BadImageError
@@ -212,6 +216,81 @@ def test_state_from_another_setting_is_refused(folder: Path) -> None:
         _train_loader(folder).load_state_dict(damaged)
 
 
+def test_a_state_of_another_recipe_loads_with_a_warning_naming_what_differs(
+    folder: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Another crop size or mixing strength fits the same graph: DALI restored it without a
+    # word, and a wrong recipe passed by mistake went unseen. A change on purpose (a larger
+    # crop late in training) goes on, with the batches of the new recipe.
+    first = _train_loader(folder)
+    next(iter(first))
+    state = first.state_dict()
+    assert state["recipe"]["crop_size"] == 16 and state["recipe"]["mix"]["cutmix_alpha"] == 1.0
+    mix = MixConfig(num_classes=3, mixup_alpha=0.4, cutmix_alpha=0.3, prob=0.8)
+    other = _train_loader(folder, crop_size=24, mix=mix)
+    caplog.set_level(logging.WARNING, logger="dali_cutmix.loader")
+    other.load_state_dict(state)
+    assert [r.getMessage() for r in caplog.records] == [
+        "the loader state was saved with crop_size=16 (this loader: 24), mix.cutmix_alpha=1.0 "
+        "(this loader: 0.3); the batches from here follow this loader's settings"
+    ]
+    assert next(iter(other))[0].shape == (4, 3, 24, 24)
+    caplog.clear()
+    _train_loader(folder).load_state_dict(state)  # the same recipe: not a word
+    _train_loader(folder).load_state_dict({k: v for k, v in state.items() if k != "recipe"})
+    assert caplog.records == []
+
+
+def _raw_loader(files: list[str], **pipeline: Any) -> DaliLoader:
+    """A DaliLoader over a user's own pipeline: the reader's and pipeline's settings given."""
+    reader = pipeline.pop("reader", {})
+    outputs = pipeline.pop("outputs", 2)
+
+    @pipeline_def(batch_size=4, num_threads=1, device_id=None, **pipeline)
+    def build() -> Any:
+        jpegs, labels = fn.readers.file(
+            files=files, labels=list(range(len(files))), name="reader", **reader
+        )
+        images = fn.resize(fn.decoders.image(jpegs), size=[8, 8])
+        return (images, labels, labels)[:outputs]
+
+    return DaliLoader(
+        build=lambda checkpoint: build(checkpoint=checkpoint),
+        reader_name="reader",
+        classes=[str(i) for i in range(len(files))],
+    )
+
+
+def test_a_pipeline_without_what_the_loader_needs_is_refused_when_built(folder: Path) -> None:
+    # Without pad_last_batch an epoch repeated some images and left out others, without
+    # checkpointing the first state_dict() failed (hours in), another output count was an
+    # IndexError or KeyError at the first batch.
+    files = sorted(str(p) for p in folder.rglob("*.JPEG"))[:11]
+    good = {"enable_checkpointing": True, "reader": {"pad_last_batch": True}}
+    loader = _raw_loader(files, **good)
+    assert [len(t) for _, t in loader] == [4, 4, 3]
+    with pytest.raises(ValueError) as caught:
+        _raw_loader(files, enable_checkpointing=False, outputs=3)
+    assert str(caught.value) == (
+        "a DaliLoader's pipeline needs enable_checkpointing=True (for state_dict); "
+        "pad_last_batch=True on its reader 'reader'; two outputs, images and targets (it has 3)"
+    )
+    with pytest.raises(ValueError, match="needs two outputs, images and targets \\(it has 1\\)$"):
+        _raw_loader(files, outputs=1, **good)
+
+
+def test_targets_of_another_width_than_the_classes_are_refused(folder: Path) -> None:
+    # A mix of 3 classes behind a loader given 2 class names: "classes: 2", without a word.
+    mixed = _train_loader(folder)
+    mixed.classes, mixed.num_classes = ["a", "b"], 2
+    with pytest.raises(ValueError) as caught:
+        next(iter(mixed))
+    assert str(caught.value) == (
+        "the pipeline's targets have 3 columns but the loader was given 2 classes; give "
+        "the classes of the pipeline's mixing (num_classes)"
+    )
+
+
 def test_old_states_load_unless_they_carry_the_sharded_drop_leak(folder: Path) -> None:
     # Version 1 ran DALI's DROP policy; its saved epoch size brought the leak of a padded
     # batch back into a resumed run on several shards, so only those states are refused.
@@ -282,3 +361,6 @@ def test_drop_epochs_partition_the_shuffled_images_over_shards(
 def test_unknown_policy_is_refused(folder: Path) -> None:
     with pytest.raises(ValueError, match="last_batch must be one of 'drop', 'partial', got 'fill'"):
         small_loader(folder, train=False, last_batch="fill")
+    # "" was taken for the default (``last_batch or ...``)
+    with pytest.raises(ValueError, match="last_batch must be one of 'drop', 'partial', got ''"):
+        small_loader(folder, train=False, last_batch="")

@@ -453,6 +453,26 @@ def test_bad_spec(field: str, value, message: str) -> None:
         SyntheticSpec(**{field: value})
 
 
+def test_numpy_numbers_make_the_spec_python_s(tmp_path: Path) -> None:
+    # np.int64(3) was refused as "must be an int" (MixConfig and make_loader take it)
+    spec = SyntheticSpec(num_classes=np.int64(3), seed=np.int32(1), size_scale=np.float32(0.5))
+    assert spec == SyntheticSpec(num_classes=3, seed=1, size_scale=0.5)
+    assert type(spec.num_classes) is int and type(spec.size_scale) is float
+    assert json.dumps(spec.to_dict())  # JSON's numbers, for the manifest
+    with pytest.raises(ValueError, match="^spec must be a SyntheticSpec, got 'spec'$"):
+        generate(tmp_path / "x", "spec")  # an AttributeError on num_images
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("limit", [0, -1, 2.5, True])
+def test_stats_refuse_a_limit_of_no_file(tmp_path: Path, limit) -> None:
+    # 0 was numpy's "AxisError: axis 1 is out of bounds for array of dimension 1"
+    root = build_image_folder(tmp_path / "train", classes=2, per_class=2, extras=False)
+    with pytest.raises(ValueError, match=f"^limit must be an int >= 1 or None, got {limit!r}$"):
+        dataset_stats(root, limit=limit)
+    assert dataset_stats(root, limit=1).num_images == 1
+
+
 def test_cli(tmp_path: Path, capsys) -> None:
     assert (
         synthetic.main(
