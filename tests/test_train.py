@@ -713,6 +713,36 @@ def _first_save_fails(monkeypatch: pytest.MonkeyPatch, errno_: int, strerror: st
     monkeypatch.setattr(train.trainer, "save_checkpoint", fails)
 
 
+def test_resuming_a_copy_kept_in_the_run_folder_is_refused_not_run_over_the_newer_one(
+    tiny: Path, tmp_path: Path, capsys
+) -> None:
+    # The copy was taken for the run's own checkpoint: continuing it overwrote the newer
+    # checkpoint.pth and dropped the later epochs from metrics.jsonl ("the run ended before
+    # it was written"). As with --output-dir naming the folder, it is refused.
+    out = tmp_path / "run"
+    assert main(_argv(tiny, out, "--epochs", "1")) == 0
+    shutil.copy(out / "checkpoint.pth", out / "ep1.pth")
+    assert main(["--resume", str(out), "--epochs", "2"]) == 0
+    saved, records = (out / "checkpoint.pth").read_bytes(), _records(out)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as caught:
+        main(["--resume", str(out / "ep1.pth"), "--epochs", "2"])
+    assert caught.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"python -m train: error: --resume {out / 'ep1.pth'} is not {out / 'checkpoint.pth'}, "
+        "the checkpoint of the run in that folder, which continuing it there would overwrite "
+        "(with the run's later epochs in metrics.jsonl); continue it in another folder with "
+        "--output-dir NEW_FOLDER, or continue the run itself with: python -m train --resume "
+        f"{out / 'checkpoint.pth'}"
+    )
+    assert (out / "checkpoint.pth").read_bytes() == saved and _records(out) == records
+    other = tmp_path / "from-ep1"  # the way the line gives
+    assert (
+        main(["--resume", str(out / "ep1.pth"), "--epochs", "2", "--output-dir", str(other)]) == 0
+    )
+    assert [r["epoch"] for r in _records(other)] == [2]  # its own record from the copy on
+
+
 def test_a_full_disk_at_the_first_checkpoint_leaves_nothing_that_blocks_running_again(
     tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
@@ -1656,6 +1686,24 @@ def test_a_run_started_in_a_folder_another_run_writes_to_now_is_refused(
     assert main(argv) == 0  # released: the run goes on, and releases it in turn
     assert main([*argv[:-2], "--epochs", "2", "--resume", str(out)]) == 0
     assert [r["epoch"] for r in _records(out)] == [1, 2]
+
+
+def test_partial_checkpoints_of_any_host_go_once_a_run_holds_the_folder(
+    tiny: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Only a partial file of this host's dead process was removed: after a restart under
+    # another host name (a new pod), each kill mid-save left up to a whole checkpoint for good.
+    out = tmp_path / "run"
+    argv = _argv(tiny, out, "--epochs", "1")
+    assert main(argv) == 0
+    other_host = out / ".checkpoint.pth.tmp-oldpod-7f9c-4242"
+    other_host.write_bytes(bytes(2_000_000))
+    caplog.set_level(logging.INFO, logger="train.checkpoint")
+    assert main([*argv[:-2], "--epochs", "2", "--resume", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".lock"]
+    assert f"removed {other_host} (2.0 MB), left by a run killed while writing it" in [
+        r.getMessage() for r in caplog.records
+    ]
 
 
 def test_a_rank_left_by_a_killed_rank_says_so_in_one_line(

@@ -365,9 +365,19 @@ def test_a_new_run_refuses_a_folder_holding_another_run(tmp_path: Path, capsys) 
     run.mkdir()
     (run / "metrics.jsonl").write_text("")
     err = _refused(["--device", "cpu", "--output-dir", str(run)], capsys)
+    # metrics alone: a run killed before its first checkpoint was whole (SIGKILL, OOM); the
+    # line said only "already holds a run (metrics.jsonl)", and --resume found no checkpoint
     assert err == (
-        f"python -m train: error: --output-dir {run} already holds a run (metrics.jsonl); "
-        "give another folder\n"
+        f"python -m train: error: --output-dir {run} already holds a run that wrote no "
+        "checkpoint.pth (metrics.jsonl only: it ended before its first checkpoint was written "
+        "whole, so it cannot be continued); give another folder, or delete that one to start "
+        "again there\n"
+    )
+    assert _refused(["--resume", str(run)], capsys) == (
+        f"python -m train: error: --resume {run}: a folder without a checkpoint.pth; give the "
+        "checkpoint file of a run (RUN_DIR/checkpoint.pth) or its folder (its metrics.jsonl "
+        "is of a run that ended before its first checkpoint was written whole: there is "
+        "nothing to continue)\n"
     )
     (run / "checkpoint.pth").write_bytes(b"")
     err = _refused(["--device", "cpu", "--output-dir", str(run), "--epochs", "2"], capsys)

@@ -8,6 +8,7 @@ pickled code.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import socket
@@ -28,13 +29,21 @@ __all__ = [
 ]
 
 
+logger = logging.getLogger(__name__)
+
+
 class CheckpointError(Exception):
     """A checkpoint that reads but cannot be used (its weights fit no model of its config)."""
 
 
+def _partial_prefix(path: Path) -> str:
+    """The start of the names of ``path``'s temporary files, of any host and process."""
+    return f".{path.name}.tmp-"
+
+
 def _temporary(path: Path, pid: int | str) -> Path:
     # Host and pid in the name: ranks on several machines may share the folder.
-    return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{pid}")
+    return path.with_name(f"{_partial_prefix(path)}{socket.gethostname()}-{pid}")
 
 
 def _alive(pid: int) -> bool:
@@ -45,6 +54,22 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # someone else's process
         return True
     return True
+
+
+def remove_partial_checkpoints(folder: Path) -> None:
+    """Deletes every partial temporary checkpoint file in ``folder``, of any host: called
+    by a run that holds the folder's lock, where no other run writes. Those of another
+    host name (a new pod or container after a restart) were kept for good, up to a whole
+    checkpoint each, since :func:`_remove_stale` cannot tell whether their process lives."""
+    for partial in folder.glob(_partial_prefix(folder / CHECKPOINT_NAME) + "*"):
+        try:
+            size = partial.stat().st_size
+            partial.unlink()
+        except OSError:  # gone meanwhile, or not ours to delete: the save goes on without it
+            continue
+        logger.info(
+            "removed %s (%.1f MB), left by a run killed while writing it", partial, size / 1e6
+        )
 
 
 def _remove_stale(path: Path) -> None:

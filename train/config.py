@@ -1185,10 +1185,16 @@ def resume_config(args: argparse.Namespace, typed: Mapping[str, str]) -> TrainCo
     path = args.resume
     if path.is_dir():  # a run's folder: the checkpoint it holds
         if not (path / CHECKPOINT_NAME).is_file():
-            raise ValueError(
+            message = (
                 f"--resume {path}: a folder without a {CHECKPOINT_NAME}; give the checkpoint "
                 "file of a run (RUN_DIR/checkpoint.pth) or its folder"
             )
+            if (path / METRICS_NAME).is_file():
+                message += (
+                    f" (its {METRICS_NAME} is of a run that ended before its first checkpoint "
+                    "was written whole: there is nothing to continue)"
+                )
+            raise ValueError(message)
         path = path / CHECKPOINT_NAME
     if not path.is_file():
         raise ValueError(f"--resume {path}: no such checkpoint file")
@@ -1607,11 +1613,36 @@ def _check_folders(config: TrainConfig) -> None:
     if config.test_only:  # writes test.json only
         return
     held = [name for name in (METRICS_NAME, CHECKPOINT_NAME) if (out / name).exists()]
-    own = config.resume is not None and config.resume.resolve().parent == out.resolve()
-    if held and not own:
-        files = " and ".join(held)
-        message = f"--output-dir {out} already holds a run ({files}); give another folder"
-        if CHECKPOINT_NAME in held:
-            continue_it = resume_command(out / CHECKPOINT_NAME, _world_size())
-            message += f", or continue that run with: {continue_it}"
-        raise ValueError(message)
+    if not held:
+        return
+    checkpoint = out / CHECKPOINT_NAME
+    if config.resume is not None and config.resume.resolve().parent == out.resolve():
+        if CHECKPOINT_NAME not in held or _same_file(config.resume, checkpoint):
+            return  # the run's own checkpoint (or the one it has, renamed)
+        # a copy kept beside it (ep1.pth): continuing overwrote the run's newer checkpoint
+        # and dropped its later epochs from metrics.jsonl, said to be "not written"
+        raise ValueError(
+            f"--resume {config.resume} is not {checkpoint}, the checkpoint of the run in that "
+            "folder, which continuing it there would overwrite (with the run's later epochs in "
+            f"{METRICS_NAME}); continue it in another folder with --output-dir NEW_FOLDER, or "
+            f"continue the run itself with: {resume_command(checkpoint, _world_size())}"
+        )
+    if held == [METRICS_NAME]:  # killed before its first checkpoint was whole (SIGKILL, OOM)
+        raise ValueError(
+            f"--output-dir {out} already holds a run that wrote no {CHECKPOINT_NAME} ("
+            f"{METRICS_NAME} only: it ended before its first checkpoint was written whole, "
+            "so it cannot be continued); give another folder, or delete that one to start "
+            "again there"
+        )
+    files = " and ".join(held)
+    message = f"--output-dir {out} already holds a run ({files}); give another folder"
+    if CHECKPOINT_NAME in held:
+        message += f", or continue that run with: {resume_command(checkpoint, _world_size())}"
+    raise ValueError(message)
+
+
+def _same_file(path: Path, other: Path) -> bool:
+    try:
+        return os.path.samefile(path, other)
+    except OSError:  # one of them gone: checked elsewhere
+        return False

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import torch
 from dali_cutmix.cli import write_json
 from dali_cutmix.files import DatasetError, counted
 
-from .checkpoint import load_checkpoint, load_weights
+from .checkpoint import load_checkpoint, load_weights, remove_partial_checkpoints
 from .config import CURVES_NAME, METRICS_NAME, Device, TrainConfig
 from .data import build_val_loader, data_failure, prepare_dataset
 from .engine import LoaderError, evaluate, settled
@@ -188,12 +189,18 @@ def run(config: TrainConfig) -> RunResult:
         cleanup_distributed(info)
 
 
-def _locked(config: TrainConfig, info: DistInfo) -> contextlib.AbstractContextManager[None]:
+@contextlib.contextmanager
+def _locked(config: TrainConfig, info: DistInfo) -> Iterator[None]:
     """Rank 0's lock on the output folder while it trains (:func:`train.utils.folder_lock`);
-    ``--test-only`` writes its test.json alone and takes none."""
-    if info.is_main and not config.test_only:
-        return folder_lock(config.output_dir)
-    return contextlib.nullcontext()
+    ``--test-only`` writes its test.json alone and takes none. Held, no other run writes
+    there: every partial checkpoint file there is a killed run's, removed."""
+    if not info.is_main or config.test_only:
+        yield
+        return
+    with folder_lock(config.output_dir) as locked:
+        if locked:
+            remove_partial_checkpoints(config.output_dir)
+        yield
 
 
 def _run(config: TrainConfig, info: DistInfo) -> RunResult:

@@ -236,8 +236,9 @@ class BusyFolderError(Exception):
 
 
 @contextlib.contextmanager
-def folder_lock(folder: Path) -> Iterator[None]:
-    """Holds an exclusive lock on ``folder`` (made if missing) while the block runs.
+def folder_lock(folder: Path) -> Iterator[bool]:
+    """Holds an exclusive lock on ``folder`` (made if missing) while the block runs; gives
+    whether it is locked (``False`` where the file system takes no locks).
 
     Two runs started together with the same ``--output-dir`` both passed the check for a
     run there (neither had written yet), then appended their epochs to one
@@ -265,10 +266,12 @@ def folder_lock(folder: Path) -> Iterator[None]:
             ) from None
         except OSError as error:  # ENOLCK: no locks on this file system
             logger.debug("no lock on %s (%s); the run goes on unlocked", folder, error)
+            locked = False
         else:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
+            locked = True
+        yield locked
     finally:
         os.close(fd)  # releases the lock
 
