@@ -796,6 +796,23 @@ def test_records_that_cannot_be_removed_after_a_failed_first_checkpoint_are_name
     )
 
 
+def test_a_file_size_limit_at_the_first_checkpoint_is_one_line(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    # `ulimit -f` (or a scheduler's limit): EFBIG was a 40-line traceback, status 1
+    import errno
+
+    out = tmp_path / "run"
+    _first_save_fails(monkeypatch, errno.EFBIG, "File too large")
+    assert main(_argv(tiny, out, "--epochs", "1")) == 6
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"python -m train: error: cannot write {out / 'checkpoint.pth'}.tmp (File too large); "
+        "no checkpoint was written: raise the limit on a file's size (ulimit -f) or write to "
+        "another file system, and run again"
+    )
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "config.json"]
+
+
 def test_an_embedded_set_its_cache_disk_cannot_hold_advises_trains_own_flag(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:

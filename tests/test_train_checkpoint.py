@@ -57,9 +57,18 @@ def test_checkpoint_round_trip_is_atomic_and_safe(tmp_path: Path) -> None:
         "tensors, numbers, strings and containers, which are not loaded "
         "(torch.load(weights_only=True)), so it was not written by this training"
     )
-    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pth")
-    with pytest.raises(ValueError, match="not a training checkpoint"):
-        load_checkpoint(tmp_path / "other.pth")
+    torch.save({"weights": torch.zeros(1), "epoch": 3}, tmp_path / "other.pth")
+    assert _refusal(tmp_path / "other.pth") == (
+        f"{tmp_path / 'other.pth'} is not a training checkpoint (missing ['loader', 'model', "
+        "'optimizer', 'scheduler', 'step'])"
+    )
+    # torch.save(model.state_dict()): said "missing ['epoch', 'loader', ...]" of weights
+    torch.save(torch.nn.Linear(2, 2).state_dict(), tmp_path / "weights.pth")
+    assert _refusal(tmp_path / "weights.pth") == (
+        f"{tmp_path / 'weights.pth'} is not a training checkpoint: it holds a model's weights "
+        "only (2 tensors), without the optimizer, schedule and data position a run continues "
+        "from; give a run's RUN_DIR/checkpoint.pth"
+    )
     (tmp_path / "cut.pth").write_bytes(path.read_bytes()[:100])
     assert _refusal(tmp_path / "cut.pth") == (
         f"{tmp_path / 'cut.pth'} is not a readable checkpoint: it is not a whole file written "

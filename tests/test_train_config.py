@@ -770,6 +770,27 @@ def test_resume_goes_on_in_a_moved_dataset_of_the_same_classes_only(
     )
 
 
+def test_resume_in_a_dataset_whose_class_folders_changed_names_them(
+    resumable, tmp_path: Path, capsys
+) -> None:
+    # "data.classes is 2 entries in the checkpoint but 2 entries here; on resume only --data
+    # ... may change": it named no class, blamed flags not typed and contradicted itself
+    original, path = resumable
+    root = original.data.root
+    for split in ("train", "val"):
+        (root / split / "b").rename(root / split / "b2")
+    try:
+        assert _refused(["--resume", str(path)], capsys) == (
+            f"python -m train: error: {path}: the class folders of {root} changed since the "
+            "checkpoint was written (2 against 2; in one only: b, b2); a run goes on with the "
+            f"classes it was trained on only: put them back, or start a new run; {MAY_CHANGE}\n"
+        )
+    finally:
+        for split in ("train", "val"):
+            (root / split / "b2").rename(root / split / "b")
+    assert parse_config(["--resume", str(path)]).data.root == root
+
+
 def test_resume_of_a_run_with_more_workers_than_this_machine_allows_asks_for_j(
     resumable, tmp_path: Path, capsys
 ) -> None:

@@ -169,6 +169,7 @@ def _terminated(interrupt: BaseException) -> bool:
 # What stops a write to the output folder that the user can fix there.
 _NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
 _NOT_ALLOWED = (errno.EACCES, errno.EPERM, errno.EROFS)
+_TOO_LARGE = (errno.EFBIG,)  # a file-size limit: ulimit -f, a scheduler's, the file system's
 
 
 def _write_failure(error: BaseException, config: TrainConfig) -> str | None:
@@ -177,7 +178,7 @@ def _write_failure(error: BaseException, config: TrainConfig) -> str | None:
     error. It ended in a traceback (torch.save's own RuntimeError after the OSError)."""
     seen: BaseException | None = error
     while seen is not None and not (
-        isinstance(seen, OSError) and seen.errno in _NO_ROOM + _NOT_ALLOWED
+        isinstance(seen, OSError) and seen.errno in _NO_ROOM + _NOT_ALLOWED + _TOO_LARGE
     ):
         seen = seen.__cause__ or seen.__context__
     if seen is None:
@@ -186,7 +187,10 @@ def _write_failure(error: BaseException, config: TrainConfig) -> str | None:
     folder = config.output_dir
     if not Path(name).absolute().is_relative_to(folder.absolute()):
         return None
-    fix = "free space there" if seen.errno in _NO_ROOM else f"make {folder} writable"
+    if seen.errno in _TOO_LARGE:
+        fix = "raise the limit on a file's size (ulimit -f) or write to another file system"
+    else:
+        fix = "free space there" if seen.errno in _NO_ROOM else f"make {folder} writable"
     checkpoint = folder / CHECKPOINT_NAME
     if checkpoint.exists():
         ranks = int(os.environ.get("WORLD_SIZE", "1"))

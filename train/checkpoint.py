@@ -171,6 +171,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict):
         raise ValueError(f"{path} is not a training checkpoint (it holds a {type(state).__name__})")
     missing = {"model", "optimizer", "scheduler", "epoch", "step", "loader"} - set(state)
+    if missing and state and all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(  # torch.save(model.state_dict()): "missing ['epoch', ...]" before
+            f"{path} is not a training checkpoint: it holds a model's weights only ("
+            f"{len(state)} tensors), without the optimizer, schedule and data position a run "
+            "continues from; give a run's RUN_DIR/checkpoint.pth"
+        )
     if missing:
         raise ValueError(f"{path} is not a training checkpoint (missing {sorted(missing)})")
     return state

@@ -992,18 +992,30 @@ def _moved_data(
 ) -> str | None:
     """A typed ``--data`` that moves a folder-trained run to another folder: ``""`` when it
     holds the checkpoint's classes (the run goes on there), else why not; ``None`` when
-    ``--data`` is not such a move (untyped, unchanged, or to or from the embedded set)."""
+    ``--data`` is not such a move (untyped, unchanged, or to or from the embedded set).
+    Why not, too, when the checkpoint's own folder has other classes now (a class folder
+    renamed, added or removed: the refusal was "data.classes is 10 entries in the
+    checkpoint but 10 entries here; on resume only --data ... may change")."""
     before, after = old.get("data.root"), new.get("data.root")
-    if "data" not in typed or before is None or after is None or before == after:
+    if before is None or after is None or (before != after and "data" not in typed):
         return None
     saved, here = tuple(old.get("data.classes") or ()), tuple(new.get("data.classes") or ())
     if saved == here:
-        return ""
+        return "" if before != after else None
     only = sorted(set(saved) ^ set(here))  # class names are sorted: sets differ too
-    return (
-        f"{typed['data']} {after} has other classes than the checkpoint's {before} "
+    counts = (
         f"({len(here)} against {len(saved)}; in one only: {', '.join(only[:5])}"
-        f"{', ...' * (len(only) > 5)}); a run goes on in another folder of the same classes only"
+        f"{', ...' * (len(only) > 5)})"
+    )
+    if before == after:
+        return (
+            f"the class folders of {after} changed since the checkpoint was written {counts}; "
+            "a run goes on with the classes it was trained on only: put them back, or start "
+            "a new run"
+        )
+    return (
+        f"{typed['data']} {after} has other classes than the checkpoint's {before} {counts}; "
+        "a run goes on in another folder of the same classes only"
     )
 
 
