@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from dali_cutmix.config import MAX_SIDE
 from dali_cutmix.files import NOT_A_FILE, DatasetError, write_whole
 from dali_cutmix.procs import Terminated, exit_on_sigterm
 
@@ -374,6 +375,18 @@ def positive_int(text: str) -> int:
     return _int_from(text, 1)
 
 
+def int_up_to(high: int) -> Callable[[str], int]:
+    """An argparse ``type``: an int from 1 to ``high``."""
+
+    def parse(text: str) -> int:
+        value = _int_from(text, 1)
+        if value > high:
+            raise argparse.ArgumentTypeError(f"expected an int from 1 to {high}, got {value}")
+        return value
+
+    return parse
+
+
 # Threads or worker processes a command may start: WORKERS_PER_CPU per CPU, and at least
 # MIN_WORKER_LIMIT on a small machine. DALI's thread pool aborted the process (SIGABRT,
 # "terminate called without an active exception") at --threads 100000.
@@ -419,6 +432,10 @@ def path_arg(text: str) -> Path:
 
 
 # The flags several commands share: name -> (flag, help). Each command gives the default.
+# The largest values of the shared flags that have one: a side DALI's resize and the
+# mixing take (config.MAX_SIDE), a batch size DALI holds (an int32).
+_SHARED_BOUNDS = {"crop_size": MAX_SIDE, "batch_size": 2**31 - 1}
+
 SHARED_FLAGS: dict[str, tuple[str, str]] = {
     "batch_size": ("--batch-size", "samples per batch"),
     "threads": ("--threads", "DALI CPU threads"),
@@ -459,6 +476,8 @@ def add_shared_flags(
     for name, default in defaults.items():
         flag, text = SHARED_FLAGS[name]
         kind = int if name == "seed" else worker_count if name == "threads" else type
+        if kind is positive_int and name in _SHARED_BOUNDS:  # 2**31 was a traceback in DALI
+            kind = int_up_to(_SHARED_BOUNDS[name])
         add_count(parser, flag, default, (help or {}).get(name, text), type=kind)
 
 

@@ -44,6 +44,7 @@ __all__ = [
     "header_words",
     "list_image_folder",
     "list_images",
+    "file_list_named",
     "list_root_named",
     "listable",
     "name_problem",
@@ -584,6 +585,25 @@ def list_root_named(flag: str) -> Iterator[None]:
     except LabelBeyondClassesError as error:
         advice = f"give as {flag} the dataset folder the list was written for"
         raise DatasetError(error.advising(advice)) from None
+
+
+# How read_file_list's messages name the list: a command names it by its flag instead.
+_LIST_WORDS = "file list "
+
+
+@contextlib.contextmanager
+def file_list_named(flag: str) -> Iterator[None]:
+    """Within the block, a file list's errors name the list by the command's ``flag``
+    (``--train-list '/x.txt' lists no files``: "file list '/x.txt'" named no flag, so a
+    command of several lists left the user to guess). Put it outside
+    :func:`list_root_named` and a command's own rewording of the list's errors."""
+    try:
+        yield
+    except DatasetError as error:
+        message = str(error)
+        if isinstance(error, BadImageError) or not message.startswith(_LIST_WORDS):
+            raise
+        raise DatasetError(f"{flag} {message.removeprefix(_LIST_WORDS)}") from None
 
 
 def read_file_list(

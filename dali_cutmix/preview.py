@@ -41,6 +41,7 @@ from dali_cutmix.files import (
     DatasetError,
     ImageList,
     counted,
+    file_list_named,
     list_image_folder,
     list_root_named,
     read_file_list,
@@ -438,7 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.file_list is None:
                 images = list_image_folder(root)
             else:
-                with list_root_named("--data"):
+                with file_list_named("--file-list"), list_root_named("--data"):
                     images = read_file_list(args.file_list, root=root, must_exist=True)
             config = dataclasses.replace(config, num_classes=images.num_classes)
             try:

@@ -35,6 +35,7 @@ from dali_cutmix.cli import (
     add_count,
     add_report_flag,
     add_shared_flags,
+    check_outside,
     check_report_path,
     command_line,
     command_name,
@@ -52,6 +53,7 @@ from dali_cutmix.files import (
     LabelBeyondClassesError,
     MissingFilesError,
     bad_file_problem,
+    file_list_named,
     scan_commands,
 )
 from dali_cutmix.procs import exit_with
@@ -180,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = start_command(parser, argv)
     with exit_on_user_error(parser):
         check_report_path(args.out)
+        if args.out is not None:  # a report in a class folder was listed as a sample next time
+            check_outside(args.out, "--out", args.folder, "the folder compared")
         if args.resize_size < args.crop_size:
             raise ValueError(
                 f"--resize-size ({args.resize_size}) must be >= --crop-size ({args.crop_size})"
@@ -191,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with (
             exit_on_user_error(parser, catch=(*USER_ERRORS, MemoryError)),
             dali_memory_named(sizes),
+            file_list_named("--list"),
         ):
             try:
                 result = compare(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 from pathlib import Path
@@ -70,7 +71,7 @@ def test_results_go_to_runs_in_the_working_folder_by_default(tmp_path: Path) -> 
         ),
         (
             ["--data", "{tmp}/imagenet/val", "--file-list", "{tmp}/files.txt"],
-            "file list '{tmp}/files.txt' does not exist or is not a file; give a file of 'path "
+            "--file-list '{tmp}/files.txt' does not exist or is not a file; give a file of 'path "
             "label' lines (`python -m dali_cutmix.scan ROOT --out DIR` writes one for the "
             "dataset ROOT: DIR/files.txt).",
         ),
@@ -200,6 +201,40 @@ def test_a_file_that_is_no_image_ends_the_command_with_one_line(
         f"{tmp_path / 'out'} --batch-size 2 --sweeps loaders --file-list DIR/files.txt"
     )
     assert not (tmp_path / "out").exists()  # nothing measured, no folder left
+
+
+def test_the_generated_set_s_sizes_beside_data_are_refused(
+    tmp_path: Path, capsys, monkeypatch, caplog
+) -> None:
+    # --data tiny --classes 5 measured tiny's 2 classes without a word
+    root = build_image_folder(tmp_path / "data", classes=2, per_class=2, extras=False)
+    monkeypatch.setattr(
+        "pipelines.bench.measure.measure_sections", lambda *a, **k: pytest.fail("it measured")
+    )
+    argv = ["--data", str(root), "--device", "cpu", "--out", str(tmp_path / "out")]
+    argv += ["--batch-size", "2", "--sweeps", "loaders"]
+    refused = {
+        "--classes sizes the generated set, which --data replaces (its folder is measured as "
+        "it is); leave it out": ["--classes", "5"],
+        "--classes and --per-class size the generated set, which --data replaces (its folder "
+        "is measured as it is); leave them out": ["--per-class", "9", "--classes", "5"],
+    }
+    for line, sizes in refused.items():
+        with pytest.raises(SystemExit) as caught:
+            cli.main([*argv, *sizes])
+        assert caught.value.code == 2
+        said = capsys.readouterr().err.splitlines()[-1]
+        assert said == f"python -m pipelines.bench: error: {line}"
+    typed = cli.typed_dests([*argv, "--hw-decoder-loads", "0.5"])
+    assert typed == {"data", "device", "out", "batch_size", "sweeps", "hw_decoder_loads"}
+    # the GPU decoder's share on a CPU-only run: told, not refused (one command for both)
+    monkeypatch.setattr(cli, "_measure_all", lambda *a: 0)
+    caplog.set_level(logging.WARNING, logger="pipelines.bench")
+    assert cli.main([*argv, "--hw-decoder-loads", "0.5"]) == 0
+    assert caplog.messages == [
+        "--hw-decoder-loads is not used: it sets DALI's decoder on the GPU, and this run "
+        "measures DALI on the CPU only (--device cpu)"
+    ]
 
 
 def test_a_file_dali_does_not_decode_ends_the_command_before_any_measurement(
@@ -410,5 +445,5 @@ def test_a_list_for_another_folder_is_answered_with_the_data_flag(
         cli.main([*argv, "--device", "cpu", "--batch-size", "1", "--sweeps", "loaders"])
     assert caught.value.code == 2
     last = capsys.readouterr().err.splitlines()[-1]
-    assert last.endswith(f"; {advice.format(root=root)}.") and f"file list '{listed}'" in last
+    assert last.endswith(f"; {advice.format(root=root)}.") and f"--file-list '{listed}'" in last
     assert "as the root" not in last and "no root" not in last

@@ -356,6 +356,28 @@ BAD_VALUES = [  # module, a bad value (in a tmp folder) and the line that answer
         ["--batch-size", "0"],
         "argument --batch-size: expected an int >= 1, got 0",
     ),
+    (  # DALI's OverflowError (int32) or TypeError, a traceback
+        "pipelines.graph_cost",
+        ["--batch-size", "2147483648"],
+        "argument --batch-size: expected an int from 1 to 2147483647, got 2147483648",
+    ),
+    (  # numpy's OverflowError at 2**63; 100000 was taken where every other command refused it
+        "pipelines.graph_cost",
+        ["--crop-size", "100000"],
+        "argument --crop-size: expected an int from 1 to 32768, got 100000",
+    ),
+    (
+        "pipelines.val_parity",
+        ["{tmp}/data", "--crop-size", "9223372036854775808"],
+        "argument --crop-size: expected an int from 1 to 32768, got 9223372036854775808",
+    ),
+    (  # it wrote r.json into a class folder, which the next run listed and left out
+        "pipelines.val_parity",
+        ["{tmp}/data", "--out", "{tmp}/data/n00000001/r.json"],
+        "--out {tmp}/data/n00000001/r.json is inside the folder compared {tmp}/data, where what "
+        "it writes would be read as part of the set (a folder as a class, an image as a "
+        "sample); give a place outside it",
+    ),
     ("pipelines.soak", ["--epochs", "0"], "argument --epochs: expected an int >= 1, got 0"),
     ("pipelines.soak", ["--out", "{tmp}"], "--out {tmp} is a folder or not writable; give a file"),
     ("pipelines.gpu_check", ["--threads", "0"], "argument --threads: expected an int >= 1, got 0"),

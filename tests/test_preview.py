@@ -307,6 +307,6 @@ def test_a_list_for_another_folder_is_answered_with_the_data_flag(
         main(["--data", str(image_folder), "--file-list", str(listed), "--out", str(out)])
     assert caught.value.code == 2
     last = capsys.readouterr().err.splitlines()[-1]
-    assert last.startswith(f"{PROG} file list '{listed}'")
+    assert last.startswith(f"{PROG} --file-list '{listed}'")
     assert last.endswith(f"; {advice.format(root=image_folder)}.")
     assert "as the root" not in last and "no root" not in last and not out.exists()

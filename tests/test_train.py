@@ -758,7 +758,8 @@ def test_a_full_disk_at_the_first_checkpoint_leaves_nothing_that_blocks_running_
         f"python -m train: error: cannot write {out / 'checkpoint.pth'}.tmp (No space left on "
         "device); no checkpoint was written: free space there, and run again"
     )
-    assert sorted(p.name for p in out.iterdir()) == [".lock", "config.json"]  # lock released
+    # the folder this command made goes with its run (config.json and .lock were left)
+    assert not out.exists()
     assert main(argv) == 0  # the advice holds
     assert [r["epoch"] for r in _records(out)] == [1]
 
@@ -776,7 +777,7 @@ def test_a_full_disk_at_the_first_checkpoint_leaves_no_run_folder(
     _first_save_fails(monkeypatch, errno.ENOSPC, "No space left on device")
     assert main(argv) == 6
     assert "no checkpoint was written: free space there, and run again" in capsys.readouterr().err
-    assert list((tmp_path / "runs").iterdir()) == []
+    assert not (tmp_path / "runs").exists()  # made for the run's folder, and gone with it
 
 
 def test_records_that_cannot_be_removed_after_a_failed_first_checkpoint_are_named(
@@ -810,7 +811,7 @@ def test_a_file_size_limit_at_the_first_checkpoint_is_one_line(
         "no checkpoint was written: raise the limit on a file's size (ulimit -f) or write to "
         "another file system, and run again"
     )
-    assert sorted(p.name for p in out.iterdir()) == [".lock", "config.json"]
+    assert not out.exists()
 
 
 def test_an_embedded_set_its_cache_disk_cannot_hold_advises_trains_own_flag(
@@ -979,6 +980,23 @@ def test_a_batch_larger_than_the_dataset_names_the_flag(
     line = capsys.readouterr().err.splitlines()[-1]
     assert line.startswith("python -m train: error: ") and "give no batch of 100 per" in line
     assert line.endswith(": lower -b/--batch-size")
+    # the refused run's new folder (.lock and config.json were left) goes with it
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_refused_resume_leaves_the_run_s_config_json_as_it_was(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # config.json was written before the loaders refused the empty list: it then held the
+    # refused --train-list, which a later --config replayed
+    out = tmp_path / "run"
+    assert main(_argv(tiny, out, "--epochs", "1")) == 0
+    saved = (out / "config.json").read_bytes()
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert main(["--resume", str(out), "--epochs", "2", "--train-list", str(empty)]) == 2
+    assert "lists no files" in capsys.readouterr().err.splitlines()[-1]
+    assert (out / "config.json").read_bytes() == saved
 
 
 def test_a_loader_out_of_memory_names_the_flags_to_lower(
@@ -1206,7 +1224,7 @@ def test_a_run_that_fails_before_its_first_step_leaves_no_run_folder(
     scan = "--out runs/20261123-120000-scan-train; then run again with: python -m train "
     assert scan in line
     assert line.endswith(" --train-list runs/20261123-120000-scan-train/files.txt"), line
-    assert list((tmp_path / "runs").iterdir()) == []
+    assert not (tmp_path / "runs").exists()  # made for the run's folder, and gone with it
     scan_dir = tmp_path / "runs" / "20261123-120000-scan-train"
     assert scan_main([str(root / "train"), "--out", str(scan_dir)]) == 1
     assert not (scan_dir / "files.txt").exists()  # no file decodes: no list, the scan says so

@@ -392,7 +392,11 @@ def test_rank_0_makes_the_default_output_folder_as_it_parses(
         ([], 0, ["checkpoint.pth"], KeyboardInterrupt, True),
         ([], 0, ["metrics.jsonl"], DatasetError("no full batch"), True),
         ([], 0, ["scan-train/"], DatasetError("no full batch"), True),
-        (["--output-dir", "mine"], 0, [], DatasetError("no full batch"), True),  # named
+        # a new --output-dir (and the parents it made) goes as runs/<date-time> does: it
+        # was left with .lock and config.json
+        (["--output-dir", "mine"], 0, [], DatasetError("no full batch"), False),
+        (["--output-dir", "mine/deep"], 0, [], DatasetError("no full batch"), False),
+        (["--output-dir", "."], 0, [], DatasetError("no full batch"), True),  # it was there
         ([], 1, [], KeyboardInterrupt, True),  # rank 0 claimed it, and removes it
     ],
 )
@@ -412,7 +416,7 @@ def test_only_the_folder_a_failed_run_claimed_and_left_unused_is_removed(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RANK", str(rank))
     monkeypatch.setattr(train.config.time, "strftime", lambda form: "20261123-120000")
-    folder = Path("mine" if flags else "runs/20261123-120000")
+    folder = Path(flags[1] if flags else "runs/20261123-120000")
 
     def fails(config: TrainConfig) -> None:
         assert config.output_dir == folder
@@ -433,7 +437,11 @@ def test_only_the_folder_a_failed_run_claimed_and_left_unused_is_removed(
     if kept:
         written = ["config.json", *(name.rstrip("/") for name in writes)]
         assert sorted(p.name for p in folder.iterdir()) == sorted(written)
-    assert Path("runs").is_dir() == (not flags)  # runs/ itself stays
+    # runs/ goes with the folder this command made it for (an empty runs/ was left)
+    assert Path("runs").is_dir() == (not flags and kept)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "config.json") == (
+        ["runs"] if not flags and kept else []
+    )
 
 
 def test_a_second_ctrl_c_ends_with_one_line_and_status_130(
@@ -518,7 +526,7 @@ def test_sigterm_while_the_run_starts_ends_it_as_ctrl_c_does_with_status_143(
     assert capsys.readouterr().err.splitlines()[-1] == (
         "python -m train: aborted by SIGTERM; no checkpoint was written"
     )
-    assert list((tmp_path / "runs").iterdir()) == []  # the run's folder is gone
+    assert not (tmp_path / "runs").exists()  # the run's folder is gone, and runs/ made for it
     assert signal.getsignal(signal.SIGTERM) == before
 
 

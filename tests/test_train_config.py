@@ -1166,7 +1166,24 @@ def test_model_ema_flags_and_torchvisions_decay_adjustment() -> None:
         (["--model-ema", "--model-ema-steps", "0"], "--model-ema-steps must be an int >= 1, got 0"),
         (
             ["--model-ema", "--model-ema-decay", "1.5"],
-            "--model-ema-decay must be in [0, 1], got 1.5",
+            "--model-ema-decay must be in [0, 1), got 1.5",
+        ),
+        (  # both alphas 0: the mixing's settings changed nothing, without a word
+            ["--cutmix-alpha", "0", "--mixup-alpha", "0", "--mix-prob", "0.5"],
+            "--mix-prob needs --cutmix-alpha or --mixup-alpha > 0 (both are 0: nothing is mixed)",
+        ),
+        (
+            ["--cutmix-alpha", "0", "--switch-prob", "0.2", "--no-correct-lam"],
+            "--switch-prob and --no-correct-lam need --cutmix-alpha or --mixup-alpha > 0 (both "
+            "are 0: nothing is mixed)",
+        ),
+        (
+            ["--cutmix-minmax", "0", "0"],
+            "--cutmix-minmax must have max > 0 (every box would be empty), got (0.0, 0.0)",
+        ),
+        (  # the average never left the first weights, and was evaluated every epoch
+            ["--model-ema", "--model-ema-decay", "1"],
+            "--model-ema-decay must be in [0, 1), got 1.0",
         ),
         (
             ["--model-ema-steps", "8", "--model-ema-decay", "0.999"],

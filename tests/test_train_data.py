@@ -96,7 +96,7 @@ def test_a_listed_file_that_does_not_exist_is_named_with_the_data_flag(tiny, loa
     with pytest.raises(DatasetError) as refused:
         build_loaders(config, tiny, DistInfo())
     assert str(refused.value) == (
-        f"file list {str(listed)!r} names 1 file that does not exist: "
+        f"--train-list {str(listed)!r} names 1 file that does not exist: "
         f"{str(tiny / 'train' / 'n0' / 'gone.JPEG')!r} (line 2); delete those lines, or give as "
         f"--data the folder whose train/ the paths are relative to (they resolve against "
         f"{str(tiny / 'train')!r})."
@@ -114,7 +114,7 @@ def test_a_list_none_of_whose_files_exists_is_written_anew_not_emptied(tiny) -> 
     with pytest.raises(DatasetError) as refused:
         build_loaders(config, tiny, DistInfo())
     assert str(refused.value) == (
-        f"file list {str(listed)!r} names 2 files that do not exist: "
+        f"--val-list {str(listed)!r} names 2 files that do not exist: "
         f"{str(old / 'n0' / 'a.JPEG')!r} (line 1), {str(old / 'n1' / 'b.JPEG')!r} (line 2); "
         "not one of them exists: if the dataset moved, write the list anew where it is now "
         "(`python -m dali_cutmix.scan ROOT --out DIR` writes one for the dataset ROOT: "
@@ -137,7 +137,7 @@ def test_a_label_beyond_the_classes_is_named_with_the_list_and_data_flags(
         build_loaders(config, tiny, DistInfo())
     classes = len(config.data.classes)
     assert str(refused.value) == (
-        f"file list {str(listed)!r} line 2 has label 7 but {str(tiny / split)!r} has only "
+        f"--{split}-list {str(listed)!r} line 2 has label 7 but {str(tiny / split)!r} has only "
         f"{classes} class folders (labels 0 to {classes - 1}); give as --data the dataset the "
         f"--{split}-list was written for."
     )

@@ -80,7 +80,7 @@ def test_a_list_is_read_instead_of_the_folder(tmp_path: Path) -> None:
     listed.write_text(f"{files[0].relative_to(folder)} 0\nn9/gone.JPEG 1\n")
     done = run_command("pipelines.val_parity", folder, *argv)
     assert user_error_line(done) == (
-        f"python -m pipelines.val_parity: error: file list {str(listed)!r} names 1 file that "
+        f"python -m pipelines.val_parity: error: --list {str(listed)!r} names 1 file that "
         f"does not exist: {str(folder / 'n9' / 'gone.JPEG')!r} (line 2); delete those lines, or "
         f"give the folder the paths are relative to as the folder argument (they resolve against "
         f"{str(folder)!r})."
@@ -90,7 +90,7 @@ def test_a_list_is_read_instead_of_the_folder(tmp_path: Path) -> None:
     classes = len([p for p in folder.iterdir() if p.is_dir()])
     done = run_command("pipelines.val_parity", folder, *argv)
     assert user_error_line(done) == (
-        f"python -m pipelines.val_parity: error: file list {str(listed)!r} line 1 has label 99 "
+        f"python -m pipelines.val_parity: error: --list {str(listed)!r} line 1 has label 99 "
         f"but {str(folder)!r} has only {classes} class folders (labels 0 to {classes - 1}); give "
         f"the folder the list was written for as the folder argument."
     )

@@ -44,6 +44,7 @@ from .config import (
     TrainConfig,
     claims_run_dir,
     drop_unused_run_dir,
+    first_missing,
     parse_config,
 )
 from .status import (
@@ -262,6 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: list[str], rank: int) -> int:
+    runs = first_missing(Path("runs"))  # made with the default output folder, if missing
     try:
         # a bad flag ends the process here, status 2; rank 0 makes the default output folder
         config = _parse(argv, rank)
@@ -271,7 +273,10 @@ def _main(argv: list[str], rank: int) -> int:
             raise
         return _aborted(rank, "nothing was started", _terminated(interrupt))
     claims = claims_run_dir(argv)  # a new runs/<date-time>, made by rank 0
-    claimed = rank == 0 and claims
+    # the folders rank 0 makes for the run's (the claimed one's runs/, a new --output-dir
+    # and its missing parents), removed with it where it ends having written nothing
+    made = (runs or config.output_dir.absolute()) if claims else first_missing(config.output_dir)
+    made = made if rank == 0 else None
     try:
         status = _train(config, argv, rank, new_run_dir=claims)
     except (KeyboardInterrupt, ImportError) as error:  # a second Ctrl-C (the first stops at
@@ -293,8 +298,8 @@ def _main(argv: list[str], rank: int) -> int:
             what = "no checkpoint was written"
         return _aborted(rank, what, _terminated(interrupt))
     finally:
-        if claimed:  # a run that failed before its first epoch leaves no folder behind
-            drop_unused_run_dir(config.output_dir)
+        if made is not None:  # a run that failed before its first epoch leaves no folder
+            drop_unused_run_dir(config.output_dir, made)
     if status in _ALONE:
         from .utils import outlive_siblings
 

@@ -73,6 +73,7 @@ __all__ = [
     "Schedule",
     "TrainConfig",
     "claims_run_dir",
+    "first_missing",
     "config_from_args",
     "default_workers",
     "drop_unused_run_dir",
@@ -307,8 +308,8 @@ class TrainConfig:
         if isinstance(self.model_ema_steps, bool) or not isinstance(self.model_ema_steps, int):
             raise ValueError(f"model_ema_steps must be an int >= 1, got {self.model_ema_steps!r}")
         _count("model_ema_steps", self.model_ema_steps)
-        if not 0.0 <= self.model_ema_decay <= 1.0:
-            raise ValueError(f"model_ema_decay must be in [0, 1], got {self.model_ema_decay!r}")
+        if not 0.0 <= self.model_ema_decay < 1.0:  # 1: the average never left the start
+            raise ValueError(f"model_ema_decay must be in [0, 1), got {self.model_ema_decay!r}")
 
     def to_dict(self) -> dict[str, Any]:
         def plain(value: Any) -> Any:
@@ -1548,6 +1549,20 @@ def _check_ema_flags(args: argparse.Namespace, typed: Mapping[str, str]) -> None
         raise ValueError(f"{' and '.join(settings)} need{'s' * (len(settings) == 1)} --model-ema")
 
 
+def _check_mix_flags(args: argparse.Namespace, typed: Mapping[str, str]) -> None:
+    """The mixing's settings are refused where nothing mixes (``--cutmix-alpha 0
+    --mixup-alpha 0 --mix-prob 0.5`` trained without a word), as ``--remode`` is."""
+    if args.mixup_alpha or args.cutmix_alpha or args.cutmix_minmax:
+        return
+    dests = ("mix_prob", "switch_prob", "mix_mode", "correct_lam")
+    settings = [typed[dest] for dest in dests if dest in typed]
+    if settings:
+        raise ValueError(
+            f"{' and '.join(settings)} need{'s' * (len(settings) == 1)} --cutmix-alpha or "
+            "--mixup-alpha > 0 (both are 0: nothing is mixed)"
+        )
+
+
 def parse_config(argv: Sequence[str] | None = None, *, claim: bool = False) -> TrainConfig:
     """Parses ``argv`` (default ``sys.argv[1:]``), with ``--resume``'s configuration if given.
 
@@ -1572,6 +1587,7 @@ def parse_config(argv: Sequence[str] | None = None, *, claim: bool = False) -> T
             config = resume_config(args, typed)
         else:
             _check_ema_flags(args, typed)
+            _check_mix_flags(args, typed)
             config = config_from_args(args)
         _check_folders(config)
         if claim and not _names_output_dir(args):
@@ -1590,13 +1606,27 @@ def claims_run_dir(argv: Sequence[str]) -> bool:
     return not _names_output_dir(get_args_parser().parse_args(list(argv)))
 
 
-def drop_unused_run_dir(folder: Path) -> bool:
-    """Removes ``folder``, a ``runs/<date-time>`` this command claimed, if its run wrote
-    nothing there but ``config.json``; returns whether it did.
+def first_missing(folder: Path) -> Path | None:
+    """The outermost of ``folder`` and its parents that does not exist (what making it
+    makes), or ``None`` where ``folder`` exists."""
+    folder = folder.absolute()
+    if folder.exists():
+        return None
+    while not folder.parent.exists():
+        folder = folder.parent
+    return folder
+
+
+def drop_unused_run_dir(folder: Path, made: Path | None = None) -> bool:
+    """Removes ``folder``, which this command made (a ``runs/<date-time>`` it claimed, a
+    new ``--output-dir``), if its run wrote nothing there but ``config.json``, and the
+    folders above it up to ``made`` that it made too and that are empty (``runs/``);
+    returns whether it removed ``folder``.
 
     A run that fails or is aborted before its first epoch (a missing dataset, a bad
-    file in the first batches, Ctrl-C while it starts) then leaves no folder behind
-    for each attempt; the error line's scan writes into a folder of its own making.
+    file in the first batches, a batch larger than the data, Ctrl-C while it starts)
+    then leaves no folder behind for each attempt; the error line's scan writes into a
+    folder of its own making.
     """
     try:
         if any(entry.name not in ("config.json", LOCK_NAME) for entry in folder.iterdir()):
@@ -1606,6 +1636,13 @@ def drop_unused_run_dir(folder: Path) -> bool:
         folder.rmdir()
     except OSError:  # gone already, or something written there meanwhile: keep it
         return False
+    folder = folder.absolute()
+    while made is not None and folder != made and folder.is_relative_to(made):
+        folder = folder.parent
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (another run's folder there): kept
+            break
     return True
 
 

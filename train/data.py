@@ -40,6 +40,7 @@ from dali_cutmix.files import (
     LabelBeyondClassesError,
     MissingFilesError,
     bad_file_problem,
+    file_list_named,
     list_images,
     what_is_wrong,
 )
@@ -182,7 +183,18 @@ def data_failure(
     )
 
 
+# The flag that gives each split's file list.
+_LIST_FLAGS = {"train": "--train-list", "val": "--val-list"}
+
+
 def _build_loader(split: str, config: TrainConfig, root: Path, info: DistInfo) -> Loader:
+    """The loader of ``root/split``; its errors in the words of ``python -m train`` (a file
+    list named by its flag: "file list '/x.txt' lists no files" named none)."""
+    with file_list_named(_LIST_FLAGS[split]):
+        return _split_loader(split, config, root, info)
+
+
+def _split_loader(split: str, config: TrainConfig, root: Path, info: DistInfo) -> Loader:
     build = _dali_loader if config.data.loader is LoaderKind.DALI else _torchvision_loader
     file_list = config.data.train_list if split == "train" else config.data.val_list
     settings = _loader_settings(file_list, train=split == "train", config=config, info=info)
@@ -190,10 +202,9 @@ def _build_loader(split: str, config: TrainConfig, root: Path, info: DistInfo) -
         return build(root / split, config, settings)
     except MissingFilesError as error:  # the root is --data's split folder, not a flag of its own
         advice = f"give as --data the folder whose {split}/ the paths are relative to"
-        flag = "--train-list" if split == "train" else "--val-list"
-        raise DatasetError(error.advising(advice, f"give it as {flag}")) from None
+        raise DatasetError(error.advising(advice, f"give it as {_LIST_FLAGS[split]}")) from None
     except LabelBeyondClassesError as error:
-        flag = "--train-list" if split == "train" else "--val-list"
+        flag = _LIST_FLAGS[split]
         advice = f"give as --data the dataset the {flag} was written for"
         raise DatasetError(error.advising(advice)) from None
     except BadImageError as error:

@@ -210,10 +210,12 @@ def _run(config: TrainConfig, info: DistInfo) -> RunResult:
         return evaluate_checkpoint(config, state, info)
     if state is not None and state["epoch"] >= config.epochs:
         return _nothing_to_do(config, state, info)
-    _write_config(config, info)
     trainer = Trainer(config, info)
     if state is not None:
         trainer.restore(state)
+    # once the loaders took the data: a run they refused (a batch larger than the data, an
+    # empty --train-list) left a resumed run's config.json holding the refused settings
+    _write_config(config, info)
     start = time.perf_counter()
     try:
         outcome = trainer.fit()

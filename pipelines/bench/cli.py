@@ -34,7 +34,13 @@ from dali_cutmix.cli import (
     worker_limit,
     write_json,
 )
-from dali_cutmix.files import BadImageError, list_image_folder, list_root_named, read_file_list
+from dali_cutmix.files import (
+    BadImageError,
+    file_list_named,
+    list_image_folder,
+    list_root_named,
+    read_file_list,
+)
 from dali_cutmix.procs import exit_with
 
 from .plan import BAD_FILE, FAILED, SWEEPS, BenchConfig, plan_sections
@@ -98,7 +104,7 @@ def listed_files(config: BenchConfig) -> tuple[str, ...] | None:
     """The files ``--file-list`` names (every one there), or ``None`` without it."""
     if config.file_list is None:
         return None
-    with list_root_named("--data"):
+    with file_list_named("--file-list"), list_root_named("--data"):
         return read_file_list(config.file_list, root=data_root(config.data), must_exist=True).paths
 
 
@@ -381,12 +387,42 @@ def _measure_one(spec: str) -> int:
     return 0
 
 
-def _checked_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> BenchConfig:
+def typed_dests(argv: Sequence[str] | None) -> set[str]:
+    """The ``dest`` of every flag typed in ``argv`` (parsed already, so without a word)."""
+    parser = get_args_parser()
+    for action in parser._actions:  # argparse has no public list of its actions
+        action.default = argparse.SUPPRESS  # so that only typed flags reach the namespace
+    return set(vars(parser.parse_args(argv)))
+
+
+def _check_unused_flags(config: BenchConfig, typed: set[str]) -> None:
+    """Refuses the generated set's sizes beside ``--data`` (a run on another set than asked,
+    without a word); warns of ``--hw-decoder-loads`` where no DALI runs on a GPU."""
+    named = (("classes", "--classes"), ("per_class", "--per-class"))
+    sizes = [flag for dest, flag in named if dest in typed]
+    if config.data is not None and sizes:
+        raise ValueError(
+            f"{' and '.join(sizes)} size{'s' * (len(sizes) == 1)} the generated set, which "
+            "--data replaces (its folder is measured as it is); leave "
+            f"{'it' if len(sizes) == 1 else 'them'} out"
+        )
+    if "hw_decoder_loads" in typed and "gpu" not in config.devices:
+        logger.warning(
+            "--hw-decoder-loads is not used: it sets DALI's decoder on the GPU, and this run "
+            "measures DALI on the CPU only (--device %s)",
+            "/".join(config.devices),
+        )
+
+
+def _checked_config(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, typed: set[str]
+) -> BenchConfig:
     """The run's configuration, every flag, ``--data`` and ``--out`` checked before any
     measurement (a bad one ends the command in one line, status 2)."""
     with exit_on_user_error(parser, fields={"devices": "--device"}):
         config = config_from_args(args)
         check_arch(config.arch)
+        _check_unused_flags(config, typed)
         # checked, not made: a run that ends before its first row leaves no empty folder;
         # before --data is listed (minutes on ImageNet)
         check_folder(config.out, "--out")
@@ -448,7 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     checked: list[BenchConfig] = []  # the configuration, once checked
 
     def run() -> int:
-        checked.append(_checked_config(parser, args))
+        checked.append(_checked_config(parser, args, typed_dests(argv)))
         return _measure_all(parser, checked[0], argv)
 
     return interruptible(parser, lambda: _what_is_left(next(iter(checked), None)), run)
