@@ -48,7 +48,7 @@ from dali_cutmix.cli import (
     start_command,
     write_json,
 )
-from dali_cutmix.files import list_image_folder
+from dali_cutmix.files import DatasetError, list_image_folder
 from dali_cutmix.procs import exit_with, signals_deferred
 
 from .bench.cli import int_list
@@ -436,7 +436,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_folder(args.train_dir, "--train-dir")
         if args.data is not None:  # read as it is: found unusable here, not steps later
             for split in ("train", "val"):
-                list_image_folder(args.data / split)
+                try:
+                    list_image_folder(args.data / split)
+                except DatasetError as error:  # "dataset root '/x/train' ...": the flag's
+                    raise DatasetError(f"--data {args.data}: {error}") from None
         data_folder(args)  # the generated set's: its cache folder can be made
 
     def check() -> int:

@@ -112,6 +112,11 @@ def test_results_go_to_runs_in_the_working_folder_by_default(tmp_path: Path) -> 
             ["--classes", "2", "--per-class", "3", "--batch-size", "7"],
             "--batch-size 7: the 6 images measured give no batch of 7; lower --batch-size",
         ),
+        (  # "lower --batch-size-list" read as a flag typed: it was the scaling sweep's default
+            ["--data", "{tmp}/imagenet/val", "--batch-size", "1", "--sweeps", "scaling"],
+            "--batch-size-list 64 (its default): the 2 images measured give no batch of 64; "
+            "give a smaller --batch-size-list",
+        ),
     ]
     + (
         []

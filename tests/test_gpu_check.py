@@ -105,7 +105,10 @@ def test_without_data_a_step_generates_the_set_in_the_cache(tmp_path, monkeypatc
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--data", "{tmp}/none"], "dataset root '{tmp}/none/train' does not exist"),
+        (  # the flag named: it said only "dataset root '.../none/train' does not exist"
+            ["--data", "{tmp}/none"],
+            "--data {tmp}/none: dataset root '{tmp}/none/train' does not exist",
+        ),
         (["--train-dir", "/proc/x"], "--train-dir /proc/x: cannot be made"),
     ],
 )

@@ -108,11 +108,13 @@ def listed_files(config: BenchConfig) -> tuple[str, ...] | None:
         return read_file_list(config.file_list, root=data_root(config.data), must_exist=True).paths
 
 
-def check_batch_sizes(config: BenchConfig, images: int) -> None:
+def check_batch_sizes(config: BenchConfig, images: int, typed: set[str] | None = None) -> None:
     """Every batch size the asked sections use fits in the ``images`` measured.
 
     Each loader refuses a batch larger than its files, so without this check every
-    row failed and the table held traceback lines. Raises ``ValueError`` naming the flag.
+    row failed and the table held traceback lines. Raises ``ValueError`` naming the flag,
+    and that the value is its default where ``typed`` (the flags' dests) lacks it: "lower
+    --batch-size-list" read as a flag the user had given.
     """
     asked = config.asked_sections
     used: list[tuple[str, tuple[int, ...]]] = []
@@ -124,9 +126,11 @@ def check_batch_sizes(config: BenchConfig, images: int) -> None:
         used.append(("--train-batch-size", (config.train_batch_size,)))
     for flag, sizes in used:
         if max(sizes) > images:
+            default = typed is not None and flag.lstrip("-").replace("-", "_") not in typed
             raise ValueError(
-                f"{flag} {max(sizes)}: the {images} images measured give no batch of "
-                f"{max(sizes)}; lower {flag}"
+                f"{flag} {max(sizes)}{' (its default)' * default}: the {images} images "
+                f"measured give no batch of {max(sizes)}; "
+                + (f"give a smaller {flag}" if default else f"lower {flag}")
             )
 
 
@@ -431,12 +435,12 @@ def _checked_config(
             check_outside(config.out, "--out", root, "the folder measured")
             folder = list_image_folder(root)
             files = listed_files(config)
-            check_batch_sizes(config, len(folder if files is None else files))
+            check_batch_sizes(config, len(folder if files is None else files), typed)
         else:  # the generated set's folder
             from dali_cutmix.synthetic import checked_cache_dir
 
             checked_cache_dir()
-            check_batch_sizes(config, config.classes * config.per_class)
+            check_batch_sizes(config, config.classes * config.per_class, typed)
     return config
 
 
