@@ -298,7 +298,8 @@ class DaliLoader:
                 ) from None
             self._done += 1
             targets = batch["targets"]
-            soft = targets.ndim == 2 and targets.is_floating_point()  # not [B, 1] labels
+            # soft targets, [B, K]; not [B, 1] labels, integer or float (a regression's)
+            soft = targets.ndim == 2 and targets.is_floating_point() and targets.shape[1] > 1
             if soft and targets.shape[1] != self.num_classes:
                 raise ValueError(
                     f"the pipeline's targets have {targets.shape[1]} columns but the loader "

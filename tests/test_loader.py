@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import nvidia.dali.fn as fn
+import nvidia.dali.types as types
 import pytest
 import torch
 from conftest import Batch, build_image_folder, same_batches, small_loader
@@ -245,6 +246,7 @@ def _raw_loader(files: list[str], **pipeline: Any) -> DaliLoader:
     """A DaliLoader over a user's own pipeline: the reader's and pipeline's settings given."""
     reader = pipeline.pop("reader", {})
     outputs = pipeline.pop("outputs", 2)
+    float_labels = pipeline.pop("float_labels", False)
 
     @pipeline_def(batch_size=4, num_threads=1, device_id=None, **pipeline)
     def build() -> Any:
@@ -252,6 +254,8 @@ def _raw_loader(files: list[str], **pipeline: Any) -> DaliLoader:
             files=files, labels=list(range(len(files))), name="reader", **reader
         )
         images = fn.resize(fn.decoders.image(jpegs), size=[8, 8])
+        if float_labels:  # [B, 1] float32: a regression's, no soft targets
+            labels = fn.cast(labels, dtype=types.FLOAT)
         return (images, labels, labels)[:outputs]
 
     return DaliLoader(
@@ -269,6 +273,9 @@ def test_a_pipeline_without_what_the_loader_needs_is_refused_when_built(folder: 
     good = {"enable_checkpointing": True, "reader": {"pad_last_batch": True}}
     loader = _raw_loader(files, **good)
     assert [len(t) for _, t in loader] == [4, 4, 3]
+    floats = [t for _, t in _raw_loader(files, float_labels=True, **good)]
+    assert [tuple(t.shape) for t in floats] == [(4, 1), (4, 1), (3, 1)]
+    assert floats[0].dtype == torch.float32  # not taken for soft targets of 1 class
     with pytest.raises(ValueError) as caught:
         _raw_loader(files, enable_checkpointing=False, outputs=3)
     assert str(caught.value) == (

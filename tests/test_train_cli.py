@@ -444,6 +444,24 @@ def test_only_the_folder_a_failed_run_claimed_and_left_unused_is_removed(
     )
 
 
+def test_a_folder_another_run_holds_is_not_removed_with_this_one(tmp_path: Path) -> None:
+    # Two runs given one new --output-dir: the one refused as "another run is writing there
+    # now" had seen the folder missing, and removed it in its clean-up, the other's lock
+    # and config.json with it; the other crashed an epoch later (FileNotFoundError).
+    from train.config import drop_unused_run_dir, first_missing
+    from train.utils import folder_lock
+
+    out = tmp_path / "new" / "run"
+    made = first_missing(out)
+    assert made == tmp_path / "new"
+    with folder_lock(out):  # the other run, training
+        (out / "config.json").write_text("{}\n")
+        assert drop_unused_run_dir(out, made) is False
+        assert sorted(p.name for p in out.iterdir()) == [".lock", "config.json"]
+    assert drop_unused_run_dir(out, made) is True  # released: this run's to remove
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_second_ctrl_c_ends_with_one_line_and_status_130(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:

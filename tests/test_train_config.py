@@ -791,6 +791,32 @@ def test_resume_in_a_dataset_whose_class_folders_changed_names_them(
     assert parse_config(["--resume", str(path)]).data.root == root
 
 
+def test_a_checkpoint_saved_with_settings_refused_for_new_runs_since_resumes(
+    resumable, tmp_path: Path, capsys
+) -> None:
+    # --model-ema-decay 1 and --cutmix-minmax 0 0 are refused for new runs; a run saved
+    # with them by an earlier version still resumes ("its configuration cannot be read")
+    original, _ = resumable
+    mix = dataclasses.replace(original.mix, cutmix_minmax=(0.0, 0.0))
+    old = dataclasses.replace(original, model_ema=True, model_ema_decay=1.0, mix=mix)
+    path = _checkpoint(tmp_path / "old" / "checkpoint.pth", old)
+    resumed = parse_config(["--resume", str(path)])
+    assert resumed.model_ema_decay == 1.0 and resumed.mix.cutmix_minmax == (0.0, 0.0)
+
+
+def test_a_run_whose_checkpoint_links_to_another_disk_resumes(resumable, tmp_path: Path) -> None:
+    # resolve() took the link's target folder for the checkpoint's: "--output-dir RUN
+    # already holds a run ...; continue that run with: python -m train --resume
+    # RUN/checkpoint.pth", the command typed
+    _, path = resumable
+    run = tmp_path / "linked"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("")
+    (run / "checkpoint.pth").symlink_to(path)
+    resumed = parse_config(["--resume", str(run / "checkpoint.pth")])
+    assert resumed.output_dir == run and resumed.resume == run / "checkpoint.pth"
+
+
 def test_resume_of_a_run_with_more_workers_than_this_machine_allows_asks_for_j(
     resumable, tmp_path: Path, capsys
 ) -> None:

@@ -14,8 +14,10 @@ saved in a checkpoint (:func:`resume_config`), ``--config`` the one a run saved 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import enum
+import fcntl
 import functools
 import hashlib
 import json
@@ -24,7 +26,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -308,8 +310,8 @@ class TrainConfig:
         if isinstance(self.model_ema_steps, bool) or not isinstance(self.model_ema_steps, int):
             raise ValueError(f"model_ema_steps must be an int >= 1, got {self.model_ema_steps!r}")
         _count("model_ema_steps", self.model_ema_steps)
-        if not 0.0 <= self.model_ema_decay < 1.0:  # 1: the average never left the start
-            raise ValueError(f"model_ema_decay must be in [0, 1), got {self.model_ema_decay!r}")
+        if not 0.0 <= self.model_ema_decay <= 1.0:  # 1 is refused for new runs (their flags)
+            raise ValueError(f"model_ema_decay must be in [0, 1], got {self.model_ema_decay!r}")
 
     def to_dict(self) -> dict[str, Any]:
         def plain(value: Any) -> Any:
@@ -1547,11 +1549,24 @@ def _check_ema_flags(args: argparse.Namespace, typed: Mapping[str, str]) -> None
     settings = [typed[dest] for dest in ("model_ema_steps", "model_ema_decay") if dest in typed]
     if settings and not args.model_ema:
         raise ValueError(f"{' and '.join(settings)} need{'s' * (len(settings) == 1)} --model-ema")
+    # 1: the average never leaves the first weights, and is evaluated every epoch; refused
+    # here, for new runs only: a checkpoint saved with it resumes
+    decay = args.model_ema_decay
+    if args.model_ema and not 0 <= decay < 1:
+        raise ValueError(
+            f"{typed.get('model_ema_decay', '--model-ema-decay')} must be in [0, 1), got {decay!r}"
+        )
 
 
 def _check_mix_flags(args: argparse.Namespace, typed: Mapping[str, str]) -> None:
     """The mixing's settings are refused where nothing mixes (``--cutmix-alpha 0
-    --mixup-alpha 0 --mix-prob 0.5`` trained without a word), as ``--remode`` is."""
+    --mixup-alpha 0 --mix-prob 0.5`` trained without a word), as ``--remode`` is; for new
+    runs only: a checkpoint saved with them resumes."""
+    if args.cutmix_minmax and max(args.cutmix_minmax) == 0:  # every box empty
+        raise ValueError(
+            f"{typed['cutmix_minmax']} must have max > 0 (every box would be empty), got "
+            f"{tuple(args.cutmix_minmax)}"
+        )
     if args.mixup_alpha or args.cutmix_alpha or args.cutmix_minmax:
         return
     dests = ("mix_prob", "switch_prob", "mix_mode", "correct_lam")
@@ -1617,6 +1632,29 @@ def first_missing(folder: Path) -> Path | None:
     return folder
 
 
+@contextlib.contextmanager
+def _unlocked(folder: Path) -> Iterator[bool]:
+    """Whether no process holds ``folder``'s run lock (:func:`train.utils.folder_lock`),
+    which this one holds while the block runs; ``True`` without a lock file, or where the
+    file system takes no locks."""
+    try:
+        fd = os.open(folder / LOCK_NAME, os.O_RDWR)
+    except FileNotFoundError:
+        yield True
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        except OSError:  # ENOLCK: no locks here, as for the run itself
+            pass
+        yield True
+    finally:
+        os.close(fd)
+
+
 def drop_unused_run_dir(folder: Path, made: Path | None = None) -> bool:
     """Removes ``folder``, which this command made (a ``runs/<date-time>`` it claimed, a
     new ``--output-dir``), if its run wrote nothing there but ``config.json``, and the
@@ -1631,9 +1669,15 @@ def drop_unused_run_dir(folder: Path, made: Path | None = None) -> bool:
     try:
         if any(entry.name not in ("config.json", LOCK_NAME) for entry in folder.iterdir()):
             return False
-        (folder / "config.json").unlink(missing_ok=True)
-        (folder / LOCK_NAME).unlink(missing_ok=True)  # released once the run ended
-        folder.rmdir()
+        with _unlocked(folder) as free:
+            # another run's lock (started with the same new --output-dir, it made the folder
+            # and trains there, while this one was refused as "another run is writing"):
+            # its folder, kept; removing its lock and config.json crashed it an epoch later
+            if not free:
+                return False
+            (folder / "config.json").unlink(missing_ok=True)
+            (folder / LOCK_NAME).unlink(missing_ok=True)  # this run's, released
+            folder.rmdir()
     except OSError:  # gone already, or something written there meanwhile: keep it
         return False
     folder = folder.absolute()
@@ -1665,8 +1709,13 @@ def _check_folders(config: TrainConfig) -> None:
     if not held:
         return
     checkpoint = out / CHECKPOINT_NAME
-    if config.resume is not None and config.resume.resolve().parent == out.resolve():
-        if CHECKPOINT_NAME not in held or _same_file(config.resume, checkpoint):
+    resume = config.resume
+    if resume is not None and (
+        _same_file(resume, checkpoint)  # a link to a checkpoint on another disk, too
+        or resume.absolute().parent == out.absolute()
+        or resume.resolve().parent == out.resolve()
+    ):
+        if CHECKPOINT_NAME not in held or _same_file(resume, checkpoint):
             return  # the run's own checkpoint (or the one it has, renamed)
         # a copy kept beside it (ep1.pth): continuing overwrote the run's newer checkpoint
         # and dropped its later epochs from metrics.jsonl, said to be "not written"
