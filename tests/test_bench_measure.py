@@ -28,7 +28,7 @@ def test_measure_windows_counts_images_and_cycles_the_loader() -> None:
         fake_batches(3), warmup=2, windows=4, window_batches=2, step=lambda x, y: steps.append(1)
     )
     assert len(steps) == 2 + 4 * 2  # warm-up batches run the step too, then 8 timed ones
-    assert len(result["windows"]) == 4
+    assert len(result["window_rates"]) == 4
     assert result["min"] <= result["images_per_s"] <= result["max"]
     with pytest.raises(ValueError, match="no batch"):
         measure.measure_windows([], warmup=1, windows=1, window_batches=1)
@@ -67,13 +67,16 @@ def test_a_measurement_on_a_tiny_folder(
     spec = tiny_spec(image_folder, loader, **changes)
     result = run(spec)
     assert "error" not in result, result.get("error")
-    assert result["images_per_s"] > 0 and len(result["windows"]) == spec["windows"]
+    assert result["images_per_s"] > 0 and len(result["window_rates"]) == spec["windows"]
     assert result["peak_rss_mb"] > 0
     # the DataLoader's living worker (workers=1, torch imported) is in the tree's figure
     extra = 100 if loader == "torchvision" else 0
     # Two reads of one VmHWM may differ by a few KiB (Linux syncs its per-thread RSS
     # counters lazily): 599.652 after 599.660 MiB was seen.
     assert result["tree_peak_rss_mb"] >= result["peak_rss_mb"] + extra - 1
+    # PSS splits shared pages among the processes: at most the peaks' sum, and more than
+    # the main process alone where a worker lives
+    assert 0 < result["tree_pss_mb"] <= result["tree_peak_rss_mb"]
 
 
 def test_a_failed_measurement_gives_its_error_not_its_tracebacks_last_lines(
@@ -132,7 +135,7 @@ def test_gpu_feed_format_trains_on_the_cpu(image_folder: Path, loader: str) -> N
         window_batches=1,
     )
     result = measure.measure(spec)
-    assert len(result["windows"]) == 1
+    assert len(result["window_rates"]) == 1
     assert math.isfinite(result["images_per_s"]) and result["images_per_s"] > 0
 
 
@@ -165,7 +168,8 @@ def test_a_configuration_two_sections_share_is_measured_once(
 
     def run(spec):
         runs.append(spec)
-        return {**spec, "images_per_s": float(len(runs))}
+        # as run_isolated: the spec, then the result (measure_windows' window_rates)
+        return {**spec, "images_per_s": float(len(runs)), "window_rates": [1.0, 2.0]}
 
     with caplog.at_level(logging.INFO, logger="pipelines.bench.measure"):
         results = measure.measure_sections(specs, run)
@@ -183,6 +187,10 @@ def test_a_configuration_two_sections_share_is_measured_once(
     assert [r["measured_in"] for r in none] == ["loaders", "loaders"]
     assert [r["images_per_s"] for r in none] == [r["images_per_s"] for r in off]
     assert none == [{**r, "measured_in": "loaders"} for r in off]
+    # a reused row keeps its window rates and its spec's window count (the result's rates
+    # were "windows", which the spec's count then replaced in results.json)
+    assert all(r["window_rates"] == [1.0, 2.0] for r in none + off)
+    assert all(r["windows"] == config.windows for r in none + off)
     assert all("measured_in" not in r for r in results["loaders"])
     assert {len(results[name]) for name in ("loaders", "scaling", "augment")} == {6, 10, 12}
 
@@ -286,7 +294,7 @@ def test_the_drain_takes_batches_without_the_step_after_the_warm_up() -> None:
     )
     # warm-up 0-2, drained 3-7 (no step), settled 8-9, timed 10-17
     assert calls == [0, 1, 2, *range(8, 18)]
-    assert len(result["windows"]) == 2 and result["min"] <= result["median"] <= result["max"]
+    assert len(result["window_rates"]) == 2 and result["min"] <= result["median"] <= result["max"]
 
 
 def test_the_tree_peak_rss_counts_living_workers() -> None:
@@ -299,6 +307,24 @@ def test_the_tree_peak_rss_counts_living_workers() -> None:
         while measure.tree_peak_rss_mb() - own < 64 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert measure.tree_peak_rss_mb() - own >= 64  # the child's 64 MiB, while it lives
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_the_tree_pss_counts_a_child_s_own_pages_once() -> None:
+    # The peaks' sum counted every page a worker shares with the fork server it came from
+    # once per process: a 2-worker DataLoader's host figure was about 2.5x its PSS.
+    own = measure.tree_pss_mb()
+    assert own is not None and own > 0
+    code = "import time; x = bytearray(64 << 20); x[::4096] = b'1' * len(x[::4096]); time.sleep(60)"
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 30
+        while measure.tree_pss_mb() - own < 64 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        grown = measure.tree_pss_mb() - own
+        assert 64 <= grown < 64 + 64  # its 64 MiB, and its interpreter's own pages
     finally:
         child.kill()
         child.wait()

@@ -163,10 +163,18 @@ def test_a_training_bar_above_its_ceiling_says_why() -> None:
     for row in (ceiling, close, below):
         row.update(arch="resnet18", device="cpu", mix="cutmix")
     summary = {"environment": {"cpu_count": 2, "dali": "x", "torch": "y"}, **results}
+    table = report.format_table(summary).splitlines()
     assert (
-        "| resnet18 on cpu <- dali (cutmix) | 102.0 | 102 % (ceiling measured in another window; "
-        "within noise) |"
-    ) in report.format_table(summary).splitlines()
+        "| resnet18 on cpu <- dali (cutmix) | 102.0 | 102.0 % (ceiling measured in another "
+        "window; within noise) |"
+    ) in table
+    assert "| resnet18 on cpu <- dali (cutmix) | 90.0 | 90.0 % |" in table
+    # to 0.1 %: 96.6 % printed "97 %", which read as the 97 % goal met; no ceiling: "-"
+    below["pct_of_ceiling"] = 96.6
+    del close["pct_of_ceiling"]
+    table = report.format_table(summary).splitlines()
+    assert "| resnet18 on cpu <- dali (cutmix) | 90.0 | 96.6 % |" in table
+    assert any(line.startswith("| resnet18 on cpu <- dali (cutmix) | 102.0 | - ") for line in table)
 
 
 def test_the_chart_shows_the_spread_of_every_bar_and_why_one_tops_its_ceiling() -> None:
@@ -192,7 +200,7 @@ def test_the_chart_shows_the_spread_of_every_bar_and_why_one_tops_its_ceiling() 
         spans = [tuple(segment[:, 1]) for segment in lines.get_segments()]
         assert spans == [(r["min"], r["max"]) for r in rows]
     labels = [text.get_text() for text in train_ax.texts]
-    assert labels == ["100 %", "102 % *"]
+    assert labels == ["100.0 %", "102.0 % *"]
     assert train_ax.get_xlabel() == "* ceiling measured in another window; within noise"
     plt.close(fig)
 
@@ -264,8 +272,11 @@ def test_the_hw_decoder_load_sweep_has_its_rows_and_its_panel(tmp_path: Path) ->
     rows = [row(0.0, 7000.0, 4600.0), row(0.99, 15000.0, 1255.0)]
     summary = {"environment": env, "loaders": [], "training": [], "scaling": rows}
     table = report.format_table(summary).splitlines()
-    assert "| hw_decoder_load | dali-gpu | 0.0 | 7000.0 | 1000 | 4600 |" in table
-    assert "| hw_decoder_load | dali-gpu | 0.99 | 15000.0 | 1000 | 1255 |" in table
+    assert "| hw_decoder_load | dali-gpu | 0.0 | 7000.0 | - | 1000 | 4600 |" in table
+    assert "| hw_decoder_load | dali-gpu | 0.99 | 15000.0 | - | 1000 | 1255 |" in table
+    rows[1]["tree_pss_mb"] = 812.4  # measured since: the process tree's PSS beside the peaks
+    table = report.format_table(summary).splitlines()
+    assert "| hw_decoder_load | dali-gpu | 0.99 | 15000.0 | 812 | 1000 | 1255 |" in table
     report.plot_results(summary, tmp_path / "r.png")  # one panel: no empty workers panel
     import matplotlib.pyplot as plt
 

@@ -63,23 +63,78 @@ PARTIAL = "results.partial.json"  # the rows so far, which a stopped run keeps; 
 
 
 def _environment() -> dict[str, Any]:
+    import numpy
     import nvidia.dali
+    import PIL
     import torch
     import torchvision
+    from PIL import features
 
     env = {
         "host": platform.node(),
         "platform": platform.platform(),
+        "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
+        # the machine's load as the run began (a shared VM's neighbours slow every row)
+        "load_average": os.getloadavg(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "dali": nvidia.dali.__version__,
+        "dali_package": _dali_package(),  # "2.4.0" says not which CUDA build
+        "numpy": numpy.__version__,
+        # the DataLoader's decoder: PIL over libjpeg-turbo
+        "pillow": PIL.__version__,
+        "libjpeg_turbo": features.version("libjpeg_turbo"),
+        "commit": _commit(),
         "cuda_available": torch.cuda.is_available(),
     }
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
+        env["cuda"] = torch.version.cuda
+        env["cudnn"] = torch.backends.cudnn.version()
     return env
+
+
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as info:
+            names = [ln.split(":", 1)[1].strip() for ln in info if ln.startswith("model name")]
+    except OSError:
+        return platform.processor() or None
+    return names[0] if names else None
+
+
+def _dali_package() -> str | None:
+    """The installed DALI distribution (``nvidia-dali-cuda120 2.4.0``)."""
+    import importlib.metadata
+
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"] or ""
+        if name.startswith("nvidia-dali"):
+            return f"{name} {dist.version}"
+    return None
+
+
+def _commit() -> str | None:
+    """The project's commit, ``+dirty`` where files differ from it; ``None`` outside a clone."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return None
+    return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def check_arch(arch: str) -> None:

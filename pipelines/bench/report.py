@@ -50,9 +50,17 @@ NOISE_NOTE = "within the min-max spreads of the two rows: this run does not reso
 ONE_WINDOW_NOTE = "one window per row: no spread to judge it by; this run does not resolve it"
 
 
+def _of_ceiling(row: dict[str, Any]) -> str:
+    """A training row's share of its ceiling to 0.1 % ("97 %" was 96.6 %, under the 97 %
+    goal), or "-" where no ceiling was measured (it printed "0 %")."""
+    pct = row.get("pct_of_ceiling")
+    return "-" if pct is None else f"{pct:.1f} %"
+
+
 def _no_spread(row: dict[str, Any]) -> bool:
     """Whether a row was timed in fewer than two windows (``--windows 1``)."""
-    windows = row.get("windows")
+    # "window_rates"; results.json written before it held them as "windows"
+    windows = row.get("window_rates", row.get("windows"))
     if isinstance(windows, list):
         return len(windows) < 2
     return "min" in row and row["min"] == row.get("max")
@@ -134,13 +142,14 @@ def format_table(report: dict[str, Any]) -> str:
             note = f" ({r['ceiling_note']})" if "ceiling_note" in r else ""
             lines.append(
                 f"| {r['arch']} on {r['device']} <- {r['loader']} ({r['mix']}) "
-                f"| {r['images_per_s']:.1f} | {r.get('pct_of_ceiling', 0):.0f} %{note} |"
+                f"| {r['images_per_s']:.1f} | {_of_ceiling(r)}{note} |"
             )
     if report["scaling"]:
         lines += [
             "",
-            "| scaling | loader | value | images/s | peak host RSS MiB | GPU MiB in use |",
-            "|---|---|---:|---:|---:|---:|",
+            "| scaling | loader | value | images/s | host PSS MiB | peak host RSS MiB | GPU "
+            "MiB in use |",
+            "|---|---|---:|---:|---:|---:|---:|",
         ]
         for r in report["scaling"]:
             if "error" in r:
@@ -148,9 +157,12 @@ def format_table(report: dict[str, Any]) -> str:
             name = r["loader"] if r["loader"] != "dali" else f"dali-{r['device']}"
             # the process tree's (DataLoader workers included) where measured, else the main one's
             rate, rss = r["images_per_s"], r.get("tree_peak_rss_mb") or r["peak_rss_mb"]
+            # the tree's PSS: shared pages once (results before it: "-")
+            pss = f"{r['tree_pss_mb']:.0f}" if r.get("tree_pss_mb") else "-"
             gpu = f"{r['gpu_used_mb']:.0f}" if "gpu_used_mb" in r else "-"
             lines.append(
-                f"| {r['sweep']} | {name} | {r[r['sweep']]} | {rate:.1f} | {rss:.0f} | {gpu} |"
+                f"| {r['sweep']} | {name} | {r[r['sweep']]} | {rate:.1f} | {pss} | {rss:.0f} "
+                f"| {gpu} |"
             )
     if report.get("augment"):
         lines += _augment_table(report["augment"])
@@ -320,9 +332,7 @@ def _plot_training(ax, report: dict[str, Any]) -> None:
         capsize=3,
         color="tab:green",
     )
-    marks = [
-        f"{r.get('pct_of_ceiling', 0):.0f} %" + (" *" if "ceiling_note" in r else "") for r in train
-    ]
+    marks = [_of_ceiling(r) + (" *" if "ceiling_note" in r else "") for r in train]
     ax.bar_label(bars, marks, label_type="center")
     notes = sorted({r["ceiling_note"] for r in train if "ceiling_note" in r})
     if notes:  # a bar above 100 % of its ceiling says why, under the axis
