@@ -287,8 +287,9 @@ def tree_peak_rss_mb(pid: int | None = None) -> float | None:
     """The sum of each process's peak RSS (``VmHWM``) over ``pid`` (default: this one) and its
     living descendants: the DataLoader's workers included, which ``RUSAGE_CHILDREN`` misses
     while they live. Pages shared (the fork server's, which the workers are forked from,
-    the libraries') count once per process, so it is an upper bound, about 2.5x the
-    :func:`tree_pss_mb` of a 2-worker DataLoader here. ``None`` where ``/proc`` is not Linux's."""
+    the libraries') count once per process, so it is an upper bound (a 2-worker
+    DataLoader on the 2-core machine: 4,192 MiB, its :func:`tree_pss_mb` 2,933). ``None``
+    where ``/proc`` is not Linux's."""
     root = os.getpid() if pid is None else pid
     if _peak_kb(root) is None:
         return None
