@@ -14,10 +14,8 @@ saved in a checkpoint (:func:`resume_config`), ``--config`` the one a run saved 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import enum
-import fcntl
 import functools
 import hashlib
 import json
@@ -26,7 +24,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,10 +73,10 @@ __all__ = [
     "Schedule",
     "TrainConfig",
     "claims_run_dir",
-    "first_missing",
     "config_from_args",
     "default_workers",
     "drop_unused_run_dir",
+    "first_missing",
     "get_args_parser",
     "name_flags",
     "parse_config",
@@ -1632,29 +1630,6 @@ def first_missing(folder: Path) -> Path | None:
     return folder
 
 
-@contextlib.contextmanager
-def _unlocked(folder: Path) -> Iterator[bool]:
-    """Whether no process holds ``folder``'s run lock (:func:`train.utils.folder_lock`),
-    which this one holds while the block runs; ``True`` without a lock file, or where the
-    file system takes no locks."""
-    try:
-        fd = os.open(folder / LOCK_NAME, os.O_RDWR)
-    except FileNotFoundError:
-        yield True
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        except OSError:  # ENOLCK: no locks here, as for the run itself
-            pass
-        yield True
-    finally:
-        os.close(fd)
-
-
 def drop_unused_run_dir(folder: Path, made: Path | None = None) -> bool:
     """Removes ``folder``, which this command made (a ``runs/<date-time>`` it claimed, a
     new ``--output-dir``), if its run wrote nothing there but ``config.json``, and the
@@ -1666,10 +1641,12 @@ def drop_unused_run_dir(folder: Path, made: Path | None = None) -> bool:
     then leaves no folder behind for each attempt; the error line's scan writes into a
     folder of its own making.
     """
+    from .utils import folder_unlocked  # torch: imported by then
+
     try:
         if any(entry.name not in ("config.json", LOCK_NAME) for entry in folder.iterdir()):
             return False
-        with _unlocked(folder) as free:
+        with folder_unlocked(folder) as free:
             # another run's lock (started with the same new --output-dir, it made the folder
             # and trains there, while this one was refused as "another run is writing"):
             # its folder, kept; removing its lock and config.json crashed it an epoch later

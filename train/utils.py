@@ -250,30 +250,54 @@ def folder_lock(folder: Path) -> Iterator[bool]:
     Raises:
         BusyFolderError: another process holds the lock.
     """
-    import fcntl
-
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        locked = _take_lock(fd, folder)
+        if locked is False:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             raise BusyFolderError(
                 f"--output-dir {folder}: another run is writing there now (process "
                 f"{holder}); give another folder, or wait until that run ends"
-            ) from None
-        except OSError as error:  # ENOLCK: no locks on this file system
-            logger.debug("no lock on %s (%s); the run goes on unlocked", folder, error)
-            locked = False
-        else:
+            )
+        if locked:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            locked = True
-        yield locked
+        yield bool(locked)
     finally:
         os.close(fd)  # releases the lock
+
+
+def _take_lock(fd: int, folder: Path) -> bool | None:
+    """Takes the exclusive lock on ``fd`` without waiting: ``True`` taken, ``False`` another
+    process holds it, ``None`` where the file system takes no locks (some network ones)."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as error:  # ENOLCK
+        logger.debug("no lock on %s (%s); the run goes on unlocked", folder, error)
+        return None
+    return True
+
+
+@contextlib.contextmanager
+def folder_unlocked(folder: Path) -> Iterator[bool]:
+    """Whether no process holds ``folder``'s lock (:func:`folder_lock`), which this one
+    then holds while the block runs; ``True`` without a lock file, or where the file
+    system takes no locks."""
+    try:
+        fd = os.open(folder / LOCK_NAME, os.O_RDWR)
+    except FileNotFoundError:
+        yield True
+        return
+    try:
+        yield _take_lock(fd, folder) is not False
+    finally:
+        os.close(fd)
 
 
 class MetricsFile:

@@ -75,7 +75,7 @@ def _environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
-        # the machine's load as the run began (a shared VM's neighbours slow every row)
+        # the load as the run ended (1, 5 and 15 minutes: a shared VM's neighbours slow rows)
         "load_average": os.getloadavg(),
         "python": platform.python_version(),
         "torch": torch.__version__,
