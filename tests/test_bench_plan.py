@@ -88,7 +88,13 @@ def test_the_scaling_sweep_plans_hw_decoder_loads_for_dali_on_the_gpu_only(tmp_p
 
 @pytest.mark.parametrize(
     ("workers", "per_class", "warned"),
-    [(5, 180, []), (6, 180, [("scaling", 64)]), (11, 200, []), (12, 200, [("scaling", 64)])],
+    # both loaders' batch-64 rows: they warm up alike (DALI's row ran 24 batches fewer)
+    [
+        (5, 180, []),
+        (6, 180, [("scaling", 64), ("scaling", 64)]),
+        (11, 200, []),
+        (12, 200, [("scaling", 64), ("scaling", 64)]),
+    ],
 )
 def test_the_default_set_warns_of_short_epochs_as_the_readme_says(
     workers: int, per_class: int, warned: list
@@ -108,3 +114,17 @@ def test_the_default_set_warns_of_short_epochs_as_the_readme_says(
         )
     ]
     assert short == warned
+
+
+def test_the_loaders_compared_warm_up_alike() -> None:
+    # DALI's rows warmed up for its own 3 batches, the DataLoader's for 2 x workers + 2:
+    # with 16 workers 134 batches against 110, and only the DataLoader's windows could
+    # cross an epoch's start.
+    from pipelines.bench.measure import timing
+
+    config = plan.BenchConfig(out=Path("out"), workers=16, sweeps=("loaders", "scaling"))
+    sections = plan.plan_sections(config, Path("root"))
+    loaders = {(s["loader"], timing(s)["warmup"]) for s in sections["loaders"]}
+    assert loaders == {("torchvision", 34), ("dali", 34)}
+    for spec in sections["scaling"]:  # each row as the DataLoader of its worker count
+        assert timing(spec)["warmup"] == max(config.warmup, 2 * spec["workers"] + 2)

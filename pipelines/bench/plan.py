@@ -235,9 +235,21 @@ def plan_sections(config: BenchConfig, root: Path) -> dict[str, list[dict[str, A
     }
     # Recorded in every spec (and so in results.json): how the batches reach the model.
     return {
-        name: [{**spec, **feed_format(spec)} for spec in specs] if name in asked else []
+        name: [{**spec, **feed_format(spec), **_same_warmup(spec)} for spec in specs]
+        if name in asked
+        else []
         for name, specs in sections.items()
     }
+
+
+def _same_warmup(spec: dict[str, Any]) -> dict[str, Any]:
+    """A loader row's warm-up: the one the DataLoader of its worker count needs (its buffer),
+    for DALI's row too. DALI's own was its 3 batches, so with 16 workers the DataLoader ran
+    134 batches to DALI's 110, and only its windows could cross an epoch's start."""
+    if spec["kind"] != "loader":
+        return {}
+    longest = buffered_batches({"loader": "torchvision", "workers": spec["workers"]})
+    return {"warmup": max(spec["warmup"], longest)}
 
 
 def _scaling_specs(
