@@ -17,6 +17,7 @@ import math
 import numbers
 import os
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -187,6 +188,18 @@ def _check_minmax(value: Any) -> tuple[float, float]:
     if low > high:
         raise ValueError(f"cutmix_minmax must have min <= max, got {value!r}")
     return low, high
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as dotted keys: ``{"mix": {"cutmix_alpha": 1.0}}`` as
+    ``{"mix.cutmix_alpha": 1.0}`` (a configuration's fields, named in messages)."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _store(config: Any, **values: Any) -> None:

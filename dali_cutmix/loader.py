@@ -23,6 +23,8 @@ import torch
 from nvidia.dali.pipeline import Pipeline
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
+from dali_cutmix.config import flatten
+
 __all__ = ["DaliLoader", "LastBatch"]
 
 logger = logging.getLogger(__name__)
@@ -403,7 +405,7 @@ class DaliLoader:
         change on purpose wants; by mistake, it would go unseen."""
         if not isinstance(saved, Mapping) or not self._recipe:  # a state from before recipes
             return
-        was, now = _flat(saved), _flat(self._recipe)
+        was, now = flatten(saved), flatten(self._recipe)
         differ = [
             f"{key}={was.get(key)!r} (this loader: {now.get(key)!r})"
             for key in sorted(was.keys() | now.keys())
@@ -426,14 +428,3 @@ class DaliLoader:
             "last_batch": self.last_batch.value,
         }
         return f"DaliLoader({json.dumps(info)[1:-1]})"
-
-
-def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"mix": {"cutmix_alpha": 1.0}}`` as ``{"mix.cutmix_alpha": 1.0}``."""
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, Mapping):
-            flat |= _flat(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat

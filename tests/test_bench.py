@@ -208,16 +208,23 @@ def test_a_file_that_is_no_image_ends_the_command_with_one_line(
     assert not (tmp_path / "out").exists()  # nothing measured, no folder left
 
 
-def test_the_generated_set_s_sizes_beside_data_are_refused(
-    tmp_path: Path, capsys, monkeypatch, caplog
-) -> None:
-    # --data tiny --classes 5 measured tiny's 2 classes without a word
+@pytest.fixture
+def unmeasured(tmp_path: Path, monkeypatch) -> tuple[Path, list[str]]:
+    """A folder of 2 classes of 2 images, and the flags that measure its loaders section
+    into ``tmp_path/out``; a measurement fails the test (the command must end before)."""
     root = build_image_folder(tmp_path / "data", classes=2, per_class=2, extras=False)
     monkeypatch.setattr(
         "pipelines.bench.measure.measure_sections", lambda *a, **k: pytest.fail("it measured")
     )
     argv = ["--data", str(root), "--device", "cpu", "--out", str(tmp_path / "out")]
-    argv += ["--batch-size", "2", "--sweeps", "loaders"]
+    return root, [*argv, "--batch-size", "2", "--sweeps", "loaders"]
+
+
+def test_the_generated_set_s_sizes_beside_data_are_refused(
+    unmeasured, capsys, monkeypatch, caplog
+) -> None:
+    # --data tiny --classes 5 measured tiny's 2 classes without a word
+    _, argv = unmeasured
     refused = {
         "--classes sizes the generated set, which --data replaces (its folder is measured as "
         "it is); leave it out": ["--classes", "5"],
@@ -243,19 +250,14 @@ def test_the_generated_set_s_sizes_beside_data_are_refused(
 
 
 def test_a_file_dali_does_not_decode_ends_the_command_before_any_measurement(
-    tmp_path: Path, capsys, monkeypatch
+    unmeasured, tmp_path: Path, capsys
 ) -> None:
     # A GIF named .JPEG, and a .bmp that holds one (ImageFolder lists it, the statistics
     # looked only at .jpg/.jpeg/.png): PIL read their headers, so the run went through the
     # torchvision rows and stopped at its first DALI measurement, minutes later.
     from PIL import Image
 
-    root = build_image_folder(tmp_path / "data", classes=2, per_class=2, extras=False)
-    monkeypatch.setattr(
-        "pipelines.bench.measure.measure_sections", lambda *a, **k: pytest.fail("it measured")
-    )
-    argv = ["--data", str(root), "--device", "cpu", "--out", str(tmp_path / "out")]
-    argv += ["--batch-size", "2", "--sweeps", "loaders"]
+    root, argv = unmeasured
     for bad in (root / "n00000000" / "a.JPEG", root / "n00000001" / "b.bmp"):
         Image.new("RGB", (8, 8)).save(bad, format="GIF")
         with pytest.raises(SystemExit) as caught:

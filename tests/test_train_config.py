@@ -11,7 +11,14 @@ import pytest
 import torch
 
 import train.config
-from dali_cutmix.config import AugmentConfig, AutoAugment, EraseMode, Interpolation, MixMode
+from dali_cutmix.config import (
+    AugmentConfig,
+    AutoAugment,
+    EraseMode,
+    Interpolation,
+    MixMode,
+    flatten,
+)
 from train.checkpoint import save_checkpoint
 from train.config import (
     ALIASES,
@@ -595,7 +602,7 @@ def test_every_flag_names_one_configuration_field() -> None:
     aliases = {dest for setters in ALIASES.values() for dest, _ in setters}
     assert {dest for dest, _ in FLAGS.values()} | aliases == dests
     assert aliases - {dest for dest, _ in FLAGS.values()} == {"crop_size", "aa", "reprob"}
-    fields = set(_flat(parse_config(["--device", "cpu"]).to_dict()))
+    fields = set(flatten(parse_config(["--device", "cpu"]).to_dict()))
     derived = {f for f in fields if f.startswith(("data.classes", "data.embedded."))}
     assert set(FLAGS) | set(ALIASES) == fields - derived - {"mix.num_classes"}  # the dataset's
     assert RESUME_MAY_CHANGE.issubset(FLAGS)
@@ -606,16 +613,6 @@ def test_help_documents_the_exit_statuses_and_resuming() -> None:
     assert "\nexit status:\n  0    trained to the last epoch" in text
     assert "\n  3    stopped by Ctrl-C, SIGTERM or --stop-after-steps;" in text
     assert "\nresuming:\n  --resume RUN/checkpoint.pth (or RUN) alone continues a run" in text
-
-
-def _flat(data: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat |= _flat(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _checkpoint(path: Path, config: TrainConfig, *, step: int = 0, ranks: int = 1) -> Path:

@@ -47,6 +47,7 @@ from dali_cutmix.config import (
     _check_int,
     _enum,
     check_warp_interpolation,
+    flatten,
     resolve_device,
     timm_auto_augment,
 )
@@ -848,16 +849,6 @@ def name_flags(message: str, typed: Mapping[str, str]) -> str:
 # ----------------------------------------------------------------------------- resuming
 
 
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _shown(value: Any) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
@@ -954,7 +945,7 @@ def resume_changes(
         flag changes a setting, only the typed flags' changes: the rest follow from
         them (another ``--data`` has other classes, no embedded set, ...).
     """
-    old, new = _flatten(saved), _flatten(current)
+    old, new = flatten(saved), flatten(current)
     reasons, derived = [], []
     if new["epochs"] < old.get("epochs", 0):
         reasons.append(
@@ -1104,7 +1095,7 @@ def _saved_args(
     ``--aa`` sets fields that no flag gives back), changed by typed flags only. A setting
     the file lacks takes its flag's default, as in timm's partial ``-c`` files.
     """
-    flat = _flatten(saved)
+    flat = flatten(saved)
     values: dict[str, Any] = {dest: None for setters in ALIASES.values() for dest, _ in setters}
     for field, (dest, _) in FLAGS.items():
         if field.startswith("augment."):
@@ -1165,7 +1156,7 @@ def _clash(
     --val-crop-size 224"``: a typed fixed flag, its value and the saved values it sets;
     ``""`` where it gives the saved values again."""
     dest = next(dest for dest, spelt in typed.items() if spelt == flag)
-    flat = _flatten(saved)
+    flat = flatten(saved)
     fields = sorted(
         field
         for field in FLAGS.keys() | ALIASES.keys()
@@ -1353,7 +1344,7 @@ def _unknown_settings(saved: Mapping[str, Any], known: Mapping[str, Any]) -> lis
     ``to_dict()``) holds: a saved ``data.embedded.seed`` is known where ``data.embedded``
     is ``None`` (a ``--data`` folder instead of the embedded set), and a saved
     ``data.embedded`` of ``None`` where ``known`` has its fields."""
-    fields = _flatten(known).keys()
+    fields = flatten(known).keys()
     sections = {name.rsplit(".", n)[0] for name in fields for n in range(1, name.count(".") + 1)}
 
     def held(name: str) -> bool:
@@ -1361,7 +1352,7 @@ def _unknown_settings(saved: Mapping[str, Any], known: Mapping[str, Any]) -> lis
         within = any(".".join(parts[:n]) in fields for n in range(1, len(parts) + 1))
         return within or name in sections
 
-    return sorted(name for name in _flatten(saved) if not held(name))
+    return sorted(name for name in flatten(saved) if not held(name))
 
 
 # Why a checkpoint's configuration cannot be read: not a flag to change.
