@@ -131,7 +131,7 @@ class GpuDecoderOptions:
       many CPU threads per GPU to decode the rest; with the 6-8 threads per GPU
       of a typical node, nearly all on the hardware decoder is faster (MLPerf
       ResNet-50 submissions use 0.99 with 6 threads per H100).
-    * ``device_memory_padding`` / ``host_memory_padding`` (200 MiB / 134 MiB)
+    * ``device_memory_padding`` / ``host_memory_padding`` (201.25 MiB / 134 MiB)
       and ``preallocate_width_hint`` / ``preallocate_height_hint`` (5980 x 6430,
       the largest ImageNet image): nvJPEG's buffers are sized once for the
       largest image instead of being reallocated mid-epoch, which stalls the
