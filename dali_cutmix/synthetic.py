@@ -521,6 +521,10 @@ def generate(
     if not isinstance(spec, SyntheticSpec):  # an AttributeError on num_images
         raise ValueError(f"spec must be a SyntheticSpec, got {spec!r}")
     root = Path(root)
+    if root.name in ("", "..") or root.name != Path(os.path.normpath(root)).name:
+        # ".": the lock file and the partial folder went inside it ("..lock"), so the empty
+        # folder was refused as one this command had not generated
+        root = Path(os.path.abspath(root))
     if is_complete(root, spec):
         _check_intact(root)
         return root
@@ -653,12 +657,15 @@ def _generate_unlocked(
                 f"{root}: its disk filled while {counted(spec.num_images, 'image')} were "
                 f"written ({error.strerror}); nothing of the set is left; {no_room}"
             ) from None
-        tmp.chmod(0o755)  # mkdtemp makes it private
-        try:
-            os.rename(tmp, root)
-        except OSError:
-            if not is_complete(root, spec):  # another process finished first otherwise
-                raise
+        if root.is_dir():  # an empty folder made for it (_refuse_foreign let it through)
+            _fill(root, tmp)
+        else:
+            tmp.chmod(0o755)  # mkdtemp makes it private
+            try:
+                os.rename(tmp, root)
+            except OSError:
+                if not is_complete(root, spec):  # another process finished first otherwise
+                    raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -667,6 +674,16 @@ def _generate_unlocked(
 
 
 # ----------------------------------------------------------------------------- statistics
+
+
+def _fill(root: Path, tmp: Path) -> None:
+    """Moves the set written in ``tmp`` into the empty folder ``root``, its manifest last
+    (what makes it a finished set), so that ``root`` keeps its mode, group and setgid bit:
+    renamed over, a shared folder (``chmod 2775``, a group) became a private one of root's
+    group, and a shell inside it was left in a deleted folder."""
+    for part in sorted(tmp.iterdir(), key=lambda p: p.name == MANIFEST):
+        os.rename(part, root / part.name)
+    tmp.rmdir()
 
 
 def _header_size(path: Path, root: Path) -> tuple[int, int]:

@@ -127,7 +127,8 @@ def probe_other_width() -> dict[str, Any]:
 
 
 def _machine() -> dict[str, Any]:
-    with signals_deferred():  # a Ctrl-C inside these imports aborted it (status 134)
+    # a Ctrl-C inside these imports aborted it (status 134)
+    with signals_deferred("torch and DALI are imported"):
         import nvidia.dali
         import torch
         import torchvision

@@ -462,7 +462,7 @@ class TorchvisionLoader:
         # The first iter() starts the workers: a Ctrl-C while one waited for the fork
         # server's reply left a process the loader never registered, which failed with a
         # traceback (FileNotFoundError rebuilding a semaphore) once this process was gone.
-        with signals_deferred():
+        with signals_deferred("the DataLoader's worker processes have started"):
             stream = iter(self.loader)
         try:
             for images, targets in stream:

@@ -155,8 +155,29 @@ def test_an_empty_mount_point_is_refused_before_a_file_is_written(
 def test_an_empty_folder_made_for_the_set_is_filled(tmp_path: Path) -> None:
     # "exists and is no dataset this command generated": a mkdir first was refused.
     (tmp_path / "ds").mkdir()
+    # filled in place: renamed over, a shared folder lost its mode, group and setgid bit
+    (tmp_path / "ds").chmod(0o2775)
+    before = (tmp_path / "ds").stat()
     root = generate(tmp_path / "ds", TINY, workers=1, progress=False)
     assert len(list(root.rglob("*.JPEG"))) == 15 and synthetic.is_complete(root, TINY)
+    after = root.stat()
+    assert (after.st_ino, after.st_mode, after.st_gid) == (
+        before.st_ino,
+        before.st_mode,
+        before.st_gid,
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]  # no lock or partial left
+
+
+def test_the_current_folder_is_filled_as_named(tmp_path: Path, monkeypatch) -> None:
+    # "synthetic ." put its lock file and partial folder inside ".", then refused it as "no
+    # dataset this command generated"
+    (tmp_path / "ds").mkdir()
+    monkeypatch.chdir(tmp_path / "ds")
+    root = generate(Path("."), TINY, workers=1, progress=False)
+    assert root == tmp_path / "ds" and synthetic.is_complete(root, TINY)
+    assert sorted(p.name for p in root.iterdir()) == ["manifest.json", "train", "val"]
+    assert generate(Path("."), TINY, workers=1, progress=False) == root  # reused
 
 
 def test_finished_folder_is_reused_without_writing(tmp_path: Path, monkeypatch) -> None:
