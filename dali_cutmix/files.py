@@ -233,12 +233,16 @@ class ImageList:
         paths: absolute file paths, in ``ImageFolder`` order for a folder.
         labels: int label of each path, same length as ``paths``.
         source: the folder or file list this came from (for messages).
+        left_out: the files of a folder's listing that ``ImageFolder`` leaves out too (no
+            image extension, or beside the class folders), which its log line names; a
+            scan's report counts them, so that its counts add up to the files on disk.
     """
 
     classes: tuple[str, ...]
     paths: tuple[str, ...]
     labels: tuple[int, ...]
     source: str
+    left_out: tuple[str, ...] = dataclasses.field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         if len(self.paths) != len(self.labels):
@@ -439,8 +443,8 @@ def list_image_folder(root: str | os.PathLike[str]) -> ImageList:
         counted(len(classes), "class"),
         root,
     )
-    _tell_of_unlisted_files(root, skipped)
-    return ImageList(tuple(classes), tuple(paths), tuple(labels), str(root))
+    left_out = _tell_of_unlisted_files(root, skipped)
+    return ImageList(tuple(classes), tuple(paths), tuple(labels), str(root), left_out)
 
 
 def _warn_of_hidden_classes(root: Path, classes: Sequence[str]) -> None:
@@ -464,10 +468,10 @@ def _warn_of_hidden_classes(root: Path, classes: Sequence[str]) -> None:
         )
 
 
-def _tell_of_unlisted_files(root: Path, skipped: Sequence[str]) -> None:
+def _tell_of_unlisted_files(root: Path, skipped: Sequence[str]) -> tuple[str, ...]:
     """Logs the files a listing left out, as ``ImageFolder`` leaves them out: those in class
     folders without an image extension (``.gif``, ``.heic``, ``.part``) and those beside the
-    class folders, in none."""
+    class folders, in none; returns them."""
     try:
         loose = sorted(entry.path for entry in os.scandir(root) if entry.is_file())
     except OSError:
@@ -485,6 +489,7 @@ def _tell_of_unlisted_files(root: Path, skipped: Sequence[str]) -> None:
                 shown,
                 f" and {len(files) - 3} more" if len(files) > 3 else "",
             )
+    return (*skipped, *loose)
 
 
 # "path label": the label after the last run of spaces or tabs. ASCII digits only:

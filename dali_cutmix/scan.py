@@ -506,6 +506,8 @@ def write_report(report: ScanReport, out: str | os.PathLike[str]) -> dict[str, P
         "total": len(report.images),
         "good": len(report.images) - len(report.bad),
         "bad": [{"path": p, "label": label, "error": e} for p, label, e in report.bad],
+        # files ImageFolder leaves out too (no image extension, beside the class folders)
+        "left_out": list(report.images.left_out),
     }
     write_json(paths["bad_files.json"], summary)
     return paths
@@ -559,11 +561,13 @@ SHOWN_BAD = 20
 def _log_findings(report: ScanReport, *, shown: int) -> None:
     """The counts, the rate and the first ``shown`` bad files, each with its error."""
     rate = len(report.images) / max(report.seconds, 1e-9)
+    left_out = len(report.images.left_out)  # so that the counts add up to the files there
     logger.info(
-        "%d files, %d good, %d bad (%.0f images/s)",
-        len(report.images),
+        "%d files, %d good, %d bad%s (%.0f images/s)",
+        len(report.images) + left_out,
         len(report.good),
         len(report.bad),
+        f", {left_out} left out as ImageFolder does (named above)" if left_out else "",
         rate,
     )
     for path, _, error in report.bad[:shown]:  # a newline in a name: quoted, one line each

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import threading
@@ -635,10 +636,27 @@ def test_files_a_listing_leaves_out_are_counted_and_named(
         f"left out 1 file directly in {root}, outside every class folder, as ImageFolder "
         "does: 'stray.JPEG'",
     ]
+    # kept for a scan's report, whose counts then add up to the files on disk
+    left = ("notes.txt", "photo.gif", "photo.heic", "x.JPEG.part")
+    assert images.left_out == (
+        *(str(root / "n00000001" / n) for n in left),
+        str(root / "stray.JPEG"),
+    )
     caplog.clear()
     with caplog.at_level("INFO", logger="dali_cutmix.files"):
-        list_image_folder(build_image_folder(tmp_path / "clean", classes=2, extras=False))
-    assert [m for m in caplog.messages if "left out" in m] == []
+        clean = list_image_folder(build_image_folder(tmp_path / "clean", classes=2, extras=False))
+    assert [m for m in caplog.messages if "left out" in m] == [] and clean.left_out == ()
+    # the scan's summary and bad_files.json count them: 4 good + 5 left out = 9 files there
+    from dali_cutmix.scan import main as scan
+
+    caplog.clear()
+    with caplog.at_level("INFO", logger="dali_cutmix.scan"):
+        assert scan([str(root), "--out", str(tmp_path / "scan"), "--workers", "1"]) == 0
+    assert "9 files, 4 good, 0 bad, 5 left out as ImageFolder does (named above)" in "".join(
+        caplog.messages
+    )
+    report = json.loads((tmp_path / "scan" / "bad_files.json").read_text())
+    assert (report["total"], report["good"], report["left_out"]) == (4, 4, list(images.left_out))
 
 
 def test_a_hidden_class_folder_is_warned_of_as_the_label_it_takes(
