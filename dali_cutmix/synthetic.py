@@ -564,14 +564,30 @@ def _refuse_foreign(root: Path, spec: SyntheticSpec) -> None:
     (a generated folder appears whole, by a rename: any other is someone's)."""
     if root.is_dir() and not any(root.iterdir()):  # made empty for it (mkdir): filled by rename
         return
+    if root.exists() and not root.is_dir():  # "no dataset this command generated"
+        raise ValueError(f"{root} is a file, not a folder; choose another path")
     if root.exists():
         found = _read_manifest(root)
         what = (
-            f"is a dataset generated from {found.get('spec')}, not {spec.to_dict()}"
+            f"is a dataset generated with other settings ({_settings_differ(found, spec)})"
             if found
             else "is no dataset this command generated (no readable manifest.json)"
         )
         raise ValueError(f"{root} exists and {what}; remove it or choose another path")
+
+
+def _settings_differ(found: dict[str, Any], spec: SyntheticSpec) -> str:
+    """The settings of a manifest ``found`` that ``spec`` does not share (``train_per_class
+    200, not 100``; the two specs' dicts were printed whole, to be compared by eye)."""
+    saved = found.get("spec")
+    if not isinstance(saved, dict):
+        return f"its manifest holds {saved!r}"
+    differ = [
+        f"{field} {saved.get(field)!r}, not {value!r}"
+        for field, value in spec.to_dict().items()
+        if saved.get(field) != value
+    ]
+    return "; ".join(differ) or f"its manifest holds {saved!r}"
 
 
 @contextlib.contextmanager

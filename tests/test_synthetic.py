@@ -306,8 +306,17 @@ def test_half_written_or_foreign_folder_is_not_reused(tmp_path: Path, monkeypatc
         "manifest.json); remove it or choose another path"
     )
     root = generate(tmp_path / "ds", TINY, workers=1, progress=False)
-    with pytest.raises(ValueError, match="exists and is a dataset generated from"):
-        generate(root, SyntheticSpec(**{**TINY.to_dict(), "seed": 1}), workers=1)
+    other = SyntheticSpec(**{**TINY.to_dict(), "seed": 1, "quality": 50})
+    with pytest.raises(ValueError) as caught:
+        generate(root, other, workers=1)
+    # the settings that differ named, not the two specs' dicts to compare by eye
+    assert str(caught.value) == (
+        f"{root} exists and is a dataset generated with other settings (seed {TINY.seed}, not 1; "
+        f"quality {TINY.quality}, not 50); remove it or choose another path"
+    )
+    (tmp_path / "file").write_text("mine\n")  # "is no dataset this command generated"
+    with pytest.raises(ValueError, match=" is a file, not a folder; choose another path$"):
+        generate(tmp_path / "file", TINY, workers=1)
 
 
 @pytest.mark.parametrize("damage", ["emptied", "deleted"])
