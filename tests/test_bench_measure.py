@@ -27,7 +27,9 @@ def test_measure_windows_counts_images_and_cycles_the_loader() -> None:
     result = measure.measure_windows(
         fake_batches(3), warmup=2, windows=4, window_batches=2, step=lambda x, y: steps.append(1)
     )
-    assert len(steps) == 2 + 4 * 2  # warm-up batches run the step too, then 8 timed ones
+    # warm-up batches run the step too, then the settling steps (the ceiling's too, without
+    # a buffer to drain, as its feeds), then 8 timed ones
+    assert len(steps) == 2 + plan.SETTLE_STEPS + 4 * 2
     assert len(result["window_rates"]) == 4
     assert result["min"] <= result["images_per_s"] <= result["max"]
     with pytest.raises(ValueError, match="no batch"):
@@ -137,6 +139,15 @@ def test_gpu_feed_format_trains_on_the_cpu(image_folder: Path, loader: str) -> N
     result = measure.measure(spec)
     assert len(result["window_rates"]) == 1
     assert math.isfinite(result["images_per_s"]) and result["images_per_s"] > 0
+
+
+def test_the_ceiling_s_batch_has_soft_targets_as_its_feeds() -> None:
+    # int64 labels made the ceiling's loss a little cheaper than its CutMix feeds'
+    spec = {"device": "cpu", "crop_size": 8, "batch_size": 4, "loader": "synthetic"}
+    spec |= {"kind": "train", "mix": "off", "layout": "NCHW"}
+    ((images, targets),) = measure._synthetic_batches(spec, num_classes=5)
+    assert images.shape == (4, 3, 8, 8) and targets.shape == (4, 5)
+    assert targets.dtype == torch.float32 and torch.equal(targets.sum(1), torch.ones(4))
 
 
 def test_augment_cases_are_the_recipes_settings() -> None:

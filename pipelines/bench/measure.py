@@ -102,6 +102,7 @@ def measure_windows(
         _sync(last)
         for _ in range(drain):
             next(stream)
+    if drain or step is not None:  # the ceiling, with no buffer to drain, settles as its feeds
         for _ in range(SETTLE_STEPS):
             images, targets = next(stream)
             last = step(images, targets) if step else images
@@ -231,14 +232,17 @@ def _training_step(spec: dict[str, Any], num_classes: int):
 def _synthetic_batches(
     spec: dict[str, Any], num_classes: int
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The ceiling's input: one fixed batch already on the device, in the spec's layout."""
+    """The ceiling's input: one fixed batch already on the device, in the spec's layout, its
+    targets soft ``[B, num_classes]`` float32 as the mixed feeds' are (integer labels made
+    the ceiling's loss a little cheaper than theirs)."""
     device = torch.device("cuda" if spec["device"] == "gpu" else "cpu")
     gen = torch.Generator().manual_seed(0)
     size, batch = spec["crop_size"], spec["batch_size"]
     nhwc = feed_format(spec)["layout"] == "NHWC"
     shape = (batch, size, size, 3) if nhwc else (batch, 3, size, size)
     images = torch.randn(shape, generator=gen)
-    targets = torch.randint(0, num_classes, (spec["batch_size"],), generator=gen)
+    labels = torch.randint(0, num_classes, (spec["batch_size"],), generator=gen)
+    targets = torch.nn.functional.one_hot(labels, num_classes).float()
     return [(images.to(device), targets.to(device))]
 
 
