@@ -145,7 +145,8 @@ def open_image(path: str | os.PathLike[str] | BinaryIO) -> Image.Image:
     if width * height > MAX_PIXELS:
         img.close()
         raise TooManyPixelsError(
-            f"{width} x {height} pixels, more than the {MAX_PIXELS:,} (2**30) DALI's decoder takes"
+            f"{width} x {height} pixels, more than the {MAX_PIXELS:,} (2**30) both loaders take "
+            "(DALI's decoder's limit)"
         )
     return img
 

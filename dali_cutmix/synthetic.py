@@ -527,6 +527,7 @@ def generate(
         root = Path(os.path.abspath(root))
     if is_complete(root, spec):
         _check_intact(root)
+        logger.info("reusing %s, generated earlier with the same settings", root)
         return root
     _refuse_foreign(root, spec)  # before the lock: the folder beside it may be read-only
     check_folder(root.parent, f"{root}: its folder")  # one line, not the lock file's Errno

@@ -436,7 +436,10 @@ def test_an_image_over_dali_s_pixel_limit_is_bad_from_its_header(
     with Image.open(path) as img:
         width, height = img.size
     monkeypatch.setattr(scan_module, "MAX_PIXELS", 1000)
-    said = f"{width} x {height} pixels, more than the 1,000 (2**30) DALI's decoder takes"
+    said = (
+        f"{width} x {height} pixels, more than the 1,000 (2**30) both loaders take (DALI's "
+        "decoder's limit)"
+    )
     for dali in (True, False):
         assert check_image(str(path), dali=dali) == said
         assert check_image(str(path), decode=False, dali=dali) == said

@@ -180,7 +180,7 @@ def test_the_current_folder_is_filled_as_named(tmp_path: Path, monkeypatch) -> N
     assert generate(Path("."), TINY, workers=1, progress=False) == root  # reused
 
 
-def test_finished_folder_is_reused_without_writing(tmp_path: Path, monkeypatch) -> None:
+def test_finished_folder_is_reused_without_writing(tmp_path: Path, monkeypatch, caplog) -> None:
     root = generate(tmp_path / "ds", TINY, workers=1, progress=False)
     before = _digest(root)
 
@@ -188,7 +188,10 @@ def test_finished_folder_is_reused_without_writing(tmp_path: Path, monkeypatch) 
         raise AssertionError("a finished dataset was written again")
 
     monkeypatch.setattr(synthetic, "_write_all", fail)
-    assert generate(root, TINY, workers=1, progress=False) == root
+    with caplog.at_level(logging.INFO, logger="dali_cutmix.synthetic"):
+        assert generate(root, TINY, workers=1, progress=False) == root
+    # said: only the statistics followed, as if it had been written
+    assert caplog.messages == [f"reusing {root}, generated earlier with the same settings"]
     assert _digest(root) == before
 
 
@@ -399,7 +402,7 @@ def test_stats_name_a_file_dali_refuses_from_its_header(
         dataset_stats(root)
     assert str(caught.value).startswith(
         f"{str(files[0])!r} is not a decodable image (its header: {width} x {height} pixels, "
-        "more than the 1,000 (2**30) DALI's decoder takes). Run"
+        "more than the 1,000 (2**30) both loaders take (DALI's decoder's limit)). Run"
     )
 
 
