@@ -56,6 +56,7 @@ __all__ = [
     "bad_file_advice",
     "check_folder",
     "check_outside",
+    "typed_dests",
     "command_line",
     "command_name",
     "exit_on_user_error",
@@ -511,6 +512,14 @@ def check_report_path(path: Path | None, flag: str = "--out") -> None:
         ) from None
     os.close(handle)
     os.unlink(probe)
+
+
+def typed_dests(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
+    """The ``dest`` of every flag typed in ``argv``, which ``parser`` (a fresh one: its
+    defaults are dropped) parses; ``SystemExit`` where ``argv`` does not parse."""
+    for action in parser._actions:  # argparse has no public list of its actions
+        action.default = argparse.SUPPRESS  # so that only typed flags reach the namespace
+    return set(vars(parser.parse_args(argv)))
 
 
 def check_outside(out: Path, out_flag: str, data: Path, data_words: str) -> None:

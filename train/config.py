@@ -33,6 +33,7 @@ from dali_cutmix.cli import (
     check_outside,
     exit_on_user_error,
     replace_names,
+    typed_dests,
     worker_limit,
     worker_limit_rule,
 )
@@ -805,11 +806,8 @@ def typed_flags(argv: Sequence[str]) -> dict[str, str]:
         SystemExit: ``argv`` does not parse (argparse's message, status 2).
     """
     parser = get_args_parser()
-    actions = parser._actions  # argparse has no public list of its actions
-    for action in actions:
-        action.default = argparse.SUPPRESS  # so that only typed flags reach the namespace
-    typed = vars(parser.parse_args(argv))
-    return {a.dest: _spelling(a.option_strings, argv) for a in actions if a.dest in typed}
+    typed = typed_dests(parser, argv)
+    return {a.dest: _spelling(a.option_strings, argv) for a in parser._actions if a.dest in typed}
 
 
 def _setters(field: str) -> tuple[tuple[str, str], ...]:

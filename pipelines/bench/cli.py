@@ -34,6 +34,7 @@ from dali_cutmix.cli import (
     worker_limit,
     write_json,
 )
+from dali_cutmix.cli import typed_dests as cli_typed_dests
 from dali_cutmix.files import (
     BadImageError,
     file_list_named,
@@ -448,10 +449,7 @@ def _measure_one(spec: str) -> int:
 
 def typed_dests(argv: Sequence[str] | None) -> set[str]:
     """The ``dest`` of every flag typed in ``argv`` (parsed already, so without a word)."""
-    parser = get_args_parser()
-    for action in parser._actions:  # argparse has no public list of its actions
-        action.default = argparse.SUPPRESS  # so that only typed flags reach the namespace
-    return set(vars(parser.parse_args(argv)))
+    return cli_typed_dests(get_args_parser(), argv)
 
 
 def _check_unused_flags(config: BenchConfig, typed: set[str]) -> None:
